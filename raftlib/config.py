@@ -1,0 +1,69 @@
+"""Tunable settings of a peer, as one frozen dataclass with ``validate()``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Settings for the Raft core and its runtime. Every field has a default.
+
+    Time in the core is counted in ticks; the runtime ticks every
+    ``tick_interval`` seconds. With the defaults a follower starts an election
+    between 0.5 and 1.0 s after it last heard from a leader.
+    """
+
+    tick_interval: float = 0.05
+    """Seconds between two ticks of the runtime's clock."""
+    election_ticks: int = 10
+    """Base election timeout in ticks; each timeout is drawn at random from
+    ``[election_ticks, 2 * election_ticks)``."""
+    heartbeat_ticks: int = 2
+    """Ticks between two heartbeats from a leader. Must be below ``election_ticks``."""
+    max_entries_per_message: int = 4096
+    """Most entries one AppendEntries carries."""
+    max_bytes_per_message: int = 4 * 1024 * 1024
+    """Most payload bytes one AppendEntries carries (at least one entry is always sent)."""
+    max_inflight: int = 64
+    """Most AppendEntries in flight to one follower before waiting for acks."""
+    max_frame_size: int = 64 * 1024 * 1024
+    """Largest frame the transport accepts; bigger frames close the connection."""
+    max_command_size: int = 16 * 1024 * 1024
+    """Largest encoded command, query or result accepted from a caller."""
+    pre_vote: bool = True
+    """Run a pre-vote round before incrementing the term, so a peer that was
+    cut off cannot disrupt a healthy leader when it returns."""
+    check_quorum: bool = True
+    """A leader that has not heard from a majority within an election timeout steps down."""
+    seed: int | None = None
+    """Seed of the core's random generator (election timeouts). ``None`` draws one."""
+
+    def validate(self) -> Config:
+        """Raise :class:`~raftlib.errors.ConfigError` naming the first bad field; return self."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "seed":
+                if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                    raise ConfigError(f"Config.seed must be an int or None, got {value!r}")
+                continue
+            if f.name in ("pre_vote", "check_quorum"):
+                if not isinstance(value, bool):
+                    raise ConfigError(f"Config.{f.name} must be a bool, got {value!r}")
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"Config.{f.name} must be a number, got {value!r}")
+            if value <= 0:
+                raise ConfigError(f"Config.{f.name} must be positive, got {value!r}")
+            if f.name != "tick_interval" and not isinstance(value, int):
+                raise ConfigError(f"Config.{f.name} must be an int, got {value!r}")
+        if self.heartbeat_ticks >= self.election_ticks:
+            raise ConfigError(
+                f"Config.heartbeat_ticks ({self.heartbeat_ticks}) must be less than "
+                f"election_ticks ({self.election_ticks}), or followers time out between heartbeats"
+            )
+        if self.max_command_size >= self.max_frame_size:
+            raise ConfigError("Config.max_command_size must be smaller than max_frame_size")
+        return self

@@ -1,0 +1,87 @@
+"""Every exception raftlib raises on purpose derives from :class:`RaftError`.
+
+Each class says what it means for the caller's request. For writes this
+matters most: :class:`ProposalDropped` and :class:`NotLeader` mean the command
+was certainly **not** applied and may be retried freely, while
+:class:`OutcomeUnknown` (and its subclass :class:`LeadershipLost`) means it may
+or may not have been applied.
+"""
+
+from __future__ import annotations
+
+
+class RaftError(Exception):
+    """Root of all raftlib errors."""
+
+
+class NotLeader(RaftError):
+    """The request reached a peer that is not the leader; it was not applied.
+
+    ``leader`` and ``leader_address`` name the leader this peer knows of, or
+    are ``None`` during an election. Retry there (or wait and retry).
+    """
+
+    def __init__(self, leader: str | None = None, leader_address: str | None = None) -> None:
+        self.leader = leader
+        self.leader_address = leader_address
+        if leader is None:
+            msg = "this peer is not the leader and no leader is known yet; retry after an election"
+        else:
+            msg = f"this peer is not the leader; the leader is {leader!r} at {leader_address or 'an unknown address'}"
+        super().__init__(msg)
+
+
+class ProposalDropped(RaftError):
+    """The write was certainly not applied (another entry took its place in
+    the log, or the peer stopped before it was appended). Safe to retry."""
+
+
+class OutcomeUnknown(RaftError):
+    """The write may or may not have been applied: the peer lost contact with
+    its outcome (for example it stepped down after appending it). Retrying
+    may apply it twice unless the command is idempotent."""
+
+
+class LeadershipLost(OutcomeUnknown):
+    """The leader stepped down while the write was in flight; it may still be
+    committed by the next leader. Outcome unknown."""
+
+
+class PeerStopped(RaftError):
+    """The peer has been stopped; it accepts no more requests."""
+
+
+class AlreadyBootstrapped(RaftError):
+    """``set_configuration`` was called on a peer whose log already holds a
+    different configuration. Membership changes of a running cluster need
+    ``add_member``/``remove_member``."""
+
+
+class ConfigError(RaftError, ValueError):
+    """An option passed to raftlib is invalid; the message names it."""
+
+
+class StorageError(RaftError):
+    """The storage adapter failed to read or write; the message names the
+    file and what went wrong. A peer that hits this on a sync stops."""
+
+
+class LogCompacted(StorageError):
+    """The requested log index was discarded by compaction (it lies in a snapshot)."""
+
+
+class CorruptStorage(StorageError):
+    """Data on disk failed a check (bad checksum or undecodable record)."""
+
+
+class ProtocolError(RaftError):
+    """A peer sent bytes that are not a valid raftlib frame. The connection
+    is closed; the peer keeps serving."""
+
+
+class FrameTooLarge(ProtocolError):
+    """A frame exceeded the configured maximum size."""
+
+
+class Timeout(RaftError):
+    """The operation did not finish in the time allowed."""

@@ -1,0 +1,1 @@
+"""Peer-to-peer transport: framing codec and TCP/Unix sockets."""

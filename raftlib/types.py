@@ -1,0 +1,107 @@
+"""Leaf value types shared by the core, the storage adapters and the runtime.
+
+This module imports nothing from the rest of raftlib, so every layer can use it.
+All types are immutable.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import msgpack
+
+NodeId = str
+"""A peer's name, unique within a cluster (``"s1"``)."""
+
+
+class EntryKind(enum.IntEnum):
+    """What a log entry carries."""
+
+    NORMAL = 0
+    """A user command for :meth:`raftlib.StateMachine.handle_write` (msgpack bytes)."""
+    CONFIG = 1
+    """A cluster membership (``Membership.encode()`` bytes)."""
+    NOOP = 2
+    """Appended by each new leader so that it can commit entries of earlier terms."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One log entry. ``data`` is opaque bytes; its meaning depends on ``kind``."""
+
+    term: int
+    index: int
+    kind: EntryKind = EntryKind.NORMAL
+    data: bytes = b""
+
+    def size(self) -> int:
+        """Approximate encoded size in bytes, used for batching limits."""
+        return len(self.data) + 24
+
+
+@dataclass(frozen=True, slots=True)
+class HardState:
+    """What must be on disk before any message that depends on it is sent.
+
+    ``term`` is the latest term this peer has seen, ``vote`` the candidate it
+    voted for in that term (or ``None``), and ``commit`` the highest index it
+    knows to be committed (persisted only as a hint for restart).
+    """
+
+    term: int = 0
+    vote: NodeId | None = None
+    commit: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    """The voting members of a cluster and their addresses.
+
+    ``voters`` maps each member's name to its ``host:port`` (or
+    ``unix:/path``) address. ``learners`` receive the log but do not vote.
+    """
+
+    voters: Mapping[NodeId, str] = field(default_factory=dict)
+    learners: Mapping[NodeId, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Copy into plain dicts so that a caller's later mutation cannot leak in.
+        object.__setattr__(self, "voters", dict(self.voters))
+        object.__setattr__(self, "learners", dict(self.learners))
+
+    def __hash__(self) -> int:
+        return hash((tuple(sorted(self.voters.items())), tuple(sorted(self.learners.items()))))
+
+    @property
+    def members(self) -> dict[NodeId, str]:
+        """Every member (voters and learners) with its address."""
+        return {**self.learners, **self.voters}
+
+    def is_voter(self, node_id: NodeId) -> bool:
+        return node_id in self.voters
+
+    def quorum(self) -> int:
+        """How many voters make a majority."""
+        return len(self.voters) // 2 + 1
+
+    def encode(self) -> bytes:
+        return msgpack.packb({"voters": dict(self.voters), "learners": dict(self.learners)})
+
+    @classmethod
+    def decode(cls, data: bytes) -> Membership:
+        raw = msgpack.unpackb(data)
+        if not isinstance(raw, dict) or not isinstance(raw.get("voters"), dict):
+            raise ValueError("not an encoded Membership")
+        return cls(voters=raw["voters"], learners=raw.get("learners") or {})
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotMeta:
+    """Describes a snapshot: the last log index and term it covers, and the
+    membership in force at that index."""
+
+    index: int
+    term: int
+    membership: Membership
