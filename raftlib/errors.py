@@ -47,6 +47,11 @@ class LeadershipLost(OutcomeUnknown):
     committed by the next leader. Outcome unknown."""
 
 
+class CommandTooLarge(RaftError, ValueError):
+    """An encoded command, query or result is larger than
+    ``Config.max_command_size``. Nothing was appended."""
+
+
 class PeerStopped(RaftError):
     """The peer has been stopped; it accepts no more requests."""
 
@@ -85,3 +90,7 @@ class FrameTooLarge(ProtocolError):
 
 class Timeout(RaftError):
     """The operation did not finish in the time allowed."""
+
+
+class WriteTimeout(Timeout, OutcomeUnknown):
+    """A write did not finish in the time allowed. It may still be applied later."""

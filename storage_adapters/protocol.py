@@ -29,6 +29,10 @@ class LogStorage(Protocol):
     :class:`IndexError`; an I/O failure raises
     :class:`raftlib.errors.StorageError`; data that fails its checksum raises
     :class:`raftlib.errors.CorruptStorage` naming the file and index.
+
+    An adapter whose ``save`` never blocks (it keeps everything in memory) may
+    set the class attribute ``save_blocks = False``; the runtime then calls it
+    on the event loop instead of in a worker thread.
     """
 
     def load(self) -> tuple[HardState, SnapshotMeta | None]:

@@ -1,0 +1,43 @@
+"""raftlib: an asyncio-native Raft consensus framework.
+
+Subclass :class:`StateMachine`, start peers with :func:`start_peer`, found
+the cluster with :meth:`Peer.set_configuration`, then ``write`` and ``read``.
+"""
+
+from . import errors
+from .config import Config
+from .errors import (
+    AlreadyBootstrapped,
+    LeadershipLost,
+    NotLeader,
+    OutcomeUnknown,
+    PeerStopped,
+    ProposalDropped,
+    RaftError,
+)
+from .runtime import Peer, start_peer
+from .state_machine import StateMachine
+from .types import Entry, EntryKind, HardState, Membership, NodeId, SnapshotMeta
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlreadyBootstrapped",
+    "Config",
+    "Entry",
+    "EntryKind",
+    "HardState",
+    "LeadershipLost",
+    "Membership",
+    "NodeId",
+    "NotLeader",
+    "OutcomeUnknown",
+    "Peer",
+    "PeerStopped",
+    "ProposalDropped",
+    "RaftError",
+    "SnapshotMeta",
+    "StateMachine",
+    "errors",
+    "start_peer",
+]

@@ -1,0 +1,38 @@
+"""msgpack encoding of user commands, queries and results.
+
+Everything a user hands to raftlib crosses this boundary once: a command is
+encoded when it is written (so a bad value fails at the call, before anything
+is appended) and the bytes are what the log stores and the network carries.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from .errors import CommandTooLarge
+
+
+def pack(value: Any, what: str = "value", max_size: int | None = None) -> bytes:
+    """Encode ``value`` with msgpack; raise TypeError naming ``what`` if it cannot be."""
+    try:
+        data: bytes = msgpack.packb(value, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(
+            f"the {what} must be encodable by msgpack (None, bool, int, float, str, bytes, "
+            f"list, tuple, dict): {exc}"
+        ) from None
+    if max_size is not None and len(data) > max_size:
+        raise CommandTooLarge(f"the encoded {what} is {len(data)} bytes; the limit (Config.max_command_size) is {max_size}")
+    return data
+
+
+def unpack(data: bytes) -> Any:
+    """Decode msgpack bytes produced by :func:`pack`."""
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+def roundtrip(value: Any, what: str = "value") -> Any:
+    """``value`` as a caller anywhere would receive it after msgpack (tuples become lists)."""
+    return unpack(pack(value, what))

@@ -1,0 +1,171 @@
+"""RaftLog: the stable log (read through a LogStorage) plus an unstable tail.
+
+Theory of operation. Entries the core has accepted but the runtime has not yet
+persisted live in ``unstable``, starting at ``unstable_offset``. Every read of
+an index at or after ``unstable_offset`` is served from memory; everything
+before it from storage. A conflicting suffix may move ``unstable_offset`` back
+into the stored range; the stored entries from there on are then hidden, and
+``LogStorage.save`` truncates them when the tail is persisted.
+
+Invariants::
+
+    first_index - 1 <= applied <= committed
+    unstable_offset <= storage.last_index() + 1
+    committed <= last_index
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+from ..errors import LogCompacted
+from ..types import Entry
+
+if TYPE_CHECKING:  # the core never imports an adapter, only the protocol
+    from storage_adapters.protocol import LogStorage
+
+
+class RaftLog:
+    def __init__(self, storage: LogStorage, committed: int, applied: int) -> None:
+        self.storage = storage
+        self.unstable: list[Entry] = []
+        self.unstable_offset = storage.last_index() + 1
+        # Invariant: applied <= committed <= last_index().
+        self.committed = min(committed, storage.last_index())
+        self.applied = applied
+        self.committed = max(self.committed, applied)
+
+    # -- reading ---------------------------------------------------------------
+
+    def first_index(self) -> int:
+        return self.storage.first_index()
+
+    def last_index(self) -> int:
+        if self.unstable:
+            return self.unstable_offset + len(self.unstable) - 1
+        return self.unstable_offset - 1
+
+    def stable_last_index(self) -> int:
+        """Last index that is both on disk and still part of this log."""
+        return self.unstable_offset - 1
+
+    def last_term(self) -> int:
+        return self.term(self.last_index())
+
+    def term(self, index: int) -> int:
+        """Term at ``index``; 0 past the end. Raises LogCompacted before the snapshot."""
+        if index >= self.unstable_offset:
+            pos = index - self.unstable_offset
+            return self.unstable[pos].term if pos < len(self.unstable) else 0
+        if index < 0:
+            return 0
+        return self.storage.term(index)
+
+    def term_or_none(self, index: int) -> int | None:
+        """Term at ``index``, or ``None`` if it was compacted away or is past the end."""
+        if index > self.last_index():
+            return None
+        try:
+            return self.term(index)
+        except LogCompacted:
+            return None
+
+    def matches(self, index: int, term: int) -> bool:
+        return self.term_or_none(index) == term
+
+    def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
+        """Entries ``[lo, hi)`` (at least one when ``lo < hi``), limited by ``max_bytes``."""
+        hi = min(hi, self.last_index() + 1)
+        if lo >= hi:
+            return []
+        out: list[Entry] = []
+        if lo < self.unstable_offset:
+            out = self.storage.entries(lo, min(hi, self.unstable_offset), max_bytes)
+            if lo + len(out) < min(hi, self.unstable_offset):
+                return out  # max_bytes reached inside the stable part
+            lo += len(out)
+        if lo < hi:
+            budget = None if max_bytes is None else max_bytes - sum(e.size() for e in out)
+            start = lo - self.unstable_offset
+            for e in self.unstable[start : hi - self.unstable_offset]:
+                if budget is not None:
+                    budget -= e.size()
+                    if budget < 0 and out:
+                        break
+                out.append(e)
+        return out
+
+    def is_up_to_date(self, last_index: int, last_term: int) -> bool:
+        """§5.4.1: is a log ending at (last_term, last_index) at least as up to date as ours?"""
+        my_term = self.last_term()
+        return last_term > my_term or (last_term == my_term and last_index >= self.last_index())
+
+    def find_conflict_hint(self, index: int) -> tuple[int, int]:
+        """For a rejected ``prev_log_index``: the (hint_index, hint_term) a follower
+        reports so the leader can skip a whole term (thesis §5.3)."""
+        last = self.last_index()
+        if index > last:
+            return last + 1, 0
+        term = self.term_or_none(index) or 0
+        first = self.first_index()
+        i = index
+        while i > first and self.term_or_none(i - 1) == term:
+            i -= 1
+        return i, term
+
+    def last_index_of_term(self, term: int, at_most: int) -> int | None:
+        """Largest index ``<= at_most`` whose entry has ``term``, if any (leader side of the hint)."""
+        i = min(at_most, self.last_index())
+        first = self.first_index()
+        while i >= first:
+            t = self.term_or_none(i)
+            if t is None or t < term:
+                return None
+            if t == term:
+                return i
+            i -= 1
+        return None
+
+    # -- writing ---------------------------------------------------------------
+
+    def append(self, entries: Sequence[Entry]) -> None:
+        """Append ``entries`` (contiguous), truncating any suffix from ``entries[0].index``."""
+        if not entries:
+            return
+        after = entries[0].index
+        # Invariant: nothing committed is ever truncated (Log Matching + Leader Completeness).
+        assert after > self.committed, f"truncating committed entry {after} <= {self.committed}"
+        end = self.unstable_offset + len(self.unstable)
+        if after == end:
+            self.unstable.extend(entries)
+        elif after <= self.unstable_offset:
+            self.unstable_offset = after
+            self.unstable = list(entries)
+        else:
+            del self.unstable[after - self.unstable_offset :]
+            self.unstable.extend(entries)
+
+    def stable_to(self, index: int, term: int) -> None:
+        """The runtime persisted entries up to (index, term): drop them from the tail."""
+        if index < self.unstable_offset or self.term_or_none(index) != term:
+            return  # stale: the tail changed since that Ready was made
+        del self.unstable[: index - self.unstable_offset + 1]
+        self.unstable_offset = index + 1
+
+    def commit_to(self, index: int) -> bool:
+        if index > self.committed:
+            assert index <= self.last_index(), f"commit {index} past last index {self.last_index()}"
+            self.committed = index
+            return True
+        return False
+
+    def next_committed(self, max_bytes: int | None = None) -> list[Entry]:
+        """Committed entries not yet handed out for applying, only those already on disk."""
+        hi = min(self.committed, self.stable_last_index())
+        if hi <= self.applied:
+            return []
+        return self.entries(self.applied + 1, hi + 1, max_bytes)
+
+    def applied_to(self, index: int) -> None:
+        assert self.applied <= index <= self.committed, (self.applied, index, self.committed)
+        self.applied = index

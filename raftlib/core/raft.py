@@ -1,0 +1,742 @@
+"""The Raft consensus algorithm as a pure, deterministic state machine.
+
+Rule 1: nothing here awaits, sleeps, reads a clock, touches a socket or a
+file, or draws randomness from anywhere but the injected ``random.Random``.
+Time enters only through :meth:`Raft.tick`, input only through
+:meth:`Raft.step`, :meth:`Raft.propose` and :meth:`Raft.read_index`.
+
+Rule 2: every side effect leaves through :meth:`Raft.ready` and is confirmed
+through :meth:`Raft.advance`. A message that promises something is on disk
+(a vote, an acknowledgement) is queued in ``messages_after_persist`` and the
+runtime sends it only after the matching ``save`` returned.
+
+Theory of operation. Role behaviour lives in one place: ``_become_*`` swaps
+``self._step_role`` and ``self._tick_role``. Term handling common to every
+message happens in :meth:`step` before the role handler sees it. The leader
+tracks each follower in a :class:`Progress`; proposals only mark the leader
+dirty, and the actual AppendEntries are built in :meth:`ready`, so a burst of
+proposals between two Readies travels as one message per follower.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import TYPE_CHECKING, Callable, Sequence
+
+from ..config import Config
+from ..errors import NotLeader, ProposalDropped
+from ..types import Entry, EntryKind, HardState, Membership, NodeId
+from . import quorum
+from .log import RaftLog
+from .messages import AppendEntries, AppendEntriesResponse, Message, RequestVote, RequestVoteResponse, TimeoutNow
+from .progress import Progress, ProgressState
+from .ready import ReadState, Ready, SoftState
+
+if TYPE_CHECKING:
+    from storage_adapters.protocol import LogStorage
+
+FOLLOWER = "follower"
+PRE_CANDIDATE = "pre-candidate"
+CANDIDATE = "candidate"
+LEADER = "leader"
+
+_NULL_LOGGER = logging.getLogger("raftlib.core")
+
+
+class _ReadRound:
+    __slots__ = ("ctx", "index", "request_ids")
+
+    def __init__(self, ctx: int, index: int) -> None:
+        self.ctx = ctx
+        self.index = index
+        self.request_ids: list[int] = []
+
+
+class Raft:
+    """One peer's Raft state machine.
+
+    ``storage`` is read synchronously (never written: writes leave through
+    :meth:`ready`). ``rng`` drives election timeouts and must be the only
+    source of randomness, so that a seeded run replays exactly.
+    """
+
+    def __init__(
+        self,
+        node_id: NodeId,
+        storage: LogStorage,
+        config: Config | None = None,
+        rng: random.Random | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.id = node_id
+        self.config = (config or Config()).validate()
+        self.rng = rng if rng is not None else random.Random(self.config.seed)
+        self.logger = logger or _NULL_LOGGER
+        self.storage = storage
+
+        hs, snap = storage.load()
+        applied = snap.index if snap else 0
+        self.log = RaftLog(storage, hs.commit, applied)
+        self.term = hs.term
+        self.vote: NodeId | None = hs.vote
+        self._prev_hard = HardState(hs.term, hs.vote, self.log.committed)
+
+        # Membership: every configuration entry in the log, oldest first, on top
+        # of the one in the snapshot. The latest one is in force, committed or not.
+        self._snapshot_membership = snap.membership if snap else Membership()
+        self._config_history: list[tuple[int, Membership]] = []
+        self._load_config_history()
+
+        self.role = FOLLOWER
+        self.leader: NodeId | None = None
+        self.progress: dict[NodeId, Progress] = {}
+        self.votes: dict[NodeId, bool] = {}
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self.randomized_timeout = 0
+        self._reset_randomized_timeout()
+
+        self._msgs: list[Message] = []
+        self._msgs_after_persist: list[Message] = []
+        self._read_states: list[ReadState] = []
+        self._read_rounds: list[_ReadRound] = []
+        self._read_seq = 0
+        self._open_round: _ReadRound | None = None
+        self._pending_reads: list[int] = []  # waiting for this term's first commit
+        self._bcast_needed = False
+        self._prev_soft = SoftState(self.role, self.leader, self.term)
+        self.transfer_target: NodeId | None = None
+        self._transfer_elapsed = 0
+
+        self._step_role: Callable[[Message], None] = self._step_follower
+        self._tick_role: Callable[[], None] = self._tick_election
+
+    # -- public API ------------------------------------------------------------
+
+    @property
+    def membership(self) -> Membership:
+        """The configuration in force (the latest one in the log)."""
+        return self._config_history[-1][1] if self._config_history else self._snapshot_membership
+
+    @property
+    def commit_index(self) -> int:
+        return self.log.committed
+
+    @property
+    def applied_index(self) -> int:
+        return self.log.applied
+
+    def is_leader(self) -> bool:
+        return self.role == LEADER
+
+    def bootstrap(self, membership: Membership) -> None:
+        """Start a brand-new cluster: the first log entry holds ``membership``.
+
+        Only valid on an empty log in term 0; raises ``ValueError`` otherwise.
+        Every founding member may be bootstrapped with the same membership:
+        they all write the identical entry (term 1, index 1).
+        """
+        if self.log.last_index() != 0 or self.term != 0:
+            raise ValueError("bootstrap needs an empty log")
+        if not membership.voters:
+            raise ValueError("a cluster needs at least one voter")
+        self.term = 1
+        self._append_local([Entry(1, 1, EntryKind.CONFIG, membership.encode())])
+
+    def tick(self) -> None:
+        """Advance logical time by one tick."""
+        self._tick_role()
+
+    def step(self, msg: Message) -> None:
+        """Feed one message from a peer into the state machine."""
+        if msg.dst != self.id:
+            self.logger.debug("%s: dropping message for %s", self.id, msg.dst)
+            return
+        if msg.term > self.term:
+            if isinstance(msg, RequestVote) and not msg.transfer and self._in_leader_lease():
+                # §9.6 (thesis): a peer that heard from a live leader within the
+                # minimum election timeout ignores vote requests, so a member
+                # that was cut off cannot depose a healthy leader.
+                self.logger.debug("%s: ignoring %s (leader lease)", self.id, msg.describe())
+                return
+            if isinstance(msg, RequestVote) and msg.pre_vote:
+                pass  # a pre-vote never changes our term
+            elif isinstance(msg, RequestVoteResponse) and msg.pre_vote and msg.granted:
+                pass  # granted pre-votes carry the term we would campaign in
+            else:
+                leader = msg.src if isinstance(msg, (AppendEntries, TimeoutNow)) else None
+                self._become_follower(msg.term, leader)
+        elif msg.term < self.term:
+            self._step_stale(msg)
+            return
+        if isinstance(msg, RequestVote):
+            self._handle_vote_request(msg)
+            return
+        self._step_role(msg)
+
+    def propose(self, data: bytes) -> tuple[int, int]:
+        """Append a user command; returns its (term, index).
+
+        Raises :class:`NotLeader` if this peer is not the leader, and
+        :class:`ProposalDropped` during a leadership transfer.
+        """
+        return self.propose_batch([data])[0]
+
+    def propose_batch(self, commands: Sequence[bytes], kind: EntryKind = EntryKind.NORMAL) -> list[tuple[int, int]]:
+        """Append several commands at once; returns (term, index) of each."""
+        if self.role != LEADER:
+            raise NotLeader(self.leader)
+        if self.transfer_target is not None:
+            raise ProposalDropped(f"leadership is being transferred to {self.transfer_target}")
+        first = self.log.last_index() + 1
+        entries = [Entry(self.term, first + i, kind, data) for i, data in enumerate(commands)]
+        self._append_local(entries)
+        return [(self.term, e.index) for e in entries]
+
+    def read_index(self, request_id: int) -> None:
+        """Ask for a linearizable read point (ReadIndex, thesis §6.4).
+
+        A :class:`ReadState` naming ``request_id`` appears in a later Ready once
+        a majority confirmed this peer still leads. All requests made between
+        two Readies share one confirmation round. Raises :class:`NotLeader`.
+        """
+        if self.role != LEADER:
+            raise NotLeader(self.leader)
+        if not self._committed_in_current_term():
+            self._pending_reads.append(request_id)
+            return
+        self._add_read(request_id)
+
+    def transfer_leadership(self, target: NodeId | None = None) -> NodeId:
+        """Hand leadership to ``target`` (default: the most up-to-date voter).
+
+        Proposals are refused until the transfer ends. Returns the target.
+        Raises :class:`NotLeader`, or ``ValueError`` if there is no other voter.
+        """
+        if self.role != LEADER:
+            raise NotLeader(self.leader)
+        voters = [v for v in self.membership.voters if v != self.id]
+        if target is None:
+            if not voters:
+                raise ValueError("there is no other voter to transfer leadership to")
+            target = max(sorted(voters), key=lambda v: self.progress[v].match)
+        elif target not in voters:
+            raise ValueError(f"{target!r} is not a voting member other than this peer")
+        self.transfer_target = target
+        self._transfer_elapsed = 0
+        self._maybe_send_timeout_now()
+        return target
+
+    def has_ready(self) -> bool:
+        if self._bcast_needed and self.role == LEADER:
+            return True
+        return bool(
+            self._msgs
+            or self._msgs_after_persist
+            or self.log.unstable
+            or self._read_states
+            or self._hard_state() != self._prev_hard
+            or self._soft_state() != self._prev_soft
+            or self.log.next_committed(1)
+        )
+
+    def ready(self) -> Ready:
+        """Collect the outstanding work; see :mod:`raftlib.core.ready` for the contract."""
+        if self.role == LEADER and self._bcast_needed:
+            self._bcast_needed = False
+            self._bcast_append()
+        self._open_round = None  # later reads start a new round
+        hs = self._hard_state()
+        soft = self._soft_state()
+        rd = Ready(
+            hard_state=hs if hs != self._prev_hard else None,
+            entries=list(self.log.unstable),
+            messages=self._msgs,
+            messages_after_persist=self._msgs_after_persist,
+            committed_entries=self.log.next_committed(self.config.max_bytes_per_message),
+            read_states=self._read_states,
+            soft_state=soft if soft != self._prev_soft else None,
+        )
+        self._msgs, self._msgs_after_persist, self._read_states = [], [], []
+        self._prev_hard = hs
+        self._prev_soft = soft
+        return rd
+
+    def advance(self, rd: Ready) -> None:
+        """The runtime has persisted ``rd.entries`` and handed out
+        ``rd.committed_entries`` for applying."""
+        if rd.entries:
+            last = rd.entries[-1]
+            self.log.stable_to(last.index, last.term)
+            if self.role == LEADER:
+                me = self.progress[self.id]
+                if me.maybe_update(self.log.stable_last_index()):
+                    self._maybe_commit()
+        if rd.committed_entries:
+            self.log.applied_to(rd.committed_entries[-1].index)
+
+    def status(self) -> dict[str, object]:
+        """A snapshot of this peer's state for ``Peer.status()``."""
+        return {
+            "id": self.id,
+            "role": self.role,
+            "term": self.term,
+            "leader": self.leader,
+            "commit_index": self.log.committed,
+            "last_index": self.log.last_index(),
+            "progress": {
+                nid: {"match": pr.match, "next": pr.next, "state": pr.state.value}
+                for nid, pr in self.progress.items()
+            },
+        }
+
+    # -- shared helpers --------------------------------------------------------
+
+    def _hard_state(self) -> HardState:
+        return HardState(self.term, self.vote, self.log.committed)
+
+    def _soft_state(self) -> SoftState:
+        return SoftState(self.role, self.leader, self.term)
+
+    def _send(self, msg: Message) -> None:
+        self._msgs.append(msg)
+
+    def _send_after_persist(self, msg: Message) -> None:
+        self._msgs_after_persist.append(msg)
+
+    def _reset_randomized_timeout(self) -> None:
+        n = self.config.election_ticks
+        self.randomized_timeout = n + self.rng.randrange(n)
+
+    def _reset(self, term: int) -> None:
+        if term != self.term:
+            self.term = term
+            self.vote = None
+        self.leader = None
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self._reset_randomized_timeout()
+        self.votes = {}
+        self.progress = {}
+        self.transfer_target = None
+        self._read_rounds = []
+        self._open_round = None
+        self._pending_reads = []
+        self._bcast_needed = False
+
+    def _in_leader_lease(self) -> bool:
+        return (
+            self.config.check_quorum
+            and self.leader is not None
+            and self.role in (FOLLOWER, LEADER)
+            and self.election_elapsed < self.config.election_ticks
+        )
+
+    def _is_voter(self) -> bool:
+        return self.membership.is_voter(self.id)
+
+    # -- membership --------------------------------------------------------------
+
+    def _load_config_history(self) -> None:
+        lo, last = self.log.first_index(), self.log.last_index()
+        while lo <= last:
+            batch = self.log.entries(lo, last + 1, 4 << 20)
+            for e in batch:
+                if e.kind is EntryKind.CONFIG:
+                    self._config_history.append((e.index, Membership.decode(e.data)))
+            lo += len(batch)
+
+    def _note_appended(self, entries: Sequence[Entry]) -> None:
+        """Keep the configuration history in step with the log after an append."""
+        first = entries[0].index
+        while self._config_history and self._config_history[-1][0] >= first:
+            self._config_history.pop()
+        for e in entries:
+            if e.kind is EntryKind.CONFIG:
+                self._config_history.append((e.index, Membership.decode(e.data)))
+
+    def _append_local(self, entries: Sequence[Entry]) -> None:
+        self.log.append(entries)
+        self._note_appended(entries)
+        if self.role == LEADER:
+            self._bcast_needed = True
+            self._sync_progress_with_membership()
+
+    def _sync_progress_with_membership(self) -> None:
+        members = self.membership.members
+        for nid in members:
+            if nid not in self.progress:
+                pr = Progress(self.log.last_index() + 1)
+                self.progress[nid] = pr
+        for nid in list(self.progress):
+            if nid not in members and nid != self.id:
+                del self.progress[nid]
+
+    # -- role transitions --------------------------------------------------------
+
+    def _become_follower(self, term: int, leader: NodeId | None) -> None:
+        was = self.role
+        self._reset(term)
+        self.role = FOLLOWER
+        self.leader = leader
+        self._step_role = self._step_follower
+        self._tick_role = self._tick_election
+        if was != FOLLOWER:
+            self.logger.info("%s: became follower in term %d (leader %s)", self.id, term, leader)
+
+    def _become_pre_candidate(self) -> None:
+        # A pre-candidate keeps its term and vote (thesis §9.6).
+        self.role = PRE_CANDIDATE
+        self.votes = {}
+        self.leader = None
+        self._step_role = self._step_candidate
+        self._tick_role = self._tick_election
+
+    def _become_candidate(self) -> None:
+        self._reset(self.term + 1)
+        self.vote = self.id
+        self.role = CANDIDATE
+        self._step_role = self._step_candidate
+        self._tick_role = self._tick_election
+        self.logger.info("%s: became candidate in term %d", self.id, self.term)
+
+    def _become_leader(self) -> None:
+        assert self.role == CANDIDATE
+        term = self.term
+        self._reset(term)
+        self.role = LEADER
+        self.leader = self.id
+        self._step_role = self._step_leader
+        self._tick_role = self._tick_heartbeat
+        last = self.log.last_index()
+        for nid in self.membership.members:
+            self.progress[nid] = Progress(last + 1)
+        me = self.progress.setdefault(self.id, Progress(last + 1))
+        me.maybe_update(self.log.stable_last_index())
+        me.become_replicate()
+        self.logger.info("%s: became leader in term %d", self.id, term)
+        # §5.4.2 / §8: a no-op of the new term lets earlier entries commit and
+        # gives ReadIndex a commit point of this term.
+        self._append_local([Entry(term, last + 1, EntryKind.NOOP, b"")])
+
+    # -- elections ---------------------------------------------------------------
+
+    def _tick_election(self) -> None:
+        self.election_elapsed += 1
+        if self.election_elapsed >= self.randomized_timeout and self._is_voter():
+            self.election_elapsed = 0
+            self._campaign(pre_vote=self.config.pre_vote, transfer=False)
+
+    def _campaign(self, pre_vote: bool, transfer: bool) -> None:
+        if pre_vote:
+            self._become_pre_candidate()
+            term = self.term + 1
+        else:
+            self._become_candidate()
+            term = self.term
+        self._reset_randomized_timeout()
+        self.votes[self.id] = True
+        if self._poll() is not None:
+            return
+        last_index, last_term = self.log.last_index(), self.log.last_term()
+        for nid in sorted(self.membership.voters):
+            if nid == self.id:
+                continue
+            msg = RequestVote(term, self.id, nid, last_index, last_term, pre_vote=pre_vote, transfer=transfer)
+            # A real vote request depends on the persisted term and self-vote.
+            (self._send if pre_vote else self._send_after_persist)(msg)
+
+    def _poll(self) -> bool | None:
+        result = quorum.vote_result(list(self.membership.voters), self.votes)
+        if result is True:
+            if self.role == PRE_CANDIDATE:
+                self._campaign(pre_vote=False, transfer=False)
+            else:
+                self._become_leader()
+        elif result is False:
+            self._become_follower(self.term, None)
+        return result
+
+    def _handle_vote_request(self, msg: RequestVote) -> None:
+        up_to_date = self.log.is_up_to_date(msg.last_log_index, msg.last_log_term)
+        if msg.pre_vote:
+            # Grant if we would vote in that term: it is ahead of ours (or ours
+            # with no vote cast) and no live leader is known.
+            can_vote = msg.term > self.term or (self.vote in (None, msg.src) and self.leader is None)
+            granted = up_to_date and can_vote and not self._in_leader_lease()
+            self._send(RequestVoteResponse(msg.term if granted else self.term, self.id, msg.src, granted, True))
+            return
+        can_vote = self.vote == msg.src or (self.vote is None and self.leader is None)
+        granted = can_vote and up_to_date
+        if granted:
+            self.vote = msg.src
+            self.election_elapsed = 0  # only after granting, and it is persisted before the reply
+        self._send_after_persist(RequestVoteResponse(self.term, self.id, msg.src, granted, False))
+
+    def _step_stale(self, msg: Message) -> None:
+        """A message from an older term."""
+        if isinstance(msg, AppendEntries):
+            # Tell the stale leader about the newer term so that it steps down.
+            self._send(AppendEntriesResponse(self.term, self.id, msg.src, False, reject_index=msg.prev_log_index))
+        elif isinstance(msg, RequestVote) and msg.pre_vote:
+            self._send(RequestVoteResponse(self.term, self.id, msg.src, False, True))
+        elif isinstance(msg, RequestVote):
+            self._send(RequestVoteResponse(self.term, self.id, msg.src, False, False))
+
+    def _step_candidate(self, msg: Message) -> None:
+        if isinstance(msg, RequestVoteResponse):
+            if msg.pre_vote != (self.role == PRE_CANDIDATE):
+                return  # an answer to an earlier round
+            if not msg.granted and msg.term > self.term:
+                self._become_follower(msg.term, None)
+                return
+            self.votes[msg.src] = msg.granted
+            self._poll()
+        elif isinstance(msg, AppendEntries):
+            self._become_follower(msg.term, msg.src)
+            self._handle_append(msg)
+        elif isinstance(msg, TimeoutNow):
+            pass  # already campaigning
+
+    # -- follower ------------------------------------------------------------------
+
+    def _step_follower(self, msg: Message) -> None:
+        if isinstance(msg, AppendEntries):
+            self.election_elapsed = 0
+            self.leader = msg.src
+            self._handle_append(msg)
+        elif isinstance(msg, TimeoutNow):
+            if self._is_voter():
+                self.logger.info("%s: leadership transfer: campaigning now", self.id)
+                self._campaign(pre_vote=False, transfer=True)
+
+    def _handle_append(self, msg: AppendEntries) -> None:
+        """§5.3: the consistency check, conflict truncation and commit update."""
+        if msg.prev_log_index < self.log.committed:
+            # Everything up to our commit index matches the leader's log already.
+            skip = self.log.committed - msg.prev_log_index
+            entries = msg.entries[skip:]
+            if not entries:
+                self._send_after_persist(
+                    AppendEntriesResponse(self.term, self.id, msg.src, True, self.log.committed, read_ctx=msg.read_ctx)
+                )
+                return
+            prev_index, prev_term = self.log.committed, self.log.term(self.log.committed)
+        else:
+            entries = msg.entries
+            prev_index, prev_term = msg.prev_log_index, msg.prev_log_term
+        if not self.log.matches(prev_index, prev_term):
+            hint_index, hint_term = self.log.find_conflict_hint(prev_index)
+            self._send(
+                AppendEntriesResponse(
+                    self.term, self.id, msg.src, False,
+                    reject_index=msg.prev_log_index, hint_index=hint_index, hint_term=hint_term,
+                    read_ctx=msg.read_ctx,
+                )
+            )
+            return
+        new = self._first_new(entries)
+        if new:
+            self.log.append(new)
+            self._note_appended(new)
+        last_new = prev_index + len(entries)
+        self.log.commit_to(min(msg.leader_commit, last_new))
+        self._send_after_persist(
+            AppendEntriesResponse(self.term, self.id, msg.src, True, last_new, read_ctx=msg.read_ctx)
+        )
+
+    def _first_new(self, entries: Sequence[Entry]) -> Sequence[Entry]:
+        """The suffix of ``entries`` that is not already in our log."""
+        last = self.log.last_index()
+        for i, e in enumerate(entries):
+            if e.index > last or self.log.term_or_none(e.index) != e.term:
+                return entries[i:]
+        return ()
+
+    # -- leader ------------------------------------------------------------------------
+
+    def _tick_heartbeat(self) -> None:
+        self.heartbeat_elapsed += 1
+        self.election_elapsed += 1
+        if self.election_elapsed >= self.config.election_ticks:
+            self.election_elapsed = 0
+            if self.config.check_quorum and not self._check_quorum():
+                self.logger.warning("%s: lost contact with a majority; stepping down", self.id)
+                self._become_follower(self.term, None)
+                return
+            if self.transfer_target is not None:
+                self.logger.warning("%s: leadership transfer to %s timed out", self.id, self.transfer_target)
+                self.transfer_target = None
+        for nid, pr in self.progress.items():
+            if nid != self.id and pr.state is ProgressState.REPLICATE and pr.inflight:
+                pr.stall_ticks += 1
+                if pr.stall_ticks >= self.config.election_ticks:
+                    # Messages were lost: fall back to probing from the last match.
+                    pr.stall_ticks = 0
+                    pr.become_probe()
+        if self.heartbeat_elapsed >= self.config.heartbeat_ticks:
+            self.heartbeat_elapsed = 0
+            self._bcast_heartbeat()
+
+    def _check_quorum(self) -> bool:
+        active = {nid for nid, pr in self.progress.items() if pr.recent_active}
+        active.add(self.id)
+        for pr in self.progress.values():
+            pr.recent_active = False
+        return quorum.has_quorum(self.membership.voters, active)
+
+    def _followers(self) -> list[tuple[NodeId, Progress]]:
+        return [(nid, pr) for nid, pr in self.progress.items() if nid != self.id]
+
+    def _bcast_heartbeat(self) -> None:
+        for nid, pr in self._followers():
+            if pr.state is ProgressState.PROBE:
+                pr.probe_sent = False
+                self._send_append(nid, pr, allow_empty=True)
+            else:
+                self._emit_append(nid, pr, pr.match, ())
+
+    def _bcast_append(self) -> None:
+        for nid, pr in self._followers():
+            self._send_append(nid, pr, allow_empty=False)
+
+    def _send_append(self, nid: NodeId, pr: Progress, allow_empty: bool) -> None:
+        """Send what ``nid`` is missing, as far as flow control allows."""
+        last = self.log.last_index()
+        cfg = self.config
+        while pr.can_send(cfg.max_inflight):
+            prev = pr.next - 1
+            entries: tuple[Entry, ...] = ()
+            if pr.next <= last:
+                hi = min(last + 1, pr.next + cfg.max_entries_per_message)
+                entries = tuple(self.log.entries(pr.next, hi, cfg.max_bytes_per_message))
+            elif not allow_empty:
+                return
+            self._emit_append(nid, pr, prev, entries)
+            pr.sent(prev + len(entries), len(entries))
+            allow_empty = False
+            if not entries or pr.state is ProgressState.PROBE:
+                return
+
+    def _step_leader(self, msg: Message) -> None:
+        if isinstance(msg, AppendEntriesResponse):
+            pr = self.progress.get(msg.src)
+            if pr is None:
+                return
+            pr.recent_active = True
+            if msg.read_ctx > pr.read_ack:
+                pr.read_ack = msg.read_ctx
+                self._advance_reads()
+            if msg.success:
+                self._handle_append_success(msg.src, pr, msg.match_index)
+            else:
+                self._handle_append_reject(msg.src, pr, msg)
+        elif isinstance(msg, RequestVoteResponse):
+            pass  # late answers from our own campaign
+
+    def _handle_append_success(self, nid: NodeId, pr: Progress, match: int) -> None:
+        if pr.maybe_update(match):
+            if pr.state is ProgressState.PROBE:
+                pr.become_replicate()
+            self._maybe_commit()
+            if nid == self.transfer_target:
+                self._maybe_send_timeout_now()
+        elif pr.state is ProgressState.PROBE:
+            pr.probe_sent = False
+            if pr.match + 1 == pr.next:
+                pr.become_replicate()
+        if pr.next <= self.log.last_index():
+            self._send_append(nid, pr, allow_empty=False)
+        else:
+            self._maybe_send_commit(nid, pr)
+
+    def _emit_append(self, nid: NodeId, pr: Progress, prev: int, entries: tuple[Entry, ...]) -> None:
+        commit = self.log.committed
+        pr.sent_commit = commit
+        self._send(AppendEntries(self.term, self.id, nid, prev, self.log.term(prev), entries, commit, self._read_seq))
+
+    def _maybe_send_commit(self, nid: NodeId, pr: Progress) -> None:
+        """Tell an idle, caught-up follower about a commit index it has not seen."""
+        if (
+            pr.state is ProgressState.REPLICATE
+            and not pr.inflight
+            and pr.next > self.log.last_index()
+            and pr.sent_commit < self.log.committed
+        ):
+            self._emit_append(nid, pr, pr.next - 1, ())
+
+    def _handle_append_reject(self, nid: NodeId, pr: Progress, msg: AppendEntriesResponse) -> None:
+        if pr.state is ProgressState.REPLICATE:
+            if msg.reject_index <= pr.match:
+                return  # stale
+            pr.become_probe()
+        elif msg.reject_index != pr.next - 1:
+            return  # stale: an answer to an earlier probe
+        # Fast back-off: skip the follower's whole conflicting term at once.
+        next_index = msg.hint_index
+        if msg.hint_term:
+            ours = self.log.last_index_of_term(msg.hint_term, msg.reject_index)
+            if ours is not None:
+                next_index = ours + 1
+        pr.next = max(pr.match + 1, min(next_index, msg.reject_index))
+        pr.probe_sent = False
+        self._send_append(nid, pr, allow_empty=True)
+
+    def _maybe_commit(self) -> None:
+        """§5.4.2: commit the majority-matched index only if it is from this term."""
+        match = {nid: pr.match for nid, pr in self.progress.items()}
+        index = quorum.committed_index(list(self.membership.voters), match)
+        if index > self.log.committed and self.log.term(index) == self.term:
+            self.log.commit_to(index)
+            self._bcast_needed = True  # followers learn the new commit index promptly
+            self._release_pending_reads()
+            # Followers with appends in flight learn the new commit index when
+            # those are acknowledged (see _handle_append_success); tell the idle
+            # ones now.
+            for nid, pr in self._followers():
+                self._maybe_send_commit(nid, pr)
+
+    def _maybe_send_timeout_now(self) -> None:
+        target = self.transfer_target
+        if target is None:
+            return
+        pr = self.progress.get(target)
+        if pr is not None and pr.match == self.log.last_index():
+            self._send(TimeoutNow(self.term, self.id, target))
+
+    # -- ReadIndex -------------------------------------------------------------------
+
+    def _committed_in_current_term(self) -> bool:
+        return self.log.term_or_none(self.log.committed) == self.term
+
+    def _release_pending_reads(self) -> None:
+        if self._pending_reads and self._committed_in_current_term():
+            pending, self._pending_reads = self._pending_reads, []
+            for rid in pending:
+                self._add_read(rid)
+
+    def _add_read(self, request_id: int) -> None:
+        rnd = self._open_round
+        if rnd is None:
+            self._read_seq += 1
+            rnd = _ReadRound(self._read_seq, self.log.committed)
+            self._read_rounds.append(rnd)
+            self._open_round = rnd
+            if len(self.membership.voters) > 1:
+                self._bcast_heartbeat()
+        rnd.request_ids.append(request_id)
+        self._advance_reads()
+
+    def _advance_reads(self) -> None:
+        voters = self.membership.voters
+        while self._read_rounds:
+            rnd = self._read_rounds[0]
+            acked = {nid for nid, pr in self.progress.items() if pr.read_ack >= rnd.ctx}
+            acked.add(self.id)
+            if not quorum.has_quorum(voters, acked):
+                return
+            self._read_rounds.pop(0)
+            if self._open_round is rnd:
+                self._open_round = None
+            self._read_states.append(ReadState(rnd.index, tuple(rnd.request_ids)))

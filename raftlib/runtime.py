@@ -1,0 +1,609 @@
+"""The asyncio runtime: drives a pure :class:`~raftlib.core.raft.Raft` core.
+
+Theory of operation. One *driver* task owns the core; nothing else calls
+into it. Everything that wants the core's attention (a message from the
+transport, a tick, a user's write or read, a control call) is put on a list
+and the driver is woken. Each driver round:
+
+1. runs control calls, steps every queued message, applies queued ticks and
+   proposes every queued write as one batch;
+2. drains the core's Readies, each following the contract in
+   :mod:`raftlib.core.ready`: send ``messages``; persist with one synced
+   ``save`` in a worker thread; send ``messages_after_persist``; hand
+   committed entries to the applier; ``advance``.
+
+While a save is in flight new input piles up, so the next round carries it
+all in one batch: the slower the disk, the bigger the batch. A separate
+*applier* task feeds committed entries to the user's state machine strictly
+in log order and resolves the writers' futures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import inspect
+import itertools
+import logging
+import os
+import random
+from typing import Any, Callable, Mapping
+
+from . import codec
+from .config import Config
+from .core.messages import Message
+from .core.raft import LEADER, Raft
+from .core.ready import Ready
+from .errors import (
+    AlreadyBootstrapped,
+    ConfigError,
+    LeadershipLost,
+    NotLeader,
+    PeerStopped,
+    ProposalDropped,
+    RaftError,
+    StorageError,
+    Timeout,
+    WriteTimeout,
+)
+from .state_machine import StateMachine
+from .transport.tcp import Transport, parse_address
+from .types import Entry, EntryKind, Membership, NodeId
+
+from storage_adapters.protocol import LogStorage
+
+logger = logging.getLogger("raftlib")
+
+StateMachineFactory = Callable[[], StateMachine]
+
+
+class Peer:
+    """A running Raft peer. Create it with :func:`start_peer`."""
+
+    def __init__(
+        self,
+        state_machine: StateMachine,
+        *,
+        name: NodeId,
+        address: str,
+        storage: LogStorage,
+        config: Config,
+        log: logging.Logger,
+    ) -> None:
+        self.name = name
+        self.state_machine = state_machine
+        self.config = config
+        self._storage = storage
+        self._log = log
+        self._transport = Transport(
+            name, address, on_message=self._on_message, max_frame_size=config.max_frame_size, logger=log
+        )
+        rng = random.Random(config.seed if config.seed is not None else os.urandom(16))
+        self._core = Raft(name, storage, config, rng, log.getChild("core"))
+
+        self._inbox: list[Message] = []
+        self._proposals: list[tuple[bytes, asyncio.Future[Any]]] = []
+        self._read_requests: list[tuple[int, asyncio.Future[int]]] = []
+        self._calls: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
+        self._ticks = 0
+        self._wake = asyncio.Event()
+
+        self._pending_writes: dict[int, tuple[int, asyncio.Future[Any]]] = {}
+        self._pending_reads: dict[int, asyncio.Future[int]] = {}
+        self._read_ids = itertools.count(1)
+        self._apply_queue: asyncio.Queue[list[Entry]] = asyncio.Queue()
+        self._applied = self._core.applied_index
+        self._applied_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._waiter_ids = itertools.count()
+        self._leader_waiters: list[asyncio.Future[None]] = []
+        self._membership = Membership()
+        self._stopping = False
+        self._stopped = False
+        self._fatal: BaseException | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._save_inline = not getattr(storage, "save_blocks", True)
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def _start(self) -> None:
+        self._sync_addresses()
+        await self._transport.start()
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._drive(), name=f"raftlib-driver-{self.name}"),
+            loop.create_task(self._tick_forever(), name=f"raftlib-ticker-{self.name}"),
+            loop.create_task(self._apply_forever(), name=f"raftlib-applier-{self.name}"),
+        ]
+        self._wake.set()
+
+    async def stop(self) -> None:
+        """Stop this peer: finish the current save, close the network and storage.
+
+        Writes still in flight fail with :class:`LeadershipLost` (outcome
+        unknown); queued writes not yet in the log fail with :class:`PeerStopped`.
+        If this peer led, the others elect a new leader. Idempotent.
+        """
+        if self._stopping:
+            while not self._stopped:
+                await asyncio.sleep(0.01)
+            return
+        self._stopping = True
+        self._wake.set()
+        driver, *others = self._tasks
+        for t in others:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # a crashed task was already logged by _fail
+                self._log.debug("task %s ended with an error", t.get_name(), exc_info=True)
+        await self._transport.close()
+        try:
+            self._storage.close()
+        finally:
+            self._fail_everything(
+                PeerStopped(f"peer {self.name} has stopped"),
+                LeadershipLost(f"peer {self.name} stopped before the write's outcome was known"),
+            )
+            self._stopped = True
+            self._log.info("%s: stopped", self.name)
+
+    # -- public API ----------------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        """The address this peer listens on (with the real port if 0 was asked for)."""
+        return self._transport.address
+
+    @property
+    def leader(self) -> NodeId | None:
+        """The name of the leader this peer knows of, or ``None``."""
+        return self._core.leader
+
+    @property
+    def is_leader(self) -> bool:
+        return self._core.role == LEADER
+
+    def status(self) -> dict[str, Any]:
+        """Role, term, leader, commit and applied index, and members of this peer."""
+        core = self._core
+        membership = core.membership
+        progress = core.progress if core.role == LEADER else {}
+        members = {
+            nid: {
+                "address": addr,
+                "voter": nid in membership.voters,
+                **({"match_index": progress[nid].match} if nid in progress else {}),
+            }
+            for nid, addr in membership.members.items()
+        }
+        return {
+            "name": self.name,
+            "address": self.address,
+            "role": core.role,
+            "term": core.term,
+            "leader": core.leader,
+            "commit_index": core.commit_index,
+            "applied_index": self._applied,
+            "last_index": core.log.last_index(),
+            "members": members,
+        }
+
+    async def set_configuration(self, members: Mapping[NodeId, str]) -> None:
+        """Bootstrap a brand-new cluster with ``members`` (name → address).
+
+        Call it on one founding peer (or on every one, with the same
+        members). It only writes the first log entry; the members then elect
+        a leader. On a peer whose log already holds this exact configuration
+        it does nothing; with different members it raises
+        :class:`AlreadyBootstrapped`. Raises :class:`ConfigError` for a
+        malformed mapping or one that does not include this peer.
+        """
+        if not isinstance(members, Mapping) or not members:
+            raise ConfigError("set_configuration needs a non-empty mapping of member name to address")
+        for nid, addr in members.items():
+            if not isinstance(nid, str) or not nid or not isinstance(addr, str):
+                raise ConfigError(f"member names and addresses must be non-empty strings, got {nid!r}: {addr!r}")
+            parse_address(addr)
+        if self.name not in members:
+            raise ConfigError(f"the configuration must include this peer ({self.name!r})")
+        wanted = Membership(voters=dict(members))
+
+        def bootstrap() -> None:
+            core = self._core
+            if core.log.last_index() == 0 and core.term == 0:
+                core.bootstrap(wanted)
+            elif core.membership != wanted:
+                raise AlreadyBootstrapped(
+                    f"peer {self.name} already belongs to a cluster with members "
+                    f"{dict(core.membership.voters)}; use membership changes to alter it"
+                )
+
+        await self._call_in_driver(bootstrap)
+
+    async def wait_for_leader(self, timeout: float | None = None) -> NodeId:
+        """Wait until a leader is known and return its name.
+
+        Raises :class:`raftlib.errors.Timeout` after ``timeout`` seconds.
+        """
+        self._check_running()
+
+        async def wait() -> NodeId:
+            while True:
+                leader = self._core.leader
+                if leader is not None:
+                    return leader
+                fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                self._leader_waiters.append(fut)
+                await fut
+
+        try:
+            return await asyncio.wait_for(wait(), timeout)
+        except asyncio.TimeoutError:
+            raise Timeout(f"no leader was elected within {timeout} s") from None
+
+    async def write(self, command: Any, timeout: float | None = None) -> Any:
+        """Replicate ``command`` and return what ``handle_write`` returned for it.
+
+        Raises :class:`TypeError` if the command cannot be encoded by msgpack
+        (nothing is appended); :class:`NotLeader` if this peer is not the
+        leader (not applied: retry at the leader it names);
+        :class:`ProposalDropped` or :class:`PeerStopped` when the write
+        certainly did not apply; :class:`LeadershipLost` or
+        :class:`WriteTimeout` when its outcome is unknown.
+        """
+        data = codec.pack(command, "command", self.config.max_command_size)
+        self._check_running()
+        self._check_leader()
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._proposals.append((data, fut))
+        self._wake.set()
+        if timeout is None:
+            return await fut
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except asyncio.TimeoutError:
+            raise WriteTimeout(f"the write did not finish within {timeout} s; it may still be applied") from None
+
+    async def read(self, query: Any, timeout: float | None = None) -> Any:
+        """Answer ``query`` with ``handle_read``, linearizably.
+
+        The leader confirms it still leads with a round of heartbeats
+        (ReadIndex, shared by concurrent reads) and waits until it has
+        applied everything committed before the read began. Raises
+        :class:`TypeError` for a query msgpack cannot encode, :class:`NotLeader`
+        on a follower and :class:`raftlib.errors.Timeout` after ``timeout``.
+        """
+        data = codec.pack(query, "query", self.config.max_command_size)
+        self._check_running()
+        self._check_leader()
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._read_requests.append((next(self._read_ids), fut))
+        self._wake.set()
+
+        async def serve() -> Any:
+            index = await fut
+            await self._wait_applied(index)
+            result = self.state_machine.handle_read(codec.unpack(data))
+            if inspect.isawaitable(result):
+                result = await result
+            return codec.roundtrip(result, "read result")
+
+        try:
+            return await asyncio.wait_for(serve(), timeout)
+        except asyncio.TimeoutError:
+            raise Timeout(f"the read did not finish within {timeout} s") from None
+
+    # -- driver ---------------------------------------------------------------------
+
+    def _on_message(self, msg: Message) -> None:
+        if not self._stopping:
+            self._inbox.append(msg)
+            self._wake.set()
+
+    async def _tick_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.config.tick_interval
+        next_at = loop.time() + interval
+        while True:
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            next_at += interval
+            self._ticks += 1
+            self._wake.set()
+
+    async def _call_in_driver(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` inside the driver and return once its effects are persisted."""
+        self._check_running()
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._calls.append((fn, fut))
+        self._wake.set()
+        return await fut
+
+    async def _drive(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                if self._stopping:
+                    return
+                done = self._take_input()
+                while self._core.has_ready():
+                    await self._handle_ready(self._core.ready())
+                for fut, result in done:
+                    if not fut.done():
+                        if isinstance(result, BaseException):
+                            fut.set_exception(result)
+                        else:
+                            fut.set_result(result)
+        except Exception as exc:
+            self._fatal = exc
+            self._log.critical("%s: stopping after a fatal error: %s", self.name, exc, exc_info=True)
+            self._fail_everything(exc, exc)
+            self._stopping = True
+            raise
+
+    def _take_input(self) -> list[tuple[asyncio.Future[Any], Any]]:
+        core = self._core
+        done: list[tuple[asyncio.Future[Any], Any]] = []
+        calls, self._calls = self._calls, []
+        for fn, fut in calls:
+            try:
+                done.append((fut, fn()))
+            except RaftError as exc:
+                done.append((fut, exc))
+        inbox, self._inbox = self._inbox, []
+        for msg in inbox:
+            core.step(msg)
+        ticks, self._ticks = self._ticks, 0
+        for _ in range(ticks):
+            core.tick()
+        if self._proposals:
+            self._propose()
+        if self._read_requests:
+            reads, self._read_requests = self._read_requests, []
+            for rid, rfut in reads:
+                if rfut.done():
+                    continue
+                try:
+                    core.read_index(rid)
+                except NotLeader as exc:
+                    rfut.set_exception(self._not_leader(exc.leader))
+                else:
+                    self._pending_reads[rid] = rfut
+        return done
+
+    def _propose(self) -> None:
+        batch, self._proposals = self._proposals, []
+        live = [(data, fut) for data, fut in batch if not fut.done()]
+        if not live:
+            return
+        try:
+            placed = self._core.propose_batch([data for data, _ in live])
+        except NotLeader as exc:
+            for _, fut in live:
+                fut.set_exception(self._not_leader(exc.leader))
+            return
+        except ProposalDropped as exc:
+            for _, fut in live:
+                fut.set_exception(ProposalDropped(str(exc)))
+            return
+        for (term, index), (_, fut) in zip(placed, live):
+            self._pending_writes[index] = (term, fut)
+
+    async def _handle_ready(self, rd: Ready) -> None:
+        send = self._transport.send
+        for m in rd.messages:
+            send(m)
+        if rd.hard_state is not None or rd.entries:
+            await self._save(rd)
+        for m in rd.messages_after_persist:
+            send(m)
+        if rd.soft_state is not None:
+            self._on_soft_state(rd)
+        if rd.committed_entries:
+            self._apply_queue.put_nowait(rd.committed_entries)
+        for rs in rd.read_states:
+            for rid in rs.request_ids:
+                fut = self._pending_reads.pop(rid, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(rs.index)
+        self._core.advance(rd)
+        if self._core.membership is not self._membership:
+            self._sync_addresses()
+
+    async def _save(self, rd: Ready) -> None:
+        try:
+            if self._save_inline:
+                self._storage.save(rd.hard_state, rd.entries, True)
+            else:
+                # Shielded: a save that has started must finish before storage closes.
+                await asyncio.shield(asyncio.to_thread(self._storage.save, rd.hard_state, rd.entries, True))
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise StorageError(f"saving to storage failed: {exc}") from exc
+
+    def _on_soft_state(self, rd: Ready) -> None:
+        assert rd.soft_state is not None
+        if rd.soft_state.leader is not None:
+            waiters, self._leader_waiters = self._leader_waiters, []
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+        if rd.soft_state.role != LEADER:
+            self._fail_leader_work()
+
+    def _fail_leader_work(self) -> None:
+        """This peer stopped leading: fail what only a leader could finish."""
+        commit = self._core.commit_index
+        for index in [i for i in self._pending_writes if i > commit]:
+            _, fut = self._pending_writes.pop(index)
+            if not fut.done():
+                fut.set_exception(
+                    LeadershipLost(f"peer {self.name} stopped leading before entry {index} committed; outcome unknown")
+                )
+        reads, self._pending_reads = self._pending_reads, {}
+        for fut in reads.values():
+            if not fut.done():
+                fut.set_exception(self._not_leader(self._core.leader))
+
+    def _sync_addresses(self) -> None:
+        membership = self._core.membership
+        self._membership = membership
+        self._transport.update_addresses({n: a for n, a in membership.members.items() if n != self.name})
+
+    # -- applying -------------------------------------------------------------------
+
+    async def _apply_forever(self) -> None:
+        sm = self.state_machine
+        while True:
+            batch = await self._apply_queue.get()
+            for entry in batch:
+                pending = self._pending_writes.pop(entry.index, None)
+                if entry.kind is EntryKind.NORMAL:
+                    await self._apply_one(sm, entry, pending)
+                elif pending is not None and not pending[1].done():
+                    pending[1].set_exception(ProposalDropped("another leader's entry took this write's place"))
+                self._applied = entry.index
+                self._wake_applied_waiters()
+
+    async def _apply_one(self, sm: StateMachine, entry: Entry, pending: tuple[int, asyncio.Future[Any]] | None) -> None:
+        fut = None
+        if pending is not None:
+            term, fut = pending
+            if term != entry.term:
+                if not fut.done():
+                    fut.set_exception(ProposalDropped("another leader's entry took this write's place"))
+                fut = None
+        try:
+            result = sm.handle_write(codec.unpack(entry.data))
+            if inspect.isawaitable(result):
+                result = await result
+            if fut is not None and not fut.done():
+                fut.set_result(codec.roundtrip(result, "write result"))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._log.info("%s: handle_write raised for entry %d: %r", self.name, entry.index, exc)
+            if fut is not None and not fut.done():
+                fut.set_exception(exc)
+
+    async def _wait_applied(self, index: int) -> None:
+        if self._applied >= index:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._applied_waiters, (index, next(self._waiter_ids), fut))
+        await fut
+
+    def _wake_applied_waiters(self) -> None:
+        waiters = self._applied_waiters
+        while waiters and waiters[0][0] <= self._applied:
+            _, _, fut = heapq.heappop(waiters)
+            if not fut.done():
+                fut.set_result(None)
+
+    # -- errors ---------------------------------------------------------------------
+
+    def _check_running(self) -> None:
+        if self._fatal is not None:
+            raise PeerStopped(f"peer {self.name} stopped after a fatal error: {self._fatal}")
+        if self._stopping:
+            raise PeerStopped(f"peer {self.name} has stopped")
+
+    def _check_leader(self) -> None:
+        if self._core.role != LEADER:
+            raise self._not_leader(self._core.leader)
+
+    def _not_leader(self, leader: NodeId | None) -> NotLeader:
+        address = self._core.membership.members.get(leader) if leader else None
+        return NotLeader(leader, address)
+
+    def _fail_everything(self, not_applied: BaseException, unknown: BaseException) -> None:
+        for _, fut in self._proposals:
+            if not fut.done():
+                fut.set_exception(not_applied)
+        self._proposals = []
+        for _, fut in self._calls:
+            if not fut.done():
+                fut.set_exception(not_applied)
+        self._calls = []
+        for _, fut in self._read_requests:
+            if not fut.done():
+                fut.set_exception(not_applied)
+        self._read_requests = []
+        for _, wfut in self._pending_writes.values():
+            if not wfut.done():
+                wfut.set_exception(unknown)
+        self._pending_writes = {}
+        for rfut in self._pending_reads.values():
+            if not rfut.done():
+                rfut.set_exception(not_applied)
+        self._pending_reads = {}
+        for _, _, afut in self._applied_waiters:
+            if not afut.done():
+                afut.set_exception(not_applied)
+        self._applied_waiters = []
+        for lfut in self._leader_waiters:
+            if not lfut.done():
+                lfut.set_exception(not_applied)
+        self._leader_waiters = []
+
+
+def _make_state_machine(state_machine: StateMachine | type[StateMachine] | StateMachineFactory) -> StateMachine:
+    if isinstance(state_machine, StateMachine):
+        return state_machine
+    if callable(state_machine):
+        sm = state_machine()
+        if not isinstance(sm, StateMachine):
+            raise ConfigError(f"{state_machine!r}() returned {type(sm).__name__}, not a raftlib.StateMachine")
+        return sm
+    raise ConfigError("state_machine must be a raftlib.StateMachine subclass, instance or factory")
+
+
+async def start_peer(
+    state_machine: StateMachine | type[StateMachine] | StateMachineFactory,
+    *,
+    name: NodeId,
+    address: str,
+    data_dir: str | os.PathLike[str] | None = None,
+    storage: LogStorage | None = None,
+    config: Config | None = None,
+    logger: logging.Logger | None = None,
+) -> Peer:
+    """Start a Raft peer in the running event loop and return it.
+
+    ``state_machine`` is a :class:`StateMachine` subclass (instantiated with no
+    arguments), an instance, or a factory. ``address`` is ``host:port`` (port
+    0 picks a free one; see :attr:`Peer.address`) or ``unix:/path``. The log
+    lives in ``storage`` if given, else in an LMDB database under
+    ``data_dir``. A peer restarted on the same ``data_dir`` recovers its term,
+    vote and log and replays committed entries into a fresh state machine.
+
+    A new cluster is then founded with :meth:`Peer.set_configuration`.
+    """
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"name must be a non-empty string, got {name!r}")
+    parse_address(address)
+    cfg = (config or Config()).validate()
+    sm = _make_state_machine(state_machine)
+    if storage is None:
+        if data_dir is None:
+            raise ConfigError("start_peer needs data_dir (for the default LMDB storage) or storage=")
+        from storage_adapters.lmdb import LMDBStorage
+
+        storage = await asyncio.to_thread(LMDBStorage, data_dir)
+    log = logger or logging.getLogger(f"raftlib.peer.{name}")
+    try:
+        peer = Peer(sm, name=name, address=address, storage=storage, config=cfg, log=log)
+    except BaseException:
+        storage.close()
+        raise
+    try:
+        await peer._start()
+    except BaseException:
+        await peer._transport.close()
+        storage.close()
+        raise
+    return peer

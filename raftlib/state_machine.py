@@ -1,0 +1,39 @@
+"""The base class users subclass to put their service under Raft."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class StateMachine:
+    """The replicated part of a service.
+
+    raftlib calls :meth:`handle_write` once for every committed write, in log
+    order, on every peer. It must be **deterministic**: given the same
+    sequence of commands, every peer must reach the same state and return the
+    same results. Do not read clocks, random numbers, the network or
+    environment-specific state in it.
+
+    Both handlers may be plain methods or ``async def``. Commands, queries and
+    results are values msgpack can encode; handlers receive commands and
+    queries as msgpack decodes them (tuples arrive as lists, for example).
+
+    An exception raised by :meth:`handle_write` is raised to the writer; the
+    entry still counts as applied, so raise only deterministically.
+    """
+
+    def handle_write(self, command: Any) -> Any:
+        """Apply one committed command and return its result."""
+        raise NotImplementedError(f"{type(self).__name__} must implement handle_write(command)")
+
+    def handle_read(self, query: Any) -> Any:
+        """Answer a query from the current state without changing it."""
+        raise NotImplementedError(f"{type(self).__name__} must implement handle_read(query)")
+
+    def snapshot(self) -> bytes:
+        """Return the whole state as bytes, for log compaction."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement snapshot()")
+
+    def restore(self, data: bytes) -> None:
+        """Replace the whole state with one produced by :meth:`snapshot`."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement restore(data)")

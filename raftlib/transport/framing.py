@@ -1,0 +1,359 @@
+"""Sans-I/O wire codec: length-prefixed msgpack frames.
+
+A frame is a 4-byte big-endian unsigned payload length followed by that many
+bytes of msgpack. The payload is a map ``{"v": 1, "t": <type name>, "b": <body>}``:
+
+* ``v`` is the protocol version (only ``1`` exists);
+* ``t`` names the frame type: a Raft message class name from
+  :data:`~raftlib.core.messages.MESSAGE_TYPES`, or another name such as
+  ``"Hello"`` used by the runtime;
+* ``b`` is the body. For Raft messages it is the list of the dataclass field
+  values in field order, with ``entries`` encoded as ``[term, index, kind, data]``
+  lists.
+
+:class:`FrameDecoder` splits a byte stream into ``(type name, body)`` pairs and
+checks only the envelope; :func:`decode_message` turns a body into a message
+after checking its schema. Every malformed input raises
+:class:`~raftlib.errors.ProtocolError` (or its subclass
+:class:`~raftlib.errors.FrameTooLarge`), never anything else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import struct
+from operator import attrgetter
+from typing import Any, Callable
+
+import msgpack
+
+from ..core.messages import MESSAGE_TYPES, Message
+from ..errors import FrameTooLarge, ProtocolError
+from ..types import Entry, EntryKind
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "HEADER_SIZE",
+    "MAX_NAME_LENGTH",
+    "FieldKind",
+    "MESSAGE_SCHEMAS",
+    "encode_message",
+    "encode_frame",
+    "decode_message",
+    "is_message_type",
+    "FrameDecoder",
+]
+
+PROTOCOL_VERSION = 1
+"""The only payload version this codec speaks (the ``"v"`` key)."""
+
+HEADER_SIZE = 4
+"""Bytes of the length prefix."""
+
+MAX_NAME_LENGTH = 256
+"""Longest node name (``src``/``dst``) accepted in a message."""
+
+_MAX_PAYLOAD = 0xFFFFFFFF
+_HEADER = struct.Struct(">I")
+
+
+class FieldKind(enum.Enum):
+    """The wire type of one message field."""
+
+    INT = "int"
+    """A non-negative int (never a bool)."""
+    STR = "str"
+    """A node name: a str of at most :data:`MAX_NAME_LENGTH` characters."""
+    BOOL = "bool"
+    """A bool."""
+    ENTRIES = "entries"
+    """A list of ``[term, index, kind, data]`` lists (a tuple of :class:`Entry`)."""
+
+
+_ANNOTATION_KINDS: dict[str, FieldKind] = {
+    "int": FieldKind.INT,
+    "NodeId": FieldKind.STR,
+    "str": FieldKind.STR,
+    "bool": FieldKind.BOOL,
+    "tuple[Entry, ...]": FieldKind.ENTRIES,
+}
+"""The one place mapping dataclass annotations (strings, because of
+``from __future__ import annotations``) to wire types. A message field with an
+annotation missing here makes this module fail at import."""
+
+
+def _schema_of(cls: type) -> tuple[tuple[str, FieldKind], ...]:
+    """Return ``((field name, kind), ...)`` for a message dataclass, in field order."""
+    schema = []
+    for f in dataclasses.fields(cls):
+        annotation = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", repr(f.type))
+        kind = _ANNOTATION_KINDS.get(annotation)
+        if kind is None:
+            raise TypeError(f"framing: no wire type for {cls.__name__}.{f.name}: {annotation!r}")
+        schema.append((f.name, kind))
+    return tuple(schema)
+
+
+MESSAGE_SCHEMAS: dict[str, tuple[tuple[str, FieldKind], ...]] = {
+    name: _schema_of(cls) for name, cls in MESSAGE_TYPES.items()
+}
+"""For each Raft message type name, its fields and wire types in body order."""
+
+_KINDS_BY_VALUE: dict[int, EntryKind] = {k.value: k for k in EntryKind}
+
+
+# --------------------------------------------------------------------------- encoding
+
+_packer = msgpack.Packer(use_bin_type=True)
+# One module-level packer, reused: the C implementation packs the plain values
+# used here without calling back into Python, so a call is atomic under the GIL.
+
+
+@functools.lru_cache(maxsize=1024)
+def _payload_prefix(type_name: str) -> bytes:
+    """The constant payload bytes before the body: ``{"v": 1, "t": name, "b": ...``."""
+    return (
+        b"\x83"
+        + msgpack.packb("v")
+        + msgpack.packb(PROTOCOL_VERSION)
+        + msgpack.packb("t")
+        + msgpack.packb(type_name, use_bin_type=True)
+        + msgpack.packb("b")
+    )
+
+
+def _frame(prefix: bytes, body: bytes) -> bytes:
+    """Join the length header, payload prefix and packed body into one frame."""
+    size = len(prefix) + len(body)
+    if size > _MAX_PAYLOAD:
+        raise FrameTooLarge(f"frame payload of {size} bytes does not fit a 4-byte length")
+    return b"".join((_HEADER.pack(size), prefix, body))
+
+
+_entry_values = attrgetter("term", "index", "kind", "data")
+
+
+def _make_encoder(name: str, cls: type) -> Callable[[Any], bytes]:
+    """Build the encoder of one message class (field getters computed once)."""
+    names = [field_name for field_name, _ in MESSAGE_SCHEMAS[name]]
+    getter = attrgetter(*names)
+    prefix = _payload_prefix(name)
+    entry_positions = [i for i, (_, kind) in enumerate(MESSAGE_SCHEMAS[name]) if kind is FieldKind.ENTRIES]
+    pack = _packer.pack
+
+    if not entry_positions:
+
+        def encode_plain(msg: Any) -> bytes:
+            return _frame(prefix, pack(getter(msg)))
+
+        return encode_plain
+
+    def encode_with_entries(msg: Any) -> bytes:
+        values = list(getter(msg))
+        for i in entry_positions:
+            values[i] = list(map(_entry_values, values[i]))
+        return _frame(prefix, pack(values))
+
+    return encode_with_entries
+
+
+_ENCODERS: dict[type, Callable[[Any], bytes]] = {cls: _make_encoder(name, cls) for name, cls in MESSAGE_TYPES.items()}
+
+
+def encode_message(msg: Message) -> bytes:
+    """Encode a Raft message as one complete frame (header included).
+
+    Raises :class:`TypeError` if ``msg`` is not a Raft message.
+    """
+    encoder = _ENCODERS.get(type(msg))
+    if encoder is None:
+        raise TypeError(f"not a Raft message: {type(msg).__name__}")
+    return encoder(msg)
+
+
+def encode_frame(type_name: str, body: Any) -> bytes:
+    """Encode a frame of any type (``"Hello"``, client requests, ...).
+
+    ``body`` must be msgpack-serialisable (bytes are sent as bin).
+    """
+    if not isinstance(type_name, str):
+        raise TypeError(f"frame type name must be a str, got {type(type_name).__name__}")
+    return _frame(_payload_prefix(type_name), _packer.pack(body))
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def is_message_type(name: str) -> bool:
+    """Whether ``name`` is the wire name of a Raft message (see :func:`decode_message`)."""
+    return type(name) is str and name in MESSAGE_TYPES
+
+
+def _short(value: Any) -> str:
+    """A bounded repr for error messages."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_int(where: str, value: Any) -> int:
+    if type(value) is not int or value < 0:
+        raise ProtocolError(f"{where}: expected a non-negative int, got {_short(value)}")
+    return value
+
+
+def _check_name(where: str, value: Any) -> str:
+    if type(value) is not str:
+        raise ProtocolError(f"{where}: expected a str, got {_short(value)}")
+    if len(value) > MAX_NAME_LENGTH:
+        raise ProtocolError(f"{where}: node name longer than {MAX_NAME_LENGTH} characters")
+    return value
+
+
+def _check_bool(where: str, value: Any) -> bool:
+    if type(value) is not bool:
+        raise ProtocolError(f"{where}: expected a bool, got {_short(value)}")
+    return value
+
+
+def _decode_entry(where: str, raw: Any) -> Entry:
+    if type(raw) is not list or len(raw) != 4:
+        raise ProtocolError(f"{where}: expected a [term, index, kind, data] list, got {_short(raw)}")
+    term, index, kind, data = raw
+    _check_int(f"{where}.term", term)
+    _check_int(f"{where}.index", index)
+    entry_kind = _KINDS_BY_VALUE.get(kind) if type(kind) is int else None
+    if entry_kind is None:
+        raise ProtocolError(f"{where}.kind: expected one of {sorted(_KINDS_BY_VALUE)}, got {_short(kind)}")
+    if type(data) is not bytes:
+        raise ProtocolError(f"{where}.data: expected bytes, got {_short(data)}")
+    return Entry(term, index, entry_kind, data)
+
+
+def _check_entries(where: str, value: Any) -> tuple[Entry, ...]:
+    if type(value) is not list:
+        raise ProtocolError(f"{where}: expected a list of entries, got {_short(value)}")
+    return tuple(_decode_entry(f"{where}[{i}]", raw) for i, raw in enumerate(value))
+
+
+_CHECKERS: dict[FieldKind, Callable[[str, Any], Any]] = {
+    FieldKind.INT: _check_int,
+    FieldKind.STR: _check_name,
+    FieldKind.BOOL: _check_bool,
+    FieldKind.ENTRIES: _check_entries,
+}
+
+
+def _make_decoder(name: str, cls: type) -> Callable[[Any], Any]:
+    """Build the schema-checking decoder of one message class."""
+    schema = MESSAGE_SCHEMAS[name]
+    steps = tuple((f"{name}.{field_name}", _CHECKERS[kind]) for field_name, kind in schema)
+    count = len(steps)
+
+    def decode(body: Any) -> Any:
+        if type(body) is not list:
+            raise ProtocolError(f"{name}: body must be a list of {count} fields, got {_short(body)}")
+        if len(body) != count:
+            raise ProtocolError(f"{name}: body must have {count} fields, got {len(body)}")
+        return cls(*[check(where, value) for (where, check), value in zip(steps, body)])
+
+    return decode
+
+
+_DECODERS: dict[str, Callable[[Any], Any]] = {name: _make_decoder(name, cls) for name, cls in MESSAGE_TYPES.items()}
+
+
+def decode_message(type_name: str, body: Any) -> Message:
+    """Build the Raft message named ``type_name`` from a decoded frame body.
+
+    Checks the field count and every field's type. Raises
+    :class:`~raftlib.errors.ProtocolError` naming the offending field for
+    anything malformed, including an unknown type name.
+    """
+    decoder = _DECODERS.get(type_name) if type(type_name) is str else None
+    if decoder is None:
+        raise ProtocolError(f"unknown message type {_short(type_name)}")
+    msg: Message = decoder(body)
+    return msg
+
+
+def _unpack_payload(payload: bytes | memoryview) -> tuple[str, Any]:
+    """Check one frame payload's envelope and return ``(type name, body)``."""
+    try:
+        raw = msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True)
+    except Exception as exc:  # msgpack raises several unrelated classes for bad input
+        raise ProtocolError(f"payload is not valid msgpack ({type(exc).__name__}: {exc})") from None
+    if type(raw) is not dict:
+        raise ProtocolError(f"payload must be a map with v/t/b, got {type(raw).__name__}")
+    if "v" not in raw or "t" not in raw or "b" not in raw:
+        raise ProtocolError(f"payload map lacks {sorted({'v', 't', 'b'} - raw.keys())}")
+    version = raw["v"]
+    if type(version) is not int or version != PROTOCOL_VERSION:
+        raise ProtocolError(f"unsupported protocol version {_short(version)} (expected {PROTOCOL_VERSION})")
+    type_name = raw["t"]
+    if type(type_name) is not str:
+        raise ProtocolError(f"frame type must be a str, got {_short(type_name)}")
+    return type_name, raw["b"]
+
+
+class FrameDecoder:
+    """Incremental frame splitter for one byte stream.
+
+    ``max_frame_size`` bounds the payload length (header excluded). After
+    :meth:`feed` raises, the decoder is unusable: every later call raises
+    :class:`~raftlib.errors.ProtocolError` (the caller should close the stream).
+    """
+
+    __slots__ = ("max_frame_size", "_buf", "_failed")
+
+    def __init__(self, max_frame_size: int) -> None:
+        if type(max_frame_size) is not int or max_frame_size <= 0:
+            raise ValueError(f"max_frame_size must be a positive int, got {max_frame_size!r}")
+        self.max_frame_size = max_frame_size
+        self._buf = bytearray()
+        self._failed = False
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for a frame not yet complete."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[tuple[str, Any]]:
+        """Add bytes from the stream; return every frame now complete, in order.
+
+        Raises :class:`~raftlib.errors.FrameTooLarge` as soon as a header
+        announces a payload above ``max_frame_size`` (its body is never
+        buffered), and :class:`~raftlib.errors.ProtocolError` for a payload
+        with a bad envelope. Frames completed by the same call before the bad
+        one are discarded with it.
+        """
+        if self._failed:
+            raise ProtocolError("stream already failed to decode")
+        buf = self._buf
+        buf += data
+        frames: list[tuple[str, Any]] = []
+        pos = 0
+        end = len(buf)
+        view = memoryview(buf)  # slices of it copy nothing
+        try:
+            while end - pos >= HEADER_SIZE:
+                (size,) = _HEADER.unpack_from(view, pos)
+                if size > self.max_frame_size:
+                    raise FrameTooLarge(f"frame of {size} bytes exceeds the limit of {self.max_frame_size}")
+                start = pos + HEADER_SIZE
+                if end - start < size:
+                    break
+                with view[start : start + size] as payload:
+                    frames.append(_unpack_payload(payload))
+                pos = start + size
+        except ProtocolError:
+            self._failed = True
+            view.release()
+            buf.clear()
+            raise
+        finally:
+            view.release()  # the bytearray cannot shrink while a view exists
+        if pos:
+            del buf[:pos]  # O(1) for a bytearray prefix: CPython advances its start
+        return frames

@@ -1,0 +1,575 @@
+"""asyncio streams transport between Raft peers, over TCP or Unix sockets.
+
+Addresses are ``"host:port"`` (IPv6 as ``"[::1]:port"``) or ``"unix:/path"``.
+
+Outbound, :meth:`Transport.send` never blocks and never raises on network
+trouble: each destination has a bounded outbox served by one writer task that
+connects (with exponential back-off), introduces itself with a ``Hello`` frame
+and writes everything queued in one batch per wake-up. Messages in a failed
+write, or dropped from a full outbox, are lost; Raft tolerates that.
+
+Inbound, every accepted connection must start with ``Hello [name, address]``;
+then Raft messages go to ``on_message`` and other frame types to ``on_frame``.
+A connection that sends anything malformed is logged once and closed; the
+transport keeps serving all other connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import ipaddress
+import logging
+import os
+import stat
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Literal, Mapping, NamedTuple
+
+from ..core.messages import Message
+from ..errors import ConfigError, ProtocolError
+from .framing import MAX_NAME_LENGTH, FrameDecoder, decode_message, encode_frame, encode_message, is_message_type
+
+__all__ = [
+    "HELLO",
+    "Endpoint",
+    "parse_address",
+    "format_address",
+    "Connection",
+    "Transport",
+]
+
+HELLO = "Hello"
+"""Type name of the first frame on every connection; body ``[name, address]``."""
+
+READ_SIZE = 64 * 1024
+"""Bytes asked for per read of an inbound connection."""
+
+DEFAULT_MAX_FRAME_SIZE = 64 * 1024 * 1024
+DEFAULT_MAX_OUTBOX = 10_000
+BACKOFF_MIN = 0.02
+BACKOFF_MAX = 1.0
+DEFAULT_CONNECT_TIMEOUT = 5.0
+
+OnMessage = Callable[[Message], None]
+OnFrame = Callable[[str, Any, "Connection"], Awaitable[None]]
+
+
+# --------------------------------------------------------------------------- addresses
+
+
+class Endpoint(NamedTuple):
+    """A parsed address. For ``kind == "unix"``, ``host`` is the socket path and ``port`` is ``None``."""
+
+    kind: Literal["tcp", "unix"]
+    host: str
+    port: int | None
+
+
+def _parse_port(addr: str, text: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise ConfigError(f"address {addr!r}: port {text!r} is not a number")
+    port = int(text)
+    if port > 65535:
+        raise ConfigError(f"address {addr!r}: port {port} is out of range 0-65535")
+    return port
+
+
+def parse_address(addr: str) -> Endpoint:
+    """Parse ``"host:port"``, ``"[v6]:port"`` or ``"unix:/path"``.
+
+    Raises :class:`~raftlib.errors.ConfigError` describing what is wrong.
+    Port 0 is accepted (it asks the OS for a free port when listening).
+    """
+    if not isinstance(addr, str):
+        raise ConfigError(f"address must be a str, got {type(addr).__name__}")
+    if addr.startswith("unix:"):
+        path = addr[len("unix:") :]
+        if not path or "\0" in path:
+            raise ConfigError(f"address {addr!r}: unix socket path is empty or contains NUL")
+        return Endpoint("unix", path, None)
+    if addr.startswith("["):
+        host, sep, port_text = addr[1:].partition("]:")
+        if not sep:
+            raise ConfigError(f"address {addr!r}: expected '[ipv6]:port'")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ConfigError(f"address {addr!r}: {host!r} is not an IPv6 address") from None
+        return Endpoint("tcp", host, _parse_port(addr, port_text))
+    host, sep, port_text = addr.rpartition(":")
+    if not sep:
+        raise ConfigError(f"address {addr!r}: expected 'host:port', '[ipv6]:port' or 'unix:/path'")
+    if not host or any(c.isspace() for c in host):
+        raise ConfigError(f"address {addr!r}: missing or invalid host")
+    if ":" in host:
+        raise ConfigError(f"address {addr!r}: IPv6 addresses must be written in brackets, as '[::1]:port'")
+    return Endpoint("tcp", host, _parse_port(addr, port_text))
+
+
+def format_address(host: str, port: int) -> str:
+    """The ``host:port`` text of a TCP endpoint, bracketing IPv6 hosts."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+async def _open(endpoint: Endpoint) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Open a stream to ``endpoint``."""
+    if endpoint.kind == "unix":
+        return await asyncio.open_unix_connection(endpoint.host)
+    return await asyncio.open_connection(endpoint.host, endpoint.port)
+
+
+async def _close_writer(writer: asyncio.StreamWriter) -> None:
+    """Close a stream and wait until its socket is released, ignoring network errors."""
+    writer.close()
+    with contextlib.suppress(OSError, RuntimeError):
+        await writer.wait_closed()
+
+
+def _remote_of(writer: asyncio.StreamWriter) -> str:
+    """A printable name of the far end of an accepted stream."""
+    peer = writer.get_extra_info("peername")
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return format_address(str(peer[0]), int(peer[1]))
+    return f"unix:{peer}" if peer else "unix:(anonymous)"
+
+
+# --------------------------------------------------------------------------- connections
+
+
+class Connection:
+    """One accepted inbound connection, as seen by ``on_frame`` handlers.
+
+    ``peer_name`` and ``peer_address`` come from the connection's Hello frame;
+    ``remote`` is the socket's far end, for logs.
+    """
+
+    def __init__(self, writer: asyncio.StreamWriter, remote: str) -> None:
+        self._writer = writer
+        self.remote = remote
+        self.peer_name: str | None = None
+        self.peer_address: str | None = None
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection is closed or closing."""
+        return self._writer.is_closing()
+
+    async def send_frame(self, type_name: str, body: Any) -> None:
+        """Write one frame back to the peer and wait for buffer space.
+
+        Raises :class:`ConnectionError` if the connection is closed.
+        """
+        if self._writer.is_closing():
+            raise ConnectionResetError(f"connection to {self.remote} is closed")
+        self._writer.write(encode_frame(type_name, body))
+        await self._writer.drain()
+
+    def close(self) -> None:
+        """Close the connection (the socket is released on the next loop iteration)."""
+        self._writer.close()
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.peer_name or '?'} from {self.remote}>"
+
+
+@dataclass(eq=False)
+class _Outbox:
+    """Frames waiting for one destination, and the writer task serving them."""
+
+    name: str
+    limit: int
+    frames: collections.deque[bytes] = field(default_factory=collections.deque)
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+    def put(self, frame: bytes) -> int:
+        """Queue a frame; return how many old frames were dropped to make room."""
+        dropped = 0
+        while len(self.frames) >= self.limit:
+            self.frames.popleft()
+            dropped += 1
+        self.frames.append(frame)
+        self.wakeup.set()
+        return dropped
+
+    def take_all(self) -> list[bytes]:
+        """Remove and return every queued frame."""
+        frames = list(self.frames)
+        self.frames.clear()
+        return frames
+
+    async def wait(self) -> None:
+        """Wait until something calls :meth:`poke` or :meth:`put`."""
+        await self.wakeup.wait()
+        self.wakeup.clear()
+
+    def poke(self) -> None:
+        """Wake the writer task (address change, peer closed the connection)."""
+        self.wakeup.set()
+
+
+class _PeerClosed(ConnectionError):
+    """The far end closed an outbound connection."""
+
+
+# --------------------------------------------------------------------------- transport
+
+
+class Transport:
+    """Sends Raft messages to named peers and receives them from any peer.
+
+    Parameters:
+        name: this peer's name, sent in Hello frames.
+        listen: the address to listen on (``"127.0.0.1:0"`` picks a free port).
+        on_message: called (synchronously) with every well-formed Raft message
+            received. Exceptions it raises are logged and otherwise ignored.
+        on_frame: awaited with ``(type name, body, connection)`` for frames that
+            are not Raft messages; without it such frames are protocol errors.
+        max_frame_size: largest payload accepted from a peer.
+        max_outbox: frames queued per destination before the oldest are dropped.
+        connect_timeout: seconds allowed for one connection attempt.
+        logger: where to log; ``logging.getLogger("raftlib.transport")`` by default.
+
+    All methods must be called from the event loop's thread.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        listen: str,
+        *,
+        on_message: OnMessage,
+        on_frame: OnFrame | None = None,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        max_outbox: int = DEFAULT_MAX_OUTBOX,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        if not isinstance(name, str) or not name or len(name) > MAX_NAME_LENGTH:
+            raise ConfigError(f"Transport name must be a non-empty str of at most {MAX_NAME_LENGTH} characters")
+        if type(max_frame_size) is not int or max_frame_size <= 0:
+            raise ConfigError(f"max_frame_size must be a positive int, got {max_frame_size!r}")
+        if type(max_outbox) is not int or max_outbox <= 0:
+            raise ConfigError(f"max_outbox must be a positive int, got {max_outbox!r}")
+        self.name = name
+        self.listen = listen
+        self._listen_endpoint = parse_address(listen)
+        self._on_message = on_message
+        self._on_frame = on_frame
+        self.max_frame_size = max_frame_size
+        self.max_outbox = max_outbox
+        self.connect_timeout = connect_timeout
+        self.log = logger or logging.getLogger("raftlib.transport")
+        self.stats: dict[str, int] = {
+            "frames_sent": 0,
+            "frames_received": 0,
+            "dropped": 0,
+            "protocol_errors": 0,
+            "connect_failures": 0,
+        }
+        self._address: str | None = None
+        self._addresses: dict[str, str] = {}
+        self._outboxes: dict[str, _Outbox] = {}
+        self._server: asyncio.AbstractServer | None = None
+        self._inbound: set[asyncio.Task[Any]] = set()
+        self._unix_inode: tuple[int, int] | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def address(self) -> str:
+        """The address peers should use: after :meth:`start`, with the real port."""
+        return self._address or self.listen
+
+    @property
+    def addresses(self) -> dict[str, str]:
+        """A copy of the address book."""
+        return dict(self._addresses)
+
+    async def start(self) -> None:
+        """Start listening. Raises :class:`OSError` if the address cannot be bound."""
+        if self._closed:
+            raise RuntimeError("transport is closed")
+        if self._server is not None:
+            return
+        endpoint = self._listen_endpoint
+        if endpoint.kind == "unix":
+            self._server = await asyncio.start_unix_server(self._serve_inbound, path=endpoint.host)
+            st = os.stat(endpoint.host)
+            self._unix_inode = (st.st_dev, st.st_ino)
+            self._address = self.listen
+        else:
+            self._server = await asyncio.start_server(
+                self._serve_inbound, host=endpoint.host, port=endpoint.port, reuse_address=True
+            )
+            self._address = self._bound_address(endpoint)
+        self.log.debug("%s listening on %s", self.name, self._address)
+
+    def _bound_address(self, endpoint: Endpoint) -> str:
+        """The ``host:port`` actually bound, for an address given with port 0."""
+        assert self._server is not None and endpoint.port is not None
+        sockname = self._server.sockets[0].getsockname()
+        host = endpoint.host if _is_ip_literal(endpoint.host) or endpoint.port else str(sockname[0])
+        return format_address(host, int(sockname[1]))
+
+    async def close(self) -> None:
+        """Stop listening, end every task and close every socket. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._server is not None:
+            self._server.close()
+        # Connections accepted just before the server closed start their
+        # handler a loop iteration later, so repeat until nothing is left.
+        for _ in range(100):
+            await asyncio.sleep(0)
+            tasks = [t for t in self._all_tasks() if not t.done()]
+            if not tasks:
+                break
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+        self._remove_unix_socket()
+        for outbox in self._outboxes.values():
+            outbox.frames.clear()
+
+    def _all_tasks(self) -> list[asyncio.Task[Any]]:
+        tasks = [o.task for o in self._outboxes.values() if o.task is not None]
+        return tasks + list(self._inbound)
+
+    def _remove_unix_socket(self) -> None:
+        """Unlink the socket file this transport created, if it is still ours."""
+        if self._unix_inode is None:
+            return
+        path = self._listen_endpoint.host
+        with contextlib.suppress(OSError):
+            st = os.stat(path)
+            if stat.S_ISSOCK(st.st_mode) and (st.st_dev, st.st_ino) == self._unix_inode:
+                os.unlink(path)
+        self._unix_inode = None
+
+    # ------------------------------------------------------------------ address book
+
+    def set_address(self, name: str, address: str) -> None:
+        """Record (or change) where peer ``name`` listens. Raises ConfigError on a bad address."""
+        parse_address(address)
+        old = self._addresses.get(name)
+        self._addresses[name] = address
+        if old != address and name in self._outboxes:
+            self._outboxes[name].poke()  # reconnect to the new address
+
+    def update_addresses(self, mapping: Mapping[str, str]) -> None:
+        """Merge ``mapping`` (name to address) into the address book."""
+        for address in mapping.values():
+            parse_address(address)
+        for name, address in mapping.items():
+            self.set_address(name, address)
+
+    def remove_address(self, name: str) -> None:
+        """Forget peer ``name``: queued messages are dropped and its connection closed."""
+        if self._addresses.pop(name, None) is not None and name in self._outboxes:
+            self._outboxes[name].poke()
+
+    # ------------------------------------------------------------------ sending
+
+    def send(self, msg: Message) -> None:
+        """Queue ``msg`` for ``msg.dst``. Never blocks; never raises on network trouble.
+
+        Messages to a peer without a known address, or sent after
+        :meth:`close`, are dropped. Raises :class:`TypeError` if ``msg`` is not
+        a Raft message (a programming error).
+        """
+        frame = encode_message(msg)
+        dst = msg.dst
+        if self._closed or dst not in self._addresses:
+            self.stats["dropped"] += 1
+            reason = "transport closed" if self._closed else "no known address"
+            self.log.debug("%s: dropping %s to %s: %s", self.name, type(msg).__name__, dst, reason)
+            return
+        outbox = self._outboxes.get(dst)
+        if outbox is None:
+            outbox = self._outboxes[dst] = _Outbox(dst, self.max_outbox)
+        if outbox.task is None:
+            outbox.task = asyncio.get_running_loop().create_task(
+                self._writer_loop(outbox), name=f"raftlib-transport-writer-{self.name}->{dst}"
+            )
+        dropped = outbox.put(frame)
+        if dropped:
+            self.stats["dropped"] += dropped
+
+    async def _writer_loop(self, outbox: _Outbox) -> None:
+        """Serve one destination forever: connect, send batches, reconnect on errors."""
+        backoff = BACKOFF_MIN
+        while True:
+            while not outbox.frames:
+                await outbox.wait()
+            address = self._addresses.get(outbox.name)
+            if address is None:
+                self._drop_queued(outbox, "its address was removed")
+                continue
+            try:
+                reader, writer = await asyncio.wait_for(_open(parse_address(address)), self.connect_timeout)
+            except (OSError, asyncio.TimeoutError) as exc:
+                self.stats["connect_failures"] += 1
+                self.log.debug("%s: cannot connect to %s at %s: %r", self.name, outbox.name, address, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            backoff = BACKOFF_MIN
+            failed = False
+            try:
+                await self._write_batches(outbox, address, reader, writer)
+            except OSError as exc:  # includes ConnectionError and _PeerClosed
+                failed = True
+                self.log.info("%s: connection to %s at %s lost: %r", self.name, outbox.name, address, exc)
+            finally:
+                await _close_writer(writer)
+            if failed:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def _drop_queued(self, outbox: _Outbox, reason: str) -> None:
+        frames = outbox.take_all()
+        self.stats["dropped"] += len(frames)
+        self.log.debug("%s: dropped %d messages to %s: %s", self.name, len(frames), outbox.name, reason)
+
+    async def _write_batches(
+        self, outbox: _Outbox, address: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Send Hello then every queued frame, batch by batch, until the address
+        changes (return) or the connection fails (raise)."""
+        peer_closed = asyncio.Event()
+        watcher = asyncio.get_running_loop().create_task(self._watch_outbound(reader, outbox, peer_closed))
+        try:
+            batch = [encode_frame(HELLO, [self.name, self.address])]
+            while True:
+                if self._addresses.get(outbox.name) != address:
+                    self.log.debug("%s: address of %s changed; reconnecting", self.name, outbox.name)
+                    return
+                if peer_closed.is_set():
+                    raise _PeerClosed(f"{outbox.name} closed the connection")
+                batch.extend(outbox.take_all())
+                if batch:
+                    writer.write(b"".join(batch))
+                    self.stats["frames_sent"] += len(batch)
+                    batch = []
+                    await writer.drain()
+                await outbox.wait()
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+
+    async def _watch_outbound(self, reader: asyncio.StreamReader, outbox: _Outbox, closed: asyncio.Event) -> None:
+        """Notice at once when the far end closes an outbound connection (it
+        sends nothing on it), so the writer reconnects before the next batch."""
+        try:
+            while await reader.read(READ_SIZE):
+                pass
+        except OSError:
+            pass
+        closed.set()
+        outbox.poke()
+
+    # ------------------------------------------------------------------ receiving
+
+    async def _serve_inbound(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Handle one accepted connection until it closes or misbehaves."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._inbound.add(task)
+        conn = Connection(writer, _remote_of(writer))
+        try:
+            if not self._closed:
+                await self._read_frames(reader, conn)
+        except ProtocolError as exc:
+            self.stats["protocol_errors"] += 1
+            self.log.warning("%s: closing connection from %s: %s", self.name, conn.remote, exc)
+        except OSError as exc:
+            self.log.debug("%s: connection from %s failed: %r", self.name, conn.remote, exc)
+        except asyncio.CancelledError:
+            # Only close() cancels this task, and it is ending anyway. Returning
+            # normally matters: asyncio's stream callback calls task.exception(),
+            # which would log an error for a cancelled task.
+            pass
+        except Exception:
+            self.log.exception("%s: closing connection from %s after an unexpected error", self.name, conn.remote)
+        finally:
+            await _close_writer(writer)
+            self._inbound.discard(task)
+
+    async def _read_frames(self, reader: asyncio.StreamReader, conn: Connection) -> None:
+        decoder = FrameDecoder(self.max_frame_size)
+        while True:
+            data = await reader.read(READ_SIZE)
+            if not data:
+                return
+            for type_name, body in decoder.feed(data):
+                self.stats["frames_received"] += 1
+                await self._dispatch(conn, type_name, body)
+
+    async def _dispatch(self, conn: Connection, type_name: str, body: Any) -> None:
+        """Route one inbound frame. Raises ProtocolError for anything malformed."""
+        if conn.peer_name is None:
+            self._accept_hello(conn, type_name, body)
+        elif is_message_type(type_name):
+            self._deliver(conn, decode_message(type_name, body))
+        elif type_name == HELLO:
+            raise ProtocolError("second Hello on the same connection")
+        elif self._on_frame is not None:
+            await self._call_on_frame(conn, type_name, body)
+        else:
+            raise ProtocolError(f"unexpected frame type {type_name[:64]!r}")
+
+    def _accept_hello(self, conn: Connection, type_name: str, body: Any) -> None:
+        """Check the first frame and learn the peer's address from it."""
+        if type_name != HELLO:
+            raise ProtocolError(f"first frame must be Hello, got {type_name[:64]!r}")
+        if type(body) is not list or len(body) != 2 or not all(type(x) is str for x in body):
+            raise ProtocolError("Hello body must be [name, address] (two strings)")
+        name, address = body
+        if not name or len(name) > MAX_NAME_LENGTH:
+            raise ProtocolError(f"Hello name must have 1 to {MAX_NAME_LENGTH} characters")
+        if address:
+            try:
+                parse_address(address)
+            except ConfigError as exc:
+                raise ProtocolError(f"Hello address is invalid: {exc}") from None
+        conn.peer_name, conn.peer_address = name, address
+        if address and name != self.name and self._addresses.get(name) != address:
+            self.log.debug("%s: learned address of %s: %s", self.name, name, address)
+            self.set_address(name, address)
+
+    def _deliver(self, conn: Connection, msg: Message) -> None:
+        """Hand a decoded message to ``on_message``; its exceptions are only logged."""
+        if msg.src != conn.peer_name:
+            raise ProtocolError(f"message from {msg.src[:64]!r} on the connection of {conn.peer_name!r}")
+        if msg.dst != self.name:
+            self.stats["dropped"] += 1
+            self.log.debug("%s: dropping %s addressed to %s", self.name, type(msg).__name__, msg.dst)
+            return
+        try:
+            self._on_message(msg)
+        except Exception:
+            self.log.exception("%s: on_message failed for %s", self.name, msg.describe())
+
+    async def _call_on_frame(self, conn: Connection, type_name: str, body: Any) -> None:
+        """Await ``on_frame``; a ProtocolError it raises closes the connection, others are logged."""
+        assert self._on_frame is not None
+        try:
+            await self._on_frame(type_name, body, conn)
+        except (ProtocolError, asyncio.CancelledError):
+            raise
+        except Exception:
+            self.log.exception("%s: on_frame failed for a %s frame from %s", self.name, type_name[:64], conn.remote)

@@ -1,0 +1,402 @@
+"""Tests of the asyncio TCP/Unix transport, on loopback and tmp paths only."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import msgpack
+import pytest
+
+from raftlib.core.messages import AppendEntries, RequestVote, TimeoutNow
+from raftlib.errors import ConfigError
+from raftlib.transport.framing import FrameDecoder, encode_frame, encode_message
+from raftlib.transport.tcp import Connection, Endpoint, Transport, parse_address
+from raftlib.types import Entry, EntryKind
+
+LOGGER = "raftlib.transport"
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
+    """Poll ``condition`` every few milliseconds; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+@dataclass
+class Node:
+    """A started transport and the messages it received."""
+
+    transport: Transport
+    inbox: list[Any] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return self.transport.address
+
+
+MakeNode = Callable[..., Awaitable[Node]]
+
+
+@pytest.fixture
+async def make_node() -> AsyncIterator[MakeNode]:
+    """Factory of started transports, all closed at teardown."""
+    created: list[Transport] = []
+
+    async def make(name: str, listen: str = "127.0.0.1:0", **kwargs: Any) -> Node:
+        inbox: list[Any] = []
+        kwargs.setdefault("on_message", inbox.append)
+        transport = Transport(name, listen, **kwargs)
+        created.append(transport)
+        await transport.start()
+        return Node(transport, inbox)
+
+    try:
+        yield make
+    finally:
+        for transport in created:
+            await transport.close()
+
+
+def append(src: str, dst: str, term: int = 1) -> AppendEntries:
+    return AppendEntries(term, src, dst, 0, 0, (Entry(term, 1, EntryKind.NORMAL, b"cmd"),), 0, 7)
+
+
+async def connect_pair(make_node: MakeNode, **kwargs: Any) -> tuple[Node, Node]:
+    a = await make_node("a", **kwargs)
+    b = await make_node("b", **kwargs)
+    a.transport.set_address("b", b.address)
+    b.transport.set_address("a", a.address)
+    return a, b
+
+
+async def exchange(a: Node, b: Node, term: int) -> None:
+    """Send one message each way and wait for both to arrive."""
+    ab, ba = append("a", "b", term), TimeoutNow(term, "b", "a")
+    a.transport.send(ab)
+    b.transport.send(ba)
+    await wait_until(lambda: ab in b.inbox and ba in a.inbox, what=f"exchange of term {term}")
+
+
+# --------------------------------------------------------------------------- addresses
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("127.0.0.1:80", Endpoint("tcp", "127.0.0.1", 80)),
+        ("localhost:0", Endpoint("tcp", "localhost", 0)),
+        ("node-1.example.com:65535", Endpoint("tcp", "node-1.example.com", 65535)),
+        ("[::1]:7000", Endpoint("tcp", "::1", 7000)),
+        ("unix:/tmp/x.sock", Endpoint("unix", "/tmp/x.sock", None)),
+        ("unix:rel.sock", Endpoint("unix", "rel.sock", None)),
+    ],
+)
+def test_parse_address(text: str, expected: Endpoint) -> None:
+    assert parse_address(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("127.0.0.1", "expected 'host:port'"),
+        (":80", "host"),
+        ("host:", "not a number"),
+        ("host:http", "not a number"),
+        ("host:-1", "not a number"),
+        ("host:65536", "out of range"),
+        ("host:٣", "not a number"),  # a non-ASCII digit
+        ("::1:80", "brackets"),
+        ("[::1:80", r"\[ipv6\]:port"),
+        ("[nothex]:80", "not an IPv6"),
+        ("unix:", "empty"),
+        ("my host:80", "host"),
+        (None, "must be a str"),
+    ],
+)
+def test_parse_address_rejects(text: Any, reason: str) -> None:
+    with pytest.raises(ConfigError, match=reason):
+        parse_address(text)
+
+
+def test_constructor_validates() -> None:
+    def noop(msg: Any) -> None:
+        pass
+
+    with pytest.raises(ConfigError):
+        Transport("a", "nowhere", on_message=noop)
+    with pytest.raises(ConfigError):
+        Transport("", "127.0.0.1:0", on_message=noop)
+    with pytest.raises(ConfigError):
+        Transport("a", "127.0.0.1:0", on_message=noop, max_outbox=0)
+    transport = Transport("a", "127.0.0.1:0", on_message=noop)
+    with pytest.raises(ConfigError):
+        transport.set_address("b", "bad")
+
+
+# --------------------------------------------------------------------------- exchanging
+
+
+async def test_two_transports_exchange_both_ways(make_node: MakeNode) -> None:
+    a, b = await connect_pair(make_node)
+    assert a.address.startswith("127.0.0.1:") and not a.address.endswith(":0")
+    for term in range(1, 4):
+        await exchange(a, b, term)
+    many = [append("a", "b", term) for term in range(10, 200)]
+    for msg in many:
+        a.transport.send(msg)
+    await wait_until(lambda: len(b.inbox) == 3 + len(many), what="the burst")
+    assert b.inbox[3:] == many  # in order, none lost
+    assert a.transport.stats["frames_sent"] >= len(many) + 1
+    assert b.transport.stats["protocol_errors"] == 0
+
+
+async def test_address_learned_from_hello(make_node: MakeNode) -> None:
+    a = await make_node("a")
+    b = await make_node("b")
+    a.transport.set_address("b", b.address)
+    a.transport.send(TimeoutNow(1, "a", "b"))
+    await wait_until(lambda: len(b.inbox) == 1)
+    assert b.transport.addresses == {"a": a.address}
+    b.transport.send(TimeoutNow(1, "b", "a"))
+    await wait_until(lambda: len(a.inbox) == 1)
+
+
+async def test_unix_sockets(make_node: MakeNode, tmp_path: Path) -> None:
+    a = await make_node("a", f"unix:{tmp_path}/a.sock")
+    b = await make_node("b", f"unix:{tmp_path}/b.sock")
+    assert a.address == f"unix:{tmp_path}/a.sock"
+    a.transport.set_address("b", b.address)
+    b.transport.set_address("a", a.address)
+    await exchange(a, b, 1)
+    await a.transport.close()
+    assert not (tmp_path / "a.sock").exists()
+
+
+async def test_ipv6_loopback(make_node: MakeNode) -> None:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    a, b = await connect_pair(make_node, listen="[::1]:0")
+    assert a.address.startswith("[::1]:")
+    await exchange(a, b, 1)
+
+
+async def test_reconnect_after_receiver_restarts(make_node: MakeNode) -> None:
+    a, b = await connect_pair(make_node)
+    await exchange(a, b, 1)
+    address = b.address
+    await b.transport.close()
+    failures = a.transport.stats["connect_failures"]
+    a.transport.send(TimeoutNow(2, "a", "b"))  # may die with the old connection
+    await wait_until(lambda: a.transport.stats["connect_failures"] > failures, what="a failed reconnect")
+    queued = TimeoutNow(3, "a", "b")
+    a.transport.send(queued)  # the writer is backing off: this one is queued
+    b2 = await make_node("b", address)
+    await wait_until(lambda: queued in b2.inbox, what="the queued message after restart")
+    b2.transport.send(TimeoutNow(3, "b", "a"))  # b2 learned a's address from Hello
+    await wait_until(lambda: TimeoutNow(3, "b", "a") in a.inbox)
+
+
+async def test_address_change_moves_the_connection(make_node: MakeNode) -> None:
+    a, b = await connect_pair(make_node)
+    await exchange(a, b, 1)
+    b2 = await make_node("b")
+    a.transport.set_address("b", b2.address)
+    a.transport.send(TimeoutNow(2, "a", "b"))
+    await wait_until(lambda: TimeoutNow(2, "a", "b") in b2.inbox)
+    assert TimeoutNow(2, "a", "b") not in b.inbox
+
+
+async def test_full_outbox_drops_oldest(make_node: MakeNode, tmp_path: Path) -> None:
+    a = await make_node("a", max_outbox=3)
+    a.transport.set_address("z", f"unix:{tmp_path}/nobody-listens.sock")
+    for term in range(10):
+        a.transport.send(TimeoutNow(term, "a", "z"))
+    assert a.transport.stats["dropped"] == 7
+    await wait_until(lambda: a.transport.stats["connect_failures"] > 0)
+    a.transport.send(TimeoutNow(1, "a", "unknown"))  # no address at all
+    assert a.transport.stats["dropped"] == 8
+
+
+async def test_message_for_another_node_is_dropped(make_node: MakeNode) -> None:
+    a, b = await connect_pair(make_node)
+    a.transport.set_address("c", b.address)  # wrong: b listens there
+    a.transport.send(TimeoutNow(1, "a", "c"))
+    await wait_until(lambda: b.transport.stats["dropped"] == 1)
+    assert b.inbox == []
+    await exchange(a, b, 2)
+
+
+async def test_on_message_exception_is_logged_and_survived(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    received: list[Any] = []
+
+    def flaky(msg: Any) -> None:
+        received.append(msg)
+        if len(received) == 1:
+            raise RuntimeError("handler bug")
+
+    a = await make_node("a")
+    b = await make_node("b", on_message=flaky)
+    a.transport.set_address("b", b.address)
+    with caplog.at_level(logging.ERROR, logger=LOGGER):
+        a.transport.send(TimeoutNow(1, "a", "b"))
+        a.transport.send(TimeoutNow(2, "a", "b"))
+        await wait_until(lambda: len(received) == 2)
+    [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert record.exc_info is not None and "handler bug" in str(record.exc_info[1])
+
+
+# --------------------------------------------------------------------------- raw clients
+
+
+class RawClient:
+    """A hand-driven socket speaking (or not) the protocol."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.local = "%s:%d" % writer.get_extra_info("sockname")[:2]
+
+    @classmethod
+    async def connect(cls, address: str) -> RawClient:
+        endpoint = parse_address(address)
+        reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
+        return cls(reader, writer)
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def wait_disconnected(self, timeout: float = 5.0) -> None:
+        """Wait until the server closes the connection (EOF or reset)."""
+        try:
+            async with asyncio.timeout(timeout):
+                while await self.reader.read(65536):
+                    pass
+        except ConnectionResetError:
+            pass
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except OSError:
+            pass
+
+
+def raw_frame(payload: bytes) -> bytes:
+    """Wrap arbitrary payload bytes in a length header."""
+    return struct.pack(">I", len(payload)) + payload
+
+
+HELLO = encode_frame("Hello", ["raw", ""])
+
+MISBEHAVIOURS: dict[str, tuple[bytes, str]] = {
+    "garbage bytes": (b"\x00\x00\x00\x03\xc1\xc1\xc1", "not valid msgpack"),
+    "http request": (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "exceeds the limit"),
+    "oversized header": (struct.pack(">I", 2**31) + b"\x00" * 100, "exceeds the limit"),
+    "non-Hello first frame": (encode_message(TimeoutNow(1, "raw", "a")), "first frame must be Hello"),
+    "malformed Hello": (encode_frame("Hello", ["raw"]), "Hello body"),
+    "wrong field count": (HELLO + encode_frame("RequestVote", [1, "raw", "a"]), "RequestVote: body must have"),
+    "bool for an int": (HELLO + encode_frame("TimeoutNow", [True, "raw", "a"]), "TimeoutNow.term"),
+    "spoofed src": (HELLO + encode_message(RequestVote(1, "b", "a", 0, 0)), "message from 'b'"),
+    "unknown frame type": (HELLO + encode_frame("Gossip", []), "unexpected frame type 'Gossip'"),
+    "second Hello": (HELLO + HELLO, "second Hello"),
+    "bad version": (raw_frame(msgpack.packb({"v": 2, "t": "Hello", "b": ["raw", ""]})), "version"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MISBEHAVIOURS))
+async def test_misbehaving_connection_is_closed_and_others_keep_working(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture, case: str
+) -> None:
+    data, reason = MISBEHAVIOURS[case]
+    a, b = await connect_pair(make_node, max_frame_size=1 << 20)
+    await exchange(a, b, 1)
+    raw = await RawClient.connect(a.address)
+    try:
+        with caplog.at_level(logging.WARNING, logger=LOGGER):
+            await raw.send(data)
+            await raw.wait_disconnected()
+            await wait_until(lambda: a.transport.stats["protocol_errors"] == 1)
+        warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warnings) == 1, [r.getMessage() for r in warnings]
+        text = warnings[0].getMessage()
+        assert raw.local in text and reason in text, text
+    finally:
+        await raw.close()
+    await exchange(a, b, 2)
+    assert a.inbox[-1] == TimeoutNow(2, "b", "a")
+
+
+async def test_on_frame_receives_other_types_and_can_reply(make_node: MakeNode) -> None:
+    seen: list[tuple[str, Any, str | None]] = []
+
+    async def on_frame(type_name: str, body: Any, conn: Connection) -> None:
+        seen.append((type_name, body, conn.peer_name))
+        await conn.send_frame("Pong", body)
+
+    a = await make_node("a", on_frame=on_frame)
+    raw = await RawClient.connect(a.address)
+    try:
+        await raw.send(encode_frame("Hello", ["client", ""]) + encode_frame("Ping", [1, b"x"]))
+        decoder = FrameDecoder(1024)
+        frames: list[tuple[str, Any]] = []
+        async with asyncio.timeout(5):
+            while not frames:
+                frames += decoder.feed(await raw.reader.read(1024))
+        assert frames == [("Pong", [1, b"x"])]
+        assert seen == [("Ping", [1, b"x"], "client")]
+        assert "client" not in a.transport.addresses  # empty Hello address is not recorded
+    finally:
+        await raw.close()
+
+
+# --------------------------------------------------------------------------- closing
+
+
+async def test_close_leaves_no_tasks_and_is_idempotent(tmp_path: Path) -> None:
+    before = asyncio.all_tasks()
+    inboxes: dict[str, list[Any]] = {"a": [], "b": []}
+    a = Transport("a", "127.0.0.1:0", on_message=inboxes["a"].append)
+    b = Transport("b", f"unix:{tmp_path}/b.sock", on_message=inboxes["b"].append)
+    try:
+        await a.start()
+        await b.start()
+        a.set_address("b", b.address)
+        b.set_address("a", a.address)
+        a.set_address("down", f"unix:{tmp_path}/down.sock")  # a writer stuck backing off
+        a.send(TimeoutNow(1, "a", "down"))
+        a.send(TimeoutNow(1, "a", "b"))
+        b.send(TimeoutNow(1, "b", "a"))
+        await wait_until(lambda: len(inboxes["a"]) == 1 and len(inboxes["b"]) == 1)
+        assert len(asyncio.all_tasks() - before) >= 4
+    finally:
+        await a.close()
+        await b.close()
+    assert asyncio.all_tasks() - before == set()
+    await a.close()  # idempotent
+    a.send(TimeoutNow(2, "a", "b"))  # dropped, no error
+    assert a.stats["dropped"] >= 1
+    assert not (tmp_path / "b.sock").exists()
+
+
+async def test_close_before_start() -> None:
+    transport = Transport("a", "127.0.0.1:0", on_message=lambda msg: None)
+    await transport.close()
+    with pytest.raises(RuntimeError):
+        await transport.start()
