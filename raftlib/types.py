@@ -87,7 +87,8 @@ class Membership:
         return len(self.voters) // 2 + 1
 
     def encode(self) -> bytes:
-        return msgpack.packb({"voters": dict(self.voters), "learners": dict(self.learners)})
+        data: bytes = msgpack.packb({"voters": dict(self.voters), "learners": dict(self.learners)})
+        return data
 
     @classmethod
     def decode(cls, data: bytes) -> Membership:

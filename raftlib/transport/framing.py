@@ -114,7 +114,7 @@ _packer = msgpack.Packer(use_bin_type=True)
 @functools.lru_cache(maxsize=1024)
 def _payload_prefix(type_name: str) -> bytes:
     """The constant payload bytes before the body: ``{"v": 1, "t": name, "b": ...``."""
-    return (
+    prefix: bytes = (
         b"\x83"
         + msgpack.packb("v")
         + msgpack.packb(PROTOCOL_VERSION)
@@ -122,6 +122,7 @@ def _payload_prefix(type_name: str) -> bytes:
         + msgpack.packb(type_name, use_bin_type=True)
         + msgpack.packb("b")
     )
+    return prefix
 
 
 def _frame(prefix: bytes, body: bytes) -> bytes:

@@ -279,7 +279,7 @@ class Transport:
         self._address: str | None = None
         self._addresses: dict[str, str] = {}
         self._outboxes: dict[str, _Outbox] = {}
-        self._server: asyncio.AbstractServer | None = None
+        self._server: asyncio.Server | None = None
         self._inbound: set[asyncio.Task[Any]] = set()
         self._unix_inode: tuple[int, int] | None = None
         self._closed = False
