@@ -16,12 +16,12 @@ class Config:
     between 0.5 and 1.0 s after it last heard from a leader.
     """
 
-    tick_interval: float = 0.05
+    tick_interval: float = 0.01
     """Seconds between two ticks of the runtime's clock."""
-    election_ticks: int = 10
+    election_ticks: int = 40
     """Base election timeout in ticks; each timeout is drawn at random from
     ``[election_ticks, 2 * election_ticks)``."""
-    heartbeat_ticks: int = 2
+    heartbeat_ticks: int = 5
     """Ticks between two heartbeats from a leader. Must be below ``election_ticks``."""
     max_entries_per_message: int = 4096
     """Most entries one AppendEntries carries."""

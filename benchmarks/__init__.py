@@ -1,0 +1,1 @@
+"""raftlib benchmarks. Run one with ``python -m benchmarks.<name>``."""
