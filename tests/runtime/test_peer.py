@@ -1,0 +1,236 @@
+"""The public Peer API over loopback TCP with in-memory storage."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+import raftlib
+from raftlib import errors
+from storage_adapters import MemoryStorage
+
+from clusterkit import FAST, Cluster, KVStore, eventually
+
+
+async def test_readme_example_flow(cluster: Cluster) -> None:
+    peers = await cluster.start(3)
+    leader = await cluster.leader()
+    assert await leader.write(["set", "foo", "bar"]) == ["ok", "foo", "bar"]
+    assert await leader.read(["get", "foo"]) == ["ok", "bar"]
+    assert await leader.read(["get", "nope"]) == ["error", "key_not_found"]
+    # Every peer applies the write, in the same order.
+    await eventually(lambda: all(p.state_machine.data.get("foo") == "bar" for p in peers.values()))
+
+
+async def test_results_come_back_as_msgpack_decodes_them(cluster: Cluster) -> None:
+    await cluster.start(1)
+    leader = await cluster.leader()
+    # A tuple value becomes a list, as it would for a caller on another machine.
+    assert await leader.write(("set", "t", (1, 2))) == ["ok", "t", [1, 2]]
+    assert leader.state_machine.data["t"] == [1, 2]
+
+
+async def test_unencodable_command_raises_type_error_and_appends_nothing(cluster: Cluster) -> None:
+    await cluster.start(3)
+    leader = await cluster.leader()
+    before = leader.status()["last_index"]
+    with pytest.raises(TypeError, match="msgpack"):
+        await leader.write(["set", "k", object()])
+    with pytest.raises(TypeError, match="query"):
+        await leader.read(["get", {1, 2}])
+    await asyncio.sleep(0.05)
+    assert leader.status()["last_index"] == before
+
+
+async def test_oversized_command_is_refused(tmp_path: Any) -> None:
+    c = Cluster(tmp_path, config=raftlib.Config(tick_interval=0.01, max_command_size=1000))
+    try:
+        await c.start(1)
+        leader = await c.leader()
+        with pytest.raises(errors.CommandTooLarge):
+            await leader.write(["set", "k", "x" * 2000])
+        assert await leader.write(["set", "k", "small"]) == ["ok", "k", "small"]
+    finally:
+        await c.close()
+
+
+async def test_follower_raises_not_leader_with_hint(cluster: Cluster) -> None:
+    peers = await cluster.start(3)
+    leader = await cluster.leader()
+    follower = next(p for p in peers.values() if p is not leader)
+    await eventually(lambda: follower.leader == leader.name)
+    with pytest.raises(errors.NotLeader) as info:
+        await follower.write(["set", "a", 1])
+    assert info.value.leader == leader.name
+    assert info.value.leader_address == leader.address
+    assert leader.name in str(info.value)
+    with pytest.raises(errors.NotLeader):
+        await follower.read(["get", "a"])
+
+
+async def test_async_handlers(cluster: Cluster) -> None:
+    class AsyncKV(KVStore):
+        async def handle_write(self, command: Any) -> Any:
+            await asyncio.sleep(0)
+            return super().handle_write(command)
+
+        async def handle_read(self, query: Any) -> Any:
+            await asyncio.sleep(0)
+            return super().handle_read(query)
+
+    for i in range(1, 4):
+        await cluster.start_peer(f"s{i}", AsyncKV)
+    await cluster.peers["s1"].set_configuration(cluster.addresses)
+    leader = await cluster.leader()
+    results = await asyncio.gather(*(leader.write(["set", f"k{i}", i]) for i in range(50)))
+    assert results == [["ok", f"k{i}", i] for i in range(50)]
+    assert await leader.read(["get", "k49"]) == ["ok", 49]
+
+
+async def test_handle_write_exception_reaches_the_writer_and_the_peer_keeps_serving(cluster: Cluster) -> None:
+    peers = await cluster.start(3)
+    leader = await cluster.leader()
+    with pytest.raises(ValueError, match="refused x"):
+        await leader.write(["fail", "x"])
+    assert await leader.write(["set", "after", 1]) == ["ok", "after", 1]
+    # The failing command was applied (and failed) identically everywhere.
+    await eventually(lambda: all(["fail", "x"] in p.state_machine.applied for p in peers.values()))
+
+
+async def test_concurrent_writes_all_apply_once_in_log_order(cluster: Cluster) -> None:
+    peers = await cluster.start(3)
+    leader = await cluster.leader()
+    n = 500
+    results = await asyncio.gather(*(leader.write(["set", f"k{i}", i]) for i in range(n)))
+    assert results == [["ok", f"k{i}", i] for i in range(n)]
+    await eventually(lambda: all(len(p.state_machine.applied) == n for p in peers.values()))
+    orders = [p.state_machine.applied for p in peers.values()]
+    assert orders[0] == orders[1] == orders[2]
+    assert sorted(c[1] for c in orders[0]) == sorted(f"k{i}" for i in range(n))
+
+
+async def test_set_configuration_contract(cluster: Cluster) -> None:
+    peers = await cluster.start(3)
+    s1 = peers["s1"]
+    # The same members again: a no-op.
+    await s1.set_configuration(dict(cluster.addresses))
+    with pytest.raises(errors.AlreadyBootstrapped, match="already belongs"):
+        await s1.set_configuration({"s1": cluster.addresses["s1"]})
+    # A follower that learned the configuration from the leader agrees too.
+    await eventually(lambda: peers["s3"].status()["members"].keys() == {"s1", "s2", "s3"})
+    await peers["s3"].set_configuration(dict(cluster.addresses))
+    with pytest.raises(errors.ConfigError, match="include this peer"):
+        await s1.set_configuration({"x": "127.0.0.1:1"})
+    with pytest.raises(errors.ConfigError):
+        await s1.set_configuration({})
+    with pytest.raises(errors.ConfigError):
+        await s1.set_configuration({"s1": "no-port-here"})
+
+
+async def test_status_reports_role_term_indexes_and_members(cluster: Cluster) -> None:
+    peers = await cluster.start(3)
+    leader = await cluster.leader()
+    await leader.write(["set", "a", 1])
+    st = leader.status()
+    assert st["role"] == "leader" and st["leader"] == leader.name
+    assert st["term"] >= 2
+    assert st["commit_index"] == st["applied_index"] == st["last_index"]
+    assert set(st["members"]) == {"s1", "s2", "s3"}
+    assert all(m["voter"] for m in st["members"].values())
+    await eventually(lambda: all(m.get("match_index") == st["last_index"] for m in leader.status()["members"].values()))
+    follower = next(p for p in peers.values() if p is not leader)
+    await eventually(lambda: follower.status()["applied_index"] == st["applied_index"])
+    assert follower.status()["role"] == "follower"
+
+
+async def test_leader_stop_elects_a_new_leader_and_keeps_committed_writes(cluster: Cluster) -> None:
+    await cluster.start(3)
+    old = await cluster.leader()
+    for i in range(20):
+        await old.write(["set", f"k{i}", i])
+    await old.stop()
+    new = await cluster.leader()
+    assert new is not old
+    for i in range(20):
+        assert await new.read(["get", f"k{i}"]) == ["ok", i]
+    assert await new.write(["set", "after", True]) == ["ok", "after", True]
+    with pytest.raises(errors.PeerStopped):
+        await old.write(["set", "x", 1])
+
+
+async def test_wait_for_leader_times_out_without_a_cluster(tmp_path: Any) -> None:
+    peer = await raftlib.start_peer(KVStore, name="alone", address="127.0.0.1:0", storage=MemoryStorage(), config=FAST)
+    try:
+        assert peer.leader is None
+        with pytest.raises(errors.Timeout):
+            await peer.wait_for_leader(timeout=0.3)
+        with pytest.raises(errors.NotLeader) as info:
+            await peer.write(["set", "a", 1])
+        assert info.value.leader is None
+    finally:
+        await peer.stop()
+
+
+async def test_in_flight_write_on_a_stopping_leader_is_outcome_unknown(cluster: Cluster) -> None:
+    peers = await cluster.start(3)
+    leader = await cluster.leader()
+    # Cut the followers off so that the write cannot commit, then stop the leader.
+    for p in peers.values():
+        if p is not leader:
+            await p.stop()
+    task = asyncio.ensure_future(leader.write(["set", "k", 1]))
+    await asyncio.sleep(0.05)
+    assert not task.done()
+    await leader.stop()
+    with pytest.raises(errors.OutcomeUnknown):
+        await task
+
+
+async def test_write_timeout_is_outcome_unknown(cluster: Cluster) -> None:
+    peers = await cluster.start(3)
+    leader = await cluster.leader()
+    for p in peers.values():
+        if p is not leader:
+            await p.stop()
+    with pytest.raises(errors.WriteTimeout) as info:
+        await leader.write(["set", "k", 1], timeout=0.1)
+    assert isinstance(info.value, errors.OutcomeUnknown)
+
+
+async def test_cancelled_write_does_not_break_the_peer(cluster: Cluster) -> None:
+    await cluster.start(3)
+    leader = await cluster.leader()
+    tasks = [asyncio.ensure_future(leader.write(["set", f"c{i}", i])) for i in range(20)]
+    await asyncio.sleep(0)
+    for t in tasks[::2]:
+        t.cancel()
+    done = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(r, asyncio.CancelledError) for r in done[::2])
+    assert all(r == ["ok", f"c{i}", i] for i, r in zip(range(1, 20, 2), done[1::2]))
+    assert await leader.write(["set", "z", 0]) == ["ok", "z", 0]
+
+
+async def test_single_peer_cluster(cluster: Cluster) -> None:
+    await cluster.start(1)
+    leader = await cluster.leader()
+    assert leader.name == "s1"
+    assert await leader.write(["set", "a", 1]) == ["ok", "a", 1]
+    assert await leader.read(["get", "a"]) == ["ok", 1]
+
+
+async def test_start_peer_validates_arguments(tmp_path: Any) -> None:
+    with pytest.raises(errors.ConfigError, match="data_dir"):
+        await raftlib.start_peer(KVStore, name="x", address="127.0.0.1:0")
+    with pytest.raises(errors.ConfigError):
+        await raftlib.start_peer(KVStore, name="", address="127.0.0.1:0", storage=MemoryStorage())
+    with pytest.raises(errors.ConfigError):
+        await raftlib.start_peer(KVStore, name="x", address="nonsense", storage=MemoryStorage())
+    with pytest.raises(errors.ConfigError, match="heartbeat_ticks"):
+        await raftlib.start_peer(
+            KVStore, name="x", address="127.0.0.1:0", storage=MemoryStorage(),
+            config=raftlib.Config(heartbeat_ticks=20),
+        )
+    with pytest.raises(errors.ConfigError, match="StateMachine"):
+        await raftlib.start_peer(dict, name="x", address="127.0.0.1:0", storage=MemoryStorage())  # type: ignore[arg-type]
