@@ -356,8 +356,12 @@ class Peer:
         inbox, self._inbox = self._inbox, []
         for msg in inbox:
             core.step(msg)
+        # Messages first, then at most a heartbeat interval of ticks: if this
+        # process was stalled, the time it could not observe must not count
+        # against the others (a follower would call a needless election, a
+        # leader would step down for lack of acknowledgements it has queued).
         ticks, self._ticks = self._ticks, 0
-        for _ in range(ticks):
+        for _ in range(min(ticks, self.config.heartbeat_ticks)):
             core.tick()
         if self._proposals:
             self._propose()

@@ -153,6 +153,10 @@ class Raft:
         if msg.dst != self.id:
             self.logger.debug("%s: dropping message for %s", self.id, msg.dst)
             return
+        problem = _malformed(msg)
+        if problem:
+            self.logger.warning("%s: dropping malformed message from %s: %s", self.id, msg.src, problem)
+            return
         if msg.term > self.term:
             if isinstance(msg, RequestVote) and not msg.transfer and self._in_leader_lease():
                 # §9.6 (thesis): a peer that heard from a live leader within the
@@ -624,6 +628,9 @@ class Raft:
             pr = self.progress.get(msg.src)
             if pr is None:
                 return
+            if msg.success and msg.match_index > self.log.last_index():
+                self.logger.warning("%s: %s claims entries we never sent (match %d)", self.id, msg.src, msg.match_index)
+                return
             pr.recent_active = True
             if msg.read_ctx > pr.read_ack:
                 pr.read_ack = msg.read_ctx
@@ -740,3 +747,26 @@ class Raft:
             if self._open_round is rnd:
                 self._open_round = None
             self._read_states.append(ReadState(rnd.index, tuple(rnd.request_ids)))
+
+
+def _malformed(msg: Message) -> str | None:
+    """Why ``msg`` cannot have come from a correct peer, or ``None``.
+
+    The transport has checked types and ranges; this checks the relations
+    between fields that the algorithm relies on.
+    """
+    if isinstance(msg, AppendEntries):
+        expected = msg.prev_log_index + 1
+        term = msg.prev_log_term
+        if term > msg.term:
+            return "prev_log_term is ahead of the message term"
+        for e in msg.entries:
+            if e.index != expected:
+                return f"entry index {e.index} where {expected} was expected"
+            if e.term < term or e.term > msg.term:
+                return f"entry {e.index} has term {e.term} out of order"
+            expected += 1
+            term = e.term
+    elif isinstance(msg, RequestVote) and msg.last_log_term > msg.term:
+        return "last_log_term is ahead of the message term"
+    return None

@@ -230,7 +230,7 @@ async def test_start_peer_validates_arguments(tmp_path: Any) -> None:
     with pytest.raises(errors.ConfigError, match="heartbeat_ticks"):
         await raftlib.start_peer(
             KVStore, name="x", address="127.0.0.1:0", storage=MemoryStorage(),
-            config=raftlib.Config(heartbeat_ticks=20),
+            config=raftlib.Config(heartbeat_ticks=40),
         )
     with pytest.raises(errors.ConfigError, match="StateMachine"):
         await raftlib.start_peer(dict, name="x", address="127.0.0.1:0", storage=MemoryStorage())  # type: ignore[arg-type]
