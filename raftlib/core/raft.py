@@ -107,7 +107,6 @@ class Raft:
         self._bcast_needed = False
         self._prev_soft = SoftState(self.role, self.leader, self.term)
         self.transfer_target: NodeId | None = None
-        self._transfer_elapsed = 0
 
         self._step_role: Callable[[Message], None] = self._step_follower
         self._tick_role: Callable[[], None] = self._tick_election
@@ -193,6 +192,8 @@ class Raft:
             raise NotLeader(self.leader)
         if self.transfer_target is not None:
             raise ProposalDropped(f"leadership is being transferred to {self.transfer_target}")
+        if not commands:
+            return []
         first = self.log.last_index() + 1
         entries = [Entry(self.term, first + i, kind, data) for i, data in enumerate(commands)]
         self._append_local(entries)
@@ -228,7 +229,7 @@ class Raft:
         elif target not in voters:
             raise ValueError(f"{target!r} is not a voting member other than this peer")
         self.transfer_target = target
-        self._transfer_elapsed = 0
+        self.election_elapsed = 0  # the transfer gets a full election timeout
         self._maybe_send_timeout_now()
         return target
 
@@ -329,13 +330,16 @@ class Raft:
         self._pending_reads = []
         self._bcast_needed = False
 
-    def _in_leader_lease(self) -> bool:
+    def _heard_from_leader_recently(self) -> bool:
+        """Within the minimum election timeout of hearing from a live leader (or being it)."""
         return (
-            self.config.check_quorum
-            and self.leader is not None
+            self.leader is not None
             and self.role in (FOLLOWER, LEADER)
             and self.election_elapsed < self.config.election_ticks
         )
+
+    def _in_leader_lease(self) -> bool:
+        return self.config.check_quorum and self._heard_from_leader_recently()
 
     def _is_voter(self) -> bool:
         return self.membership.is_voter(self.id)
@@ -468,7 +472,7 @@ class Raft:
             # Grant if we would vote in that term: it is ahead of ours (or ours
             # with no vote cast) and no live leader is known.
             can_vote = msg.term > self.term or (self.vote in (None, msg.src) and self.leader is None)
-            granted = up_to_date and can_vote and not self._in_leader_lease()
+            granted = up_to_date and can_vote and not self._heard_from_leader_recently()
             self._send(RequestVoteResponse(msg.term if granted else self.term, self.id, msg.src, granted, True))
             return
         can_vote = self.vote == msg.src or (self.vote is None and self.leader is None)
@@ -660,7 +664,8 @@ class Raft:
 
     def _emit_append(self, nid: NodeId, pr: Progress, prev: int, entries: tuple[Entry, ...]) -> None:
         commit = self.log.committed
-        pr.sent_commit = commit
+        # The follower can take the commit index only up to what this message ends with.
+        pr.sent_commit = min(commit, prev + len(entries))
         self._send(AppendEntries(self.term, self.id, nid, prev, self.log.term(prev), entries, commit, self._read_seq))
 
     def _maybe_send_commit(self, nid: NodeId, pr: Progress) -> None:
