@@ -7,6 +7,10 @@ before it from storage. A conflicting suffix may move ``unstable_offset`` back
 into the stored range; the stored entries from there on are then hidden, and
 ``LogStorage.save`` truncates them when the tail is persisted.
 
+A snapshot received from a leader replaces the whole log at once: until the
+runtime has recorded it in storage (``snapshot_installed``) it is held in
+``pending_snapshot`` and answers for ``first_index() - 1``.
+
 Invariants::
 
     first_index - 1 <= applied <= committed
@@ -19,7 +23,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Sequence
 
 from ..errors import LogCompacted
-from ..types import Entry
+from ..types import Entry, SnapshotMeta
 
 if TYPE_CHECKING:  # the core never imports an adapter, only the protocol
     from storage_adapters.protocol import LogStorage
@@ -30,6 +34,7 @@ class RaftLog:
         self.storage = storage
         self.unstable: list[Entry] = []
         self.unstable_offset = storage.last_index() + 1
+        self.pending_snapshot: SnapshotMeta | None = None
         # Invariant: applied <= committed <= last_index().
         self.committed = min(committed, storage.last_index())
         self.applied = applied
@@ -38,6 +43,8 @@ class RaftLog:
     # -- reading ---------------------------------------------------------------
 
     def first_index(self) -> int:
+        if self.pending_snapshot is not None:
+            return self.pending_snapshot.index + 1
         return self.storage.first_index()
 
     def last_index(self) -> int:
@@ -59,6 +66,11 @@ class RaftLog:
             return self.unstable[pos].term if pos < len(self.unstable) else 0
         if index < 0:
             return 0
+        snap = self.pending_snapshot
+        if snap is not None:
+            if index == snap.index:
+                return snap.term
+            raise LogCompacted(f"index {index} is covered by the snapshot at {snap.index}")
         return self.storage.term(index)
 
     def term_or_none(self, index: int) -> int | None:
@@ -80,6 +92,8 @@ class RaftLog:
             return []
         out: list[Entry] = []
         if lo < self.unstable_offset:
+            if self.pending_snapshot is not None:
+                raise LogCompacted(f"index {lo} is covered by the snapshot at {self.pending_snapshot.index}")
             out = self.storage.entries(lo, min(hi, self.unstable_offset), max_bytes)
             if lo + len(out) < min(hi, self.unstable_offset):
                 return out  # max_bytes reached inside the stable part
@@ -165,6 +179,20 @@ class RaftLog:
         if hi <= self.applied:
             return []
         return self.entries(self.applied + 1, hi + 1, max_bytes)
+
+    def restore(self, meta: SnapshotMeta) -> None:
+        """Replace the whole log with a snapshot received from the leader."""
+        assert meta.index > self.committed, (meta.index, self.committed)
+        self.pending_snapshot = meta
+        self.unstable = []
+        self.unstable_offset = meta.index + 1
+        self.committed = meta.index
+        self.applied = meta.index
+
+    def snapshot_installed(self, meta: SnapshotMeta) -> None:
+        """The runtime recorded ``meta`` in storage; read through it again."""
+        if self.pending_snapshot == meta:
+            self.pending_snapshot = None
 
     def applied_to(self, index: int) -> None:
         assert self.applied <= index <= self.committed, (self.applied, index, self.committed)

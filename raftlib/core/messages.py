@@ -97,6 +97,25 @@ class AppendEntriesResponse:
 
 
 @dataclass(frozen=True, slots=True)
+class InstallSnapshot:
+    """§7: the follower needs entries the leader has compacted away, so the
+    leader sends its latest snapshot instead. The message carries only the
+    metadata (``membership`` is ``Membership.encode()`` bytes); the runtime
+    streams the state-machine data in chunks and steps this message into the
+    follower's core once the data is safely stored."""
+
+    term: int
+    src: NodeId
+    dst: NodeId
+    index: int
+    snapshot_term: int
+    membership: bytes
+
+    def describe(self) -> str:
+        return f"{self.src}->{self.dst} InstallSnapshot term={self.term} snapshot={self.snapshot_term}/{self.index}"
+
+
+@dataclass(frozen=True, slots=True)
 class TimeoutNow:
     """Thesis §3.10: the leader tells the most up-to-date follower to start an
     election at once (leadership transfer)."""
@@ -109,11 +128,11 @@ class TimeoutNow:
         return f"{self.src}->{self.dst} TimeoutNow term={self.term}"
 
 
-Message = Union[RequestVote, RequestVoteResponse, AppendEntries, AppendEntriesResponse, TimeoutNow]
+Message = Union[RequestVote, RequestVoteResponse, AppendEntries, AppendEntriesResponse, InstallSnapshot, TimeoutNow]
 """Any message a core sends or receives."""
 
 MESSAGE_TYPES: dict[str, type] = {
     cls.__name__: cls
-    for cls in (RequestVote, RequestVoteResponse, AppendEntries, AppendEntriesResponse, TimeoutNow)
+    for cls in (RequestVote, RequestVoteResponse, AppendEntries, AppendEntriesResponse, InstallSnapshot, TimeoutNow)
 }
 """Wire name of each message type: the class name, as in the paper."""

@@ -2,7 +2,9 @@
 
 A follower is probed (one AppendEntries at a time, backing off on rejection)
 until its log matches, then replicated to optimistically (``next`` runs ahead
-of ``match`` with up to ``max_inflight`` messages unacknowledged).
+of ``match`` with up to ``max_inflight`` messages unacknowledged). A follower
+that needs entries the leader has compacted is sent a snapshot and waits in
+SNAPSHOT until it acknowledges it (or the transfer is reported failed).
 
 Invariant: 0 <= match < next.
 """
@@ -16,10 +18,11 @@ from collections import deque
 class ProgressState(enum.Enum):
     PROBE = "probe"
     REPLICATE = "replicate"
+    SNAPSHOT = "snapshot"
 
 
 class Progress:
-    __slots__ = ("match", "next", "state", "inflight", "probe_sent", "recent_active", "read_ack", "stall_ticks", "sent_commit")
+    __slots__ = ("match", "next", "state", "inflight", "probe_sent", "recent_active", "read_ack", "stall_ticks", "sent_commit", "pending_snapshot")
 
     def __init__(self, next_index: int) -> None:
         self.match = 0
@@ -33,6 +36,8 @@ class Progress:
         """Heard from since the last CheckQuorum round."""
         self.read_ack = 0
         """Highest ReadIndex context this follower acknowledged in the current term."""
+        self.pending_snapshot = 0
+        """SNAPSHOT only: index of the snapshot being sent."""
         self.sent_commit = 0
         """Highest commit index sent to this follower."""
         self.stall_ticks = 0
@@ -41,6 +46,13 @@ class Progress:
     def become_probe(self) -> None:
         self.state = ProgressState.PROBE
         self.next = self.match + 1
+        self.inflight.clear()
+        self.probe_sent = False
+
+    def become_snapshot(self, index: int) -> None:
+        """Wait for the follower to install the snapshot at ``index``; send nothing else."""
+        self.state = ProgressState.SNAPSHOT
+        self.pending_snapshot = index
         self.inflight.clear()
         self.probe_sent = False
 
@@ -62,6 +74,8 @@ class Progress:
         return updated
 
     def can_send(self, max_inflight: int) -> bool:
+        if self.state is ProgressState.SNAPSHOT:
+            return False
         if self.state is ProgressState.PROBE:
             return not self.probe_sent
         return len(self.inflight) < max_inflight

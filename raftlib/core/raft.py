@@ -25,11 +25,19 @@ import random
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from ..config import Config
-from ..errors import NotLeader, ProposalDropped
-from ..types import Entry, EntryKind, HardState, Membership, NodeId
+from ..errors import LogCompacted, NotLeader, ProposalDropped
+from ..types import Entry, EntryKind, HardState, Membership, NodeId, SnapshotMeta
 from . import quorum
 from .log import RaftLog
-from .messages import AppendEntries, AppendEntriesResponse, Message, RequestVote, RequestVoteResponse, TimeoutNow
+from .messages import (
+    AppendEntries,
+    AppendEntriesResponse,
+    InstallSnapshot,
+    Message,
+    RequestVote,
+    RequestVoteResponse,
+    TimeoutNow,
+)
 from .progress import Progress, ProgressState
 from .ready import ReadState, Ready, SoftState
 
@@ -84,6 +92,9 @@ class Raft:
 
         # Membership: every configuration entry in the log, oldest first, on top
         # of the one in the snapshot. The latest one is in force, committed or not.
+        self.snapshot: SnapshotMeta | None = snap
+        """The latest snapshot this peer holds (what a leader sends to laggards)."""
+        self._snapshot_to_install: SnapshotMeta | None = None
         self._snapshot_membership = snap.membership if snap else Membership()
         self._config_history: list[tuple[int, Membership]] = []
         self._load_config_history()
@@ -233,6 +244,44 @@ class Raft:
         self._maybe_send_timeout_now()
         return target
 
+    def membership_at(self, index: int) -> Membership:
+        """The configuration in force at log ``index`` (for a snapshot's metadata)."""
+        for at, membership in reversed(self._config_history):
+            if at <= index:
+                return membership
+        return self._snapshot_membership
+
+    def snapshot_taken(self, meta: SnapshotMeta) -> None:
+        """The runtime stored a snapshot of the state machine at ``meta.index``.
+
+        Later InstallSnapshot messages describe it. The runtime may then
+        compact storage up to :meth:`compaction_limit`.
+        """
+        assert meta.index <= self.log.applied, (meta.index, self.log.applied)
+        if self.snapshot is None or meta.index > self.snapshot.index:
+            self.snapshot = meta
+
+    def compaction_limit(self) -> int:
+        """Highest index storage may compact up to without forcing a follower
+        that is being sent a snapshot to need another one (no install loop)."""
+        limit = self.snapshot.index if self.snapshot else 0
+        for nid, pr in self._followers():
+            if pr.state is ProgressState.SNAPSHOT:
+                limit = min(limit, pr.pending_snapshot)
+        return limit
+
+    def report_snapshot(self, node_id: NodeId, success: bool) -> None:
+        """The runtime's transfer of a snapshot to ``node_id`` ended.
+
+        On failure the follower is probed again, so the next heartbeat
+        retries the transfer (the runtime resumes it where it stopped).
+        Success needs no action: the follower's acknowledgement moves it on.
+        """
+        pr = self.progress.get(node_id) if self.role == LEADER else None
+        if pr is not None and pr.state is ProgressState.SNAPSHOT and not success:
+            pr.become_probe()
+            pr.probe_sent = True  # wait for the next heartbeat before retrying
+
     def has_ready(self) -> bool:
         if self._bcast_needed and self.role == LEADER:
             return True
@@ -241,6 +290,7 @@ class Raft:
             or self._msgs_after_persist
             or self.log.unstable
             or self._read_states
+            or self._snapshot_to_install
             or self._hard_state() != self._prev_hard
             or self._soft_state() != self._prev_soft
             or self.log.next_committed(1)
@@ -262,7 +312,9 @@ class Raft:
             committed_entries=self.log.next_committed(self.config.max_bytes_per_message),
             read_states=self._read_states,
             soft_state=soft if soft != self._prev_soft else None,
+            snapshot=self._snapshot_to_install,
         )
+        self._snapshot_to_install = None
         self._msgs, self._msgs_after_persist, self._read_states = [], [], []
         self._prev_hard = hs
         self._prev_soft = soft
@@ -271,6 +323,8 @@ class Raft:
     def advance(self, rd: Ready) -> None:
         """The runtime has persisted ``rd.entries`` and handed out
         ``rd.committed_entries`` for applying."""
+        if rd.snapshot is not None:
+            self.log.snapshot_installed(rd.snapshot)
         if rd.entries:
             last = rd.entries[-1]
             self.log.stable_to(last.index, last.term)
@@ -501,9 +555,9 @@ class Raft:
                 return
             self.votes[msg.src] = msg.granted
             self._poll()
-        elif isinstance(msg, AppendEntries):
+        elif isinstance(msg, (AppendEntries, InstallSnapshot)):
             self._become_follower(msg.term, msg.src)
-            self._handle_append(msg)
+            self._step_follower(msg)
         elif isinstance(msg, TimeoutNow):
             pass  # already campaigning
 
@@ -514,6 +568,10 @@ class Raft:
             self.election_elapsed = 0
             self.leader = msg.src
             self._handle_append(msg)
+        elif isinstance(msg, InstallSnapshot):
+            self.election_elapsed = 0
+            self.leader = msg.src
+            self._handle_snapshot(msg)
         elif isinstance(msg, TimeoutNow):
             if self._is_voter():
                 self.logger.info("%s: leadership transfer: campaigning now", self.id)
@@ -553,6 +611,28 @@ class Raft:
         self._send_after_persist(
             AppendEntriesResponse(self.term, self.id, msg.src, True, last_new, read_ctx=msg.read_ctx)
         )
+
+    def _handle_snapshot(self, msg: InstallSnapshot) -> None:
+        """§7: take the leader's snapshot (its data is already stored by the runtime)."""
+        if msg.index <= self.log.committed:
+            match = self.log.committed  # we have all of it already
+        elif self.log.matches(msg.index, msg.snapshot_term):
+            # Our log holds the snapshot's last entry, so (Log Matching) all
+            # entries before it too: keep the log, just learn the commit index.
+            self.log.commit_to(msg.index)
+            match = msg.index
+        else:
+            # Anything we hold conflicts with or falls short of the snapshot:
+            # discard the whole log, never keep a conflicting suffix.
+            meta = SnapshotMeta(msg.index, msg.snapshot_term, Membership.decode(msg.membership))
+            self.logger.info("%s: installing snapshot %d/%d from %s", self.id, meta.term, meta.index, msg.src)
+            self.log.restore(meta)
+            self.snapshot = meta
+            self._snapshot_to_install = meta
+            self._snapshot_membership = meta.membership
+            self._config_history = []
+            match = msg.index
+        self._send_after_persist(AppendEntriesResponse(self.term, self.id, msg.src, True, match))
 
     def _first_new(self, entries: Sequence[Entry]) -> Sequence[Entry]:
         """The suffix of ``entries`` that is not already in our log."""
@@ -603,7 +683,8 @@ class Raft:
                 pr.probe_sent = False
                 self._send_append(nid, pr, allow_empty=True)
             else:
-                self._emit_append(nid, pr, pr.match, ())
+                # A follower being sent a snapshot may match below our first index.
+                self._emit_append(nid, pr, max(pr.match, self.log.first_index() - 1), ())
 
     def _bcast_append(self) -> None:
         for nid, pr in self._followers():
@@ -614,6 +695,9 @@ class Raft:
         last = self.log.last_index()
         cfg = self.config
         while pr.can_send(cfg.max_inflight):
+            if pr.next < self.log.first_index():
+                self._send_snapshot(nid, pr)
+                return
             prev = pr.next - 1
             entries: tuple[Entry, ...] = ()
             if pr.next <= last:
@@ -626,6 +710,14 @@ class Raft:
             allow_empty = False
             if not entries or pr.state is ProgressState.PROBE:
                 return
+
+    def _send_snapshot(self, nid: NodeId, pr: Progress) -> None:
+        snap = self.snapshot
+        if snap is None:
+            raise LogCompacted(f"{nid} needs compacted entries but this peer has no snapshot")
+        pr.become_snapshot(snap.index)
+        self.logger.info("%s: %s is behind the compacted log; sending snapshot %d/%d", self.id, nid, snap.term, snap.index)
+        self._send(InstallSnapshot(self.term, self.id, nid, snap.index, snap.term, snap.membership.encode()))
 
     def _step_leader(self, msg: Message) -> None:
         if isinstance(msg, AppendEntriesResponse):
@@ -648,7 +740,9 @@ class Raft:
 
     def _handle_append_success(self, nid: NodeId, pr: Progress, match: int) -> None:
         if pr.maybe_update(match):
-            if pr.state is ProgressState.PROBE:
+            if pr.state is ProgressState.PROBE or (
+                pr.state is ProgressState.SNAPSHOT and pr.match >= pr.pending_snapshot
+            ):
                 pr.become_replicate()
             self._maybe_commit()
             if nid == self.transfer_target:
@@ -679,6 +773,8 @@ class Raft:
             self._emit_append(nid, pr, pr.next - 1, ())
 
     def _handle_append_reject(self, nid: NodeId, pr: Progress, msg: AppendEntriesResponse) -> None:
+        if pr.state is ProgressState.SNAPSHOT:
+            return  # a heartbeat it could not match yet; the snapshot will fix that
         if pr.state is ProgressState.REPLICATE:
             if msg.reject_index <= pr.match:
                 return  # stale
@@ -774,4 +870,11 @@ def _malformed(msg: Message) -> str | None:
             term = e.term
     elif isinstance(msg, RequestVote) and msg.last_log_term > msg.term:
         return "last_log_term is ahead of the message term"
+    elif isinstance(msg, InstallSnapshot):
+        if msg.snapshot_term > msg.term:
+            return "snapshot_term is ahead of the message term"
+        try:
+            Membership.decode(msg.membership)
+        except Exception:
+            return "membership is not an encoded Membership"
     return None

@@ -4,7 +4,9 @@ The contract, in order (see docs/architecture.md):
 
 1. Send ``messages`` at once (a leader's AppendEntries may go out while its
    own copy of the entries is still being written, thesis §10.2.1).
-2. Persist ``hard_state`` (if not ``None``) and ``entries`` with one synced
+2. If ``snapshot`` is set (a follower received one), restore the state
+   machine from it and record it with ``LogStorage.install_snapshot``. Then
+   persist ``hard_state`` (if not ``None``) and ``entries`` with one synced
    ``LogStorage.save``.
 3. Only then send ``messages_after_persist`` (votes and acknowledgements,
    which promise that something is on disk).
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..types import Entry, HardState, NodeId
+from ..types import Entry, HardState, NodeId, SnapshotMeta
 from .messages import Message
 
 
@@ -50,6 +52,7 @@ class Ready:
     committed_entries: list[Entry] = field(default_factory=list)
     read_states: list[ReadState] = field(default_factory=list)
     soft_state: SoftState | None = None
+    snapshot: SnapshotMeta | None = None
 
     def is_empty(self) -> bool:
         return not (
@@ -60,6 +63,7 @@ class Ready:
             or self.committed_entries
             or self.read_states
             or self.soft_state
+            or self.snapshot
         )
 
     def describe(self) -> str:
@@ -71,6 +75,8 @@ class Ready:
         if self.hard_state:
             h = self.hard_state
             lines.append(f"HardState term={h.term} vote={h.vote} commit={h.commit}")
+        if self.snapshot:
+            lines.append(f"InstallSnapshot {self.snapshot.term}/{self.snapshot.index}")
         if self.entries:
             lines.append("Entries: " + " ".join(f"{e.term}/{e.index}/{e.kind.name}" for e in self.entries))
         for m in self.messages:

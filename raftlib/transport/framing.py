@@ -70,6 +70,8 @@ class FieldKind(enum.Enum):
     """A bool."""
     ENTRIES = "entries"
     """A list of ``[term, index, kind, data]`` lists (a tuple of :class:`Entry`)."""
+    BYTES = "bytes"
+    """Opaque bytes."""
 
 
 _ANNOTATION_KINDS: dict[str, FieldKind] = {
@@ -78,6 +80,7 @@ _ANNOTATION_KINDS: dict[str, FieldKind] = {
     "str": FieldKind.STR,
     "bool": FieldKind.BOOL,
     "tuple[Entry, ...]": FieldKind.ENTRIES,
+    "bytes": FieldKind.BYTES,
 }
 """The one place mapping dataclass annotations (strings, because of
 ``from __future__ import annotations``) to wire types. A message field with an
@@ -218,6 +221,12 @@ def _check_bool(where: str, value: Any) -> bool:
     return value
 
 
+def _check_bytes(where: str, value: Any) -> bytes:
+    if type(value) is not bytes:
+        raise ProtocolError(f"{where}: expected bytes, got {_short(value)}")
+    return value
+
+
 def _decode_entry(where: str, raw: Any) -> Entry:
     if type(raw) is not list or len(raw) != 4:
         raise ProtocolError(f"{where}: expected a [term, index, kind, data] list, got {_short(raw)}")
@@ -243,6 +252,7 @@ _CHECKERS: dict[FieldKind, Callable[[str, Any], Any]] = {
     FieldKind.STR: _check_name,
     FieldKind.BOOL: _check_bool,
     FieldKind.ENTRIES: _check_entries,
+    FieldKind.BYTES: _check_bytes,
 }
 
 

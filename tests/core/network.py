@@ -15,7 +15,7 @@ from raftlib.config import Config
 from raftlib.core.messages import Message
 from raftlib.core.raft import Raft
 from raftlib.core.ready import ReadState, Ready
-from raftlib.types import Entry, EntryKind, Membership
+from raftlib.types import Entry, EntryKind, Membership, SnapshotMeta
 from storage_adapters.memory import MemoryStorage
 
 M = TypeVar("M")
@@ -40,6 +40,7 @@ class Network:
         self.storage = {i: MemoryStorage() for i in self.ids}
         self.nodes: dict[str, Raft] = {}
         self.applied: dict[str, list[Entry]] = {i: [] for i in self.ids}
+        self.snapshot_data: dict[tuple[int, int], list[Entry]] = {}
         self.inflight: list[Message] = []
         self.dropped: set[tuple[str, str]] = set()
         self.seed = seed
@@ -61,7 +62,8 @@ class Network:
     def restart(self, i: str) -> None:
         """Drop volatile state; keep what was persisted."""
         self.nodes[i] = self._new(i)
-        self.applied[i] = []
+        snap = self.storage[i].load()[1]
+        self.applied[i] = list(self.snapshot_data[(snap.index, snap.term)]) if snap else []
         self.inflight = [m for m in self.inflight if m.dst != i and m.src != i]
 
     def process(self) -> None:
@@ -76,10 +78,27 @@ class Network:
         self.readies[i].append(rd)
         self.read_states[i].extend(rd.read_states)
         self._queue(rd.messages)
+        if rd.snapshot is not None:
+            # The snapshot's "data" is the applied entries it covers.
+            self.storage[i].install_snapshot(rd.snapshot)
+            self.applied[i] = list(self.snapshot_data[(rd.snapshot.index, rd.snapshot.term)])
         self.storage[i].save(rd.hard_state, rd.entries, sync=True)
         self._queue(rd.messages_after_persist)
         self.applied[i].extend(rd.committed_entries)
         self.nodes[i].advance(rd)
+
+    def take_snapshot(self, i: str, keep: int = 0) -> SnapshotMeta:
+        """Snapshot node ``i`` at its applied index and compact its storage,
+        keeping ``keep`` entries (the runtime's job, done by hand)."""
+        node = self.nodes[i]
+        index = node.applied_index
+        meta = SnapshotMeta(index, node.log.term(index), node.membership_at(index))
+        self.snapshot_data[(meta.index, meta.term)] = list(self.applied[i])
+        node.snapshot_taken(meta)
+        upto = min(index - keep, node.compaction_limit())
+        if upto >= self.storage[i].first_index():
+            self.storage[i].compact(upto, meta)
+        return meta
 
     def _queue(self, msgs: list[Message]) -> None:
         self.sent.extend(msgs)

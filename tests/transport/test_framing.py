@@ -37,6 +37,7 @@ _FIELD_STRATEGIES: dict[FieldKind, st.SearchStrategy[Any]] = {
     FieldKind.STR: names,
     FieldKind.BOOL: st.booleans(),
     FieldKind.ENTRIES: entries,
+    FieldKind.BYTES: st.binary(max_size=64),
 }
 
 

@@ -1,0 +1,219 @@
+"""§7: log compaction and InstallSnapshot, driven message by message."""
+
+from __future__ import annotations
+
+from raftlib.core.messages import AppendEntries, InstallSnapshot
+from raftlib.core.progress import ProgressState
+from raftlib.types import Entry, EntryKind, Membership
+
+from .network import Network
+
+
+def fill(net: Network, leader: str, n: int, prefix: bytes = b"x") -> None:
+    for k in range(n):
+        net.propose(leader, prefix + str(k).encode())
+        net.stabilize()
+
+
+def until_snapshot_in_flight(net: Network, leader: str = "a") -> None:
+    """Heartbeat, then deliver everything but snapshots until the leader has sent one."""
+    net.tick(leader, net.config.heartbeat_ticks)
+    while not any(isinstance(m, InstallSnapshot) for m in net.inflight):
+        assert net.inflight, "the leader never sent a snapshot"
+        net.deliver(lambda m: not isinstance(m, InstallSnapshot))
+
+
+def test_lagging_follower_gets_a_snapshot_then_entries() -> None:
+    """§7: a follower behind the leader's compacted log receives the snapshot,
+    discards its log and continues with the entries after it."""
+    net = Network(["a", "b", "c"])
+    net.elect("a")
+    net.isolate("c")
+    fill(net, "a", 20)
+    meta = net.take_snapshot("a")
+    assert net.storage["a"].first_index() == meta.index + 1
+    fill(net, "a", 3, b"after")
+    net.heal()
+    net.tick("a", net.config.heartbeat_ticks)
+    # The heartbeat is rejected (c lacks the entry before it), the leader
+    # probes, finds c's next entry compacted and sends the snapshot.
+    while not any(isinstance(m, InstallSnapshot) for m in net.inflight):
+        assert net.inflight
+        net.deliver()
+    assert net.nodes["a"].progress["c"].state is ProgressState.SNAPSHOT
+    net.stabilize()
+    snaps = [m for m in net.sent if isinstance(m, InstallSnapshot)]
+    assert [(m.dst, m.index) for m in snaps] == [("c", meta.index)]
+    c = net.nodes["c"]
+    assert c.commit_index == net.nodes["a"].commit_index
+    assert net.storage["c"].first_index() == meta.index + 1
+    assert net.commands("c") == net.commands("a")
+    assert net.nodes["a"].progress["c"].state is ProgressState.REPLICATE
+
+
+def test_snapshot_discards_a_conflicting_log() -> None:
+    """A follower whose log conflicts with the snapshot keeps none of it (a
+    conflicting suffix after the snapshot index is a known bug elsewhere)."""
+    net = Network(["a", "b", "c"])
+    net.elect("a")
+    fill(net, "a", 2)
+    net.isolate("a")
+    # The old leader appends entries nobody else gets.
+    for k in range(5):
+        net.propose("a", b"lost" + str(k).encode())
+    net.elect("b")
+    fill(net, "b", 10, b"b")
+    net.take_snapshot("b")
+    net.heal()
+    net.tick("b", net.config.heartbeat_ticks)
+    net.stabilize()
+    a = net.nodes["a"]
+    assert a.role == "follower"
+    assert net.commands("a") == net.commands("b")
+    assert not any(d.startswith(b"lost") for d in net.commands("a"))
+    assert all(e.term != 2 or e.index <= 4 for e in a.log.entries(a.log.first_index(), a.log.last_index() + 1))
+
+
+def test_follower_with_the_snapshot_entry_keeps_its_log() -> None:
+    """If the follower's log already holds the snapshot's last entry, it only
+    learns the commit index; nothing is discarded or reinstalled."""
+    net = Network(["a", "b", "c"])
+    net.elect("a")
+    fill(net, "a", 5)
+    a, c = net.nodes["a"], net.nodes["c"]
+    snap_index = a.commit_index
+    msg = InstallSnapshot(a.term, "a", "c", snap_index, a.log.term(snap_index), a.membership.encode())
+    before = net.storage["c"].first_index()
+    c.step(msg)
+    rd = c.ready()
+    assert rd.snapshot is None
+    net.handle("c", rd)
+    assert net.storage["c"].first_index() == before
+
+
+def test_stale_snapshot_is_acknowledged_without_installing() -> None:
+    net = Network(["a", "b", "c"])
+    net.elect("a")
+    fill(net, "a", 5)
+    c = net.nodes["c"]
+    msg = InstallSnapshot(c.term, "a", "c", 2, 1, Membership({"a": "x"}).encode())
+    c.step(msg)
+    rd = c.ready()
+    assert rd.snapshot is None
+    assert rd.messages_after_persist[-1].success
+    assert rd.messages_after_persist[-1].match_index == c.commit_index
+
+
+def test_snapshot_is_recorded_before_the_ack_is_sent() -> None:
+    """The acknowledgement of a snapshot promises it is stored: it waits for persistence."""
+    net = Network(["a", "b", "c"])
+    net.elect("a")
+    net.isolate("c")
+    fill(net, "a", 10)
+    net.take_snapshot("a")
+    net.heal()
+    c = net.nodes["c"]
+    a = net.nodes["a"]
+    snap = a.snapshot
+    assert snap is not None
+    c.step(InstallSnapshot(a.term, "a", "c", snap.index, snap.term, snap.membership.encode()))
+    rd = c.ready()
+    assert rd.snapshot == snap
+    assert not rd.messages
+    assert rd.messages_after_persist[0].match_index == snap.index
+    # Until advance(), reads below the snapshot are refused, the boundary answers.
+    assert c.log.first_index() == snap.index + 1
+    assert c.log.term(snap.index) == snap.term
+
+
+def test_compaction_limit_protects_a_follower_being_sent_a_snapshot() -> None:
+    """No install loop: while c is being sent the snapshot at S, the leader
+    does not compact past S, so c can continue from S+1 afterwards."""
+    net = Network(["a", "b", "c"])
+    net.elect("a")
+    net.isolate("c")
+    fill(net, "a", 10)
+    first = net.take_snapshot("a")
+    net.heal()
+    until_snapshot_in_flight(net)  # and it stays in flight for now
+    assert net.nodes["a"].progress["c"].state is ProgressState.SNAPSHOT
+    fill_while_c_waits = 10
+    for k in range(fill_while_c_waits):
+        net.propose("a", b"y%d" % k)
+        net.deliver(lambda m: m.dst != "c" and m.src != "c")
+    second = net.take_snapshot("a")
+    assert second.index > first.index
+    assert net.nodes["a"].compaction_limit() == first.index
+    assert net.storage["a"].first_index() == first.index + 1
+    net.stabilize()
+    net.tick("a", net.config.heartbeat_ticks)
+    net.stabilize()
+    snaps_to_c = [m for m in net.sent if isinstance(m, InstallSnapshot) and m.dst == "c"]
+    assert len(snaps_to_c) == 1
+    assert net.commands("c") == net.commands("a")
+
+
+def test_failed_transfer_is_retried_on_the_next_heartbeat() -> None:
+    net = Network(["a", "b", "c"])
+    net.elect("a")
+    net.isolate("c")
+    fill(net, "a", 10)
+    net.take_snapshot("a")
+    net.heal()
+    until_snapshot_in_flight(net)
+    net.drop(lambda m: isinstance(m, InstallSnapshot))
+    a = net.nodes["a"]
+    a.report_snapshot("c", success=False)
+    assert a.progress["c"].state is ProgressState.PROBE
+    net.tick("a", net.config.heartbeat_ticks)
+    assert any(isinstance(m, InstallSnapshot) and m.dst == "c" for m in net.inflight)
+    net.stabilize()
+    assert net.commands("c") == net.commands("a")
+
+
+def test_restart_after_installing_a_snapshot() -> None:
+    net = Network(["a", "b", "c"])
+    net.elect("a")
+    net.isolate("c")
+    fill(net, "a", 10)
+    meta = net.take_snapshot("a")
+    net.heal()
+    net.tick("a", net.config.heartbeat_ticks)
+    net.stabilize()
+    net.restart("c")
+    c = net.nodes["c"]
+    assert c.log.first_index() == meta.index + 1
+    assert c.membership.voters.keys() == {"a", "b", "c"}
+    fill(net, "a", 2, b"z")
+    assert net.commands("c") == net.commands("a")
+
+
+def test_membership_at_and_snapshot_membership() -> None:
+    net = Network(["a", "b", "c"])
+    net.elect("a")
+    a = net.nodes["a"]
+    assert set(a.membership_at(1).voters) == {"a", "b", "c"}
+    assert a.membership_at(0) == Membership()
+
+
+def test_heartbeat_to_a_follower_below_the_first_index_is_well_formed() -> None:
+    net = Network(["a", "b", "c"])
+    net.elect("a")
+    net.isolate("c")
+    fill(net, "a", 10)
+    net.take_snapshot("a")
+    net.heal()
+    until_snapshot_in_flight(net)
+    net.drop(lambda m: isinstance(m, InstallSnapshot))
+    net.tick("a", net.config.heartbeat_ticks)
+    beats = [m for m in net.inflight if isinstance(m, AppendEntries) and m.dst == "c"]
+    assert beats and all(m.prev_log_index >= net.storage["a"].first_index() - 1 for m in beats)
+
+
+def test_entry_kinds_survive_snapshots() -> None:
+    net = Network(["a", "b", "c"])
+    net.elect("a")
+    fill(net, "a", 3)
+    kinds = {e.kind for e in net.applied["a"]}
+    assert EntryKind.CONFIG in kinds and EntryKind.NORMAL in kinds
+    assert isinstance(net.applied["a"][0], Entry)
