@@ -33,6 +33,15 @@ class Config:
     """Largest frame the transport accepts; bigger frames close the connection."""
     max_command_size: int = 16 * 1024 * 1024
     """Largest encoded command, query or result accepted from a caller."""
+    snapshot_entries: int = 10_000
+    """Take a snapshot once this many entries were applied since the last one."""
+    snapshot_bytes: int = 64 * 1024 * 1024
+    """... or once the commands applied since the last one add up to this many bytes."""
+    snapshot_keep_entries: int = 5_000
+    """Entries kept in the log behind a snapshot, so that a follower that is
+    only a little behind catches up from the log instead of a snapshot."""
+    snapshot_chunk_size: int = 256 * 1024
+    """Bytes per chunk when a snapshot is streamed to a follower."""
     pre_vote: bool = True
     """Run a pre-vote round before incrementing the term, so a peer that was
     cut off cannot disrupt a healthy leader when it returns."""
@@ -55,7 +64,7 @@ class Config:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"Config.{f.name} must be a number, got {value!r}")
-            if value <= 0:
+            if value <= 0 and f.name != "snapshot_keep_entries":
                 raise ConfigError(f"Config.{f.name} must be positive, got {value!r}")
             if f.name != "tick_interval" and not isinstance(value, int):
                 raise ConfigError(f"Config.{f.name} must be an int, got {value!r}")
@@ -64,6 +73,10 @@ class Config:
                 f"Config.heartbeat_ticks ({self.heartbeat_ticks}) must be less than "
                 f"election_ticks ({self.election_ticks}), or followers time out between heartbeats"
             )
+        if self.snapshot_keep_entries < 0:
+            raise ConfigError("Config.snapshot_keep_entries must be 0 or more")
+        if self.snapshot_chunk_size >= self.max_frame_size:
+            raise ConfigError("Config.snapshot_chunk_size must be smaller than max_frame_size")
         if self.max_command_size >= self.max_frame_size:
             raise ConfigError("Config.max_command_size must be smaller than max_frame_size")
         return self

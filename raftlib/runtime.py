@@ -15,7 +15,10 @@ and the driver is woken. Each driver round:
 While a save is in flight new input piles up, so the next round carries it
 all in one batch: the slower the disk, the bigger the batch. A separate
 *applier* task feeds committed entries to the user's state machine strictly
-in log order and resolves the writers' futures.
+in log order and resolves the writers' futures. It also takes snapshots
+(between two entries, so the state is consistent) and hands them to the
+driver, which compacts the log; see :mod:`raftlib.snapshotting` for how a
+snapshot reaches a follower that fell too far behind.
 """
 
 from __future__ import annotations
@@ -31,24 +34,28 @@ from typing import Any, Callable, Mapping
 
 from . import codec
 from .config import Config
-from .core.messages import Message
+from . import snapshotting
+from .core.messages import InstallSnapshot, Message
 from .core.raft import LEADER, Raft
 from .core.ready import Ready
 from .errors import (
     AlreadyBootstrapped,
     ConfigError,
+    CorruptStorage,
     LeadershipLost,
     NotLeader,
     PeerStopped,
     ProposalDropped,
+    ProtocolError,
     RaftError,
     StorageError,
     Timeout,
     WriteTimeout,
 )
+from .snapshot import FileSnapshotStore, MemorySnapshotStore, SnapshotFile, SnapshotStore
 from .state_machine import StateMachine
-from .transport.tcp import Transport, parse_address
-from .types import Entry, EntryKind, Membership, NodeId
+from .transport.tcp import Connection, Transport, parse_address
+from .types import Entry, EntryKind, Membership, NodeId, SnapshotMeta
 
 from storage_adapters.protocol import LogStorage
 
@@ -67,6 +74,7 @@ class Peer:
         name: NodeId,
         address: str,
         storage: LogStorage,
+        snapshots: SnapshotStore,
         config: Config,
         log: logging.Logger,
     ) -> None:
@@ -74,9 +82,11 @@ class Peer:
         self.state_machine = state_machine
         self.config = config
         self._storage = storage
+        self._snapshots = snapshots
         self._log = log
         self._transport = Transport(
-            name, address, on_message=self._on_message, max_frame_size=config.max_frame_size, logger=log
+            name, address, on_message=self._on_message, on_frame=self._on_frame,
+            max_frame_size=config.max_frame_size, logger=log,
         )
         rng = random.Random(config.seed if config.seed is not None else os.urandom(16))
         self._core = Raft(name, storage, config, rng, log.getChild("core"))
@@ -91,7 +101,7 @@ class Peer:
         self._pending_writes: dict[int, tuple[int, asyncio.Future[Any]]] = {}
         self._pending_reads: dict[int, asyncio.Future[int]] = {}
         self._read_ids = itertools.count(1)
-        self._apply_queue: asyncio.Queue[list[Entry]] = asyncio.Queue()
+        self._apply_queue: asyncio.Queue[list[Entry] | SnapshotFile] = asyncio.Queue()
         self._applied = self._core.applied_index
         self._applied_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._waiter_ids = itertools.count()
@@ -103,9 +113,33 @@ class Peer:
         self._tasks: list[asyncio.Task[None]] = []
         self._save_inline = not getattr(storage, "save_blocks", True)
 
+        snap = self._core.snapshot
+        self._applied_term = snap.term if snap else 0
+        self._snapshot_index = snap.index if snap else 0
+        self._bytes_since_snapshot = 0
+        self._can_snapshot = type(state_machine).snapshot is not StateMachine.snapshot
+        self._snapshot_requests: list[asyncio.Future[SnapshotMeta]] = []
+        self._compactions: list[tuple[SnapshotMeta, asyncio.Future[None]]] = []
+        self._snapshot_reports: list[tuple[NodeId, bool]] = []
+        self._transfers: dict[NodeId, asyncio.Task[None]] = {}
+        self._receiving = snapshotting.SnapshotReceiving(
+            name, snapshots, lambda: self._core.term, self._on_message, log
+        )
+
     # -- lifecycle ---------------------------------------------------------------
 
     async def _start(self) -> None:
+        snap = self._core.snapshot
+        if snap is not None:
+            found = self._snapshots.find(snap.index, snap.term)
+            if found is None:
+                raise CorruptStorage(
+                    f"peer {self.name}: the log was compacted up to the snapshot at index {snap.index} "
+                    f"(term {snap.term}), but that snapshot is missing; wipe the data directory and "
+                    f"rejoin as a new member"
+                )
+            await self._snapshots.verify(found)
+            await asyncio.to_thread(self._restore_state_machine, found)
         self._sync_addresses()
         await self._transport.start()
         loop = asyncio.get_running_loop()
@@ -139,8 +173,11 @@ class Peer:
                 pass
             except Exception:  # a crashed task was already logged by _fail
                 self._log.debug("task %s ended with an error", t.get_name(), exc_info=True)
+        await self._cancel_transfers()
+        await self._receiving.close()
         await self._transport.close()
         try:
+            self._snapshots.close()
             self._storage.close()
         finally:
             self._fail_everything(
@@ -188,6 +225,7 @@ class Peer:
             "commit_index": core.commit_index,
             "applied_index": self._applied,
             "last_index": core.log.last_index(),
+            "snapshot_index": self._snapshot_index,
             "members": members,
         }
 
@@ -296,7 +334,29 @@ class Peer:
         except asyncio.TimeoutError:
             raise Timeout(f"the read did not finish within {timeout} s") from None
 
+    async def snapshot(self) -> SnapshotMeta:
+        """Take a snapshot of the state machine now and compact the log.
+
+        Returns the snapshot's metadata (the last applied index it covers).
+        Raises :class:`ConfigError` if the state machine does not implement
+        ``snapshot()``. Snapshots are also taken automatically (see
+        ``Config.snapshot_entries`` and ``Config.snapshot_bytes``).
+        """
+        self._check_running()
+        if not self._can_snapshot:
+            raise ConfigError(f"{type(self.state_machine).__name__} does not implement snapshot()")
+        fut: asyncio.Future[SnapshotMeta] = asyncio.get_running_loop().create_future()
+        self._snapshot_requests.append(fut)
+        self._apply_queue.put_nowait([])  # wake the applier
+        return await fut
+
     # -- driver ---------------------------------------------------------------------
+
+    async def _on_frame(self, type_name: str, body: Any, conn: Connection) -> None:
+        if type_name in snapshotting.FRAME_TYPES:
+            await self._receiving.on_frame(type_name, body, conn)
+        else:
+            raise ProtocolError(f"unexpected frame type {type_name[:64]!r}")
 
     def _on_message(self, msg: Message) -> None:
         if not self._stopping:
@@ -328,6 +388,8 @@ class Peer:
                 self._wake.clear()
                 if self._stopping:
                     return
+                if self._compactions:
+                    await self._compact()
                 done = self._take_input()
                 while self._core.has_ready():
                     await self._handle_ready(self._core.ready())
@@ -353,6 +415,9 @@ class Peer:
                 done.append((fut, fn()))
             except RaftError as exc:
                 done.append((fut, exc))
+        reports, self._snapshot_reports = self._snapshot_reports, []
+        for node_id, ok in reports:
+            core.report_snapshot(node_id, ok)
         inbox, self._inbox = self._inbox, []
         for msg in inbox:
             core.step(msg)
@@ -399,7 +464,12 @@ class Peer:
     async def _handle_ready(self, rd: Ready) -> None:
         send = self._transport.send
         for m in rd.messages:
-            send(m)
+            if isinstance(m, InstallSnapshot):
+                self._start_transfer(m)
+            else:
+                send(m)
+        if rd.snapshot is not None:
+            await self._install_snapshot(rd.snapshot)
         if rd.hard_state is not None or rd.entries:
             await self._save(rd)
         for m in rd.messages_after_persist:
@@ -418,16 +488,82 @@ class Peer:
             self._sync_addresses()
 
     async def _save(self, rd: Ready) -> None:
+        await self._storage_call(self._storage.save, rd.hard_state, rd.entries, True)
+
+    async def _storage_call(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run a storage write off the event loop (inline for adapters that never block)."""
         try:
             if self._save_inline:
-                self._storage.save(rd.hard_state, rd.entries, True)
+                fn(*args)
             else:
-                # Shielded: a save that has started must finish before storage closes.
-                await asyncio.shield(asyncio.to_thread(self._storage.save, rd.hard_state, rd.entries, True))
+                # Shielded: a write that has started must finish before storage closes.
+                await asyncio.shield(asyncio.to_thread(fn, *args))
         except StorageError:
             raise
         except Exception as exc:
-            raise StorageError(f"saving to storage failed: {exc}") from exc
+            raise StorageError(f"writing to storage failed: {exc}") from exc
+
+    async def _install_snapshot(self, meta: SnapshotMeta) -> None:
+        """A follower took the leader's snapshot: record it, restore the state machine."""
+        found = self._snapshots.find(meta.index, meta.term)
+        if found is None:
+            raise StorageError(f"peer {self.name}: the received snapshot {meta.term}/{meta.index} is not in the store")
+        await self._storage_call(self._storage.install_snapshot, meta)
+        self._apply_queue.put_nowait(found)  # restored in order with the entries
+
+    async def _compact(self) -> None:
+        """Record snapshots taken by the applier in the core and compact storage."""
+        compactions, self._compactions = self._compactions, []
+        core = self._core
+        for meta, fut in compactions:
+            core.snapshot_taken(meta)
+            keep_from = min(meta.index - self.config.snapshot_keep_entries, core.compaction_limit())
+            upto = max(keep_from, self._storage.first_index() - 1)
+            await self._storage_call(self._storage.compact, upto, meta)
+            if not fut.done():
+                fut.set_result(None)
+
+    def _start_transfer(self, msg: InstallSnapshot) -> None:
+        running = self._transfers.get(msg.dst)
+        if running is not None and not running.done():
+            return
+        self._transfers[msg.dst] = asyncio.get_running_loop().create_task(
+            self._transfer(msg), name=f"raftlib-snapshot-{self.name}-to-{msg.dst}"
+        )
+
+    async def _transfer(self, msg: InstallSnapshot) -> None:
+        ok = False
+        try:
+            snap = self._snapshots.find(msg.index, msg.snapshot_term)
+            address = self._transport.addresses.get(msg.dst)
+            if snap is None or address is None:
+                self._log.warning("%s: cannot send snapshot %d/%d to %s (%s)", self.name, msg.snapshot_term,
+                                  msg.index, msg.dst, "no such snapshot" if snap is None else "no address")
+                return
+            self._log.info("%s: streaming snapshot %d/%d (%d bytes) to %s", self.name, msg.snapshot_term,
+                           msg.index, snap.size, msg.dst)
+            sent = await snapshotting.send_snapshot(
+                msg, snap, self._snapshots, own_address=self.address, address=address,
+                chunk_size=self.config.snapshot_chunk_size, max_frame_size=self.config.max_frame_size,
+                timeout=max(5.0, 10 * self.config.election_ticks * self.config.tick_interval),
+            )
+            self._log.info("%s: snapshot sent to %s (%d bytes this attempt)", self.name, msg.dst, sent)
+            ok = True
+        except (OSError, RaftError, asyncio.TimeoutError) as exc:
+            self._log.info("%s: snapshot transfer to %s failed, will retry: %r", self.name, msg.dst, exc)
+        finally:
+            self._snapshot_reports.append((msg.dst, ok))
+            self._wake.set()
+
+    async def _cancel_transfers(self) -> None:
+        transfers, self._transfers = self._transfers, {}
+        for task in transfers.values():
+            task.cancel()
+        for task in transfers.values():
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
 
     def _on_soft_state(self, rd: Ready) -> None:
         assert rd.soft_state is not None
@@ -438,6 +574,9 @@ class Peer:
                     fut.set_result(None)
         if rd.soft_state.role != LEADER:
             self._fail_leader_work()
+            for task in self._transfers.values():
+                task.cancel()
+            self._transfers = {}
 
     def _fail_leader_work(self) -> None:
         """This peer stopped leading: fail what only a leader could finish."""
@@ -461,17 +600,88 @@ class Peer:
     # -- applying -------------------------------------------------------------------
 
     async def _apply_forever(self) -> None:
+        try:
+            await self._apply_loop()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._fatal = exc
+            self._log.critical("%s: stopping after a fatal error while applying: %s", self.name, exc, exc_info=True)
+            self._fail_everything(exc, exc)
+            self._stopping = True
+            self._wake.set()
+            raise
+
+    async def _apply_loop(self) -> None:
         sm = self.state_machine
         while True:
             batch = await self._apply_queue.get()
+            if isinstance(batch, SnapshotFile):
+                await asyncio.to_thread(self._restore_state_machine, batch)
+                self._applied, self._applied_term = batch.meta.index, batch.meta.term
+                self._snapshot_index = batch.meta.index
+                self._bytes_since_snapshot = 0
+                self._wake_applied_waiters()
+                continue
             for entry in batch:
                 pending = self._pending_writes.pop(entry.index, None)
                 if entry.kind is EntryKind.NORMAL:
                     await self._apply_one(sm, entry, pending)
+                    self._bytes_since_snapshot += len(entry.data)
                 elif pending is not None and not pending[1].done():
                     pending[1].set_exception(ProposalDropped("another leader's entry took this write's place"))
-                self._applied = entry.index
+                self._applied, self._applied_term = entry.index, entry.term
                 self._wake_applied_waiters()
+            if self._snapshot_requests or self._snapshot_due():
+                await self._take_snapshot()
+
+    def _snapshot_due(self) -> bool:
+        cfg = self.config
+        return self._can_snapshot and (
+            self._applied - self._snapshot_index >= cfg.snapshot_entries
+            or self._bytes_since_snapshot >= cfg.snapshot_bytes
+        )
+
+    async def _take_snapshot(self) -> None:
+        """Snapshot the state machine at the applied index (nothing is applied meanwhile)."""
+        requests, self._snapshot_requests = self._snapshot_requests, []
+        try:
+            index = self._applied
+            meta = SnapshotMeta(index, self._applied_term, self._core.membership_at(index))
+            if index > self._snapshot_index or self._snapshots.find(index, meta.term) is None:
+                data = await asyncio.to_thread(self.state_machine.snapshot)
+                write = asyncio.ensure_future(self._snapshots.write(meta, data))
+                try:
+                    snap = await asyncio.shield(write)
+                except asyncio.CancelledError:
+                    # Let the write finish or clean up after itself: a write
+                    # cancelled halfway could leave its temporary file open.
+                    await asyncio.wait([write])
+                    raise
+                fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                self._compactions.append((meta, fut))
+                self._wake.set()
+                await fut
+                self._snapshot_index = index
+                self._bytes_since_snapshot = 0
+                await self._snapshots.prune(keep=2)
+                self._log.info("%s: snapshot at %d (%d bytes); log compacted", self.name, index, snap.size)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._log.error("%s: taking a snapshot failed: %r", self.name, exc, exc_info=True)
+            for req in requests:
+                if not req.done():
+                    req.set_exception(exc)
+            return
+        for req in requests:
+            if not req.done():
+                req.set_result(meta)
+
+    def _restore_state_machine(self, snap: SnapshotFile) -> None:
+        """Load ``snap`` into the state machine (runs in a worker thread)."""
+        with self._snapshots.open(snap) as f:
+            self.state_machine.restore_from_file(f)
 
     async def _apply_one(self, sm: StateMachine, entry: Entry, pending: tuple[int, asyncio.Future[Any]] | None) -> None:
         fut = None
@@ -599,8 +809,13 @@ async def start_peer(
 
         storage = await asyncio.to_thread(LMDBStorage, data_dir)
     log = logger or logging.getLogger(f"raftlib.peer.{name}")
+    snapshots: SnapshotStore
+    if data_dir is not None:
+        snapshots = await asyncio.to_thread(FileSnapshotStore, os.path.join(os.fspath(data_dir), "snapshots"))
+    else:
+        snapshots = MemorySnapshotStore()
     try:
-        peer = Peer(sm, name=name, address=address, storage=storage, config=cfg, log=log)
+        peer = Peer(sm, name=name, address=address, storage=storage, snapshots=snapshots, config=cfg, log=log)
     except BaseException:
         storage.close()
         raise

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, BinaryIO, Iterable
 
 
 class StateMachine:
@@ -30,10 +30,29 @@ class StateMachine:
         """Answer a query from the current state without changing it."""
         raise NotImplementedError(f"{type(self).__name__} must implement handle_read(query)")
 
-    def snapshot(self) -> bytes:
-        """Return the whole state as bytes, for log compaction."""
+    def snapshot(self) -> bytes | BinaryIO | Iterable[bytes]:
+        """Return the whole state, for log compaction.
+
+        Return ``bytes``, a readable binary file object, or an iterable of
+        ``bytes`` chunks (a generator lets a large state stream to disk with
+        bounded memory). raftlib calls it in a worker thread, never on the
+        event loop, while no command is being applied; reads may still run.
+        A state machine that does not override it never compacts its log.
+        """
         raise NotImplementedError(f"{type(self).__name__} does not implement snapshot()")
 
     def restore(self, data: bytes) -> None:
-        """Replace the whole state with one produced by :meth:`snapshot`."""
+        """Replace the whole state with one produced by :meth:`snapshot`.
+
+        Called in a worker thread, at start-up (from the latest snapshot on
+        disk) and when a follower installs a snapshot sent by the leader.
+        """
         raise NotImplementedError(f"{type(self).__name__} does not implement restore(data)")
+
+    def restore_from_file(self, file: BinaryIO) -> None:
+        """Like :meth:`restore`, from a binary file positioned at the data.
+
+        The default reads it all and calls :meth:`restore`; override it to
+        load a large state without holding it in memory twice.
+        """
+        self.restore(file.read())

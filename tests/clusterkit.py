@@ -8,6 +8,7 @@ import socket
 from typing import Any, Callable
 
 import raftlib
+from raftlib import codec
 from raftlib.config import Config
 
 FAST = Config(tick_interval=0.01, election_ticks=10, heartbeat_ticks=2)
@@ -20,6 +21,7 @@ class KVStore(raftlib.StateMachine):
     def __init__(self) -> None:
         self.data: dict[str, Any] = {}
         self.applied: list[Any] = []
+        self.restores = 0
 
     def handle_write(self, command: Any) -> Any:
         self.applied.append(command)
@@ -34,6 +36,13 @@ class KVStore(raftlib.StateMachine):
     def handle_read(self, query: Any) -> Any:
         op, key = query
         return ["ok", self.data[key]] if key in self.data else ["error", "key_not_found"]
+
+    def snapshot(self) -> bytes:
+        return codec.pack(self.data)
+
+    def restore(self, data: bytes) -> None:
+        self.data = codec.unpack(data)
+        self.restores += 1
 
 
 def free_port() -> int:

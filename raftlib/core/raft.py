@@ -265,7 +265,7 @@ class Raft:
         """Highest index storage may compact up to without forcing a follower
         that is being sent a snapshot to need another one (no install loop)."""
         limit = self.snapshot.index if self.snapshot else 0
-        for nid, pr in self._followers():
+        for _, pr in self._followers():
             if pr.state is ProgressState.SNAPSHOT:
                 limit = min(limit, pr.pending_snapshot)
         return limit

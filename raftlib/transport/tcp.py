@@ -127,6 +127,15 @@ async def _open(endpoint: Endpoint) -> tuple[asyncio.StreamReader, asyncio.Strea
     return await asyncio.open_connection(endpoint.host, endpoint.port)
 
 
+async def open_connection(address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Open a stream to ``address`` (``host:port`` or ``unix:/path``), outside any outbox.
+
+    For side channels such as snapshot streaming; raises ``OSError`` if it
+    cannot connect and :class:`ConfigError` for a malformed address.
+    """
+    return await _open(parse_address(address))
+
+
 async def _close_writer(writer: asyncio.StreamWriter) -> None:
     """Close a stream and wait until its socket is released, ignoring network errors."""
     writer.close()
@@ -157,6 +166,8 @@ class Connection:
         self.remote = remote
         self.peer_name: str | None = None
         self.peer_address: str | None = None
+        self.on_close: list[Callable[[], Awaitable[None]]] = []
+        """Cleanups an ``on_frame`` handler registers; run once when the connection ends."""
 
     @property
     def closed(self) -> bool:
@@ -424,6 +435,10 @@ class Transport:
             except (OSError, asyncio.TimeoutError) as exc:
                 self.stats["connect_failures"] += 1
                 self.log.debug("%s: cannot connect to %s at %s: %r", self.name, outbox.name, address, exc)
+                # What queued up for an unreachable peer is stale by the time it
+                # returns, and would hold memory meanwhile: Raft resends what the
+                # peer still needs from its progress, so drop it.
+                self._drop_queued(outbox, "it is unreachable")
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
@@ -506,6 +521,11 @@ class Transport:
         except Exception:
             self.log.exception("%s: closing connection from %s after an unexpected error", self.name, conn.remote)
         finally:
+            for cleanup in conn.on_close:
+                try:
+                    await cleanup()
+                except Exception:
+                    self.log.exception("%s: cleanup for the connection from %s failed", self.name, conn.remote)
             await _close_writer(writer)
             self._inbound.discard(task)
 

@@ -1,0 +1,222 @@
+"""Streaming a snapshot from the leader to a follower.
+
+The core only says *send the snapshot at (index, term) to X*
+(:class:`~raftlib.core.messages.InstallSnapshot`). The leader's runtime then
+opens a dedicated connection to X, so that heartbeats and appends keep
+flowing on the regular one, and streams the snapshot file in chunks. Flow
+control is TCP's own: the sender waits for ``drain()`` after each chunk and
+the receiver writes each chunk to disk before it reads the next, so both
+sides hold only a few chunks in memory whatever the snapshot's size.
+
+The exchange, after the usual ``Hello``::
+
+    leader   -> SnapshotOffer  [term, leader, index, snapshot_term, membership, size, crc]
+    follower -> SnapshotResume [offset]            (bytes it already holds from an earlier attempt)
+    leader   -> SnapshotChunk  [offset, data] ...  (from that offset to the end)
+    follower -> SnapshotDone   [ok, reason]        (after the crc check, fsync and rename)
+
+Only once the file is complete and verified does the follower step an
+``InstallSnapshot`` into its core. A transfer cut off midway resumes from
+the follower's offset next time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .core.messages import InstallSnapshot
+from .errors import ProtocolError, RaftError
+from .snapshot import SnapshotFile, SnapshotReceiver, SnapshotStore
+from .transport.framing import FrameDecoder, encode_frame
+from .transport.tcp import HELLO, Connection, open_connection
+from .types import Membership, SnapshotMeta
+
+OFFER = "SnapshotOffer"
+RESUME = "SnapshotResume"
+CHUNK = "SnapshotChunk"
+DONE = "SnapshotDone"
+FRAME_TYPES = frozenset({OFFER, CHUNK})
+"""Frames a follower's transport hands to :class:`SnapshotReceiving`."""
+
+
+class SnapshotTransferFailed(RaftError):
+    """A snapshot could not be streamed to a follower; it will be retried."""
+
+
+async def send_snapshot(
+    msg: InstallSnapshot,
+    snap: SnapshotFile,
+    store: SnapshotStore,
+    *,
+    own_address: str,
+    address: str,
+    chunk_size: int,
+    max_frame_size: int,
+    timeout: float,
+) -> int:
+    """Stream ``snap`` to ``msg.dst`` at ``address``; return the bytes sent.
+
+    Raises :class:`SnapshotTransferFailed` (or an ``OSError``) on failure.
+    """
+    reader, writer = await asyncio.wait_for(open_connection(address), timeout)
+    decoder = FrameDecoder(max_frame_size)
+    try:
+        writer.write(encode_frame(HELLO, [msg.src, own_address]))
+        writer.write(
+            encode_frame(OFFER, [msg.term, msg.src, msg.index, msg.snapshot_term, msg.membership, snap.size, snap.crc])
+        )
+        await writer.drain()
+        kind, body = await _read_reply(reader, decoder, timeout)
+        if kind == DONE:
+            _check_done(body)
+            return 0
+        if kind != RESUME or type(body) is not list or len(body) != 1 or type(body[0]) is not int:
+            raise SnapshotTransferFailed(f"unexpected answer to the offer: {kind!r}")
+        offset = body[0]
+        if not 0 <= offset <= snap.size:
+            raise SnapshotTransferFailed(f"follower asked to resume at {offset} of {snap.size} bytes")
+        start = offset
+        async for chunk in store.read_chunks(snap, offset, chunk_size):
+            writer.write(encode_frame(CHUNK, [offset, chunk]))
+            offset += len(chunk)
+            await writer.drain()
+        kind, body = await _read_reply(reader, decoder, timeout)
+        if kind != DONE:
+            raise SnapshotTransferFailed(f"expected {DONE}, got {kind!r}")
+        _check_done(body)
+        return offset - start
+    finally:
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except OSError:
+            pass
+
+
+def _check_done(body: Any) -> None:
+    if type(body) is not list or len(body) != 2 or type(body[0]) is not bool:
+        raise SnapshotTransferFailed("malformed SnapshotDone")
+    if not body[0]:
+        raise SnapshotTransferFailed(f"the follower refused the snapshot: {str(body[1])[:200]}")
+
+
+async def _read_reply(reader: asyncio.StreamReader, decoder: FrameDecoder, timeout: float) -> tuple[str, Any]:
+    while True:
+        data = await asyncio.wait_for(reader.read(65536), timeout)
+        if not data:
+            raise SnapshotTransferFailed("the follower closed the connection")
+        frames = decoder.feed(data)
+        if frames:
+            if len(frames) > 1:
+                raise SnapshotTransferFailed("the follower sent more than one answer")
+            return frames[0]
+
+
+@dataclass
+class _Transfer:
+    conn: Connection
+    receiver: SnapshotReceiver
+    offer: InstallSnapshot
+    size: int
+
+
+class SnapshotReceiving:
+    """The follower side: handles ``SnapshotOffer``/``SnapshotChunk`` frames.
+
+    ``current_term`` reads the core's term (offers from older terms are
+    refused); ``deliver`` steps the finished ``InstallSnapshot`` into the core.
+    One transfer at a time: a new offer supersedes an unfinished one.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        store: SnapshotStore,
+        current_term: Callable[[], int],
+        deliver: Callable[[InstallSnapshot], None],
+        log: logging.Logger,
+    ) -> None:
+        self.name = name
+        self.store = store
+        self.current_term = current_term
+        self.deliver = deliver
+        self.log = log
+        self._active: _Transfer | None = None
+
+    async def on_frame(self, type_name: str, body: Any, conn: Connection) -> None:
+        if type_name == OFFER:
+            await self._offer(body, conn)
+        elif type_name == CHUNK:
+            await self._chunk(body, conn)
+        else:
+            raise ProtocolError(f"unexpected frame type {type_name[:64]!r}")
+
+    async def _offer(self, body: Any, conn: Connection) -> None:
+        if type(body) is not list or len(body) != 7:
+            raise ProtocolError("SnapshotOffer must have 7 fields")
+        term, leader, index, snap_term, membership, size, crc = body
+        if not all(type(v) is int and v >= 0 for v in (term, index, snap_term, size, crc)):
+            raise ProtocolError("SnapshotOffer: term, index, snapshot term, size and crc must be non-negative ints")
+        if type(leader) is not str or leader != conn.peer_name or type(membership) is not bytes:
+            raise ProtocolError("SnapshotOffer: the leader must be the connection's peer, membership bytes")
+        if snap_term > term:
+            raise ProtocolError("SnapshotOffer: snapshot term ahead of the leader's term")
+        try:
+            members = Membership.decode(membership)
+        except Exception:
+            raise ProtocolError("SnapshotOffer: membership is not an encoded Membership") from None
+        if term < self.current_term():
+            await conn.send_frame(DONE, [False, f"stale term {term} < {self.current_term()}"])
+            return
+        await self._drop_active("superseded by a new offer")
+        meta = SnapshotMeta(index, snap_term, members)
+        receiver = self.store.receiver(meta, size, crc)
+        offer = InstallSnapshot(term, leader, self.name, index, snap_term, membership)
+        transfer = _Transfer(conn, receiver, offer, size)
+        self._active = transfer
+
+        async def on_close() -> None:
+            if self._active is transfer:
+                await self._drop_active("the connection closed")
+
+        conn.on_close.append(on_close)
+        self.log.info("%s: receiving snapshot %d/%d (%d bytes) from %s, resuming at %d",
+                      self.name, snap_term, index, size, leader, receiver.offset)
+        await conn.send_frame(RESUME, [receiver.offset])
+        if receiver.offset == size:
+            await self._finish(transfer)
+
+    async def _chunk(self, body: Any, conn: Connection) -> None:
+        transfer = self._active
+        if transfer is None or transfer.conn is not conn:
+            raise ProtocolError("SnapshotChunk without an accepted offer on this connection")
+        if type(body) is not list or len(body) != 2 or type(body[0]) is not int or type(body[1]) is not bytes:
+            raise ProtocolError("SnapshotChunk must be [offset, bytes]")
+        await transfer.receiver.write(body[0], body[1])
+        if transfer.receiver.offset == transfer.size:
+            await self._finish(transfer)
+
+    async def _finish(self, transfer: _Transfer) -> None:
+        self._active = None
+        try:
+            snap = await transfer.receiver.finish()
+        except RaftError as exc:
+            self.log.warning("%s: snapshot from %s rejected: %s", self.name, transfer.offer.src, exc)
+            await transfer.conn.send_frame(DONE, [False, str(exc)])
+            return
+        self.log.info("%s: snapshot %d/%d stored (%d bytes)", self.name, snap.meta.term, snap.meta.index, snap.size)
+        self.deliver(transfer.offer)
+        await transfer.conn.send_frame(DONE, [True, ""])
+
+    async def _drop_active(self, why: str) -> None:
+        transfer, self._active = self._active, None
+        if transfer is not None:
+            self.log.info("%s: snapshot transfer from %s paused: %s", self.name, transfer.offer.src, why)
+            await transfer.receiver.abort()
+            transfer.conn.close()
+
+    async def close(self) -> None:
+        await self._drop_active("the peer is stopping")

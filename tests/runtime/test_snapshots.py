@@ -1,0 +1,194 @@
+"""Snapshots, log compaction and InstallSnapshot streaming through the runtime."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import pytest
+
+import raftlib
+from raftlib import errors
+from raftlib.core.messages import InstallSnapshot
+from raftlib.snapshot import MemorySnapshotStore, SnapshotFile
+from raftlib.snapshotting import SnapshotReceiving, SnapshotTransferFailed, send_snapshot
+from raftlib.transport.tcp import Transport
+from raftlib.types import Membership, SnapshotMeta
+from storage_adapters import MemoryStorage
+
+from clusterkit import FAST, Cluster, eventually
+
+SNAP = dataclasses.replace(FAST, snapshot_entries=50, snapshot_keep_entries=10, snapshot_chunk_size=1024)
+
+
+@pytest.fixture
+async def snap_cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    c = Cluster(tmp_path, storage="lmdb", config=SNAP)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+async def write_many(peer: raftlib.Peer, n: int, prefix: str = "k") -> None:
+    for start in range(0, n, 50):
+        await asyncio.gather(*(peer.write(["set", f"{prefix}{i}", i]) for i in range(start, min(n, start + 50))))
+
+
+async def test_automatic_snapshots_bound_the_log(snap_cluster: Cluster) -> None:
+    peers = await snap_cluster.start(3)
+    leader = await snap_cluster.leader()
+    await write_many(leader, 400)
+    st = leader.status()
+    assert st["snapshot_index"] > 300
+    for p in peers.values():
+        await eventually(lambda p=p: p.status()["snapshot_index"] > 300)
+        storage = p._storage
+        held = storage.last_index() - storage.first_index() + 1
+        assert held <= SNAP.snapshot_entries + SNAP.snapshot_keep_entries + 60, held
+    assert await leader.read(["get", "k0"]) == ["ok", 0]
+    assert await leader.read(["get", "k399"]) == ["ok", 399]
+
+
+async def test_forced_snapshot_returns_its_metadata(snap_cluster: Cluster) -> None:
+    await snap_cluster.start(3)
+    leader = await snap_cluster.leader()
+    await write_many(leader, 20)
+    meta = await leader.snapshot()
+    assert meta.index == leader.status()["applied_index"]
+    assert set(meta.membership.voters) == {"s1", "s2", "s3"}
+    assert leader.status()["snapshot_index"] == meta.index
+    again = await leader.snapshot()
+    assert again == meta
+
+
+async def test_lagging_follower_catches_up_through_a_streamed_snapshot(snap_cluster: Cluster) -> None:
+    peers = await snap_cluster.start(3)
+    leader = await snap_cluster.leader()
+    lagging = next(n for n in peers if n != leader.name)
+    await write_many(leader, 10)
+    await snap_cluster.stop(lagging)
+    # Large values so the snapshot spans many 1 KiB chunks.
+    for start in range(0, 300, 30):
+        await asyncio.gather(*(leader.write(["set", f"big{i}", "v" * 200]) for i in range(start, start + 30)))
+    assert leader._storage.first_index() > 20  # what the follower needs is compacted away
+    back = await snap_cluster.start_peer(lagging)
+    await eventually(lambda: back.state_machine.data.get("big299") == "v" * 200, timeout=20)
+    assert back.state_machine.restores == 1
+    assert back.status()["snapshot_index"] > 0
+    await leader.write(["set", "after", 1])
+    await eventually(lambda: back.state_machine.data.get("after") == 1)
+    assert back.state_machine.data == leader.state_machine.data
+
+
+async def test_restart_recovers_from_snapshot_plus_log_tail(snap_cluster: Cluster) -> None:
+    await snap_cluster.start(3)
+    leader = await snap_cluster.leader()
+    await write_many(leader, 130)
+    expected = dict(leader.state_machine.data)
+    for name in list(snap_cluster.peers):
+        await snap_cluster.stop(name)
+    for name in ["s1", "s2", "s3"]:
+        p = await snap_cluster.start_peer(name)
+        assert p.state_machine.restores == 1  # loaded from the snapshot, then the tail replays
+    leader = await snap_cluster.leader()
+    await leader.write(["set", "barrier", 1])
+    expected["barrier"] = 1
+    assert leader.state_machine.data == expected
+
+
+async def test_corrupt_snapshot_is_reported_at_start_naming_the_file(snap_cluster: Cluster) -> None:
+    await snap_cluster.start(1)
+    leader = await snap_cluster.leader()
+    await write_many(leader, 60)
+    await leader.snapshot()
+    await snap_cluster.stop("s1")
+    snaps = sorted((snap_cluster.tmp_path / "s1" / "snapshots").glob("*.snap"))
+    assert snaps
+    path = snaps[-1]
+    raw = bytearray(path.read_bytes())
+    raw[-3] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(errors.CorruptStorage) as info:
+        await snap_cluster.start_peer("s1")
+    assert path.name in str(info.value)
+
+
+async def test_missing_snapshot_file_is_reported(snap_cluster: Cluster) -> None:
+    await snap_cluster.start(1)
+    leader = await snap_cluster.leader()
+    await write_many(leader, 60)
+    await leader.snapshot()
+    await snap_cluster.stop("s1")
+    for f in (snap_cluster.tmp_path / "s1" / "snapshots").glob("*.snap"):
+        os.remove(f)
+    with pytest.raises(errors.CorruptStorage, match="missing"):
+        await snap_cluster.start_peer("s1")
+
+
+async def test_state_machine_without_snapshot_never_compacts(tmp_path: Path) -> None:
+    class NoSnap(raftlib.StateMachine):
+        def handle_write(self, command: Any) -> Any:
+            return command
+
+    peer = await raftlib.start_peer(NoSnap, name="s1", address="127.0.0.1:0", storage=MemoryStorage(), config=SNAP)
+    try:
+        await peer.set_configuration({"s1": peer.address})
+        await peer.wait_for_leader(timeout=5)
+        for i in range(120):
+            await peer.write(i)
+        assert peer.status()["snapshot_index"] == 0
+        assert peer._storage.first_index() == 1
+        with pytest.raises(errors.ConfigError, match="snapshot"):
+            await peer.snapshot()
+    finally:
+        await peer.stop()
+
+
+class _FailingReads:
+    """A store wrapper whose read_chunks stops after ``limit`` chunks."""
+
+    def __init__(self, store: MemorySnapshotStore, limit: int) -> None:
+        self.store = store
+        self.limit = limit
+
+    async def read_chunks(self, snap: SnapshotFile, offset: int = 0, chunk_size: int = 1024) -> AsyncIterator[bytes]:
+        n = 0
+        async for chunk in self.store.read_chunks(snap, offset, chunk_size):
+            if n == self.limit:
+                raise OSError("disk went away")
+            n += 1
+            yield chunk
+
+
+async def test_interrupted_transfer_resumes_where_it_stopped() -> None:
+    leader_store, follower_store = MemorySnapshotStore(), MemorySnapshotStore()
+    meta = SnapshotMeta(40, 3, Membership({"a": "x", "b": "y"}))
+    snap = await leader_store.write(meta, os.urandom(20 * 1024))
+    delivered: list[InstallSnapshot] = []
+    receiving = SnapshotReceiving("b", follower_store, lambda: 3, delivered.append, raftlib.runtime.logger)
+    follower = Transport("b", "127.0.0.1:0", on_message=lambda m: None, on_frame=receiving.on_frame)
+    await follower.start()
+    msg = InstallSnapshot(3, "a", "b", 40, 3, meta.membership.encode())
+    try:
+        kw: dict[str, Any] = dict(own_address="127.0.0.1:1", address=follower.address, chunk_size=1024,
+                                  max_frame_size=1 << 20, timeout=5.0)
+        with pytest.raises(OSError):
+            await send_snapshot(msg, snap, _FailingReads(leader_store, 8), **kw)  # type: ignore[arg-type]
+        await eventually(lambda: receiving._active is None)
+        assert not delivered
+        sent = await send_snapshot(msg, snap, leader_store, **kw)
+        assert 0 < sent <= snap.size - 8 * 1024
+        assert delivered == [msg]
+        got = follower_store.find(40, 3)
+        assert got is not None and got.crc == snap.crc and got.size == snap.size
+        # A stale leader is refused.
+        stale = InstallSnapshot(2, "a", "b", 41, 2, meta.membership.encode())
+        with pytest.raises(SnapshotTransferFailed, match="stale"):
+            await send_snapshot(stale, snap, leader_store, **kw)
+    finally:
+        await receiving.close()
+        await follower.close()
