@@ -108,7 +108,7 @@ class Peer:
         self._leader_waiters: list[asyncio.Future[None]] = []
         self._membership = Membership()
         self._stopping = False
-        self._stopped = False
+        self._stopped = asyncio.Event()
         self._fatal: BaseException | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._save_inline = not getattr(storage, "save_blocks", True)
@@ -158,8 +158,7 @@ class Peer:
         If this peer led, the others elect a new leader. Idempotent.
         """
         if self._stopping:
-            while not self._stopped:
-                await asyncio.sleep(0.01)
+            await self._stopped.wait()
             return
         self._stopping = True
         self._wake.set()
@@ -184,7 +183,7 @@ class Peer:
                 PeerStopped(f"peer {self.name} has stopped"),
                 LeadershipLost(f"peer {self.name} stopped before the write's outcome was known"),
             )
-            self._stopped = True
+            self._stopped.set()
             self._log.info("%s: stopped", self.name)
 
     # -- public API ----------------------------------------------------------------
@@ -400,10 +399,7 @@ class Peer:
                         else:
                             fut.set_result(result)
         except Exception as exc:
-            self._fatal = exc
-            self._log.critical("%s: stopping after a fatal error: %s", self.name, exc, exc_info=True)
-            self._fail_everything(exc, exc)
-            self._stopping = True
+            self._die(exc, "")
             raise
 
     def _take_input(self) -> list[tuple[asyncio.Future[Any], Any]]:
@@ -605,12 +601,20 @@ class Peer:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self._fatal = exc
-            self._log.critical("%s: stopping after a fatal error while applying: %s", self.name, exc, exc_info=True)
-            self._fail_everything(exc, exc)
-            self._stopping = True
-            self._wake.set()
+            self._die(exc, " while applying")
             raise
+
+    def _die(self, exc: Exception, where: str) -> None:
+        """A fatal error (storage failure, state machine crash): fail every
+        request and stop this peer so that it cannot act on a broken state."""
+        self._fatal = exc
+        self._log.critical("%s: stopping after a fatal error%s: %s", self.name, where, exc, exc_info=True)
+        self._fail_everything(
+            PeerStopped(f"peer {self.name} stopped after a fatal error: {exc}"),
+            LeadershipLost(f"peer {self.name} hit a fatal error before the write's outcome was known: {exc}"),
+        )
+        if not self._stopping:
+            asyncio.get_running_loop().create_task(self.stop(), name=f"raftlib-stop-{self.name}")
 
     async def _apply_loop(self) -> None:
         sm = self.state_machine

@@ -94,7 +94,7 @@ class Cluster:
         return self.peers
 
     def live(self) -> list[raftlib.Peer]:
-        return [p for p in self.peers.values() if not p._stopping]
+        return [p for p in self.peers.values() if not p._stopping and p._fatal is None]
 
     async def leader(self, timeout: float = 10.0) -> raftlib.Peer:
         """The one live peer that is leader and is recognised as such by a majority."""

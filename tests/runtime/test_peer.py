@@ -234,3 +234,39 @@ async def test_start_peer_validates_arguments(tmp_path: Any) -> None:
         )
     with pytest.raises(errors.ConfigError, match="StateMachine"):
         await raftlib.start_peer(dict, name="x", address="127.0.0.1:0", storage=MemoryStorage())  # type: ignore[arg-type]
+
+
+class FailingStorage(MemoryStorage):
+    """Memory storage whose saves fail once ``broken`` is set (a dead disk)."""
+
+    broken = False
+
+    def save(self, hard_state: Any, entries: Any, sync: bool = True) -> None:
+        if self.broken:
+            raise OSError(28, "No space left on device")
+        super().save(hard_state, entries, sync)
+
+
+async def test_storage_failure_stops_the_peer_and_the_cluster_moves_on(tmp_path: Any) -> None:
+    c = Cluster(tmp_path)
+    try:
+        storages = {f"s{i}": FailingStorage() for i in range(1, 4)}
+        for name, storage in storages.items():
+            c.peers[name] = await raftlib.start_peer(KVStore, name=name, address="127.0.0.1:0", storage=storage, config=FAST)
+            c.addresses[name] = c.peers[name].address
+        await c.peers["s1"].set_configuration(c.addresses)
+        leader = await c.leader()
+        await leader.write(["set", "before", 1])
+        storages[leader.name].broken = True
+        # The entry may already have reached the followers: outcome unknown.
+        with pytest.raises(errors.OutcomeUnknown, match="No space left"):
+            await leader.write(["set", "lost", 1])
+        await eventually(lambda: leader._stopped.is_set())
+        with pytest.raises(errors.PeerStopped, match="fatal"):
+            await leader.write(["set", "x", 1])
+        await leader.stop()  # idempotent after a fatal error
+        new = await c.leader()
+        assert new is not leader
+        assert await new.read(["get", "before"]) == ["ok", 1]
+    finally:
+        await c.close()
