@@ -122,6 +122,7 @@ class Peer:
         self._compactions: list[tuple[SnapshotMeta, asyncio.Future[None]]] = []
         self._snapshot_reports: list[tuple[NodeId, bool]] = []
         self._transfers: dict[NodeId, asyncio.Task[None]] = {}
+        self._transfer_failures: dict[NodeId, int] = {}
         self._receiving = snapshotting.SnapshotReceiving(
             name, snapshots, lambda: self._core.term, self._on_message, log
         )
@@ -536,17 +537,26 @@ class Peer:
                 self._log.warning("%s: cannot send snapshot %d/%d to %s (%s)", self.name, msg.snapshot_term,
                                   msg.index, msg.dst, "no such snapshot" if snap is None else "no address")
                 return
-            self._log.info("%s: streaming snapshot %d/%d (%d bytes) to %s", self.name, msg.snapshot_term,
-                           msg.index, snap.size, msg.dst)
+            self._log.debug("%s: offering snapshot %d/%d (%d bytes) to %s", self.name, msg.snapshot_term,
+                            msg.index, snap.size, msg.dst)
             sent = await snapshotting.send_snapshot(
                 msg, snap, self._snapshots, own_address=self.address, address=address,
                 chunk_size=self.config.snapshot_chunk_size, max_frame_size=self.config.max_frame_size,
                 timeout=max(5.0, 10 * self.config.election_ticks * self.config.tick_interval),
             )
-            self._log.info("%s: snapshot sent to %s (%d bytes this attempt)", self.name, msg.dst, sent)
+            self._log.info("%s: sent snapshot %d/%d to %s (%d bytes this attempt)", self.name, msg.snapshot_term,
+                           msg.index, msg.dst, sent)
             ok = True
+            self._transfer_failures.pop(msg.dst, None)
         except (OSError, RaftError, asyncio.TimeoutError) as exc:
-            self._log.info("%s: snapshot transfer to %s failed, will retry: %r", self.name, msg.dst, exc)
+            failures = self._transfer_failures.get(msg.dst, 0) + 1
+            self._transfer_failures[msg.dst] = failures
+            level = logging.INFO if failures == 1 else logging.DEBUG
+            self._log.log(level, "%s: snapshot transfer to %s failed (%d in a row), will retry: %r",
+                          self.name, msg.dst, failures, exc)
+            # Back off before the core may retry, so an unreachable follower
+            # is not offered the snapshot on every heartbeat.
+            await asyncio.sleep(min(2.0, 0.05 * 2 ** min(failures, 6)))
         finally:
             self._snapshot_reports.append((msg.dst, ok))
             self._wake.set()

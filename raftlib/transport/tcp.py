@@ -526,7 +526,10 @@ class Transport:
                     await cleanup()
                 except Exception:
                     self.log.exception("%s: cleanup for the connection from %s failed", self.name, conn.remote)
-            await _close_writer(writer)
+            # close() may cancel us here too (the remote had just hung up): the
+            # task is ending anyway and must end normally, as above.
+            with contextlib.suppress(asyncio.CancelledError):
+                await _close_writer(writer)
             self._inbound.discard(task)
 
     async def _read_frames(self, reader: asyncio.StreamReader, conn: Connection) -> None:
