@@ -105,7 +105,7 @@ class Peer:
         self._applied = self._core.applied_index
         self._applied_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._waiter_ids = itertools.count()
-        self._leader_waiters: list[asyncio.Future[None]] = []
+        self._state_waiters: list[asyncio.Future[None]] = []
         self._membership = Membership()
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -151,13 +151,27 @@ class Peer:
         ]
         self._wake.set()
 
-    async def stop(self) -> None:
+    async def stop(self, transfer_leadership: bool = True) -> None:
         """Stop this peer: finish the current save, close the network and storage.
+
+        If this peer leads (and ``transfer_leadership`` is true), it first
+        hands leadership to the most up-to-date follower, so a planned stop
+        costs no election timeout; if that fails within two election
+        timeouts it stops anyway and the others elect a leader.
 
         Writes still in flight fail with :class:`LeadershipLost` (outcome
         unknown); queued writes not yet in the log fail with :class:`PeerStopped`.
-        If this peer led, the others elect a new leader. Idempotent.
+        Idempotent.
         """
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        if transfer_leadership and self._fatal is None and self.is_leader and len(self._core.membership.voters) > 1:
+            try:
+                new = await self.transfer_leadership()
+                self._log.info("%s: handed leadership to %s before stopping", self.name, new)
+            except RaftError as exc:
+                self._log.info("%s: stopping without a leadership transfer: %s", self.name, exc)
         if self._stopping:
             await self._stopped.wait()
             return
@@ -268,19 +282,52 @@ class Peer:
         """
         self._check_running()
 
-        async def wait() -> NodeId:
-            while True:
-                leader = self._core.leader
-                if leader is not None:
-                    return leader
-                fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-                self._leader_waiters.append(fut)
-                await fut
-
         try:
-            return await asyncio.wait_for(wait(), timeout)
+            await asyncio.wait_for(self._wait_until(lambda: self._core.leader is not None), timeout)
         except asyncio.TimeoutError:
             raise Timeout(f"no leader was elected within {timeout} s") from None
+        leader = self._core.leader
+        assert leader is not None
+        return leader
+
+    async def transfer_leadership(self, to: NodeId | None = None, timeout: float | None = None) -> NodeId:
+        """Hand leadership to ``to`` (by default the most up-to-date voter) and
+        return the new leader's name.
+
+        The leader stops accepting writes (they raise
+        :class:`ProposalDropped`), waits until the target has every entry,
+        then tells it to start an election at once (no election timeout).
+        Raises :class:`NotLeader` on a follower, :class:`ConfigError` if ``to``
+        is not another voter, and :class:`raftlib.errors.Timeout` if no other
+        peer leads within ``timeout`` seconds (default: two maximum election
+        timeouts); the transfer is then abandoned and this peer keeps leading.
+        """
+        self._check_running()
+        self._check_leader()
+
+        def start() -> NodeId:
+            try:
+                return self._core.transfer_leadership(to)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+
+        target = await self._call_in_driver(start)
+        limit = timeout if timeout is not None else 4 * self.config.election_ticks * self.config.tick_interval
+        try:
+            await asyncio.wait_for(self._wait_until(lambda: self._core.leader not in (None, self.name)), limit)
+        except asyncio.TimeoutError:
+            raise Timeout(f"leadership did not pass to {target} within {limit:.2f} s") from None
+        leader = self._core.leader
+        assert leader is not None
+        return leader
+
+    async def _wait_until(self, condition: Callable[[], bool]) -> None:
+        """Wait until ``condition()`` holds, checking it after each change of role or leader."""
+        while not condition():
+            self._check_running()
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._state_waiters.append(fut)
+            await fut
 
     async def write(self, command: Any, timeout: float | None = None) -> Any:
         """Replicate ``command`` and return what ``handle_write`` returned for it.
@@ -573,11 +620,10 @@ class Peer:
 
     def _on_soft_state(self, rd: Ready) -> None:
         assert rd.soft_state is not None
-        if rd.soft_state.leader is not None:
-            waiters, self._leader_waiters = self._leader_waiters, []
-            for fut in waiters:
-                if not fut.done():
-                    fut.set_result(None)
+        waiters, self._state_waiters = self._state_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
         if rd.soft_state.role != LEADER:
             self._fail_leader_work()
             for task in self._transfers.values():
@@ -773,10 +819,10 @@ class Peer:
             if not afut.done():
                 afut.set_exception(not_applied)
         self._applied_waiters = []
-        for lfut in self._leader_waiters:
-            if not lfut.done():
-                lfut.set_exception(not_applied)
-        self._leader_waiters = []
+        for sfut in self._state_waiters:
+            if not sfut.done():
+                sfut.set_exception(not_applied)
+        self._state_waiters = []
 
 
 def _make_state_machine(state_machine: StateMachine | type[StateMachine] | StateMachineFactory) -> StateMachine:

@@ -115,6 +115,6 @@ class Cluster:
 
     async def close(self) -> None:
         for p in self.peers.values():
-            await p.stop()
+            await p.stop(transfer_leadership=False)
 
 

@@ -270,3 +270,56 @@ async def test_storage_failure_stops_the_peer_and_the_cluster_moves_on(tmp_path:
         assert await new.read(["get", "before"]) == ["ok", 1]
     finally:
         await c.close()
+
+
+async def test_transfer_leadership_to_the_most_up_to_date_follower(cluster: Cluster) -> None:
+    peers = await cluster.start(3)
+    old = await cluster.leader()
+    await old.write(["set", "a", 1])
+    term = old.status()["term"]
+    new_name = await old.transfer_leadership()
+    assert new_name != old.name
+    new = peers[new_name]
+    await eventually(lambda: new.is_leader)
+    assert new.status()["term"] == term + 1
+    assert await new.write(["set", "b", 2]) == ["ok", "b", 2]
+    assert await new.read(["get", "a"]) == ["ok", 1]
+    with pytest.raises(errors.NotLeader):
+        await old.transfer_leadership()
+
+
+async def test_transfer_leadership_to_a_named_peer_and_bad_targets(cluster: Cluster) -> None:
+    peers = await cluster.start(3)
+    leader = await cluster.leader()
+    target = next(n for n in peers if n != leader.name)
+    assert await leader.transfer_leadership(to=target) == target
+    new = peers[target]
+    await eventually(lambda: new.is_leader)
+    with pytest.raises(errors.ConfigError, match="voting member"):
+        await new.transfer_leadership(to=new.name)
+    with pytest.raises(errors.ConfigError, match="voting member"):
+        await new.transfer_leadership(to="nobody")
+    assert new.is_leader
+
+
+async def test_transfer_that_cannot_complete_times_out_and_the_leader_keeps_serving(cluster: Cluster) -> None:
+    peers = await cluster.start(3)
+    leader = await cluster.leader()
+    target = next(n for n in peers if n != leader.name)
+    await peers[target].stop()
+    with pytest.raises(errors.Timeout, match=target):
+        await leader.transfer_leadership(to=target, timeout=0.3)
+    # The transfer is abandoned after an election timeout; writes work again.
+    await eventually(lambda: leader._core.transfer_target is None)
+    assert await leader.write(["set", "k", 1]) == ["ok", "k", 1]
+
+
+async def test_stopping_the_leader_hands_over_leadership_first(cluster: Cluster) -> None:
+    peers = await cluster.start(3)
+    old = await cluster.leader()
+    await old.write(["set", "a", 1])
+    await old.stop()
+    # No election timeout needed: a successor already leads when stop() returns.
+    leaders = [p for p in peers.values() if p is not old and p.is_leader]
+    assert len(leaders) == 1
+    assert await leaders[0].read(["get", "a"]) == ["ok", 1]
