@@ -132,3 +132,42 @@ async def test_kill_9_of_a_minority_and_then_of_everyone_loses_no_acknowledged_w
         assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {missing[:5]}"
     finally:
         await cluster.close()
+
+
+async def test_a_peer_talking_nonsense_is_ignored_and_the_cluster_keeps_serving(
+    lmdb_cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    from raftlib.core.messages import AppendEntries, AppendEntriesResponse, RequestVote
+    from raftlib.transport.framing import encode_frame, encode_message
+    from raftlib.types import Entry
+
+    peers = await lmdb_cluster.start(3)
+    leader = await lmdb_cluster.leader()
+    follower = next(p for p in peers.values() if p is not leader)
+    term = follower.status()["term"]
+    host, port = follower.address.rsplit(":", 1)
+    nonsense = [
+        # entries that do not follow prev_log_index
+        AppendEntries(term, leader.name, follower.name, 0, 0, (Entry(term, 7, data=b"x"),), 0),
+        # terms going backwards inside one message
+        AppendEntries(term, leader.name, follower.name, 0, 0, (Entry(term, 1), Entry(term - 1, 2)), 0),
+        # a vote request whose log claims a term from the future
+        RequestVote(term, leader.name, follower.name, 5, term + 5),
+    ]
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(encode_frame("Hello", [leader.name, ""]))
+    for msg in nonsense:
+        writer.write(encode_message(msg))
+    await writer.drain()
+    await asyncio.sleep(0.1)
+    # Type errors inside a frame close that connection.
+    writer.write(encode_message(AppendEntriesResponse(term, leader.name, follower.name, True, 10)).replace(b"\xc3", b"\x05", 1))
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+    assert await leader.write(["set", "after", "nonsense"]) == ["ok", "after", "nonsense"]
+    await eventually(lambda: follower.state_machine.data.get("after") == "nonsense")
+    assert follower.status()["term"] == term  # nothing in the nonsense moved the term
+    dropped = [r for r in caplog.records if "dropping malformed message" in r.getMessage()]
+    assert len(dropped) == 3
+    assert any("closing connection" in r.getMessage() for r in caplog.records)
