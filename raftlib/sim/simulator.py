@@ -1,0 +1,1092 @@
+"""The deterministic simulator: N Raft cores, one virtual clock, one seed.
+
+Everything random (message delays, losses, duplicates, partitions, crashes,
+slow disks, client behaviour and each core's election timeouts) is drawn
+from one ``random.Random(seed)``, and events are ordered by (virtual time,
+sequence number), so a seed replays byte for byte.
+
+The simulator plays the runtime's part for every peer (see
+:mod:`raftlib.core.ready`): it sends ``rd.messages`` at once, puts the save
+in the peer's volatile write buffer, writes it to the peer's disk (a
+:class:`~storage_adapters.memory.MemoryStorage`) either at once or after a
+random delay, and only then releases ``rd.messages_after_persist``, applies
+``rd.committed_entries`` and calls ``advance``. A crash throws away the write
+buffer and the core; the restarted core is rebuilt from the disk alone. A
+core that acknowledges before its save is on disk is therefore caught when a
+crash lands in between.
+
+Two ways to drive it:
+
+* automatically: :meth:`Simulator.run` (or :meth:`run_ticks`) advances the
+  clock; faults, leadership transfers and client requests are injected at
+  random per ``SimConfig``;
+* by hand (``manual=True``): nothing happens unless a test calls
+  :meth:`tick`, :meth:`deliver`, :meth:`drop`, :meth:`crash`, :meth:`restart`,
+  :meth:`partition`, :meth:`block`, :meth:`heal`, :meth:`propose`,
+  :meth:`read` or :meth:`transfer_leadership`. Messages wait in
+  :attr:`in_flight` until delivered or dropped and saves are synced at once.
+  (The same methods also work between :meth:`run_ticks` calls.)
+
+After every step the invariants of :mod:`raftlib.sim.invariants` are checked
+for the peer the step touched; a violation raises :class:`InvariantViolation`.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import heapq
+import inspect
+import logging
+import math
+import random
+import time as _time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..codec import pack, unpack
+from ..core.messages import Message
+from ..core.raft import LEADER, Raft
+from ..core.ready import Ready
+from ..errors import NotLeader, ProposalDropped
+from ..state_machine import StateMachine
+from ..types import Entry, EntryKind, Membership, NodeId
+from .config import SimConfig
+from .invariants import Failure, InvariantChecker, InvariantViolation, fail
+from .node import CoreFactory, PendingRead, PendingWrite, SimPeer
+
+# Event kinds (kept as small ints: the heap holds (time, seq, kind, a, b)).
+_DELIVER, _TICK, _SYNC, _WORLD, _RESTART, _HEAL, _ISOLATE = range(7)
+
+MessageFilter = Callable[[Message], bool]
+
+
+@dataclass(slots=True)
+class Client:
+    """A client: it writes to the peer it believes leads, follows NotLeader
+    hints, and gives up on a peer that accepts writes but acknowledges none
+    for ``SimConfig.client_timeout`` ticks (a deposed or cut-off leader)."""
+
+    id: int
+    target: NodeId
+    last_ok: float = 0.0
+    """When a write of this client was last acknowledged (or it last switched peers)."""
+    unacked: int = 0
+    """Writes accepted since then."""
+
+
+@dataclass(frozen=True, slots=True)
+class AckedWrite:
+    """A write whose proposing leader applied it at its (term, index)."""
+
+    index: int
+    term: int
+    data: bytes
+    client: int
+
+
+@dataclass(slots=True)
+class SimResult:
+    """What one run did. Everything here is a pure function of the seed and config."""
+
+    seed: int
+    peers: int
+    pre_vote: bool
+    check_quorum: bool
+    ticks: float
+    steps: int
+    messages: int
+    writes_proposed: int
+    writes_acked: int
+    reads_served: int
+    leaders: int
+    max_term: int
+    committed: int
+    converge_ticks: float
+    faults: dict[str, int] = field(default_factory=dict)
+    trace_digest: str | None = None
+
+    def summary(self) -> str:
+        faults = ", ".join(f"{k}={v}" for k, v in sorted(self.faults.items())) or "none"
+        lines = [
+            f"seed {self.seed}: {self.peers} peers, pre_vote={self.pre_vote}, check_quorum={self.check_quorum}",
+            f"  simulated {self.ticks:.0f} ticks in {self.steps} steps, {self.messages} messages sent",
+            f"  {self.leaders} leaders elected (last term {self.max_term}), {self.committed} entries committed",
+            (f"  writes: {self.writes_proposed} accepted by a leader, {self.writes_acked} acknowledged; "
+             f"{self.reads_served} linearizable reads served"),
+            f"  faults: {faults}",
+            f"  converged {self.converge_ticks:.1f} ticks after the faults stopped",
+        ]
+        if self.trace_digest:
+            lines.append(f"  trace sha256: {self.trace_digest}")
+        return "\n".join(lines)
+
+
+def _format_event(rec: tuple[int, float, str, tuple[Any, ...]]) -> str:
+    step, when, fmt, args = rec
+    if args:
+        fmt = fmt % tuple(a.describe() if hasattr(a, "describe") else a for a in args)
+    return f"#{step} t={when:.3f} {fmt}"
+
+
+def _silent_logger() -> logging.Logger:
+    """A logger outside the logging tree that drops everything (cores log a
+    lot under faults; the trace already says what happened)."""
+    logger = logging.Logger("raftlib.sim.core", level=logging.CRITICAL + 1)  # noqa: LOG001 - kept out of the tree
+    logger.addHandler(logging.NullHandler())
+    return logger
+
+
+_SILENT = _silent_logger()
+
+
+def _default_command(rng: random.Random, n: int) -> Any:
+    return f"c{n}"
+
+
+class Simulator:
+    """A cluster of ``peers`` simulated Raft peers named ``s1`` .. ``sN``.
+
+    ``core_factory`` builds each core (default :class:`Raft`; tests pass
+    deliberately broken subclasses). With ``state_machine_factory`` every
+    peer incarnation gets a fresh machine, committed NORMAL entries are
+    decoded with msgpack and passed to its ``handle_write``, and all peers
+    must return the same result at each index; client commands then come
+    from ``command_factory(rng, n)`` (default: the string ``"c<n>"``) and
+    are msgpack-encoded. Without a machine, client payloads are ``b"c<n>"``.
+    Cores log to ``logger`` (default: nowhere).
+    """
+
+    def __init__(
+        self,
+        seed: int,
+        peers: int = 3,
+        config: SimConfig | None = None,
+        *,
+        core_factory: CoreFactory | Callable[..., Raft] = Raft,
+        state_machine_factory: Callable[[], StateMachine] | None = None,
+        command_factory: Callable[[random.Random, int], Any] | None = None,
+        manual: bool = False,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        if peers < 1:
+            raise ValueError("a cluster needs at least one peer")
+        self.seed = seed
+        self.config = cfg = config or SimConfig()
+        self.manual = manual
+        self.rng = rng = random.Random(seed)
+        self.core_factory = core_factory
+        self.state_machine_factory = state_machine_factory
+        self.command_factory = command_factory or _default_command
+        self.logger = logger or _SILENT
+        self.pre_vote = cfg.pre_vote if cfg.pre_vote is not None else rng.random() < 0.5
+        self.check_quorum = cfg.check_quorum if cfg.check_quorum is not None else rng.random() < 0.5
+        self.raft_config = cfg.raft_config(self.pre_vote, self.check_quorum)
+        self.ids: list[NodeId] = [f"s{i}" for i in range(1, peers + 1)]
+        self.peers: dict[NodeId, SimPeer] = {i: SimPeer(i) for i in self.ids}
+        self.checker = InvariantChecker(self.peers)
+        self.checker.on_new_leader = self._on_new_leader
+        self.max_down = cfg.max_down if cfg.max_down is not None else (peers - 1) // 2
+
+        self.now = 0.0
+        self.step_count = 0
+        self._heap: list[tuple[float, int, int, Any, Any]] = []
+        self._seq = 0
+        self.in_flight: dict[int, Message] = {}
+        """Messages sent and not yet delivered or lost, by send order."""
+        self.blocked: Counter[tuple[NodeId, NodeId]] = Counter()
+        """Directed links (src, dst) that currently lose every message (with
+        how many active cuts block each)."""
+        self._cuts: dict[int, list[tuple[NodeId, NodeId]]] = {}
+        self._cut_token = 0
+        self._random_cut: int | None = None
+        self._phase: dict[NodeId, float] = {}
+
+        self.faults: Counter[str] = Counter()
+        self.stats: Counter[str] = Counter()
+        self.acked: list[AckedWrite] = []
+        self.max_acked_index = 0
+        self._results: dict[int, Any] = {}
+        self._faults_on = not manual
+        self._clients_on = not manual and cfg.clients > 0
+        self._write_seq = 0
+        self._read_seq = 0
+        self.clients = [Client(k, rng.choice(self.ids)) for k in range(cfg.clients)]
+
+        self._trace: deque[tuple[int, float, str, tuple[Any, ...]]] = deque(maxlen=max(cfg.trace_tail, 1))
+        self._hasher = hashlib.sha256() if cfg.hash_trace else None
+
+        membership = Membership({i: f"sim:{i}" for i in self.ids})
+        try:
+            for pid in self.ids:
+                p = self.peers[pid]
+                self._start(p)
+                try:
+                    p.raft.bootstrap(membership)
+                except Exception as exc:
+                    self._core_failed(p, "bootstrap", exc)
+                self._drive(p, sync_now=True)
+                self.checker.observe(p)
+        except Failure as f:
+            raise self._violation(f) from f.__cause__
+        if not manual:
+            self._schedule(1.0, _WORLD, 1, None)
+
+    # -- event queue ----------------------------------------------------------------
+
+    def _schedule(self, when: float, kind: int, a: Any, b: Any) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (when, self._seq, kind, a, b))
+
+    def _note(self, fmt: str, *args: Any) -> None:
+        """Record an event in the trace (formatted lazily unless hashing)."""
+        rec = (self.step_count, self.now, fmt, args)
+        self._trace.append(rec)
+        if self._hasher is not None:
+            self._hasher.update(_format_event(rec).encode())
+            self._hasher.update(b"\n")
+
+    def _violation(self, f: Failure) -> InvariantViolation:
+        return InvariantViolation(
+            f.invariant, f.message, seed=self.seed, step=self.step_count, time=self.now,
+            peers=len(self.ids), trace=self.trace_tail(),
+        )
+
+    def trace_tail(self) -> list[str]:
+        """The last ``SimConfig.trace_tail`` events, formatted."""
+        return [_format_event(rec) for rec in self._trace]
+
+    def trace_digest(self) -> str:
+        """SHA-256 of the whole formatted trace (needs ``SimConfig(hash_trace=True)``)."""
+        if self._hasher is None:
+            raise RuntimeError("trace hashing is off; use SimConfig(hash_trace=True)")
+        return self._hasher.hexdigest()
+
+    # -- running ----------------------------------------------------------------------
+
+    def run(self) -> SimResult:
+        """The whole fuzz run: ``config.ticks`` ticks of faults, then the liveness check."""
+        self.run_ticks(self.config.ticks)
+        converge = self.converge()
+        return self.result(converge)
+
+    def run_ticks(self, n: float) -> None:
+        """Advance the virtual clock by ``n`` ticks, processing every event due."""
+        if self.manual:
+            raise RuntimeError("a manual simulator has no clock; use tick() and deliver()")
+        self._run_until(self.now + n)
+
+    def _run_until(self, target: float) -> None:
+        heap = self._heap
+        peers = self.peers
+        observe = self.checker.observe
+        try:
+            while heap and heap[0][0] <= target:
+                when, _, kind, a, b = heapq.heappop(heap)
+                self.now = when
+                self.step_count += 1
+                if kind == _DELIVER:
+                    self._deliver(a)
+                elif kind == _TICK:
+                    p = peers[a]
+                    if p.core is not None and p.incarnation == b:
+                        self._tick_peer(p)
+                        self._schedule(when + 1.0, _TICK, a, b)
+                elif kind == _SYNC:
+                    p = peers[a]
+                    if p.core is not None and p.sync_token == b and p.pending is not None:
+                        rd, p.pending = p.pending, None
+                        self._finish_ready(p, rd)
+                        self._drive(p)
+                        observe(p)
+                elif kind == _WORLD:
+                    self._world(a)
+                elif kind == _RESTART:
+                    p = peers[a]
+                    if p.core is None and p.sync_token == b:
+                        self._restart(p)
+                elif kind == _HEAL:
+                    self._uncut(b)
+                elif kind == _ISOLATE:
+                    p = peers[a]
+                    if self._faults_on and p.core is not None and p.core.role == LEADER and p.core.term == b:
+                        self._isolate_leader(p)
+        except Failure as f:
+            raise self._violation(f) from f.__cause__
+        self.now = max(self.now, target)
+
+    def _world(self, tick: int) -> None:
+        """Once per tick: random faults, transfers, client requests, periodic full checks."""
+        self._note("-- tick %d --", tick)
+        if self._faults_on:
+            self._inject_faults()
+        if self._faults_on and self.config.transfer_rate and self.rng.random() < self.config.transfer_rate:
+            self._transfer_leadership()
+        if self._clients_on:
+            self._client_writes()
+            self._client_reads()
+        if tick % self.config.full_check_ticks == 0:
+            self.checker.full_check(list(self.peers.values()))
+        self._schedule(tick + 1.0, _WORLD, tick + 1, None)
+
+    # -- the Ready contract -------------------------------------------------------------------
+
+    def _start(self, p: SimPeer) -> None:
+        machine = self.state_machine_factory() if self.state_machine_factory is not None else None
+        core_rng = random.Random(self.rng.getrandbits(64))
+        try:
+            p.start(self.core_factory, self.raft_config, core_rng, machine, self.logger)
+        except Exception as exc:
+            self._core_failed(p, "__init__", exc)
+        if not self.manual:
+            phase = self._phase[p.id] = self.rng.random()
+            first = math.floor(self.now) + phase
+            if first <= self.now:
+                first += 1.0
+            self._schedule(first, _TICK, p.id, p.incarnation)
+
+    def _core_failed(self, p: SimPeer, what: str, exc: Exception) -> None:
+        raise Failure("core-error", f"{p.id}: {what} raised {type(exc).__name__}: {exc}") from exc
+
+    def _tick_peer(self, p: SimPeer) -> None:
+        try:
+            p.raft.tick()
+        except Exception as exc:
+            self._core_failed(p, "Raft.tick()", exc)
+        self._drive(p)
+        self.checker.observe(p)
+
+    def _drive(self, p: SimPeer, sync_now: bool = False) -> None:
+        """Take Readies from ``p`` until it has none or a save is buffered."""
+        core = p.raft
+        rounds = 0
+        while p.pending is None:
+            try:
+                if not core.has_ready():
+                    return
+                rd = core.ready()
+            except Exception as exc:
+                self._core_failed(p, "Raft.ready()", exc)
+            rounds += 1
+            if rounds > 1000:
+                fail("ready-loop", f"{p.id} produced 1000 Readies in a row without settling")
+            for m in rd.messages:
+                self._send(m)
+            if rd.hard_state is not None or rd.entries:
+                rate = self.config.sync_delay_rate
+                if not sync_now and self._faults_on and rate and self.rng.random() < rate:
+                    p.pending = rd
+                    delay = self.rng.uniform(0.0, self.config.max_sync_delay)
+                    self._schedule(self.now + delay, _SYNC, p.id, p.sync_token)
+                    self.faults["slow_sync"] += 1
+                    self._note("%s: save buffered for %.3f ticks (%s)", p.id, delay, _save_text(rd))
+                    return
+            self._finish_ready(p, rd)
+
+    def _finish_ready(self, p: SimPeer, rd: Ready) -> None:
+        """The save reached the disk: release the acks, apply, advance."""
+        if rd.hard_state is not None or rd.entries:
+            try:
+                p.disk.save(rd.hard_state, rd.entries, True)
+            except Exception as exc:
+                self._core_failed(p, "LogStorage.save (entries from Ready)", exc)
+            self._note("%s: synced %s", p.id, _save_text(rd))
+        for m in rd.messages_after_persist:
+            self._send(m)
+        if rd.soft_state is not None:
+            s = rd.soft_state
+            self._note("%s: now %s in term %d (leader %s)", p.id, s.role, s.term, s.leader)
+        if rd.committed_entries:
+            for e in rd.committed_entries:
+                self._apply(p, e)
+            self._note("%s: applied %d..%d", p.id, rd.committed_entries[0].index, rd.committed_entries[-1].index)
+        for rs in rd.read_states:
+            for rid in rs.request_ids:
+                self._answer_read(p, rid, rs.index)
+        try:
+            p.raft.advance(rd)
+        except Exception as exc:
+            self._core_failed(p, "Raft.advance()", exc)
+
+    def _apply(self, p: SimPeer, e: Entry) -> None:
+        self.checker.on_apply(p, e)
+        w = p.writes.pop(e.index, None)
+        if w is not None:
+            if w.term != e.term:
+                self.stats["writes_superseded"] += 1
+            elif w.data != e.data:
+                fail("client-write",
+                     f"{p.id} proposed {w.data!r} at {w.term}/{e.index} but applied {e.data!r} there")
+            else:
+                self.acked.append(AckedWrite(e.index, e.term, e.data, w.client))
+                if 0 <= w.client < len(self.clients):
+                    c = self.clients[w.client]
+                    c.last_ok, c.unacked = self.now, 0
+                self.max_acked_index = max(self.max_acked_index, e.index)
+                self._note("%s: write %r acknowledged at %d/%d", p.id, e.data, e.term, e.index)
+        if p.machine is not None and e.kind is EntryKind.NORMAL:
+            self._apply_to_machine(p, e)
+
+    def _apply_to_machine(self, p: SimPeer, e: Entry) -> None:
+        machine = p.machine
+        assert machine is not None
+        try:
+            result: Any = machine.handle_write(unpack(e.data))
+            if inspect.iscoroutine(result):
+                result = _run_coroutine(result)
+            outcome: Any = ("ok", _canonical(result))
+        except HandlerSuspended:
+            raise
+        except Exception as exc:  # a deterministic exception is a result too
+            outcome = ("raised", type(exc).__name__, str(exc))
+        known = self._results.setdefault(e.index, outcome)
+        if known != outcome:
+            fail("state-machine-determinism",
+                 f"{p.id}'s state machine returned {outcome!r} for index {e.index}, another peer got {known!r}")
+
+    # -- network ---------------------------------------------------------------------------
+
+    def _send(self, m: Message) -> None:
+        self.stats["messages"] += 1
+        self._seq += 1
+        mid = self._seq
+        if self.manual:
+            self.in_flight[mid] = m
+            self._note("send %s", m)
+            return
+        cfg = self.config
+        rng = self.rng
+        if self._faults_on and cfg.drop_rate and rng.random() < cfg.drop_rate:
+            self.faults["drop"] += 1
+            self._note("drop %s", m)
+            return
+        self.in_flight[mid] = m
+        self._schedule(self.now + rng.uniform(cfg.min_delay, cfg.max_delay), _DELIVER, mid, None)
+        self._note("send %s", m)
+        if self._faults_on and cfg.duplicate_rate and rng.random() < cfg.duplicate_rate:
+            self.faults["duplicate"] += 1
+            self._seq += 1
+            self.in_flight[self._seq] = m
+            self._schedule(self.now + rng.uniform(cfg.min_delay, cfg.max_delay), _DELIVER, self._seq, None)
+            self._note("duplicate %s", m)
+
+    def _deliver(self, mid: int) -> None:
+        m = self.in_flight.pop(mid, None)
+        if m is None:
+            return
+        p = self.peers.get(m.dst)
+        if p is None or p.core is None:
+            self._note("lost (peer down) %s", m)
+            return
+        if (m.src, m.dst) in self.blocked:
+            self._note("lost (partition) %s", m)
+            return
+        self._note("deliver %s", m)
+        try:
+            p.core.step(m)
+        except Exception as exc:
+            self._core_failed(p, "Raft.step()", exc)
+        self._drive(p)
+        self.checker.observe(p)
+
+    def _cut(self, links: Iterable[tuple[NodeId, NodeId]], duration: float | None) -> int:
+        """Block ``links`` until :meth:`heal` or, with ``duration``, until then."""
+        self._cut_token += 1
+        token = self._cut_token
+        self._cuts[token] = cut = sorted(set(links))
+        self.blocked.update(cut)
+        if duration is not None:
+            self._schedule(self.now + duration, _HEAL, None, token)
+        return token
+
+    def _uncut(self, token: int) -> None:
+        links = self._cuts.pop(token, None)
+        if links is None:
+            return
+        for link in links:
+            self.blocked[link] -= 1
+            if self.blocked[link] <= 0:
+                del self.blocked[link]
+        if token == self._random_cut:
+            self._random_cut = None
+        self._note("partition healed: %s", _links_text(links))
+
+    def _heal(self) -> None:
+        self.blocked.clear()
+        self._cuts.clear()
+        self._random_cut = None
+        self._note("network healed")
+
+    def _on_new_leader(self, peer: NodeId, term: int) -> None:
+        """Leader-targeted fault: isolate some new leaders soon after they win."""
+        cfg = self.config
+        if self._faults_on and cfg.leader_isolation_rate and self.rng.random() < cfg.leader_isolation_rate:
+            self._schedule(self.now + self.rng.uniform(0.0, cfg.max_leader_isolation_delay), _ISOLATE, peer, term)
+
+    def _isolate_leader(self, p: SimPeer) -> None:
+        cfg = self.config
+        others = [x for x in self.ids if x != p.id]
+        links = [(p.id, x) for x in others] + [(x, p.id) for x in others]
+        self._cut(links, self.rng.uniform(cfg.min_partition_ticks, cfg.max_partition_ticks))
+        self.faults["isolate_leader"] += 1
+        self._note("partition: isolate leader %s (term %d)", p.id, p.raft.term)
+
+    # -- random faults and clients -------------------------------------------------------------
+
+    def _inject_faults(self) -> None:
+        cfg = self.config
+        rng = self.rng
+        if cfg.crash_rate and rng.random() < cfg.crash_rate:
+            live = [i for i in self.ids if self.peers[i].up]
+            if len(self.ids) - len(live) < self.max_down and live:
+                victim = self.peers[rng.choice(live)]
+                self._crash(victim)
+                downtime = rng.uniform(cfg.min_downtime, cfg.max_downtime)
+                self._schedule(self.now + downtime, _RESTART, victim.id, victim.sync_token)
+        if cfg.partition_rate and self._random_cut is None and len(self.ids) > 1 and rng.random() < cfg.partition_rate:
+            length = rng.uniform(cfg.min_partition_ticks, cfg.max_partition_ticks)
+            if rng.random() < cfg.oneway_fraction:
+                self._random_cut = self._random_oneway(length)
+            else:
+                order = list(self.ids)
+                rng.shuffle(order)
+                if len(order) >= 3 and rng.random() < 0.5:
+                    # A bridge: two halves that cannot talk, and one peer that talks to both.
+                    bridge, rest = order[0], order[1:]
+                    k = rng.randint(1, len(rest) // 2)
+                    self._random_cut = self._partition([rest[:k], rest[k:]], length, bridge)
+                    self.faults["bridge"] += 1
+                else:
+                    k = rng.randint(1, len(order) // 2)
+                    self._random_cut = self._partition([order[:k], order[k:]], length)
+                    self.faults["partition"] += 1
+
+    def _random_oneway(self, duration: float) -> int:
+        rng = self.rng
+        a, b = rng.sample(self.ids, 2)
+        mode = rng.randrange(3)
+        if mode == 0:  # a reaches b, b cannot reach a
+            links = [(b, a)]
+        elif mode == 1:  # a is deaf: it sends but hears nobody
+            links = [(x, a) for x in self.ids if x != a]
+        else:  # a is mute: it hears everybody, nobody hears it
+            links = [(a, x) for x in self.ids if x != a]
+        self.faults["oneway"] += 1
+        self._note("one-way partition: %s", _links_text(links))
+        return self._cut(links, duration)
+
+    def _partition(self, groups: Sequence[Iterable[NodeId]], duration: float | None, bridge: NodeId | None = None) -> int:
+        sets = [sorted(set(g)) for g in groups]
+        links = []
+        for x, g in enumerate(sets):
+            for h in sets[x + 1:]:
+                for s in g:
+                    for d in h:
+                        links += [(s, d), (d, s)]
+        via = f" (bridged by {bridge})" if bridge else ""
+        self._note("partition %s%s", " | ".join(",".join(g) for g in sets), via)
+        return self._cut(links, duration)
+
+    def _client_writes(self) -> None:
+        cfg = self.config
+        rng = self.rng
+        for c in self.clients:
+            if c.unacked and self.now - c.last_ok > cfg.client_timeout:
+                c.target = rng.choice([i for i in self.ids if i != c.target] or self.ids)
+                c.last_ok, c.unacked = self.now, 0
+            if rng.random() >= cfg.write_rate:
+                continue
+            self._write_seq += 1
+            n = self._write_seq
+            data = pack(self.command_factory(rng, n)) if self.state_machine_factory else f"c{n}".encode()
+            target = c.target
+            for _ in range(1 + cfg.max_retries):
+                p = self.peers[target]
+                if p.core is None:
+                    target = rng.choice(self.ids)
+                    continue
+                try:
+                    self._propose(p, data, c.id)
+                    c.unacked += 1
+                except NotLeader as exc:
+                    hint = exc.leader
+                    if hint is None or hint == target or hint not in self.peers:
+                        hint = rng.choice([i for i in self.ids if i != target] or self.ids)
+                    target = hint
+                    continue
+                except ProposalDropped:
+                    pass
+                break
+            c.target = target
+
+    def _client_reads(self) -> None:
+        cfg = self.config
+        rng = self.rng
+        for c in self.clients:
+            if not cfg.read_rate or rng.random() >= cfg.read_rate:
+                continue
+            p = self.peers[c.target]
+            if p.core is None:
+                c.target = rng.choice(self.ids)
+                continue
+            try:
+                self._read(p, c.id)
+            except NotLeader as exc:
+                if exc.leader in self.peers:
+                    c.target = exc.leader
+
+    def _read(self, p: SimPeer, client: int) -> int:
+        self._read_seq += 1
+        rid = self._read_seq
+        try:
+            p.raft.read_index(rid)
+        except NotLeader:
+            raise
+        except Exception as exc:
+            self._core_failed(p, "Raft.read_index()", exc)
+        p.reads[rid] = PendingRead(client, self.max_acked_index, self.now)
+        self.stats["reads_asked"] += 1
+        self._note("%s: read #%d asked (must see index >= %d)", p.id, rid, self.max_acked_index)
+        self._drive(p)
+        self.checker.observe(p)
+        return rid
+
+    def _answer_read(self, p: SimPeer, rid: int, index: int) -> None:
+        """Linearizable reads: the read point covers every write acknowledged before the read."""
+        read = p.reads.pop(rid, None)
+        if read is None:
+            fail("linearizable-read", f"{p.id} answered read #{rid}, which it never accepted (or answered before)")
+        if index < read.floor:
+            fail("linearizable-read",
+                 f"{p.id} answered read #{rid} at index {index}, but the write at index {read.floor} was "
+                 f"acknowledged before the read was asked (t={read.asked_at:.3f})")
+        if index > p.raft.log.committed:
+            fail("linearizable-read", f"{p.id} answered read #{rid} at index {index}, past its commit index")
+        self.stats["reads_served"] += 1
+        self._note("%s: read #%d served at index %d", p.id, rid, index)
+
+    def _transfer_leadership(self, target: NodeId | None = None, random_target: bool = True) -> None:
+        leader = self.leader()
+        if leader is None:
+            return
+        p = self.peers[leader]
+        if random_target and self.rng.random() >= 0.5:
+            target = self.rng.choice([i for i in self.ids if i != leader] or [leader])
+        try:
+            chosen = p.raft.transfer_leadership(target)
+        except (NotLeader, ValueError):
+            return
+        except Exception as exc:
+            self._core_failed(p, "Raft.transfer_leadership()", exc)
+        self.faults["transfer"] += 1
+        self._note("%s: transferring leadership to %s", leader, chosen)
+        self._drive(p)
+        self.checker.observe(p)
+
+    def _propose(self, p: SimPeer, data: bytes, client: int) -> tuple[int, int]:
+        try:
+            term, index = p.raft.propose(data)
+        except (NotLeader, ProposalDropped):
+            self.stats["writes_refused"] += 1
+            raise
+        except Exception as exc:
+            self._core_failed(p, "Raft.propose()", exc)
+        p.writes[index] = PendingWrite(client, term, data, self.now)
+        self.stats["writes_proposed"] += 1
+        self._note("%s: accepted write %r at %d/%d", p.id, data, term, index)
+        self._drive(p)
+        self.checker.observe(p)
+        return term, index
+
+    def _crash(self, p: SimPeer) -> None:
+        lost = p.pending
+        p.crash(self.now)
+        self.checker.forget(p.id)
+        self.faults["crash"] += 1
+        self._note("%s: CRASH%s", p.id, f" (lost un-synced save: {_save_text(lost)})" if lost else "")
+
+    def _restart(self, p: SimPeer) -> None:
+        self._start(p)
+        core = p.raft
+        self.faults["restart"] += 1
+        self._note("%s: restart #%d from disk: term=%d vote=%s last=%d commit=%d", p.id, p.incarnation,
+                   core.term, core.vote, core.log.last_index(), core.log.committed)
+        self._drive(p)
+        self.checker.observe(p)
+
+    # -- liveness ---------------------------------------------------------------------------
+
+    def converge(self) -> float:
+        """Stop the faults, heal, restart every crashed peer, and require that
+        within ``config.liveness_bound()`` ticks a leader commits an entry of
+        its term and every peer applies up to its commit index (so every
+        acknowledged write is applied on every peer). Returns the ticks taken.
+        """
+        if self.manual:
+            raise RuntimeError("converge() needs the clock; it is not available in manual mode")
+        self._faults_on = False
+        self._clients_on = False
+        try:
+            self.step_count += 1
+            if self.blocked:
+                self._heal()
+            for pid in self.ids:
+                if not self.peers[pid].up:
+                    self._restart(self.peers[pid])
+        except Failure as f:
+            raise self._violation(f) from f.__cause__
+        start = self.now
+        bound = self.config.liveness_bound()
+        while not self._converged():
+            if self.now - start >= bound:
+                raise self._violation(Failure("liveness", self._liveness_report(bound)))
+            self._run_until(math.floor(self.now) + 1.0)
+        self.check()
+        self._check_acked_everywhere()
+        self._compare_machines()
+        return self.now - start
+
+    def _converged(self) -> bool:
+        leader = self.leader()
+        if leader is None:
+            return False
+        log = self.peers[leader].raft.log
+        commit = log.committed
+        if log.term(commit) != self.peers[leader].raft.term or commit < self.max_acked_index:
+            return False
+        return all(p.up and p.applied >= commit for p in self.peers.values())
+
+    def _liveness_report(self, bound: int) -> str:
+        leader = self.leader()
+        head = (
+            f"the cluster did not converge within {bound} ticks after the faults stopped "
+            f"(leader: {leader or 'none'}; highest acknowledged index {self.max_acked_index})"
+        )
+        lines = [head]
+        lines += ["  " + p.describe() for p in self.peers.values()]
+        return "\n".join(lines)
+
+    def _check_acked_everywhere(self) -> None:
+        applied = self.checker.applied
+        for w in self.acked:
+            e = applied[w.index - 1] if w.index <= len(applied) else None
+            if e is None or e.term != w.term or e.data != w.data:
+                raise self._violation(Failure("durability", f"acknowledged write {w.data!r} at {w.term}/{w.index} "
+                                                             f"is not what the cluster applied there"))
+            for p in self.peers.values():
+                if p.applied < w.index:
+                    raise self._violation(Failure("liveness", f"{p.id} has not applied acknowledged write "
+                                                               f"{w.data!r} at index {w.index}"))
+
+    def _compare_machines(self) -> None:
+        """Peers that applied the same prefix must hold equal state (when the machine can snapshot)."""
+        if self.state_machine_factory is None:
+            return
+        by_applied: dict[int, tuple[NodeId, bytes]] = {}
+        for p in self.peers.values():
+            if p.machine is None:
+                continue
+            try:
+                snap = _snapshot_bytes(p.machine.snapshot())
+            except NotImplementedError:
+                return
+            first = by_applied.setdefault(p.applied, (p.id, snap))
+            if first[1] != snap:
+                raise self._violation(Failure(
+                    "state-machine-determinism",
+                    f"{first[0]} and {p.id} applied the same {p.applied} entries but their snapshots differ"))
+
+    # -- controllable API ------------------------------------------------------------------------
+
+    def _step(self, fn: Callable[[], Any]) -> Any:
+        self.step_count += 1
+        try:
+            return fn()
+        except Failure as f:
+            raise self._violation(f) from f.__cause__
+
+    def tick(self, peer: NodeId | None = None, n: int = 1) -> None:
+        """Tick one peer (or every live peer) ``n`` times, outside the clock."""
+        targets = [peer] if peer is not None else self.ids
+        for _ in range(n):
+            for pid in targets:
+                p = self.peers[pid]
+                if p.up:
+                    self._step(functools.partial(self._tick_peer, p))
+
+    def deliver(self, match: MessageFilter | None = None) -> list[Message]:
+        """Deliver, in send order, every in-flight message ``match`` accepts
+        (all by default). ``match`` is asked just before each delivery, so it
+        sees the effect of the earlier ones. Messages sent meanwhile wait for
+        a later call."""
+        out = []
+        for mid in list(self.in_flight):
+            m = self.in_flight.get(mid)
+            if m is not None and (match is None or match(m)):
+                out.append(m)
+                self._step(functools.partial(self._deliver, mid))
+        return out
+
+    def drop(self, match: MessageFilter | None = None) -> list[Message]:
+        """Lose every in-flight message ``match`` accepts (all by default)."""
+        chosen = [mid for mid, m in self.in_flight.items() if match is None or match(m)]
+        out = [self.in_flight.pop(mid) for mid in chosen]
+        for m in out:
+            self._note("drop %s", m)
+        return out
+
+    def stabilize(self, match: MessageFilter | None = None, rounds: int = 100) -> None:
+        """Deliver matching messages round after round until none are left."""
+        for _ in range(rounds):
+            if not self.deliver(match):
+                return
+
+    def crash(self, peer: NodeId) -> None:
+        """Crash ``peer`` now: its un-synced saves and volatile state are lost."""
+        p = self.peers[peer]
+        if p.up:
+            self._step(lambda: self._crash(p))
+
+    def restart(self, peer: NodeId) -> None:
+        """Restart a crashed ``peer`` from its disk."""
+        p = self.peers[peer]
+        if not p.up:
+            self._step(lambda: self._restart(p))
+
+    def partition(self, *groups: Iterable[NodeId]) -> None:
+        """Cut every link between different ``groups`` (both directions)."""
+        self._step(lambda: self._partition(groups, None))
+
+    def block(self, src: NodeId, dst: NodeId) -> None:
+        """One-way fault: ``src`` can no longer reach ``dst`` (the reverse still works)."""
+        self._cut([(src, dst)], None)
+        self._note("one-way partition: %s-x->%s", src, dst)
+
+    def heal(self) -> None:
+        """Restore every link."""
+        self._step(self._heal)
+
+    def propose(self, peer: NodeId, data: bytes) -> tuple[int, int]:
+        """Propose ``data`` on ``peer``; returns its (term, index). Raises
+        NotLeader/ProposalDropped like the core. The write is acknowledged
+        (see :attr:`acked`) when ``peer`` applies it at that (term, index)."""
+        p = self.peers[peer]
+        if not p.up:
+            raise NotLeader(None)
+        result: tuple[int, int] = self._step(lambda: self._propose(p, data, -1))
+        return result
+
+    def read(self, peer: NodeId) -> int:
+        """Ask ``peer`` for a linearizable read point; returns the request id.
+        When the core answers, the read point must cover every write
+        acknowledged before now (``linearizable-read``). Raises NotLeader."""
+        p = self.peers[peer]
+        if not p.up:
+            raise NotLeader(None)
+        rid: int = self._step(lambda: self._read(p, -1))
+        return rid
+
+    def transfer_leadership(self, target: NodeId | None = None) -> None:
+        """Ask the current leader (if any) to hand leadership to ``target``
+        (default: the most up-to-date voter)."""
+        self._step(lambda: self._transfer_leadership(target, random_target=False))
+
+    def check(self) -> None:
+        """Run the full (O(log length)) checks now."""
+        self._step(lambda: self.checker.full_check(list(self.peers.values())))
+
+    def flush(self, peer: NodeId | None = None) -> None:
+        """Sync every buffered save now (of one peer or all)."""
+        for pid in [peer] if peer is not None else self.ids:
+            p = self.peers[pid]
+            if p.up and p.pending is not None:
+                def sync(p: SimPeer = p) -> None:
+                    rd, p.pending = p.pending, None
+                    assert rd is not None
+                    self._finish_ready(p, rd)
+                    self._drive(p)
+                    self.checker.observe(p)
+                self._step(sync)
+
+    # -- inspection -------------------------------------------------------------------------------
+
+    def core(self, peer: NodeId) -> Raft:
+        """The live core of ``peer``."""
+        return self.peers[peer].raft
+
+    def leader(self) -> NodeId | None:
+        """The live leader with the highest term, if any."""
+        best: tuple[int, NodeId] | None = None
+        for p in self.peers.values():
+            if p.core is not None and p.core.role == LEADER and (best is None or p.core.term > best[0]):
+                best = (p.core.term, p.id)
+        return best[1] if best else None
+
+    def log(self, peer: NodeId) -> list[Entry]:
+        """The whole log of a live peer (stable and unstable parts)."""
+        log = self.peers[peer].raft.log
+        return log.entries(1, log.last_index() + 1)
+
+    def messages(self, match: MessageFilter | None = None) -> list[Message]:
+        """In-flight messages (in send order) that ``match`` accepts."""
+        return [m for m in self.in_flight.values() if match is None or match(m)]
+
+    def status(self) -> str:
+        return "\n".join(p.describe() for p in self.peers.values())
+
+    def result(self, converge_ticks: float = 0.0) -> SimResult:
+        return SimResult(
+            seed=self.seed,
+            peers=len(self.ids),
+            pre_vote=self.pre_vote,
+            check_quorum=self.check_quorum,
+            ticks=self.now,
+            steps=self.step_count,
+            messages=self.stats["messages"],
+            writes_proposed=self.stats["writes_proposed"],
+            writes_acked=len(self.acked),
+            reads_served=self.stats["reads_served"],
+            leaders=len(self.checker.leader_of_term),
+            max_term=max(self.checker.leader_of_term, default=0),
+            committed=len(self.checker.committed),
+            converge_ticks=converge_ticks,
+            faults=dict(self.faults),
+            trace_digest=self._hasher.hexdigest() if self._hasher is not None else None,
+        )
+
+
+def _save_text(rd: Ready | None) -> str:
+    if rd is None:
+        return "nothing"
+    parts = []
+    if rd.hard_state is not None:
+        h = rd.hard_state
+        parts.append(f"term={h.term} vote={h.vote} commit={h.commit}")
+    if rd.entries:
+        parts.append(f"entries {rd.entries[0].term}/{rd.entries[0].index}..{rd.entries[-1].term}/{rd.entries[-1].index}")
+    return ", ".join(parts)
+
+
+def _links_text(links: Iterable[tuple[NodeId, NodeId]]) -> str:
+    return " ".join(f"{s}-x->{d}" for s, d in links)
+
+
+def _snapshot_bytes(snap: Any) -> bytes:
+    """A machine's snapshot (bytes, a binary file or an iterable of chunks) as bytes."""
+    if isinstance(snap, (bytes, bytearray, memoryview)):
+        return bytes(snap)
+    if hasattr(snap, "read"):
+        data: bytes = snap.read()
+        return data
+    return b"".join(snap)
+
+
+def _canonical(value: Any) -> Any:
+    try:
+        return pack(value)
+    except TypeError:
+        return repr(value)
+
+
+class HandlerSuspended(RuntimeError):
+    """An ``async def handle_write`` awaited something that suspends; the
+    simulator has no event loop, so it can only run handlers that do not."""
+
+
+def _run_coroutine(coro: Any) -> Any:
+    """Run an ``async def`` handler that never suspends (no event loop here)."""
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value
+    coro.close()
+    raise HandlerSuspended("an async handle_write suspended; the simulator only runs handlers that never await I/O")
+
+
+# -- many seeds ----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ManyResult:
+    """Aggregate of :func:`run_many`."""
+
+    peers: int
+    seeds_run: int = 0
+    ticks: float = 0.0
+    steps: int = 0
+    writes_acked: int = 0
+    elapsed: float = 0.0
+    faults: Counter[str] = field(default_factory=Counter)
+    violation: InvariantViolation | None = None
+    first_seed: int | None = None
+
+    @property
+    def seeds_per_second(self) -> float:
+        return self.seeds_run / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def ticks_per_second(self) -> float:
+        return self.ticks / self.elapsed if self.elapsed > 0 else 0.0
+
+    def verdict(self) -> str:
+        if self.violation is not None:
+            v = self.violation
+            return f"FAIL: {v.headline()}"
+        return f"OK: {self.seeds_run} seeds, {self.peers} peers, no invariant violated"
+
+    def report(self) -> str:
+        faults = ", ".join(f"{k}={v}" for k, v in sorted(self.faults.items())) or "none"
+        return "\n".join([
+            (f"ran {self.seeds_run} seeds ({self.peers} peers) in {self.elapsed:.2f} s: "
+             f"{self.seeds_per_second:.1f} seeds/s, {self.ticks_per_second:,.0f} simulated ticks/s"),
+            f"simulated {self.ticks:,.0f} ticks, {self.steps:,} steps, {self.writes_acked:,} acknowledged writes",
+            f"faults injected: {faults}",
+            self.verdict(),
+        ])
+
+
+def run_seed(seed: int, peers: int = 3, config: SimConfig | None = None, **kwargs: Any) -> SimResult:
+    """Run one seed to the end; raises :class:`InvariantViolation` on failure."""
+    return Simulator(seed, peers, config, **kwargs).run()
+
+
+def run_many(
+    seeds: Iterable[int],
+    peers: int = 3,
+    config: SimConfig | None = None,
+    *,
+    on_result: Callable[[int, SimResult | None], None] | None = None,
+    stop_on_violation: bool = True,
+    **kwargs: Any,
+) -> ManyResult:
+    """Run ``seeds`` one after another; stop at the first violation (kept in
+    ``ManyResult.violation``) unless ``stop_on_violation`` is false.
+    ``on_result(seed, result)`` is called after each seed (``None`` on failure)."""
+    out = ManyResult(peers=peers)
+    start = _time.perf_counter()
+    for seed in seeds:
+        if out.first_seed is None:
+            out.first_seed = seed
+        try:
+            res = run_seed(seed, peers, config, **kwargs)
+        except InvariantViolation as v:
+            out.seeds_run += 1
+            if out.violation is None:
+                out.violation = v
+            if on_result is not None:
+                on_result(seed, None)
+            if stop_on_violation:
+                break
+            continue
+        out.seeds_run += 1
+        out.ticks += res.ticks
+        out.steps += res.steps
+        out.writes_acked += res.writes_acked
+        out.faults.update(res.faults)
+        if on_result is not None:
+            on_result(seed, res)
+    out.elapsed = _time.perf_counter() - start
+    return out
+

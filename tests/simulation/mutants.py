@@ -1,0 +1,87 @@
+"""Deliberately broken Raft cores, for checking that the simulator catches them.
+
+Each is a subclass of the real :class:`~raftlib.core.raft.Raft` that undoes
+exactly one safety rule. They live only in the tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from raftlib.core import quorum
+from raftlib.core.messages import AppendEntriesResponse, Message, RequestVote, RequestVoteResponse
+from raftlib.core.raft import Raft
+from raftlib.core.ready import ReadState
+from raftlib.types import Entry
+
+
+class CommitEarlierTermByCounting(Raft):
+    """Commits whatever a majority holds, even an entry of an earlier term
+    (the Figure 8 bug: §5.4.2 forbids counting replicas of old entries)."""
+
+    def _maybe_commit(self) -> None:
+        match = {nid: pr.match for nid, pr in self.progress.items()}
+        index = quorum.committed_index(list(self.membership.voters), match)
+        if index > self.log.committed:  # no "and log.term(index) == self.term"
+            self.log.commit_to(index)
+            self._bcast_needed = True
+            self._release_pending_reads()
+            for nid, pr in self._followers():
+                self._maybe_send_commit(nid, pr)
+
+
+class VoteWithoutUpToDateCheck(Raft):
+    """Grants (pre-)votes without the §5.4.1 check that the candidate's log
+    is at least as up to date as the voter's."""
+
+    def _handle_vote_request(self, msg: RequestVote) -> None:
+        self.log.is_up_to_date = lambda last_index, last_term: True  # type: ignore[method-assign]
+        try:
+            super()._handle_vote_request(msg)
+        finally:
+            del self.log.is_up_to_date
+
+
+class AckBeforePersist(Raft):
+    """Sends votes and append acknowledgements with ``rd.messages``, i.e.
+    before the vote or the entries they promise are on disk."""
+
+    def _send_after_persist(self, msg: Message) -> None:
+        if isinstance(msg, (AppendEntriesResponse, RequestVoteResponse)):
+            self._send(msg)
+        else:
+            super()._send_after_persist(msg)
+
+
+class NoConflictTruncation(Raft):
+    """A follower keeps a conflicting suffix: it only appends the entries
+    past its last index, yet acknowledges the whole AppendEntries."""
+
+    def _first_new(self, entries: Sequence[Entry]) -> Sequence[Entry]:
+        last = self.log.last_index()
+        for i, e in enumerate(entries):
+            if e.index > last:
+                return entries[i:]
+        return ()
+
+
+class ReadWithoutLeadershipCheck(Raft):
+    """Answers ReadIndex requests at once, without the heartbeat round that
+    confirms a majority still follows it (thesis §6.4): a deposed leader that
+    does not know it yet serves stale reads."""
+
+    def _advance_reads(self) -> None:
+        while self._read_rounds:
+            rnd = self._read_rounds.pop(0)
+            if self._open_round is rnd:
+                self._open_round = None
+            self._read_states.append(ReadState(rnd.index, tuple(rnd.request_ids)))
+
+
+MUTANTS: dict[str, type[Raft]] = {
+    "commit-earlier-term": CommitEarlierTermByCounting,
+    "vote-without-up-to-date-check": VoteWithoutUpToDateCheck,
+    "ack-before-persist": AckBeforePersist,
+    "no-conflict-truncation": NoConflictTruncation,
+    "read-without-leadership-check": ReadWithoutLeadershipCheck,
+}
