@@ -323,3 +323,22 @@ async def test_stopping_the_leader_hands_over_leadership_first(cluster: Cluster)
     leaders = [p for p in peers.values() if p is not old and p.is_leader]
     assert len(leaders) == 1
     assert await leaders[0].read(["get", "a"]) == ["ok", 1]
+
+
+async def test_peers_on_unix_sockets(tmp_path: Any) -> None:
+    addresses = {f"s{i}": f"unix:{tmp_path}/s{i}.sock" for i in range(1, 4)}
+    peers = {
+        name: await raftlib.start_peer(KVStore, name=name, address=addr, storage=MemoryStorage(), config=FAST)
+        for name, addr in addresses.items()
+    }
+    try:
+        assert {p.address for p in peers.values()} == set(addresses.values())
+        await peers["s1"].set_configuration(addresses)
+        leader = peers[await peers["s1"].wait_for_leader(timeout=10)]
+        await eventually(lambda: leader.is_leader)
+        assert await leader.write(["set", "via", "unix"]) == ["ok", "via", "unix"]
+        await eventually(lambda: all(p.state_machine.data.get("via") == "unix" for p in peers.values()))
+    finally:
+        for p in peers.values():
+            await p.stop(transfer_leadership=False)
+    assert not any(tmp_path.glob("*.sock"))
