@@ -45,24 +45,26 @@ def main() -> None:
 @click.option("--memory", is_flag=True, help="Keep the logs in memory instead of LMDB.")
 @click.option("--writes", type=click.IntRange(1, 1_000_000), default=1000, show_default=True,
               help="How many commands to write before stopping the leader.")
+@click.option("--graceful", is_flag=True,
+              help="Stop the leader with a leadership transfer instead of abruptly (as if it crashed).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="warning",
               show_default=True)
-def demo(data_dir: str | None, memory: bool, writes: int, log_level: str) -> None:
+def demo(data_dir: str | None, memory: bool, writes: int, graceful: bool, log_level: str) -> None:
     """Run a 3-peer cluster in this process: elect, write, stop the leader,
     watch the re-election, and check that every write survived."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         if data_dir is None and not memory:
             with tempfile.TemporaryDirectory(prefix="raftlib-demo-") as tmp:
-                ok = asyncio.run(_demo(tmp, memory, writes))
+                ok = asyncio.run(_demo(tmp, memory, writes, graceful))
         else:
-            ok = asyncio.run(_demo(data_dir or "", memory, writes))
+            ok = asyncio.run(_demo(data_dir or "", memory, writes, graceful))
     except RaftError as exc:
         raise click.ClickException(str(exc)) from exc
     sys.exit(0 if ok else 1)
 
 
-async def _demo(data_dir: str, memory: bool, writes: int) -> bool:
+async def _demo(data_dir: str, memory: bool, writes: int, graceful: bool) -> bool:
     from storage_adapters import MemoryStorage
 
     say = click.echo
@@ -91,9 +93,12 @@ async def _demo(data_dir: str, memory: bool, writes: int) -> bool:
             f"({len(results) / elapsed:,.0f} writes/s, each {how} on a majority before it was acknowledged)")
         say(f"  read key0 -> {await leader.read(['get', 'key0'])}")
 
-        say(f"Stopping the leader {leader_name}")
+        if graceful:
+            say(f"Stopping the leader {leader_name}; it hands leadership to the most up-to-date follower first")
+        else:
+            say(f"Stopping the leader {leader_name} abruptly; the others notice after an election timeout")
         t0 = time.perf_counter()
-        await leader.stop()
+        await leader.stop(transfer_leadership=graceful)
         survivors = {n: p for n, p in peers.items() if n != leader_name}
         new_name = await _new_leader(survivors, leader_name)
         new = peers[new_name]
@@ -109,7 +114,7 @@ async def _demo(data_dir: str, memory: bool, writes: int) -> bool:
         return True
     finally:
         for p in peers.values():
-            await p.stop()
+            await p.stop(transfer_leadership=False)
 
 
 async def _new_leader(survivors: dict[str, Any], old: str) -> str:

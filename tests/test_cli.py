@@ -22,13 +22,15 @@ def test_demo_on_lmdb_shows_failover_and_no_lost_writes(tmp_path: Path) -> None:
     assert {p.name for p in tmp_path.iterdir()} == {"s1", "s2", "s3"}
 
 
-def test_demo_runs_as_a_module_in_memory() -> None:
+def test_demo_runs_as_a_module_in_memory_with_a_graceful_stop() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "raftlib", "demo", "--memory", "--writes", "50"],
+        [sys.executable, "-m", "raftlib", "demo", "--memory", "--writes", "50", "--graceful"],
         capture_output=True, text=True, timeout=60,
     )
     assert out.returncode == 0, out.stderr
+    assert "hands leadership" in out.stdout
     assert "All 50 writes are readable" in out.stdout
+    assert out.stderr == ""
 
 
 def test_help_and_bad_options() -> None:
