@@ -166,7 +166,7 @@ class SnapshotReceiving:
             raise ProtocolError("SnapshotOffer: snapshot term ahead of the leader's term")
         try:
             members = Membership.decode(membership)
-        except Exception:
+        except ValueError:
             raise ProtocolError("SnapshotOffer: membership is not an encoded Membership") from None
         if term < self.current_term():
             await conn.send_frame(DONE, [False, f"stale term {term} < {self.current_term()}"])

@@ -92,9 +92,16 @@ class Membership:
 
     @classmethod
     def decode(cls, data: bytes) -> Membership:
-        raw = msgpack.unpackb(data)
+        """Inverse of :meth:`encode`; raises ``ValueError`` for anything else."""
+        try:
+            raw = msgpack.unpackb(data)
+        except Exception as exc:  # msgpack's errors differ across versions
+            raise ValueError(f"not an encoded Membership: {exc}") from None
         if not isinstance(raw, dict) or not isinstance(raw.get("voters"), dict):
             raise ValueError("not an encoded Membership")
+        members = {**raw["voters"], **(raw.get("learners") or {})}
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in members.items()):
+            raise ValueError("not an encoded Membership: names and addresses must be strings")
         return cls(voters=raw["voters"], learners=raw.get("learners") or {})
 
 

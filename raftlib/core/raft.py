@@ -875,6 +875,6 @@ def _malformed(msg: Message) -> str | None:
             return "snapshot_term is ahead of the message term"
         try:
             Membership.decode(msg.membership)
-        except Exception:
+        except ValueError:
             return "membership is not an encoded Membership"
     return None
