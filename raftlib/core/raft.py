@@ -423,17 +423,6 @@ class Raft:
         self._note_appended(entries)
         if self.role == LEADER:
             self._bcast_needed = True
-            self._sync_progress_with_membership()
-
-    def _sync_progress_with_membership(self) -> None:
-        members = self.membership.members
-        for nid in members:
-            if nid not in self.progress:
-                pr = Progress(self.log.last_index() + 1)
-                self.progress[nid] = pr
-        for nid in list(self.progress):
-            if nid not in members and nid != self.id:
-                del self.progress[nid]
 
     # -- role transitions --------------------------------------------------------
 
