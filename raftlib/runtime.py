@@ -116,6 +116,8 @@ class Peer:
         snap = self._core.snapshot
         self._applied_term = snap.term if snap else 0
         self._snapshot_index = snap.index if snap else 0
+        self._recorded_snapshot: SnapshotMeta | None = snap
+        """The snapshot the log storage refers to: it must never be pruned."""
         self._bytes_since_snapshot = 0
         self._can_snapshot = type(state_machine).snapshot is not StateMachine.snapshot
         self._snapshot_requests: list[asyncio.Future[SnapshotMeta]] = []
@@ -512,10 +514,17 @@ class Peer:
                 self._start_transfer(m)
             else:
                 send(m)
+        hard_state = rd.hard_state
         if rd.snapshot is not None:
+            # The term (at least the snapshot's) goes to disk before the
+            # snapshot does, so a crash in between never leaves a log that
+            # holds a snapshot of a term newer than the persisted one.
+            if hard_state is not None:
+                await self._storage_call(self._storage.save, hard_state, [], True)
+                hard_state = None
             await self._install_snapshot(rd.snapshot)
-        if rd.hard_state is not None or rd.entries:
-            await self._save(rd)
+        if hard_state is not None or rd.entries:
+            await self._storage_call(self._storage.save, hard_state, rd.entries, True)
         for m in rd.messages_after_persist:
             send(m)
         if rd.soft_state is not None:
@@ -530,9 +539,6 @@ class Peer:
         self._core.advance(rd)
         if self._core.membership is not self._membership:
             self._sync_addresses()
-
-    async def _save(self, rd: Ready) -> None:
-        await self._storage_call(self._storage.save, rd.hard_state, rd.entries, True)
 
     async def _storage_call(self, fn: Callable[..., None], *args: Any) -> None:
         """Run a storage write off the event loop (inline for adapters that never block)."""
@@ -553,6 +559,7 @@ class Peer:
         if found is None:
             raise StorageError(f"peer {self.name}: the received snapshot {meta.term}/{meta.index} is not in the store")
         await self._storage_call(self._storage.install_snapshot, meta)
+        self._recorded_snapshot = meta
         self._apply_queue.put_nowait(found)  # restored in order with the entries
 
     async def _compact(self) -> None:
@@ -560,10 +567,13 @@ class Peer:
         compactions, self._compactions = self._compactions, []
         core = self._core
         for meta, fut in compactions:
-            core.snapshot_taken(meta)
-            keep_from = min(meta.index - self.config.snapshot_keep_entries, core.compaction_limit())
-            upto = max(keep_from, self._storage.first_index() - 1)
-            await self._storage_call(self._storage.compact, upto, meta)
+            if meta.index >= self._storage.first_index() - 1:
+                core.snapshot_taken(meta)
+                keep_from = min(meta.index - self.config.snapshot_keep_entries, core.compaction_limit())
+                upto = max(keep_from, self._storage.first_index() - 1)
+                await self._storage_call(self._storage.compact, upto, meta)
+                self._recorded_snapshot = meta
+            # else: a newer snapshot from the leader was installed meanwhile.
             if not fut.done():
                 fut.set_result(None)
 
@@ -724,7 +734,7 @@ class Peer:
                 await fut
                 self._snapshot_index = index
                 self._bytes_since_snapshot = 0
-                await self._snapshots.prune(keep=2)
+                await self._snapshots.prune(keep=2, protect=self._recorded_snapshot)
                 self._log.info("%s: snapshot at %d (%d bytes); log compacted", self.name, index, snap.size)
         except asyncio.CancelledError:
             raise

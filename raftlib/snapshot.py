@@ -193,8 +193,9 @@ class SnapshotStore(Protocol):
         of the same snapshot if one was kept (any other partial is discarded)."""
         ...
 
-    async def prune(self, keep: int = 2) -> None:
-        """Delete all but the newest ``keep`` complete snapshots, and leftover
+    async def prune(self, keep: int = 2, protect: SnapshotMeta | None = None) -> None:
+        """Delete all but the newest ``keep`` complete snapshots (and never
+        ``protect``, the one the log storage refers to), and leftover
         temporary and partial files."""
         ...
 
@@ -672,9 +673,10 @@ class _StoreBase:
         self._receiver = receiver
         return receiver
 
-    async def prune(self, keep: int = 2) -> None:
+    async def prune(self, keep: int = 2, protect: SnapshotMeta | None = None) -> None:
         """Delete all but the newest ``keep`` complete snapshots, and stale
-        partial and temporary files.
+        partial and temporary files. ``protect`` (the snapshot the log storage
+        refers to) is kept whatever its age.
 
         Unreadable snapshot files older than the oldest one kept are deleted
         too; newer ones are left for an operator to inspect. A partial
@@ -695,6 +697,8 @@ class _StoreBase:
                 doomed = []
             else:
                 doomed = [k for k in ordered if k < kept[-1]]
+            if protect is not None:
+                doomed = [k for k in doomed if k != (protect.index, protect.term)]
             removed = [self._snapshots.pop(k) for k in doomed]
             newest = max(self._snapshots, default=None)
             live = self._receiver._key if self._receiver is not None else None

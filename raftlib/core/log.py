@@ -195,5 +195,7 @@ class RaftLog:
             self.pending_snapshot = None
 
     def applied_to(self, index: int) -> None:
-        assert self.applied <= index <= self.committed, (self.applied, index, self.committed)
+        if index < self.applied:
+            return  # a snapshot restored since those entries were handed out
+        assert index <= self.committed, (self.applied, index, self.committed)
         self.applied = index

@@ -273,14 +273,23 @@ class Raft:
     def report_snapshot(self, node_id: NodeId, success: bool) -> None:
         """The runtime's transfer of a snapshot to ``node_id`` ended.
 
-        On failure the follower is probed again, so the next heartbeat
-        retries the transfer (the runtime resumes it where it stopped).
-        Success needs no action: the follower's acknowledgement moves it on.
+        Either way the follower is probed again from the next heartbeat on:
+        after a failure that retries the transfer (the runtime resumes it
+        where it stopped); after a success the follower's acknowledgement
+        normally moves it on first, and if it crashed before recording the
+        snapshot the probe finds out and the snapshot is sent again.
         """
         pr = self.progress.get(node_id) if self.role == LEADER else None
-        if pr is not None and pr.state is ProgressState.SNAPSHOT and not success:
-            pr.become_probe()
-            pr.probe_sent = True  # wait for the next heartbeat before retrying
+        if pr is None or pr.state is not ProgressState.SNAPSHOT:
+            return
+        pending = pr.pending_snapshot
+        pr.become_probe()
+        if success:
+            # Probe right after the snapshot: the follower's acknowledgement
+            # normally gets there first, but if it crashed before recording
+            # the snapshot, the probe's rejection sends the snapshot again.
+            pr.next = max(pr.next, pending + 1)
+        pr.probe_sent = True  # wait for the next heartbeat (or the ack) before probing
 
     def has_ready(self) -> bool:
         if self._bcast_needed and self.role == LEADER:
@@ -569,8 +578,13 @@ class Raft:
     def _handle_append(self, msg: AppendEntries) -> None:
         """§5.3: the consistency check, conflict truncation and commit update."""
         if msg.prev_log_index < self.log.committed:
-            # Everything up to our commit index matches the leader's log already.
+            # Everything up to our commit index matches a legitimate leader's
+            # log; a sender whose entry at that index differs is not one.
             skip = self.log.committed - msg.prev_log_index
+            if skip <= len(msg.entries) and msg.entries[skip - 1].term != self.log.term(self.log.committed):
+                self.logger.warning("%s: %s sent an entry conflicting with our committed index %d; ignored",
+                                    self.id, msg.src, self.log.committed)
+                return
             entries = msg.entries[skip:]
             if not entries:
                 self._send_after_persist(

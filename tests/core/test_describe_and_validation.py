@@ -114,3 +114,25 @@ def test_message_for_another_peer_is_ignored() -> None:
     b = net.nodes["b"]
     b.step(TimeoutNow(5, "a", "c"))
     assert b.term == 1 and not b.has_ready()
+
+
+def test_append_conflicting_with_a_committed_entry_is_ignored() -> None:
+    """A sender whose log differs from ours at our commit index cannot be a
+    legitimate leader (Leader Completeness): nothing of its message is taken,
+    even when its term is newer than the one we have persisted."""
+    net = Network(["a", "b", "c"])
+    net.elect("a")
+    net.propose("a", b"x")
+    net.stabilize()
+    b = net.nodes["b"]
+    committed = b.commit_index
+    term_at_commit = b.log.term(committed)
+    stale = AppendEntries(
+        b.term + 1, "c", "b", committed - 1, b.log.term(committed - 1),
+        (Entry(term_at_commit + 1, committed), Entry(term_at_commit + 1, committed + 1)), committed + 1,
+    )
+    b.step(stale)
+    assert b.log.last_index() == committed
+    assert b.log.term(committed) == term_at_commit
+    assert b.commit_index == committed
+    assert not any(isinstance(m, AppendEntriesResponse) and m.success for m in b.ready().messages_after_persist)
