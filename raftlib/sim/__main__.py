@@ -3,6 +3,7 @@
     python -m raftlib.sim --seed 1234              # replay one seed, print a summary
     python -m raftlib.sim --seeds 1000 --peers 5   # seeds 0..999 (or --start N)
     python -m raftlib.sim --seeds 200 --set drop_rate=0.2 --set ticks=1000
+    python -m raftlib.sim --seeds 1000 --set snapshots=True   # snapshots in every seed
 
 Exit status: 0 when every seed passed, 1 on an invariant violation, 2 on a
 usage error.

@@ -80,6 +80,51 @@ class SimConfig:
     """Per tick: probability that the leader is asked to hand leadership over
     (``Raft.transfer_leadership``, to a random voter or the most up-to-date one)."""
 
+    # -- snapshots and log compaction -------------------------------------------------------
+    snapshots: bool | None = None
+    """Whether peers take snapshots and compact their logs. ``None`` draws it
+    per seed (on with probability ``snapshot_probability``)."""
+    snapshot_probability: float = 0.5
+    snapshot_entries_min: int = 20
+    snapshot_entries_max: int = 50
+    """A peer snapshots once it applied this many entries since its last
+    snapshot (drawn per seed in ``[min, max]``)."""
+    snapshot_keep: int | None = None
+    """Entries kept behind a snapshot (``Config.snapshot_keep_entries``);
+    ``None`` draws it per seed: 0 half of the time, else 1-10."""
+    extra_snapshot_rate: float = 0.02
+    """Per Ready with committed entries: probability of an extra snapshot now."""
+    max_snapshot_write: float = 3.0
+    """A snapshot file becomes durable a random time in ``[0, this]`` ticks
+    after it was captured (a crash before that loses it)."""
+    max_compact_delay: float = 1.0
+    """After the file is durable, the core hears of it (``snapshot_taken``)
+    and storage is compacted a random time in ``[0, this]`` ticks later."""
+    min_transfer_ticks: float = 0.5
+    max_transfer_ticks: float = 6.0
+    """Streaming a snapshot to a follower takes a random time in this range."""
+    transfer_fail_rate: float = 0.1
+    """Probability that a snapshot transfer breaks off midway (a fault)."""
+    done_on_receipt: bool = True
+    """When the leader hears that a transfer succeeded (``report_snapshot(dst,
+    True)``): ``True``, as soon as the follower has stored the data and handed
+    the message to its core, which is what raftlib's runtime does
+    (``SnapshotDone`` right after ``deliver``), so a follower may still crash
+    before recording it; ``False``, once the follower has recorded the
+    snapshot in storage (or found it needs none)."""
+    step_snapshot_mid_ready: bool = True
+    """Step a received InstallSnapshot into a core whose Ready is still in
+    progress (its save buffered), as the simulator does with every other
+    message (the core's contract allows it). ``False``: it waits until that
+    Ready is done, as in raftlib's runtime, whose driver steps messages only
+    between Readies."""
+    snapshot_crash_rate: float = 0.05
+    """At each snapshot crash point (see docs/simulation.md), probability
+    that the peer crashes right there (a fault; within ``max_down``)."""
+    max_snapshot_sends: int = 3
+    """No install loop: once the network has healed and the faults stopped,
+    a leader may send one follower at most this many snapshots in its term."""
+
     # -- clients ---------------------------------------------------------------------------
     clients: int = 3
     write_rate: float = 0.3
@@ -93,6 +138,9 @@ class SimConfig:
     client_timeout: float = 20.0
     """A client that got no acknowledgement for this many ticks while it has
     writes outstanding tries another peer."""
+    liveness_write_ticks: int = 0
+    """Clients keep writing for this many ticks after the faults stopped,
+    before the cluster must converge (leaders keep compacting meanwhile)."""
 
     # -- checking and tracing ------------------------------------------------------------------
     full_check_ticks: int = 10
@@ -106,7 +154,8 @@ class SimConfig:
 
     def __post_init__(self) -> None:
         for name in ("drop_rate", "duplicate_rate", "partition_rate", "oneway_fraction", "leader_isolation_rate",
-                     "sync_delay_rate", "crash_rate", "write_rate", "read_rate", "transfer_rate"):
+                     "sync_delay_rate", "crash_rate", "write_rate", "read_rate", "transfer_rate",
+                     "snapshot_probability", "extra_snapshot_rate", "transfer_fail_rate", "snapshot_crash_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"SimConfig.{name} must be a probability in [0, 1], got {value!r}")
@@ -118,6 +167,16 @@ class SimConfig:
             raise ValueError("SimConfig needs 0 < min_partition_ticks <= max_partition_ticks")
         if self.max_sync_delay < 0 or self.ticks < 0 or self.clients < 0 or self.full_check_ticks < 1:
             raise ValueError("SimConfig: ticks, clients, max_sync_delay must be >= 0, full_check_ticks >= 1")
+        if not 1 <= self.snapshot_entries_min <= self.snapshot_entries_max:
+            raise ValueError("SimConfig needs 1 <= snapshot_entries_min <= snapshot_entries_max")
+        if self.snapshot_keep is not None and self.snapshot_keep < 0:
+            raise ValueError("SimConfig.snapshot_keep must be >= 0 (or None)")
+        if not 0 < self.min_transfer_ticks <= self.max_transfer_ticks:
+            raise ValueError("SimConfig needs 0 < min_transfer_ticks <= max_transfer_ticks")
+        if self.max_snapshot_write < 0 or self.max_compact_delay < 0 or self.liveness_write_ticks < 0:
+            raise ValueError("SimConfig: max_snapshot_write, max_compact_delay, liveness_write_ticks must be >= 0")
+        if self.max_snapshot_sends < 1:
+            raise ValueError("SimConfig.max_snapshot_sends must be >= 1")
 
     # -- derived values ------------------------------------------------------------------------
 
@@ -151,9 +210,11 @@ class SimConfig:
 
     @classmethod
     def no_faults(cls, **changes: object) -> SimConfig:
-        """A config with every fault off (for scripted scenarios); ``changes`` on top."""
+        """A config with every fault off and no automatic snapshots (for
+        scripted scenarios); ``changes`` on top."""
         base = cls(
             drop_rate=0.0, duplicate_rate=0.0, partition_rate=0.0, leader_isolation_rate=0.0, sync_delay_rate=0.0,
             crash_rate=0.0, transfer_rate=0.0, clients=0, pre_vote=False, check_quorum=False,
+            snapshots=False, transfer_fail_rate=0.0, snapshot_crash_rate=0.0,
         )
         return dataclasses.replace(base, **changes)  # type: ignore[arg-type]

@@ -10,8 +10,19 @@ position ``i - 1`` holds index ``i``):
   with ``commit_term``, the term of the first peer seen committing it (the
   leader that committed it, since followers learn commits from leaders),
   rounded up to keep the list non-decreasing.
-* ``applied``: the entry every peer applied at each index, across restarts.
+* ``applied``: the entry every peer applied at each index, across restarts,
+  and ``chain``, the digest of the state after each index (what a snapshot
+  at that index must hold).
 * ``leader_of_term``: who led each term, over the whole run.
+* ``predecessor``: for every (index, term) entry ever persisted, the term of
+  the entry before it (inductive Log Matching, which holds across compaction).
+
+Compacted prefixes: a peer whose log starts after a snapshot at index ``b``
+holds the snapshot (``b``, its term) in place of entries ``1..b``. The
+snapshot must cover committed entries only, with the committed term at
+``b``; the checks then treat indexes ``1..b`` as holding the committed
+entries (:meth:`InvariantChecker.entries`), so every comparison below sees
+whole logs.
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from ..core.raft import LEADER
 from ..types import Entry, EntryKind
+from .node import GENESIS, SnapshotData, chain_step
 
 if TYPE_CHECKING:
     from .node import SimPeer
@@ -90,18 +102,15 @@ def fail(invariant: str, message: str) -> NoReturn:
 
 
 def log_entries(peer: SimPeer, lo: int = 1, hi: int | None = None) -> list[Entry]:
-    """Entries ``[lo, hi)`` of a live peer's log (``hi`` defaults to the end)."""
+    """Entries ``[lo, hi)`` of a live peer's log (``hi`` defaults to the end).
+
+    ``lo`` must not be compacted; :meth:`InvariantChecker.entries` reads
+    compacted prefixes too.
+    """
     log = peer.raft.log
     if hi is None:
         hi = log.last_index() + 1
     return log.entries(lo, hi)
-
-
-def entry_at(peer: SimPeer, index: int) -> Entry | None:
-    log = peer.raft.log
-    if index < 1 or index > log.last_index():
-        return None
-    return log.entries(index, index + 1)[0]
 
 
 def _show(e: Entry | None) -> str:
@@ -132,19 +141,88 @@ class InvariantChecker:
         self.committed: list[Entry] = []
         self.commit_term: list[int] = []
         self.applied: list[Entry] = []
+        self.chain: list[bytes] = []
+        self.predecessor: dict[tuple[int, int], int] = {}
+        self.machine_at: dict[int, tuple[str, bytes]] = {}
+        """The state machine's snapshot bytes at an index, from the first peer that took one there."""
         self.watches: dict[str, LeaderWatch] = {}
         self.on_new_leader: Callable[[str, int], None] | None = None
+
+    # -- reading logs through compaction -------------------------------------------
+
+    def entries(self, peer: SimPeer, lo: int = 1, hi: int | None = None) -> list[Entry]:
+        """Entries ``[lo, hi)`` of a live peer's log (``hi`` defaults to the
+        end); indexes its snapshot covers are read from the committed record."""
+        log = peer.raft.log
+        last = log.last_index()
+        hi = last + 1 if hi is None else min(hi, last + 1)
+        if lo >= hi:
+            return []
+        base = log.first_index() - 1
+        out: list[Entry] = []
+        if lo <= base:
+            if base > len(self.committed):
+                fail("log-matching", f"{peer.id}'s log starts after a snapshot at {base}, past every commit "
+                                     f"({len(self.committed)})")
+            out = self.committed[lo - 1 : min(hi - 1, base)]
+            lo = base + 1
+        if lo < hi:
+            out.extend(log.entries(lo, hi))
+        return out
+
+    def entry_at(self, peer: SimPeer, index: int) -> Entry | None:
+        log = peer.raft.log
+        if index < 1 or index > log.last_index():
+            return None
+        return self.entries(peer, index, index + 1)[0]
+
+    def _check_base(self, peer: SimPeer) -> None:
+        """A compacted prefix ends at a committed entry, with its committed term."""
+        log = peer.raft.log
+        base = log.first_index() - 1
+        if base == peer.base_seen:
+            return
+        peer.base_seen = base
+        if base <= 0:
+            return
+        term = log.term(base)
+        if base > len(self.committed):
+            fail("log-matching", f"{peer.id}'s log starts after a snapshot at {term}/{base}, which is not committed "
+                                 f"(highest commit seen: {len(self.committed)})")
+        known = self.committed[base - 1]
+        if known.term != term:
+            fail("log-matching", f"{peer.id}'s log starts after a snapshot at {term}/{base}, but "
+                                 f"{_show(known)} is committed there")
+
+    # -- persisting ------------------------------------------------------------------
+
+    def on_persist(self, peer: SimPeer, prev_term: int, entries: Sequence[Entry]) -> None:
+        """Log Matching, inductive form: an entry (index, term) follows the same
+        term everywhere it is stored (a compacted predecessor counts with the
+        snapshot's term)."""
+        pred = self.predecessor
+        for e in entries:
+            key = (e.index, e.term)
+            known = pred.setdefault(key, prev_term)
+            if known != prev_term:
+                fail("log-matching",
+                     f"{peer.id} persists {e.term}/{e.index} after an entry of term {prev_term} at index "
+                     f"{e.index - 1}, but {e.term}/{e.index} follows term {known} wherever else it was stored")
+            prev_term = e.term
 
     # -- after every step -----------------------------------------------------
 
     def observe(self, peer: SimPeer) -> None:
-        """Check everything cheap about one live peer."""
-        core = peer.raft
+        """Check everything cheap about one live peer (nothing if it is down)."""
+        core = peer.core
+        if core is None:
+            return
         if core.role == LEADER:
             self._observe_leader(peer)
         elif peer.id in self.watches:
             del self.watches[peer.id]
         log = core.log
+        self._check_base(peer)
         commit = log.committed
         if commit < peer.commit_seen:
             fail("commit-monotonic", f"{peer.id}'s commit index went from {peer.commit_seen} back to {commit}")
@@ -165,7 +243,7 @@ class InvariantChecker:
         last = core.log.last_index()
         if watch is None or watch.term != term or watch.incarnation != peer.incarnation:
             self._check_new_leader(peer, term)
-            self.watches[peer.id] = LeaderWatch(term, peer.incarnation, last, entry_at(peer, last))
+            self.watches[peer.id] = LeaderWatch(term, peer.incarnation, last, self.entry_at(peer, last))
             if self.on_new_leader is not None:
                 self.on_new_leader(peer.id, term)
             return
@@ -173,21 +251,21 @@ class InvariantChecker:
         if last < watch.last_index:
             fail("leader-append-only",
                  f"leader {peer.id} (term {term}) shrank its log from {watch.last_index} to {last} entries")
-        now = entry_at(peer, watch.last_index)
+        now = self.entry_at(peer, watch.last_index)
         if now != watch.last_entry:
             fail("leader-append-only",
                  f"leader {peer.id} (term {term}) overwrote index {watch.last_index}: "
                  f"{_show(watch.last_entry)} became {_show(now)}")
         if last != watch.last_index:
             watch.last_index = last
-            watch.last_entry = entry_at(peer, last)
+            watch.last_entry = self.entry_at(peer, last)
 
     def _check_new_leader(self, peer: SimPeer, term: int) -> None:
         """Leader Completeness: a leader of ``term`` holds every entry committed in an earlier term."""
         n = bisect.bisect_left(self.commit_term, term)  # commit_term is non-decreasing
         if n == 0:
             return
-        have = log_entries(peer, 1, min(n, peer.raft.log.last_index()) + 1)
+        have = self.entries(peer, 1, min(n, peer.raft.log.last_index()) + 1)
         if have != self.committed[:n]:
             for i in range(n):
                 mine = have[i] if i < len(have) else None
@@ -198,7 +276,7 @@ class InvariantChecker:
 
     def _record_commits(self, peer: SimPeer, lo: int, hi: int) -> None:
         """Log Matching on committed prefixes: every peer commits the same entries."""
-        entries = log_entries(peer, lo, hi + 1)
+        entries = self.entries(peer, lo, hi + 1)
         if len(entries) != hi - lo + 1:
             fail("commit-past-log", f"{peer.id} claims commit index {hi} but its log ends at {lo + len(entries) - 1}")
         known = len(self.committed)
@@ -220,7 +298,7 @@ class InvariantChecker:
             for other, watch in self.watches.items():
                 q = self.peers[other]
                 if watch.term > term and other != peer.id and q.up and q.raft.term == watch.term:
-                    mine = entry_at(q, i)
+                    mine = self.entry_at(q, i)
                     if mine != e:
                         fail("leader-completeness",
                              f"{peer.id} committed {_show(e)} in term {term}, but {other}, leader of the later "
@@ -237,22 +315,70 @@ class InvariantChecker:
         i = e.index
         if i != peer.applied + 1:
             fail("applied-monotonic", f"{peer.id} applied index {i} right after index {peer.applied}")
+        chain = self.chain
         if i <= len(self.applied):
             if self.applied[i - 1] != e:
                 fail("state-machine-safety",
                      f"{peer.id} applied {_show(e)} at index {i}, where {_show(self.applied[i - 1])} was applied before")
+            before = chain[i - 2] if i > 1 else GENESIS
+            peer.chain = chain[i - 1] if peer.chain == before else chain_step(peer.chain, e)
+            if peer.chain != chain[i - 1]:
+                fail("state-machine-safety",
+                     f"{peer.id} applied index {i}, but its state differs from the state every other peer "
+                     f"reached there (it was restored from a snapshot that did not match the applied prefix)")
         else:
             self.applied.append(e)
+            peer.chain = chain_step(peer.chain, e)
+            chain.append(peer.chain)
         if i <= len(self.committed) and self.committed[i - 1] != e:
             fail("state-machine-safety",
                  f"{peer.id} applied {_show(e)} at index {i}, but {_show(self.committed[i - 1])} is committed there")
         peer.applied = i
 
+    # -- snapshots ----------------------------------------------------------------------
+
+    def on_snapshot(self, peer: SimPeer, data: SnapshotData) -> None:
+        """A peer captured its state: with a state machine, every peer's
+        snapshot at one index must be the same bytes."""
+        if data.machine is None:
+            return
+        first = self.machine_at.setdefault(data.index, (peer.id, data.machine))
+        if first[1] != data.machine:
+            fail("state-machine-determinism",
+                 f"{first[0]} and {peer.id} both snapshot their state machines at index {data.index}, "
+                 f"but the snapshots differ")
+
+    def on_restore(self, peer: SimPeer, data: SnapshotData, how: str) -> None:
+        """State Machine Safety across snapshots: a restored state is exactly
+        the state of the globally applied prefix up to its index."""
+        i = data.index
+        if i > len(self.applied):
+            fail("state-machine-safety",
+                 f"{peer.id} {how} a snapshot at {data.term}/{i}, but no peer ever applied index {i}")
+        if self.applied[i - 1].term != data.term:
+            fail("state-machine-safety",
+                 f"{peer.id} {how} a snapshot at {data.term}/{i}, but {_show(self.applied[i - 1])} was applied there")
+        if self.chain[i - 1] != data.chain:
+            fail("state-machine-safety",
+                 f"{peer.id} {how} a snapshot at {data.term}/{i} whose state is not that of the applied prefix 1..{i}")
+        if i < peer.applied:
+            fail("applied-monotonic", f"{peer.id} {how} a snapshot at {i} after applying up to {peer.applied}")
+        peer.applied = i
+        peer.chain = data.chain
+
     # -- every few ticks ---------------------------------------------------------------
 
     def full_check(self, peers: Sequence[SimPeer]) -> None:
-        """Pairwise Log Matching over whole logs, and full Leader Append-Only snapshots."""
-        logs = {p.id: log_entries(p) for p in peers if p.up}
+        """Pairwise Log Matching over whole logs (compacted prefixes read as
+        the committed entries they cover), full Leader Append-Only snapshots,
+        and every peer's storage snapshot present in its snapshot store."""
+        for p in peers:
+            recorded = p.disk.load()[1]
+            if recorded is not None and (recorded.index, recorded.term) not in p.snapshots:
+                fail("snapshot-durability",
+                     f"{p.id}'s storage records the snapshot {recorded.term}/{recorded.index}, but its snapshot "
+                     f"store does not hold it")
+        logs = {p.id: self.entries(p) for p in peers if p.up}
         ids = sorted(logs)
         for x, a_id in enumerate(ids):
             a = logs[a_id]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 from collections.abc import Callable
@@ -12,10 +13,11 @@ from storage_adapters.memory import MemoryStorage
 from storage_adapters.protocol import LogStorage
 
 from ..config import Config
+from ..core.messages import InstallSnapshot
 from ..core.raft import Raft
 from ..core.ready import Ready
 from ..state_machine import StateMachine
-from ..types import NodeId
+from ..types import Entry, NodeId, SnapshotMeta
 
 
 class CoreFactory(Protocol):
@@ -25,6 +27,45 @@ class CoreFactory(Protocol):
     def __call__(
         self, node_id: NodeId, storage: LogStorage, config: Config, rng: random.Random, *, logger: logging.Logger
     ) -> Raft: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotData:
+    """What one simulated snapshot file holds: a peer's applied state at ``index``.
+
+    ``chain`` is a digest of every entry applied up to ``index`` (see
+    :func:`chain_step`), so two states are equal exactly when their chains
+    are; ``machine`` is the user state machine's ``snapshot()`` bytes (when
+    the run has one that can snapshot).
+    """
+
+    index: int
+    term: int
+    chain: bytes
+    machine: bytes | None = None
+
+
+GENESIS = b""
+"""The chain of the empty state (nothing applied)."""
+
+
+def chain_step(chain: bytes, e: Entry) -> bytes:
+    """The state digest after applying ``e`` to a state whose digest is ``chain``."""
+    h = hashlib.blake2b(chain, digest_size=16)
+    h.update(b"%d:%d:%d:" % (e.index, e.term, e.kind))
+    h.update(e.data)
+    return h.digest()
+
+
+@dataclass(slots=True)
+class SnapshotWrite:
+    """A snapshot captured at the applied index whose file is not durable yet
+    (``durable`` False), or durable but not yet handed to the core and
+    compacted into storage (``durable`` True)."""
+
+    meta: SnapshotMeta
+    data: SnapshotData
+    durable: bool = False
 
 
 @dataclass(slots=True)
@@ -51,7 +92,7 @@ class PendingRead:
 
 
 class SimPeer:
-    """One server. ``disk`` survives crashes; everything else does not.
+    """One server. ``disk`` and ``snapshots`` survive crashes; everything else does not.
 
     The core reads its stable log straight from ``disk``. A Ready's save
     waits in ``pending`` (the volatile write buffer) until the simulator syncs
@@ -60,30 +101,67 @@ class SimPeer:
     """
 
     __slots__ = (
+        "ack_promise",
         "applied",
+        "base_seen",
+        "chain",
         "commit_seen",
+        "compactions",
         "core",
         "core_applied_seen",
         "disk",
+        "done_pending",
         "down_since",
         "id",
         "incarnation",
+        "install_pending",
         "machine",
         "pending",
         "reads",
+        "sending",
+        "snap_inbox",
+        "snap_last",
+        "snap_write",
+        "snapshots",
         "sync_token",
+        "vote_promise",
         "writes",
     )
 
     def __init__(self, node_id: NodeId) -> None:
         self.id = node_id
         self.disk = MemoryStorage()
+        self.snapshots: dict[tuple[int, int], SnapshotData] = {}
+        """The durable snapshot store, by (index, term): survives crashes like ``disk``."""
         self.core: Raft | None = None
         self.incarnation = 0
         self.pending: Ready | None = None
         self.sync_token = 0
         self.applied = 0
-        """Last index this incarnation handed to its state machine."""
+        """Last index this incarnation handed to its state machine (or restored from a snapshot)."""
+        self.chain = GENESIS
+        """Digest of the applied state (see :class:`SnapshotData`)."""
+        self.install_pending = False
+        """``pending`` holds a Ready whose snapshot is not recorded in storage yet."""
+        self.snap_write: SnapshotWrite | None = None
+        """The snapshot being written (volatile: a crash loses it unless durable)."""
+        self.snap_last = 0
+        """Applied index of the last snapshot taken, installed or restored."""
+        self.compactions: list[SnapshotWrite] = []
+        """Durable snapshots waiting for the current Ready to finish before compaction."""
+        self.sending: dict[NodeId, int] = {}
+        """Snapshot transfers this (leader) incarnation runs, by receiver: the transfer's message id."""
+        self.snap_inbox: list[tuple[InstallSnapshot, tuple[NodeId, int, int]]] = []
+        """Received snapshots (durable) whose message waits for the current Ready to finish."""
+        self.done_pending: list[tuple[NodeId, int, int]] = []
+        """Transfers received whose success is reported once the snapshot is
+        recorded: (leader, its incarnation, term)."""
+        self.base_seen = 0
+        self.ack_promise: tuple[int, int] = (0, 0)
+        """Highest (term, match index) this peer acknowledged, across incarnations: its
+        disk must hold the match index as long as its persisted term is that term."""
+        self.vote_promise: tuple[int, NodeId | None] = (0, None)
+        """Latest (term, candidate) this peer granted its vote to, across incarnations."""
         self.commit_seen = 0
         self.core_applied_seen = 0
         self.machine: StateMachine | None = None
@@ -116,7 +194,16 @@ class SimPeer:
         self.incarnation += 1
         self.core = factory(self.id, self.disk, config, rng, logger=logger)
         self.pending = None
+        self.install_pending = False
         self.applied = 0
+        self.chain = GENESIS
+        self.snap_write = None
+        self.snap_last = 0
+        self.compactions = []
+        self.sending = {}
+        self.snap_inbox = []
+        self.done_pending = []
+        self.base_seen = 0
         self.commit_seen = 0
         self.core_applied_seen = 0
         self.machine = machine
@@ -128,6 +215,12 @@ class SimPeer:
         """Lose all volatile state, including saves still in the write buffer."""
         self.core = None
         self.pending = None
+        self.install_pending = False
+        self.snap_write = None
+        self.compactions = []
+        self.sending = {}
+        self.snap_inbox = []
+        self.done_pending = []
         self.sync_token += 1
         self.machine = None
         self.writes = {}
@@ -140,6 +233,7 @@ class SimPeer:
         c = self.core
         return (
             f"{self.id}: {c.role} term={c.term} vote={c.vote} last={c.log.last_term()}/{c.log.last_index()} "
-            f"commit={c.log.committed} applied={self.applied}{' (save pending)' if self.pending else ''}"
+            f"commit={c.log.committed} applied={self.applied} first={c.log.first_index()}"
+            f"{' (save pending)' if self.pending else ''}"
         )
 

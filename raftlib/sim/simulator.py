@@ -15,6 +15,14 @@ buffer and the core; the restarted core is rebuilt from the disk alone. A
 core that acknowledges before its save is on disk is therefore caught when a
 crash lands in between.
 
+Snapshots (in about half of the seeds, see ``SimConfig.snapshots``): peers
+capture their applied state into a durable per-peer snapshot store, tell the
+core and compact storage once the file is durable; a leader's InstallSnapshot
+becomes a transfer that takes time and may fail; the follower's core sees
+the message only once the data is durably stored, and its Ready records the
+snapshot and restores the state before saving. Crashes are injected between
+these steps (``SNAPSHOT_CRASH_POINTS``).
+
 Two ways to drive it:
 
 * automatically: :meth:`Simulator.run` (or :meth:`run_ticks`) advances the
@@ -37,6 +45,7 @@ import functools
 import hashlib
 import heapq
 import inspect
+import io
 import logging
 import math
 import random
@@ -47,18 +56,34 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..codec import pack, unpack
-from ..core.messages import Message
+from ..core.messages import AppendEntriesResponse, InstallSnapshot, Message, RequestVoteResponse
 from ..core.raft import LEADER, Raft
 from ..core.ready import Ready
-from ..errors import NotLeader, ProposalDropped
+from ..errors import LogCompacted, NotLeader, ProposalDropped
 from ..state_machine import StateMachine
-from ..types import Entry, EntryKind, Membership, NodeId
+from ..types import Entry, EntryKind, Membership, NodeId, SnapshotMeta
 from .config import SimConfig
 from .invariants import Failure, InvariantChecker, InvariantViolation, fail
-from .node import CoreFactory, PendingRead, PendingWrite, SimPeer
+from .node import CoreFactory, PendingRead, PendingWrite, SimPeer, SnapshotData, SnapshotWrite
 
 # Event kinds (kept as small ints: the heap holds (time, seq, kind, a, b)).
-_DELIVER, _TICK, _SYNC, _WORLD, _RESTART, _HEAL, _ISOLATE = range(7)
+(_DELIVER, _TICK, _SYNC, _WORLD, _RESTART, _HEAL, _ISOLATE,
+ _SNAP_WRITE, _SNAP_COMPACT, _SNAP_FAIL, _SNAP_REPORT) = range(11)
+
+SNAPSHOT_CRASH_POINTS = (
+    "snapshot-write", "before-compact", "after-compact", "receiving", "received", "before-install", "after-install",
+)
+"""Where ``SimConfig.snapshot_crash_rate`` crashes a peer (fault ``crash@<point>``):
+
+* ``snapshot-write``: a snapshot was captured, its file is not durable yet (it is lost);
+* ``before-compact``: the file is durable, the core has not heard of it, storage is not compacted;
+* ``after-compact``: right after ``snapshot_taken`` and ``LogStorage.compact``;
+* ``receiving``: a follower is about to have a streamed snapshot durably stored (it is lost);
+* ``received``: the streamed snapshot is durable, not yet stepped into the follower's core;
+* ``before-install``: the follower's Ready carries the snapshot, nothing of it is recorded yet;
+* ``after-install``: ``LogStorage.install_snapshot`` is done and the state restored, but the
+  Ready's hard state and entries are not saved (and nothing was acknowledged).
+"""
 
 MessageFilter = Callable[[Message], bool]
 
@@ -75,6 +100,17 @@ class Client:
     """When a write of this client was last acknowledged (or it last switched peers)."""
     unacked: int = 0
     """Writes accepted since then."""
+
+
+@dataclass(slots=True)
+class Transfer:
+    """A snapshot being streamed from a leader to a follower."""
+
+    msg: InstallSnapshot
+    src_incarnation: int
+    dst_incarnation: int
+    data: SnapshotData
+    started: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +143,13 @@ class SimResult:
     converge_ticks: float
     faults: dict[str, int] = field(default_factory=dict)
     trace_digest: str | None = None
+    snapshots: bool = False
+    """Whether this run took snapshots (see ``SimConfig.snapshots``)."""
+    snapshot_every: int = 0
+    snapshot_keep: int = 0
+    snapshot_stats: dict[str, int] = field(default_factory=dict)
+    """``taken``, ``lost`` (writes a crash threw away), ``sent`` (transfers
+    started), ``failed``, ``installed`` (by followers), ``restored`` (at restart)."""
 
     def summary(self) -> str:
         faults = ", ".join(f"{k}={v}" for k, v in sorted(self.faults.items())) or "none"
@@ -117,11 +160,20 @@ class SimResult:
             (f"  writes: {self.writes_proposed} accepted by a leader, {self.writes_acked} acknowledged; "
              f"{self.reads_served} linearizable reads served"),
             f"  faults: {faults}",
+            f"  snapshots: {self.snapshot_text()}",
             f"  converged {self.converge_ticks:.1f} ticks after the faults stopped",
         ]
         if self.trace_digest:
             lines.append(f"  trace sha256: {self.trace_digest}")
         return "\n".join(lines)
+
+    def snapshot_text(self) -> str:
+        if not self.snapshots:
+            return "off"
+        st = self.snapshot_stats
+        return (f"every {self.snapshot_every} entries, keep {self.snapshot_keep}: {st.get('taken', 0)} taken "
+                f"({st.get('lost', 0)} lost in a crash), {st.get('sent', 0)} sent ({st.get('failed', 0)} failed), "
+                f"{st.get('installed', 0)} installed, {st.get('restored', 0)} restored at restart")
 
 
 def _format_event(rec: tuple[int, float, str, tuple[Any, ...]]) -> str:
@@ -183,6 +235,15 @@ class Simulator:
         self.logger = logger or _SILENT
         self.pre_vote = cfg.pre_vote if cfg.pre_vote is not None else rng.random() < 0.5
         self.check_quorum = cfg.check_quorum if cfg.check_quorum is not None else rng.random() < 0.5
+        self.snapshots = cfg.snapshots if cfg.snapshots is not None else rng.random() < cfg.snapshot_probability
+        """Whether peers snapshot and compact automatically (``take_snapshot`` works either way)."""
+        self.snapshot_every = rng.randint(cfg.snapshot_entries_min, cfg.snapshot_entries_max)
+        if cfg.snapshot_keep is not None:
+            self.snapshot_keep = cfg.snapshot_keep
+        else:
+            self.snapshot_keep = 0 if rng.random() < 0.5 else rng.randint(1, 10)
+        self._machine_snapshots = False
+        """The user state machine implements snapshot() and restore(); decided at boot."""
         self.raft_config = cfg.raft_config(self.pre_vote, self.check_quorum)
         self.ids: list[NodeId] = [f"s{i}" for i in range(1, peers + 1)]
         self.peers: dict[NodeId, SimPeer] = {i: SimPeer(i) for i in self.ids}
@@ -206,6 +267,11 @@ class Simulator:
 
         self.faults: Counter[str] = Counter()
         self.stats: Counter[str] = Counter()
+        self.snap_stats: Counter[str] = Counter()
+        self._transfers: dict[int, Transfer] = {}
+        self._held: set[NodeId] = set()
+        self._sends_after_heal: Counter[tuple[int, NodeId]] | None = None
+        """Snapshots sent per (leader term, follower) since the faults stopped (install-loop check)."""
         self.acked: list[AckedWrite] = []
         self.max_acked_index = 0
         self._results: dict[int, Any] = {}
@@ -223,6 +289,10 @@ class Simulator:
             for pid in self.ids:
                 p = self.peers[pid]
                 self._start(p)
+                if pid == self.ids[0] and p.machine is not None:
+                    self._machine_snapshots = _can_snapshot(p.machine)
+                    if not self._machine_snapshots:
+                        self.snapshots = False
                 try:
                     p.raft.bootstrap(membership)
                 except Exception as exc:
@@ -281,7 +351,6 @@ class Simulator:
     def _run_until(self, target: float) -> None:
         heap = self._heap
         peers = self.peers
-        observe = self.checker.observe
         try:
             while heap and heap[0][0] <= target:
                 when, _, kind, a, b = heapq.heappop(heap)
@@ -297,10 +366,7 @@ class Simulator:
                 elif kind == _SYNC:
                     p = peers[a]
                     if p.core is not None and p.sync_token == b and p.pending is not None:
-                        rd, p.pending = p.pending, None
-                        self._finish_ready(p, rd)
-                        self._drive(p)
-                        observe(p)
+                        self._sync(p)
                 elif kind == _WORLD:
                     self._world(a)
                 elif kind == _RESTART:
@@ -313,6 +379,21 @@ class Simulator:
                     p = peers[a]
                     if self._faults_on and p.core is not None and p.core.role == LEADER and p.core.term == b:
                         self._isolate_leader(p)
+                elif kind == _SNAP_WRITE or kind == _SNAP_COMPACT:
+                    p = peers[a]
+                    token, write = b
+                    w: SnapshotWrite | None = p.snap_write
+                    if p.core is not None and p.sync_token == token and w is not None and w is write:
+                        if kind == _SNAP_WRITE:
+                            self._snapshot_durable(p, w)
+                        else:
+                            self._snapshot_compact(p, w)
+                elif kind == _SNAP_FAIL:
+                    t = self._transfers.get(a)
+                    if t is not None and self.in_flight.pop(a, None) is not None:
+                        self._transfer_failed(a, b)
+                elif kind == _SNAP_REPORT:
+                    self._report_snapshot(peers[a], *b)
         except Failure as f:
             raise self._violation(f) from f.__cause__
         self.now = max(self.now, target)
@@ -360,7 +441,9 @@ class Simulator:
 
     def _drive(self, p: SimPeer, sync_now: bool = False) -> None:
         """Take Readies from ``p`` until it has none or a save is buffered."""
-        core = p.raft
+        core = p.core
+        if core is None:
+            return
         rounds = 0
         while p.pending is None:
             try:
@@ -372,8 +455,31 @@ class Simulator:
             rounds += 1
             if rounds > 1000:
                 fail("ready-loop", f"{p.id} produced 1000 Readies in a row without settling")
+            if rd.entries:
+                self._check_persist(p, core, rd)
+            if rd.soft_state is not None and p.sending:
+                self._cancel_transfers(p, core)
             for m in rd.messages:
                 self._send(m)
+            if p.id in self._held and (rd.snapshot is not None or rd.hard_state is not None or rd.entries):
+                p.pending = rd
+                p.install_pending = rd.snapshot is not None
+                self._note("%s: save held (%s%s)", p.id, "snapshot, " if rd.snapshot else "", _save_text(rd))
+                return
+            if rd.snapshot is not None:
+                if not self.manual and self._faults_on and not sync_now:
+                    # Recording the snapshot is a step of its own: a crash may
+                    # land before it, or after it but before the save.
+                    p.pending = rd
+                    p.install_pending = True
+                    rate = self.config.sync_delay_rate
+                    slow = rate and self.rng.random() < rate
+                    delay = self.rng.uniform(0.0, self.config.max_sync_delay) if slow else 0.0
+                    self._schedule(self.now + delay, _SYNC, p.id, p.sync_token)
+                    self._note("%s: snapshot %d/%d to install (recorded in %.3f ticks)", p.id, rd.snapshot.term,
+                               rd.snapshot.index, delay)
+                    return
+                self._install(p, rd.snapshot)
             if rd.hard_state is not None or rd.entries:
                 rate = self.config.sync_delay_rate
                 if not sync_now and self._faults_on and rate and self.rng.random() < rate:
@@ -384,6 +490,50 @@ class Simulator:
                     self._note("%s: save buffered for %.3f ticks (%s)", p.id, delay, _save_text(rd))
                     return
             self._finish_ready(p, rd)
+            if p.core is not core:
+                return
+
+    def _sync(self, p: SimPeer, force: bool = False, snapshot_only: bool = False) -> None:
+        """The buffered part of ``p``'s Ready reaches the disk (``force``: all
+        of it now, with no crash point in between; ``snapshot_only``: just
+        record its snapshot)."""
+        rd = p.pending
+        assert rd is not None
+        if p.install_pending:
+            assert rd.snapshot is not None
+            if not force and self._maybe_crash(p, "before-install"):
+                return
+            self._install(p, rd.snapshot)
+            p.install_pending = False
+            if snapshot_only or (not force and self._maybe_crash(p, "after-install")):
+                return
+            rate = self.config.sync_delay_rate
+            if (rd.hard_state is not None or rd.entries) and not force and self._faults_on and rate \
+                    and self.rng.random() < rate:
+                delay = self.rng.uniform(0.0, self.config.max_sync_delay)
+                self._schedule(self.now + delay, _SYNC, p.id, p.sync_token)
+                self.faults["slow_sync"] += 1
+                self._note("%s: save buffered for %.3f ticks (%s)", p.id, delay, _save_text(rd))
+                return
+        p.pending = None
+        self._finish_ready(p, rd)
+        if p.core is None:
+            return
+        while p.compactions and p.pending is None:
+            self._compact(p, p.compactions.pop(0))
+        while p.snap_inbox and p.pending is None and p.up:
+            self._step_snapshot(p, *p.snap_inbox.pop(0))
+        self._drive(p)
+        self.checker.observe(p)
+
+    def _check_persist(self, p: SimPeer, core: Raft, rd: Ready) -> None:
+        first = rd.entries[0].index
+        try:
+            prev = core.log.term(first - 1)
+        except LogCompacted as exc:
+            fail("log-matching", f"{p.id}'s Ready persists entries from {first}, but index {first - 1} is "
+                                 f"compacted away ({exc})")
+        self.checker.on_persist(p, prev, rd.entries)
 
     def _finish_ready(self, p: SimPeer, rd: Ready) -> None:
         """The save reached the disk: release the acks, apply, advance."""
@@ -409,6 +559,10 @@ class Simulator:
             p.raft.advance(rd)
         except Exception as exc:
             self._core_failed(p, "Raft.advance()", exc)
+        if rd.committed_entries and self.snapshots and p.snap_write is None and p.compactions == []:
+            rate = self.config.extra_snapshot_rate
+            if p.applied - p.snap_last >= self.snapshot_every or (rate and self.rng.random() < rate):
+                self._capture(p)
 
     def _apply(self, p: SimPeer, e: Entry) -> None:
         self.checker.on_apply(p, e)
@@ -446,9 +600,355 @@ class Simulator:
             fail("state-machine-determinism",
                  f"{p.id}'s state machine returned {outcome!r} for index {e.index}, another peer got {known!r}")
 
+    # -- snapshots ---------------------------------------------------------------------------
+    #
+    # Taking one (the runtime's _take_snapshot and _compact): capture the
+    # applied state, write it to the snapshot store (durable after a delay; a
+    # crash before loses it), and only then tell the core (snapshot_taken) and
+    # compact storage, never while a Ready is in progress. Sending one: the
+    # leader's InstallSnapshot starts a transfer that takes a while and may
+    # break off; on success the follower's store holds the data durably and
+    # only then is the message stepped into its core. Installing one: the
+    # Ready's snapshot is recorded in storage and the applied state restored
+    # from the store before the Ready's save.
+
+    def _capture(self, p: SimPeer) -> None:
+        """Start a snapshot of ``p``'s applied state."""
+        core = p.raft
+        index = p.applied
+        if index <= 0:
+            return
+        term = core.log.term(index)
+        machine = None
+        if p.machine is not None:
+            if not self._machine_snapshots:
+                raise RuntimeError(f"{type(p.machine).__name__} cannot snapshot (it needs snapshot() and restore())")
+            try:
+                machine = _snapshot_bytes(p.machine.snapshot())
+            except Exception as exc:
+                raise Failure("state-machine-snapshot",
+                              f"{p.id}: snapshot() raised {type(exc).__name__}: {exc}") from exc
+        data = SnapshotData(index, term, p.chain, machine)
+        self.checker.on_snapshot(p, data)
+        w = SnapshotWrite(SnapshotMeta(index, term, core.membership_at(index)), data)
+        p.snap_write = w
+        p.snap_last = index
+        if self.manual:
+            self._note("%s: snapshot %d/%d captured", p.id, term, index)
+            self._snapshot_durable(p, w)
+            return
+        delay = self.rng.uniform(0.0, self.config.max_snapshot_write)
+        self._schedule(self.now + delay, _SNAP_WRITE, p.id, (p.sync_token, w))
+        self._note("%s: snapshot %d/%d captured, durable in %.3f ticks", p.id, term, index, delay)
+
+    def _snapshot_durable(self, p: SimPeer, w: SnapshotWrite) -> None:
+        if self._maybe_crash(p, "snapshot-write"):
+            return
+        meta = w.meta
+        p.snapshots[(meta.index, meta.term)] = w.data
+        w.durable = True
+        if self.manual:
+            self._compact(p, w)
+            return
+        delay = self.rng.uniform(0.0, self.config.max_compact_delay)
+        self._schedule(self.now + delay, _SNAP_COMPACT, p.id, (p.sync_token, w))
+        self._note("%s: snapshot %d/%d durable", p.id, meta.term, meta.index)
+
+    def _snapshot_compact(self, p: SimPeer, w: SnapshotWrite) -> None:
+        if self._maybe_crash(p, "before-compact"):
+            return
+        if p.pending is not None:
+            p.compactions.append(w)  # the runtime compacts between Readies only
+            return
+        self._compact(p, w)
+        if self._maybe_crash(p, "after-compact"):
+            return
+        self.checker.observe(p)
+
+    def _compact(self, p: SimPeer, w: SnapshotWrite) -> None:
+        """``snapshot_taken`` and ``LogStorage.compact``, as the runtime's ``_compact`` does."""
+        core = p.raft
+        meta = w.meta
+        if p.snap_write is w:
+            p.snap_write = None
+        try:
+            core.snapshot_taken(meta)
+        except Exception as exc:
+            self._core_failed(p, "Raft.snapshot_taken()", exc)
+        disk = p.disk
+        recorded = disk.load()[1]
+        self.snap_stats["taken"] += 1
+        if recorded is not None and recorded.index >= meta.index:
+            # A newer snapshot was installed from the leader meanwhile.
+            self._note("%s: snapshot %d/%d taken; storage already holds %d/%d", p.id, meta.term, meta.index,
+                       recorded.term, recorded.index)
+        else:
+            try:
+                keep_from = min(meta.index - self.snapshot_keep, core.compaction_limit())
+                upto = max(keep_from, disk.first_index() - 1)
+                disk.compact(upto, meta)
+            except Exception as exc:
+                self._core_failed(p, "compaction (compaction_limit / LogStorage.compact)", exc)
+            self._note("%s: snapshot %d/%d taken; log compacted through %d", p.id, meta.term, meta.index, upto)
+        self._prune(p)
+
+    def _prune(self, p: SimPeer) -> None:
+        """Keep the two newest snapshots, and any that storage or the core refers to."""
+        if len(p.snapshots) <= 2:
+            return
+        keep = set(sorted(p.snapshots, reverse=True)[:2])
+        for meta in (p.disk.load()[1], p.core.snapshot if p.core is not None else None):
+            if meta is not None:
+                keep.add((meta.index, meta.term))
+        for key in [k for k in p.snapshots if k not in keep]:
+            del p.snapshots[key]
+
+    def _install(self, p: SimPeer, meta: SnapshotMeta) -> None:
+        """The follower's Ready carries ``meta``: record it, restore the state from the store."""
+        data = p.snapshots.get((meta.index, meta.term))
+        if data is None:
+            fail("snapshot-durability", f"{p.id}'s core installs the snapshot {meta.term}/{meta.index}, which is "
+                                        f"not in its snapshot store")
+        try:
+            # As the runtime does: the Ready's hard state (its term is at least
+            # the snapshot's) is saved before the snapshot is recorded.
+            rd = p.pending
+            if rd is not None and rd.snapshot == meta and rd.hard_state is not None:
+                p.disk.save(rd.hard_state, [], sync=True)
+            p.disk.install_snapshot(meta)
+        except Exception as exc:
+            self._core_failed(p, "LogStorage.install_snapshot", exc)
+        term, match = p.ack_promise
+        if term < p.raft.term and match > meta.index:
+            # The log acknowledged in an older term gave way to a newer
+            # leader's (committed) snapshot; storage records that before the
+            # new term is saved, which is fine: those entries conflict with a
+            # committed one and can never commit.
+            p.ack_promise = (term, meta.index)
+        self._restore(p, data, "installed")
+        self.snap_stats["installed"] += 1
+        if p.done_pending:
+            self._resolve_done(p, True)
+        self._note("%s: snapshot %d/%d installed; state restored", p.id, meta.term, meta.index)
+
+    def _restore(self, p: SimPeer, data: SnapshotData, how: str) -> None:
+        self.checker.on_restore(p, data, how)
+        p.snap_last = max(p.snap_last, data.index)
+        for index in [i for i in p.writes if i <= data.index]:
+            del p.writes[index]  # outcome unknown to this peer: it never applies them
+        machine = p.machine
+        if machine is None or data.machine is None:
+            return
+        try:
+            machine.restore_from_file(io.BytesIO(data.machine))
+            again = _snapshot_bytes(machine.snapshot())
+        except Exception as exc:
+            raise Failure("state-machine-snapshot",
+                          f"{p.id}: restoring the snapshot at {data.index} raised {type(exc).__name__}: {exc}") from exc
+        if again != data.machine:
+            fail("state-machine-snapshot",
+                 f"{p.id} restored its state machine from the snapshot at index {data.index}, but snapshot() then "
+                 f"returns different bytes ({len(again)} vs {len(data.machine)}): restore() does not reproduce "
+                 f"the state")
+
+    def _restore_at_start(self, p: SimPeer) -> None:
+        meta = p.disk.load()[1]
+        if meta is None:
+            return
+        data = p.snapshots.get((meta.index, meta.term))
+        if data is None:
+            fail("snapshot-durability",
+                 f"{p.id} restarted with its log compacted up to the snapshot {meta.term}/{meta.index}, but that "
+                 f"snapshot is not in its snapshot store")
+        self._restore(p, data, "restarted from")
+        self.snap_stats["restored"] += 1
+
+    def _send_snapshot(self, m: InstallSnapshot) -> None:
+        """A leader's InstallSnapshot: stream the snapshot (a transfer), step the message at the end."""
+        p = self.peers[m.src]
+        running = p.sending.get(m.dst)
+        if running is not None and running in self._transfers:
+            if self._transfers[running].msg.term == m.term:
+                self._note("%s: already sending a snapshot to %s", p.id, m.dst)
+                return
+            self._cancel(running)
+        data = p.snapshots.get((m.index, m.snapshot_term))
+        if data is None:
+            fail("snapshot-durability", f"{p.id} offers {m.dst} the snapshot {m.snapshot_term}/{m.index}, which is "
+                                        f"not in its snapshot store")
+        if self._sends_after_heal is not None:
+            key = (m.term, m.dst)
+            self._sends_after_heal[key] += 1
+            n = self._sends_after_heal[key]
+            if n > self.config.max_snapshot_sends:
+                fail("install-loop",
+                     f"{p.id}, leader of term {m.term}, sends {m.dst} a snapshot ({m.snapshot_term}/{m.index}) for the "
+                     f"{n}th time since the faults stopped (bound {self.config.max_snapshot_sends}): the follower "
+                     f"keeps needing entries the leader compacted away")
+        self.stats["messages"] += 1
+        self.snap_stats["sent"] += 1
+        self._seq += 1
+        mid = self._seq
+        dst = self.peers[m.dst]
+        self._transfers[mid] = Transfer(m, p.incarnation, dst.incarnation if dst.up else -1, data, self.now)
+        self.in_flight[mid] = m
+        p.sending[m.dst] = mid
+        if self.manual:
+            self._note("send %s", m)
+            return
+        cfg = self.config
+        rng = self.rng
+        if not dst.up or (m.src, m.dst) in self.blocked or (m.dst, m.src) in self.blocked:
+            # The connection cannot be made: the transfer fails after a connect timeout.
+            self._schedule(self.now + rng.uniform(cfg.min_delay, cfg.max_delay), _SNAP_FAIL, mid, "no connection")
+            self._note("send %s (no connection)", m)
+            return
+        duration = rng.uniform(cfg.min_transfer_ticks, cfg.max_transfer_ticks)
+        self._schedule(self.now + duration, _DELIVER, mid, None)
+        if self._faults_on and cfg.transfer_fail_rate and rng.random() < cfg.transfer_fail_rate:
+            self._schedule(self.now + rng.uniform(0.0, duration), _SNAP_FAIL, mid, "the transfer broke off")
+        self._note("send %s (transfer of %.3f ticks)", m, duration)
+
+    def _cancel(self, mid: int) -> None:
+        t = self._transfers.pop(mid)
+        self.in_flight.pop(mid, None)
+        self.snap_stats["cancelled"] += 1
+        self._note("%s: snapshot transfer to %s cancelled", t.msg.src, t.msg.dst)
+
+    def _cancel_transfers(self, p: SimPeer, core: Raft) -> None:
+        """``p`` stopped leading (or leads a new term): its transfers stop, as the runtime's are cancelled."""
+        for dst, mid in list(p.sending.items()):
+            t = self._transfers.get(mid)
+            if t is None or core.role != LEADER or t.msg.term != core.term:
+                del p.sending[dst]
+                if t is not None:
+                    self._cancel(mid)
+
+    def _complete_transfer(self, mid: int, m: InstallSnapshot) -> None:
+        """The last chunk arrives: the follower stores the data durably, then steps the message."""
+        t = self._transfers.pop(mid, None)
+        if t is None:
+            return
+        src, dst = self.peers[m.src], self.peers[m.dst]
+        if src.sending.get(m.dst) == mid:
+            del src.sending[m.dst]
+        if src.core is None or src.incarnation != t.src_incarnation or src.core.role != LEADER \
+                or src.core.term != m.term:
+            self.snap_stats["cancelled"] += 1
+            self._note("snapshot transfer cancelled (the leader is gone): %s", m)
+            return
+        why = None
+        if dst.core is None or dst.incarnation != t.dst_incarnation:
+            why = "the receiver crashed"
+        elif (m.src, m.dst) in self.blocked or (m.dst, m.src) in self.blocked:
+            why = "partition"
+        elif dst.core.term > m.term:
+            why = f"stale term (the receiver is in term {dst.core.term})"
+        elif self._maybe_crash(dst, "receiving"):
+            why = "the receiver crashed before the data was durable"
+        if why is not None:
+            self._transfer_failed(mid, why, t)
+            return
+        dst.snapshots[(m.index, m.snapshot_term)] = t.data
+        self._note("%s: snapshot %d/%d from %s durably stored", dst.id, m.snapshot_term, m.index, m.src)
+        if self._maybe_crash(dst, "received"):
+            self._transfer_failed(mid, "the receiver crashed before taking it", t)
+            return
+        done = (m.src, t.src_incarnation, m.term)
+        if self.config.done_on_receipt:
+            self._transfer_done(done, dst.id, True)
+        if dst.pending is not None and not self.config.step_snapshot_mid_ready:
+            dst.snap_inbox.append((m, done))
+            self._note("%s: %s waits for the current Ready", dst.id, m)
+            return
+        self._step_snapshot(dst, m, done)
+
+    def _step_snapshot(self, dst: SimPeer, m: InstallSnapshot, done: tuple[NodeId, int, int]) -> None:
+        self._note("deliver %s", m)
+        if not self.config.done_on_receipt:
+            dst.done_pending.append(done)
+        try:
+            dst.raft.step(m)
+        except Exception as exc:
+            self._core_failed(dst, "Raft.step()", exc)
+        self._drive(dst)
+        self.checker.observe(dst)
+        if done in dst.done_pending and not dst.install_pending and dst.raft.log.pending_snapshot is None:
+            dst.done_pending.remove(done)  # nothing to install
+            self._transfer_done(done, dst.id, True)
+
+    def _transfer_done(self, done: tuple[NodeId, int, int], dst: NodeId, ok: bool) -> None:
+        src, incarnation, term = done
+        if self.manual:
+            self._report_snapshot(self.peers[src], incarnation, term, dst, ok)
+        else:
+            delay = self.rng.uniform(self.config.min_delay, self.config.max_delay)
+            self._schedule(self.now + delay, _SNAP_REPORT, src, (incarnation, term, dst, ok))
+
+    def _resolve_done(self, p: SimPeer, ok: bool) -> None:
+        """Transfers to ``p`` waiting for the install end: recorded (``ok``) or lost in a crash."""
+        pending, p.done_pending = p.done_pending, []
+        for done in pending:
+            self._transfer_done(done, p.id, ok)
+
+    def _transfer_failed(self, mid: int, why: str, t: Transfer | None = None) -> None:
+        if t is None:
+            t = self._transfers.pop(mid, None)
+            if t is None:
+                return
+        m = t.msg
+        src = self.peers[m.src]
+        if src.sending.get(m.dst) == mid:
+            del src.sending[m.dst]
+        self.snap_stats["failed"] += 1
+        self.snap_stats["failed: " + why.split(" (")[0]] += 1
+        self._sends_after_heal = None if self._faults_on else self._sends_after_heal
+        self._note("snapshot transfer failed (%s): %s", why, m)
+        if self.manual:
+            self._report_snapshot(src, t.src_incarnation, m.term, m.dst, False)
+        else:
+            delay = self.rng.uniform(0.1, 2.0)  # the runtime backs off before the core may retry
+            self._schedule(self.now + delay, _SNAP_REPORT, m.src, (t.src_incarnation, m.term, m.dst, False))
+
+    def _report_snapshot(self, p: SimPeer, incarnation: int, term: int, dst: NodeId, ok: bool) -> None:
+        """``report_snapshot`` to the leader that sent it, if it is still that live leader."""
+        core = p.core
+        if core is None or p.incarnation != incarnation or core.role != LEADER or core.term != term:
+            return
+        try:
+            core.report_snapshot(dst, ok)
+        except Exception as exc:
+            self._core_failed(p, "Raft.report_snapshot()", exc)
+        self._note("%s: snapshot transfer to %s reported %s", p.id, dst, "done" if ok else "failed")
+        self._drive(p)
+        self.checker.observe(p)
+
+    def _maybe_crash(self, p: SimPeer, point: str) -> bool:
+        """A snapshot crash point: crash ``p`` right here with ``snapshot_crash_rate``."""
+        rate = self.config.snapshot_crash_rate
+        if self.manual or not self._faults_on or not rate or not p.up or self.rng.random() >= rate:
+            return False
+        if sum(1 for q in self.peers.values() if not q.up) >= self.max_down:
+            return False
+        self.faults[f"crash@{point}"] += 1
+        self._note("%s: crash point %s", p.id, point)
+        self._crash_for_a_while(p)
+        return True
+
     # -- network ---------------------------------------------------------------------------
 
     def _send(self, m: Message) -> None:
+        if isinstance(m, InstallSnapshot):
+            self._send_snapshot(m)
+            return
+        if isinstance(m, AppendEntriesResponse):
+            if m.success:
+                p = self.peers[m.src]
+                p.ack_promise = max(p.ack_promise, (m.term, m.match_index))
+        elif isinstance(m, RequestVoteResponse) and m.granted and not m.pre_vote:
+            p = self.peers[m.src]
+            if m.term >= p.vote_promise[0]:
+                p.vote_promise = (m.term, m.dst)
         self.stats["messages"] += 1
         self._seq += 1
         mid = self._seq
@@ -461,6 +961,7 @@ class Simulator:
         if self._faults_on and cfg.drop_rate and rng.random() < cfg.drop_rate:
             self.faults["drop"] += 1
             self._note("drop %s", m)
+            self._sends_after_heal = None
             return
         self.in_flight[mid] = m
         self._schedule(self.now + rng.uniform(cfg.min_delay, cfg.max_delay), _DELIVER, mid, None)
@@ -475,6 +976,9 @@ class Simulator:
     def _deliver(self, mid: int) -> None:
         m = self.in_flight.pop(mid, None)
         if m is None:
+            return
+        if isinstance(m, InstallSnapshot):
+            self._complete_transfer(mid, m)
             return
         p = self.peers.get(m.dst)
         if p is None or p.core is None:
@@ -494,6 +998,7 @@ class Simulator:
     def _cut(self, links: Iterable[tuple[NodeId, NodeId]], duration: float | None) -> int:
         """Block ``links`` until :meth:`heal` or, with ``duration``, until then."""
         self._cut_token += 1
+        self._sends_after_heal = None
         token = self._cut_token
         self._cuts[token] = cut = sorted(set(links))
         self.blocked.update(cut)
@@ -541,10 +1046,7 @@ class Simulator:
         if cfg.crash_rate and rng.random() < cfg.crash_rate:
             live = [i for i in self.ids if self.peers[i].up]
             if len(self.ids) - len(live) < self.max_down and live:
-                victim = self.peers[rng.choice(live)]
-                self._crash(victim)
-                downtime = rng.uniform(cfg.min_downtime, cfg.max_downtime)
-                self._schedule(self.now + downtime, _RESTART, victim.id, victim.sync_token)
+                self._crash_for_a_while(self.peers[rng.choice(live)])
         if cfg.partition_rate and self._random_cut is None and len(self.ids) > 1 and rng.random() < cfg.partition_rate:
             length = rng.uniform(cfg.min_partition_ticks, cfg.max_partition_ticks)
             if rng.random() < cfg.oneway_fraction:
@@ -700,15 +1202,45 @@ class Simulator:
         self.checker.observe(p)
         return term, index
 
+    def _crash_for_a_while(self, p: SimPeer) -> None:
+        cfg = self.config
+        self._crash(p)
+        downtime = self.rng.uniform(cfg.min_downtime, cfg.max_downtime)
+        self._schedule(self.now + downtime, _RESTART, p.id, p.sync_token)
+
     def _crash(self, p: SimPeer) -> None:
+        self._check_promises(p)
+        if not self.config.done_on_receipt:
+            p.done_pending += [done for _, done in p.snap_inbox]
+        if p.done_pending:
+            self._resolve_done(p, False)
         lost = p.pending
+        if p.snap_write is not None and not p.snap_write.durable:
+            self.snap_stats["lost"] += 1
         p.crash(self.now)
         self.checker.forget(p.id)
         self.faults["crash"] += 1
+        self._sends_after_heal = None
         self._note("%s: CRASH%s", p.id, f" (lost un-synced save: {_save_text(lost)})" if lost else "")
+
+    def _check_promises(self, p: SimPeer) -> None:
+        """What ``p`` acknowledged must be on its disk when its memory goes:
+        a vote, or entries up to a match index (a snapshot covers its index)."""
+        hs = p.disk.load()[0]
+        term, match = p.ack_promise
+        if term > hs.term or (term == hs.term and p.disk.last_index() < match):
+            fail("ack-durability",
+                 f"{p.id} crashed having acknowledged index {match} in term {term}, but its disk holds term "
+                 f"{hs.term} and entries up to {p.disk.last_index()}")
+        term, candidate = p.vote_promise
+        if term > hs.term or (term == hs.term and hs.vote != candidate):
+            fail("ack-durability",
+                 f"{p.id} crashed having granted its vote to {candidate} in term {term}, but its disk holds term "
+                 f"{hs.term}, vote {hs.vote}")
 
     def _restart(self, p: SimPeer) -> None:
         self._start(p)
+        self._restore_at_start(p)
         core = p.raft
         self.faults["restart"] += 1
         self._note("%s: restart #%d from disk: term=%d vote=%s last=%d commit=%d", p.id, p.incarnation,
@@ -737,6 +1269,12 @@ class Simulator:
                     self._restart(self.peers[pid])
         except Failure as f:
             raise self._violation(f) from f.__cause__
+        self._sends_after_heal = Counter()
+        writes = self.config.liveness_write_ticks
+        if writes and self.config.clients:
+            self._clients_on = True
+            self._run_until(self.now + writes)
+            self._clients_on = False
         start = self.now
         bound = self.config.liveness_bound()
         while not self._converged():
@@ -830,11 +1368,15 @@ class Simulator:
         return out
 
     def drop(self, match: MessageFilter | None = None) -> list[Message]:
-        """Lose every in-flight message ``match`` accepts (all by default)."""
+        """Lose every in-flight message ``match`` accepts (all by default).
+        A dropped InstallSnapshot is a failed transfer (reported to its leader)."""
         chosen = [mid for mid, m in self.in_flight.items() if match is None or match(m)]
         out = [self.in_flight.pop(mid) for mid in chosen]
-        for m in out:
+        self._sends_after_heal = None
+        for mid, m in zip(chosen, out):
             self._note("drop %s", m)
+            if isinstance(m, InstallSnapshot):
+                self._step(functools.partial(self._transfer_failed, mid, "dropped"))
         return out
 
     def stabilize(self, match: MessageFilter | None = None, rounds: int = 100) -> None:
@@ -897,18 +1439,35 @@ class Simulator:
         """Run the full (O(log length)) checks now."""
         self._step(lambda: self.checker.full_check(list(self.peers.values())))
 
-    def flush(self, peer: NodeId | None = None) -> None:
-        """Sync every buffered save now (of one peer or all)."""
+    def flush(self, peer: NodeId | None = None, snapshot_only: bool = False) -> None:
+        """Sync every buffered save now (of one peer or all). With
+        ``snapshot_only``, only record the snapshot a held Ready carries
+        (``LogStorage.install_snapshot`` and the restore), not its save."""
         for pid in [peer] if peer is not None else self.ids:
             p = self.peers[pid]
-            if p.up and p.pending is not None:
-                def sync(p: SimPeer = p) -> None:
-                    rd, p.pending = p.pending, None
-                    assert rd is not None
-                    self._finish_ready(p, rd)
-                    self._drive(p)
-                    self.checker.observe(p)
-                self._step(sync)
+            if snapshot_only:
+                if p.up and p.install_pending:
+                    self._step(functools.partial(self._sync, p, True, True))
+                continue
+            while p.up and p.pending is not None:
+                self._step(functools.partial(self._sync, p, True))
+
+    def hold_saves(self, peer: NodeId, hold: bool = True) -> None:
+        """Keep ``peer``'s saves (and snapshot installs) in its write buffer
+        until :meth:`flush`, so that a script can crash it in between (or
+        step messages into it while a Ready is in progress)."""
+        if hold:
+            self._held.add(peer)
+        else:
+            self._held.discard(peer)
+
+    def take_snapshot(self, peer: NodeId) -> None:
+        """Make ``peer`` snapshot its applied state now (whether or not
+        ``snapshots`` is on). In manual mode the file is durable and the log
+        compacted at once; otherwise after the usual random delays."""
+        p = self.peers[peer]
+        if p.up and p.snap_write is None:
+            self._step(functools.partial(self._capture, p))
 
     # -- inspection -------------------------------------------------------------------------------
 
@@ -925,9 +1484,12 @@ class Simulator:
         return best[1] if best else None
 
     def log(self, peer: NodeId) -> list[Entry]:
-        """The whole log of a live peer (stable and unstable parts)."""
-        log = self.peers[peer].raft.log
-        return log.entries(1, log.last_index() + 1)
+        """The whole log of a live peer (stable and unstable parts), from index
+        1: indexes its snapshot covers hold the committed entries."""
+        try:
+            return self.checker.entries(self.peers[peer])
+        except Failure as f:
+            raise self._violation(f) from f.__cause__
 
     def messages(self, match: MessageFilter | None = None) -> list[Message]:
         """In-flight messages (in send order) that ``match`` accepts."""
@@ -954,6 +1516,10 @@ class Simulator:
             converge_ticks=converge_ticks,
             faults=dict(self.faults),
             trace_digest=self._hasher.hexdigest() if self._hasher is not None else None,
+            snapshots=self.snapshots,
+            snapshot_every=self.snapshot_every,
+            snapshot_keep=self.snapshot_keep,
+            snapshot_stats=dict(self.snap_stats),
         )
 
 
@@ -981,6 +1547,14 @@ def _snapshot_bytes(snap: Any) -> bytes:
         data: bytes = snap.read()
         return data
     return b"".join(snap)
+
+
+def _can_snapshot(machine: StateMachine) -> bool:
+    """Whether ``machine`` implements snapshot() and restore() (or restore_from_file())."""
+    cls = type(machine)
+    return cls.snapshot is not StateMachine.snapshot and (
+        cls.restore is not StateMachine.restore or cls.restore_from_file is not StateMachine.restore_from_file
+    )
 
 
 def _canonical(value: Any) -> Any:
@@ -1021,6 +1595,8 @@ class ManyResult:
     faults: Counter[str] = field(default_factory=Counter)
     violation: InvariantViolation | None = None
     first_seed: int | None = None
+    seeds_with_snapshots: int = 0
+    snapshot_stats: Counter[str] = field(default_factory=Counter)
 
     @property
     def seeds_per_second(self) -> float:
@@ -1043,8 +1619,15 @@ class ManyResult:
              f"{self.seeds_per_second:.1f} seeds/s, {self.ticks_per_second:,.0f} simulated ticks/s"),
             f"simulated {self.ticks:,.0f} ticks, {self.steps:,} steps, {self.writes_acked:,} acknowledged writes",
             f"faults injected: {faults}",
+            self.snapshot_text(),
             self.verdict(),
         ])
+
+    def snapshot_text(self) -> str:
+        st = self.snapshot_stats
+        return (f"snapshots on in {self.seeds_with_snapshots} of {self.seeds_run} seeds: {st['taken']:,} taken, "
+                f"{st['sent']:,} sent ({st['failed']:,} failed), {st['installed']:,} installed, "
+                f"{st['restored']:,} restored at restart")
 
 
 def run_seed(seed: int, peers: int = 3, config: SimConfig | None = None, **kwargs: Any) -> SimResult:
@@ -1085,6 +1668,8 @@ def run_many(
         out.steps += res.steps
         out.writes_acked += res.writes_acked
         out.faults.update(res.faults)
+        out.seeds_with_snapshots += res.snapshots
+        out.snapshot_stats.update(res.snapshot_stats)
         if on_result is not None:
             on_result(seed, res)
     out.elapsed = _time.perf_counter() - start

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from raftlib.core import quorum
-from raftlib.core.messages import AppendEntriesResponse, Message, RequestVote, RequestVoteResponse
+from raftlib.core.messages import AppendEntriesResponse, InstallSnapshot, Message, RequestVote, RequestVoteResponse
 from raftlib.core.raft import Raft
 from raftlib.core.ready import ReadState
 from raftlib.types import Entry
@@ -78,10 +78,48 @@ class ReadWithoutLeadershipCheck(Raft):
             self._read_states.append(ReadState(rnd.index, tuple(rnd.request_ids)))
 
 
+class KeepSuffixAfterSnapshot(Raft):
+    """A follower installs a snapshot whose last entry it does not hold (its
+    entry at the snapshot index has another term) but keeps its own entries
+    after the snapshot index, instead of discarding the whole log (§7: only
+    a log that holds the snapshot's last entry may keep what follows it)."""
+
+    def _handle_snapshot(self, msg: InstallSnapshot) -> None:
+        log = self.log
+        if msg.index > log.committed and log.last_index() > msg.index and not log.matches(msg.index, msg.snapshot_term):
+            suffix = log.entries(msg.index + 1, log.last_index() + 1)
+            super()._handle_snapshot(msg)  # restores the log to the snapshot...
+            log.append(suffix)  # ...then puts the conflicting suffix back
+            self._note_appended(suffix)
+        else:
+            super()._handle_snapshot(msg)
+
+
+class AckSnapshotBeforeInstall(Raft):
+    """Acknowledges an InstallSnapshot with ``rd.messages``, i.e. before the
+    snapshot is recorded in storage (and before the term it came with is)."""
+
+    def _handle_snapshot(self, msg: InstallSnapshot) -> None:
+        super()._handle_snapshot(msg)
+        self._send(self._msgs_after_persist.pop())  # the acknowledgement it just queued
+
+
+class IgnoresCompactionLimit(Raft):
+    """Lets the runtime compact everything its snapshot covers, even entries
+    a follower that is being sent an older snapshot needs next: that follower
+    installs the snapshot and needs another one (an install loop)."""
+
+    def compaction_limit(self) -> int:
+        return self.snapshot.index if self.snapshot else 0
+
+
 MUTANTS: dict[str, type[Raft]] = {
     "commit-earlier-term": CommitEarlierTermByCounting,
     "vote-without-up-to-date-check": VoteWithoutUpToDateCheck,
     "ack-before-persist": AckBeforePersist,
     "no-conflict-truncation": NoConflictTruncation,
     "read-without-leadership-check": ReadWithoutLeadershipCheck,
+    "keep-suffix-after-snapshot": KeepSuffixAfterSnapshot,
+    "ack-snapshot-before-install": AckSnapshotBeforeInstall,
+    "ignores-compaction-limit": IgnoresCompactionLimit,
 }

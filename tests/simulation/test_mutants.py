@@ -13,6 +13,14 @@ Each case names the SimConfig that makes its bug likely to show:
 * answering reads without confirming leadership needs a deposed leader that
   does not know it (no check_quorum, leaders cut off), clients that still
   read from it, and clients that moved on and write to the new leader;
+* keeping the log suffix after a snapshot whose last entry does not match
+  needs a follower holding uncommitted entries past a leader's snapshot
+  index: deposed leaders that keep accepting writes while cut off (no
+  check_quorum, leaders isolated, patient clients) and leaders that snapshot
+  every few entries and keep nothing behind;
+* acknowledging a snapshot before it is installed needs followers that
+  crash between the InstallSnapshot and its recording in storage: frequent
+  snapshots and a high ``snapshot_crash_rate``;
 * the other two show up under the default fuzzing faults.
 
 For every case the real core must pass the same seeds with the same config,
@@ -28,7 +36,9 @@ from raftlib.sim import SimConfig, run_many
 
 from .mutants import (
     AckBeforePersist,
+    AckSnapshotBeforeInstall,
     CommitEarlierTermByCounting,
+    KeepSuffixAfterSnapshot,
     NoConflictTruncation,
     ReadWithoutLeadershipCheck,
     VoteWithoutUpToDateCheck,
@@ -72,9 +82,30 @@ STALE_LEADERS = SimConfig(
     client_timeout=8.0,
 )
 
+DIVERGED_FOLLOWERS = SimConfig(
+    snapshots=True,
+    snapshot_entries_min=4,
+    snapshot_entries_max=10,
+    snapshot_keep=0,
+    check_quorum=False,
+    leader_isolation_rate=0.5,
+    write_rate=0.5,
+    client_timeout=30.0,
+)
+
+CRASHY_INSTALLS = SimConfig(
+    snapshots=True,
+    snapshot_entries_min=4,
+    snapshot_entries_max=10,
+    snapshot_crash_rate=0.3,
+    crash_rate=0.03,
+    min_downtime=1.0,
+    max_downtime=10.0,
+)
+
 SAFETY = {
     "election-safety", "leader-append-only", "log-matching", "leader-completeness",
-    "state-machine-safety", "commit-monotonic", "applied-monotonic", "durability", "core-error",
+    "state-machine-safety", "commit-monotonic", "applied-monotonic", "durability", "ack-durability", "core-error",
 }
 
 CASES = [
@@ -83,15 +114,22 @@ CASES = [
     ("ack-before-persist", AckBeforePersist, CRASHY_DISKS, SAFETY | {"liveness"}),
     ("no-conflict-truncation", NoConflictTruncation, SimConfig(), SAFETY | {"liveness"}),
     ("read-without-leadership-check", ReadWithoutLeadershipCheck, STALE_LEADERS, {"linearizable-read"}),
+    ("keep-suffix-after-snapshot", KeepSuffixAfterSnapshot, DIVERGED_FOLLOWERS, {"log-matching"}),
+    ("ack-snapshot-before-install", AckSnapshotBeforeInstall, CRASHY_INSTALLS, {"ack-durability"}),
 ]
+
+SNAPSHOT_SEED_BUDGET = 60
+"""The snapshot mutants are caught within this many seeds (measured over ten
+windows of seeds: at most 27 for the suffix, 9 for the early acknowledgement)."""
 
 
 @pytest.mark.parametrize("peers", [3, 5])
 @pytest.mark.parametrize(("name", "core", "config", "expected"), CASES, ids=[c[0] for c in CASES])
 def test_mutant_is_caught(name: str, core: type[Raft], config: SimConfig, expected: set[str], peers: int) -> None:
-    caught = run_many(range(SEED_BUDGET), peers, config, core_factory=core)
+    budget = SNAPSHOT_SEED_BUDGET if config.snapshots else SEED_BUDGET
+    caught = run_many(range(budget), peers, config, core_factory=core)
     violation = caught.violation
-    assert violation is not None, f"the {name} mutant survived {SEED_BUDGET} seeds with {peers} peers"
+    assert violation is not None, f"the {name} mutant survived {budget} seeds with {peers} peers"
     assert violation.invariant in expected, violation.format()
     # The real core passes every seed the mutant was run on, with the same config.
     control = run_many(range(caught.seeds_run), peers, config)

@@ -26,6 +26,8 @@ FAULT_KINDS = (
 
 # 500 seeds in all: 300 against 3 peers, 200 against 5, every fault kind on
 # (the SimConfig defaults), 300 ticks of faults each plus the liveness phase.
+# About half of the seeds take snapshots and compact (``snapshots`` is drawn
+# per seed), with crashes at the snapshot crash points and failing transfers.
 CHUNKS = [(3, 0), (3, 100), (3, 200), (5, 0), (5, 100)]
 
 
@@ -37,6 +39,10 @@ def test_random_seeds_hold_every_invariant(peers: int, first: int) -> None:
     for kind in FAULT_KINDS:
         assert result.faults[kind] > 0, f"no {kind} fault was injected"
     assert result.writes_acked > 1000
+    assert 30 <= result.seeds_with_snapshots <= 70
+    st = result.snapshot_stats
+    assert st["taken"] > 300 and st["sent"] > 50 and st["installed"] > 10 and st["restored"] > 30, dict(st)
+    assert sum(v for k, v in result.faults.items() if k.startswith("crash@")) > 20
 
 
 HOSTILE = {
@@ -232,6 +238,9 @@ def test_cli_replays_one_seed() -> None:
     rc, text = _cli("--seed", "1234")
     assert rc == 0
     assert "seed 1234: 3 peers" in text and "trace sha256:" in text and "OK" in text
+    assert "  snapshots: " in text
+    rc, snap_text = _cli("--seed", "1234", "--set", "snapshots=True")
+    assert rc == 0 and "installed" in snap_text and "snapshots: every" in snap_text
     _, text2 = _cli("--seed", "1234")
     digest = [line for line in text.splitlines() if "sha256" in line]
     assert digest == [line for line in text2.splitlines() if "sha256" in line]
@@ -242,6 +251,7 @@ def test_cli_runs_many_seeds() -> None:
     assert rc == 0
     assert "ran 5 seeds (5 peers)" in text
     assert "seeds/s" in text and "simulated ticks/s" in text and "faults injected:" in text
+    assert "snapshots on in " in text
     assert text.rstrip().splitlines()[-1].startswith("OK: 5 seeds")
 
 

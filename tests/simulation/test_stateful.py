@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
-from raftlib.core.messages import AppendEntries, AppendEntriesResponse, Message
+from raftlib.core.messages import AppendEntries, AppendEntriesResponse, InstallSnapshot, Message
 from raftlib.core.raft import Raft
 from raftlib.errors import NotLeader, ProposalDropped
 from raftlib.sim import InvariantViolation, SimConfig, Simulator
@@ -23,10 +23,12 @@ from .mutants import NoConflictTruncation
 
 # Random faults and transfers off: the rules inject them. Message delays,
 # slow disk syncs and client requests still come from the simulator's seeded
-# generator (the seed is drawn, and shrunk, by hypothesis).
+# generator (the seed is drawn, and shrunk, by hypothesis). With snapshots on,
+# peers snapshot every 5-15 entries (and when a rule says so); snapshot
+# transfers break off and peers crash at snapshot crash points at random.
 RULES_CONFIG = SimConfig(
     ticks=0, drop_rate=0.0, duplicate_rate=0.0, partition_rate=0.0, leader_isolation_rate=0.0,
-    crash_rate=0.0, transfer_rate=0.0, write_rate=0.3,
+    crash_rate=0.0, transfer_rate=0.0, write_rate=0.3, snapshot_entries_min=5, snapshot_entries_max=15,
 )
 
 SETTINGS = settings(
@@ -53,9 +55,9 @@ class ClusterMachine(RuleBasedStateMachine):
         return self.sim
 
     @initialize(seed=st.integers(0, 2**32 - 1), peers=st.sampled_from([3, 5]),
-                pre_vote=st.booleans(), check_quorum=st.booleans())
-    def boot(self, seed: int, peers: int, pre_vote: bool, check_quorum: bool) -> None:
-        config = RULES_CONFIG.replace(pre_vote=pre_vote, check_quorum=check_quorum)
+                pre_vote=st.booleans(), check_quorum=st.booleans(), snapshots=st.booleans())
+    def boot(self, seed: int, peers: int, pre_vote: bool, check_quorum: bool, snapshots: bool) -> None:
+        config = RULES_CONFIG.replace(pre_vote=pre_vote, check_quorum=check_quorum, snapshots=snapshots)
         self.sim = Simulator(seed, peers, config, core_factory=self.core)
 
     def _peer(self, k: int) -> str:
@@ -143,6 +145,15 @@ class ClusterMachine(RuleBasedStateMachine):
     @rule()
     def flush_disks(self) -> None:
         self.s.flush()
+
+    @rule(k=st.integers(0, 6))
+    def take_snapshot(self, k: int) -> None:
+        self.s.take_snapshot(self.s.leader() or self._peer(k))
+
+    @rule(k=st.integers(0, 6))
+    def drop_snapshot_transfers_to(self, k: int) -> None:
+        dst = self._peer(k)
+        self.s.drop(lambda m: isinstance(m, InstallSnapshot) and m.dst == dst)
 
     @invariant()
     def whole_logs_consistent(self) -> None:
