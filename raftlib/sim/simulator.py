@@ -618,7 +618,9 @@ class Simulator:
         index = p.applied
         if index <= 0:
             return
-        term = core.log.term(index)
+        term = core.log.term_or_none(index)
+        if term is None:
+            return  # a snapshot from the leader is being installed: it supersedes this one
         machine = None
         if p.machine is not None:
             if not self._machine_snapshots:
