@@ -879,20 +879,21 @@ async def start_peer(
 
         storage = await asyncio.to_thread(LMDBStorage, data_dir)
     log = logger or logging.getLogger(f"raftlib.peer.{name}")
-    snapshots: SnapshotStore
-    if data_dir is not None:
-        snapshots = await asyncio.to_thread(FileSnapshotStore, os.path.join(os.fspath(data_dir), "snapshots"))
-    else:
-        snapshots = MemorySnapshotStore()
+    snapshots: SnapshotStore | None = None
+    peer: Peer | None = None
     try:
+        if data_dir is not None:
+            snapshots = await asyncio.to_thread(FileSnapshotStore, os.path.join(os.fspath(data_dir), "snapshots"))
+        else:
+            snapshots = MemorySnapshotStore()
         peer = Peer(sm, name=name, address=address, storage=storage, snapshots=snapshots, config=cfg, log=log)
-    except BaseException:
-        storage.close()
-        raise
-    try:
         await peer._start()
     except BaseException:
-        await peer._transport.close()
+        # Release whatever was opened, then report the original error.
+        if peer is not None:
+            await peer._transport.close()
+        if snapshots is not None:
+            snapshots.close()
         storage.close()
         raise
     return peer
