@@ -173,6 +173,10 @@ class RaftLog:
             return True
         return False
 
+    def has_next_committed(self) -> bool:
+        """Whether :meth:`next_committed` would return anything (reads no entries)."""
+        return min(self.committed, self.stable_last_index()) > self.applied
+
     def next_committed(self, max_bytes: int | None = None) -> list[Entry]:
         """Committed entries not yet handed out for applying, only those already on disk."""
         hi = min(self.committed, self.stable_last_index())

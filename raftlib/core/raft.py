@@ -302,7 +302,7 @@ class Raft:
             or self._snapshot_to_install
             or self._hard_state() != self._prev_hard
             or self._soft_state() != self._prev_soft
-            or self.log.next_committed(1)
+            or self.log.has_next_committed()
         )
 
     def ready(self) -> Ready:

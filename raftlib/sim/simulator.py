@@ -866,15 +866,9 @@ class Simulator:
         self._step_snapshot(dst, m, done)
 
     def _step_snapshot(self, dst: SimPeer, m: InstallSnapshot, done: tuple[NodeId, int, int]) -> None:
-        self._note("deliver %s", m)
         if not self.config.done_on_receipt:
             dst.done_pending.append(done)
-        try:
-            dst.raft.step(m)
-        except Exception as exc:
-            self._core_failed(dst, "Raft.step()", exc)
-        self._drive(dst)
-        self.checker.observe(dst)
+        self._step_into(dst, m)
         if done in dst.done_pending and not dst.install_pending and dst.raft.log.pending_snapshot is None:
             dst.done_pending.remove(done)  # nothing to install
             self._transfer_done(done, dst.id, True)
@@ -989,9 +983,13 @@ class Simulator:
         if (m.src, m.dst) in self.blocked:
             self._note("lost (partition) %s", m)
             return
+        self._step_into(p, m)
+
+    def _step_into(self, p: SimPeer, m: Message) -> None:
+        """Deliver ``m`` to ``p``'s core, run its Ready loop and check it."""
         self._note("deliver %s", m)
         try:
-            p.core.step(m)
+            p.raft.step(m)
         except Exception as exc:
             self._core_failed(p, "Raft.step()", exc)
         self._drive(p)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from raftlib.core.messages import AppendEntries, InstallSnapshot
 from raftlib.core.progress import ProgressState
-from raftlib.types import Entry, EntryKind, Membership
+from raftlib.types import Entry, EntryKind, Membership, SnapshotMeta
 
 from .network import Network
 
@@ -13,6 +13,18 @@ def fill(net: Network, leader: str, n: int, prefix: bytes = b"x") -> None:
     for k in range(n):
         net.propose(leader, prefix + str(k).encode())
         net.stabilize()
+
+
+def lagging_c(entries: int = 10) -> tuple[Network, SnapshotMeta]:
+    """a leads; c was cut off while a wrote ``entries`` entries and compacted
+    them all into a snapshot (returned); the network is healed."""
+    net = Network(["a", "b", "c"])
+    net.elect("a")
+    net.isolate("c")
+    fill(net, "a", entries)
+    meta = net.take_snapshot("a")
+    net.heal()
+    return net, meta
 
 
 def until_snapshot_in_flight(net: Network, leader: str = "a") -> None:
@@ -106,12 +118,7 @@ def test_stale_snapshot_is_acknowledged_without_installing() -> None:
 
 def test_snapshot_is_recorded_before_the_ack_is_sent() -> None:
     """The acknowledgement of a snapshot promises it is stored: it waits for persistence."""
-    net = Network(["a", "b", "c"])
-    net.elect("a")
-    net.isolate("c")
-    fill(net, "a", 10)
-    net.take_snapshot("a")
-    net.heal()
+    net, _ = lagging_c()
     c = net.nodes["c"]
     a = net.nodes["a"]
     snap = a.snapshot
@@ -129,12 +136,7 @@ def test_snapshot_is_recorded_before_the_ack_is_sent() -> None:
 def test_compaction_limit_protects_a_follower_being_sent_a_snapshot() -> None:
     """No install loop: while c is being sent the snapshot at S, the leader
     does not compact past S, so c can continue from S+1 afterwards."""
-    net = Network(["a", "b", "c"])
-    net.elect("a")
-    net.isolate("c")
-    fill(net, "a", 10)
-    first = net.take_snapshot("a")
-    net.heal()
+    net, first = lagging_c()
     until_snapshot_in_flight(net)  # and it stays in flight for now
     assert net.nodes["a"].progress["c"].state is ProgressState.SNAPSHOT
     fill_while_c_waits = 10
@@ -154,12 +156,7 @@ def test_compaction_limit_protects_a_follower_being_sent_a_snapshot() -> None:
 
 
 def test_failed_transfer_is_retried_on_the_next_heartbeat() -> None:
-    net = Network(["a", "b", "c"])
-    net.elect("a")
-    net.isolate("c")
-    fill(net, "a", 10)
-    net.take_snapshot("a")
-    net.heal()
+    net, _ = lagging_c()
     until_snapshot_in_flight(net)
     net.drop(lambda m: isinstance(m, InstallSnapshot))
     a = net.nodes["a"]
@@ -172,12 +169,7 @@ def test_failed_transfer_is_retried_on_the_next_heartbeat() -> None:
 
 
 def test_restart_after_installing_a_snapshot() -> None:
-    net = Network(["a", "b", "c"])
-    net.elect("a")
-    net.isolate("c")
-    fill(net, "a", 10)
-    meta = net.take_snapshot("a")
-    net.heal()
+    net, meta = lagging_c()
     net.tick("a", net.config.heartbeat_ticks)
     net.stabilize()
     net.restart("c")
@@ -197,12 +189,7 @@ def test_membership_at_and_snapshot_membership() -> None:
 
 
 def test_heartbeat_to_a_follower_below_the_first_index_is_well_formed() -> None:
-    net = Network(["a", "b", "c"])
-    net.elect("a")
-    net.isolate("c")
-    fill(net, "a", 10)
-    net.take_snapshot("a")
-    net.heal()
+    net, _ = lagging_c()
     until_snapshot_in_flight(net)
     net.drop(lambda m: isinstance(m, InstallSnapshot))
     net.tick("a", net.config.heartbeat_ticks)
@@ -210,7 +197,7 @@ def test_heartbeat_to_a_follower_below_the_first_index_is_well_formed() -> None:
     assert beats and all(m.prev_log_index >= net.storage["a"].first_index() - 1 for m in beats)
 
 
-def test_entry_kinds_survive_snapshots() -> None:
+def test_applied_entries_keep_their_kinds() -> None:
     net = Network(["a", "b", "c"])
     net.elect("a")
     fill(net, "a", 3)
