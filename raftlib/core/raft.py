@@ -25,9 +25,10 @@ import random
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from ..config import Config
-from ..errors import LogCompacted, NotLeader, ProposalDropped
+from ..errors import LogCompacted, MembershipChangePending, NotLeader, ProposalDropped
 from ..types import Entry, EntryKind, HardState, Membership, NodeId, SnapshotMeta
 from . import quorum
+from .membership import check_change
 from .log import RaftLog
 from .messages import (
     AppendEntries,
@@ -102,6 +103,10 @@ class Raft:
         self.role = FOLLOWER
         self.leader: NodeId | None = None
         self.progress: dict[NodeId, Progress] = {}
+        self._leaving: dict[NodeId, int] = {}
+        """Leader: removed members still sent the log, with the index of the entry removing them."""
+        self._removed = False
+        """Leader: the entry removing this peer committed; step down after the current input."""
         self.votes: dict[NodeId, bool] = {}
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
@@ -188,6 +193,8 @@ class Raft:
             self._handle_vote_request(msg)
             return
         self._step_role(msg)
+        if self._removed:
+            self._step_down_removed()
 
     def propose(self, data: bytes) -> tuple[int, int]:
         """Append a user command; returns its (term, index).
@@ -209,6 +216,48 @@ class Raft:
         entries = [Entry(self.term, first + i, kind, data) for i, data in enumerate(commands)]
         self._append_local(entries)
         return [(self.term, e.index) for e in entries]
+
+    def propose_membership(self, new: Membership) -> tuple[int, int]:
+        """Append a configuration entry changing the membership to ``new``;
+        returns its (term, index). It takes effect at once (before it commits).
+
+        ``new`` may differ from the configuration in force by at most one
+        voter (any learners may change); see :mod:`raftlib.core.membership`.
+        Raises :class:`NotLeader`; :class:`ProposalDropped` during a
+        leadership transfer; :class:`MembershipChangePending` while another
+        change is uncommitted or this leader has not yet committed an entry
+        of its term (retry shortly); ``ValueError`` for an unsafe change.
+        """
+        if self.role != LEADER:
+            raise NotLeader(self.leader)
+        if self.transfer_target is not None:
+            raise ProposalDropped(f"leadership is being transferred to {self.transfer_target}")
+        check_change(self.membership, new)
+        if not self._committed_in_current_term():
+            raise MembershipChangePending("the new leader has not committed an entry of its term yet")
+        if self._config_history and self._config_history[-1][0] > self.log.committed:
+            raise MembershipChangePending(
+                f"the membership change at index {self._config_history[-1][0]} has not committed yet"
+            )
+        index = self.log.last_index() + 1
+        self._append_local([Entry(self.term, index, EntryKind.CONFIG, new.encode())])
+        return self.term, index
+
+    def pending_membership_index(self) -> int:
+        """Index of the latest configuration entry if it is not committed yet, else 0."""
+        if self._config_history and self._config_history[-1][0] > self.log.committed:
+            return self._config_history[-1][0]
+        return 0
+
+    def caught_up(self, node_id: NodeId, max_lag: int) -> bool:
+        """Leader only: whether ``node_id`` is being replicated to and is at most
+        ``max_lag`` entries behind this leader's log (ready for promotion)."""
+        pr = self.progress.get(node_id) if self.role == LEADER else None
+        return (
+            pr is not None
+            and pr.state is ProgressState.REPLICATE
+            and self.log.last_index() - pr.match <= max_lag
+        )
 
     def read_index(self, request_id: int) -> None:
         """Ask for a linearizable read point (ReadIndex, thesis §6.4).
@@ -343,6 +392,8 @@ class Raft:
                     self._maybe_commit()
         if rd.committed_entries:
             self.log.applied_to(rd.committed_entries[-1].index)
+        if self._removed:
+            self._step_down_removed()
 
     def status(self) -> dict[str, object]:
         """A snapshot of this peer's state for ``Peer.status()``."""
@@ -387,6 +438,8 @@ class Raft:
         self._reset_randomized_timeout()
         self.votes = {}
         self.progress = {}
+        self._leaving = {}
+        self._removed = False
         self.transfer_target = None
         self._read_rounds = []
         self._open_round = None
@@ -432,6 +485,36 @@ class Raft:
         self._note_appended(entries)
         if self.role == LEADER:
             self._bcast_needed = True
+            if any(e.kind is EntryKind.CONFIG for e in entries):
+                self._sync_progress(entries[-1].index)
+
+    def _sync_progress(self, config_index: int) -> None:
+        """Leader: track every member of the configuration now in force.
+
+        New members are probed from the configuration entry back. A removed
+        member keeps its progress (outside every quorum) until it has the
+        entry that removes it or that entry commits, so that it learns it is
+        no longer a voter and does not campaign.
+        """
+        members = self.membership.members
+        for nid in members:
+            if nid not in self.progress:
+                self.progress[nid] = Progress(config_index)
+        for nid in self.progress:
+            if nid not in members and nid != self.id:
+                self._leaving[nid] = config_index
+        for nid in list(self._leaving):
+            if nid in members:
+                del self._leaving[nid]
+        if self.transfer_target is not None and not self.membership.is_voter(self.transfer_target):
+            self.transfer_target = None
+
+    def _forget_leaving(self, nid: NodeId | None = None) -> None:
+        """Drop the progress of removed members (``nid`` only, or all whose removal committed)."""
+        for name, at in list(self._leaving.items()):
+            if (nid is None and at <= self.log.committed) or name == nid:
+                del self._leaving[name]
+                self.progress.pop(name, None)
 
     # -- role transitions --------------------------------------------------------
 
@@ -683,8 +766,14 @@ class Raft:
     def _bcast_heartbeat(self) -> None:
         for nid, pr in self._followers():
             if pr.state is ProgressState.PROBE:
-                pr.probe_sent = False
-                self._send_append(nid, pr, allow_empty=True)
+                if pr.next < self.log.first_index():
+                    pr.probe_sent = False
+                    self._send_append(nid, pr, allow_empty=True)  # sends the snapshot
+                else:
+                    # An empty probe: entries follow only once the follower
+                    # answers, so a peer that is down costs no log reads.
+                    self._emit_append(nid, pr, pr.next - 1, ())
+                    pr.probe_sent = True
             else:
                 # A follower being sent a snapshot may match below our first index.
                 self._emit_append(nid, pr, max(pr.match, self.log.first_index() - 1), ())
@@ -742,6 +831,10 @@ class Raft:
             pass  # late answers from our own campaign
 
     def _handle_append_success(self, nid: NodeId, pr: Progress, match: int) -> None:
+        if nid in self._leaving and match >= self._leaving[nid]:
+            pr.maybe_update(match)
+            self._forget_leaving(nid)
+            return
         if pr.maybe_update(match):
             if pr.state is ProgressState.PROBE or (
                 pr.state is ProgressState.SNAPSHOT and pr.match >= pr.pending_snapshot
@@ -801,12 +894,27 @@ class Raft:
         if index > self.log.committed and self.log.term(index) == self.term:
             self.log.commit_to(index)
             self._bcast_needed = True  # followers learn the new commit index promptly
+            if self._leaving:
+                self._forget_leaving()
+            if not self._is_voter() and not self.pending_membership_index():
+                self._removed = True  # acted on once the current input is handled
             self._release_pending_reads()
             # Followers with appends in flight learn the new commit index when
             # those are acknowledged (see _handle_append_success); tell the idle
             # ones now.
             for nid, pr in self._followers():
                 self._maybe_send_commit(nid, pr)
+
+    def _step_down_removed(self) -> None:
+        """Thesis §4.2.2: a leader whose removal committed steps down. It tells
+        the most up-to-date voter to campaign at once, so that the cluster
+        does not wait out an election timeout."""
+        last = self.log.last_index()
+        ready = sorted(v for v in self.membership.voters if v in self.progress and self.progress[v].match == last)
+        self.logger.info("%s: no longer a voter; stepping down", self.id)
+        if ready:
+            self._send(TimeoutNow(self.term, self.id, ready[0]))
+        self._become_follower(self.term, None)
 
     def _maybe_send_timeout_now(self) -> None:
         target = self.transfer_target
@@ -834,7 +942,7 @@ class Raft:
             rnd = _ReadRound(self._read_seq, self.log.committed)
             self._read_rounds.append(rnd)
             self._open_round = rnd
-            if len(self.membership.voters) > 1:
+            if set(self.membership.voters) != {self.id}:
                 self._bcast_heartbeat()
         rnd.request_ids.append(request_id)
         self._advance_reads()

@@ -56,6 +56,17 @@ class Network:
                 self.nodes[i].bootstrap(Membership({n: f"addr-{n}" for n in self.ids}))
         self.process()
 
+    def add_node(self, i: str) -> Raft:
+        """Start a new, empty peer ``i`` (not bootstrapped: it joins through a
+        membership change)."""
+        self.ids.append(i)
+        self.storage[i] = MemoryStorage()
+        self.applied[i] = []
+        self.read_states[i] = []
+        self.readies[i] = []
+        self.nodes[i] = self._new(i)
+        return self.nodes[i]
+
     def _new(self, i: str) -> Raft:
         return Raft(i, self.storage[i], self.config, random.Random(f"{self.seed}-{i}"))
 
