@@ -7,27 +7,29 @@ the cluster with :meth:`Peer.set_configuration`, then ``write`` and ``read``.
 from . import errors
 from .config import Config
 from .errors import (
-    AlreadyBootstrapped,
+    ConfigError,
     LeadershipLost,
+    MembershipChangePending,
     NotLeader,
     OutcomeUnknown,
     PeerStopped,
     ProposalDropped,
     RaftError,
 )
-from .runtime import Peer, start_peer
+from .runtime import Peer, join, start_peer
 from .state_machine import StateMachine
 from .types import Entry, EntryKind, HardState, Membership, NodeId, SnapshotMeta
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AlreadyBootstrapped",
     "Config",
+    "ConfigError",
     "Entry",
     "EntryKind",
     "HardState",
     "LeadershipLost",
+    "MembershipChangePending",
     "Membership",
     "NodeId",
     "NotLeader",
@@ -39,5 +41,6 @@ __all__ = [
     "SnapshotMeta",
     "StateMachine",
     "errors",
+    "join",
     "start_peer",
 ]

@@ -42,6 +42,10 @@ class Config:
     only a little behind catches up from the log instead of a snapshot."""
     snapshot_chunk_size: int = 256 * 1024
     """Bytes per chunk when a snapshot is streamed to a follower."""
+    catch_up_lag: int = 4096
+    """A new voter first joins as a learner; it is promoted once it is being
+    replicated to and at most this many entries behind the leader, so that
+    adding a member never stalls writes while it copies the log."""
     pre_vote: bool = True
     """Run a pre-vote round before incrementing the term, so a peer that was
     cut off cannot disrupt a healthy leader when it returns."""

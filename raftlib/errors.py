@@ -56,12 +56,6 @@ class PeerStopped(RaftError):
     """The peer has been stopped; it accepts no more requests."""
 
 
-class AlreadyBootstrapped(RaftError):
-    """``set_configuration`` was called on a peer whose log already holds a
-    different configuration. Membership changes of a running cluster need
-    ``add_member``/``remove_member``."""
-
-
 class ConfigError(RaftError, ValueError):
     """An option passed to raftlib is invalid; the message names it."""
 
@@ -94,3 +88,19 @@ class Timeout(RaftError):
 
 class WriteTimeout(Timeout, OutcomeUnknown):
     """A write did not finish in the time allowed. It may still be applied later."""
+
+
+class MembershipChangePending(RaftError):
+    """Another membership change has not committed yet (or a new leader has
+    not committed an entry of its term). Nothing was changed; retry shortly.
+    ``Peer.add_member`` and friends wait and retry by themselves."""
+
+
+class Unavailable(RaftError):
+    """No member of the cluster could be reached (or none leads) within the
+    time allowed. The request was not sent, so it was not applied."""
+
+
+class ConnectionLost(OutcomeUnknown):
+    """The connection to a peer dropped after a request was sent and before
+    its answer came. Outcome unknown."""

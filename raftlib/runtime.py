@@ -30,19 +30,22 @@ import itertools
 import logging
 import os
 import random
-from typing import Any, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from . import codec
 from .config import Config
 from . import snapshotting
 from .core.messages import InstallSnapshot, Message
+from .core.progress import ProgressState
 from .core.raft import LEADER, Raft
 from .core.ready import Ready
+from .core.membership import plan_steps, with_member, without_member
 from .errors import (
-    AlreadyBootstrapped,
     ConfigError,
+    ConnectionLost,
     CorruptStorage,
     LeadershipLost,
+    MembershipChangePending,
     NotLeader,
     PeerStopped,
     ProposalDropped,
@@ -50,8 +53,11 @@ from .errors import (
     RaftError,
     StorageError,
     Timeout,
+    Unavailable,
     WriteTimeout,
 )
+from .rpc import REQUEST, RpcConnection
+from .serving import RequestServer
 from .snapshot import FileSnapshotStore, MemorySnapshotStore, SnapshotFile, SnapshotStore
 from .state_machine import StateMachine
 from .transport.tcp import Connection, Transport, parse_address
@@ -128,6 +134,10 @@ class Peer:
         self._receiving = snapshotting.SnapshotReceiving(
             name, snapshots, lambda: self._core.term, self._on_message, log
         )
+        self._requests = RequestServer(self, log)
+        self._rpc: dict[str, RpcConnection] = {}
+        """Connections to other peers for forwarded requests, by address."""
+        self._last_contact: dict[NodeId, float] = {}
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -190,6 +200,10 @@ class Peer:
             except Exception:  # a crashed task was already logged by _fail
                 self._log.debug("task %s ended with an error", t.get_name(), exc_info=True)
         await self._cancel_transfers()
+        await self._requests.close()
+        rpc, self._rpc = self._rpc, {}
+        for conn in rpc.values():
+            await conn.close()
         await self._receiving.close()
         await self._transport.close()
         try:
@@ -217,21 +231,40 @@ class Peer:
 
     @property
     def is_leader(self) -> bool:
-        return self._core.role == LEADER
+        """Whether this peer is the leader (never after :meth:`stop`)."""
+        return not self._stopping and self._core.role == LEADER
 
     def status(self) -> dict[str, Any]:
-        """Role, term, leader, commit and applied index, and members of this peer."""
+        """This peer's view of the cluster, as a plain dict.
+
+        Keys: ``name``, ``address``, ``role`` (``leader``, ``follower``,
+        ``candidate`` or ``pre-candidate``), ``term``, ``leader``,
+        ``commit_index``, ``applied_index``, ``last_index``,
+        ``snapshot_index`` and ``members``: for each member its ``address``,
+        ``role`` (``voter`` or ``learner``), ``voter`` (bool), ``last_contact``
+        (seconds since this peer last heard from it; ``None`` if never, 0 for
+        itself) and, on the leader, ``match_index`` (the last entry it is known
+        to hold) and ``lag`` (entries it is behind).
+        """
         core = self._core
         membership = core.membership
         progress = core.progress if core.role == LEADER else {}
-        members = {
-            nid: {
+        now = asyncio.get_running_loop().time()
+        last_index = core.log.last_index()
+
+        def describe(nid: NodeId, addr: str) -> dict[str, Any]:
+            heard = self._last_contact.get(nid)
+            info: dict[str, Any] = {
                 "address": addr,
+                "role": "voter" if nid in membership.voters else "learner",
                 "voter": nid in membership.voters,
-                **({"match_index": progress[nid].match} if nid in progress else {}),
+                "last_contact": 0.0 if nid == self.name else (None if heard is None else round(now - heard, 3)),
             }
-            for nid, addr in membership.members.items()
-        }
+            if nid in progress:
+                info["match_index"] = progress[nid].match
+                info["lag"] = max(0, last_index - progress[nid].match)
+            return info
+
         return {
             "name": self.name,
             "address": self.address,
@@ -240,42 +273,260 @@ class Peer:
             "leader": core.leader,
             "commit_index": core.commit_index,
             "applied_index": self._applied,
-            "last_index": core.log.last_index(),
+            "last_index": last_index,
             "snapshot_index": self._snapshot_index,
-            "members": members,
+            "members": {nid: describe(nid, addr) for nid, addr in membership.members.items()},
         }
 
-    async def set_configuration(self, members: Mapping[NodeId, str]) -> None:
-        """Bootstrap a brand-new cluster with ``members`` (name → address).
+    @property
+    def membership(self) -> Membership:
+        """The configuration in force on this peer (voters and learners)."""
+        return self._core.membership
 
-        Call it on one founding peer (or on every one, with the same
-        members). It only writes the first log entry; the members then elect
-        a leader. On a peer whose log already holds this exact configuration
-        it does nothing; with different members it raises
-        :class:`AlreadyBootstrapped`. Raises :class:`ConfigError` for a
-        malformed mapping or one that does not include this peer.
+    async def set_configuration(self, members: Mapping[NodeId, str], timeout: float | None = None) -> None:
+        """Found a new cluster, or move a running one to exactly ``members``.
+
+        ``members`` maps each voter's name to its address. On a brand-new
+        peer (empty log) this writes the first log entry and the members
+        then elect a leader: call it on one founding peer, or on each with
+        the same members; ``members`` must include this peer.
+
+        On a running cluster (from any member: a follower forwards it to the
+        leader) the change is made in safe single steps: new members join as
+        learners, are promoted once caught up, and old voters are removed one
+        at a time, the leader last (it then steps down). Members already
+        matching are left alone, so calling it again is harmless.
+
+        Raises :class:`ConfigError` for a malformed mapping; :class:`Timeout`
+        if a new member does not catch up (it stays a learner) or the change
+        does not finish within ``timeout`` seconds; :class:`NotLeader` if no
+        leader emerges to take it.
         """
-        if not isinstance(members, Mapping) or not members:
-            raise ConfigError("set_configuration needs a non-empty mapping of member name to address")
-        for nid, addr in members.items():
-            if not isinstance(nid, str) or not nid or not isinstance(addr, str):
-                raise ConfigError(f"member names and addresses must be non-empty strings, got {nid!r}: {addr!r}")
-            parse_address(addr)
-        if self.name not in members:
-            raise ConfigError(f"the configuration must include this peer ({self.name!r})")
-        wanted = Membership(voters=dict(members))
+        target = _check_members(members)
+        if self._core.membership == Membership(voters=target):
+            return
+        if self._core.log.last_index() == 0 and self._core.term == 0 and not self._core.membership.members:
+            if self.name not in target:
+                raise ConfigError(f"the configuration must include this peer ({self.name!r})")
 
-        def bootstrap() -> None:
-            core = self._core
-            if core.log.last_index() == 0 and core.term == 0:
-                core.bootstrap(wanted)
-            elif core.membership != wanted:
-                raise AlreadyBootstrapped(
-                    f"peer {self.name} already belongs to a cluster with members "
-                    f"{dict(core.membership.voters)}; use membership changes to alter it"
+            def bootstrap() -> None:
+                if self._core.log.last_index() == 0 and self._core.term == 0:
+                    self._core.bootstrap(Membership(voters=target))
+
+            await self._call_in_driver(bootstrap)
+            if self._core.membership.members == target or self._core.log.last_index() == 1:
+                return
+        await self._reconfigure_to(target, timeout=timeout, hops=0)
+
+    async def add_member(self, name: NodeId, address: str, *, voter: bool = True, timeout: float | None = None) -> None:
+        """Add ``name`` (listening at ``address``) to the running cluster.
+
+        A voter first joins as a learner and is promoted once it has caught
+        up (see ``Config.catch_up_lag``), so adding a member never stalls
+        writes. ``voter=False`` adds a learner: it receives the log but does
+        not vote or count for quorum. Adding an existing member changes its
+        address or role to the ones given; the same again does nothing.
+        Works on any member (a follower forwards to the leader) and returns
+        once the change has committed.
+
+        Raises :class:`ConfigError` for a bad name or address; :class:`Timeout`
+        if the new member makes no progress catching up (is it running?) or
+        ``timeout`` passes, leaving it a learner; :class:`NotLeader` if no
+        leader emerges.
+        """
+        await self._add_member(name, address, voter=voter, timeout=timeout, hops=0)
+
+    async def remove_member(self, name: NodeId, *, timeout: float | None = None) -> None:
+        """Remove ``name`` from the running cluster (voter or learner).
+
+        Returns once the change has committed; removing a non-member does
+        nothing. A leader that removes itself keeps leading until the change
+        commits, then steps down and hands over to the most up-to-date voter.
+        The removed peer keeps running (stop it, or use :meth:`leave`).
+        Raises :class:`ConfigError` when removing the last voter.
+        """
+        await self._remove_member(name, timeout=timeout, hops=0)
+
+    async def leave(self, timeout: float | None = None) -> None:
+        """Remove this peer from the cluster, then stop it.
+
+        A leader first hands leadership over, so the cluster does not wait
+        out an election timeout. Raises :class:`ConfigError` on the last voter.
+        """
+        self._check_running()
+        membership = self._core.membership
+        if self.name in membership.members:
+            if set(membership.voters) == {self.name}:
+                raise ConfigError(f"{self.name} is the only voter; a cluster cannot lose its last voter")
+            if self.is_leader and self.name in membership.voters:
+                try:
+                    await self.transfer_leadership()
+                except RaftError as exc:
+                    self._log.info("%s: leaving without a leadership transfer: %s", self.name, exc)
+            await self.remove_member(self.name, timeout=timeout)
+        await self.stop(transfer_leadership=False)
+
+    # -- membership changes ------------------------------------------------------------
+
+    async def _add_member(self, name: NodeId, address: str, *, voter: bool, timeout: float | None, hops: int) -> None:
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"a member name must be a non-empty string, got {name!r}")
+        parse_address(address)
+
+        def next_step(cur: Membership) -> Membership | None:
+            if (cur.voters if voter else cur.learners).get(name) == address:
+                return None
+            if voter and name not in cur.voters and cur.learners.get(name) != address:
+                return with_member(cur, name, address, voter=False)  # catch up as a learner first
+            return with_member(cur, name, address, voter=voter)
+
+        await self._on_leader("add_member", {"name": name, "address": address, "voter": voter},
+                              lambda deadline: self._change_until(next_step, deadline), timeout, hops)
+
+    async def _remove_member(self, name: NodeId, *, timeout: float | None, hops: int) -> None:
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"a member name must be a non-empty string, got {name!r}")
+        if set(self._core.membership.voters) == {name}:
+            raise ConfigError(f"{name} is the only voter; a cluster cannot lose its last voter")
+
+        def next_step(cur: Membership) -> Membership | None:
+            return without_member(cur, name) if name in cur.members else None
+
+        await self._on_leader("remove_member", {"name": name},
+                              lambda deadline: self._change_until(next_step, deadline), timeout, hops)
+
+    async def _reconfigure_to(self, members: Mapping[NodeId, str], *, timeout: float | None, hops: int) -> None:
+        target = _check_members(members)
+
+        def next_step(cur: Membership) -> Membership | None:
+            steps = plan_steps(cur, target, last=self.name)
+            return steps[0] if steps else None
+
+        await self._on_leader("set_configuration", {"members": target},
+                              lambda deadline: self._change_until(next_step, deadline), timeout, hops)
+
+    async def _change_until(self, next_step: Callable[[Membership], Membership | None], deadline: float | None) -> None:
+        """On the leader: propose ``next_step(current)`` until it returns ``None``,
+        waiting for each step to commit and for learners to catch up before
+        they are promoted. Each step is computed from the membership in force
+        when it is proposed, so concurrent changes compose."""
+        loop = asyncio.get_running_loop()
+        core = self._core
+        pause = self.config.heartbeat_ticks * self.config.tick_interval
+
+        def propose() -> tuple[asyncio.Future[None], Membership] | NodeId | None:
+            current = core.membership
+            step = next_step(current)
+            if step is None:
+                return None
+            for name in sorted(step.voters):
+                if name in current.learners and not core.caught_up(name, self.config.catch_up_lag):
+                    return name
+            try:
+                term, index = core.propose_membership(step)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+            fut: asyncio.Future[None] = loop.create_future()
+            self._pending_writes[index] = (term, fut)
+            return fut, step
+
+        while True:
+            try:
+                out = await self._call_in_driver(propose)
+            except MembershipChangePending:
+                _check_deadline(loop, deadline, "the membership change")
+                await asyncio.sleep(pause)
+                continue
+            if out is None:
+                return
+            if isinstance(out, str):
+                await self._wait_caught_up(out, deadline)
+                continue
+            committed, step = out
+            try:
+                await asyncio.wait_for(asyncio.shield(committed), _remaining(loop, deadline))
+            except asyncio.TimeoutError:
+                raise Timeout("the membership change did not commit in time; it may still commit") from None
+            self._log.info("%s: membership now %s", self.name, _describe_membership(step))
+
+    async def _wait_caught_up(self, name: NodeId, deadline: float | None) -> None:
+        """Leader: wait until learner ``name`` is close enough to be promoted."""
+        loop = asyncio.get_running_loop()
+        cfg = self.config
+        stall_limit = max(2.0, 20 * cfg.election_ticks * cfg.tick_interval)
+        best, since = -1, loop.time()
+        while not self._core.caught_up(name, cfg.catch_up_lag):
+            self._check_running()
+            self._check_leader()
+            pr = self._core.progress.get(name)
+            match = pr.match if pr is not None else -1
+            if match > best or (pr is not None and pr.state is ProgressState.SNAPSHOT):
+                best, since = max(best, match), loop.time()
+            elif loop.time() - since > stall_limit:
+                address = self._core.membership.members.get(name)
+                raise Timeout(
+                    f"learner {name} at {address} made no progress catching up for {stall_limit:.0f} s; "
+                    f"is it running and reachable? It stays a learner (remove it with remove_member)"
                 )
+            _check_deadline(loop, deadline, f"catching up {name}")
+            await asyncio.sleep(cfg.tick_interval)
 
-        await self._call_in_driver(bootstrap)
+    async def _on_leader(self, op: str, args: dict[str, Any], local: Callable[[float | None], Awaitable[None]],
+                         timeout: float | None, hops: int) -> None:
+        """Run ``local`` on the leader: here if this peer leads, else forwarded.
+
+        Only for idempotent requests: when the leader changes midway the
+        request is simply run again at the new leader.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        cfg = self.config
+        election_wait = 4 * 2 * cfg.election_ticks * cfg.tick_interval
+        attempts = 0
+        while True:
+            self._check_running()
+            attempts += 1
+            leader = self._core.leader
+            try:
+                if leader == self.name:
+                    await local(deadline)
+                    return
+                if leader is None:
+                    await self._wait_for_leader_until(deadline, election_wait)
+                    continue
+                if hops >= _MAX_HOPS:
+                    raise self._not_leader(leader)
+                await self._forward(leader, op, {**args, "hops": hops + 1, "timeout": _remaining(loop, deadline)})
+                return
+            except (NotLeader, LeadershipLost, ProposalDropped, Unavailable, ConnectionLost) as exc:
+                if attempts >= _MAX_ATTEMPTS or (hops and isinstance(exc, NotLeader)):
+                    raise
+                self._log.debug("%s: %s: retrying after %r", self.name, op, exc)
+                _check_deadline(loop, deadline, op)
+                await asyncio.sleep(cfg.heartbeat_ticks * cfg.tick_interval)
+
+    async def _wait_for_leader_until(self, deadline: float | None, limit: float) -> None:
+        loop = asyncio.get_running_loop()
+        wait = limit if deadline is None else min(limit, max(0.0, deadline - loop.time()))
+        try:
+            await asyncio.wait_for(self._wait_until(lambda: self._core.leader is not None), wait)
+        except asyncio.TimeoutError:
+            _check_deadline(loop, deadline, "waiting for a leader")
+            raise NotLeader(None) from None
+
+    async def _forward(self, leader: NodeId, op: str, args: dict[str, Any]) -> Any:
+        """Send a request to ``leader`` over a pooled connection and return its answer."""
+        address = self._core.membership.members.get(leader) or self._transport.addresses.get(leader)
+        if address is None:
+            raise NotLeader(leader)
+        conn = self._rpc.get(address)
+        if conn is None or conn.closed:
+            conn = await RpcConnection.open(address, name=self.name, max_frame_size=self.config.max_frame_size)
+            if self._stopping:
+                await conn.close()
+                self._check_running()
+            self._rpc[address] = conn
+        return await conn.call(op, args)
 
     async def wait_for_leader(self, timeout: float | None = None) -> NodeId:
         """Wait until a leader is known and return its name.
@@ -353,6 +604,9 @@ class Peer:
             return await asyncio.wait_for(asyncio.shield(fut), timeout)
         except asyncio.TimeoutError:
             raise WriteTimeout(f"the write did not finish within {timeout} s; it may still be applied") from None
+        finally:
+            if not fut.done():
+                fut.add_done_callback(_retrieve)  # nobody awaits it any more
 
     async def read(self, query: Any, timeout: float | None = None) -> Any:
         """Answer ``query`` with ``handle_read``, linearizably.
@@ -404,11 +658,14 @@ class Peer:
     async def _on_frame(self, type_name: str, body: Any, conn: Connection) -> None:
         if type_name in snapshotting.FRAME_TYPES:
             await self._receiving.on_frame(type_name, body, conn)
+        elif type_name == REQUEST:
+            await self._requests.on_request(body, conn)
         else:
             raise ProtocolError(f"unexpected frame type {type_name[:64]!r}")
 
     def _on_message(self, msg: Message) -> None:
         if not self._stopping:
+            self._last_contact[msg.src] = asyncio.get_running_loop().time()
             self._inbox.append(msg)
             self._wake.set()
 
@@ -508,6 +765,8 @@ class Peer:
             self._pending_writes[index] = (term, fut)
 
     async def _handle_ready(self, rd: Ready) -> None:
+        if self._core.membership is not self._membership:
+            self._sync_addresses()  # a new member must be reachable by this Ready's messages
         send = self._transport.send
         for m in rd.messages:
             if isinstance(m, InstallSnapshot):
@@ -698,6 +957,9 @@ class Peer:
                 if entry.kind is EntryKind.NORMAL:
                     await self._apply_one(sm, entry, pending)
                     self._bytes_since_snapshot += len(entry.data)
+                elif entry.kind is EntryKind.CONFIG and pending is not None and pending[0] == entry.term:
+                    if not pending[1].done():
+                        pending[1].set_result(None)
                 elif pending is not None and not pending[1].done():
                     pending[1].set_exception(ProposalDropped("another leader's entry took this write's place"))
                 self._applied, self._applied_term = entry.index, entry.term
@@ -835,6 +1097,41 @@ class Peer:
         self._state_waiters = []
 
 
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    """Mark an abandoned future's exception as seen, so asyncio does not log it."""
+    if not fut.cancelled():
+        fut.exception()
+
+
+_MAX_HOPS = 2
+"""A request is forwarded at most this many times (follower to leader, once more if the leader moved)."""
+_MAX_ATTEMPTS = 30
+
+
+def _check_members(members: Mapping[NodeId, str]) -> dict[NodeId, str]:
+    if not isinstance(members, Mapping) or not members:
+        raise ConfigError("a configuration needs a non-empty mapping of member name to address")
+    for nid, addr in members.items():
+        if not isinstance(nid, str) or not nid or not isinstance(addr, str):
+            raise ConfigError(f"member names and addresses must be non-empty strings, got {nid!r}: {addr!r}")
+        parse_address(addr)
+    return dict(members)
+
+
+def _remaining(loop: asyncio.AbstractEventLoop, deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - loop.time())
+
+
+def _check_deadline(loop: asyncio.AbstractEventLoop, deadline: float | None, what: str) -> None:
+    if deadline is not None and loop.time() >= deadline:
+        raise Timeout(f"{what} did not finish in the time allowed")
+
+
+def _describe_membership(m: Membership) -> str:
+    text = "voters " + ",".join(sorted(m.voters))
+    return text + (" learners " + ",".join(sorted(m.learners)) if m.learners else "")
+
+
 def _make_state_machine(state_machine: StateMachine | type[StateMachine] | StateMachineFactory) -> StateMachine:
     if isinstance(state_machine, StateMachine):
         return state_machine
@@ -897,3 +1194,77 @@ async def start_peer(
         storage.close()
         raise
     return peer
+
+
+async def join(
+    state_machine: StateMachine | type[StateMachine] | StateMachineFactory,
+    *,
+    name: NodeId,
+    address: str,
+    seeds: Sequence[str],
+    data_dir: str | os.PathLike[str] | None = None,
+    storage: LogStorage | None = None,
+    config: Config | None = None,
+    logger: logging.Logger | None = None,
+    voter: bool = True,
+    timeout: float | None = 120.0,
+) -> Peer:
+    """Start a peer and add it to a running cluster; return it.
+
+    ``seeds`` are addresses of any current members: the first one reachable
+    forwards the request to the leader, which adds this peer as a learner,
+    lets it catch up (from the log or a snapshot) and then, if ``voter``,
+    promotes it. Returns once the change has committed. A peer restarted on
+    a ``data_dir`` where it is already a member just starts.
+
+    The other arguments are those of :func:`start_peer`. Raises
+    :class:`ConfigError` for bad arguments, :class:`Unavailable` if no seed
+    can be reached, and :class:`Timeout` if it is not a member within
+    ``timeout`` seconds; the peer is stopped in each case.
+    """
+    if isinstance(seeds, str) or not seeds or not all(isinstance(a, str) for a in seeds):
+        raise ConfigError("join needs seeds: a list of addresses of current members")
+    for seed in seeds:
+        parse_address(seed)
+    peer = await start_peer(state_machine, name=name, address=address, data_dir=data_dir, storage=storage,
+                            config=config, logger=logger)
+    try:
+        if name not in peer.membership.members:
+            await _ask_to_join(peer, list(seeds), voter, timeout)
+    except BaseException:
+        await peer.stop(transfer_leadership=False)
+        raise
+    return peer
+
+
+async def _ask_to_join(peer: Peer, seeds: list[str], voter: bool, timeout: float | None) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    args = {"name": peer.name, "address": peer.address, "voter": voter}
+    last_error: BaseException | None = None
+    addresses = list(seeds)
+    backoff = 0.05
+    while True:
+        for address in list(addresses):
+            try:
+                conn = await RpcConnection.open(address, name=peer.name, max_frame_size=peer.config.max_frame_size)
+            except Unavailable as exc:
+                last_error = exc
+                continue
+            try:
+                await conn.call("add_member", {**args, "timeout": _remaining(loop, deadline)},
+                                timeout=_remaining(loop, deadline))
+                peer._log.info("%s: joined the cluster through %s", peer.name, address)
+                return
+            except (NotLeader, Unavailable, ConnectionLost, LeadershipLost) as exc:
+                last_error = exc
+                if isinstance(exc, NotLeader) and exc.leader_address and exc.leader_address not in addresses:
+                    addresses.insert(0, exc.leader_address)
+            finally:
+                await conn.close()
+        if deadline is not None and loop.time() + backoff >= deadline:
+            if isinstance(last_error, Unavailable):
+                raise Unavailable(f"{peer.name} could not reach any of {seeds} to join: {last_error}")
+            raise Timeout(f"{peer.name} did not become a member within {timeout} s (last error: {last_error})")
+        await asyncio.sleep(backoff)
+        backoff = min(1.0, backoff * 2)

@@ -73,15 +73,49 @@ class Cluster:
         self.config = config
         self.peers: dict[str, raftlib.Peer] = {}
         self.addresses: dict[str, str] = {}
+        self.cut: set[str] = set()
+        """Peers cut off from all others (see :meth:`isolate`)."""
 
-    async def start_peer(self, name: str, sm: Any = KVStore) -> raftlib.Peer:
+    def _peer_kwargs(self, name: str) -> dict[str, Any]:
         from storage_adapters import MemoryStorage
 
-        address = self.addresses.get(name, "127.0.0.1:0")
-        kwargs: dict[str, Any] = {"data_dir": str(self.tmp_path / name)}
         if self.storage == "memory":
-            kwargs = {"storage": MemoryStorage()}
-        peer = await raftlib.start_peer(sm, name=name, address=address, config=self.config, **kwargs)
+            return {"storage": MemoryStorage()}
+        return {"data_dir": str(self.tmp_path / name)}
+
+    def _filter_inbound(self, peer: raftlib.Peer) -> None:
+        """Drop Raft messages between a cut peer and the others (a partition on real TCP)."""
+        deliver = peer._transport._on_message
+
+        def on_message(msg: Any) -> None:
+            if (msg.src in self.cut) != (peer.name in self.cut):
+                return
+            deliver(msg)
+
+        peer._transport._on_message = on_message
+
+    def isolate(self, name: str) -> None:
+        self.cut.add(name)
+
+    def heal(self) -> None:
+        self.cut.clear()
+
+    async def join(self, name: str, seeds: list[str] | None = None, voter: bool = True, sm: Any = KVStore) -> raftlib.Peer:
+        """Start ``name`` and add it to the running cluster with ``raftlib.join``."""
+        peer = await raftlib.join(
+            sm, name=name, address=self.addresses.get(name, "127.0.0.1:0"),
+            seeds=seeds or [p.address for p in self.live()], config=self.config, voter=voter,
+            **self._peer_kwargs(name),
+        )
+        self._filter_inbound(peer)
+        self.peers[name] = peer
+        self.addresses[name] = peer.address
+        return peer
+
+    async def start_peer(self, name: str, sm: Any = KVStore) -> raftlib.Peer:
+        address = self.addresses.get(name, "127.0.0.1:0")
+        peer = await raftlib.start_peer(sm, name=name, address=address, config=self.config, **self._peer_kwargs(name))
+        self._filter_inbound(peer)
         self.peers[name] = peer
         self.addresses[name] = peer.address
         return peer
@@ -104,8 +138,9 @@ class Cluster:
             leaders = [p for p in live if p.is_leader]
             if len(leaders) != 1:
                 return None
-            known = sum(1 for p in live if p.leader == leaders[0].name)
-            return leaders[0] if known > len(self.peers) // 2 else None
+            voters = leaders[0].membership.voters
+            known = sum(1 for p in live if p.name in voters and p.leader == leaders[0].name)
+            return leaders[0] if known > len(voters) // 2 else None
 
         peer: raftlib.Peer = await eventually(find, timeout)
         return peer

@@ -1,0 +1,167 @@
+"""Request/response calls to a peer, over the same framing as Raft traffic.
+
+A caller opens a connection to any peer's address, introduces itself with a
+``Hello`` frame (an empty address: it is not a peer) and then sends
+``Request [id, op, args]`` frames; the peer answers each with
+``Response [id, ok, payload]``, in any order. ``payload`` is the result, or
+for a failure ``{"error": <class name>, "message": str, ...}``, which
+:func:`error_from_wire` turns back into the :mod:`raftlib.errors` exception
+the peer raised. Peers use this to forward requests to their leader (and a
+joining peer to ask to be added); clients outside the cluster use it too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+from typing import Any, Mapping
+
+from . import errors
+from .errors import ConnectionLost, ProtocolError, RaftError, Unavailable
+from .transport.framing import FrameDecoder, encode_frame
+from .transport.tcp import HELLO, open_connection
+
+__all__ = ["REQUEST", "RESPONSE", "RpcConnection", "error_to_wire", "error_from_wire", "check_request"]
+
+REQUEST = "Request"
+RESPONSE = "Response"
+
+_log = logging.getLogger("raftlib.rpc")
+
+_ERRORS: dict[str, type[RaftError]] = {
+    name: cls
+    for name, cls in vars(errors).items()
+    if isinstance(cls, type) and issubclass(cls, RaftError)
+}
+
+
+def error_to_wire(exc: BaseException) -> dict[str, Any]:
+    """The payload of a failed Response for ``exc``."""
+    if isinstance(exc, RaftError):
+        payload: dict[str, Any] = {"error": type(exc).__name__, "message": str(exc)}
+        if isinstance(exc, errors.NotLeader):
+            payload["leader"] = exc.leader
+            payload["leader_address"] = exc.leader_address
+        return payload
+    return {"error": "RaftError", "message": f"{type(exc).__name__}: {exc}"}
+
+
+def error_from_wire(payload: Any) -> RaftError:
+    """Rebuild the exception a peer reported; unknown names become :class:`RaftError`."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("message"), str):
+        return ProtocolError(f"malformed error payload {str(payload)[:80]!r}")
+    name = payload.get("error")
+    cls = _ERRORS.get(name) if isinstance(name, str) else None
+    if cls is errors.NotLeader:
+        leader, address = payload.get("leader"), payload.get("leader_address")
+        return errors.NotLeader(
+            leader if isinstance(leader, str) else None, address if isinstance(address, str) else None
+        )
+    return (cls or RaftError)(payload["message"])
+
+
+def check_request(body: Any) -> tuple[int, str, dict[str, Any]]:
+    """Validate a Request body; raises :class:`ProtocolError`."""
+    if type(body) is not list or len(body) != 3:
+        raise ProtocolError("Request body must be [id, op, args]")
+    rid, op, args = body
+    if type(rid) is not int or rid < 0 or type(op) is not str or type(args) is not dict:
+        raise ProtocolError("Request body must be [id: int, op: str, args: map]")
+    return rid, op, args
+
+
+class RpcConnection:
+    """One connection to a peer for :data:`REQUEST` calls. Open it with :meth:`open`."""
+
+    def __init__(self, address: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 max_frame_size: int) -> None:
+        self.address = address
+        self._reader = reader
+        self._writer = writer
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._decoder = FrameDecoder(max_frame_size)
+        self._closed = False
+        self._reading = asyncio.get_running_loop().create_task(self._read_loop(), name=f"raftlib-rpc-{address}")
+
+    @classmethod
+    async def open(cls, address: str, *, name: str | None = None, timeout: float = 5.0,
+                   max_frame_size: int = 64 * 1024 * 1024) -> RpcConnection:
+        """Connect to the peer at ``address``. Raises :class:`Unavailable` if it cannot."""
+        try:
+            reader, writer = await asyncio.wait_for(open_connection(address), timeout)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise Unavailable(f"cannot connect to {address}: {exc!r}") from None
+        writer.write(encode_frame(HELLO, [name or f"client-{os.getpid()}-{id(writer):x}", ""]))
+        return cls(address, reader, writer, max_frame_size)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def call(self, op: str, args: Mapping[str, Any], timeout: float | None = None) -> Any:
+        """Send one request and return its result, or raise the peer's error.
+
+        Raises :class:`ConnectionLost` (outcome unknown) if the connection
+        drops before the answer, and :class:`raftlib.errors.Timeout` after
+        ``timeout`` seconds (also outcome unknown for a write).
+        """
+        if self._closed:
+            raise ConnectionLost(f"the connection to {self.address} is closed")
+        rid = next(self._ids)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        try:
+            self._writer.write(encode_frame(REQUEST, [rid, op, dict(args)]))
+            try:
+                return await asyncio.wait_for(fut, timeout)
+            except asyncio.TimeoutError:
+                raise errors.Timeout(f"{op} at {self.address} got no answer within {timeout} s") from None
+        finally:
+            self._pending.pop(rid, None)
+
+    async def _read_loop(self) -> None:
+        reason: BaseException = ConnectionLost(f"{self.address} closed the connection")
+        try:
+            while True:
+                data = await self._reader.read(64 * 1024)
+                if not data:
+                    break
+                for type_name, body in self._decoder.feed(data):
+                    self._on_frame(type_name, body)
+        except ProtocolError as exc:
+            reason = ConnectionLost(f"{self.address} sent a malformed frame: {exc}")
+            _log.warning("closing the connection to %s: %s", self.address, exc)
+        except OSError as exc:
+            reason = ConnectionLost(f"the connection to {self.address} failed: {exc!r}")
+        finally:
+            self._closed = True
+            for fut in self._pending.values():
+                if not fut.done():
+                    fut.set_exception(reason)
+            self._writer.close()
+
+    def _on_frame(self, type_name: str, body: Any) -> None:
+        if type_name != RESPONSE or type(body) is not list or len(body) != 3:
+            raise ProtocolError(f"expected a Response [id, ok, payload] frame, got {type_name[:64]!r}")
+        rid, ok, payload = body
+        fut = self._pending.get(rid) if type(rid) is int else None
+        if fut is None or fut.done():
+            return  # a late answer to a call that timed out
+        if ok is True:
+            fut.set_result(payload)
+        else:
+            fut.set_exception(error_from_wire(payload))
+
+    async def close(self) -> None:
+        """Close the connection; calls still waiting raise :class:`ConnectionLost`."""
+        self._closed = True
+        self._reading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reading
+        self._writer.close()
+        with contextlib.suppress(OSError, RuntimeError):
+            await self._writer.wait_closed()

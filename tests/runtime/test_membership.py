@@ -1,0 +1,286 @@
+"""Membership changes of a running cluster over real TCP: join, leave,
+learners, forwarding, removing the leader, and partitioned members."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+import raftlib
+from raftlib import errors
+
+from clusterkit import Cluster, eventually
+
+
+class Writer:
+    """A client that writes continuously to whoever leads, retrying on leader changes."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.acked: list[int] = []
+        self.acked_at: list[float] = []
+        self.unknown: list[int] = []
+        self._stop = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        n = 0
+        while not self._stop:
+            leaders = [p for p in self.cluster.live() if p.is_leader]
+            if not leaders:
+                await asyncio.sleep(0.005)
+                continue
+            try:
+                await leaders[0].write(["set", f"k{n}", n], timeout=2)
+            except (errors.NotLeader, errors.ProposalDropped, errors.PeerStopped):
+                await asyncio.sleep(0.005)
+                continue
+            except errors.OutcomeUnknown:
+                self.unknown.append(n)
+            else:
+                self.acked.append(n)
+                self.acked_at.append(loop.time())
+            n += 1
+
+    async def stop(self) -> None:
+        self._stop = True
+        assert self._task is not None
+        await self._task
+
+
+def voters_everywhere(cluster: Cluster, names: set[str]) -> bool:
+    return all(set(p.membership.voters) == names for p in cluster.live() if p.name in names)
+
+
+async def check_all_acked(cluster: Cluster, writer: Writer, names: set[str]) -> None:
+    """Every acknowledged write is applied on each of ``names``."""
+    def done() -> bool:
+        return all(
+            all(f"k{n}" in cluster.peers[name].state_machine.data for n in writer.acked) for name in names
+        )
+
+    await eventually(done, timeout=20)
+
+
+async def test_grow_from_one_to_five_while_writing(cluster: Cluster) -> None:
+    await cluster.start(1)
+    writer = Writer(cluster)
+    writer.start()
+    await eventually(lambda: len(writer.acked) > 20)
+    for name in ("s2", "s3", "s4", "s5"):
+        before = len(writer.acked)
+        peer = await cluster.join(name)
+        assert name in peer.membership.voters
+        await eventually(lambda: len(writer.acked) > before + 20)  # writes go on
+    await writer.stop()
+    names = {"s1", "s2", "s3", "s4", "s5"}
+    await eventually(lambda: voters_everywhere(cluster, names))
+    await check_all_acked(cluster, writer, names)
+    logs = [cluster.peers[n].state_machine.applied for n in sorted(names)]
+    shortest = min(len(log) for log in logs)
+    assert all(log[:shortest] == logs[0][:shortest] for log in logs)
+    assert writer.unknown == []
+
+
+async def test_concurrent_joins_all_succeed(cluster: Cluster) -> None:
+    await cluster.start(1)
+    await asyncio.gather(*(cluster.join(n) for n in ("s2", "s3", "s4")))
+    await eventually(lambda: voters_everywhere(cluster, {"s1", "s2", "s3", "s4"}))
+
+
+async def test_shrink_five_to_three_removing_the_leader(cluster: Cluster) -> None:
+    await cluster.start(5)
+    leader = await cluster.leader()
+    writer = Writer(cluster)
+    writer.start()
+    await eventually(lambda: len(writer.acked) > 20)
+    keep = sorted(n for n in cluster.peers if n != leader.name)[:3]
+    removed = [n for n in cluster.peers if n not in keep]
+    await leader.set_configuration({n: cluster.addresses[n] for n in keep})
+    await eventually(lambda: not leader.is_leader)
+    new = await cluster.leader()
+    assert new.name in keep
+    before = len(writer.acked)
+    await eventually(lambda: len(writer.acked) > before + 20)
+    await writer.stop()
+    await eventually(lambda: voters_everywhere(cluster, set(keep)))
+    await check_all_acked(cluster, writer, set(keep))
+    for name in removed:
+        assert name not in new.membership.members
+        assert not cluster.peers[name].is_leader
+
+
+async def test_replace_every_original_member_one_by_one(cluster: Cluster) -> None:
+    await cluster.start(3)
+    writer = Writer(cluster)
+    writer.start()
+    for old, new in (("s1", "s4"), ("s2", "s5"), ("s3", "s6")):
+        await cluster.join(new)
+        before = len(writer.acked)
+        await cluster.peers[old].leave()  # the leader among them hands over first
+        assert cluster.peers[old]._stopping
+        await eventually(lambda: len(writer.acked) > before + 10)
+    await writer.stop()
+    final = {"s4", "s5", "s6"}
+    await eventually(lambda: voters_everywhere(cluster, final))
+    await check_all_acked(cluster, writer, final)
+    assert (await cluster.leader()).name in final
+
+
+async def test_a_partitioned_member_rejoining_does_not_change_the_term(cluster: Cluster) -> None:
+    await cluster.start(3)
+    leader = await cluster.leader()
+    follower = next(p for p in cluster.peers.values() if p is not leader)
+    term = leader.status()["term"]
+    cluster.isolate(follower.name)
+    await asyncio.sleep(10 * cluster.config.election_ticks * cluster.config.tick_interval)  # many timeouts
+    await leader.write(["set", "during", 1])
+    cluster.heal()
+    await eventually(lambda: follower.state_machine.data.get("during") == 1)
+    await asyncio.sleep(5 * cluster.config.election_ticks * cluster.config.tick_interval)
+    assert leader.is_leader
+    assert {p.status()["term"] for p in cluster.peers.values()} == {term}
+
+
+async def test_a_leader_cut_off_from_the_majority_steps_down(cluster: Cluster) -> None:
+    """CheckQuorum: within an election timeout of losing its majority."""
+    await cluster.start(3)
+    leader = await cluster.leader()
+    cluster.isolate(leader.name)
+    await eventually(lambda: not leader.is_leader, timeout=5)
+    new = await cluster.leader()
+    assert new is not leader
+    cluster.heal()
+    await eventually(lambda: leader.leader == new.name)
+
+
+async def test_learners_receive_the_log_but_do_not_vote(cluster: Cluster) -> None:
+    peers = await cluster.start(3)
+    leader = await cluster.leader()
+    learner = await cluster.join("l1", voter=False)
+    await leader.write(["set", "a", 1])
+    await eventually(lambda: learner.state_machine.data.get("a") == 1)
+    status = leader.status()["members"]
+    assert status["l1"]["role"] == "learner" and status["l1"]["voter"] is False
+    assert status["l1"]["last_contact"] is not None and status["l1"]["lag"] >= 0
+    assert {m["role"] for n, m in status.items() if n != "l1"} == {"voter"}
+    assert learner.membership.voters.keys() == peers["s1"].membership.voters.keys() == {"s1", "s2", "s3"}
+    # Quorum is still 2 of 3: with a voter down, writes commit even without the learner's help.
+    other = next(p for p in peers.values() if p is not leader)
+    await other.stop(transfer_leadership=False)
+    cluster.isolate("l1")
+    assert await leader.write(["set", "b", 2]) == ["ok", "b", 2]
+    cluster.heal()
+    # A learner is promoted by adding it as a voter.
+    await leader.add_member("l1", learner.address)
+    assert "l1" in leader.membership.voters
+
+
+async def test_changes_sent_to_a_follower_are_forwarded(cluster: Cluster) -> None:
+    peers = await cluster.start(3)
+    leader = await cluster.leader()
+    follower = next(p for p in peers.values() if p is not leader)
+    extra = await cluster.start_peer("s4")  # running but not a member yet
+    await follower.add_member("s4", extra.address)
+    await eventually(lambda: "s4" in leader.membership.voters and "s4" in extra.membership.voters)
+    await follower.remove_member("s4")
+    await eventually(lambda: "s4" not in leader.membership.members)
+    # Both are idempotent.
+    await follower.remove_member("s4")
+    await follower.set_configuration({n: cluster.addresses[n] for n in ("s1", "s2", "s3")})
+
+
+async def test_leave_from_a_follower_and_from_the_leader(cluster: Cluster) -> None:
+    await cluster.start(4)
+    leader = await cluster.leader()
+    follower = next(p for p in cluster.live() if p is not leader)
+    await follower.leave()
+    await eventually(lambda: follower.name not in leader.membership.members)
+    term = leader.status()["term"]
+    await leader.leave()
+    new = await cluster.leader()
+    assert leader.name not in new.membership.members and len(new.membership.voters) == 2
+    # Handing over first means a transfer (one term), not a timeout-driven election.
+    assert new.status()["term"] == term + 1
+    assert await new.write(["set", "x", 1]) == ["ok", "x", 1]
+
+
+async def test_a_removed_member_that_keeps_running_does_not_disrupt(cluster: Cluster) -> None:
+    peers = await cluster.start(3)
+    leader = await cluster.leader()
+    victim = next(p for p in peers.values() if p is not leader)
+    await leader.remove_member(victim.name)
+    term = leader.status()["term"]
+    await asyncio.sleep(10 * cluster.config.election_ticks * cluster.config.tick_interval)
+    assert leader.is_leader and leader.status()["term"] == term
+    assert victim.name not in victim.membership.voters  # it learned that it was removed
+    assert victim.status()["role"] == "follower"
+
+
+async def test_membership_errors(cluster: Cluster) -> None:
+    peers = await cluster.start(1)
+    s1 = peers["s1"]
+    with pytest.raises(errors.ConfigError, match="only voter"):
+        await s1.remove_member("s1")
+    with pytest.raises(errors.ConfigError, match="only voter"):
+        await s1.leave()
+    with pytest.raises(errors.ConfigError):
+        await s1.add_member("s2", "no-port")
+    with pytest.raises(errors.ConfigError):
+        await s1.add_member("", "127.0.0.1:1")
+    # Nobody listens there: the learner makes no progress and stays a learner.
+    with pytest.raises(errors.Timeout, match="no progress catching up"):
+        await s1.add_member("ghost", "127.0.0.1:9")
+    assert "ghost" in s1.membership.learners
+    await s1.remove_member("ghost")
+    assert "ghost" not in s1.membership.members
+    with pytest.raises(errors.Unavailable):
+        await raftlib.join(raftlib.StateMachine, name="x", address="127.0.0.1:0", seeds=["127.0.0.1:9"],
+                           storage=_memory(), timeout=0.5)
+    with pytest.raises(errors.ConfigError, match="seeds"):
+        await raftlib.join(raftlib.StateMachine, name="x", address="127.0.0.1:0", seeds=[], storage=_memory())
+
+
+def _memory() -> Any:
+    from storage_adapters import MemoryStorage
+
+    return MemoryStorage()
+
+
+async def test_a_joined_member_restarts_from_its_data_dir(lmdb_cluster: Cluster) -> None:
+    cluster = lmdb_cluster
+    await cluster.start(3)
+    peer = await cluster.join("s4")
+    leader = await cluster.leader()
+    await leader.write(["set", "a", 1])
+    await eventually(lambda: peer.state_machine.data.get("a") == 1)
+    await peer.stop()
+    again = await cluster.join("s4", seeds=["127.0.0.1:9"])  # needs no seed: it is a member already
+    assert "s4" in again.membership.voters
+    await eventually(lambda: again.state_machine.data.get("a") == 1)
+
+
+async def test_status_over_the_wire(cluster: Cluster) -> None:
+    from raftlib.rpc import RpcConnection
+
+    peers = await cluster.start(3)
+    leader = await cluster.leader()
+    conn = await RpcConnection.open(peers["s2"].address)
+    try:
+        status = await conn.call("status", {})
+        assert status["name"] == "s2" and set(status["members"]) == {"s1", "s2", "s3"}
+        with pytest.raises(errors.ConfigError, match="unknown request"):
+            await conn.call("no-such-op", {})
+        with pytest.raises(errors.ConfigError, match="lacks 'name'"):
+            await conn.call("remove_member", {})
+        with pytest.raises(errors.NotLeader) as info:
+            await conn.call("transfer_leadership", {})
+        assert info.value.leader == leader.name and info.value.leader_address == leader.address
+    finally:
+        await conn.close()
