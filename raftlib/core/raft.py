@@ -118,6 +118,10 @@ class Raft:
         self._read_states: list[ReadState] = []
         self._read_rounds: list[_ReadRound] = []
         self._read_seq = 0
+        self._now = 0
+        """Ticks since this core was created (the leader lease's clock)."""
+        self._seq_ticks: dict[int, int] = {}
+        """Leader: for recent read contexts, the tick at which each came into use."""
         self._open_round: _ReadRound | None = None
         self._pending_reads: list[int] = []  # waiting for this term's first commit
         self._bcast_needed = False
@@ -161,6 +165,7 @@ class Raft:
 
     def tick(self) -> None:
         """Advance logical time by one tick."""
+        self._now += 1
         self._tick_role()
 
     def step(self, msg: Message) -> None:
@@ -204,8 +209,17 @@ class Raft:
         """
         return self.propose_batch([data])[0]
 
-    def propose_batch(self, commands: Sequence[bytes], kind: EntryKind = EntryKind.NORMAL) -> list[tuple[int, int]]:
-        """Append several commands at once; returns (term, index) of each."""
+    def propose_batch(
+        self, commands: Sequence[bytes], kind: EntryKind = EntryKind.NORMAL, kinds: Sequence[EntryKind] | None = None
+    ) -> list[tuple[int, int]]:
+        """Append several commands at once; returns (term, index) of each.
+
+        Every entry is of ``kind``, or ``kinds[i]`` for the i-th if given
+        (``NORMAL`` or ``CLIENT``: configurations go through
+        :meth:`propose_membership`).
+        """
+        if kinds is not None and (len(kinds) != len(commands) or EntryKind.CONFIG in kinds):
+            raise ValueError("kinds must give one non-CONFIG kind per command")
         if self.role != LEADER:
             raise NotLeader(self.leader)
         if self.transfer_target is not None:
@@ -213,7 +227,10 @@ class Raft:
         if not commands:
             return []
         first = self.log.last_index() + 1
-        entries = [Entry(self.term, first + i, kind, data) for i, data in enumerate(commands)]
+        if kinds is None:
+            entries = [Entry(self.term, first + i, kind, data) for i, data in enumerate(commands)]
+        else:
+            entries = [Entry(self.term, first + i, k, data) for i, (k, data) in enumerate(zip(kinds, commands))]
         self._append_local(entries)
         return [(self.term, e.index) for e in entries]
 
@@ -272,6 +289,38 @@ class Raft:
             self._pending_reads.append(request_id)
             return
         self._add_read(request_id)
+
+    def lease_read_index(self) -> int | None:
+        """The commit index, if this leader's lease makes it safe to read there
+        without a round of heartbeats; ``None`` if it must use :meth:`read_index`.
+
+        With CheckQuorum on, a follower ignores vote requests for an election
+        timeout after it last heard from its leader. So once a majority has
+        acknowledged a message sent at tick ``t``, no other leader can exist
+        before ``t + election_ticks`` on their clocks. The lease ends a tenth
+        of that earlier (and a tick before), which assumes the peers' clocks
+        run at rates within 10 % of each other. Raises :class:`NotLeader`, and
+        ``ValueError`` if ``check_quorum`` is off.
+        """
+        if self.role != LEADER:
+            raise NotLeader(self.leader)
+        if not self.config.check_quorum:
+            raise ValueError("lease reads need Config.check_quorum")
+        if self.transfer_target is not None or not self._committed_in_current_term():
+            return None
+        heard = {self.id: self._now}
+        for nid, pr in self._followers():
+            sent_at = self._seq_ticks.get(pr.read_ack)
+            if sent_at is not None:
+                heard[nid] = sent_at
+        voters = self.membership.voters
+        times = sorted((heard[v] for v in voters if v in heard), reverse=True)
+        need = len(voters) // 2 + 1
+        if len(times) < need:
+            return None
+        since = times[need - 1]  # a majority heard from this leader at or after this tick
+        lease = self.config.election_ticks - self.config.election_ticks // 10 - 1
+        return self.log.committed if self._now < since + lease else None
 
     def transfer_leadership(self, target: NodeId | None = None) -> NodeId:
         """Hand leadership to ``target`` (default: the most up-to-date voter).
@@ -763,7 +812,19 @@ class Raft:
     def _followers(self) -> list[tuple[NodeId, Progress]]:
         return [(nid, pr) for nid, pr in self.progress.items() if nid != self.id]
 
+    def _next_read_ctx(self) -> int:
+        """Start a new read context: every message sent from now on carries it,
+        so an acknowledgement of it proves the follower heard from this
+        leader at or after the current tick."""
+        self._read_seq += 1
+        self._seq_ticks[self._read_seq] = self._now
+        horizon = self._now - self.config.election_ticks
+        if len(self._seq_ticks) > 64:
+            self._seq_ticks = {seq: t for seq, t in self._seq_ticks.items() if t >= horizon or seq == self._read_seq}
+        return self._read_seq
+
     def _bcast_heartbeat(self) -> None:
+        self._next_read_ctx()
         for nid, pr in self._followers():
             if pr.state is ProgressState.PROBE:
                 if pr.next < self.log.first_index():
@@ -938,8 +999,7 @@ class Raft:
     def _add_read(self, request_id: int) -> None:
         rnd = self._open_round
         if rnd is None:
-            self._read_seq += 1
-            rnd = _ReadRound(self._read_seq, self.log.committed)
+            rnd = _ReadRound(self._next_read_ctx(), self.log.committed)
             self._read_rounds.append(rnd)
             self._open_round = rnd
             if set(self.membership.voters) != {self.id}:

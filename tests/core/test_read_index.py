@@ -130,7 +130,7 @@ def test_read_waits_for_first_commit_in_leader_term() -> None:
     net.tick("a", 3)
     net.drop()
     assert a.commit_index == 0 and net.read_states["a"] == []
-    assert all(m.read_ctx == 0 for m in of_type(AppendEntries, net.sent) if m.src == "a")
+    assert a._read_rounds == [] and a._pending_reads == [7]
     for m in noop_appends:
         net.nodes[m.dst].step(m)
     net.process()
@@ -191,3 +191,84 @@ def test_single_voter_serves_reads_without_messages() -> None:
     rd = a.ready()
     assert rd.messages == []
     assert rd.read_states == [ReadState(2, (4,))]
+
+
+# -- leader lease (thesis §6.4.1) ------------------------------------------------------
+
+
+def lease_cluster() -> Network:
+    from .network import config
+
+    net = Network(["a", "b", "c"], config=config(pre_vote=True, check_quorum=True))
+    net.elect("a")
+    return net
+
+
+def test_lease_read_after_a_majority_heard_from_the_leader() -> None:
+    net = lease_cluster()
+    a = net.nodes["a"]
+    net.tick("a")  # a heartbeat round, acknowledged by both
+    net.stabilize()
+    assert a.lease_read_index() == a.commit_index == 2
+
+
+def test_no_lease_before_a_commit_in_the_leaders_term_or_during_a_transfer() -> None:
+    from .network import config
+
+    net = Network(["a", "b", "c"], config=config(pre_vote=False, check_quorum=True))
+    a = net.nodes["a"]
+    net.tick("a", a.randomized_timeout)
+    net.deliver(lambda m: isinstance(m, RequestVote))
+    net.deliver(lambda m: m.dst == "a")
+    assert a.role == LEADER and a.lease_read_index() is None  # its no-op has not committed
+    net.stabilize()
+    net.tick("a")
+    net.stabilize()
+    assert a.lease_read_index() == 2
+    a.transfer_leadership("b")
+    assert a.lease_read_index() is None
+
+
+def test_lease_reads_need_check_quorum_and_a_leader() -> None:
+    net = cluster()
+    with pytest.raises(ValueError, match="check_quorum"):
+        net.nodes["a"].lease_read_index()
+    with pytest.raises(NotLeader):
+        net.nodes["b"].lease_read_index()
+
+
+def test_a_leader_cut_off_loses_its_lease_before_anyone_else_can_lead() -> None:
+    """Thesis §6.4.1: the lease must end before the others can elect a new
+    leader; from then on the old leader needs a heartbeat round (which it
+    cannot complete) to serve a read."""
+    net = lease_cluster()
+    a = net.nodes["a"]
+    net.tick("a")
+    net.stabilize()
+    assert a.lease_read_index() is not None
+    net.isolate("a")
+    lease_ended = None
+    for step in range(6 * net.config.election_ticks):
+        for i in ("a", "b", "c"):
+            net.tick(i)
+        net.stabilize()
+        others_lead = [i for i in ("b", "c") if net.nodes[i].is_leader()]
+        if a.is_leader() and a.lease_read_index() is None and lease_ended is None:
+            lease_ended = step
+        if others_lead:
+            assert lease_ended is not None and lease_ended < step
+            if a.is_leader():
+                assert a.lease_read_index() is None
+    assert lease_ended is not None and [i for i in ("b", "c") if net.nodes[i].is_leader()]
+
+
+def test_the_lease_is_renewed_by_every_acknowledged_round() -> None:
+    net = lease_cluster()
+    a = net.nodes["a"]
+    for _ in range(5 * net.config.election_ticks):
+        net.tick("a")
+        net.stabilize()
+        assert a.lease_read_index() == a.commit_index
+    net.propose("a", b"x")
+    net.stabilize()
+    assert a.lease_read_index() == a.commit_index == 3
