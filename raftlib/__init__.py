@@ -5,6 +5,7 @@ the cluster with :meth:`Peer.set_configuration`, then ``write`` and ``read``.
 """
 
 from . import errors
+from .client import Client, connect
 from .config import Config
 from .errors import (
     ConfigError,
@@ -18,11 +19,13 @@ from .errors import (
 )
 from .runtime import Peer, join, start_peer
 from .state_machine import StateMachine
-from .types import Entry, EntryKind, HardState, Membership, NodeId, SnapshotMeta
+from .types import Change, Entry, EntryKind, HardState, Membership, NodeId, SnapshotMeta
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Change",
+    "Client",
     "Config",
     "ConfigError",
     "Entry",
@@ -40,6 +43,7 @@ __all__ = [
     "RaftError",
     "SnapshotMeta",
     "StateMachine",
+    "connect",
     "errors",
     "join",
     "start_peer",

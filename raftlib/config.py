@@ -46,6 +46,13 @@ class Config:
     """A new voter first joins as a learner; it is promoted once it is being
     replicated to and at most this many entries behind the leader, so that
     adding a member never stalls writes while it copies the log."""
+    session_ttl: float = 3600.0
+    """Seconds of log time (the leader's clock, stamped into the log) after
+    which an idle client session is forgotten; its retries then fail with
+    ``SessionExpired`` instead of risking a second application."""
+    listen_backlog: int = 10_000
+    """Applied writes kept in memory (command and result) for ``listen`` to
+    resume from; a listener further behind gets ``LogCompacted``."""
     pre_vote: bool = True
     """Run a pre-vote round before incrementing the term, so a peer that was
     cut off cannot disrupt a healthy leader when it returns."""
@@ -70,7 +77,7 @@ class Config:
                 raise ConfigError(f"Config.{f.name} must be a number, got {value!r}")
             if value <= 0 and f.name != "snapshot_keep_entries":
                 raise ConfigError(f"Config.{f.name} must be positive, got {value!r}")
-            if f.name != "tick_interval" and not isinstance(value, int):
+            if f.name not in ("tick_interval", "session_ttl") and not isinstance(value, int):
                 raise ConfigError(f"Config.{f.name} must be an int, got {value!r}")
         if self.heartbeat_ticks >= self.election_ticks:
             raise ConfigError(

@@ -104,3 +104,29 @@ class Unavailable(RaftError):
 class ConnectionLost(OutcomeUnknown):
     """The connection to a peer dropped after a request was sent and before
     its answer came. Outcome unknown."""
+
+
+class SessionExpired(RaftError):
+    """The client session is unknown to the cluster (it expired after being
+    idle for ``Config.session_ttl`` seconds of log time, or was closed). This
+    write was not applied; whether earlier unanswered writes of the session
+    were is unknown. Open a new session (``raftlib.connect`` does it)."""
+
+
+class CommandFailed(RaftError):
+    """``handle_write`` raised for this command on the cluster. The command
+    counts as applied (every peer raised the same way); the message names
+    the original exception."""
+
+
+class KVError(RaftError):
+    """A request to the built-in key-value service (:mod:`raftlib.kv`) was refused;
+    nothing changed."""
+
+
+class ScopeNotFound(KVError):
+    """The key-value scope named does not exist; create it first (``create_scope``)."""
+
+
+class ScopeExists(KVError):
+    """``create_scope`` named a scope that already exists."""

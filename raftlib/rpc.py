@@ -17,17 +17,21 @@ import contextlib
 import itertools
 import logging
 import os
-from typing import Any, Mapping
+from typing import Any, AsyncIterator, Mapping
 
 from . import errors
 from .errors import ConnectionLost, ProtocolError, RaftError, Unavailable
 from .transport.framing import FrameDecoder, encode_frame
 from .transport.tcp import HELLO, open_connection
 
-__all__ = ["REQUEST", "RESPONSE", "RpcConnection", "error_to_wire", "error_from_wire", "check_request"]
+__all__ = ["REQUEST", "RESPONSE", "STREAM", "CANCEL", "RpcConnection", "error_to_wire", "error_from_wire", "check_request"]
 
 REQUEST = "Request"
 RESPONSE = "Response"
+STREAM = "Stream"
+"""One item of a streamed answer: ``[id, item]``; the final Response ends the stream."""
+CANCEL = "Cancel"
+"""``[id]``: the caller no longer wants the answer (it stops a stream)."""
 
 _log = logging.getLogger("raftlib.rpc")
 
@@ -83,6 +87,7 @@ class RpcConnection:
         self._writer = writer
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._streams: dict[int, asyncio.Queue[tuple[bool, Any]]] = {}
         self._decoder = FrameDecoder(max_frame_size)
         self._closed = False
         self._reading = asyncio.get_running_loop().create_task(self._read_loop(), name=f"raftlib-rpc-{address}")
@@ -123,6 +128,36 @@ class RpcConnection:
         finally:
             self._pending.pop(rid, None)
 
+    async def stream(self, op: str, args: Mapping[str, Any]) -> AsyncIterator[Any]:
+        """Send a streaming request and yield each item the peer sends.
+
+        Ends when the peer ends the stream; raises the peer's error, or
+        :class:`ConnectionLost` if the connection drops. Closing the
+        generator early tells the peer to stop.
+        """
+        if self._closed:
+            raise ConnectionLost(f"the connection to {self.address} is closed")
+        rid = next(self._ids)
+        queue: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue()
+        self._streams[rid] = queue
+        finished = False
+        try:
+            self._writer.write(encode_frame(REQUEST, [rid, op, dict(args)]))
+            while True:
+                more, item = await queue.get()
+                if more:
+                    yield item
+                    continue
+                finished = True
+                if isinstance(item, BaseException):
+                    raise item
+                return
+        finally:
+            self._streams.pop(rid, None)
+            if not finished and not self._closed:
+                with contextlib.suppress(OSError, RuntimeError):
+                    self._writer.write(encode_frame(CANCEL, [rid]))
+
     async def _read_loop(self) -> None:
         reason: BaseException = ConnectionLost(f"{self.address} closed the connection")
         try:
@@ -142,12 +177,23 @@ class RpcConnection:
             for fut in self._pending.values():
                 if not fut.done():
                     fut.set_exception(reason)
+            for queue in self._streams.values():
+                queue.put_nowait((False, reason))
             self._writer.close()
 
     def _on_frame(self, type_name: str, body: Any) -> None:
+        if type_name == STREAM and type(body) is list and len(body) == 2:
+            queue = self._streams.get(body[0]) if type(body[0]) is int else None
+            if queue is not None:
+                queue.put_nowait((True, body[1]))
+            return
         if type_name != RESPONSE or type(body) is not list or len(body) != 3:
             raise ProtocolError(f"expected a Response [id, ok, payload] frame, got {type_name[:64]!r}")
         rid, ok, payload = body
+        queue = self._streams.get(rid) if type(rid) is int else None
+        if queue is not None:
+            queue.put_nowait((False, None if ok is True else error_from_wire(payload)))
+            return
         fut = self._pending.get(rid) if type(rid) is int else None
         if fut is None or fut.done():
             return  # a late answer to a call that timed out

@@ -24,13 +24,16 @@ snapshot reaches a follower that fell too far behind.
 from __future__ import annotations
 
 import asyncio
+import bisect
+import dataclasses
 import heapq
 import inspect
 import itertools
 import logging
 import os
 import random
-from typing import Any, Awaitable, Callable, Mapping, Sequence
+import time
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
 from . import codec
 from .config import Config
@@ -41,27 +44,31 @@ from .core.raft import LEADER, Raft
 from .core.ready import Ready
 from .core.membership import plan_steps, with_member, without_member
 from .errors import (
+    CommandFailed,
     ConfigError,
     ConnectionLost,
     CorruptStorage,
     LeadershipLost,
+    LogCompacted,
     MembershipChangePending,
     NotLeader,
     PeerStopped,
     ProposalDropped,
     ProtocolError,
     RaftError,
+    SessionExpired,
     StorageError,
     Timeout,
     Unavailable,
     WriteTimeout,
 )
-from .rpc import REQUEST, RpcConnection
+from .rpc import CANCEL, REQUEST, RpcConnection
 from .serving import RequestServer
+from .sessions import ClientEntry, Outcome, SessionOp, SessionTable
 from .snapshot import FileSnapshotStore, MemorySnapshotStore, SnapshotFile, SnapshotStore
 from .state_machine import StateMachine
 from .transport.tcp import Connection, Transport, parse_address
-from .types import Entry, EntryKind, Membership, NodeId, SnapshotMeta
+from .types import Change, Entry, EntryKind, Membership, NodeId, SnapshotMeta
 
 from storage_adapters.protocol import LogStorage
 
@@ -98,7 +105,7 @@ class Peer:
         self._core = Raft(name, storage, config, rng, log.getChild("core"))
 
         self._inbox: list[Message] = []
-        self._proposals: list[tuple[bytes, asyncio.Future[Any]]] = []
+        self._proposals: list[tuple[EntryKind, bytes, asyncio.Future[Any]]] = []
         self._read_requests: list[tuple[int, asyncio.Future[int]]] = []
         self._calls: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         self._ticks = 0
@@ -138,6 +145,13 @@ class Peer:
         self._rpc: dict[str, RpcConnection] = {}
         """Connections to other peers for forwarded requests, by address."""
         self._last_contact: dict[NodeId, float] = {}
+        self._sessions = SessionTable(config.session_ttl)
+        self._last_stamp = 0.0
+        self._feed: list[_FeedItem] = []
+        self._feed_start = 0
+        self._feed_base = self._snapshot_index
+        """Every write applied after this index is in ``_feed[_feed_start:]``."""
+        self._feed_waiters: list[asyncio.Future[None]] = []
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -471,12 +485,15 @@ class Peer:
             _check_deadline(loop, deadline, f"catching up {name}")
             await asyncio.sleep(cfg.tick_interval)
 
-    async def _on_leader(self, op: str, args: dict[str, Any], local: Callable[[float | None], Awaitable[None]],
-                         timeout: float | None, hops: int) -> None:
-        """Run ``local`` on the leader: here if this peer leads, else forwarded.
+    async def _on_leader(self, op: str, args: dict[str, Any], local: Callable[[float | None], Awaitable[Any]],
+                         timeout: float | None, hops: int, idempotent: bool = True) -> Any:
+        """Run ``local`` on the leader: here if this peer leads, else forwarded
+        as request ``op`` with ``args``.
 
-        Only for idempotent requests: when the leader changes midway the
-        request is simply run again at the new leader.
+        A request that certainly did not apply (no leader, a leader that
+        refused it, a peer that could not be reached) is tried again until
+        ``timeout``; one whose outcome is unknown (leadership lost, the
+        connection dropped) only if it is ``idempotent``.
         """
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
@@ -487,19 +504,19 @@ class Peer:
             self._check_running()
             attempts += 1
             leader = self._core.leader
+            if leader is None:
+                # Raises NotLeader(None) if no leader emerges within a few election timeouts.
+                await self._wait_for_leader_until(deadline, election_wait)
+                continue
             try:
                 if leader == self.name:
-                    await local(deadline)
-                    return
-                if leader is None:
-                    await self._wait_for_leader_until(deadline, election_wait)
-                    continue
+                    return await local(deadline)
                 if hops >= _MAX_HOPS:
                     raise self._not_leader(leader)
-                await self._forward(leader, op, {**args, "hops": hops + 1, "timeout": _remaining(loop, deadline)})
-                return
+                return await self._forward(leader, op, {**args, "hops": hops + 1, "timeout": _remaining(loop, deadline)})
             except (NotLeader, LeadershipLost, ProposalDropped, Unavailable, ConnectionLost) as exc:
-                if attempts >= _MAX_ATTEMPTS or (hops and isinstance(exc, NotLeader)):
+                unknown = isinstance(exc, (LeadershipLost, ConnectionLost))
+                if attempts >= _MAX_ATTEMPTS or (hops and isinstance(exc, NotLeader)) or (unknown and not idempotent):
                     raise
                 self._log.debug("%s: %s: retrying after %r", self.name, op, exc)
                 _check_deadline(loop, deadline, op)
@@ -582,21 +599,40 @@ class Peer:
             self._state_waiters.append(fut)
             await fut
 
-    async def write(self, command: Any, timeout: float | None = None) -> Any:
+    async def write(self, command: Any, timeout: float | None = None, *, forward: bool = True) -> Any:
         """Replicate ``command`` and return what ``handle_write`` returned for it.
 
-        Raises :class:`TypeError` if the command cannot be encoded by msgpack
-        (nothing is appended); :class:`NotLeader` if this peer is not the
-        leader (not applied: retry at the leader it names);
-        :class:`ProposalDropped` or :class:`PeerStopped` when the write
-        certainly did not apply; :class:`LeadershipLost` or
-        :class:`WriteTimeout` when its outcome is unknown.
+        On a follower the write is forwarded to the leader (unless
+        ``forward=False``) and its answer returned. Raises :class:`TypeError`
+        if msgpack cannot encode the command (nothing is appended);
+        :class:`NotLeader` (no leader emerged within a few election timeouts,
+        or ``forward=False`` on a follower), :class:`ProposalDropped` or
+        :class:`PeerStopped` when the write certainly did not apply;
+        :class:`LeadershipLost`, :class:`WriteTimeout` or
+        :class:`~raftlib.errors.ConnectionLost` (all :class:`OutcomeUnknown`)
+        when its outcome is unknown. An exception raised by ``handle_write``
+        is raised as it is here (as :class:`~raftlib.errors.CommandFailed`
+        when forwarded); the command counts as applied.
         """
+        self._check_running()
+        if self.is_leader or not forward:
+            return await self._submit(EntryKind.NORMAL, codec.pack(command, "command", self.config.max_command_size),
+                                      timeout)
+        return await self._forwarded_write(command, timeout, 0)
+
+    async def _forwarded_write(self, command: Any, timeout: float | None, hops: int) -> Any:
         data = codec.pack(command, "command", self.config.max_command_size)
+        return await self._on_leader(
+            "write", {"command": command}, lambda deadline: self._submit(EntryKind.NORMAL, data, _remaining_of(deadline)),
+            timeout, hops, idempotent=False,
+        )
+
+    async def _submit(self, kind: EntryKind, data: bytes, timeout: float | None) -> Any:
+        """Leader: append one entry and wait for its application."""
         self._check_running()
         self._check_leader()
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._proposals.append((data, fut))
+        self._proposals.append((kind, data, fut))
         self._wake.set()
         if timeout is None:
             return await fut
@@ -608,34 +644,203 @@ class Peer:
             if not fut.done():
                 fut.add_done_callback(_retrieve)  # nobody awaits it any more
 
-    async def read(self, query: Any, timeout: float | None = None) -> Any:
-        """Answer ``query`` with ``handle_read``, linearizably.
+    async def read(self, query: Any, timeout: float | None = None, *, consistency: str = "linearizable",
+                   forward: bool = True) -> Any:
+        """Answer ``query`` with ``handle_read``.
 
-        The leader confirms it still leads with a round of heartbeats
-        (ReadIndex, shared by concurrent reads) and waits until it has
-        applied everything committed before the read began. Raises
-        :class:`TypeError` for a query msgpack cannot encode, :class:`NotLeader`
-        on a follower and :class:`raftlib.errors.Timeout` after ``timeout``.
+        ``consistency`` is one of:
+
+        * ``"linearizable"`` (default): the leader confirms it still leads
+          with a round of heartbeats (ReadIndex, one round shared by
+          concurrent reads) and waits until it has applied everything
+          committed before the read began;
+        * ``"lease"``: the leader skips the round while a majority has
+          acknowledged it within the last 90 % of an election timeout (see
+          :meth:`raftlib.core.raft.Raft.lease_read_index`; needs
+          ``Config.check_quorum``, and assumes the peers' clocks run at rates
+          within 10 % of each other), falling back to a round otherwise;
+        * ``"stale"``: this peer's current state, at once, on any peer; it
+          may lag behind the leader.
+
+        On a follower, linearizable and lease reads are forwarded to the
+        leader (unless ``forward=False``). Raises :class:`ConfigError` for
+        an unknown consistency, :class:`TypeError` for a query msgpack cannot
+        encode, :class:`NotLeader` when no leader can be found and
+        :class:`raftlib.errors.Timeout` after ``timeout`` seconds.
         """
-        data = codec.pack(query, "query", self.config.max_command_size)
+        if self.is_leader or not forward or consistency == "stale":
+            return await self._read_here(query, consistency, timeout)
+        return await self._forwarded_read(query, consistency, timeout, 0)
+
+    async def _read_here(self, query: Any, consistency: str, timeout: float | None) -> Any:
+        data = _pack_query(query, consistency, self.config.max_command_size)
+        self._check_running()
+        if consistency == "stale":
+            return await self._answer(data)
+        return await self._read_local(data, consistency, timeout)
+
+    async def _forwarded_read(self, query: Any, consistency: str, timeout: float | None, hops: int) -> Any:
+        data = _pack_query(query, consistency, self.config.max_command_size)
+        self._check_running()
+        if consistency == "stale":
+            return await self._answer(data)
+        return await self._on_leader(
+            "read", {"query": query, "consistency": consistency},
+            lambda deadline: self._read_local(data, consistency, _remaining_of(deadline)),
+            timeout, hops, idempotent=True,
+        )
+
+    async def _read_local(self, data: bytes, consistency: str, timeout: float | None) -> Any:
         self._check_running()
         self._check_leader()
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._read_requests.append((next(self._read_ids), fut))
-        self._wake.set()
+        index: int | None = None
+        if consistency == "lease":
+            try:
+                index = self._core.lease_read_index()
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        fut: asyncio.Future[int] | None = None
+        if index is None:
+            fut = asyncio.get_running_loop().create_future()
+            self._read_requests.append((next(self._read_ids), fut))
+            self._wake.set()
 
         async def serve() -> Any:
-            index = await fut
-            await self._wait_applied(index)
-            result = self.state_machine.handle_read(codec.unpack(data))
-            if inspect.isawaitable(result):
-                result = await result
-            return codec.roundtrip(result, "read result")
+            at = await fut if fut is not None else index
+            assert at is not None
+            await self._wait_applied(at)
+            return await self._answer(data)
 
         try:
             return await asyncio.wait_for(serve(), timeout)
         except asyncio.TimeoutError:
             raise Timeout(f"the read did not finish within {timeout} s") from None
+
+    async def _answer(self, data: bytes) -> Any:
+        result = self.state_machine.handle_read(codec.unpack(data))
+        if inspect.isawaitable(result):
+            result = await result
+        return codec.roundtrip(result, "read result")
+
+    # -- client sessions -----------------------------------------------------------
+
+    async def open_session(self, client: str, timeout: float | None = None, *, hops: int = 0) -> None:
+        """Register client session ``client`` (a unique id the client chose)
+        with the cluster; see :mod:`raftlib.sessions`. Forwarded to the leader."""
+        entry = ClientEntry(SessionOp.OPEN, _check_client(client))
+        await self._on_leader("open_session", {"client": client},
+                              lambda deadline: self._submit_client(entry, deadline), timeout, hops, idempotent=True)
+
+    async def close_session(self, client: str, timeout: float | None = None, *, hops: int = 0) -> None:
+        """Forget client session ``client`` and the results it kept."""
+        entry = ClientEntry(SessionOp.CLOSE, _check_client(client))
+        await self._on_leader("close_session", {"client": client},
+                              lambda deadline: self._submit_client(entry, deadline), timeout, hops, idempotent=True)
+
+    async def session_write(self, client: str, seq: int, command: Any, *, ack: int = 0,
+                            timeout: float | None = None, hops: int = 0) -> Any:
+        """Apply ``command`` exactly once for write ``seq`` of session ``client``.
+
+        Retrying with the same ``seq`` (after a timeout or a lost connection,
+        at any peer) never applies it twice: a write already applied returns
+        its first result. ``ack`` tells the cluster that the answers of every
+        write up to that sequence number were received, so it can forget
+        them. Raises :class:`~raftlib.errors.SessionExpired` (not applied) if
+        the session is unknown, :class:`~raftlib.errors.CommandFailed` if
+        ``handle_write`` raised, and the errors of :meth:`write`.
+        """
+        _check_client(client)
+        if type(seq) is not int or seq <= 0 or type(ack) is not int or ack < 0:
+            raise ConfigError("seq must be a positive int and ack a non-negative int")
+        data = codec.pack(command, "command", self.config.max_command_size)
+
+        async def local(deadline: float | None) -> Any:
+            done = self._sessions.peek(client, seq)
+            if done is not None:
+                return _session_result(done)
+            stamp = max(time.time(), self._last_stamp, self._sessions.clock)
+            self._last_stamp = stamp
+            return await self._submit_client(ClientEntry(SessionOp.WRITE, client, seq, ack, stamp, data), deadline)
+
+        return await self._on_leader("session_write", {"client": client, "seq": seq, "ack": ack, "command": command},
+                                     local, timeout, hops, idempotent=True)
+
+    async def _submit_client(self, entry: ClientEntry, deadline: float | None) -> Any:
+        if entry.op is not SessionOp.WRITE:
+            stamp = max(time.time(), self._last_stamp, self._sessions.clock)
+            self._last_stamp = stamp
+            entry = dataclasses.replace(entry, stamp=stamp)
+        return await self._submit(EntryKind.CLIENT, entry.encode(), _remaining_of(deadline))
+
+    # -- change feed ------------------------------------------------------------------
+
+    async def listen(self, from_index: int = 0) -> AsyncIterator[Change]:
+        """Yield every write this peer applies, in log order, as :class:`Change`
+        objects (index, term, command, result), forever.
+
+        ``from_index`` resumes after a gap: the first change yielded is the
+        first applied write at that index or later. Changes are kept from
+        this peer's latest snapshot on (at most ``Config.listen_backlog``
+        of them); ``0`` starts at the oldest one kept. Raises
+        :class:`~raftlib.errors.LogCompacted` if ``from_index`` (or a
+        listener that fell behind) is older than that, and
+        :class:`PeerStopped` when the peer stops. Writes applied more than
+        once by a retry (client sessions) appear once.
+        """
+        if type(from_index) is not int or from_index < 0:
+            raise ConfigError(f"from_index must be a non-negative int, got {from_index!r}")
+        next_index = max(from_index, 1)
+        while True:
+            self._check_running()
+            feed = self._feed
+            if next_index <= self._feed_base and (from_index != 0 or next_index > 1):
+                raise LogCompacted(
+                    f"changes up to index {self._feed_base} are no longer kept on {self.name}; "
+                    f"listen from {self._feed_base + 1} (after reading the current state)"
+                )
+            from_index = -1  # only the first position may start at the oldest change kept
+            pos = bisect.bisect_left(feed, next_index, lo=self._feed_start, key=_item_index)
+            if pos < len(feed):
+                index, term, data, ok, payload = feed[pos]
+                next_index = index + 1
+                if ok:
+                    yield Change(index, term, codec.unpack(data), codec.unpack(payload))
+                else:
+                    yield Change(index, term, codec.unpack(data), None, payload.decode("utf-8", "replace"))
+                continue
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._feed_waiters.append(waiter)
+            await waiter
+
+    def _feed_append(self, item: _FeedItem) -> None:
+        self._feed.append(item)
+        excess = len(self._feed) - self._feed_start - self.config.listen_backlog
+        if excess > 0:
+            self._feed_start += excess
+            self._feed_base = self._feed[self._feed_start - 1][0]
+            self._compact_feed()
+        waiters, self._feed_waiters = self._feed_waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    def _feed_drop_through(self, index: int) -> None:
+        """A snapshot at ``index`` became the boundary: drop changes up to it."""
+        if index <= self._feed_base:
+            return
+        self._feed_start = bisect.bisect_right(self._feed, index, lo=self._feed_start, key=_item_index)
+        self._feed_base = index
+        self._compact_feed()
+        waiters, self._feed_waiters = self._feed_waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    def _compact_feed(self) -> None:
+        if self._feed_start > 1024 and self._feed_start * 2 > len(self._feed):
+            del self._feed[: self._feed_start]
+            self._feed_start = 0
+
 
     async def snapshot(self) -> SnapshotMeta:
         """Take a snapshot of the state machine now and compact the log.
@@ -660,6 +865,8 @@ class Peer:
             await self._receiving.on_frame(type_name, body, conn)
         elif type_name == REQUEST:
             await self._requests.on_request(body, conn)
+        elif type_name == CANCEL:
+            await self._requests.on_cancel(body, conn)
         else:
             raise ProtocolError(f"unexpected frame type {type_name[:64]!r}")
 
@@ -748,20 +955,20 @@ class Peer:
 
     def _propose(self) -> None:
         batch, self._proposals = self._proposals, []
-        live = [(data, fut) for data, fut in batch if not fut.done()]
+        live = [(kind, data, fut) for kind, data, fut in batch if not fut.done()]
         if not live:
             return
         try:
-            placed = self._core.propose_batch([data for data, _ in live])
+            placed = self._core.propose_batch([data for _, data, _ in live], kinds=[kind for kind, _, _ in live])
         except NotLeader as exc:
-            for _, fut in live:
+            for _, _, fut in live:
                 fut.set_exception(self._not_leader(exc.leader))
             return
         except ProposalDropped as exc:
-            for _, fut in live:
+            for _, _, fut in live:
                 fut.set_exception(ProposalDropped(str(exc)))
             return
-        for (term, index), (_, fut) in zip(placed, live):
+        for (term, index), (_, _, fut) in zip(placed, live):
             self._pending_writes[index] = (term, fut)
 
     async def _handle_ready(self, rd: Ready) -> None:
@@ -947,6 +1154,7 @@ class Peer:
             batch = await self._apply_queue.get()
             if isinstance(batch, SnapshotFile):
                 await asyncio.to_thread(self._restore_state_machine, batch)
+                self._feed_drop_through(batch.meta.index)  # the writes it covers were never applied here
                 self._applied, self._applied_term = batch.meta.index, batch.meta.term
                 self._snapshot_index = batch.meta.index
                 self._bytes_since_snapshot = 0
@@ -957,6 +1165,8 @@ class Peer:
                 if entry.kind is EntryKind.NORMAL:
                     await self._apply_one(sm, entry, pending)
                     self._bytes_since_snapshot += len(entry.data)
+                elif entry.kind is EntryKind.CLIENT:
+                    await self._apply_client(sm, entry, pending)
                 elif entry.kind is EntryKind.CONFIG and pending is not None and pending[0] == entry.term:
                     if not pending[1].done():
                         pending[1].set_result(None)
@@ -981,7 +1191,8 @@ class Peer:
             index = self._applied
             meta = SnapshotMeta(index, self._applied_term, self._core.membership_at(index))
             if index > self._snapshot_index or self._snapshots.find(index, meta.term) is None:
-                data = await asyncio.to_thread(self.state_machine.snapshot)
+                sessions = self._sessions.encode()  # the table as of this same index
+                data = _with_header(sessions, await asyncio.to_thread(self.state_machine.snapshot))
                 write = asyncio.ensure_future(self._snapshots.write(meta, data))
                 try:
                     snap = await asyncio.shield(write)
@@ -1013,28 +1224,88 @@ class Peer:
     def _restore_state_machine(self, snap: SnapshotFile) -> None:
         """Load ``snap`` into the state machine (runs in a worker thread)."""
         with self._snapshots.open(snap) as f:
+            header = _read_header(f, snap)
+            try:
+                self._sessions.restore(header if header is not None else SessionTable(0).encode())
+            except ValueError as exc:
+                raise CorruptStorage(f"snapshot {snap.meta.term}/{snap.meta.index}: {exc}") from None
             self.state_machine.restore_from_file(f)
 
-    async def _apply_one(self, sm: StateMachine, entry: Entry, pending: tuple[int, asyncio.Future[Any]] | None) -> None:
-        fut = None
-        if pending is not None:
-            term, fut = pending
-            if term != entry.term:
-                if not fut.done():
-                    fut.set_exception(ProposalDropped("another leader's entry took this write's place"))
-                fut = None
+    def _claim(self, entry: Entry, pending: tuple[int, asyncio.Future[Any]] | None) -> asyncio.Future[Any] | None:
+        """The writer's future for ``entry``, or ``None`` if another leader's
+        entry took the place of the write it was waiting for (then failed)."""
+        if pending is None:
+            return None
+        term, fut = pending
+        if term != entry.term:
+            if not fut.done():
+                fut.set_exception(ProposalDropped("another leader's entry took this write's place"))
+            return None
+        return fut
+
+    async def _execute(self, sm: StateMachine, data: bytes, index: int) -> tuple[bool, Any, bytes]:
+        """Apply one command: ``(True, result, packed result)``, or
+        ``(False, exception, error text)`` if ``handle_write`` raised."""
         try:
-            result = sm.handle_write(codec.unpack(entry.data))
+            result = sm.handle_write(codec.unpack(data))
             if inspect.isawaitable(result):
                 result = await result
-            if fut is not None and not fut.done():
-                fut.set_result(codec.roundtrip(result, "write result"))
+            packed = codec.pack(result, "write result")
+            return True, codec.unpack(packed), packed
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self._log.info("%s: handle_write raised for entry %d: %r", self.name, entry.index, exc)
-            if fut is not None and not fut.done():
-                fut.set_exception(exc)
+            self._log.info("%s: handle_write raised for entry %d: %r", self.name, index, exc)
+            return False, exc, f"{type(exc).__name__}: {exc}".encode()
+
+    async def _apply_one(self, sm: StateMachine, entry: Entry, pending: tuple[int, asyncio.Future[Any]] | None) -> None:
+        fut = self._claim(entry, pending)
+        ok, value, payload = await self._execute(sm, entry.data, entry.index)
+        self._feed_append((entry.index, entry.term, entry.data, ok, payload))
+        if fut is not None and not fut.done():
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+
+    async def _apply_client(self, sm: StateMachine, entry: Entry,
+                            pending: tuple[int, asyncio.Future[Any]] | None) -> None:
+        """Apply a client-session entry (see :mod:`raftlib.sessions`)."""
+        fut = self._claim(entry, pending)
+        try:
+            ce = ClientEntry.decode(entry.data)
+        except ValueError as exc:
+            raise CorruptStorage(f"entry {entry.index} is not a valid client-session entry: {exc}") from None
+        table = self._sessions
+        table.tick(ce.stamp)
+        outcome: Any = None
+        if ce.op is SessionOp.OPEN:
+            table.open(ce.client)
+        elif ce.op is SessionOp.CLOSE:
+            table.close(ce.client)
+        else:
+            verdict, stored = table.check(ce.client, ce.seq, ce.ack)
+            if verdict is Outcome.APPLY:
+                ok, _, payload = await self._execute(sm, ce.command, entry.index)
+                table.record(ce.client, ce.seq, ok, payload)
+                self._feed_append((entry.index, entry.term, ce.command, ok, payload))
+                self._bytes_since_snapshot += len(ce.command)
+                stored = (ok, payload)
+            if stored is None:
+                outcome = SessionExpired(
+                    f"client session {ce.client!r} is unknown to the cluster (expired or closed); "
+                    f"write {ce.seq} was not applied"
+                )
+            else:
+                try:
+                    outcome = _session_result(stored)
+                except CommandFailed as exc:
+                    outcome = exc
+        if fut is not None and not fut.done():
+            if isinstance(outcome, BaseException):
+                fut.set_exception(outcome)
+            else:
+                fut.set_result(outcome)
 
     async def _wait_applied(self, index: int) -> None:
         if self._applied >= index:
@@ -1067,10 +1338,14 @@ class Peer:
         return NotLeader(leader, address)
 
     def _fail_everything(self, not_applied: BaseException, unknown: BaseException) -> None:
-        for _, fut in self._proposals:
+        for _, _, fut in self._proposals:
             if not fut.done():
                 fut.set_exception(not_applied)
         self._proposals = []
+        feed_waiters, self._feed_waiters = self._feed_waiters, []
+        for ffut in feed_waiters:
+            if not ffut.done():
+                ffut.set_exception(not_applied)
         for _, fut in self._calls:
             if not fut.done():
                 fut.set_exception(not_applied)
@@ -1101,6 +1376,84 @@ def _retrieve(fut: asyncio.Future[Any]) -> None:
     """Mark an abandoned future's exception as seen, so asyncio does not log it."""
     if not fut.cancelled():
         fut.exception()
+
+
+_CONSISTENCIES = ("linearizable", "lease", "stale")
+
+_SNAPSHOT_MAGIC = b"RAFTLIB\x01"
+"""A snapshot file starts with this, a 4-byte length and the session table;
+the state machine's own data follows."""
+
+
+def _with_header(header: bytes, data: Any) -> Any:
+    """Snapshot data with the session table in front (see :data:`_SNAPSHOT_MAGIC`)."""
+    prefix = _SNAPSHOT_MAGIC + len(header).to_bytes(4, "big") + header
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return prefix + bytes(data)
+    if hasattr(data, "__aiter__"):
+        async def chained_async() -> AsyncIterator[bytes]:
+            yield prefix
+            async for piece in data:
+                yield piece
+        return chained_async()
+    if hasattr(data, "read"):
+        def from_file() -> Any:
+            yield prefix
+            while piece := data.read(1 << 20):
+                yield piece
+        return from_file()
+    if isinstance(data, (str,)) or not hasattr(data, "__iter__"):
+        raise TypeError(f"snapshot() must return bytes, a binary file or an iterable of bytes, not {type(data).__name__}")
+
+    def chained() -> Any:
+        yield prefix
+        yield from data
+    return chained()
+
+
+def _read_header(f: Any, snap: Any) -> bytes | None:
+    """Read the session table at the start of a snapshot file (``None`` for a
+    file without one, which is then rewound)."""
+    start = f.tell()
+    magic = f.read(len(_SNAPSHOT_MAGIC))
+    if magic != _SNAPSHOT_MAGIC:
+        f.seek(start)
+        return None
+    size = int.from_bytes(f.read(4), "big")
+    header: bytes = f.read(size)
+    if len(header) != size:
+        raise CorruptStorage(f"snapshot {snap.meta.term}/{snap.meta.index} is truncated in its session table")
+    return header
+
+_FeedItem = tuple[int, int, bytes, bool, bytes]
+"""An applied write kept for listeners: index, term, command, ok, packed result (or error text)."""
+
+
+def _item_index(item: _FeedItem) -> int:
+    return item[0]
+
+
+def _pack_query(query: Any, consistency: str, limit: int) -> bytes:
+    if consistency not in _CONSISTENCIES:
+        raise ConfigError(f"consistency must be one of {', '.join(_CONSISTENCIES)}, got {consistency!r}")
+    return codec.pack(query, "query", limit)
+
+
+def _remaining_of(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
+
+
+def _check_client(client: Any) -> str:
+    if not isinstance(client, str) or not client or len(client) > 128:
+        raise ConfigError(f"a client session id must be a non-empty str of at most 128 characters, got {client!r}")
+    return client
+
+
+def _session_result(stored: tuple[bool, bytes]) -> Any:
+    ok, payload = stored
+    if ok:
+        return codec.unpack(payload)
+    raise CommandFailed(payload.decode("utf-8", "replace"))
 
 
 _MAX_HOPS = 2

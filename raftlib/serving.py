@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
 
-from .errors import ConfigError, ProtocolError, RaftError
-from .rpc import RESPONSE, check_request, error_to_wire
+from .errors import CommandFailed, ConfigError, ProtocolError, RaftError
+from .rpc import CANCEL, RESPONSE, STREAM, check_request, error_to_wire
 from .transport.tcp import Connection
 
 if TYPE_CHECKING:
@@ -23,6 +23,7 @@ MAX_REQUESTS_PER_CONNECTION = 1024
 """Requests one connection may have outstanding; more close the connection."""
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+StreamHandler = Callable[[dict[str, Any]], AsyncIterator[Any]]
 
 
 def arg(args: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
@@ -55,41 +56,72 @@ class RequestServer:
             "remove_member": self._remove_member,
             "set_configuration": self._set_configuration,
             "transfer_leadership": self._transfer_leadership,
+            "write": self._write,
+            "read": self._read,
+            "open_session": self._open_session,
+            "close_session": self._close_session,
+            "session_write": self._session_write,
         }
+        self.streams: dict[str, StreamHandler] = {"listen": self._listen}
         self._peer = peer
 
     async def on_request(self, body: Any, conn: Connection) -> None:
         rid, op, args = check_request(body)
-        mine = getattr(conn, "_raftlib_requests", None)
-        if mine is None:
-            mine = set()
-            setattr(conn, "_raftlib_requests", mine)
-            conn.on_close.append(lambda: self._cancel(mine))
+        mine = self._requests_of(conn)
         if len(mine) >= MAX_REQUESTS_PER_CONNECTION:
             raise ProtocolError(f"more than {MAX_REQUESTS_PER_CONNECTION} requests outstanding on one connection")
+        if rid in mine:
+            raise ProtocolError(f"request id {rid} is already in use on this connection")
         task = asyncio.get_running_loop().create_task(self._serve(rid, op, args, conn), name=f"raftlib-request-{op[:32]}")
-        mine.add(task)
+        mine[rid] = task
         self._tasks.add(task)
-        task.add_done_callback(mine.discard)
+        task.add_done_callback(lambda _: mine.pop(rid, None))
         task.add_done_callback(self._tasks.discard)
+
+    async def on_cancel(self, body: Any, conn: Connection) -> None:
+        """The caller gave up on a request (usually a stream): stop it."""
+        if type(body) is not list or len(body) != 1 or type(body[0]) is not int:
+            raise ProtocolError("Cancel body must be [id]")
+        task = self._requests_of(conn).get(body[0])
+        if task is not None:
+            task.cancel()
+
+    def _requests_of(self, conn: Connection) -> dict[int, asyncio.Task[None]]:
+        mine: dict[int, asyncio.Task[None]] | None = getattr(conn, "_raftlib_requests", None)
+        if mine is None:
+            mine = {}
+            setattr(conn, "_raftlib_requests", mine)
+            conn.on_close.append(lambda: self._cancel(set(mine.values())))
+        return mine
 
     async def _serve(self, rid: int, op: str, args: dict[str, Any], conn: Connection) -> None:
         handler = self.handlers.get(op)
+        body: list[Any]
         try:
-            if handler is None:
+            if op in self.streams:
+                async for item in self.streams[op](args):
+                    await conn.send_frame(STREAM, [rid, item])
+                body = [rid, True, None]
+            elif handler is None:
                 raise ConfigError(f"unknown request {op[:64]!r}")
-            body = [rid, True, await handler(args)]
+            else:
+                body = [rid, True, await handler(args)]
         except RaftError as exc:
             body = [rid, False, error_to_wire(exc)]
-        except Exception as exc:
+        except (OSError, RuntimeError) as exc:
+            if conn.closed:
+                return  # the caller went away mid-stream
             self._log.exception("request %s from %s failed", op[:64], conn.remote)
             body = [rid, False, error_to_wire(exc)]
+        except Exception as exc:
+            # An exception from the user's handle_write (the command counts as applied).
+            body = [rid, False, error_to_wire(CommandFailed(f"{type(exc).__name__}: {exc}"))]
         try:
             await conn.send_frame(RESPONSE, body)
         except (OSError, RuntimeError):
             pass  # the caller went away
 
-    async def _cancel(self, tasks: set[asyncio.Task[None]]) -> None:
+    async def _cancel(self, tasks: set[asyncio.Task[None]] | list[asyncio.Task[None]]) -> None:
         pending = list(tasks)
         for task in pending:
             task.cancel()
@@ -127,3 +159,38 @@ class RequestServer:
         return await self._peer.transfer_leadership(
             arg(args, "to", (str, type(None)), None), timeout=arg(args, "timeout", (int, float, type(None)), None)
         )
+
+    async def _write(self, args: dict[str, Any]) -> Any:
+        if "command" not in args:
+            raise ConfigError("the request lacks 'command'")
+        return await self._peer._forwarded_write(args["command"], _timeout(args), hops_of(args))
+
+    async def _read(self, args: dict[str, Any]) -> Any:
+        if "query" not in args:
+            raise ConfigError("the request lacks 'query'")
+        return await self._peer._forwarded_read(
+            args["query"], arg(args, "consistency", str, "linearizable"), _timeout(args), hops_of(args)
+        )
+
+    async def _open_session(self, args: dict[str, Any]) -> Any:
+        await self._peer.open_session(arg(args, "client", str), _timeout(args), hops=hops_of(args))
+
+    async def _close_session(self, args: dict[str, Any]) -> Any:
+        await self._peer.close_session(arg(args, "client", str), _timeout(args), hops=hops_of(args))
+
+    async def _session_write(self, args: dict[str, Any]) -> Any:
+        if "command" not in args:
+            raise ConfigError("the request lacks 'command'")
+        return await self._peer.session_write(
+            arg(args, "client", str), arg(args, "seq", int), args["command"], ack=arg(args, "ack", int, 0),
+            timeout=_timeout(args), hops=hops_of(args),
+        )
+
+    async def _listen(self, args: dict[str, Any]) -> AsyncIterator[Any]:
+        async for change in self._peer.listen(arg(args, "from_index", int, 0)):
+            yield [change.index, change.term, change.command, change.result, change.error]
+
+
+def _timeout(args: dict[str, Any]) -> float | None:
+    value: float | None = arg(args, "timeout", (int, float, type(None)), None)
+    return value

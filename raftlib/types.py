@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Any, Mapping
 
 import msgpack
 
@@ -25,6 +25,22 @@ class EntryKind(enum.IntEnum):
     """A cluster membership (``Membership.encode()`` bytes)."""
     NOOP = 2
     """Appended by each new leader so that it can commit entries of earlier terms."""
+    CLIENT = 3
+    """A client-session operation: open, close, or a write tagged for exactly-once
+    application (see :mod:`raftlib.sessions`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One applied write, as :meth:`raftlib.Peer.listen` reports it: its log
+    ``index`` and ``term``, the ``command`` and what ``handle_write`` returned
+    (``result``; ``None`` with ``error`` set if it raised)."""
+
+    index: int
+    term: int
+    command: Any
+    result: Any = None
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,355 @@
+"""A client for processes outside the cluster: ``await raftlib.connect([...])``.
+
+The client talks to any member over the peers' own port (see
+:mod:`raftlib.rpc`); members forward to the leader, and the client moves its
+connection to the leader once it knows where it is, following leader
+changes. Every write goes through a client session (:mod:`raftlib.sessions`),
+so it is retried after a timeout or a lost connection without ever being
+applied twice. Errors keep the distinction that matters:
+
+* :class:`~raftlib.errors.Unavailable`, :class:`~raftlib.errors.NotLeader`,
+  :class:`~raftlib.errors.SessionExpired` (on a first attempt): the write was
+  certainly **not** applied;
+* :class:`~raftlib.errors.OutcomeUnknown` (here a
+  :class:`~raftlib.errors.WriteTimeout`): it may have been, and every retry
+  within ``timeout`` failed to find out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from typing import Any, AsyncIterator, Sequence
+
+from .errors import (
+    CommandFailed,
+    ConfigError,
+    ConnectionLost,
+    LeadershipLost,
+    LogCompacted,
+    NotLeader,
+    OutcomeUnknown,
+    PeerStopped,
+    ProposalDropped,
+    RaftError,
+    SessionExpired,
+    Timeout,
+    Unavailable,
+    WriteTimeout,
+)
+from .rpc import RpcConnection
+from .transport.tcp import parse_address
+from .types import Change
+
+__all__ = ["Client", "connect"]
+
+_log = logging.getLogger("raftlib.client")
+
+_NOT_APPLIED = (NotLeader, ProposalDropped, PeerStopped, Unavailable)
+"""Errors after which a request certainly did not take effect."""
+_UNKNOWN = (OutcomeUnknown, Timeout)
+"""Errors after which it may have."""
+
+
+class Client:
+    """A connection to a raftlib cluster. Create it with :func:`connect`.
+
+    ``write``, ``read`` and ``listen`` may be used concurrently from many
+    tasks; they share one connection and one session.
+    """
+
+    def __init__(self, addresses: Sequence[str], *, timeout: float, connect_timeout: float, max_frame_size: int) -> None:
+        self.addresses = list(addresses)
+        self.timeout = timeout
+        """Default time allowed for each call (including its retries)."""
+        self._connect_timeout = connect_timeout
+        self._max_frame_size = max_frame_size
+        self._conn: RpcConnection | None = None
+        self._connecting: asyncio.Lock = asyncio.Lock()
+        self._preferred: str | None = None
+        self._conn_to_replace = False
+        """The leader is elsewhere: reconnect there before the next call."""
+        self.client_id = ""
+        self._seq = 0
+        self._done: set[int] = set()
+        self._ack = 0
+        self._closed = False
+
+    # -- public API -----------------------------------------------------------------
+
+    @property
+    def leader_address(self) -> str | None:
+        """The address of the member this client sends to when it is the leader."""
+        return self._preferred
+
+    async def write(self, command: Any, timeout: float | None = None) -> Any:
+        """Apply ``command`` on the cluster exactly once; return ``handle_write``'s result.
+
+        Retries (at other members, after leader changes) until ``timeout``
+        (default: the client's). Raises :class:`~raftlib.errors.CommandFailed`
+        if ``handle_write`` raised (the command counts as applied);
+        :class:`~raftlib.errors.WriteTimeout` (an ``OutcomeUnknown``) if some
+        attempt may have applied it and none could confirm;
+        :class:`~raftlib.errors.Unavailable` or another not-applied error if
+        it certainly was not applied.
+        """
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.timeout if timeout is None else timeout)
+        self._seq += 1
+        seq, client = self._seq, self.client_id
+        maybe_applied = False
+        last: BaseException | None = None
+        backoff = 0.01
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                conn = await self._connection(remaining)
+                result = await conn.call(
+                    "session_write",
+                    {"client": client, "seq": seq, "ack": self._ack, "command": command, "timeout": remaining},
+                    timeout=remaining + 1.0,
+                )
+                self._answered(seq)
+                return result
+            except CommandFailed:
+                self._answered(seq)
+                raise
+            except SessionExpired as exc:
+                if maybe_applied:
+                    raise WriteTimeout(
+                        f"the client session expired while write {seq} was being retried; it may have been "
+                        f"applied once: {exc}"
+                    ) from None
+                await self._reopen_session(deadline)
+                self._seq += 1
+                seq, client = self._seq, self.client_id
+                last = exc
+                continue
+            except _NOT_APPLIED as exc:
+                last = exc
+                self._follow(exc)
+            except _UNKNOWN as exc:
+                last = exc
+                maybe_applied = True
+                await self._drop_connection()
+            await asyncio.sleep(backoff)
+            backoff = min(0.5, backoff * 2)
+        if maybe_applied:
+            raise WriteTimeout(f"write {seq} could not be confirmed within the time allowed; it may have been "
+                               f"applied (last error: {last})")
+        raise Unavailable(f"write {seq} was not applied: no leader could take it in time (last error: {last})")
+
+    async def read(self, query: Any, *, consistency: str = "linearizable", timeout: float | None = None) -> Any:
+        """Answer ``query`` with the cluster's ``handle_read``.
+
+        ``consistency`` is ``"linearizable"`` (default), ``"lease"`` or
+        ``"stale"`` (the state of whichever member answers), as for
+        :meth:`raftlib.Peer.read`. Retried until ``timeout``; raises
+        :class:`~raftlib.errors.Unavailable` if no member answered.
+        """
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.timeout if timeout is None else timeout)
+        last: BaseException | None = None
+        backoff = 0.01
+        while loop.time() < deadline:
+            remaining = deadline - loop.time()
+            try:
+                conn = await self._connection(remaining)
+                return await conn.call("read", {"query": query, "consistency": consistency, "timeout": remaining},
+                                       timeout=remaining + 1.0)
+            except _NOT_APPLIED + _UNKNOWN as exc:
+                last = exc
+                self._follow(exc)
+                if isinstance(exc, _UNKNOWN):
+                    await self._drop_connection()
+            await asyncio.sleep(backoff)
+            backoff = min(0.5, backoff * 2)
+        raise Unavailable(f"the read got no answer in time (last error: {last})")
+
+    async def listen(self, from_index: int = 0) -> AsyncIterator[Change]:
+        """Yield every write the cluster applies, in log order, from
+        ``from_index`` on (see :meth:`raftlib.Peer.listen`), following the
+        cluster across members and leader changes without gaps or repeats.
+
+        Raises :class:`~raftlib.errors.LogCompacted` if the members no
+        longer keep changes that old, and :class:`~raftlib.errors.Unavailable`
+        if no member can be reached for the client's timeout.
+        """
+        self._check_open()
+        next_index = from_index
+        loop = asyncio.get_running_loop()
+        lost_since: float | None = None
+        while True:
+            try:
+                conn = await self._connection(self.timeout)
+                async for index, term, command, result, error in conn.stream("listen", {"from_index": next_index}):
+                    lost_since = None
+                    if index < next_index:
+                        continue
+                    next_index = index + 1
+                    yield Change(index, term, command, result, error)
+                return
+            except LogCompacted:
+                raise
+            except (ConnectionLost, Unavailable, PeerStopped) as exc:
+                await self._drop_connection()
+                lost_since = lost_since or loop.time()
+                if loop.time() - lost_since > self.timeout:
+                    raise Unavailable(f"lost the change feed and could not resume it: {exc}") from None
+                await asyncio.sleep(0.05)
+
+    async def status(self) -> dict[str, Any]:
+        """The status (as :meth:`raftlib.Peer.status`) of the member this client talks to."""
+        conn = await self._connection(self.timeout)
+        status: dict[str, Any] = await conn.call("status", {}, timeout=self.timeout)
+        return status
+
+    async def close(self) -> None:
+        """Close the session (best effort) and the connection. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._conn is not None and not self._conn.closed and self.client_id:
+            with contextlib.suppress(RaftError, OSError):
+                await self._conn.call("close_session", {"client": self.client_id}, timeout=1.0)
+        await self._drop_connection()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- internals --------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise PeerStopped("the client is closed")
+
+    def _answered(self, seq: int) -> None:
+        """Remember ``seq`` was answered; move ``ack`` over every answered seq in a row."""
+        self._done.add(seq)
+        while self._ack + 1 in self._done:
+            self._ack += 1
+            self._done.discard(self._ack)
+
+    def _follow(self, exc: BaseException) -> None:
+        """After a NotLeader naming the leader, talk to it directly next time."""
+        if isinstance(exc, NotLeader) and exc.leader_address and exc.leader_address != self._preferred:
+            self._preferred = exc.leader_address
+            self._conn_to_replace = True
+
+    async def _connection(self, within: float) -> RpcConnection:
+        conn = self._conn
+        if conn is not None and not conn.closed and not self._conn_to_replace:
+            return conn
+        async with self._connecting:
+            conn = self._conn
+            if conn is not None and not conn.closed and not self._conn_to_replace:
+                return conn
+            self._conn_to_replace = False
+            if conn is not None:
+                await conn.close()
+                self._conn = None
+            self._conn = await self._open_any(within)
+            return self._conn
+
+    async def _open_any(self, within: float) -> RpcConnection:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        order = ([self._preferred] if self._preferred else []) + [a for a in self.addresses if a != self._preferred]
+        errors: list[str] = []
+        while True:
+            for address in order:
+                timeout = min(self._connect_timeout, max(0.05, deadline - loop.time()))
+                try:
+                    conn = await RpcConnection.open(address, timeout=timeout, max_frame_size=self._max_frame_size)
+                except Unavailable as exc:
+                    errors.append(str(exc))
+                    continue
+                await self._learn_leader(conn)
+                return conn
+            if loop.time() >= deadline:
+                raise Unavailable(f"could not reach any of {order}: {'; '.join(errors[-len(order):])}")
+            await asyncio.sleep(min(0.1, max(0.0, deadline - loop.time())))
+
+    async def _learn_leader(self, conn: RpcConnection) -> None:
+        """Ask the member for the leader's address, to go there next time."""
+        try:
+            status = await conn.call("status", {}, timeout=self._connect_timeout)
+        except (RaftError, OSError):
+            return
+        leader = status.get("leader") if isinstance(status, dict) else None
+        members = status.get("members") if isinstance(status, dict) else None
+        if isinstance(leader, str) and isinstance(members, dict) and isinstance(members.get(leader), dict):
+            address = members[leader].get("address")
+            if isinstance(address, str) and address != conn.address:
+                self._preferred = address
+                self._conn_to_replace = True
+            elif address == conn.address:
+                self._preferred = address
+        known = [m.get("address") for m in members.values() if isinstance(m, dict)] if isinstance(members, dict) else []
+        for address in known:
+            if isinstance(address, str) and address not in self.addresses:
+                self.addresses.append(address)
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close()
+
+    async def _reopen_session(self, deadline: float) -> None:
+        self.client_id = uuid.uuid4().hex
+        self._seq, self._done, self._ack = 0, set(), 0
+        loop = asyncio.get_running_loop()
+        last: BaseException | None = None
+        while loop.time() < deadline:
+            remaining = deadline - loop.time()
+            try:
+                conn = await self._connection(remaining)
+                await conn.call("open_session", {"client": self.client_id, "timeout": remaining},
+                                timeout=remaining + 1.0)
+                return
+            except _NOT_APPLIED + _UNKNOWN as exc:  # opening a session is idempotent
+                last = exc
+                self._follow(exc)
+                if isinstance(exc, _UNKNOWN):
+                    await self._drop_connection()
+            await asyncio.sleep(0.05)
+        raise Unavailable(f"could not open a client session in time (last error: {last})")
+
+
+async def connect(
+    addresses: Sequence[str],
+    *,
+    timeout: float = 30.0,
+    connect_timeout: float = 5.0,
+    max_frame_size: int = 64 * 1024 * 1024,
+) -> Client:
+    """Connect to the cluster through any of ``addresses`` and open a session.
+
+    ``timeout`` is the default time each call may take, retries included.
+    Raises :class:`~raftlib.errors.ConfigError` for malformed addresses and
+    :class:`~raftlib.errors.Unavailable` if no member could open a session
+    within ``timeout``.
+    """
+    if isinstance(addresses, str) or not addresses:
+        raise ConfigError("connect needs a non-empty list of member addresses")
+    for address in addresses:
+        parse_address(address)
+    if timeout <= 0 or connect_timeout <= 0:
+        raise ConfigError("timeout and connect_timeout must be positive")
+    client = Client(addresses, timeout=timeout, connect_timeout=connect_timeout, max_frame_size=max_frame_size)
+    loop = asyncio.get_running_loop()
+    try:
+        await client._reopen_session(loop.time() + timeout)
+    except BaseException:
+        await client._drop_connection()
+        raise
+    return client

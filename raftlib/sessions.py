@@ -1,0 +1,167 @@
+"""Client sessions: exactly-once writes across retries.
+
+A client opens a session (a log entry), then tags each write with its
+session id and a sequence number, and tells which of its earlier writes it
+has seen answered (``ack``: every sequence number up to it). The table below
+is replicated state: every peer applies the same entries in the same order,
+so every peer agrees on which writes were applied and what they returned.
+A write whose sequence number was already applied is not applied again; its
+first result is returned instead. Results are kept until the client
+acknowledges them.
+
+Sessions expire by *log time*: the leader stamps each session entry with its
+clock (never going backwards), and a session unused for ``ttl`` seconds of
+that time is dropped when a later session entry is applied. Expiry is thus
+decided by the log, identically on every peer, not by each peer's clock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any
+
+import msgpack
+
+__all__ = ["SessionOp", "ClientEntry", "SessionTable", "Outcome"]
+
+
+class SessionOp(enum.IntEnum):
+    OPEN = 0
+    WRITE = 1
+    CLOSE = 2
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClientEntry:
+    """The payload of an ``EntryKind.CLIENT`` log entry."""
+
+    op: SessionOp
+    client: str
+    seq: int = 0
+    ack: int = 0
+    stamp: float = 0.0
+    command: bytes = b""
+
+    def encode(self) -> bytes:
+        data: bytes = msgpack.packb([int(self.op), self.client, self.seq, self.ack, self.stamp, self.command])
+        return data
+
+    @classmethod
+    def decode(cls, data: bytes) -> ClientEntry:
+        """Raises ``ValueError`` for anything that is not an encoded ClientEntry."""
+        try:
+            op, client, seq, ack, stamp, command = msgpack.unpackb(data)
+            return cls(SessionOp(op), str(client), int(seq), int(ack), float(stamp), bytes(command))
+        except Exception as exc:
+            raise ValueError(f"not a client entry: {exc}") from None
+
+
+class Outcome(enum.Enum):
+    APPLY = "apply"
+    """A new write: apply it and :meth:`SessionTable.record` its result."""
+    DUPLICATE = "duplicate"
+    """Applied before: the first result comes with it."""
+    EXPIRED = "expired"
+    """The session does not exist (expired, closed or never opened): not applied."""
+
+
+@dataclasses.dataclass(slots=True)
+class _Session:
+    last_used: float
+    acked: int = 0
+    results: dict[int, tuple[bool, bytes]] = dataclasses.field(default_factory=dict)
+    """seq -> (ok, packed result or error text), for seqs above ``acked``."""
+
+
+class SessionTable:
+    """The replicated table of client sessions (see the module docs)."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self.clock = 0.0
+        """The latest stamp applied: the cluster's log time."""
+        self._last_sweep = 0.0
+        self._sessions: dict[str, _Session] = {}
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def __contains__(self, client: object) -> bool:
+        return client in self._sessions
+
+    def tick(self, stamp: float) -> None:
+        """Advance log time to ``stamp`` and drop sessions idle for longer than ``ttl``."""
+        if stamp > self.clock:
+            self.clock = stamp
+        if self.clock - self._last_sweep >= self.ttl / 16:
+            self._last_sweep = self.clock
+            horizon = self.clock - self.ttl
+            for client in [c for c, s in self._sessions.items() if s.last_used < horizon]:
+                del self._sessions[client]
+
+    def open(self, client: str) -> None:
+        session = self._sessions.get(client)
+        if session is None:
+            self._sessions[client] = _Session(self.clock)
+        else:
+            session.last_used = self.clock
+
+    def close(self, client: str) -> None:
+        self._sessions.pop(client, None)
+
+    def check(self, client: str, seq: int, ack: int) -> tuple[Outcome, tuple[bool, bytes] | None]:
+        """Classify a write of ``client`` with sequence number ``seq``.
+
+        Also forgets the results the client acknowledged (``ack``).
+        """
+        session = self._sessions.get(client)
+        if session is None:
+            return Outcome.EXPIRED, None
+        session.last_used = self.clock
+        if ack > session.acked:
+            session.acked = ack
+            for s in [s for s in session.results if s <= ack]:
+                del session.results[s]
+        if seq in session.results:
+            return Outcome.DUPLICATE, session.results[seq]
+        if seq <= session.acked:
+            # The client said it saw this answer already; it cannot be asking again.
+            return Outcome.DUPLICATE, (False, b"this write was applied and acknowledged before")
+        return Outcome.APPLY, None
+
+    def peek(self, client: str, seq: int) -> tuple[bool, bytes] | None:
+        """The stored result of an applied write, without changing anything."""
+        session = self._sessions.get(client)
+        return None if session is None else session.results.get(seq)
+
+    def record(self, client: str, seq: int, ok: bool, result: bytes) -> None:
+        session = self._sessions.get(client)
+        if session is not None:
+            session.results[seq] = (ok, result)
+
+    # -- snapshots ---------------------------------------------------------------
+
+    def encode(self) -> bytes:
+        data: bytes = msgpack.packb({
+            "clock": self.clock,
+            "last_sweep": self._last_sweep,
+            "sessions": {
+                c: [s.last_used, s.acked, [[seq, ok, r] for seq, (ok, r) in s.results.items()]]
+                for c, s in self._sessions.items()
+            },
+        })
+        return data
+
+    def restore(self, data: bytes) -> None:
+        """Replace the table with one from :meth:`encode`; raises ``ValueError`` if malformed."""
+        try:
+            raw: Any = msgpack.unpackb(data, strict_map_key=False)
+            sessions = {
+                str(c): _Session(float(used), int(acked), {int(seq): (bool(ok), bytes(r)) for seq, ok, r in results})
+                for c, (used, acked, results) in raw["sessions"].items()
+            }
+            clock, last_sweep = float(raw["clock"]), float(raw["last_sweep"])
+        except Exception as exc:
+            raise ValueError(f"malformed session table in snapshot: {exc}") from None
+        self._sessions, self.clock, self._last_sweep = sessions, clock, last_sweep

@@ -1,0 +1,303 @@
+"""Client semantics over TCP: read consistency levels, forwarding,
+exactly-once sessions, the change feed, and raftlib.connect."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any
+
+import pytest
+
+import raftlib
+from raftlib import errors
+
+from clusterkit import FAST, Cluster, KVStore, eventually
+
+
+class GatedKV(KVStore):
+    """Blocks ``["slow", key, value]`` until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+
+    async def handle_write(self, command: Any) -> Any:
+        if command[0] == "slow":
+            self.entered.set()
+            await self.gate.wait()
+            command = ["set", *command[1:]]
+        return super().handle_write(command)
+
+
+# -- reads ------------------------------------------------------------------------------
+
+
+async def test_consistency_levels_on_leader_and_follower(cluster: Cluster) -> None:
+    peers = await cluster.start(3)
+    leader = await cluster.leader()
+    follower = next(p for p in peers.values() if p is not leader)
+    await leader.write(["set", "a", 1])
+    for consistency in ("linearizable", "lease"):
+        assert await leader.read(["get", "a"], consistency=consistency) == ["ok", 1]
+        assert await follower.read(["get", "a"], consistency=consistency) == ["ok", 1]  # forwarded
+    await eventually(lambda: follower.state_machine.data.get("a") == 1)
+    assert await follower.read(["get", "a"], consistency="stale") == ["ok", 1]  # local state
+    with pytest.raises(errors.ConfigError, match="consistency"):
+        await leader.read(["get", "a"], consistency="eventual")
+
+
+async def test_stale_reads_serve_local_state_even_without_a_leader(cluster: Cluster) -> None:
+    peers = await cluster.start(3)
+    leader = await cluster.leader()
+    await leader.write(["set", "a", 1])
+    follower = next(p for p in peers.values() if p is not leader)
+    await eventually(lambda: follower.state_machine.data.get("a") == 1)
+    cluster.isolate(follower.name)
+    await leader.write(["set", "a", 2])
+    assert await follower.read(["get", "a"], consistency="stale") == ["ok", 1]  # behind, by design
+
+
+@pytest.mark.parametrize("consistency", ["linearizable", "lease"])
+async def test_a_stale_leader_cut_off_from_the_majority_cannot_serve_a_read(
+    cluster: Cluster, consistency: str
+) -> None:
+    await cluster.start(3)
+    old = await cluster.leader()
+    await old.write(["set", "k", "old"])
+    cluster.isolate(old.name)
+    new = await eventually(lambda: next((p for p in cluster.live() if p.is_leader and p is not old), None))
+    assert await new.write(["set", "k", "new"]) == ["ok", "k", "new"]
+    # The old leader may not have noticed yet; it must not answer with "old".
+    try:
+        answer = await old.read(["get", "k"], consistency=consistency, forward=False, timeout=0.5)
+    except (errors.Timeout, errors.NotLeader):
+        pass
+    else:
+        pytest.fail(f"a leader cut off from the majority answered {answer!r}")
+    cluster.heal()
+
+
+async def test_lease_reads_need_check_quorum(tmp_path: Any) -> None:
+    c = Cluster(tmp_path, config=dataclasses.replace(FAST, check_quorum=False))
+    try:
+        await c.start(1)
+        leader = await c.leader()
+        with pytest.raises(errors.ConfigError, match="check_quorum"):
+            await leader.read(["get", "a"], consistency="lease")
+    finally:
+        await c.close()
+
+
+# -- sessions -----------------------------------------------------------------------------
+
+
+async def test_a_retried_session_write_is_applied_once(cluster: Cluster) -> None:
+    await cluster.start(1)
+    peer = await cluster.start_peer("s2", sm=GatedKV)
+    await cluster.peers["s1"].add_member("s2", peer.address)
+    await cluster.peers["s1"].transfer_leadership("s2")
+    await eventually(lambda: peer.is_leader)
+    await peer.open_session("c1")
+    sm: GatedKV = peer.state_machine  # type: ignore[assignment]
+    with pytest.raises(errors.WriteTimeout):
+        await peer.session_write("c1", 1, ["slow", "x", 1], timeout=0.2)
+    assert sm.entered.is_set()
+    retry = asyncio.ensure_future(peer.session_write("c1", 1, ["slow", "x", 1]))
+    await asyncio.sleep(0.1)
+    sm.gate.set()
+    assert await retry == ["ok", "x", 1]
+    # Once more, through another member: the first result, still applied once.
+    assert await cluster.peers["s1"].session_write("c1", 1, ["slow", "x", 1]) == ["ok", "x", 1]
+    assert sm.applied.count(["set", "x", 1]) == 1
+    # A new sequence number is a new write.
+    assert await peer.session_write("c1", 2, ["set", "x", 2], ack=1) == ["ok", "x", 2]
+
+
+async def test_session_errors(cluster: Cluster) -> None:
+    peers = await cluster.start(1)
+    s1 = peers["s1"]
+    with pytest.raises(errors.SessionExpired, match="not applied"):
+        await s1.session_write("never-opened", 1, ["set", "a", 1])
+    assert "a" not in s1.state_machine.data
+    await s1.open_session("c")
+    with pytest.raises(errors.CommandFailed, match="ValueError: refused"):
+        await s1.session_write("c", 1, ["fail", "z"])
+    with pytest.raises(errors.CommandFailed, match="ValueError: refused"):
+        await s1.session_write("c", 1, ["fail", "z"])  # the same answer, not applied again
+    assert s1.state_machine.applied.count(["fail", "z"]) == 1
+    await s1.close_session("c")
+    with pytest.raises(errors.SessionExpired):
+        await s1.session_write("c", 2, ["set", "b", 1])
+    with pytest.raises(errors.ConfigError):
+        await s1.session_write("c", 0, ["set", "b", 1])
+    with pytest.raises(errors.ConfigError):
+        await s1.open_session("")
+
+
+async def test_sessions_expire_by_log_time(tmp_path: Any) -> None:
+    c = Cluster(tmp_path, config=dataclasses.replace(FAST, session_ttl=0.3))
+    try:
+        peers = await c.start(1)
+        s1 = peers["s1"]
+        await s1.open_session("idle")
+        await s1.open_session("busy")
+        assert await s1.session_write("idle", 1, ["set", "i", 1]) == ["ok", "i", 1]
+        for seq in range(1, 6):  # "busy" keeps writing for 0.5 s; log time moves with it
+            await asyncio.sleep(0.1)
+            assert await s1.session_write("busy", seq, ["set", "b", seq]) == ["ok", "b", seq]
+        with pytest.raises(errors.SessionExpired):
+            await s1.session_write("idle", 1, ["set", "i", 1])
+        assert s1.state_machine.applied.count(["set", "i", 1]) == 1
+    finally:
+        await c.close()
+
+
+async def test_the_session_table_survives_snapshots_and_restarts(lmdb_cluster: Cluster) -> None:
+    cluster = lmdb_cluster
+    peers = await cluster.start(3)
+    leader = await cluster.leader()
+    await leader.open_session("c")
+    assert await leader.session_write("c", 1, ["set", "a", 1]) == ["ok", "a", 1]
+    for p in peers.values():
+        await eventually(lambda: p._applied >= leader._applied)
+        await p.snapshot()
+    for name in list(peers):
+        await cluster.peers[name].stop()
+        await cluster.start_peer(name)
+    new = await cluster.leader()
+    assert new.state_machine.restores == 1
+    assert await new.session_write("c", 1, ["set", "a", 1]) == ["ok", "a", 1]
+    assert new.state_machine.applied == []  # answered from the table, not applied again
+    assert await new.session_write("c", 2, ["set", "b", 2]) == ["ok", "b", 2]
+
+
+# -- the change feed -----------------------------------------------------------------------
+
+
+async def test_listen_yields_applied_writes_in_order_and_resumes(cluster: Cluster) -> None:
+    peers = await cluster.start(3)
+    leader = await cluster.leader()
+    for i in range(5):
+        await leader.write(["set", f"k{i}", i])
+    seen: list[raftlib.Change] = []
+
+    async def consume(peer: raftlib.Peer, start: int, n: int) -> None:
+        async for change in peer.listen(start):
+            seen.append(change)
+            if len(seen) == n:
+                return
+
+    await asyncio.wait_for(consume(leader, 0, 5), 5)
+    assert [c.command for c in seen] == [["set", f"k{i}", i] for i in range(5)]
+    assert [c.result for c in seen] == [["ok", f"k{i}", i] for i in range(5)]
+    indexes = [c.index for c in seen]
+    assert indexes == sorted(indexes) and all(c.term >= 1 for c in seen)
+    # Resume after the third, on a follower, and see a new write arrive live.
+    follower = next(p for p in peers.values() if p is not leader)
+    seen.clear()
+    task = asyncio.ensure_future(consume(follower, indexes[2] + 1, 3))
+    await asyncio.sleep(0.05)
+    with pytest.raises(ValueError):
+        await leader.write(["fail", "x"])
+    await asyncio.wait_for(task, 5)
+    assert [c.command for c in seen] == [["set", "k3", 3], ["set", "k4", 4], ["fail", "x"]]
+    assert seen[-1].result is None and seen[-1].error == "ValueError: refused x"
+
+
+async def test_listen_from_before_the_kept_changes_is_refused(tmp_path: Any) -> None:
+    c = Cluster(tmp_path, config=dataclasses.replace(FAST, listen_backlog=3))
+    try:
+        peers = await c.start(1)
+        s1 = peers["s1"]
+        for i in range(6):
+            await s1.write(["set", "k", i])
+        with pytest.raises(errors.LogCompacted, match="listen from"):
+            async for _ in s1.listen(1):
+                pass
+        first = await asyncio.wait_for(anext(aiter(s1.listen(0))), 2)
+        assert first.command == ["set", "k", 3]  # the oldest of the three kept
+        with pytest.raises(errors.ConfigError):
+            async for _ in s1.listen(-1):
+                pass
+    finally:
+        await c.close()
+
+
+# -- raftlib.connect --------------------------------------------------------------------------
+
+
+async def test_client_writes_reads_and_moves_to_the_leader(cluster: Cluster) -> None:
+    peers = await cluster.start(3)
+    leader = await cluster.leader()
+    follower = next(p for p in peers.values() if p is not leader)
+    client = await raftlib.connect([follower.address], timeout=10)
+    try:
+        assert await client.write(["set", "a", 1]) == ["ok", "a", 1]
+        assert await client.read(["get", "a"]) == ["ok", 1]
+        assert await client.read(["get", "a"], consistency="stale") == ["ok", 1]
+        assert client.leader_address == leader.address
+        with pytest.raises(errors.CommandFailed, match="refused"):
+            await client.write(["fail", "q"])
+        status = await client.status()
+        assert set(status["members"]) == {"s1", "s2", "s3"}
+    finally:
+        await client.close()
+    with pytest.raises(errors.PeerStopped):
+        await client.write(["set", "b", 1])
+
+
+async def test_client_retry_after_a_lost_connection_applies_once(cluster: Cluster) -> None:
+    await cluster.start(1)
+    peer = await cluster.start_peer("s2", sm=GatedKV)
+    await cluster.peers["s1"].add_member("s2", peer.address)
+    await cluster.peers["s1"].transfer_leadership("s2")
+    await eventually(lambda: peer.is_leader)
+    sm: GatedKV = peer.state_machine  # type: ignore[assignment]
+    client = await raftlib.connect([peer.address], timeout=10)
+    try:
+        write = asyncio.ensure_future(client.write(["slow", "x", 7]))
+        await asyncio.wait_for(sm.entered.wait(), 5)
+        assert client._conn is not None
+        await client._conn.close()  # the answer can no longer come back on it
+        await asyncio.sleep(0.1)
+        sm.gate.set()
+        assert await write == ["ok", "x", 7]
+        assert sm.applied.count(["set", "x", 7]) == 1
+    finally:
+        await client.close()
+
+
+async def test_client_follows_a_leader_change_and_its_feed_has_no_gaps(cluster: Cluster) -> None:
+    peers = await cluster.start(3)
+    client = await raftlib.connect([p.address for p in peers.values()], timeout=10)
+    seen: list[raftlib.Change] = []
+
+    async def consume() -> None:
+        async for change in client.listen():
+            seen.append(change)
+
+    task = asyncio.ensure_future(consume())
+    try:
+        for i in range(10):
+            await client.write(["set", "k", i])
+        old = await cluster.leader()
+        await old.stop()
+        for i in range(10, 20):
+            await client.write(["set", "k", i])
+        await eventually(lambda: len(seen) >= 20)
+        assert [c.command[2] for c in seen] == list(range(20))
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await client.close()
+
+
+async def test_connect_errors() -> None:
+    with pytest.raises(errors.ConfigError):
+        await raftlib.connect([])
+    with pytest.raises(errors.ConfigError):
+        await raftlib.connect(["no-port"])
+    with pytest.raises(errors.Unavailable):
+        await raftlib.connect(["127.0.0.1:9"], timeout=0.3)
