@@ -5,6 +5,7 @@ the cluster with :meth:`Peer.set_configuration`, then ``write`` and ``read``.
 """
 
 from . import errors
+from . import kv
 from .client import Client, connect
 from .config import Config
 from .errors import (
@@ -46,5 +47,6 @@ __all__ = [
     "connect",
     "errors",
     "join",
+    "kv",
     "start_peer",
 ]

@@ -188,8 +188,8 @@ class Client:
         while True:
             try:
                 conn = await self._connection(self.timeout)
+                lost_since = None  # connected again: the clock of a new loss starts afresh
                 async for index, term, command, result, error in conn.stream("listen", {"from_index": next_index}):
-                    lost_since = None
                     if index < next_index:
                         continue
                     next_index = index + 1
@@ -205,10 +205,23 @@ class Client:
                 await asyncio.sleep(0.05)
 
     async def status(self) -> dict[str, Any]:
-        """The status (as :meth:`raftlib.Peer.status`) of the member this client talks to."""
-        conn = await self._connection(self.timeout)
-        status: dict[str, Any] = await conn.call("status", {}, timeout=self.timeout)
-        return status
+        """The status (as :meth:`raftlib.Peer.status`) of the member this client
+        talks to (another one if it does not answer). Raises
+        :class:`~raftlib.errors.Unavailable` if none answers within the client's timeout."""
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        last: BaseException | None = None
+        while loop.time() < deadline:
+            try:
+                conn = await self._connection(deadline - loop.time())
+                status: dict[str, Any] = await conn.call("status", {}, timeout=max(0.1, deadline - loop.time()))
+                return status
+            except _NOT_APPLIED + _UNKNOWN as exc:
+                last = exc
+                await self._drop_connection()
+            await asyncio.sleep(0.05)
+        raise Unavailable(f"no member answered a status request in time (last error: {last})")
 
     async def close(self) -> None:
         """Close the session (best effort) and the connection. Idempotent."""

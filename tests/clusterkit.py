@@ -120,9 +120,9 @@ class Cluster:
         self.addresses[name] = peer.address
         return peer
 
-    async def start(self, n: int = 3) -> dict[str, raftlib.Peer]:
+    async def start(self, n: int = 3, sm: Any = KVStore) -> dict[str, raftlib.Peer]:
         for i in range(1, n + 1):
-            await self.start_peer(f"s{i}")
+            await self.start_peer(f"s{i}", sm=sm)
         await self.peers["s1"].set_configuration(dict(self.addresses))
         await self.leader()
         return self.peers
