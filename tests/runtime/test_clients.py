@@ -301,3 +301,37 @@ async def test_connect_errors() -> None:
         await raftlib.connect(["no-port"])
     with pytest.raises(errors.Unavailable):
         await raftlib.connect(["127.0.0.1:9"], timeout=0.3)
+
+
+async def test_forwarding_without_a_reachable_leader_ends_in_a_clear_error(cluster: Cluster) -> None:
+    peers = await cluster.start(3)
+    leader = await cluster.leader()
+    follower = next(p for p in peers.values() if p is not leader)
+    for p in peers.values():
+        if p is not follower:
+            await p.stop(transfer_leadership=False)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    with pytest.raises((errors.NotLeader, errors.Unavailable)):
+        await follower.write(["set", "a", 1])
+    with pytest.raises((errors.NotLeader, errors.Unavailable)):
+        await follower.read(["get", "a"])
+    assert loop.time() - start < 30  # bounded, not a hang
+    assert "a" not in follower.state_machine.data
+
+
+async def test_a_request_forwarded_too_often_is_refused(cluster: Cluster) -> None:
+    from raftlib.rpc import RpcConnection
+
+    peers = await cluster.start(3)
+    leader = await cluster.leader()
+    follower = next(p for p in peers.values() if p is not leader)
+    await eventually(lambda: follower.leader == leader.name)
+    conn = await RpcConnection.open(follower.address)
+    try:
+        with pytest.raises(errors.NotLeader) as info:
+            await conn.call("write", {"command": ["set", "a", 1], "hops": 2})
+        assert info.value.leader == leader.name
+        assert await conn.call("write", {"command": ["set", "a", 1], "hops": 1}) == ["ok", "a", 1]
+    finally:
+        await conn.close()
