@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import dataclasses
+import json
 import logging
+import signal
 import sys
 import tempfile
 import time
@@ -127,3 +131,492 @@ async def _new_leader(survivors: dict[str, Any], old: str) -> str:
 
 def _ms(t0: float) -> str:
     return f"{(time.perf_counter() - t0) * 1000:.0f} ms"
+
+
+# -- shared options ------------------------------------------------------------------------------
+
+_LOG_LEVELS = click.Choice(["debug", "info", "warning", "error"])
+
+
+def _addresses(text: str) -> list[str]:
+    """``ADDR[,ADDR...]`` as a list, each checked."""
+    from .transport.tcp import parse_address
+
+    addresses = [a.strip() for a in text.split(",") if a.strip()]
+    if not addresses:
+        raise click.BadParameter("give at least one address (host:port)")
+    for address in addresses:
+        try:
+            parse_address(address)
+        except RaftError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return addresses
+
+
+def _cluster_option(fn: Any) -> Any:
+    return click.option(
+        "--cluster", "cluster", required=True, envvar="RAFTLIB_CLUSTER", metavar="ADDR[,ADDR]",
+        help="Addresses of one or more members (or set RAFTLIB_CLUSTER).",
+    )(fn)
+
+
+def _json_option(fn: Any) -> Any:
+    return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")(fn)
+
+
+def _timeout_option(fn: Any) -> Any:
+    return click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+                        help="Seconds allowed, retries included.")(fn)
+
+
+def _run(coro: Any) -> Any:
+    """Run ``coro``; turn raftlib errors into a clear message and exit code 1."""
+    try:
+        return asyncio.run(coro)
+    except RaftError as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+    except OSError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _to_jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            return "base64:" + base64.b64encode(value).decode()
+    if isinstance(value, dict):
+        return {str(k): _to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_jsonable(v) for v in value]
+    return value
+
+
+def _echo(value: Any, as_json: bool) -> None:
+    if as_json or not isinstance(value, str):
+        click.echo(json.dumps(_to_jsonable(value), sort_keys=True))
+    else:
+        click.echo(value)
+
+
+def _parse_value(text: str, as_string: bool) -> Any:
+    """A value from the command line: JSON if it parses (``3``, ``"x"``, ``[1,2]``), else the text."""
+    if as_string:
+        return text
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+# -- serve ---------------------------------------------------------------------------------------
+
+
+def _initial_cluster(text: str) -> dict[str, str]:
+    members: dict[str, str] = {}
+    for part in text.split(","):
+        name, sep, address = part.strip().partition("=")
+        if not sep or not name or not address:
+            raise click.BadParameter(f"expected NAME=ADDRESS, got {part.strip()!r}")
+        _addresses(address)
+        members[name] = address
+    return members
+
+
+@main.command()
+@click.option("--name", required=True, help="This member's name, unique in the cluster.")
+@click.option("--listen", "listen", required=True, metavar="ADDR",
+              help="Address to listen on and to be reached at (host:port or unix:/path).")
+@click.option("--advertise", default=None, metavar="ADDR",
+              help="The address the others should use, if not --listen (a proxy or NAT in front).")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Where the log (LMDB) and snapshots live; a restart on it resumes.")
+@click.option("--memory", is_flag=True, help="Keep everything in memory (an ephemeral member).")
+@click.option("--initial-cluster", default=None, metavar="NAME=ADDR,...",
+              help="Found a new cluster with these members (ignored once this member has a log).")
+@click.option("--join", "join_seeds", default=None, metavar="ADDR[,ADDR]",
+              help="Join a running cluster through any of these members.")
+@click.option("--learner", is_flag=True, help="With --join: join as a learner (a non-voting member).")
+@click.option("--election-timeout-ms", type=click.IntRange(20, 60_000), default=None,
+              help="Minimum election timeout (default 400 ms with 10 ms ticks).")
+@click.option("--log-level", type=_LOG_LEVELS, default="info", show_default=True)
+def serve(name: str, listen: str, advertise: str | None, data_dir: str | None, memory: bool, initial_cluster: str | None,
+          join_seeds: str | None, learner: bool, election_timeout_ms: int | None, log_level: str) -> None:
+    """Run a member of the built-in key-value service (raftlib.kv).
+
+    SIGTERM or SIGINT stops it cleanly: a leader first hands leadership to
+    the most up-to-date follower. Start it again with the same --data-dir to
+    resume.
+    """
+    logging.basicConfig(level=log_level.upper(), format=f"%(asctime)s {name} %(name)s %(levelname)s %(message)s")
+    if (data_dir is None) == (not memory):
+        raise click.UsageError("give either --data-dir or --memory")
+    if initial_cluster and join_seeds:
+        raise click.UsageError("--initial-cluster founds a cluster and --join joins one: give only one")
+    if learner and not join_seeds:
+        raise click.UsageError("--learner needs --join")
+    members = _initial_cluster(initial_cluster) if initial_cluster else None
+    if members is not None and name not in members:
+        raise click.UsageError(f"--initial-cluster must include this member ({name})")
+    seeds = _addresses(join_seeds) if join_seeds else None
+    config = Config()
+    if election_timeout_ms is not None:
+        ticks = max(4, round(election_timeout_ms / (config.tick_interval * 1000)))
+        config = dataclasses.replace(config, election_ticks=ticks, heartbeat_ticks=max(1, ticks // 8))
+    if advertise is not None:
+        _addresses(advertise)
+    _run(_serve(name, listen, advertise, data_dir, members, seeds, not learner, config))
+
+
+async def _serve(name: str, listen: str, advertise: str | None, data_dir: str | None,
+                 members: dict[str, str] | None, seeds: list[str] | None, voter: bool, config: Config) -> None:
+    from . import join
+    from .kv import KVStateMachine
+    from storage_adapters import MemoryStorage
+
+    storage = MemoryStorage() if data_dir is None else None
+    if seeds:
+        peer = await join(KVStateMachine, name=name, address=listen, seeds=seeds, data_dir=data_dir,
+                          storage=storage, config=config, voter=voter, advertise=advertise)
+    else:
+        peer = await start_peer(KVStateMachine, name=name, address=listen, data_dir=data_dir, storage=storage,
+                                config=config, advertise=advertise)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        if members:
+            await peer.set_configuration(members)
+        click.echo(f"{name} serving on {peer.address}", err=True)
+        stopped = loop.create_task(peer._stopped.wait())
+        signalled = loop.create_task(stop.wait())
+        await asyncio.wait([stopped, signalled], return_when=asyncio.FIRST_COMPLETED)
+        for task in (stopped, signalled):
+            task.cancel()
+        if peer._fatal is not None:
+            raise click.ClickException(f"{name} stopped after a fatal error: {peer._fatal}")
+    finally:
+        await peer.stop()
+        click.echo(f"{name} stopped", err=True)
+
+
+# -- kv and scope ----------------------------------------------------------------------------------
+
+
+@main.group()
+def kv() -> None:
+    """Read and write keys of the built-in key-value service."""
+
+
+async def _with_kv(cluster: str, timeout: float, fn: Any) -> Any:
+    from .kv import KVClient
+
+    client = await KVClient.connect(_addresses(cluster), timeout=timeout)
+    try:
+        return await fn(client)
+    finally:
+        await client.close()
+
+
+def _scope_option(fn: Any) -> Any:
+    return click.option("--scope", default="default", show_default=True, help="The scope the key lives in.")(fn)
+
+
+@kv.command("put")
+@click.argument("key")
+@click.argument("value")
+@click.option("--string", "as_string", is_flag=True, help="Store VALUE as text even if it parses as JSON.")
+@_scope_option
+@_cluster_option
+@_json_option
+@_timeout_option
+def kv_put(key: str, value: str, as_string: bool, scope: str, cluster: str, as_json: bool, timeout: float) -> None:
+    """Set KEY to VALUE (JSON if it parses as JSON, else text); print the new version."""
+    version = _run(_with_kv(cluster, timeout, lambda c: c.put(key, _parse_value(value, as_string), scope=scope)))
+    _echo({"key": key, "scope": scope, "version": version} if as_json else f"version {version}", as_json)
+
+
+@kv.command("get")
+@click.argument("key")
+@click.option("--consistency", type=click.Choice(["linearizable", "lease", "stale"]), default="linearizable",
+              show_default=True)
+@_scope_option
+@_cluster_option
+@_json_option
+@_timeout_option
+def kv_get(key: str, consistency: str, scope: str, cluster: str, as_json: bool, timeout: float) -> None:
+    """Print KEY's value (as JSON). Exits with status 1 if the key does not exist."""
+    item = _run(_with_kv(cluster, timeout, lambda c: c.item(key, scope=scope, consistency=consistency)))
+    if as_json:
+        _echo(None if item is None else {"key": key, "scope": scope, "value": item.value, "version": item.version},
+              True)
+    elif item is not None:
+        _echo(item.value, True)
+    if item is None:
+        if not as_json:
+            click.echo(f"key {key!r} not found in scope {scope!r}", err=True)
+        sys.exit(1)
+
+
+@kv.command("delete")
+@click.argument("key")
+@_scope_option
+@_cluster_option
+@_json_option
+@_timeout_option
+def kv_delete(key: str, scope: str, cluster: str, as_json: bool, timeout: float) -> None:
+    """Delete KEY; print whether it existed."""
+    existed = _run(_with_kv(cluster, timeout, lambda c: c.delete(key, scope=scope)))
+    _echo({"key": key, "scope": scope, "deleted": existed} if as_json else ("deleted" if existed else "not found"),
+          as_json)
+
+
+@kv.command("cas")
+@click.argument("key")
+@click.argument("expected")
+@click.argument("new")
+@click.option("--expected-version", type=click.IntRange(min=0), default=None,
+              help="Compare the version instead of the value (0: the key must not exist); EXPECTED is ignored.")
+@click.option("--string", "as_string", is_flag=True, help="Take EXPECTED and NEW as text.")
+@_scope_option
+@_cluster_option
+@_json_option
+@_timeout_option
+def kv_cas(key: str, expected: str, new: str, expected_version: int | None, as_string: bool, scope: str,
+           cluster: str, as_json: bool, timeout: float) -> None:
+    """Set KEY to NEW only if its value is EXPECTED (``null``: absent). Exits 1 if it was not."""
+    swapped = _run(_with_kv(cluster, timeout, lambda c: c.cas(
+        key, _parse_value(expected, as_string), _parse_value(new, as_string), scope=scope,
+        expected_version=expected_version)))
+    _echo({"key": key, "scope": scope, "swapped": swapped} if as_json else ("swapped" if swapped else "not swapped"),
+          as_json)
+    if not swapped:
+        sys.exit(1)
+
+
+@kv.command("list")
+@click.option("--prefix", default="", help="Only keys starting with this.")
+@_scope_option
+@_cluster_option
+@_json_option
+@_timeout_option
+def kv_list(prefix: str, scope: str, cluster: str, as_json: bool, timeout: float) -> None:
+    """List the keys of a scope."""
+    keys = _run(_with_kv(cluster, timeout, lambda c: c.list(scope, prefix)))
+    if as_json:
+        _echo(keys, True)
+    else:
+        for key in keys:
+            click.echo(key)
+
+
+@kv.command("watch")
+@click.option("--prefix", default="", help="Only keys starting with this.")
+@click.option("--count", type=click.IntRange(min=1), default=None, help="Stop after this many events.")
+@click.option("--from-revision", type=click.IntRange(min=1), default=None,
+              help="Start at this revision instead of now.")
+@_scope_option
+@_cluster_option
+@_timeout_option
+def kv_watch(prefix: str, count: int | None, from_revision: int | None, scope: str, cluster: str,
+             timeout: float) -> None:
+    """Print committed changes of a scope as JSON lines, following the cluster."""
+
+    async def follow(client: Any) -> None:
+        seen = 0
+        async for event in client.watch(scope, prefix, from_revision=from_revision):
+            click.echo(json.dumps(_to_jsonable(dataclasses.asdict(event)), sort_keys=True))
+            seen += 1
+            if count is not None and seen >= count:
+                return
+
+    try:
+        _run(_with_kv(cluster, timeout, follow))
+    except KeyboardInterrupt:
+        pass
+
+
+@main.group()
+def scope() -> None:
+    """Create, delete and list key-value scopes."""
+
+
+@scope.command("create")
+@click.argument("name")
+@_cluster_option
+@_timeout_option
+def scope_create(name: str, cluster: str, timeout: float) -> None:
+    """Create scope NAME."""
+    _run(_with_kv(cluster, timeout, lambda c: c.create_scope(name)))
+    click.echo(f"created {name}")
+
+
+@scope.command("delete")
+@click.argument("name")
+@_cluster_option
+@_timeout_option
+def scope_delete(name: str, cluster: str, timeout: float) -> None:
+    """Delete scope NAME and every key in it."""
+    _run(_with_kv(cluster, timeout, lambda c: c.delete_scope(name)))
+    click.echo(f"deleted {name}")
+
+
+@scope.command("list")
+@_cluster_option
+@_json_option
+@_timeout_option
+def scope_list(cluster: str, as_json: bool, timeout: float) -> None:
+    """List the scopes."""
+    names = _run(_with_kv(cluster, timeout, lambda c: c.scopes()))
+    if as_json:
+        _echo(names, True)
+    else:
+        for name in names:
+            click.echo(name)
+
+
+# -- status and members --------------------------------------------------------------------------
+
+
+async def _statuses(addresses: list[str], timeout: float) -> list[tuple[str, dict[str, Any] | None, str]]:
+    """``(address, status or None, error)`` for every given or discovered member."""
+    from .rpc import RpcConnection
+
+    results: dict[str, tuple[dict[str, Any] | None, str]] = {}
+    todo = list(addresses)
+    while todo:
+        address = todo.pop(0)
+        if address in results:
+            continue
+        try:
+            conn = await RpcConnection.open(address, timeout=timeout)
+            try:
+                status = await conn.call("status", {}, timeout=timeout)
+            finally:
+                await conn.close()
+        except RaftError as exc:
+            results[address] = (None, str(exc))
+            continue
+        results[address] = (status, "")
+        for member in status.get("members", {}).values():
+            if member.get("address") not in results:
+                todo.append(member["address"])
+    return [(a, s, e) for a, (s, e) in results.items()]
+
+
+@main.command()
+@_cluster_option
+@_json_option
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=3.0, show_default=True,
+              help="Seconds allowed per member.")
+def status(cluster: str, as_json: bool, timeout: float) -> None:
+    """Show every member: role, term, commit and applied index, last contact, lag."""
+    rows = _run(_statuses(_addresses(cluster), timeout))
+    reachable = [s for _, s, _ in rows if s is not None]
+    if not reachable:
+        raise click.ClickException("no member could be reached: " + "; ".join(f"{a}: {e}" for a, _, e in rows))
+    leader_view = next((s for s in reachable if s["role"] == "leader"), None)
+    members = (leader_view or reachable[0])["members"]
+    table = []
+    for address, st, error in rows:
+        name = st["name"] if st else next((n for n, m in members.items() if m["address"] == address), "?")
+        view = members.get(name, {})
+        table.append({
+            "name": name, "address": address,
+            "role": st["role"] if st else "unreachable",
+            "member": view.get("role", "not a member"),
+            "term": st["term"] if st else None,
+            "commit": st["commit_index"] if st else None,
+            "applied": st["applied_index"] if st else None,
+            "last_contact": view.get("last_contact") if leader_view else None,
+            "lag": view.get("lag") if leader_view else None,
+            "error": error or None,
+        })
+    table.sort(key=lambda r: str(r["name"]))
+    if as_json:
+        _echo(table, True)
+        return
+    header = ["NAME", "ADDRESS", "ROLE", "MEMBER", "TERM", "COMMIT", "APPLIED", "LAST-CONTACT", "LAG"]
+    lines = [header] + [[
+        str(r["name"]), str(r["address"]), str(r["role"]), str(r["member"]), _cell(r["term"]), _cell(r["commit"]),
+        _cell(r["applied"]), "-" if r["last_contact"] is None else f"{r['last_contact'] * 1000:.0f} ms",
+        _cell(r["lag"]),
+    ] for r in table]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for line in lines:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())
+    if leader_view is None:
+        click.echo("no leader among the reachable members", err=True)
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+@main.group()
+def members() -> None:
+    """Change the membership of a running cluster."""
+
+
+async def _call_any(addresses: list[str], op: str, args: dict[str, Any], timeout: float) -> Any:
+    """Send a request to the first member that answers (it forwards to the leader)."""
+    from .errors import Unavailable
+    from .rpc import RpcConnection
+
+    last: Exception | None = None
+    for address in addresses:
+        try:
+            conn = await RpcConnection.open(address, timeout=min(timeout, 5.0))
+        except Unavailable as exc:
+            last = exc
+            continue
+        try:
+            return await conn.call(op, {**args, "timeout": timeout}, timeout=timeout + 1)
+        finally:
+            await conn.close()
+    raise Unavailable(f"no member answered: {last}")
+
+
+@members.command("add")
+@click.argument("name")
+@click.argument("address")
+@click.option("--learner", is_flag=True, help="Add a learner (a non-voting member).")
+@_cluster_option
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True)
+def members_add(name: str, address: str, learner: bool, cluster: str, timeout: float) -> None:
+    """Add NAME at ADDRESS (it must be running: `raftlib serve` without --initial-cluster)."""
+    _addresses(address)
+    _run(_call_any(_addresses(cluster), "add_member", {"name": name, "address": address, "voter": not learner},
+                   timeout))
+    click.echo(f"added {name} as a {'learner' if learner else 'voter'}")
+
+
+@members.command("remove")
+@click.argument("name")
+@_cluster_option
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True)
+def members_remove(name: str, cluster: str, timeout: float) -> None:
+    """Remove NAME from the cluster (stop its process afterwards)."""
+    _run(_call_any(_addresses(cluster), "remove_member", {"name": name}, timeout))
+    click.echo(f"removed {name}")
+
+
+@members.command("transfer-leader")
+@click.option("--to", "to", default=None, help="The member to hand over to (default: the most up-to-date one).")
+@_cluster_option
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True)
+def members_transfer(to: str | None, cluster: str, timeout: float) -> None:
+    """Hand leadership to another voter without an election timeout."""
+
+    async def transfer() -> Any:
+        rows = await _statuses(_addresses(cluster), min(timeout, 3.0))
+        leader = next((s for _, s, _ in rows if s is not None and s["role"] == "leader"), None)
+        if leader is None:
+            from .errors import NotLeader
+
+            raise NotLeader(None)
+        return await _call_any([leader["address"]], "transfer_leadership", {"to": to}, timeout)
+
+    new = _run(transfer())
+    click.echo(f"leader is now {new}")

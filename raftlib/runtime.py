@@ -90,6 +90,7 @@ class Peer:
         snapshots: SnapshotStore,
         config: Config,
         log: logging.Logger,
+        advertise: str | None = None,
     ) -> None:
         self.name = name
         self.state_machine = state_machine
@@ -98,7 +99,7 @@ class Peer:
         self._snapshots = snapshots
         self._log = log
         self._transport = Transport(
-            name, address, on_message=self._on_message, on_frame=self._on_frame,
+            name, address, on_message=self._on_message, on_frame=self._on_frame, advertise=advertise,
             max_frame_size=config.max_frame_size, logger=log,
         )
         rng = random.Random(config.seed if config.seed is not None else os.urandom(16))
@@ -1505,6 +1506,7 @@ async def start_peer(
     storage: LogStorage | None = None,
     config: Config | None = None,
     logger: logging.Logger | None = None,
+    advertise: str | None = None,
 ) -> Peer:
     """Start a Raft peer in the running event loop and return it.
 
@@ -1516,10 +1518,14 @@ async def start_peer(
     vote and log and replays committed entries into a fresh state machine.
 
     A new cluster is then founded with :meth:`Peer.set_configuration`.
+    ``advertise`` is the address the others should use to reach this peer
+    when it differs from ``address`` (a proxy or NAT in front of it).
     """
     if not isinstance(name, str) or not name:
         raise ConfigError(f"name must be a non-empty string, got {name!r}")
     parse_address(address)
+    if advertise is not None:
+        parse_address(advertise)
     cfg = (config or Config()).validate()
     sm = _make_state_machine(state_machine)
     if storage is None:
@@ -1536,7 +1542,8 @@ async def start_peer(
             snapshots = await asyncio.to_thread(FileSnapshotStore, os.path.join(os.fspath(data_dir), "snapshots"))
         else:
             snapshots = MemorySnapshotStore()
-        peer = Peer(sm, name=name, address=address, storage=storage, snapshots=snapshots, config=cfg, log=log)
+        peer = Peer(sm, name=name, address=address, storage=storage, snapshots=snapshots, config=cfg, log=log,
+                    advertise=advertise)
         await peer._start()
     except BaseException:
         # Release whatever was opened, then report the original error.
@@ -1561,6 +1568,7 @@ async def join(
     logger: logging.Logger | None = None,
     voter: bool = True,
     timeout: float | None = 120.0,
+    advertise: str | None = None,
 ) -> Peer:
     """Start a peer and add it to a running cluster; return it.
 
@@ -1580,7 +1588,7 @@ async def join(
     for seed in seeds:
         parse_address(seed)
     peer = await start_peer(state_machine, name=name, address=address, data_dir=data_dir, storage=storage,
-                            config=config, logger=logger)
+                            config=config, logger=logger, advertise=advertise)
     try:
         if name not in peer.membership.members:
             await _ask_to_join(peer, list(seeds), voter, timeout)

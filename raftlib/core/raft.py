@@ -334,7 +334,9 @@ class Raft:
         if target is None:
             if not voters:
                 raise ValueError("there is no other voter to transfer leadership to")
-            target = max(sorted(voters), key=lambda v: self.progress[v].match)
+            # The most up-to-date of the voters heard from lately (a stopped
+            # peer may still hold the highest match).
+            target = max(sorted(voters), key=lambda v: (self.progress[v].recent_active, self.progress[v].match))
         elif target not in voters:
             raise ValueError(f"{target!r} is not a voting member other than this peer")
         self.transfer_target = target

@@ -245,6 +245,8 @@ class Transport:
             received. Exceptions it raises are logged and otherwise ignored.
         on_frame: awaited with ``(type name, body, connection)`` for frames that
             are not Raft messages; without it such frames are protocol errors.
+        advertise: the address announced to peers in Hello frames, if it is
+            not the listening one (a proxy or NAT in front of this peer).
         max_frame_size: largest payload accepted from a peer.
         max_outbox: frames queued per destination before the oldest are dropped.
         connect_timeout: seconds allowed for one connection attempt.
@@ -260,6 +262,7 @@ class Transport:
         *,
         on_message: OnMessage,
         on_frame: OnFrame | None = None,
+        advertise: str | None = None,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         max_outbox: int = DEFAULT_MAX_OUTBOX,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
@@ -274,6 +277,9 @@ class Transport:
         self.name = name
         self.listen = listen
         self._listen_endpoint = parse_address(listen)
+        if advertise is not None:
+            parse_address(advertise)
+        self.advertise = advertise
         self._on_message = on_message
         self._on_frame = on_frame
         self.max_frame_size = max_frame_size
@@ -299,8 +305,10 @@ class Transport:
 
     @property
     def address(self) -> str:
-        """The address peers should use: after :meth:`start`, with the real port."""
-        return self._address or self.listen
+        """The address peers should use: ``advertise`` if given (for example a
+        proxy or NAT address in front of this one), else the listening address
+        (after :meth:`start`, with the real port)."""
+        return self.advertise or self._address or self.listen
 
     @property
     def addresses(self) -> dict[str, str]:

@@ -1,0 +1,173 @@
+"""`raftlib serve`, `kv`, `scope`, `status` and `members` against real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from click.testing import CliRunner, Result
+
+from raftlib.cli import main
+
+from clusterkit import free_port
+
+
+class Node:
+    def __init__(self, name: str, port: int, data_dir: Path, extra: list[str]) -> None:
+        self.name, self.port, self.data_dir, self.extra = name, port, data_dir, extra
+        self.address = f"127.0.0.1:{port}"
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "raftlib", "serve", "--name", self.name, "--listen", self.address,
+             "--data-dir", str(self.data_dir), "--election-timeout-ms", "200", "--log-level", "warning", *self.extra],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+
+    def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str]:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            _, err = self.proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate()
+        return self.proc.returncode, err
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[dict[str, Node]]:
+    ports = {f"s{i}": free_port() for i in (1, 2, 3)}
+    initial = ",".join(f"{n}=127.0.0.1:{p}" for n, p in ports.items())
+    started = {n: Node(n, p, tmp_path / n, ["--initial-cluster", initial]) for n, p in ports.items()}
+    for node in started.values():
+        node.start()
+    try:
+        yield started
+    finally:
+        for node in started.values():
+            if node.proc is not None and node.proc.poll() is None:
+                node.stop(signal.SIGKILL)
+
+
+def cli(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args))
+
+
+def wait_for(check: object, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def leader_of(cluster: str) -> str | None:
+    out = cli("status", "--cluster", cluster, "--json", "--timeout", "1")
+    if out.exit_code != 0:
+        return None
+    rows = json.loads(out.output)
+    leaders = [r["name"] for r in rows if r["role"] == "leader"]
+    return leaders[0] if len(leaders) == 1 else None
+
+
+def test_serve_kv_scope_status_members(nodes: dict[str, Node], tmp_path: Path) -> None:
+    cluster = ",".join(n.address for n in nodes.values())
+    wait_for(lambda: leader_of(cluster))
+    one = nodes["s2"].address  # any member: followers forward
+
+    assert cli("kv", "put", "a", '{"x": 1}', "--cluster", one).output.strip().startswith("version ")
+    got = cli("kv", "get", "a", "--cluster", one, "--json")
+    assert json.loads(got.output)["value"] == {"x": 1}
+    assert cli("kv", "put", "t", "hello", "--cluster", one).exit_code == 0
+    assert cli("kv", "get", "t", "--cluster", one).output.strip() == '"hello"'
+    missing = cli("kv", "get", "nope", "--cluster", one)
+    assert missing.exit_code == 1 and "not found" in missing.output
+
+    assert cli("kv", "cas", "a", '{"x": 1}', "2", "--cluster", one).output.strip() == "swapped"
+    lost = cli("kv", "cas", "a", '{"x": 1}', "3", "--cluster", one)
+    assert lost.exit_code == 1 and "not swapped" in lost.output
+    assert cli("kv", "delete", "a", "--cluster", one).output.strip() == "deleted"
+
+    assert cli("scope", "create", "mod1", "--cluster", one).exit_code == 0
+    assert cli("kv", "put", "k1", "1", "--scope", "mod1", "--cluster", one).exit_code == 0
+    assert cli("kv", "list", "--scope", "mod1", "--cluster", one).output.split() == ["k1"]
+    assert json.loads(cli("scope", "list", "--cluster", one, "--json").output) == ["default", "mod1"]
+    refused = cli("kv", "put", "x", "1", "--scope", "nowhere", "--cluster", one)
+    assert refused.exit_code == 1 and "ScopeNotFound" in refused.output
+    assert cli("scope", "delete", "mod1", "--cluster", one).exit_code == 0
+
+    table = cli("status", "--cluster", one)
+    assert table.exit_code == 0
+    assert table.output.splitlines()[0].split() == [
+        "NAME", "ADDRESS", "ROLE", "MEMBER", "TERM", "COMMIT", "APPLIED", "LAST-CONTACT", "LAG"]
+    assert sum("leader" in line for line in table.output.splitlines()) == 1
+
+    old = leader_of(cluster)
+    moved = cli("members", "transfer-leader", "--cluster", one)
+    assert moved.exit_code == 0, moved.output
+    wait_for(lambda: leader_of(cluster) not in (None, old))
+
+    # A fourth member joins with --join, is listed, and is removed again.
+    s4 = Node("s4", free_port(), tmp_path / "s4", ["--join", one])
+    s4.start()
+    try:
+        wait_for(lambda: "s4" in cli("status", "--cluster", one).output)
+        assert cli("kv", "get", "t", "--cluster", s4.address).output.strip() == '"hello"'
+        assert cli("members", "remove", "s4", "--cluster", one).exit_code == 0
+        rows = json.loads(cli("status", "--cluster", one, "--json").output)
+        assert "s4" not in [r["name"] for r in rows]
+        asked = json.loads(cli("status", "--cluster", f"{one},{s4.address}", "--json").output)
+        assert [r["member"] for r in asked if r["name"] == "s4"] == ["not a member"]
+    finally:
+        s4.stop()
+
+
+def test_sigterm_stops_cleanly_and_a_restart_resumes(nodes: dict[str, Node]) -> None:
+    cluster = ",".join(n.address for n in nodes.values())
+    wait_for(lambda: leader_of(cluster))
+    assert cli("kv", "put", "kept", "42", "--cluster", cluster).exit_code == 0
+    leader = nodes[leader_of(cluster) or ""]
+    code, err = leader.stop(signal.SIGTERM)
+    assert code == 0, err
+    assert f"{leader.name} stopped" in err
+    others = ",".join(n.address for n in nodes.values() if n is not leader)
+    wait_for(lambda: leader_of(others))
+    leader.start()  # same data dir: resumes
+    wait_for(lambda: "unreachable" not in cli("status", "--cluster", cluster).output)
+    # It is a member again and has applied everything the others have.
+    def caught_up() -> bool:
+        rows = {r["name"]: r for r in json.loads(cli("status", "--cluster", cluster, "--json").output)}
+        me = rows[leader.name]
+        return me["member"] == "voter" and me["applied"] == max(r["applied"] or 0 for r in rows.values())
+
+    wait_for(caught_up)
+    assert cli("kv", "get", "kept", "--cluster", leader.address).output.strip() == "42"
+
+
+def test_cli_usage_errors(tmp_path: Path) -> None:
+    assert cli("serve", "--name", "x", "--listen", "127.0.0.1:0").exit_code == 2  # no --data-dir/--memory
+    both = cli("serve", "--name", "x", "--listen", "127.0.0.1:0", "--memory", "--initial-cluster", "x=127.0.0.1:1",
+               "--join", "127.0.0.1:2")
+    assert both.exit_code == 2 and "only one" in both.output
+    bad = cli("serve", "--name", "x", "--listen", "127.0.0.1:0", "--memory", "--initial-cluster", "nonsense")
+    assert bad.exit_code == 2 and "NAME=ADDRESS" in bad.output
+    unreachable = cli("kv", "get", "a", "--cluster", "127.0.0.1:9", "--timeout", "0.5")
+    assert unreachable.exit_code == 1 and "Unavailable" in unreachable.output
+    assert cli("kv", "get", "a", "--cluster", "no-port").exit_code == 2
+    for args in (["--help"], ["kv", "--help"], ["kv", "cas", "--help"], ["scope", "--help"], ["status", "--help"],
+                 ["members", "add", "--help"], ["serve", "--help"]):
+        assert cli(*args).exit_code == 0
+    env_cluster = CliRunner().invoke(main, ["kv", "get", "a", "--timeout", "0.3"],
+                                     env={**os.environ, "RAFTLIB_CLUSTER": "127.0.0.1:9"})
+    assert env_cluster.exit_code == 1
