@@ -105,6 +105,8 @@ class Raft:
         self.progress: dict[NodeId, Progress] = {}
         self._leaving: dict[NodeId, int] = {}
         """Leader: removed members still sent the log, with the index of the entry removing them."""
+        self._leaving_since: dict[NodeId, int] = {}
+        """Leader: the tick at which a removed member's removal was seen committed."""
         self._removed = False
         """Leader: the entry removing this peer committed; step down after the current input."""
         self.votes: dict[NodeId, bool] = {}
@@ -490,6 +492,7 @@ class Raft:
         self.votes = {}
         self.progress = {}
         self._leaving = {}
+        self._leaving_since = {}
         self._removed = False
         self.transfer_target = None
         self._read_rounds = []
@@ -510,6 +513,18 @@ class Raft:
 
     def _is_voter(self) -> bool:
         return self.membership.is_voter(self.id)
+
+    def _may_campaign(self) -> bool:
+        """A voter may campaign; so may a peer that the latest, uncommitted
+        configuration removes while the one before counts it (thesis §4.2.2):
+        until that entry commits it may be needed to elect a leader, which it
+        can become itself without counting its own vote."""
+        if self._is_voter():
+            return True
+        if not self.pending_membership_index():
+            return False
+        before = self._config_history[-2][1] if len(self._config_history) > 1 else self._snapshot_membership
+        return before.is_voter(self.id)
 
     # -- membership --------------------------------------------------------------
 
@@ -543,9 +558,10 @@ class Raft:
         """Leader: track every member of the configuration now in force.
 
         New members are probed from the configuration entry back. A removed
-        member keeps its progress (outside every quorum) until it has the
-        entry that removes it or that entry commits, so that it learns it is
-        no longer a voter and does not campaign.
+        member keeps its progress (outside every quorum) until it has
+        acknowledged the entry that removes it and been sent a commit index
+        covering it, so that it knows it must not campaign; or, if it does
+        not answer, for an election timeout after that entry commits.
         """
         members = self.membership.members
         for nid in members:
@@ -560,12 +576,20 @@ class Raft:
         if self.transfer_target is not None and not self.membership.is_voter(self.transfer_target):
             self.transfer_target = None
 
-    def _forget_leaving(self, nid: NodeId | None = None) -> None:
-        """Drop the progress of removed members (``nid`` only, or all whose removal committed)."""
-        for name, at in list(self._leaving.items()):
-            if (nid is None and at <= self.log.committed) or name == nid:
-                del self._leaving[name]
-                self.progress.pop(name, None)
+    def _forget_leaving(self, nid: NodeId) -> None:
+        """Stop tracking removed member ``nid``."""
+        self._leaving.pop(nid, None)
+        self._leaving_since.pop(nid, None)
+        self.progress.pop(nid, None)
+
+    def _expire_leaving(self) -> None:
+        """Forget removed members that had an election timeout of heartbeats
+        since their removal committed (they may be down for good)."""
+        for nid, at in list(self._leaving.items()):
+            if at <= self.log.committed:
+                since = self._leaving_since.setdefault(nid, self._now)
+                if self._now - since >= self.config.election_ticks:
+                    self._forget_leaving(nid)
 
     # -- role transitions --------------------------------------------------------
 
@@ -618,7 +642,7 @@ class Raft:
 
     def _tick_election(self) -> None:
         self.election_elapsed += 1
-        if self.election_elapsed >= self.randomized_timeout and self._is_voter():
+        if self.election_elapsed >= self.randomized_timeout and self._may_campaign():
             self.election_elapsed = 0
             self._campaign(pre_vote=self.config.pre_vote, transfer=False)
 
@@ -705,7 +729,7 @@ class Raft:
             self.leader = msg.src
             self._handle_snapshot(msg)
         elif isinstance(msg, TimeoutNow):
-            if self._is_voter():
+            if self._may_campaign():
                 self.logger.info("%s: leadership transfer: campaigning now", self.id)
                 self._campaign(pre_vote=False, transfer=True)
 
@@ -784,6 +808,8 @@ class Raft:
     def _tick_heartbeat(self) -> None:
         self.heartbeat_elapsed += 1
         self.election_elapsed += 1
+        if self._leaving:
+            self._expire_leaving()
         if self.election_elapsed >= self.config.election_ticks:
             self.election_elapsed = 0
             if self.config.check_quorum and not self._check_quorum():
@@ -894,9 +920,9 @@ class Raft:
             pass  # late answers from our own campaign
 
     def _handle_append_success(self, nid: NodeId, pr: Progress, match: int) -> None:
-        if nid in self._leaving and match >= self._leaving[nid]:
-            pr.maybe_update(match)
-            self._forget_leaving(nid)
+        at = self._leaving.get(nid)
+        if at is not None and match >= at and self.log.committed >= at and pr.sent_commit >= at:
+            self._forget_leaving(nid)  # it has its removal and knows it committed
             return
         if pr.maybe_update(match):
             if pr.state is ProgressState.PROBE or (
@@ -957,8 +983,6 @@ class Raft:
         if index > self.log.committed and self.log.term(index) == self.term:
             self.log.commit_to(index)
             self._bcast_needed = True  # followers learn the new commit index promptly
-            if self._leaving:
-                self._forget_leaving()
             if not self._is_voter() and not self.pending_membership_index():
                 self._removed = True  # acted on once the current input is handled
             self._release_pending_reads()

@@ -75,10 +75,34 @@ class SimConfig:
     min_downtime: float = 2.0
     max_downtime: float = 40.0
     max_down: int | None = None
-    """Most peers down at once; ``None`` means a minority (``(peers - 1) // 2``)."""
+    """Most members down at once; ``None`` means a minority of the voters:
+    a voter crashes only while fewer than half of the voters of the
+    configuration in force (and of the latest committed one) would be down
+    (``(voters - 1) // 2``); learners crash freely."""
     transfer_rate: float = 0.01
     """Per tick: probability that the leader is asked to hand leadership over
     (``Raft.transfer_leadership``, to a random voter or the most up-to-date one)."""
+
+    # -- membership changes -----------------------------------------------------------------
+    membership_rate: float = 0.02
+    """Per tick: probability that the leader is asked to make one random
+    membership change (``Raft.propose_membership``): add a non-member as a
+    learner, promote a learner (usually once it caught up, sometimes early),
+    remove a voter (the leader itself too), demote a voter, remove a
+    learner, or now and then an unsafe change the core must refuse."""
+    spare_peers: int = 2
+    """Peers that start outside the cluster (empty storage, not bootstrapped),
+    named after the founding ones (``s4``, ``s5`` for a 3-peer cluster); the
+    membership changes add them."""
+    promote_lag: int = 4
+    """A learner counts as caught up (``Raft.caught_up``) at most this many
+    entries behind the leader."""
+    remove_leader_from_two: bool = True
+    """Whether a random change may remove (or demote) the leader of a
+    configuration with two voters: the hardest case, since if that leader is
+    deposed before the change commits, the other voter needs its vote and
+    it must campaign though its own latest configuration leaves it out.
+    With it off, such a change removes the other voter instead."""
 
     # -- snapshots and log compaction -------------------------------------------------------
     snapshots: bool | None = None
@@ -154,7 +178,7 @@ class SimConfig:
 
     def __post_init__(self) -> None:
         for name in ("drop_rate", "duplicate_rate", "partition_rate", "oneway_fraction", "leader_isolation_rate",
-                     "sync_delay_rate", "crash_rate", "write_rate", "read_rate", "transfer_rate",
+                     "sync_delay_rate", "crash_rate", "write_rate", "read_rate", "transfer_rate", "membership_rate",
                      "snapshot_probability", "extra_snapshot_rate", "transfer_fail_rate", "snapshot_crash_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -177,6 +201,8 @@ class SimConfig:
             raise ValueError("SimConfig: max_snapshot_write, max_compact_delay, liveness_write_ticks must be >= 0")
         if self.max_snapshot_sends < 1:
             raise ValueError("SimConfig.max_snapshot_sends must be >= 1")
+        if self.spare_peers < 0 or self.promote_lag < 0:
+            raise ValueError("SimConfig: spare_peers and promote_lag must be >= 0")
 
     # -- derived values ------------------------------------------------------------------------
 
@@ -188,8 +214,8 @@ class SimConfig:
         ``2 * election_ticks`` to time out, pre-vote plus vote take a few
         message delays, split votes cost another randomized timeout each, and
         a follower whose probe was lost waits ``election_ticks`` before being
-        probed again. Measured with the defaults (1,600 seeds): median 5-6
-        ticks, worst 93.
+        probed again. Measured with the defaults (1,600 seeds, membership
+        changes included): median 6-8 ticks, worst 112.
         """
         return self.liveness_ticks if self.liveness_ticks is not None else 30 * self.election_ticks
 
@@ -210,11 +236,12 @@ class SimConfig:
 
     @classmethod
     def no_faults(cls, **changes: object) -> SimConfig:
-        """A config with every fault off and no automatic snapshots (for
-        scripted scenarios); ``changes`` on top."""
+        """A config with every fault off, no automatic snapshots, no
+        membership changes and no spare peers (for scripted scenarios);
+        ``changes`` on top."""
         base = cls(
             drop_rate=0.0, duplicate_rate=0.0, partition_rate=0.0, leader_isolation_rate=0.0, sync_delay_rate=0.0,
             crash_rate=0.0, transfer_rate=0.0, clients=0, pre_vote=False, check_quorum=False,
-            snapshots=False, transfer_fail_rate=0.0, snapshot_crash_rate=0.0,
+            snapshots=False, transfer_fail_rate=0.0, snapshot_crash_rate=0.0, membership_rate=0.0, spare_peers=0,
         )
         return dataclasses.replace(base, **changes)  # type: ignore[arg-type]

@@ -16,6 +16,19 @@ position ``i - 1`` holds index ``i``):
 * ``leader_of_term``: who led each term, over the whole run.
 * ``predecessor``: for every (index, term) entry ever persisted, the term of
   the entry before it (inductive Log Matching, which holds across compaction).
+* ``configs``: every committed configuration entry, in log order, with its
+  decoded membership (the latest one is the committed configuration).
+
+Membership changes: Election Safety and the log checks are global (they
+hold for every peer that ever held a log, member or not). What depends on
+a quorum uses the configuration in force where it is decided: a leader
+that advances its commit index must have a majority of the voters of its
+configuration in force (the latest in its log, committed or not) holding
+that entry on disk (``commit-quorum``); every peer's configuration in force
+is the latest configuration entry in its whole log (``membership-in-force``);
+a snapshot's membership is the committed configuration at its index
+(``snapshot-membership``); and a leader that is no longer a voter of a
+committed configuration steps down (``removed-leader``).
 
 Compacted prefixes: a peer whose log starts after a snapshot at index ``b``
 holds the snapshot (``b``, its term) in place of entries ``1..b``. The
@@ -32,8 +45,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NoReturn
 
+from ..core import quorum
 from ..core.raft import LEADER
-from ..types import Entry, EntryKind
+from ..types import Entry, EntryKind, Membership, SnapshotMeta
 from .node import GENESIS, SnapshotData, chain_step
 
 if TYPE_CHECKING:
@@ -147,6 +161,17 @@ class InvariantChecker:
         """The state machine's snapshot bytes at an index, from the first peer that took one there."""
         self.watches: dict[str, LeaderWatch] = {}
         self.on_new_leader: Callable[[str, int], None] | None = None
+        self.configs: list[tuple[Entry, Membership]] = []
+        self.on_config_committed: Callable[[Entry, Membership], None] | None = None
+
+    def committed_membership(self, index: int | None = None) -> Membership | None:
+        """The latest committed configuration (at or before ``index``), or
+        ``None`` if no configuration entry committed yet."""
+        configs = self.configs
+        if index is None:
+            return configs[-1][1] if configs else None
+        k = bisect.bisect_right([e.index for e, _ in configs], index)
+        return configs[k - 1][1] if k else None
 
     # -- reading logs through compaction -------------------------------------------
 
@@ -217,9 +242,15 @@ class InvariantChecker:
         core = peer.core
         if core is None:
             return
+        watch = self.watches.get(peer.id)
+        # A leader that stepped down during this step (its removal committed)
+        # still answers for the commits it made in it.
+        led = core.role == LEADER or (
+            watch is not None and watch.term == core.term and watch.incarnation == peer.incarnation
+        )
         if core.role == LEADER:
             self._observe_leader(peer)
-        elif peer.id in self.watches:
+        elif watch is not None:
             del self.watches[peer.id]
         log = core.log
         self._check_base(peer)
@@ -227,8 +258,14 @@ class InvariantChecker:
         if commit < peer.commit_seen:
             fail("commit-monotonic", f"{peer.id}'s commit index went from {peer.commit_seen} back to {commit}")
         if commit > peer.commit_seen:
+            if led:
+                self._check_commit_quorum(peer, commit)
             self._record_commits(peer, peer.commit_seen + 1, commit)
             peer.commit_seen = commit
+        if core.role == LEADER and not core.membership.is_voter(peer.id) and not core.pending_membership_index():
+            fail("removed-leader",
+                 f"{peer.id} still leads term {core.term} although the configuration removing it as a voter "
+                 f"committed ({members_text(core.membership)})")
         if log.applied < peer.core_applied_seen:
             fail("applied-monotonic", f"{peer.id}'s applied index went from {peer.core_applied_seen} back to {log.applied}")
         peer.core_applied_seen = log.applied
@@ -260,6 +297,18 @@ class InvariantChecker:
             watch.last_index = last
             watch.last_entry = self.entry_at(peer, last)
 
+    def _check_commit_quorum(self, peer: SimPeer, commit: int) -> None:
+        """A leader commits an entry only once a majority of the voters of its
+        configuration in force holds it durably (on disk, or under a snapshot)."""
+        core = peer.raft
+        term = core.log.term(commit)
+        voters = core.membership.voters
+        holders = [v for v in sorted(voters) if v in self.peers and _durably_holds(self.peers[v], commit, term)]
+        if not quorum.has_quorum(voters, holders):
+            fail("commit-quorum",
+                 f"{peer.id} (leader of term {core.term}) committed {term}/{commit}, but only {holders or 'nobody'} "
+                 f"of the voters {sorted(voters)} of its configuration hold it on disk")
+
     def _check_new_leader(self, peer: SimPeer, term: int) -> None:
         """Leader Completeness: a leader of ``term`` holds every entry committed in an earlier term."""
         n = bisect.bisect_left(self.commit_term, term)  # commit_term is non-decreasing
@@ -290,6 +339,8 @@ class InvariantChecker:
                          f"was committed there before (term {self.commit_term[i - 1]})")
                 continue
             self.committed.append(e)
+            if e.kind is EntryKind.CONFIG:
+                self._config_committed(peer, e)
             # Kept non-decreasing (a stale leader may legitimately commit the
             # next index in a lower term after a newer leader committed this
             # one); rounding up only makes the completeness check weaker.
@@ -303,6 +354,24 @@ class InvariantChecker:
                         fail("leader-completeness",
                              f"{peer.id} committed {_show(e)} in term {term}, but {other}, leader of the later "
                              f"term {watch.term}, has {_show(mine)} at index {i}")
+
+    def _config_committed(self, peer: SimPeer, e: Entry) -> None:
+        try:
+            membership = Membership.decode(e.data)
+        except ValueError:
+            fail("membership-in-force", f"{peer.id} committed the configuration entry {_show(e)}, which does not "
+                                        f"decode as a Membership")
+        self.configs.append((e, membership))
+        if self.on_config_committed is not None:
+            self.on_config_committed(e, membership)
+
+    def check_snapshot_meta(self, peer: SimPeer, meta: SnapshotMeta, how: str) -> None:
+        """A snapshot's membership is the configuration committed at its index."""
+        expected = self.committed_membership(meta.index)
+        if expected is not None and meta.membership != expected:
+            fail("snapshot-membership",
+                 f"{peer.id} {how} a snapshot at {meta.term}/{meta.index} with membership "
+                 f"{members_text(meta.membership)}, but {members_text(expected)} is the configuration committed there")
 
     def forget(self, peer_id: str) -> None:
         """A peer crashed: its leadership (if any) ended with its volatile state."""
@@ -393,6 +462,21 @@ class InvariantChecker:
                          f"{a_id} and {b_id} agree on the term of index {i + 1} ({a[i].term}) but differ at "
                          f"index {j + 1}: {_show(a[j])} vs {_show(b[j])}")
         for p in peers:
+            if not p.up:
+                continue
+            latest = next((e for e in reversed(logs[p.id]) if e.kind is EntryKind.CONFIG), None)
+            in_force = p.raft.membership
+            if latest is None:
+                meta = p.raft.snapshot
+                expected = meta.membership if meta is not None else Membership()
+            else:
+                expected = Membership.decode(latest.data)
+            if in_force != expected:
+                where = f"the entry {_show(latest)}" if latest is not None else "its snapshot (or nothing)"
+                fail("membership-in-force",
+                     f"{p.id} acts on the configuration {members_text(in_force)}, but the latest one in its log is "
+                     f"{members_text(expected)} ({where})")
+        for p in peers:
             watch = self.watches.get(p.id)
             if watch is None or not p.up:
                 continue
@@ -404,3 +488,20 @@ class InvariantChecker:
                      f"leader {p.id} (term {watch.term}) changed index {j + 1}: {_show(snap[j])} became "
                      f"{_show(log[j] if j < len(log) else None)}")
             watch.snapshot = log
+
+
+def members_text(m: Membership) -> str:
+    """``voters s1,s2, learners s4`` for messages and the trace."""
+    text = "voters " + (",".join(sorted(m.voters)) or "none")
+    if m.learners:
+        text += ", learners " + ",".join(sorted(m.learners))
+    return text
+
+
+def _durably_holds(p: SimPeer, index: int, term: int) -> bool:
+    """Whether ``p``'s disk holds the entry (index, term), or a snapshot covering it."""
+    disk = p.disk
+    snap = disk.load()[1]
+    if snap is not None and snap.index >= index:
+        return snap.index > index or snap.term == term
+    return disk.first_index() <= index <= disk.last_index() and disk.term(index) == term

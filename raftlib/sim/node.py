@@ -231,8 +231,10 @@ class SimPeer:
         if self.core is None:
             return f"{self.id}: down"
         c = self.core
+        m = c.membership
+        member = "" if m.is_voter(self.id) else " (learner)" if self.id in m.learners else " (not a member)"
         return (
-            f"{self.id}: {c.role} term={c.term} vote={c.vote} last={c.log.last_term()}/{c.log.last_index()} "
+            f"{self.id}: {c.role}{member} term={c.term} vote={c.vote} last={c.log.last_term()}/{c.log.last_index()} "
             f"commit={c.log.committed} applied={self.applied} first={c.log.first_index()}"
             f"{' (save pending)' if self.pending else ''}"
         )

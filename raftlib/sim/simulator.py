@@ -15,6 +15,13 @@ buffer and the core; the restarted core is rebuilt from the disk alone. A
 core that acknowledges before its save is on disk is therefore caught when a
 crash lands in between.
 
+Membership changes (``SimConfig.membership_rate``): now and then the leader
+is asked for one random single-server change, among the founding peers and
+``SimConfig.spare_peers`` spares that start outside the cluster with empty
+storage. Crashes and partitions follow the configuration in force; the
+liveness phase stops the peers the committed configuration removed and
+requires convergence of the members only.
+
 Snapshots (in about half of the seeds, see ``SimConfig.snapshots``): peers
 capture their applied state into a durable per-peer snapshot store, tell the
 core and compact storage once the file is durable; a leader's InstallSnapshot
@@ -31,7 +38,8 @@ Two ways to drive it:
 * by hand (``manual=True``): nothing happens unless a test calls
   :meth:`tick`, :meth:`deliver`, :meth:`drop`, :meth:`crash`, :meth:`restart`,
   :meth:`partition`, :meth:`block`, :meth:`heal`, :meth:`propose`,
-  :meth:`read` or :meth:`transfer_leadership`. Messages wait in
+  :meth:`read`, :meth:`transfer_leadership`, :meth:`propose_membership` or
+  :meth:`change_membership`. Messages wait in
   :attr:`in_flight` until delivered or dropped and saves are synced at once.
   (The same methods also work between :meth:`run_ticks` calls.)
 
@@ -51,7 +59,7 @@ import math
 import random
 import time as _time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,11 +67,12 @@ from ..codec import pack, unpack
 from ..core.messages import AppendEntriesResponse, InstallSnapshot, Message, RequestVoteResponse
 from ..core.raft import LEADER, Raft
 from ..core.ready import Ready
-from ..errors import LogCompacted, NotLeader, ProposalDropped
+from ..core.membership import with_member, without_member
+from ..errors import LogCompacted, MembershipChangePending, NotLeader, ProposalDropped
 from ..state_machine import StateMachine
 from ..types import Entry, EntryKind, Membership, NodeId, SnapshotMeta
 from .config import SimConfig
-from .invariants import Failure, InvariantChecker, InvariantViolation, fail
+from .invariants import Failure, InvariantChecker, InvariantViolation, fail, members_text
 from .node import CoreFactory, PendingRead, PendingWrite, SimPeer, SnapshotData, SnapshotWrite
 
 # Event kinds (kept as small ints: the heap holds (time, seq, kind, a, b)).
@@ -150,6 +159,18 @@ class SimResult:
     snapshot_stats: dict[str, int] = field(default_factory=dict)
     """``taken``, ``lost`` (writes a crash threw away), ``sent`` (transfers
     started), ``failed``, ``installed`` (by followers), ``restored`` (at restart)."""
+    spare_peers: int = 0
+    membership_stats: dict[str, int] = field(default_factory=dict)
+    """``proposed`` and ``committed`` changes, each also by kind (``add``,
+    ``promote``, ``promote-early``, ``remove``, ``remove-leader``, ``demote``,
+    ``demote-leader``, ``remove-learner``; ``committed:<kind>`` for the
+    committed ones), ``leaders_removed`` (committed changes that took the
+    proposing leader's vote away), ``refused`` (the core said not now),
+    ``unsafe_refused`` (a change of two voters, refused with ``ValueError``),
+    ``retired`` (removed peers stopped for the liveness phase)."""
+    voters: tuple[NodeId, ...] = ()
+    """Voters of the last committed configuration."""
+    learners: tuple[NodeId, ...] = ()
 
     def summary(self) -> str:
         faults = ", ".join(f"{k}={v}" for k, v in sorted(self.faults.items())) or "none"
@@ -161,11 +182,21 @@ class SimResult:
              f"{self.reads_served} linearizable reads served"),
             f"  faults: {faults}",
             f"  snapshots: {self.snapshot_text()}",
+            f"  membership: {self.membership_text()}",
             f"  converged {self.converge_ticks:.1f} ticks after the faults stopped",
         ]
         if self.trace_digest:
             lines.append(f"  trace sha256: {self.trace_digest}")
         return "\n".join(lines)
+
+    def membership_text(self) -> str:
+        st = self.membership_stats
+        final = "voters " + ",".join(self.voters)
+        if self.learners:
+            final += ", learners " + ",".join(self.learners)
+        if not st.get("proposed") and not st.get("refused") and not st.get("unsafe_refused"):
+            return f"no changes ({self.spare_peers} spare peers); {final}"
+        return f"{membership_counts(st)}; finally {final}"
 
     def snapshot_text(self) -> str:
         if not self.snapshots:
@@ -174,6 +205,27 @@ class SimResult:
         return (f"every {self.snapshot_every} entries, keep {self.snapshot_keep}: {st.get('taken', 0)} taken "
                 f"({st.get('lost', 0)} lost in a crash), {st.get('sent', 0)} sent ({st.get('failed', 0)} failed), "
                 f"{st.get('installed', 0)} installed, {st.get('restored', 0)} restored at restart")
+
+
+MEMBERSHIP_KINDS = ("add", "promote", "promote-early", "remove", "remove-leader", "demote", "demote-leader",
+                    "remove-learner", "unsafe", "scripted")
+"""The random membership changes, as counted in ``SimResult.membership_stats``."""
+
+
+def membership_counts(st: Mapping[str, int]) -> str:
+    """``6 changes proposed (add=2, ...), 5 committed (...), 1 leader removed; refused: 3 not now, 1 unsafe; ...``."""
+
+    def kinds(prefix: str) -> str:
+        parts = [f"{k}={st[prefix + k]}" for k in MEMBERSHIP_KINDS if st.get(prefix + k)]
+        return f" ({', '.join(parts)})" if parts else ""
+
+    def n(key: str, word: str) -> str:
+        count = st.get(key, 0)
+        return f"{count} {word}{'' if count == 1 else 's'}"
+
+    return (f"{n('proposed', 'change')} proposed{kinds('')}, {st.get('committed', 0)} committed{kinds('committed:')}, "
+            f"{n('leaders_removed', 'leader')} removed; refused: {st.get('refused', 0)} not now, "
+            f"{st.get('unsafe_refused', 0)} unsafe; {n('retired', 'removed peer')} stopped for the liveness phase")
 
 
 def _format_event(rec: tuple[int, float, str, tuple[Any, ...]]) -> str:
@@ -199,7 +251,9 @@ def _default_command(rng: random.Random, n: int) -> Any:
 
 
 class Simulator:
-    """A cluster of ``peers`` simulated Raft peers named ``s1`` .. ``sN``.
+    """A cluster of ``peers`` simulated Raft peers named ``s1`` .. ``sN``,
+    plus ``SimConfig.spare_peers`` peers outside it (``sN+1`` on), which
+    membership changes may add.
 
     ``core_factory`` builds each core (default :class:`Raft`; tests pass
     deliberately broken subclasses). With ``state_machine_factory`` every
@@ -245,11 +299,17 @@ class Simulator:
         self._machine_snapshots = False
         """The user state machine implements snapshot() and restore(); decided at boot."""
         self.raft_config = cfg.raft_config(self.pre_vote, self.check_quorum)
-        self.ids: list[NodeId] = [f"s{i}" for i in range(1, peers + 1)]
+        self.founders: list[NodeId] = [f"s{i}" for i in range(1, peers + 1)]
+        """The peers bootstrapped with the first configuration."""
+        self.ids: list[NodeId] = self.founders + [f"s{i}" for i in range(peers + 1, peers + 1 + cfg.spare_peers)]
+        """Every peer: the founders, then the spares (empty storage, outside the cluster)."""
         self.peers: dict[NodeId, SimPeer] = {i: SimPeer(i) for i in self.ids}
         self.checker = InvariantChecker(self.peers)
         self.checker.on_new_leader = self._on_new_leader
-        self.max_down = cfg.max_down if cfg.max_down is not None else (peers - 1) // 2
+        self.checker.on_config_committed = self._on_config_committed
+        self.max_down = cfg.max_down
+        """Most members down at once (``None``: a minority of the voters, see :meth:`_may_crash`)."""
+        self.bootstrap_membership = Membership({i: f"sim:{i}" for i in self.founders})
 
         self.now = 0.0
         self.step_count = 0
@@ -268,6 +328,11 @@ class Simulator:
         self.faults: Counter[str] = Counter()
         self.stats: Counter[str] = Counter()
         self.snap_stats: Counter[str] = Counter()
+        self.member_stats: Counter[str] = Counter()
+        self.crashes: Counter[NodeId] = Counter()
+        """Crashes injected per peer (random ones and at crash points)."""
+        self._changes: dict[tuple[int, int], tuple[str, NodeId, NodeId]] = {}
+        """Membership changes proposed, by (index, term): (kind, target, proposing leader)."""
         self._transfers: dict[int, Transfer] = {}
         self._held: set[NodeId] = set()
         self._sends_after_heal: Counter[tuple[int, NodeId]] | None = None
@@ -279,12 +344,11 @@ class Simulator:
         self._clients_on = not manual and cfg.clients > 0
         self._write_seq = 0
         self._read_seq = 0
-        self.clients = [Client(k, rng.choice(self.ids)) for k in range(cfg.clients)]
+        self.clients = [Client(k, rng.choice(self.founders)) for k in range(cfg.clients)]
 
         self._trace: deque[tuple[int, float, str, tuple[Any, ...]]] = deque(maxlen=max(cfg.trace_tail, 1))
         self._hasher = hashlib.sha256() if cfg.hash_trace else None
 
-        membership = Membership({i: f"sim:{i}" for i in self.ids})
         try:
             for pid in self.ids:
                 p = self.peers[pid]
@@ -293,10 +357,11 @@ class Simulator:
                     self._machine_snapshots = _can_snapshot(p.machine)
                     if not self._machine_snapshots:
                         self.snapshots = False
-                try:
-                    p.raft.bootstrap(membership)
-                except Exception as exc:
-                    self._core_failed(p, "bootstrap", exc)
+                if pid in self.bootstrap_membership.voters:
+                    try:
+                        p.raft.bootstrap(self.bootstrap_membership)
+                    except Exception as exc:
+                        self._core_failed(p, "bootstrap", exc)
                 self._drive(p, sync_now=True)
                 self.checker.observe(p)
         except Failure as f:
@@ -321,7 +386,7 @@ class Simulator:
     def _violation(self, f: Failure) -> InvariantViolation:
         return InvariantViolation(
             f.invariant, f.message, seed=self.seed, step=self.step_count, time=self.now,
-            peers=len(self.ids), trace=self.trace_tail(),
+            peers=len(self.founders), trace=self.trace_tail(),
         )
 
     def trace_tail(self) -> list[str]:
@@ -405,6 +470,8 @@ class Simulator:
             self._inject_faults()
         if self._faults_on and self.config.transfer_rate and self.rng.random() < self.config.transfer_rate:
             self._transfer_leadership()
+        if self._faults_on and self.config.membership_rate and self.rng.random() < self.config.membership_rate:
+            self._change_membership()
         if self._clients_on:
             self._client_writes()
             self._client_reads()
@@ -633,6 +700,8 @@ class Simulator:
         data = SnapshotData(index, term, p.chain, machine)
         self.checker.on_snapshot(p, data)
         w = SnapshotWrite(SnapshotMeta(index, term, core.membership_at(index)), data)
+        self.checker.observe(p)  # record the commits this Ready made before comparing
+        self.checker.check_snapshot_meta(p, w.meta, "took")
         p.snap_write = w
         p.snap_last = index
         if self.manual:
@@ -711,6 +780,7 @@ class Simulator:
         if data is None:
             fail("snapshot-durability", f"{p.id}'s core installs the snapshot {meta.term}/{meta.index}, which is "
                                         f"not in its snapshot store")
+        self.checker.check_snapshot_meta(p, meta, "installs")
         try:
             # As the runtime does: the Ready's hard state (its term is at least
             # the snapshot's) is saved before the snapshot is recorded.
@@ -762,6 +832,7 @@ class Simulator:
             fail("snapshot-durability",
                  f"{p.id} restarted with its log compacted up to the snapshot {meta.term}/{meta.index}, but that "
                  f"snapshot is not in its snapshot store")
+        self.checker.check_snapshot_meta(p, meta, "restarted from")
         self._restore(p, data, "restarted from")
         self.snap_stats["restored"] += 1
 
@@ -846,6 +917,10 @@ class Simulator:
             why = "partition"
         elif dst.core.term > m.term:
             why = f"stale term (the receiver is in term {dst.core.term})"
+            if self._sends_after_heal is not None:
+                # Not an install loop: the receiver refuses a deposed leader
+                # (which learns it from the next response it gets).
+                self._sends_after_heal[(m.term, m.dst)] -= 1
         elif self._maybe_crash(dst, "receiving"):
             why = "the receiver crashed before the data was durable"
         if why is not None:
@@ -924,7 +999,7 @@ class Simulator:
         rate = self.config.snapshot_crash_rate
         if self.manual or not self._faults_on or not rate or not p.up or self.rng.random() >= rate:
             return False
-        if sum(1 for q in self.peers.values() if not q.up) >= self.max_down:
+        if not self._may_crash(p):
             return False
         self.faults[f"crash@{point}"] += 1
         self._note("%s: crash point %s", p.id, point)
@@ -1043,16 +1118,17 @@ class Simulator:
     def _inject_faults(self) -> None:
         cfg = self.config
         rng = self.rng
+        members = self.member_ids()
         if cfg.crash_rate and rng.random() < cfg.crash_rate:
-            live = [i for i in self.ids if self.peers[i].up]
-            if len(self.ids) - len(live) < self.max_down and live:
+            live = [i for i in members if self.peers[i].up and self._may_crash(self.peers[i])]
+            if live:
                 self._crash_for_a_while(self.peers[rng.choice(live)])
-        if cfg.partition_rate and self._random_cut is None and len(self.ids) > 1 and rng.random() < cfg.partition_rate:
+        if cfg.partition_rate and self._random_cut is None and len(members) > 1 and rng.random() < cfg.partition_rate:
             length = rng.uniform(cfg.min_partition_ticks, cfg.max_partition_ticks)
             if rng.random() < cfg.oneway_fraction:
-                self._random_cut = self._random_oneway(length)
+                self._random_cut = self._random_oneway(members, length)
             else:
-                order = list(self.ids)
+                order = list(members)
                 rng.shuffle(order)
                 if len(order) >= 3 and rng.random() < 0.5:
                     # A bridge: two halves that cannot talk, and one peer that talks to both.
@@ -1065,9 +1141,25 @@ class Simulator:
                     self._random_cut = self._partition([order[:k], order[k:]], length)
                     self.faults["partition"] += 1
 
-    def _random_oneway(self, duration: float) -> int:
+    def _may_crash(self, p: SimPeer) -> bool:
+        """Whether ``p`` may go down now: with ``max_down`` set, while fewer
+        members are down; otherwise a voter only while fewer than half of the
+        voters of every configuration in force (see :meth:`configurations`)
+        would then be down. Learners and non-members may always crash."""
+        peers = self.peers
+        if self.max_down is not None:
+            members = self.member_ids()
+            return sum(1 for i in members if not peers[i].up) < self.max_down
+        for m in self.configurations():
+            if p.id in m.voters:
+                down = sum(1 for v in m.voters if v in peers and not peers[v].up)
+                if down + 1 > (len(m.voters) - 1) // 2:
+                    return False
+        return True
+
+    def _random_oneway(self, members: Sequence[NodeId], duration: float) -> int:
         rng = self.rng
-        a, b = rng.sample(self.ids, 2)
+        a, b = rng.sample(list(members), 2)
         mode = rng.randrange(3)
         if mode == 0:  # a reaches b, b cannot reach a
             links = [(b, a)]
@@ -1202,6 +1294,151 @@ class Simulator:
         self.checker.observe(p)
         return term, index
 
+    # -- membership changes -----------------------------------------------------------------
+
+    def committed_membership(self) -> Membership:
+        """The latest committed configuration (the bootstrap one until a commit)."""
+        return self.checker.committed_membership() or self.bootstrap_membership
+
+    def configurations(self) -> list[Membership]:
+        """The configurations in force: the committed one, and the live
+        leader's (the latest in its log) if that differs."""
+        committed = self.committed_membership()
+        out = [committed]
+        leader = self.leader()
+        if leader is not None:
+            m = self.peers[leader].raft.membership
+            if m != committed:
+                out.append(m)
+        return out
+
+    def member_ids(self) -> list[NodeId]:
+        """Peers that are members (voters or learners) of a configuration in force, in ``ids`` order."""
+        configs = self.configurations()
+        return [i for i in self.ids if any(i in m.voters or i in m.learners for m in configs)]
+
+    def _change_membership(self, kind: str | None = None, target: NodeId | None = None) -> bool:
+        """Ask the leader for one membership change (random unless ``kind``
+        and ``target`` say which); returns whether the core accepted it."""
+        leader = self.leader()
+        if leader is None:
+            return False
+        p = self.peers[leader]
+        core = p.raft
+        rng = self.rng
+        m = core.membership
+        voters = [i for i in self.ids if i in m.voters]
+        learners = [i for i in self.ids if i in m.learners]
+        outsiders = [i for i in self.ids if i not in m.voters and i not in m.learners]
+        if kind is None:
+            if rng.random() < 0.05:
+                kind = "unsafe"
+            else:
+                weights = {"add": 2 if outsiders else 0, "promote": 3 if learners else 0,
+                           "remove-learner": 1 if learners else 0, "remove": 2 if len(voters) > 1 else 0,
+                           "demote": 1 if len(voters) > 1 else 0}
+                kinds = [k for k, w in weights.items() if w]
+                if not kinds:
+                    return False
+                kind = rng.choices(kinds, [weights[k] for k in kinds])[0]
+        new: Membership
+        if kind == "unsafe":
+            # Two voters at once: the core must refuse (ValueError).
+            others = learners + outsiders
+            options = []
+            if len(others) >= 2:
+                options.append("add two")
+            if voters and others:
+                options.append("swap")
+            if len(voters) >= 3:
+                options.append("remove two")
+            if not options:
+                return False
+            how = rng.choice(options)
+            if how == "add two":
+                a, b = rng.sample(others, 2)
+                new = with_member(with_member(m, a, f"sim:{a}", True), b, f"sim:{b}", True)
+                target = f"{a}+{b}"
+            elif how == "swap":
+                a, b = rng.choice(voters), rng.choice(others)
+                new = with_member(without_member(m, a), b, f"sim:{b}", True)
+                target = f"{a}->{b}"
+            else:
+                a, b = rng.sample(voters, 2)
+                new = without_member(without_member(m, a), b)
+                target = f"{a}+{b}"
+        elif kind == "add":
+            target = target or rng.choice(outsiders)
+            new = with_member(m, target, f"sim:{target}", voter=False)
+        elif kind in ("promote", "promote-early"):
+            target = target or rng.choice(learners)
+            if kind == "promote" and not core.caught_up(target, self.config.promote_lag):
+                if rng.random() >= 0.3:
+                    self.member_stats["waiting"] += 1
+                    return False
+                kind = "promote-early"
+            new = with_member(m, target, f"sim:{target}", voter=True)
+        elif kind in ("remove", "remove-leader", "demote", "demote-leader"):
+            base = kind.split("-")[0]
+            if kind.endswith("-leader"):
+                target = leader
+            elif target is None:
+                target = leader if rng.random() < 0.3 else rng.choice(voters)
+                if target == leader and len(voters) == 2 and not self.config.remove_leader_from_two:
+                    target = next(v for v in voters if v != leader)
+            if target == leader:
+                kind = base + "-leader"
+            new = without_member(m, target) if base == "remove" else with_member(m, target, f"sim:{target}", False)
+        elif kind == "remove-learner":
+            target = target or rng.choice(learners)
+            new = without_member(m, target)
+        else:
+            raise ValueError(f"unknown membership change {kind!r}")
+        try:
+            term, index = core.propose_membership(new)
+        except (NotLeader, ProposalDropped, MembershipChangePending, ValueError) as exc:
+            unsafe = kind == "unsafe" and isinstance(exc, ValueError)
+            self.member_stats["unsafe_refused" if unsafe else "refused"] += 1
+            self._note("%s: membership change %s %s refused: %s: %s", leader, kind, target, type(exc).__name__, exc)
+            return False
+        except Exception as exc:
+            self._core_failed(p, "Raft.propose_membership()", exc)
+        self._changes[(index, term)] = (kind, str(target), leader)
+        self.member_stats["proposed"] += 1
+        self.member_stats[kind] += 1
+        self._note("%s: membership change %s %s proposed at %d/%d: %s", leader, kind, target, term, index,
+                   members_text(new))
+        self._drive(p)
+        self.checker.observe(p)
+        return True
+
+    def _on_config_committed(self, e: Entry, membership: Membership) -> None:
+        if e.index == 1:
+            return  # the bootstrap configuration
+        self.member_stats["committed"] += 1
+        change = self._changes.get((e.index, e.term))
+        if change is not None:
+            kind, target, leader = change
+            self.member_stats["committed:" + kind] += 1
+            if kind in ("remove-leader", "demote-leader"):
+                self.member_stats["leaders_removed"] += 1
+        self._note("configuration %d/%d committed: %s", e.term, e.index, members_text(membership))
+
+    def _follow_membership(self) -> None:
+        """Liveness phase: keep every member of a configuration in force
+        running, and stop peers outside them that still count themselves
+        voters (removed servers that missed their removal would campaign)."""
+        wanted = set(self.member_ids())
+        for pid in self.ids:
+            p = self.peers[pid]
+            if pid in wanted:
+                if not p.up:
+                    self._restart(p)
+            elif p.core is not None and p.core.membership.is_voter(pid):
+                self._stop(p)
+                self.member_stats["retired"] += 1
+                self._note("%s: stopped (not a member of %s)", pid, members_text(self.committed_membership()))
+
     def _crash_for_a_while(self, p: SimPeer) -> None:
         cfg = self.config
         self._crash(p)
@@ -1209,6 +1446,14 @@ class Simulator:
         self._schedule(self.now + downtime, _RESTART, p.id, p.sync_token)
 
     def _crash(self, p: SimPeer) -> None:
+        lost = self._stop(p)
+        self.faults["crash"] += 1
+        self.crashes[p.id] += 1
+        self._sends_after_heal = None
+        self._note("%s: CRASH%s", p.id, f" (lost un-synced save: {_save_text(lost)})" if lost else "")
+
+    def _stop(self, p: SimPeer) -> Ready | None:
+        """Take ``p`` down, losing its volatile state; returns the save it lost."""
         self._check_promises(p)
         if not self.config.done_on_receipt:
             p.done_pending += [done for _, done in p.snap_inbox]
@@ -1219,9 +1464,7 @@ class Simulator:
             self.snap_stats["lost"] += 1
         p.crash(self.now)
         self.checker.forget(p.id)
-        self.faults["crash"] += 1
-        self._sends_after_heal = None
-        self._note("%s: CRASH%s", p.id, f" (lost un-synced save: {_save_text(lost)})" if lost else "")
+        return lost
 
     def _check_promises(self, p: SimPeer) -> None:
         """What ``p`` acknowledged must be on its disk when its memory goes:
@@ -1264,9 +1507,7 @@ class Simulator:
             self.step_count += 1
             if self.blocked:
                 self._heal()
-            for pid in self.ids:
-                if not self.peers[pid].up:
-                    self._restart(self.peers[pid])
+            self._follow_membership()
         except Failure as f:
             raise self._violation(f) from f.__cause__
         self._sends_after_heal = Counter()
@@ -1281,20 +1522,32 @@ class Simulator:
             if self.now - start >= bound:
                 raise self._violation(Failure("liveness", self._liveness_report(bound)))
             self._run_until(math.floor(self.now) + 1.0)
+            try:
+                self._follow_membership()
+            except Failure as f:
+                raise self._violation(f) from f.__cause__
         self.check()
         self._check_acked_everywhere()
         self._compare_machines()
         return self.now - start
 
     def _converged(self) -> bool:
+        """A leader committed an entry of its term (and every acknowledged
+        write), its configuration is committed, and every member of that
+        configuration is up and applied up to its commit index."""
         leader = self.leader()
         if leader is None:
             return False
-        log = self.peers[leader].raft.log
+        core = self.peers[leader].raft
+        log = core.log
         commit = log.committed
-        if log.term(commit) != self.peers[leader].raft.term or commit < self.max_acked_index:
+        if log.term(commit) != core.term or commit < self.max_acked_index or core.pending_membership_index():
             return False
-        return all(p.up and p.applied >= commit for p in self.peers.values())
+        return all(self.peers[i].up and self.peers[i].applied >= commit for i in self._final_members(core))
+
+    def _final_members(self, core: Raft) -> list[NodeId]:
+        members = core.membership.members
+        return [i for i in self.ids if i in members]
 
     def _liveness_report(self, bound: int) -> str:
         leader = self.leader()
@@ -1302,18 +1555,21 @@ class Simulator:
             f"the cluster did not converge within {bound} ticks after the faults stopped "
             f"(leader: {leader or 'none'}; highest acknowledged index {self.max_acked_index})"
         )
-        lines = [head]
+        lines = [head, f"  committed configuration: {members_text(self.committed_membership())}"]
         lines += ["  " + p.describe() for p in self.peers.values()]
         return "\n".join(lines)
 
     def _check_acked_everywhere(self) -> None:
+        """Every acknowledged write is what the cluster applied, on every member."""
         applied = self.checker.applied
+        leader = self.leader()
+        members = self._final_members(self.peers[leader].raft) if leader is not None else self.ids
         for w in self.acked:
             e = applied[w.index - 1] if w.index <= len(applied) else None
             if e is None or e.term != w.term or e.data != w.data:
                 raise self._violation(Failure("durability", f"acknowledged write {w.data!r} at {w.term}/{w.index} "
                                                              f"is not what the cluster applied there"))
-            for p in self.peers.values():
+            for p in (self.peers[i] for i in members):
                 if p.applied < w.index:
                     raise self._violation(Failure("liveness", f"{p.id} has not applied acknowledged write "
                                                                f"{w.data!r} at index {w.index}"))
@@ -1435,6 +1691,36 @@ class Simulator:
         (default: the most up-to-date voter)."""
         self._step(lambda: self._transfer_leadership(target, random_target=False))
 
+    def propose_membership(self, peer: NodeId, new: Membership) -> tuple[int, int]:
+        """Propose the configuration ``new`` on ``peer``; returns its (term,
+        index). Raises like ``Raft.propose_membership`` (NotLeader,
+        ProposalDropped, MembershipChangePending, ValueError)."""
+        p = self.peers[peer]
+        if not p.up:
+            raise NotLeader(None)
+
+        def propose() -> tuple[int, int]:
+            term, index = p.raft.propose_membership(new)
+            self._changes[(index, term)] = ("scripted", "", peer)
+            self.member_stats["proposed"] += 1
+            self._note("%s: membership change proposed at %d/%d: %s", peer, term, index, members_text(new))
+            self._drive(p)
+            self.checker.observe(p)
+            return term, index
+
+        result: tuple[int, int] = self._step(propose)
+        return result
+
+    def change_membership(self, kind: str | None = None, target: NodeId | None = None) -> bool:
+        """Ask the current leader for one membership change, as the fault
+        schedule does: a random one, or ``kind`` (``add``, ``promote``,
+        ``promote-early``, ``remove``, ``remove-leader``, ``demote``,
+        ``demote-leader``, ``remove-learner``, ``unsafe``) of ``target``
+        (random if ``None``). Returns whether the core accepted it; a refusal
+        (not now, or an unsafe change) is counted in ``member_stats``."""
+        accepted: bool = self._step(lambda: self._change_membership(kind, target))
+        return accepted
+
     def check(self) -> None:
         """Run the full (O(log length)) checks now."""
         self._step(lambda: self.checker.full_check(list(self.peers.values())))
@@ -1499,9 +1785,10 @@ class Simulator:
         return "\n".join(p.describe() for p in self.peers.values())
 
     def result(self, converge_ticks: float = 0.0) -> SimResult:
+        final = self.committed_membership()
         return SimResult(
             seed=self.seed,
-            peers=len(self.ids),
+            peers=len(self.founders),
             pre_vote=self.pre_vote,
             check_quorum=self.check_quorum,
             ticks=self.now,
@@ -1520,6 +1807,10 @@ class Simulator:
             snapshot_every=self.snapshot_every,
             snapshot_keep=self.snapshot_keep,
             snapshot_stats=dict(self.snap_stats),
+            spare_peers=len(self.ids) - len(self.founders),
+            membership_stats=dict(self.member_stats),
+            voters=tuple(i for i in self.ids if i in final.voters),
+            learners=tuple(i for i in self.ids if i in final.learners),
         )
 
 
@@ -1597,6 +1888,9 @@ class ManyResult:
     first_seed: int | None = None
     seeds_with_snapshots: int = 0
     snapshot_stats: Counter[str] = field(default_factory=Counter)
+    seeds_with_changes: int = 0
+    """Seeds in which at least one membership change committed."""
+    membership_stats: Counter[str] = field(default_factory=Counter)
 
     @property
     def seeds_per_second(self) -> float:
@@ -1620,8 +1914,13 @@ class ManyResult:
             f"simulated {self.ticks:,.0f} ticks, {self.steps:,} steps, {self.writes_acked:,} acknowledged writes",
             f"faults injected: {faults}",
             self.snapshot_text(),
+            self.membership_text(),
             self.verdict(),
         ])
+
+    def membership_text(self) -> str:
+        return (f"membership changes committed in {self.seeds_with_changes} of {self.seeds_run} seeds: "
+                f"{membership_counts(self.membership_stats)}")
 
     def snapshot_text(self) -> str:
         st = self.snapshot_stats
@@ -1670,6 +1969,8 @@ def run_many(
         out.faults.update(res.faults)
         out.seeds_with_snapshots += res.snapshots
         out.snapshot_stats.update(res.snapshot_stats)
+        out.membership_stats.update(res.membership_stats)
+        out.seeds_with_changes += res.membership_stats.get("committed", 0) > 0
         if on_result is not None:
             on_result(seed, res)
     out.elapsed = _time.perf_counter() - start

@@ -9,10 +9,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from raftlib.core import quorum
+from raftlib.core.membership import check_change
 from raftlib.core.messages import AppendEntriesResponse, InstallSnapshot, Message, RequestVote, RequestVoteResponse
-from raftlib.core.raft import Raft
+from raftlib.core.raft import LEADER, Raft
 from raftlib.core.ready import ReadState
-from raftlib.types import Entry
+from raftlib.errors import MembershipChangePending, NotLeader, ProposalDropped
+from raftlib.types import Entry, EntryKind, Membership
 
 
 class CommitEarlierTermByCounting(Raft):
@@ -25,6 +27,8 @@ class CommitEarlierTermByCounting(Raft):
         if index > self.log.committed:  # no "and log.term(index) == self.term"
             self.log.commit_to(index)
             self._bcast_needed = True
+            if not self._is_voter() and not self.pending_membership_index():
+                self._removed = True
             self._release_pending_reads()
             for nid, pr in self._followers():
                 self._maybe_send_commit(nid, pr)
@@ -113,6 +117,65 @@ class IgnoresCompactionLimit(Raft):
         return self.snapshot.index if self.snapshot else 0
 
 
+class MembershipChangeWithoutErrata(Raft):
+    """A new leader may change the membership before it committed an entry
+    of its own term (the rule the 2015 errata added to thesis §4.1): its
+    change can overlap an uncommitted change of a deposed leader, two
+    configurations with disjoint majorities, and a committed entry is lost.
+    It still allows one uncommitted change at a time."""
+
+    def propose_membership(self, new: Membership) -> tuple[int, int]:
+        if self.role != LEADER:
+            raise NotLeader(self.leader)
+        if self.transfer_target is not None:
+            raise ProposalDropped(f"leadership is being transferred to {self.transfer_target}")
+        check_change(self.membership, new)
+        # (no "committed an entry of its term" check)
+        if self.pending_membership_index():
+            raise MembershipChangePending(f"the membership change at index {self.pending_membership_index()} "
+                                          f"has not committed yet")
+        index = self.log.last_index() + 1
+        self._append_local([Entry(self.term, index, EntryKind.CONFIG, new.encode())])
+        return self.term, index
+
+
+class UnsafeMembershipChanges(Raft):
+    """Appends any configuration at any time: no errata rule, any number of
+    uncommitted changes, and a change may add or remove several voters at
+    once (only an empty voter set is refused). Consecutive configurations
+    then need not share a majority."""
+
+    def propose_membership(self, new: Membership) -> tuple[int, int]:
+        if self.role != LEADER:
+            raise NotLeader(self.leader)
+        if self.transfer_target is not None:
+            raise ProposalDropped(f"leadership is being transferred to {self.transfer_target}")
+        if not new.voters or set(new.voters) & set(new.learners):
+            raise ValueError("not a configuration")
+        index = self.log.last_index() + 1
+        self._append_local([Entry(self.term, index, EntryKind.CONFIG, new.encode())])
+        return self.term, index
+
+
+class RemovedLeaderCountsItself(Raft):
+    """A leader that removed (or demoted) itself keeps counting its own log
+    in commit majorities until the change commits, instead of managing a
+    configuration that does not include it (thesis §4.2.2)."""
+
+    def _maybe_commit(self) -> None:
+        voters = [*self.membership.voters, *([] if self._is_voter() else [self.id])]
+        match = {nid: pr.match for nid, pr in self.progress.items()}
+        index = quorum.committed_index(voters, match)
+        if index > self.log.committed and self.log.term(index) == self.term:
+            self.log.commit_to(index)
+            self._bcast_needed = True
+            if not self._is_voter() and not self.pending_membership_index():
+                self._removed = True
+            self._release_pending_reads()
+            for nid, pr in self._followers():
+                self._maybe_send_commit(nid, pr)
+
+
 MUTANTS: dict[str, type[Raft]] = {
     "commit-earlier-term": CommitEarlierTermByCounting,
     "vote-without-up-to-date-check": VoteWithoutUpToDateCheck,
@@ -122,4 +185,7 @@ MUTANTS: dict[str, type[Raft]] = {
     "keep-suffix-after-snapshot": KeepSuffixAfterSnapshot,
     "ack-snapshot-before-install": AckSnapshotBeforeInstall,
     "ignores-compaction-limit": IgnoresCompactionLimit,
+    "membership-change-without-errata": MembershipChangeWithoutErrata,
+    "unsafe-membership-changes": UnsafeMembershipChanges,
+    "removed-leader-counts-itself": RemovedLeaderCountsItself,
 }

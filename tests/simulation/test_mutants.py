@@ -106,6 +106,7 @@ CRASHY_INSTALLS = SimConfig(
 SAFETY = {
     "election-safety", "leader-append-only", "log-matching", "leader-completeness",
     "state-machine-safety", "commit-monotonic", "applied-monotonic", "durability", "ack-durability", "core-error",
+    "commit-quorum",
 }
 
 CASES = [

@@ -27,7 +27,8 @@ FAULT_KINDS = (
 # 500 seeds in all: 300 against 3 peers, 200 against 5, every fault kind on
 # (the SimConfig defaults), 300 ticks of faults each plus the liveness phase.
 # About half of the seeds take snapshots and compact (``snapshots`` is drawn
-# per seed), with crashes at the snapshot crash points and failing transfers.
+# per seed), with crashes at the snapshot crash points and failing transfers;
+# most change the membership a few times (tests/simulation/test_membership.py).
 CHUNKS = [(3, 0), (3, 100), (3, 200), (5, 0), (5, 100)]
 
 
@@ -43,6 +44,7 @@ def test_random_seeds_hold_every_invariant(peers: int, first: int) -> None:
     st = result.snapshot_stats
     assert st["taken"] > 300 and st["sent"] > 50 and st["installed"] > 10 and st["restored"] > 30, dict(st)
     assert sum(v for k, v in result.faults.items() if k.startswith("crash@")) > 20
+    assert result.seeds_with_changes > 80 and result.membership_stats["leaders_removed"] > 10
 
 
 HOSTILE = {
@@ -155,7 +157,7 @@ def test_acknowledged_writes_are_applied_everywhere() -> None:
     assert sim.acked
     for w in sim.acked:
         assert w.data.startswith(b"c")
-        for pid in sim.ids:
+        for pid in sim.member_ids():  # every member of the final configuration
             entry = sim.log(pid)[w.index - 1]
             assert (entry.term, entry.data) == (w.term, w.data)
 

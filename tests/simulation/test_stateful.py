@@ -21,14 +21,16 @@ from raftlib.sim import InvariantViolation, SimConfig, Simulator
 
 from .mutants import NoConflictTruncation
 
-# Random faults and transfers off: the rules inject them. Message delays,
-# slow disk syncs and client requests still come from the simulator's seeded
-# generator (the seed is drawn, and shrunk, by hypothesis). With snapshots on,
-# peers snapshot every 5-15 entries (and when a rule says so); snapshot
-# transfers break off and peers crash at snapshot crash points at random.
+# Random faults, transfers and membership changes off: the rules inject them.
+# Message delays, slow disk syncs and client requests still come from the
+# simulator's seeded generator (the seed is drawn, and shrunk, by hypothesis).
+# With snapshots on, peers snapshot every 5-15 entries (and when a rule says
+# so); snapshot transfers break off and peers crash at snapshot crash points
+# at random. One spare peer can join through the membership rule.
 RULES_CONFIG = SimConfig(
     ticks=0, drop_rate=0.0, duplicate_rate=0.0, partition_rate=0.0, leader_isolation_rate=0.0,
     crash_rate=0.0, transfer_rate=0.0, write_rate=0.3, snapshot_entries_min=5, snapshot_entries_max=15,
+    membership_rate=0.0, spare_peers=1,
 )
 
 SETTINGS = settings(
@@ -141,6 +143,10 @@ class ClusterMachine(RuleBasedStateMachine):
     @rule(k=st.integers(0, 7))
     def transfer_leadership(self, k: int) -> None:
         self.s.transfer_leadership(None if k == 7 else self._peer(k))
+
+    @rule()
+    def change_membership(self) -> None:
+        self.s.change_membership()
 
     @rule()
     def flush_disks(self) -> None:
