@@ -130,3 +130,10 @@ class ScopeNotFound(KVError):
 
 class ScopeExists(KVError):
     """``create_scope`` named a scope that already exists."""
+
+
+class StorageFull(StorageError):
+    """The disk (or the LMDB map) is full: the last write was refused and
+    nothing of it was stored. The peer stops accepting writes and reads
+    (this error) and retries the write until space returns; meanwhile the
+    others elect a leader without it. Free space (or raise ``map_size``)."""

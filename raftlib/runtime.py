@@ -58,6 +58,7 @@ from .errors import (
     RaftError,
     SessionExpired,
     StorageError,
+    StorageFull,
     Timeout,
     Unavailable,
     WriteTimeout,
@@ -146,6 +147,8 @@ class Peer:
         self._rpc: dict[str, RpcConnection] = {}
         """Connections to other peers for forwarded requests, by address."""
         self._last_contact: dict[NodeId, float] = {}
+        self._storage_full: StorageFull | None = None
+        """Set while the disk is full (see :meth:`_storage_call`)."""
         self._sessions = SessionTable(config.session_ttl)
         self._last_stamp = 0.0
         self._feed: list[_FeedItem] = []
@@ -247,7 +250,7 @@ class Peer:
     @property
     def is_leader(self) -> bool:
         """Whether this peer is the leader (never after :meth:`stop`)."""
-        return not self._stopping and self._core.role == LEADER
+        return not self._stopping and self._storage_full is None and self._core.role == LEADER
 
     def status(self) -> dict[str, Any]:
         """This peer's view of the cluster, as a plain dict.
@@ -255,7 +258,8 @@ class Peer:
         Keys: ``name``, ``address``, ``role`` (``leader``, ``follower``,
         ``candidate`` or ``pre-candidate``), ``term``, ``leader``,
         ``commit_index``, ``applied_index``, ``last_index``,
-        ``snapshot_index`` and ``members``: for each member its ``address``,
+        ``snapshot_index``, ``storage_full`` (the disk is full: requests are
+        refused until space returns) and ``members``: for each member its ``address``,
         ``role`` (``voter`` or ``learner``), ``voter`` (bool), ``last_contact``
         (seconds since this peer last heard from it; ``None`` if never, 0 for
         itself) and, on the leader, ``match_index`` (the last entry it is known
@@ -290,6 +294,7 @@ class Peer:
             "applied_index": self._applied,
             "last_index": last_index,
             "snapshot_index": self._snapshot_index,
+            "storage_full": self._storage_full is not None,
             "members": {nid: describe(nid, addr) for nid, addr in membership.members.items()},
         }
 
@@ -1008,17 +1013,47 @@ class Peer:
             self._sync_addresses()
 
     async def _storage_call(self, fn: Callable[..., None], *args: Any) -> None:
-        """Run a storage write off the event loop (inline for adapters that never block)."""
-        try:
-            if self._save_inline:
-                fn(*args)
-            else:
-                # Shielded: a write that has started must finish before storage closes.
-                await asyncio.shield(asyncio.to_thread(fn, *args))
-        except StorageError:
-            raise
-        except Exception as exc:
-            raise StorageError(f"writing to storage failed: {exc}") from exc
+        """Run a storage write off the event loop (inline for adapters that never block).
+
+        A full disk (:class:`StorageFull`: nothing was written) is waited
+        out: the write is retried with back-off, and meanwhile this peer
+        refuses writes and reads and stops leading (it neither ticks nor
+        heartbeats, so the others elect a leader). Any other failure is fatal.
+        """
+        delay = 0.05
+        while True:
+            try:
+                if self._save_inline:
+                    fn(*args)
+                else:
+                    # Shielded: a write that has started must finish before storage closes.
+                    await asyncio.shield(asyncio.to_thread(fn, *args))
+            except StorageFull as exc:
+                if self._storage_full is None:
+                    self._log.error("%s: %s; refusing requests and retrying until space returns", self.name, exc)
+                    self._storage_full = exc
+                    self._fail_leader_work()
+                    self._notify_state_waiters()
+                if self._stopping:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(1.0, delay * 2)
+                continue
+            except StorageError:
+                raise
+            except Exception as exc:
+                raise StorageError(f"writing to storage failed: {exc}") from exc
+            if self._storage_full is not None:
+                self._log.warning("%s: storage accepts writes again; resuming", self.name)
+                self._storage_full = None
+                self._notify_state_waiters()
+            return
+
+    def _notify_state_waiters(self) -> None:
+        waiters, self._state_waiters = self._state_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
 
     async def _install_snapshot(self, meta: SnapshotMeta) -> None:
         """A follower took the leader's snapshot: record it, restore the state machine."""
@@ -1330,7 +1365,14 @@ class Peer:
         if self._stopping:
             raise PeerStopped(f"peer {self.name} has stopped")
 
+    def _check_storage(self) -> None:
+        """Refuse a request while the disk is full (not applied: retry elsewhere or later)."""
+        full = self._storage_full
+        if full is not None:
+            raise StorageFull(f"peer {self.name} cannot store anything now: {full}")
+
     def _check_leader(self) -> None:
+        self._check_storage()
         if self._core.role != LEADER:
             raise self._not_leader(self._core.leader)
 

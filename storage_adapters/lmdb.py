@@ -23,6 +23,7 @@ process (it is in the OS page cache), though not a power failure.
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 import zlib
@@ -32,7 +33,7 @@ from typing import Iterator, Sequence
 import lmdb
 import msgpack
 
-from raftlib.errors import CorruptStorage, StorageError
+from raftlib.errors import CorruptStorage, StorageError, StorageFull
 from raftlib.types import Entry, EntryKind, HardState, Membership, SnapshotMeta
 
 from .memory import check_append, check_compact, check_range, check_term_index, take_within
@@ -48,8 +49,19 @@ _SNAPSHOT = b"snapshot"
 _BOUNDARY = b"boundary"
 _FORMAT = b"format"
 
+RECOVERY_ADVICE = (
+    "this member cannot be trusted with its data: remove it from the cluster, wipe its data directory "
+    "and add it back as a new member (see docs/operations.md, 'Recover a member')"
+)
+
 _DECODE_ERRORS = (ValueError, TypeError, msgpack.UnpackException)
 """What msgpack and the record constructors raise on undecodable bytes."""
+
+
+def _is_no_space(exc: BaseException) -> bool:
+    """Whether an LMDB error reports a full device (ENOSPC)."""
+    text = str(exc)
+    return "No space left" in text or f"[Errno {errno.ENOSPC}]" in text or getattr(exc, "errno", None) == errno.ENOSPC
 
 
 def _encode_entry(entry: Entry) -> bytes:
@@ -159,9 +171,9 @@ class LMDBStorage:
                     txn.put(_HARD_STATE, packed, db=self._meta_db)
             if entries:
                 self._last_index = entries[-1].index
-            if sync:
-                self._env.sync(True)
-                self.sync_count += 1
+        if sync:
+            self._sync("save")
+            self.sync_count += 1
 
     def install_snapshot(self, meta: SnapshotMeta) -> None:
         """Discard the whole log, make ``meta`` the boundary and the latest
@@ -174,7 +186,7 @@ class LMDBStorage:
             self._first_index = meta.index + 1
             self._last_index = meta.index
             self._boundary_term = meta.term
-            self._env.sync(True)
+        self._sync(f"install the snapshot at index {meta.index}")
 
     def compact(self, index: int, meta: SnapshotMeta) -> None:
         """Drop entries up to and including ``index``, record ``meta`` as the
@@ -201,7 +213,7 @@ class LMDBStorage:
             if boundary_term is not None:
                 self._first_index = index + 1
                 self._boundary_term = boundary_term
-            self._env.sync(True)
+        self._sync(f"compact the log through index {index}")
 
     def close(self) -> None:
         """Close the environment. Idempotent."""
@@ -210,6 +222,16 @@ class LMDBStorage:
 
     # -- helpers ----------------------------------------------------------
 
+    def _sync(self, action: str) -> None:
+        """Flush to disk. Any failure is a :class:`StorageError`, even for a
+        full disk: after a failed flush nobody knows what reached the disk,
+        so the peer must stop rather than retry (a :class:`StorageFull` is
+        retried, which is only right when nothing was written)."""
+        try:
+            self._env.sync(True)
+        except lmdb.Error as exc:
+            raise StorageError(f"cannot {action}: flushing {self._path} to disk failed: {exc}") from exc
+
     @contextmanager
     def _lmdb_errors(self, action: str) -> Iterator[None]:
         """Turn :class:`lmdb.Error` raised while doing ``action`` into
@@ -217,16 +239,18 @@ class LMDBStorage:
         try:
             yield
         except lmdb.MapFullError as exc:
-            raise StorageError(
+            raise StorageFull(
                 f"cannot {action}: the LMDB database at {self._path} reached its map_size of "
                 f"{self._map_size} bytes; reopen it with a larger map_size"
             ) from exc
         except lmdb.Error as exc:
+            if _is_no_space(exc):
+                raise StorageFull(f"cannot {action}: no space left on the device of {self._path}") from exc
             raise StorageError(f"cannot {action}: LMDB error in {self._path}: {exc}") from exc
 
     def _corrupt(self, what: str, detail: str) -> CorruptStorage:
         """A :class:`CorruptStorage` naming the path and the bad record."""
-        return CorruptStorage(f"corrupt LMDB storage at {self._path}: {what} {detail}")
+        return CorruptStorage(f"corrupt LMDB storage at {self._path}: {what} {detail}; {RECOVERY_ADVICE}")
 
     def _decode_entry(self, index: int, value: bytes | memoryview) -> Entry:
         """Check the CRC32 of a stored ``log`` value and decode it."""

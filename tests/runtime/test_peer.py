@@ -174,7 +174,7 @@ class FailingStorage(MemoryStorage):
 
     def save(self, hard_state: Any, entries: Any, sync: bool = True) -> None:
         if self.broken:
-            raise OSError(28, "No space left on device")
+            raise OSError(5, "Input/output error")
         super().save(hard_state, entries, sync)
 
 
@@ -190,7 +190,7 @@ async def test_storage_failure_stops_the_peer_and_the_cluster_moves_on(tmp_path:
         await leader.write(["set", "before", 1])
         storages[leader.name].broken = True
         # The entry may already have reached the followers: outcome unknown.
-        with pytest.raises(errors.OutcomeUnknown, match="No space left"):
+        with pytest.raises(errors.OutcomeUnknown, match="Input/output error"):
             await leader.write(["set", "lost", 1])
         await eventually(lambda: leader._stopped.is_set())
         with pytest.raises(errors.PeerStopped, match="fatal"):
