@@ -1,0 +1,476 @@
+"""A Jepsen-style fault test of real ``raftlib serve`` processes.
+
+    python -m raftlib.testing.jepsen --nodes 5 --time 60 --clients 10 \\
+        --nemesis kill,pause,partition --seed 1
+
+Theory of operation. The harness starts ``--nodes`` processes of the
+built-in key-value service on loopback, each behind a :class:`Proxy`
+(:mod:`raftlib.testing.netproxy`) so that links between peers can be cut.
+``--clients`` clients, each its own :class:`raftlib.kv.KVClient` with its own
+session, run get / put / cas on a few keys as fast as the cluster answers,
+and every operation is recorded with its call and return times and its
+outcome: ``ok``, ``fail`` (certainly not applied: no member could take it)
+or ``unknown`` (a write that may have been applied). Meanwhile a nemesis
+draws faults from ``--nemesis`` with the seeded generator:
+
+* ``kill``: ``kill -9`` a node, restart it on the same data directory later;
+* ``pause``: SIGSTOP a node, SIGCONT it later;
+* ``partition``: cut the peers into a majority and a minority, or two halves
+  joined by one bridge node, then heal.
+
+At the end everything is healed and restarted, the clients run a little
+longer (to see the cluster recover), and the history is checked with
+:func:`raftlib.testing.lincheck.check`. The run prints operation counts,
+faults, availability and the verdict, and writes ``history.jsonl``,
+``summary.json`` and ``latency.svg`` (latency over time, fault windows
+shaded) to ``--out``. The exit status is 0 only if the history is
+linearizable.
+
+``--broken stale-reads`` is the self-check: gets are then served by
+whichever node the client picked from its local state (``consistency=
+"stale"``, no forwarding), which is not linearizable under faults; the
+checker must say so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import KVError, OutcomeUnknown, RaftError
+from ..rpc import RpcConnection
+from .lincheck import History, Result
+from .netproxy import Partitioner, Proxy
+
+__all__ = ["JepsenConfig", "run", "main"]
+
+NEMESES = ("kill", "pause", "partition")
+
+
+@dataclass
+class JepsenConfig:
+    """Settings of one fault test (the command-line options)."""
+
+    nodes: int = 5
+    time: float = 60.0
+    clients: int = 10
+    nemesis: tuple[str, ...] = NEMESES
+    seed: int = 0
+    keys: int = 3
+    out: Path = Path("jepsen-results")
+    broken: str | None = None
+    op_timeout: float = 2.0
+    election_timeout_ms: int = 200
+    fault_interval: tuple[float, float] = (1.0, 3.0)
+    fault_duration: tuple[float, float] = (1.0, 4.0)
+    recovery: float = 3.0
+    keep_data: bool = False
+
+
+@dataclass
+class _Node:
+    name: str
+    port: int
+    proxy_port: int
+    data_dir: Path
+    log_path: Path
+    election_ms: int = 200
+    proc: subprocess.Popen[bytes] | None = None
+    paused: bool = False
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.proxy_port}"
+
+
+@dataclass
+class _Fault:
+    kind: str
+    start: float
+    end: float | None = None
+    detail: str = ""
+
+
+@dataclass
+class _Run:
+    cfg: JepsenConfig
+    rng: random.Random
+    nodes: list[_Node] = field(default_factory=list)
+    history: History = field(default_factory=History)
+    faults: list[_Fault] = field(default_factory=list)
+    latencies: list[tuple[float, float, str]] = field(default_factory=list)
+    t0: float = 0.0
+    next_value: int = 0
+    last_seen: dict[str, Any] = field(default_factory=dict)
+    """The latest value each key was seen with, so that many cas operations can succeed."""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -- nodes ------------------------------------------------------------------------------------
+
+
+def _start_node(node: _Node, initial: str) -> None:
+    log = open(node.log_path, "ab")
+    try:
+        node.proc = subprocess.Popen(
+            [sys.executable, "-m", "raftlib", "serve", "--name", node.name,
+             "--listen", f"127.0.0.1:{node.port}", "--advertise", node.address,
+             "--data-dir", str(node.data_dir), "--initial-cluster", initial,
+             "--election-timeout-ms", str(node.election_ms), "--log-level", "warning"],
+            stdout=log, stderr=log, start_new_session=True,
+        )
+    finally:
+        log.close()
+    node.paused = False
+
+
+def _kill(node: _Node) -> None:
+    if node.proc is not None and node.proc.poll() is None:
+        if node.paused:
+            node.proc.send_signal(signal.SIGCONT)
+        node.proc.kill()
+        node.proc.wait()
+    node.paused = False
+
+
+# -- clients ----------------------------------------------------------------------------------
+
+
+async def _client(run: _Run, process: int, stop: asyncio.Event) -> None:
+    from ..kv import KVClient
+
+    cfg = run.cfg
+    addresses = [n.address for n in run.nodes]
+    rng = random.Random(f"{cfg.seed}-client-{process}")
+    kv: KVClient | None = None
+    while kv is None and not stop.is_set():
+        try:
+            kv = await KVClient.connect(addresses, timeout=cfg.op_timeout)
+        except RaftError:
+            await asyncio.sleep(0.1)
+    if kv is None:
+        return
+    stale: RpcConnection | None = None
+    try:
+        while not stop.is_set():
+            key = f"k{rng.randrange(cfg.keys)}"
+            kind = rng.choice(("get", "get", "put", "cas"))
+            if kind == "get":
+                if cfg.broken == "stale-reads":
+                    stale = await _stale_connection(run, rng, stale)
+                await _get(run, kv, stale, process, key)
+            elif kind == "put":
+                run.next_value += 1
+                await _write(run, kv, process, "put", key, run.next_value, None)
+            else:
+                run.next_value += 1
+                expected = run.last_seen.get(key) if rng.random() < 0.8 else rng.randrange(max(1, run.next_value))
+                await _write(run, kv, process, "cas", key, run.next_value, expected)
+    finally:
+        if stale is not None:
+            await stale.close()
+        await kv.close()
+
+
+async def _stale_connection(run: _Run, rng: random.Random, conn: RpcConnection | None) -> RpcConnection | None:
+    if conn is not None and not conn.closed and rng.random() < 0.9:
+        return conn
+    if conn is not None:
+        await conn.close()
+    try:
+        return await RpcConnection.open(rng.choice(run.nodes).address, timeout=0.5)
+    except RaftError:
+        return None
+
+
+async def _get(run: _Run, kv: Any, stale: RpcConnection | None, process: int, key: str) -> None:
+    handle = run.history.invoke(process, "get", key)
+    start = time.monotonic()
+    try:
+        if run.cfg.broken == "stale-reads":
+            if stale is None:
+                raise RaftError("no connection")
+            item = await stale.call("read", {"query": ["get", "default", key], "consistency": "stale"},
+                                    timeout=run.cfg.op_timeout)
+            value = None if item is None else item[0]
+        else:
+            value = await kv.get(key)
+    except (RaftError, OSError):
+        run.history.complete(handle, "fail")  # a read has no effect: a failed one constrains nothing
+        return
+    run.history.complete(handle, "ok", value)
+    run.last_seen[key] = value
+    run.latencies.append((start - run.t0, time.monotonic() - start, "get"))
+
+
+async def _write(run: _Run, kv: Any, process: int, kind: str, key: str, value: int, expected: int | None) -> None:
+    handle = run.history.invoke(process, kind, key, value, expected)
+    start = time.monotonic()
+    try:
+        if kind == "put":
+            await kv.put(key, value)
+            output: Any = None
+        else:
+            output = await kv.cas(key, expected, value)
+    except OutcomeUnknown:
+        run.history.complete(handle, "unknown")
+        return
+    except (KVError, RaftError, OSError):
+        run.history.complete(handle, "fail")
+        return
+    run.history.complete(handle, "ok", output)
+    if kind == "put" or output is True:
+        run.last_seen[key] = value
+    run.latencies.append((start - run.t0, time.monotonic() - start, kind))
+
+
+# -- nemesis ------------------------------------------------------------------------------------
+
+
+async def _nemesis(run: _Run, partitioner: Partitioner, initial: str, stop: asyncio.Event) -> None:
+    cfg, rng = run.cfg, run.rng
+    names = [n.name for n in run.nodes]
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), rng.uniform(*cfg.fault_interval))
+            return
+        except asyncio.TimeoutError:
+            pass
+        kind = rng.choice(cfg.nemesis)
+        duration = rng.uniform(*cfg.fault_duration)
+        fault = _Fault(kind, time.monotonic() - run.t0)
+        minority = len(names) // 2 if len(names) > 2 else 1
+        if kind == "kill":
+            victim = rng.choice(run.nodes)
+            fault.detail = f"kill -9 {victim.name}"
+            _kill(victim)
+            await _sleep_unless(stop, duration)
+            _start_node(victim, initial)
+        elif kind == "pause":
+            victim = rng.choice([n for n in run.nodes if n.proc is not None and n.proc.poll() is None])
+            fault.detail = f"pause {victim.name}"
+            assert victim.proc is not None
+            victim.proc.send_signal(signal.SIGSTOP)
+            victim.paused = True
+            await _sleep_unless(stop, duration)
+            if victim.proc.poll() is None:
+                victim.proc.send_signal(signal.SIGCONT)
+            victim.paused = False
+        else:
+            shuffled = names[:]
+            rng.shuffle(shuffled)
+            if len(names) >= 3 and rng.random() < 0.3:
+                bridge, rest = shuffled[0], shuffled[1:]
+                half = len(rest) // 2
+                partitioner.split(rest[:half], rest[half:])
+                fault.detail = f"bridge {bridge} between {rest[:half]} and {rest[half:]}"
+            else:
+                small = shuffled[:rng.randint(1, minority)]
+                partitioner.split(small, shuffled[len(small):])
+                fault.detail = f"partition {sorted(small)} | {sorted(shuffled[len(small):])}"
+            await _sleep_unless(stop, duration)
+            partitioner.heal()
+        fault.end = time.monotonic() - run.t0
+        run.faults.append(fault)
+        print(f"  {fault.start:6.1f}-{fault.end:6.1f} s  {fault.detail}", flush=True)
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except asyncio.TimeoutError:
+        pass
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+
+async def run(cfg: JepsenConfig) -> tuple[Result, dict[str, Any]]:
+    """Run one fault test; return the checker's result and the summary."""
+    if not cfg.nemesis or any(n not in NEMESES for n in cfg.nemesis):
+        raise ValueError(f"--nemesis takes a comma-separated subset of {','.join(NEMESES)}")
+    if cfg.nodes < 1 or cfg.clients < 1 or cfg.time <= 0 or cfg.keys < 1:
+        raise ValueError("--nodes, --clients, --keys and --time must be positive")
+    state = _Run(cfg, random.Random(cfg.seed))
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="raftlib-jepsen-"))
+    names = [f"n{i}" for i in range(1, cfg.nodes + 1)]
+    partitioner = Partitioner(names)
+    proxies: list[Proxy] = []
+    for name in names:
+        node = _Node(name, _free_port(), _free_port(), work / name, cfg.out / f"{name}.log", cfg.election_timeout_ms)
+        node.log_path.write_bytes(b"")
+        state.nodes.append(node)
+    initial = ",".join(f"{n.name}={n.address}" for n in state.nodes)
+    try:
+        for node in state.nodes:
+            proxy = Proxy(node.name, node.proxy_port, node.port, partitioner)
+            await proxy.start()
+            proxies.append(proxy)
+            _start_node(node, initial)
+        await _wait_for_leader(state, 30.0)
+        print(f"{cfg.nodes} nodes up; {cfg.clients} clients for {cfg.time:g} s, nemesis {','.join(cfg.nemesis)},"
+              f" seed {cfg.seed}" + (f", BROKEN: {cfg.broken}" if cfg.broken else ""), flush=True)
+        state.t0 = time.monotonic()
+        stop_faults, stop_clients = asyncio.Event(), asyncio.Event()
+        clients = [asyncio.ensure_future(_client(state, i, stop_clients)) for i in range(cfg.clients)]
+        nemesis = asyncio.ensure_future(_nemesis(state, partitioner, initial, stop_faults))
+        await asyncio.sleep(cfg.time)
+        stop_faults.set()
+        await nemesis
+        partitioner.heal()
+        for node in state.nodes:
+            if node.proc is None or node.proc.poll() is not None:
+                _start_node(node, initial)
+            elif node.paused:
+                node.proc.send_signal(signal.SIGCONT)
+                node.paused = False
+        healed_at = time.monotonic() - state.t0
+        await asyncio.sleep(cfg.recovery)
+        stop_clients.set()
+        await asyncio.gather(*clients, return_exceptions=True)
+    finally:
+        for node in state.nodes:
+            _kill(node)
+        for proxy in proxies:
+            await proxy.close()
+        if not cfg.keep_data:
+            shutil.rmtree(work, ignore_errors=True)
+    ops = state.history.operations()
+    state.history.save(cfg.out / "history.jsonl")
+    result = state.history.check(timeout=120.0)
+    summary = _summary(state, ops, result, healed_at)
+    (cfg.out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+    (cfg.out / "latency.svg").write_text(_plot(state, healed_at))
+    return result, summary
+
+
+async def _wait_for_leader(state: _Run, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for node in state.nodes:
+            try:
+                conn = await RpcConnection.open(node.address, timeout=0.5)
+                try:
+                    status = await conn.call("status", {}, timeout=0.5)
+                finally:
+                    await conn.close()
+            except RaftError:
+                continue
+            if status.get("leader"):
+                return
+        await asyncio.sleep(0.1)
+    raise RaftError(f"no leader was elected within {timeout} s; see the node logs in {state.cfg.out}")
+
+
+def _summary(state: _Run, ops: list[Any], result: Result, healed_at: float) -> dict[str, Any]:
+    counts: dict[str, dict[str, int]] = {}
+    for op in ops:
+        counts.setdefault(op.kind, {"ok": 0, "fail": 0, "unknown": 0})[op.status] += 1
+    total = len(ops)
+    ok = sum(c["ok"] for c in counts.values())
+    return {
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(state.cfg).items()},
+        "operations": total,
+        "by_kind": counts,
+        "availability": round(ok / total, 4) if total else 0.0,
+        "faults": [{"kind": f.kind, "start": round(f.start, 3), "end": round(f.end or 0, 3), "detail": f.detail}
+                   for f in state.faults],
+        "healed_at": round(healed_at, 3),
+        "verdict": result.verdict,
+        "explanation": result.explain() if result.ok is not True else "",
+    }
+
+
+def _plot(state: _Run, healed_at: float) -> str:
+    """An SVG of operation latency over time, with fault windows shaded."""
+    width, height, pad = 1000, 400, 50
+    points = state.latencies
+    t_max = max([healed_at + state.cfg.recovery] + [t for t, _, _ in points]) or 1.0
+    l_max = max([0.01] + [lat for _, lat, _ in points])
+    colors = {"get": "#1f77b4", "put": "#2ca02c", "cas": "#d62728"}
+    shade = {"kill": "#ff000022", "pause": "#ffa50033", "partition": "#0000ff1f"}
+
+    def x(t: float) -> float:
+        return pad + (width - 2 * pad) * t / t_max
+
+    def y(lat: float) -> float:
+        return height - pad - (height - 2 * pad) * lat / l_max
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-size="12">',
+             '<rect width="100%" height="100%" fill="white"/>']
+    for f in state.faults:
+        end = f.end if f.end is not None else t_max
+        parts.append(f'<rect x="{x(f.start):.1f}" y="{pad}" width="{max(1.0, x(end) - x(f.start)):.1f}" '
+                     f'height="{height - 2 * pad}" fill="{shade.get(f.kind, "#8884")}"><title>{f.detail}</title></rect>')
+    for t, lat, kind in points:
+        parts.append(f'<circle cx="{x(t):.1f}" cy="{y(lat):.1f}" r="1.5" fill="{colors.get(kind, "black")}"/>')
+    parts.append(f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="black"/>')
+    parts.append(f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="black"/>')
+    parts.append(f'<text x="{width / 2:.0f}" y="{height - 15}" text-anchor="middle">time (s), 0-{t_max:.1f}</text>')
+    parts.append(f'<text x="10" y="{pad - 15}">latency (s), max {l_max:.3f}; blue get, green put, red cas; '
+                 f'shaded: red kill, orange pause, blue partition</text>')
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m raftlib.testing.jepsen", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nodes", type=int, default=5)
+    parser.add_argument("--time", type=float, default=60.0, help="seconds of faults")
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--nemesis", default=",".join(NEMESES), help="comma-separated: kill,pause,partition")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keys", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: jepsen-results/<time>)")
+    parser.add_argument("--broken", choices=["stale-reads"], default=None,
+                        help="self-check: serve gets from any node's local state (must be caught)")
+    parser.add_argument("--op-timeout", type=float, default=2.0)
+    parser.add_argument("--election-timeout-ms", type=int, default=200)
+    parser.add_argument("--keep-data", action="store_true", help="keep the nodes' data directories")
+    args = parser.parse_args(argv)
+    out = args.out or Path("jepsen-results") / time.strftime("%Y%m%d-%H%M%S")
+    cfg = JepsenConfig(
+        nodes=args.nodes, time=args.time, clients=args.clients,
+        nemesis=tuple(n.strip() for n in args.nemesis.split(",") if n.strip()), seed=args.seed, keys=args.keys,
+        out=out, broken=args.broken, op_timeout=args.op_timeout, election_timeout_ms=args.election_timeout_ms,
+        keep_data=args.keep_data,
+    )
+    try:
+        result, summary = asyncio.run(run(cfg))
+    except (ValueError, RaftError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"operations: {summary['operations']}")
+    for kind, c in sorted(summary["by_kind"].items()):
+        print(f"  {kind:4}  ok {c['ok']:6}  fail {c['fail']:5}  unknown {c['unknown']:5}")
+    print(f"faults: {len(summary['faults'])}; availability {summary['availability'] * 100:.1f} % of operations ok")
+    print(f"verdict: {result.verdict}")
+    if result.ok is not True:
+        print(result.explain())
+    print(f"history, summary and latency plot in {out}")
+    return 0 if result.ok is True else 1
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

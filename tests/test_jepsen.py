@@ -1,0 +1,46 @@
+"""The fault test of real processes, short: 3 nodes, every nemesis, and the self-check."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def jepsen(out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "raftlib.testing.jepsen", "--nodes", "3", "--clients", "5", "--out", str(out), *args],
+        capture_output=True, text=True, timeout=300,
+    )
+
+
+@pytest.mark.timeout(300)
+def test_a_short_fault_test_with_every_nemesis_is_linearizable(tmp_path: Path) -> None:
+    done = jepsen(tmp_path, "--time", "25", "--nemesis", "kill,pause,partition", "--seed", "7")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "verdict: linearizable" in done.stdout
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["verdict"] == "linearizable"
+    assert summary["operations"] > 500
+    kinds = {f["kind"] for f in summary["faults"]}
+    assert len(summary["faults"]) >= 3 and kinds <= {"kill", "pause", "partition"}
+    ok_writes = summary["by_kind"]["put"]["ok"] + summary["by_kind"]["cas"]["ok"]
+    assert ok_writes > 100
+    assert (tmp_path / "history.jsonl").read_text().count("\n") == summary["operations"]
+    assert (tmp_path / "latency.svg").read_text().startswith("<svg")
+
+
+@pytest.mark.timeout(300)
+def test_the_self_check_reports_stale_reads_as_not_linearizable(tmp_path: Path) -> None:
+    done = jepsen(tmp_path, "--time", "10", "--nemesis", "partition,pause", "--seed", "3", "--broken", "stale-reads")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "verdict: not linearizable" in done.stdout
+    assert "no linearization exists" in done.stdout  # the explanation names the key and operations
+
+
+def test_bad_arguments_exit_2(tmp_path: Path) -> None:
+    done = jepsen(tmp_path, "--nemesis", "earthquake", "--time", "1")
+    assert done.returncode == 2 and "nemesis" in done.stderr

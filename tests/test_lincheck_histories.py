@@ -1,0 +1,148 @@
+"""Hand-made register histories for raftlib.testing.lincheck: linearizable
+ones it must accept and broken ones it must reject, naming key and operations."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from raftlib.testing.lincheck import Operation, check, load, save
+
+
+def op(p: int, kind: str, key: Any, call: float, ret: float | None, *, value: Any = None, expected: Any = None,
+       output: Any = None, status: str = "ok") -> Operation:
+    return Operation(process=p, kind=kind, key=key, value=value, expected=expected, output=output,
+                     call=call, ret=ret, status=status)
+
+
+def test_sequential_and_overlapping_histories_are_linearizable() -> None:
+    history = [
+        op(1, "put", "x", 0, 1, value=1),
+        op(2, "get", "x", 2, 3, output=1),
+        op(1, "put", "x", 4, 8, value=2),
+        op(2, "get", "x", 5, 6, output=1),  # overlaps the put: it may read either value
+        op(3, "get", "x", 5, 7, output=2),
+        op(2, "cas", "x", 9, 10, expected=2, value=3, output=True),
+        op(3, "cas", "x", 9, 11, expected=2, value=4, output=False),
+        op(1, "get", "x", 12, 13, output=3),
+    ]
+    result = check(history)
+    assert result.ok is True and result.verdict == "linearizable" and bool(result)
+
+
+def test_a_stale_read_is_reported_with_its_key_and_operations() -> None:
+    history = [
+        op(1, "put", "x", 0, 1, value=1),
+        op(1, "put", "x", 2, 3, value=2),
+        op(2, "get", "x", 4, 5, output=1),  # the second put finished before this read began
+        op(3, "put", "y", 0, 1, value=9),
+        op(3, "get", "y", 2, 3, output=9),
+    ]
+    result = check(history)
+    assert result.ok is False
+    assert [v.key for v in result.violations] == ["x"]
+    text = result.explain()
+    assert "'x'" in text and "get('x') -> 1" in text and "'y'" not in text.split("\n")[0]
+
+
+def test_two_cas_winners_for_the_same_expected_value_are_caught() -> None:
+    history = [
+        op(1, "put", "x", 0, 1, value=0),
+        op(2, "cas", "x", 2, 3, expected=0, value=1, output=True),
+        op(3, "cas", "x", 2, 4, expected=0, value=2, output=True),
+    ]
+    assert check(history).ok is False
+
+
+def test_unknown_and_failed_operations() -> None:
+    # An unknown put that a later read saw must have taken effect: fine.
+    seen = [op(1, "put", "x", 0, None, value=5, status="unknown"), op(2, "get", "x", 3, 4, output=5)]
+    assert check(seen).ok is True
+    # An unknown put nobody saw may never have happened: fine too.
+    unseen = [op(1, "put", "x", 0, None, value=5, status="unknown"), op(2, "get", "x", 3, 4, output=None)]
+    assert check(unseen).ok is True
+    # A failed put certainly did not take effect: a read that sees it is a violation.
+    failed = [op(1, "put", "x", 0, 1, value=5, status="fail"), op(2, "get", "x", 3, 4, output=5)]
+    assert check(failed).ok is False
+
+
+def test_a_lost_write_is_caught() -> None:
+    history = [op(1, "put", "x", 0, 1, value=1), op(2, "put", "x", 2, 3, value=2), op(1, "get", "x", 4, 5, output=None)]
+    assert check(history).ok is False
+
+
+def _register_history(rng: random.Random, processes: int, ops: int) -> list[Operation]:
+    """A history of a real register under random concurrency: each operation
+    takes effect at one instant between its call and return."""
+    value: Any = None
+    t = 0.0
+    pending: list[tuple[float, Operation]] = []
+    out: list[Operation] = []
+    free_at = [0.0] * processes
+    for n in range(ops):
+        p = rng.randrange(processes)
+        call = max(t, free_at[p]) + rng.random()
+        point = call + rng.random()
+        ret = point + rng.random()
+        free_at[p] = ret
+        t = call
+        kind = rng.choice(["get", "put", "cas"])
+        if kind == "get":
+            o = op(p, "get", "k", call, ret, output=value)
+        elif kind == "put":
+            value = n
+            o = op(p, "put", "k", call, ret, value=n)
+        else:
+            expected = rng.choice([value, n - 1])
+            won = expected == value
+            if won:
+                value = n
+            o = op(p, "cas", "k", call, ret, expected=expected, value=n, output=won)
+        pending.append((point, o))
+    # Operations take effect in order of their points: rebuild values in that order.
+    pending.sort(key=lambda x: x[0])
+    value = None
+    for _, o in pending:
+        if o.kind == "get":
+            o = op(o.process, "get", "k", o.call, o.ret, output=value)  # type: ignore[arg-type]
+        elif o.kind == "put":
+            value = o.value
+        else:
+            won = o.expected == value
+            if won:
+                value = o.value
+            o = op(o.process, "cas", "k", o.call, o.ret, expected=o.expected, value=o.value,  # type: ignore[arg-type]
+                   output=won)
+        out.append(o)
+    return out
+
+
+def test_random_concurrent_register_histories_are_accepted_and_a_corrupted_read_is_not() -> None:
+    rng = random.Random(7)
+    for _ in range(5):
+        history = _register_history(rng, processes=6, ops=300)
+        result = check(history, timeout=30)
+        assert result.ok is True, result.explain()
+    history = _register_history(rng, processes=6, ops=300)
+    gets = [i for i, o in enumerate(history) if o.kind == "get"]
+    i = gets[len(gets) // 2]
+    bad = history[i]
+    history[i] = op(bad.process, "get", "k", bad.call, bad.ret, output="never written")  # type: ignore[arg-type]
+    assert check(history, timeout=30).ok is False
+
+
+def test_save_load_and_the_command_line(tmp_path: Path) -> None:
+    good = [op(1, "put", "x", 0, 1, value=1), op(2, "get", "x", 2, 3, output=1)]
+    bad = [op(1, "put", "x", 0, 1, value=1), op(2, "get", "x", 2, 3, output=2)]
+    save(good, tmp_path / "good.jsonl")
+    save(bad, tmp_path / "bad.jsonl")
+    assert load(tmp_path / "good.jsonl") == good
+    run = [sys.executable, "-m", "raftlib.testing.lincheck"]
+    assert subprocess.run(run + [str(tmp_path / "good.jsonl")], capture_output=True, timeout=60).returncode == 0
+    broken = subprocess.run(run + [str(tmp_path / "bad.jsonl")], capture_output=True, text=True, timeout=60)
+    assert broken.returncode == 1 and "'x'" in broken.stdout
+    (tmp_path / "junk.jsonl").write_text("not json\n")
+    assert subprocess.run(run + [str(tmp_path / "junk.jsonl")], capture_output=True, timeout=60).returncode == 2
