@@ -11,6 +11,11 @@ A snapshot received from a leader replaces the whole log at once: until the
 runtime has recorded it in storage (``snapshot_installed``) it is held in
 ``pending_snapshot`` and answers for ``first_index() - 1``.
 
+Entries just persisted are kept in memory a while longer, in ``_cache``
+(ending right before ``unstable_offset``, at most ``CACHE_ENTRIES`` entries
+and ``CACHE_BYTES`` bytes): they are the ones about to be applied and sent
+to followers, so most reads never reach storage (and its decoding).
+
 Invariants::
 
     first_index - 1 <= applied <= committed
@@ -29,11 +34,19 @@ if TYPE_CHECKING:  # the core never imports an adapter, only the protocol
     from storage_adapters.protocol import LogStorage
 
 
+CACHE_ENTRIES = 16384
+CACHE_BYTES = 32 * 1024 * 1024
+
+
 class RaftLog:
     def __init__(self, storage: LogStorage, committed: int, applied: int) -> None:
         self.storage = storage
         self.unstable: list[Entry] = []
         self.unstable_offset = storage.last_index() + 1
+        self._cache: list[Entry] = []
+        """Persisted entries ``[_cache_offset, unstable_offset)``, kept in memory."""
+        self._cache_offset = self.unstable_offset
+        self._cache_bytes = 0
         self.pending_snapshot: SnapshotMeta | None = None
         # Invariant: applied <= committed <= last_index().
         self.committed = min(committed, storage.last_index())
@@ -66,6 +79,8 @@ class RaftLog:
             return self.unstable[pos].term if pos < len(self.unstable) else 0
         if index < 0:
             return 0
+        if index >= self._cache_offset and index >= self.storage.first_index():
+            return self._cache[index - self._cache_offset].term
         snap = self.pending_snapshot
         if snap is not None:
             if index == snap.index:
@@ -91,22 +106,26 @@ class RaftLog:
         if lo >= hi:
             return []
         out: list[Entry] = []
-        if lo < self.unstable_offset:
+        if lo < self._cache_offset:
             if self.pending_snapshot is not None:
                 raise LogCompacted(f"index {lo} is covered by the snapshot at {self.pending_snapshot.index}")
-            out = self.storage.entries(lo, min(hi, self.unstable_offset), max_bytes)
-            if lo + len(out) < min(hi, self.unstable_offset):
-                return out  # max_bytes reached inside the stable part
+            stop = min(hi, self._cache_offset)
+            out = self.storage.entries(lo, stop, max_bytes)
+            if lo + len(out) < stop:
+                return out  # max_bytes reached inside the stored part
             lo += len(out)
-        if lo < hi:
-            budget = None if max_bytes is None else max_bytes - sum(e.size() for e in out)
-            start = lo - self.unstable_offset
-            for e in self.unstable[start : hi - self.unstable_offset]:
+        budget = None if max_bytes is None else max_bytes - sum(e.size() for e in out)
+        for source, offset in ((self._cache, self._cache_offset), (self.unstable, self.unstable_offset)):
+            end = offset + len(source)
+            if lo >= hi or lo >= end:
+                continue
+            for e in source[lo - offset : min(hi, end) - offset]:
                 if budget is not None:
                     budget -= e.size()
                     if budget < 0 and out:
-                        break
+                        return out
                 out.append(e)
+            lo = min(hi, end)
         return out
 
     def is_up_to_date(self, last_index: int, last_term: int) -> bool:
@@ -153,6 +172,7 @@ class RaftLog:
         if after == end:
             self.unstable.extend(entries)
         elif after <= self.unstable_offset:
+            self._drop_cache_from(after)
             self.unstable_offset = after
             self.unstable = list(entries)
         else:
@@ -163,8 +183,27 @@ class RaftLog:
         """The runtime persisted entries up to (index, term): drop them from the tail."""
         if index < self.unstable_offset or self.term_or_none(index) != term:
             return  # stale: the tail changed since that Ready was made
+        done = self.unstable[: index - self.unstable_offset + 1]
         del self.unstable[: index - self.unstable_offset + 1]
         self.unstable_offset = index + 1
+        self._cache.extend(done)
+        self._cache_bytes += sum(e.size() for e in done)
+        if len(self._cache) > CACHE_ENTRIES or self._cache_bytes > CACHE_BYTES:
+            # Trim to half, so that trimming (a list copy) is rare.
+            keep = min(len(self._cache), CACHE_ENTRIES) // 2
+            drop = len(self._cache) - keep
+            self._cache_bytes -= sum(e.size() for e in self._cache[:drop])
+            del self._cache[:drop]
+            self._cache_offset += drop
+
+    def _drop_cache_from(self, index: int) -> None:
+        """Forget cached entries at ``index`` and after (they are being replaced)."""
+        if index <= self._cache_offset:
+            self._cache, self._cache_offset, self._cache_bytes = [], index, 0
+        elif index < self._cache_offset + len(self._cache):
+            cut = index - self._cache_offset
+            self._cache_bytes -= sum(e.size() for e in self._cache[cut:])
+            del self._cache[cut:]
 
     def commit_to(self, index: int) -> bool:
         if index > self.committed:
@@ -190,6 +229,7 @@ class RaftLog:
         self.pending_snapshot = meta
         self.unstable = []
         self.unstable_offset = meta.index + 1
+        self._cache, self._cache_offset, self._cache_bytes = [], meta.index + 1, 0
         self.committed = meta.index
         self.applied = meta.index
 

@@ -258,3 +258,55 @@ def test_restart_clamps_commit_to_stored_log() -> None:
     storage.save(None, run([1, 1]))
     log = RaftLog(storage, committed=9, applied=0)
     assert log.committed == 2
+
+
+# -- the cache of recently persisted entries --------------------------------------------------
+
+
+class CountingStorage(MemoryStorage):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
+        self.reads += 1
+        return super().entries(lo, hi, max_bytes)
+
+    def term(self, index: int) -> int:
+        self.reads += 1
+        return super().term(index)
+
+
+def test_recently_persisted_entries_are_read_from_memory() -> None:
+    storage = CountingStorage()
+    log = RaftLog(storage, 0, 0)
+    log.append(run([1, 1, 1, 2]))
+    persist(log)
+    storage.reads = 0
+    assert view(log) == [(1, 1), (1, 2), (1, 3), (2, 4)]
+    assert log.term(3) == 1 and log.entries(2, 4, max_bytes=1) == [ent(1, 2)]
+    assert storage.reads == 0
+    # Entries persisted before this log was created come from storage.
+    fresh = RaftLog(storage, 0, 0)
+    assert fresh.entries(1, 5) == log.entries(1, 5)
+    assert storage.reads > 0
+
+
+def test_the_cache_follows_conflicts_snapshots_and_its_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    import raftlib.core.log as log_module
+
+    monkeypatch.setattr(log_module, "CACHE_ENTRIES", 4)
+    log = RaftLog(MemoryStorage(), 0, 0)
+    for i in range(1, 11):
+        log.append([ent(1, i)])
+        persist(log)
+    assert len(log._cache) <= 4 and view(log) == [(1, i) for i in range(1, 11)]
+    # A leader's conflicting suffix replaces cached entries: the log reads the new ones.
+    log.append(run([2, 2], start=9))
+    assert view(log)[-3:] == [(1, 8), (2, 9), (2, 10)]
+    persist(log)
+    assert view(log)[-3:] == [(1, 8), (2, 9), (2, 10)]
+    assert log.term(9) == 2
+    # A snapshot from the leader empties it.
+    log.restore(SnapshotMeta(20, 3, Membership({"a": "x"})))
+    assert log._cache == [] and log.last_index() == 20 and log.term(20) == 3
