@@ -14,11 +14,13 @@ from .errors import (
     MembershipChangePending,
     NotLeader,
     OutcomeUnknown,
+    Overloaded,
     PeerStopped,
     ProposalDropped,
     RaftError,
 )
 from .runtime import Peer, join, start_peer
+from .security import SharedSecret, TLSConfig
 from .state_machine import StateMachine
 from .types import Change, Entry, EntryKind, HardState, Membership, NodeId, SnapshotMeta
 
@@ -38,12 +40,15 @@ __all__ = [
     "NodeId",
     "NotLeader",
     "OutcomeUnknown",
+    "Overloaded",
     "Peer",
     "PeerStopped",
     "ProposalDropped",
     "RaftError",
+    "SharedSecret",
     "SnapshotMeta",
     "StateMachine",
+    "TLSConfig",
     "connect",
     "errors",
     "join",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import functools
 import json
 import logging
 import signal
@@ -17,6 +18,7 @@ import click
 
 from . import Config, StateMachine, start_peer
 from .errors import RaftError
+from .security import Security, SharedSecret, TLSConfig, security_from
 
 
 class DemoKV(StateMachine):
@@ -169,6 +171,68 @@ def _timeout_option(fn: Any) -> Any:
                         help="Seconds allowed, retries included.")(fn)
 
 
+_SECURITY = "raftlib.security"
+"""Key of the resolved :data:`raftlib.security.Security` in ``click.Context.meta``."""
+
+
+def _security_options(fn: Any) -> Any:
+    """Add --cert/--key/--ca (mutual TLS) and --secret-file (shared secret) to a
+    command; the checked result is left in the context for :func:`_security`."""
+
+    @functools.wraps(fn)
+    def command(*args: Any, tls_cert: str | None, tls_key: str | None, tls_ca: str | None,
+                tls_secret_file: str | None, **kwargs: Any) -> Any:
+        click.get_current_context().meta[_SECURITY] = _resolve_security(tls_cert, tls_key, tls_ca, tls_secret_file)
+        return fn(*args, **kwargs)
+
+    path = click.Path(dir_okay=False)
+    options = [
+        click.option("--cert", "tls_cert", envvar="RAFTLIB_CERT", type=path, default=None, metavar="PEM",
+                     help="TLS: this end's certificate, signed by --ca (or set RAFTLIB_CERT)."),
+        click.option("--key", "tls_key", envvar="RAFTLIB_KEY", type=path, default=None, metavar="PEM",
+                     help="TLS: the certificate's private key (or set RAFTLIB_KEY)."),
+        click.option("--ca", "tls_ca", envvar="RAFTLIB_CA", type=path, default=None, metavar="PEM",
+                     help="TLS: the CA certificate every member and client is signed by (or set RAFTLIB_CA)."),
+        click.option("--secret-file", "tls_secret_file", envvar="RAFTLIB_SECRET_FILE", type=path, default=None,
+                     metavar="FILE", help="Authenticate with the shared cluster secret in FILE (or set RAFTLIB_SECRET_FILE)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _resolve_security(cert: str | None, key: str | None, ca: str | None, secret_file: str | None) -> Security:
+    given = {"--cert": cert, "--key": key, "--ca": ca}
+    if any(given.values()):
+        missing = [flag for flag, value in given.items() if not value]
+        if missing:
+            raise click.UsageError(f"TLS needs --cert, --key and --ca together (missing {', '.join(missing)})")
+        if secret_file:
+            raise click.UsageError("give --cert/--key/--ca (TLS) or --secret-file, not both")
+    try:
+        if cert and key and ca:
+            return security_from(tls=TLSConfig(cert, key, ca))
+        if secret_file:
+            return SharedSecret.from_file(secret_file)
+    except RaftError as exc:
+        raise click.UsageError(str(exc)) from None
+    return None
+
+
+def _security() -> Security:
+    """The security chosen with :func:`_security_options` for the running command."""
+    ctx = click.get_current_context(silent=True)
+    security: Security = ctx.meta.get(_SECURITY) if ctx is not None else None
+    return security
+
+
+def _security_kwargs(security: Security) -> dict[str, Any]:
+    """``tls=`` or ``secret=`` for :func:`raftlib.connect` and friends."""
+    if security is None:
+        return {}
+    return {"tls": security} if isinstance(security, TLSConfig) else {"secret": security}
+
+
 def _run(coro: Any) -> Any:
     """Run ``coro``; turn raftlib errors into a clear message and exit code 1."""
     try:
@@ -240,13 +304,15 @@ def _initial_cluster(text: str) -> dict[str, str]:
 @click.option("--election-timeout-ms", type=click.IntRange(20, 60_000), default=None,
               help="Minimum election timeout (default 400 ms with 10 ms ticks).")
 @click.option("--log-level", type=_LOG_LEVELS, default="info", show_default=True)
+@_security_options
 def serve(name: str, listen: str, advertise: str | None, data_dir: str | None, memory: bool, initial_cluster: str | None,
           join_seeds: str | None, learner: bool, election_timeout_ms: int | None, log_level: str) -> None:
     """Run a member of the built-in key-value service (raftlib.kv).
 
     SIGTERM or SIGINT stops it cleanly: a leader first hands leadership to
     the most up-to-date follower. Start it again with the same --data-dir to
-    resume.
+    resume. With --cert/--key/--ca, SIGHUP reads the TLS files again (new
+    connections use them).
     """
     logging.basicConfig(level=log_level.upper(), format=f"%(asctime)s {name} %(name)s %(levelname)s %(message)s")
     if (data_dir is None) == (not memory):
@@ -274,17 +340,21 @@ async def _serve(name: str, listen: str, advertise: str | None, data_dir: str | 
     from .kv import KVStateMachine
     from storage_adapters import MemoryStorage
 
+    security = _security()
     storage = MemoryStorage() if data_dir is None else None
     if seeds:
         peer = await join(KVStateMachine, name=name, address=listen, seeds=seeds, data_dir=data_dir,
-                          storage=storage, config=config, voter=voter, advertise=advertise)
+                          storage=storage, config=config, voter=voter, advertise=advertise,
+                          **_security_kwargs(security))
     else:
         peer = await start_peer(KVStateMachine, name=name, address=listen, data_dir=data_dir, storage=storage,
-                                config=config, advertise=advertise)
+                                config=config, advertise=advertise, **_security_kwargs(security))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if isinstance(security, TLSConfig):
+        loop.add_signal_handler(signal.SIGHUP, _reload_tls, security, name)
     try:
         if members:
             await peer.set_configuration(members)
@@ -301,6 +371,16 @@ async def _serve(name: str, listen: str, advertise: str | None, data_dir: str | 
         click.echo(f"{name} stopped", err=True)
 
 
+def _reload_tls(tls: TLSConfig, name: str) -> None:
+    log = logging.getLogger("raftlib.cli")
+    try:
+        tls.reload()
+    except RaftError as exc:
+        log.error("%s: TLS files not reloaded, the old ones stay in use: %s", name, exc)
+    else:
+        log.warning("%s: TLS certificate, key and CA reloaded", name)
+
+
 # -- kv and scope ----------------------------------------------------------------------------------
 
 
@@ -312,7 +392,7 @@ def kv() -> None:
 async def _with_kv(cluster: str, timeout: float, fn: Any) -> Any:
     from .kv import KVClient
 
-    client = await KVClient.connect(_addresses(cluster), timeout=timeout)
+    client = await KVClient.connect(_addresses(cluster), timeout=timeout, **_security_kwargs(_security()))
     try:
         return await fn(client)
     finally:
@@ -329,6 +409,7 @@ def _scope_option(fn: Any) -> Any:
 @click.option("--string", "as_string", is_flag=True, help="Store VALUE as text even if it parses as JSON.")
 @_scope_option
 @_cluster_option
+@_security_options
 @_json_option
 @_timeout_option
 def kv_put(key: str, value: str, as_string: bool, scope: str, cluster: str, as_json: bool, timeout: float) -> None:
@@ -343,6 +424,7 @@ def kv_put(key: str, value: str, as_string: bool, scope: str, cluster: str, as_j
               show_default=True)
 @_scope_option
 @_cluster_option
+@_security_options
 @_json_option
 @_timeout_option
 def kv_get(key: str, consistency: str, scope: str, cluster: str, as_json: bool, timeout: float) -> None:
@@ -363,6 +445,7 @@ def kv_get(key: str, consistency: str, scope: str, cluster: str, as_json: bool, 
 @click.argument("key")
 @_scope_option
 @_cluster_option
+@_security_options
 @_json_option
 @_timeout_option
 def kv_delete(key: str, scope: str, cluster: str, as_json: bool, timeout: float) -> None:
@@ -381,6 +464,7 @@ def kv_delete(key: str, scope: str, cluster: str, as_json: bool, timeout: float)
 @click.option("--string", "as_string", is_flag=True, help="Take EXPECTED and NEW as text.")
 @_scope_option
 @_cluster_option
+@_security_options
 @_json_option
 @_timeout_option
 def kv_cas(key: str, expected: str, new: str, expected_version: int | None, as_string: bool, scope: str,
@@ -399,6 +483,7 @@ def kv_cas(key: str, expected: str, new: str, expected_version: int | None, as_s
 @click.option("--prefix", default="", help="Only keys starting with this.")
 @_scope_option
 @_cluster_option
+@_security_options
 @_json_option
 @_timeout_option
 def kv_list(prefix: str, scope: str, cluster: str, as_json: bool, timeout: float) -> None:
@@ -418,6 +503,7 @@ def kv_list(prefix: str, scope: str, cluster: str, as_json: bool, timeout: float
               help="Start at this revision instead of now.")
 @_scope_option
 @_cluster_option
+@_security_options
 @_timeout_option
 def kv_watch(prefix: str, count: int | None, from_revision: int | None, scope: str, cluster: str,
              timeout: float) -> None:
@@ -445,6 +531,7 @@ def scope() -> None:
 @scope.command("create")
 @click.argument("name")
 @_cluster_option
+@_security_options
 @_timeout_option
 def scope_create(name: str, cluster: str, timeout: float) -> None:
     """Create scope NAME."""
@@ -455,6 +542,7 @@ def scope_create(name: str, cluster: str, timeout: float) -> None:
 @scope.command("delete")
 @click.argument("name")
 @_cluster_option
+@_security_options
 @_timeout_option
 def scope_delete(name: str, cluster: str, timeout: float) -> None:
     """Delete scope NAME and every key in it."""
@@ -464,6 +552,7 @@ def scope_delete(name: str, cluster: str, timeout: float) -> None:
 
 @scope.command("list")
 @_cluster_option
+@_security_options
 @_json_option
 @_timeout_option
 def scope_list(cluster: str, as_json: bool, timeout: float) -> None:
@@ -490,7 +579,7 @@ async def _statuses(addresses: list[str], timeout: float) -> list[tuple[str, dic
         if address in results:
             continue
         try:
-            conn = await RpcConnection.open(address, timeout=timeout)
+            conn = await RpcConnection.open(address, timeout=timeout, security=_security())
             try:
                 status = await conn.call("status", {}, timeout=timeout)
             finally:
@@ -507,6 +596,7 @@ async def _statuses(addresses: list[str], timeout: float) -> list[tuple[str, dic
 
 @main.command()
 @_cluster_option
+@_security_options
 @_json_option
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=3.0, show_default=True,
               help="Seconds allowed per member.")
@@ -567,7 +657,7 @@ async def _call_any(addresses: list[str], op: str, args: dict[str, Any], timeout
     last: Exception | None = None
     for address in addresses:
         try:
-            conn = await RpcConnection.open(address, timeout=min(timeout, 5.0))
+            conn = await RpcConnection.open(address, timeout=min(timeout, 5.0), security=_security())
         except Unavailable as exc:
             last = exc
             continue
@@ -583,6 +673,7 @@ async def _call_any(addresses: list[str], op: str, args: dict[str, Any], timeout
 @click.argument("address")
 @click.option("--learner", is_flag=True, help="Add a learner (a non-voting member).")
 @_cluster_option
+@_security_options
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True)
 def members_add(name: str, address: str, learner: bool, cluster: str, timeout: float) -> None:
     """Add NAME at ADDRESS (it must be running: `raftlib serve` without --initial-cluster)."""
@@ -595,6 +686,7 @@ def members_add(name: str, address: str, learner: bool, cluster: str, timeout: f
 @members.command("remove")
 @click.argument("name")
 @_cluster_option
+@_security_options
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True)
 def members_remove(name: str, cluster: str, timeout: float) -> None:
     """Remove NAME from the cluster (stop its process afterwards)."""
@@ -605,6 +697,7 @@ def members_remove(name: str, cluster: str, timeout: float) -> None:
 @members.command("transfer-leader")
 @click.option("--to", "to", default=None, help="The member to hand over to (default: the most up-to-date one).")
 @_cluster_option
+@_security_options
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True)
 def members_transfer(to: str | None, cluster: str, timeout: float) -> None:
     """Hand leadership to another voter without an election timeout."""
@@ -620,3 +713,45 @@ def members_transfer(to: str | None, cluster: str, timeout: float) -> None:
 
     new = _run(transfer())
     click.echo(f"leader is now {new}")
+
+
+# -- certs ---------------------------------------------------------------------------------------
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+@main.command()
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory for ca.pem, ca-key.pem and NAME.pem, NAME-key.pem (created if needed).")
+@click.option("--names", required=True, metavar="NAME[,NAME]",
+              help="One certificate per name: the members, and one or more clients (e.g. s1,s2,s3,client).")
+@click.option("--ip", "ips", multiple=True, metavar="IP[,IP]",
+              help="IP addresses the certificates name (repeatable; default 127.0.0.1 and ::1).")
+@click.option("--dns", "dns", multiple=True, metavar="HOST[,HOST]",
+              help="Extra DNS names the certificates name, besides NAME itself (repeatable; default localhost).")
+@click.option("--days", type=click.IntRange(min=1), default=365, show_default=True,
+              help="How long the certificates are valid.")
+def certs(out_dir: str, names: str, ips: tuple[str, ...], dns: tuple[str, ...], days: int) -> None:
+    """Make a test CA and a certificate and key per NAME, for --cert/--key/--ca.
+
+    An existing ca.pem and ca-key.pem in --out are reused, so certificates
+    made later for new members are signed by the same CA. Keep ca-key.pem
+    away from the members: whoever has it can admit anyone.
+    """
+    from .security import make_certificates
+
+    wanted = _csv(names)
+    if not wanted:
+        raise click.BadParameter("give at least one name", param_hint="--names")
+    ip_list = tuple(ip for text in ips for ip in _csv(text)) or ("127.0.0.1", "::1")
+    dns_list = tuple(host for text in dns for host in _csv(text)) or ("localhost",)
+    try:
+        made = make_certificates(out_dir, wanted, ips=ip_list, dns=dns_list, days=days)
+    except RaftError as exc:
+        raise click.UsageError(str(exc)) from None
+    some = next(iter(made.values()))
+    click.echo(f"CA: {some.ca}")
+    for name, tls in made.items():
+        click.echo(f"{name}: --cert {tls.cert} --key {tls.key} --ca {tls.ca}")

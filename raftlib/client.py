@@ -24,22 +24,26 @@ import uuid
 from typing import Any, AsyncIterator, Sequence
 
 from .errors import (
+    AuthenticationFailed,
     CommandFailed,
     ConfigError,
     ConnectionLost,
     LeadershipLost,
     LogCompacted,
     NotLeader,
+    Overloaded,
     OutcomeUnknown,
     PeerStopped,
     ProposalDropped,
     RaftError,
     SessionExpired,
+    StorageFull,
     Timeout,
     Unavailable,
     WriteTimeout,
 )
 from .rpc import RpcConnection
+from .security import Security, SharedSecret, TLSConfig, security_from
 from .transport.tcp import parse_address
 from .types import Change
 
@@ -47,8 +51,8 @@ __all__ = ["Client", "connect"]
 
 _log = logging.getLogger("raftlib.client")
 
-_NOT_APPLIED = (NotLeader, ProposalDropped, PeerStopped, Unavailable)
-"""Errors after which a request certainly did not take effect."""
+_NOT_APPLIED = (NotLeader, ProposalDropped, PeerStopped, Unavailable, Overloaded, StorageFull)
+"""Errors after which a request certainly did not take effect (retried with back-off)."""
 _UNKNOWN = (OutcomeUnknown, Timeout)
 """Errors after which it may have."""
 
@@ -60,8 +64,10 @@ class Client:
     tasks; they share one connection and one session.
     """
 
-    def __init__(self, addresses: Sequence[str], *, timeout: float, connect_timeout: float, max_frame_size: int) -> None:
+    def __init__(self, addresses: Sequence[str], *, timeout: float, connect_timeout: float, max_frame_size: int,
+                 security: Security = None) -> None:
         self.addresses = list(addresses)
+        self._security = security
         self.timeout = timeout
         """Default time allowed for each call (including its retries)."""
         self._connect_timeout = connect_timeout
@@ -279,15 +285,21 @@ class Client:
         order = ([self._preferred] if self._preferred else []) + [a for a in self.addresses if a != self._preferred]
         errors: list[str] = []
         while True:
+            refused = 0
             for address in order:
                 timeout = min(self._connect_timeout, max(0.05, deadline - loop.time()))
                 try:
-                    conn = await RpcConnection.open(address, timeout=timeout, max_frame_size=self._max_frame_size)
+                    conn = await RpcConnection.open(address, timeout=timeout, max_frame_size=self._max_frame_size,
+                                                    security=self._security)
                 except Unavailable as exc:
                     errors.append(str(exc))
+                    refused += isinstance(exc, AuthenticationFailed)
                     continue
                 await self._learn_leader(conn)
                 return conn
+            if refused == len(order):
+                # Waiting will not change credentials: say so now rather than at the deadline.
+                raise AuthenticationFailed(f"every member refused this client: {'; '.join(errors[-len(order):])}")
             if loop.time() >= deadline:
                 raise Unavailable(f"could not reach any of {order}: {'; '.join(errors[-len(order):])}")
             await asyncio.sleep(min(0.1, max(0.0, deadline - loop.time())))
@@ -329,6 +341,8 @@ class Client:
                 await conn.call("open_session", {"client": self.client_id, "timeout": remaining},
                                 timeout=remaining + 1.0)
                 return
+            except AuthenticationFailed:
+                raise
             except _NOT_APPLIED + _UNKNOWN as exc:  # opening a session is idempotent
                 last = exc
                 self._follow(exc)
@@ -344,13 +358,18 @@ async def connect(
     timeout: float = 30.0,
     connect_timeout: float = 5.0,
     max_frame_size: int = 64 * 1024 * 1024,
+    tls: TLSConfig | None = None,
+    secret: SharedSecret | bytes | str | None = None,
 ) -> Client:
     """Connect to the cluster through any of ``addresses`` and open a session.
 
     ``timeout`` is the default time each call may take, retries included.
-    Raises :class:`~raftlib.errors.ConfigError` for malformed addresses and
-    :class:`~raftlib.errors.Unavailable` if no member could open a session
-    within ``timeout``.
+    ``tls`` (a client certificate signed by the cluster's CA) or ``secret``
+    must match how the members are secured (see :mod:`raftlib.security`).
+    Raises :class:`~raftlib.errors.ConfigError` for malformed addresses or
+    security settings and :class:`~raftlib.errors.Unavailable` if no member
+    could open a session within ``timeout`` (also when every member refused
+    this client's credentials).
     """
     if isinstance(addresses, str) or not addresses:
         raise ConfigError("connect needs a non-empty list of member addresses")
@@ -358,7 +377,9 @@ async def connect(
         parse_address(address)
     if timeout <= 0 or connect_timeout <= 0:
         raise ConfigError("timeout and connect_timeout must be positive")
-    client = Client(addresses, timeout=timeout, connect_timeout=connect_timeout, max_frame_size=max_frame_size)
+    security = security_from(tls, secret)
+    client = Client(addresses, timeout=timeout, connect_timeout=connect_timeout, max_frame_size=max_frame_size,
+                    security=security)
     loop = asyncio.get_running_loop()
     try:
         await client._reopen_session(loop.time() + timeout)

@@ -6,6 +6,10 @@ from dataclasses import dataclass, fields
 
 from .errors import ConfigError
 
+ENTRIES_PER_MESSAGE_LIMIT = 65_536
+"""Most entries a peer accepts in one AppendEntries (the wire check), so the
+ceiling of ``Config.max_entries_per_message``."""
+
 
 @dataclass(frozen=True, slots=True)
 class Config:
@@ -53,6 +57,26 @@ class Config:
     listen_backlog: int = 10_000
     """Applied writes kept in memory (command and result) for ``listen`` to
     resume from; a listener further behind gets ``LogCompacted``."""
+    max_pending_writes: int = 10_000
+    """Leader: writes queued for the log plus writes appended but not yet
+    applied. Beyond it ``write`` (and session writes) raise
+    :class:`~raftlib.errors.Overloaded` at once and append nothing."""
+    max_pending_reads: int = 10_000
+    """Leader: linearizable and lease reads in progress. Beyond it ``read``
+    raises :class:`~raftlib.errors.Overloaded` at once."""
+    max_inbox: int = 10_000
+    """Raft messages received but not yet stepped into the core. Beyond it
+    the newest are dropped (logged at debug level): Raft tolerates lost
+    messages, so a flood cannot grow memory."""
+    max_outbox_bytes: int = 64 * 1024 * 1024
+    """Bytes of messages queued for one peer; beyond it the oldest are dropped
+    (as they are beyond 10,000 messages). The newest message is always kept."""
+    max_inbound_connections: int = 1024
+    """Connections accepted at once (peers, clients, snapshot transfers);
+    further ones are closed at once, with a log line."""
+    hello_timeout: float = 5.0
+    """Seconds an accepted connection has to send its first frame (``Hello``)
+    before it is closed. Until then a frame may hold at most 64 KiB."""
     pre_vote: bool = True
     """Run a pre-vote round before incrementing the term, so a peer that was
     cut off cannot disrupt a healthy leader when it returns."""
@@ -77,7 +101,7 @@ class Config:
                 raise ConfigError(f"Config.{f.name} must be a number, got {value!r}")
             if value <= 0 and f.name != "snapshot_keep_entries":
                 raise ConfigError(f"Config.{f.name} must be positive, got {value!r}")
-            if f.name not in ("tick_interval", "session_ttl") and not isinstance(value, int):
+            if f.name not in ("tick_interval", "session_ttl", "hello_timeout") and not isinstance(value, int):
                 raise ConfigError(f"Config.{f.name} must be an int, got {value!r}")
         if self.heartbeat_ticks >= self.election_ticks:
             raise ConfigError(
@@ -90,4 +114,9 @@ class Config:
             raise ConfigError("Config.snapshot_chunk_size must be smaller than max_frame_size")
         if self.max_command_size >= self.max_frame_size:
             raise ConfigError("Config.max_command_size must be smaller than max_frame_size")
+        if self.max_entries_per_message > ENTRIES_PER_MESSAGE_LIMIT:
+            raise ConfigError(
+                f"Config.max_entries_per_message must be at most {ENTRIES_PER_MESSAGE_LIMIT} "
+                f"(peers refuse larger messages)"
+            )
         return self

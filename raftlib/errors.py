@@ -137,3 +137,17 @@ class StorageFull(StorageError):
     nothing of it was stored. The peer stops accepting writes and reads
     (this error) and retries the write until space returns; meanwhile the
     others elect a leader without it. Free space (or raise ``map_size``)."""
+
+
+class AuthenticationFailed(Unavailable, ConnectionError):
+    """A connection was refused by its security handshake: a TLS certificate
+    that the other end does not trust (or none), or a wrong or missing shared
+    secret. Nothing was sent over it, so nothing was applied. It is also a
+    ``ConnectionError``, so code that handles refused connections handles it."""
+
+
+class Overloaded(RaftError):
+    """The peer refused the request because one of its bounded queues is full
+    (``Config.max_pending_writes`` or ``max_pending_reads``, requests on one
+    connection, a change feed whose reader fell too far behind). Nothing was
+    appended, so a write was **not applied**. Retry later, with back-off."""

@@ -22,7 +22,8 @@ from typing import Any, AsyncIterator, Mapping
 from . import errors
 from .errors import ConnectionLost, ProtocolError, RaftError, Unavailable
 from .transport.framing import FrameDecoder, encode_frame
-from .transport.tcp import HELLO, open_connection
+from .security import Security
+from .transport.tcp import HELLO, connect_stream
 
 __all__ = ["REQUEST", "RESPONSE", "STREAM", "CANCEL", "RpcConnection", "error_to_wire", "error_from_wire", "check_request"]
 
@@ -32,6 +33,10 @@ STREAM = "Stream"
 """One item of a streamed answer: ``[id, item]``; the final Response ends the stream."""
 CANCEL = "Cancel"
 """``[id]``: the caller no longer wants the answer (it stops a stream)."""
+
+STREAM_QUEUE_LIMIT = 10_000
+"""Items of one stream received but not yet read; one more ends the stream
+with :class:`~raftlib.errors.Overloaded` (and cancels it at the peer)."""
 
 _log = logging.getLogger("raftlib.rpc")
 
@@ -94,10 +99,14 @@ class RpcConnection:
 
     @classmethod
     async def open(cls, address: str, *, name: str | None = None, timeout: float = 5.0,
-                   max_frame_size: int = 64 * 1024 * 1024) -> RpcConnection:
-        """Connect to the peer at ``address``. Raises :class:`Unavailable` if it cannot."""
+                   max_frame_size: int = 64 * 1024 * 1024, security: Security = None) -> RpcConnection:
+        """Connect to the peer at ``address``, secured by ``security`` (see
+        :mod:`raftlib.security`). Raises :class:`Unavailable` if it cannot
+        (:class:`~raftlib.errors.AuthenticationFailed` if the peer refused it)."""
         try:
-            reader, writer = await asyncio.wait_for(open_connection(address), timeout)
+            reader, writer = await connect_stream(address, security, timeout)
+        except errors.AuthenticationFailed:
+            raise
         except (OSError, asyncio.TimeoutError) as exc:
             raise Unavailable(f"cannot connect to {address}: {exc!r}") from None
         writer.write(encode_frame(HELLO, [name or f"client-{os.getpid()}-{id(writer):x}", ""]))
@@ -131,14 +140,17 @@ class RpcConnection:
     async def stream(self, op: str, args: Mapping[str, Any]) -> AsyncIterator[Any]:
         """Send a streaming request and yield each item the peer sends.
 
-        Ends when the peer ends the stream; raises the peer's error, or
-        :class:`ConnectionLost` if the connection drops. Closing the
-        generator early tells the peer to stop.
+        Ends when the peer ends the stream; raises the peer's error,
+        :class:`ConnectionLost` if the connection drops, or
+        :class:`~raftlib.errors.Overloaded` if the caller fell more than
+        :data:`STREAM_QUEUE_LIMIT` items behind. Closing the generator early
+        tells the peer to stop.
         """
         if self._closed:
             raise ConnectionLost(f"the connection to {self.address} is closed")
         rid = next(self._ids)
-        queue: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue()
+        # One slot more than the items allowed, for the end of the stream.
+        queue: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue(STREAM_QUEUE_LIMIT + 1)
         self._streams[rid] = queue
         finished = False
         try:
@@ -184,7 +196,17 @@ class RpcConnection:
     def _on_frame(self, type_name: str, body: Any) -> None:
         if type_name == STREAM and type(body) is list and len(body) == 2:
             queue = self._streams.get(body[0]) if type(body[0]) is int else None
-            if queue is not None:
+            if queue is not None and queue.qsize() >= STREAM_QUEUE_LIMIT:
+                # The consumer fell too far behind: end its stream rather than
+                # hold more (or stall the answers of every other call).
+                del self._streams[body[0]]
+                queue.put_nowait((False, errors.Overloaded(
+                    f"the stream from {self.address} got {STREAM_QUEUE_LIMIT} items ahead of its reader; "
+                    f"it was stopped (resume it from the last item read)"
+                )))
+                with contextlib.suppress(OSError, RuntimeError):
+                    self._writer.write(encode_frame(CANCEL, [body[0]]))
+            elif queue is not None:
                 queue.put_nowait((True, body[1]))
             return
         if type_name != RESPONSE or type(body) is not list or len(body) != 3:

@@ -44,6 +44,7 @@ from .core.raft import LEADER, Raft
 from .core.ready import Ready
 from .core.membership import plan_steps, with_member, without_member
 from .errors import (
+    AuthenticationFailed,
     CommandFailed,
     ConfigError,
     ConnectionLost,
@@ -52,6 +53,7 @@ from .errors import (
     LogCompacted,
     MembershipChangePending,
     NotLeader,
+    Overloaded,
     PeerStopped,
     ProposalDropped,
     ProtocolError,
@@ -64,10 +66,12 @@ from .errors import (
     WriteTimeout,
 )
 from .rpc import CANCEL, REQUEST, RpcConnection
+from .security import Security, SharedSecret, TLSConfig, security_from
 from .serving import RequestServer
 from .sessions import ClientEntry, Outcome, SessionOp, SessionTable
 from .snapshot import FileSnapshotStore, MemorySnapshotStore, SnapshotFile, SnapshotStore
 from .state_machine import StateMachine
+from .transport.framing import check_message
 from .transport.tcp import Connection, Transport, parse_address
 from .types import Change, Entry, EntryKind, Membership, NodeId, SnapshotMeta
 
@@ -92,8 +96,10 @@ class Peer:
         config: Config,
         log: logging.Logger,
         advertise: str | None = None,
+        security: Security = None,
     ) -> None:
         self.name = name
+        self._security = security
         self.state_machine = state_machine
         self.config = config
         self._storage = storage
@@ -101,7 +107,9 @@ class Peer:
         self._log = log
         self._transport = Transport(
             name, address, on_message=self._on_message, on_frame=self._on_frame, advertise=advertise,
-            max_frame_size=config.max_frame_size, logger=log,
+            max_frame_size=config.max_frame_size, security=security, logger=log,
+            max_outbox_bytes=config.max_outbox_bytes, max_inbound_connections=config.max_inbound_connections,
+            hello_timeout=config.hello_timeout,
         )
         rng = random.Random(config.seed if config.seed is not None else os.urandom(16))
         self._core = Raft(name, storage, config, rng, log.getChild("core"))
@@ -146,7 +154,11 @@ class Peer:
         self._requests = RequestServer(self, log)
         self._rpc: dict[str, RpcConnection] = {}
         """Connections to other peers for forwarded requests, by address."""
+        self._rpc_opening = asyncio.Lock()
+        """Held while a connection of ``_rpc`` is being opened."""
         self._last_contact: dict[NodeId, float] = {}
+        self._last_tick_at = 0.0
+        """Loop time at which the driver last fed ticks to the core."""
         self._storage_full: StorageFull | None = None
         """Set while the disk is full (see :meth:`_storage_call`)."""
         self._sessions = SessionTable(config.session_ttl)
@@ -544,11 +556,17 @@ class Peer:
             raise NotLeader(leader)
         conn = self._rpc.get(address)
         if conn is None or conn.closed:
-            conn = await RpcConnection.open(address, name=self.name, max_frame_size=self.config.max_frame_size)
-            if self._stopping:
-                await conn.close()
-                self._check_running()
-            self._rpc[address] = conn
+            # One connection per leader, not one per concurrent request (a
+            # burst would open hundreds, past the leader's connection limit).
+            async with self._rpc_opening:
+                conn = self._rpc.get(address)
+                if conn is None or conn.closed:
+                    conn = await RpcConnection.open(address, name=self.name, max_frame_size=self.config.max_frame_size,
+                                                    security=self._security)
+                    if self._stopping:
+                        await conn.close()
+                        self._check_running()
+                    self._rpc[address] = conn
         return await conn.call(op, args)
 
     async def wait_for_leader(self, timeout: float | None = None) -> NodeId:
@@ -612,8 +630,10 @@ class Peer:
         ``forward=False``) and its answer returned. Raises :class:`TypeError`
         if msgpack cannot encode the command (nothing is appended);
         :class:`NotLeader` (no leader emerged within a few election timeouts,
-        or ``forward=False`` on a follower), :class:`ProposalDropped` or
-        :class:`PeerStopped` when the write certainly did not apply;
+        or ``forward=False`` on a follower), :class:`ProposalDropped`,
+        :class:`PeerStopped` or :class:`~raftlib.errors.Overloaded` (the
+        leader has ``Config.max_pending_writes`` writes pending: retry later,
+        with back-off) when the write certainly did not apply;
         :class:`LeadershipLost`, :class:`WriteTimeout` or
         :class:`~raftlib.errors.ConnectionLost` (all :class:`OutcomeUnknown`)
         when its outcome is unknown. An exception raised by ``handle_write``
@@ -634,9 +654,20 @@ class Peer:
         )
 
     async def _submit(self, kind: EntryKind, data: bytes, timeout: float | None) -> Any:
-        """Leader: append one entry and wait for its application."""
+        """Leader: append one entry and wait for its application.
+
+        Raises :class:`Overloaded` (nothing appended) if
+        ``Config.max_pending_writes`` writes are queued or appended but not
+        yet applied.
+        """
         self._check_running()
         self._check_leader()
+        pending = len(self._proposals) + len(self._pending_writes)
+        if pending >= self.config.max_pending_writes:
+            raise Overloaded(
+                f"peer {self.name} has {pending} writes pending (Config.max_pending_writes); "
+                f"this one was not applied: retry later"
+            )
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._proposals.append((kind, data, fut))
         self._wake.set()
@@ -671,7 +702,9 @@ class Peer:
         On a follower, linearizable and lease reads are forwarded to the
         leader (unless ``forward=False``). Raises :class:`ConfigError` for
         an unknown consistency, :class:`TypeError` for a query msgpack cannot
-        encode, :class:`NotLeader` when no leader can be found and
+        encode, :class:`NotLeader` when no leader can be found,
+        :class:`~raftlib.errors.Overloaded` when the leader has
+        ``Config.max_pending_reads`` reads pending (retry later) and
         :class:`raftlib.errors.Timeout` after ``timeout`` seconds.
         """
         if self.is_leader or not forward or consistency == "stale":
@@ -699,12 +732,20 @@ class Peer:
     async def _read_local(self, data: bytes, consistency: str, timeout: float | None) -> Any:
         self._check_running()
         self._check_leader()
+        # Reads waiting for a ReadIndex round, for its answer or for the applier.
+        pending = len(self._read_requests) + len(self._pending_reads) + len(self._applied_waiters)
+        if pending >= self.config.max_pending_reads:
+            raise Overloaded(f"peer {self.name} has {pending} reads pending (Config.max_pending_reads): retry later")
         index: int | None = None
         if consistency == "lease":
             try:
                 index = self._core.lease_read_index()
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
+            # The lease is counted in ticks, which stop while the event loop
+            # is blocked: trust it only if the core's clock is current.
+            if asyncio.get_running_loop().time() - self._last_tick_at > 2 * self.config.tick_interval:
+                index = None
         fut: asyncio.Future[int] | None = None
         if index is None:
             fut = asyncio.get_running_loop().create_future()
@@ -819,16 +860,17 @@ class Peer:
             await waiter
 
     def _feed_append(self, item: _FeedItem) -> None:
-        self._feed.append(item)
-        excess = len(self._feed) - self._feed_start - self.config.listen_backlog
-        if excess > 0:
-            self._feed_start += excess
-            self._feed_base = self._feed[self._feed_start - 1][0]
+        feed = self._feed
+        feed.append(item)
+        if len(feed) - self._feed_start > self.config.listen_backlog:
+            self._feed_start += 1
+            self._feed_base = feed[self._feed_start - 1][0]
             self._compact_feed()
-        waiters, self._feed_waiters = self._feed_waiters, []
-        for w in waiters:
-            if not w.done():
-                w.set_result(None)
+        if self._feed_waiters:
+            waiters, self._feed_waiters = self._feed_waiters, []
+            for w in waiters:
+                if not w.done():
+                    w.set_result(None)
 
     def _feed_drop_through(self, index: int) -> None:
         """A snapshot at ``index`` became the boundary: drop changes up to it."""
@@ -877,10 +919,33 @@ class Peer:
             raise ProtocolError(f"unexpected frame type {type_name[:64]!r}")
 
     def _on_message(self, msg: Message) -> None:
-        if not self._stopping:
+        if self._stopping:
+            return
+        if len(self._inbox) >= self.config.max_inbox:
+            # Raft tolerates lost messages; a flood must not grow memory.
+            self._log.debug("%s: inbox full (Config.max_inbox); dropping %s", self.name, msg.describe())
+            return
+        if isinstance(msg, InstallSnapshot) and not self._snapshot_stored(msg):
+            return
+        membership = self._core.membership
+        if msg.src in membership.voters or msg.src in membership.learners:
             self._last_contact[msg.src] = asyncio.get_running_loop().time()
-            self._inbox.append(msg)
-            self._wake.set()
+        self._inbox.append(msg)
+        self._wake.set()
+
+    def _snapshot_stored(self, msg: InstallSnapshot) -> bool:
+        """Whether ``msg`` describes a well-formed snapshot this peer has stored
+        (as :mod:`raftlib.snapshotting` does before it delivers one). Installing
+        any other would stop this peer, so it is dropped with a warning."""
+        try:
+            check_message(msg)
+            stored = self._snapshots.find(msg.index, msg.snapshot_term) is not None
+        except RaftError as exc:
+            self._log.warning("%s: dropping %s: %s", self.name, msg.describe(), exc)
+            return False
+        if not stored:
+            self._log.warning("%s: dropping %s: no such snapshot was received", self.name, msg.describe())
+        return stored
 
     async def _tick_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -944,6 +1009,12 @@ class Peer:
         ticks, self._ticks = self._ticks, 0
         for _ in range(min(ticks, self.config.heartbeat_ticks)):
             core.tick()
+        if ticks:
+            self._last_tick_at = asyncio.get_running_loop().time()
+            if ticks > self.config.heartbeat_ticks:
+                # Time this peer could not observe: its clock is behind, so a
+                # lease it holds may already have run out elsewhere.
+                core.expire_lease()
         if self._proposals:
             self._propose()
         if self._read_requests:
@@ -1102,6 +1173,7 @@ class Peer:
                 msg, snap, self._snapshots, own_address=self.address, address=address,
                 chunk_size=self.config.snapshot_chunk_size, max_frame_size=self.config.max_frame_size,
                 timeout=max(5.0, 10 * self.config.election_ticks * self.config.tick_interval),
+                security=self._security,
             )
             self._log.info("%s: sent snapshot %d/%d to %s (%d bytes this attempt)", self.name, msg.snapshot_term,
                            msg.index, msg.dst, sent)
@@ -1196,8 +1268,9 @@ class Peer:
                 self._bytes_since_snapshot = 0
                 self._wake_applied_waiters()
                 continue
+            pending_writes = self._pending_writes
             for entry in batch:
-                pending = self._pending_writes.pop(entry.index, None)
+                pending = pending_writes.pop(entry.index, None) if pending_writes else None
                 if entry.kind is EntryKind.NORMAL:
                     await self._apply_one(sm, entry, pending)
                     self._bytes_since_snapshot += len(entry.data)
@@ -1209,7 +1282,8 @@ class Peer:
                 elif pending is not None and not pending[1].done():
                     pending[1].set_exception(ProposalDropped("another leader's entry took this write's place"))
                 self._applied, self._applied_term = entry.index, entry.term
-                self._wake_applied_waiters()
+                if self._applied_waiters and self._applied_waiters[0][0] <= entry.index:
+                    self._wake_applied_waiters()
             if self._snapshot_requests or self._snapshot_due():
                 await self._take_snapshot()
 
@@ -1279,15 +1353,17 @@ class Peer:
             return None
         return fut
 
-    async def _execute(self, sm: StateMachine, data: bytes, index: int) -> tuple[bool, Any, bytes]:
+    async def _execute(self, sm: StateMachine, data: bytes, index: int, decode: bool = True) -> tuple[bool, Any, bytes]:
         """Apply one command: ``(True, result, packed result)``, or
-        ``(False, exception, error text)`` if ``handle_write`` raised."""
+        ``(False, exception, error text)`` if ``handle_write`` raised. The
+        result is given as a caller would receive it (decoded from the packed
+        form) only if ``decode``; otherwise it is ``None``."""
         try:
             result = sm.handle_write(codec.unpack(data))
-            if inspect.isawaitable(result):
+            if type(result) not in _PLAIN_TYPES and inspect.isawaitable(result):
                 result = await result
             packed = codec.pack(result, "write result")
-            return True, codec.unpack(packed), packed
+            return True, codec.unpack(packed) if decode else None, packed
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -1296,7 +1372,7 @@ class Peer:
 
     async def _apply_one(self, sm: StateMachine, entry: Entry, pending: tuple[int, asyncio.Future[Any]] | None) -> None:
         fut = self._claim(entry, pending)
-        ok, value, payload = await self._execute(sm, entry.data, entry.index)
+        ok, value, payload = await self._execute(sm, entry.data, entry.index, decode=fut is not None)
         self._feed_append((entry.index, entry.term, entry.data, ok, payload))
         if fut is not None and not fut.done():
             if ok:
@@ -1322,7 +1398,7 @@ class Peer:
         else:
             verdict, stored = table.check(ce.client, ce.seq, ce.ack)
             if verdict is Outcome.APPLY:
-                ok, _, payload = await self._execute(sm, ce.command, entry.index)
+                ok, _, payload = await self._execute(sm, ce.command, entry.index, decode=False)
                 table.record(ce.client, ce.seq, ok, payload)
                 self._feed_append((entry.index, entry.term, ce.command, ok, payload))
                 self._bytes_since_snapshot += len(ce.command)
@@ -1377,7 +1453,11 @@ class Peer:
             raise self._not_leader(self._core.leader)
 
     def _not_leader(self, leader: NodeId | None) -> NotLeader:
-        address = self._core.membership.members.get(leader) if leader else None
+        address = None
+        if leader:
+            # A follower may hear from its leader before it has the entry
+            # naming it; the address the leader introduced itself with will do.
+            address = self._core.membership.members.get(leader) or self._transport.addresses.get(leader)
         return NotLeader(leader, address)
 
     def _fail_everything(self, not_applied: BaseException, unknown: BaseException) -> None:
@@ -1422,6 +1502,9 @@ def _retrieve(fut: asyncio.Future[Any]) -> None:
 
 
 _CONSISTENCIES = ("linearizable", "lease", "stale")
+
+_PLAIN_TYPES = frozenset({type(None), bool, int, float, str, bytes, list, dict, tuple})
+"""Result types that are certainly not awaitable (skips ``inspect.isawaitable``)."""
 
 _SNAPSHOT_MAGIC = b"RAFTLIB\x01"
 """A snapshot file starts with this, a 4-byte length and the session table;
@@ -1549,6 +1632,8 @@ async def start_peer(
     config: Config | None = None,
     logger: logging.Logger | None = None,
     advertise: str | None = None,
+    tls: TLSConfig | None = None,
+    secret: SharedSecret | bytes | str | None = None,
 ) -> Peer:
     """Start a Raft peer in the running event loop and return it.
 
@@ -1562,12 +1647,18 @@ async def start_peer(
     A new cluster is then founded with :meth:`Peer.set_configuration`.
     ``advertise`` is the address the others should use to reach this peer
     when it differs from ``address`` (a proxy or NAT in front of it).
+
+    ``tls`` (mutual TLS) or ``secret`` (a shared cluster secret) secures
+    every connection to and from this peer; every member and client must
+    use the same kind (see :mod:`raftlib.security`). Connections that fail
+    the handshake are logged and closed before they reach the Raft core.
     """
     if not isinstance(name, str) or not name:
         raise ConfigError(f"name must be a non-empty string, got {name!r}")
     parse_address(address)
     if advertise is not None:
         parse_address(advertise)
+    security = security_from(tls, secret)
     cfg = (config or Config()).validate()
     sm = _make_state_machine(state_machine)
     if storage is None:
@@ -1585,7 +1676,7 @@ async def start_peer(
         else:
             snapshots = MemorySnapshotStore()
         peer = Peer(sm, name=name, address=address, storage=storage, snapshots=snapshots, config=cfg, log=log,
-                    advertise=advertise)
+                    advertise=advertise, security=security)
         await peer._start()
     except BaseException:
         # Release whatever was opened, then report the original error.
@@ -1611,6 +1702,8 @@ async def join(
     voter: bool = True,
     timeout: float | None = 120.0,
     advertise: str | None = None,
+    tls: TLSConfig | None = None,
+    secret: SharedSecret | bytes | str | None = None,
 ) -> Peer:
     """Start a peer and add it to a running cluster; return it.
 
@@ -1622,15 +1715,17 @@ async def join(
 
     The other arguments are those of :func:`start_peer`. Raises
     :class:`ConfigError` for bad arguments, :class:`Unavailable` if no seed
-    can be reached, and :class:`Timeout` if it is not a member within
-    ``timeout`` seconds; the peer is stopped in each case.
+    can be reached (:class:`~raftlib.errors.AuthenticationFailed` if every
+    seed refused this peer's ``tls``/``secret`` credentials), and
+    :class:`Timeout` if it is not a member within ``timeout`` seconds; the
+    peer is stopped in each case.
     """
     if isinstance(seeds, str) or not seeds or not all(isinstance(a, str) for a in seeds):
         raise ConfigError("join needs seeds: a list of addresses of current members")
     for seed in seeds:
         parse_address(seed)
     peer = await start_peer(state_machine, name=name, address=address, data_dir=data_dir, storage=storage,
-                            config=config, logger=logger, advertise=advertise)
+                            config=config, logger=logger, advertise=advertise, tls=tls, secret=secret)
     try:
         if name not in peer.membership.members:
             await _ask_to_join(peer, list(seeds), voter, timeout)
@@ -1648,11 +1743,14 @@ async def _ask_to_join(peer: Peer, seeds: list[str], voter: bool, timeout: float
     addresses = list(seeds)
     backoff = 0.05
     while True:
+        refused = 0
         for address in list(addresses):
             try:
-                conn = await RpcConnection.open(address, name=peer.name, max_frame_size=peer.config.max_frame_size)
+                conn = await RpcConnection.open(address, name=peer.name, max_frame_size=peer.config.max_frame_size,
+                                                security=peer._security)
             except Unavailable as exc:
                 last_error = exc
+                refused += isinstance(exc, AuthenticationFailed)
                 continue
             try:
                 await conn.call("add_member", {**args, "timeout": _remaining(loop, deadline)},
@@ -1665,6 +1763,8 @@ async def _ask_to_join(peer: Peer, seeds: list[str], voter: bool, timeout: float
                     addresses.insert(0, exc.leader_address)
             finally:
                 await conn.close()
+        if refused == len(addresses):
+            raise AuthenticationFailed(f"{peer.name} cannot join: every seed refused its credentials ({last_error})")
         if deadline is not None and loop.time() + backoff >= deadline:
             if isinstance(last_error, Unavailable):
                 raise Unavailable(f"{peer.name} could not reach any of {seeds} to join: {last_error}")

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
 
-from .errors import CommandFailed, ConfigError, ProtocolError, RaftError
+from .errors import CommandFailed, ConfigError, Overloaded, ProtocolError, RaftError
 from .rpc import CANCEL, RESPONSE, STREAM, check_request, error_to_wire
 from .transport.tcp import Connection
 
@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from .runtime import Peer
 
 MAX_REQUESTS_PER_CONNECTION = 1024
-"""Requests one connection may have outstanding; more close the connection."""
+"""Requests one connection may have outstanding; more are answered with
+:class:`~raftlib.errors.Overloaded` (not run)."""
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 StreamHandler = Callable[[dict[str, Any]], AsyncIterator[Any]]
@@ -68,10 +69,18 @@ class RequestServer:
     async def on_request(self, body: Any, conn: Connection) -> None:
         rid, op, args = check_request(body)
         mine = self._requests_of(conn)
-        if len(mine) >= MAX_REQUESTS_PER_CONNECTION:
-            raise ProtocolError(f"more than {MAX_REQUESTS_PER_CONNECTION} requests outstanding on one connection")
         if rid in mine:
             raise ProtocolError(f"request id {rid} is already in use on this connection")
+        if len(mine) >= MAX_REQUESTS_PER_CONNECTION:
+            # Refused, not run: the caller may retry once answers come back.
+            # Waiting for the send to drain stops reading from a caller that
+            # does not read its answers (TCP pushes back on it).
+            refusal = Overloaded(f"{MAX_REQUESTS_PER_CONNECTION} requests are outstanding on this connection")
+            try:
+                await conn.send_frame(RESPONSE, [rid, False, error_to_wire(refusal)])
+            except (OSError, RuntimeError):
+                pass  # the caller went away
+            return
         task = asyncio.get_running_loop().create_task(self._serve(rid, op, args, conn), name=f"raftlib-request-{op[:32]}")
         mine[rid] = task
         self._tasks.add(task)

@@ -31,7 +31,8 @@ from .core.messages import InstallSnapshot
 from .errors import ProtocolError, RaftError
 from .snapshot import SnapshotFile, SnapshotReceiver, SnapshotStore
 from .transport.framing import FrameDecoder, encode_frame
-from .transport.tcp import HELLO, Connection, open_connection
+from .security import Security
+from .transport.tcp import HELLO, Connection, connect_stream
 from .types import Membership, SnapshotMeta
 
 OFFER = "SnapshotOffer"
@@ -56,12 +57,15 @@ async def send_snapshot(
     chunk_size: int,
     max_frame_size: int,
     timeout: float,
+    security: Security = None,
 ) -> int:
-    """Stream ``snap`` to ``msg.dst`` at ``address``; return the bytes sent.
+    """Stream ``snap`` to ``msg.dst`` at ``address`` over a connection secured
+    by ``security``; return the bytes sent.
 
-    Raises :class:`SnapshotTransferFailed` (or an ``OSError``) on failure.
+    Raises :class:`SnapshotTransferFailed` (or an ``OSError``, such as
+    :class:`~raftlib.errors.AuthenticationFailed`) on failure.
     """
-    reader, writer = await asyncio.wait_for(open_connection(address), timeout)
+    reader, writer = await connect_stream(address, security, timeout)
     decoder = FrameDecoder(max_frame_size)
     try:
         writer.write(encode_frame(HELLO, [msg.src, own_address]))

@@ -65,12 +65,21 @@ async def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: 
 
 
 class Cluster:
-    """Peers on loopback with ephemeral ports; stops them all on teardown."""
+    """Peers on loopback with ephemeral ports; stops them all on teardown.
 
-    def __init__(self, tmp_path: Any, storage: str = "memory", config: Config = FAST) -> None:
+    ``tls=True`` secures every connection with mutual TLS: each peer gets a
+    certificate from a test CA made in ``tmp_path / "certs"`` (see
+    :meth:`tls_for`). ``secret=`` secures them with a shared secret instead.
+    """
+
+    def __init__(self, tmp_path: Any, storage: str = "memory", config: Config = FAST, *, tls: bool = False,
+                 secret: bytes | None = None) -> None:
         self.tmp_path = tmp_path
         self.storage = storage
         self.config = config
+        self.tls = tls
+        self.secret = secret
+        self._certs: dict[str, Any] = {}
         self.peers: dict[str, raftlib.Peer] = {}
         self.addresses: dict[str, str] = {}
         self.cut: set[str] = set()
@@ -79,9 +88,26 @@ class Cluster:
     def _peer_kwargs(self, name: str) -> dict[str, Any]:
         from storage_adapters import MemoryStorage
 
+        kwargs = self.security_kwargs(name)
         if self.storage == "memory":
-            return {"storage": MemoryStorage()}
-        return {"data_dir": str(self.tmp_path / name)}
+            return {"storage": MemoryStorage(), **kwargs}
+        return {"data_dir": str(self.tmp_path / name), **kwargs}
+
+    def tls_for(self, name: str) -> Any:
+        """The TLSConfig of ``name`` (a peer or a client), signed by the cluster's test CA."""
+        from raftlib.security import make_certificates
+
+        if name not in self._certs:
+            self._certs.update(make_certificates(self.tmp_path / "certs", [name]))
+        return self._certs[name]
+
+    def security_kwargs(self, name: str) -> dict[str, Any]:
+        """``tls=``/``secret=`` for ``name``, as this cluster is secured (for peers and clients)."""
+        if self.tls:
+            return {"tls": self.tls_for(name)}
+        if self.secret is not None:
+            return {"secret": self.secret}
+        return {}
 
     def _filter_inbound(self, peer: raftlib.Peer) -> None:
         """Drop Raft messages between a cut peer and the others (a partition on real TCP)."""

@@ -175,7 +175,7 @@ class Raft:
         if msg.dst != self.id:
             self.logger.debug("%s: dropping message for %s", self.id, msg.dst)
             return
-        problem = _malformed(msg)
+        problem = "it claims to come from this peer" if msg.src == self.id else _malformed(msg)
         if problem:
             self.logger.warning("%s: dropping malformed message from %s: %s", self.id, msg.src, problem)
             return
@@ -323,6 +323,12 @@ class Raft:
         since = times[need - 1]  # a majority heard from this leader at or after this tick
         lease = self.config.election_ticks - self.config.election_ticks // 10 - 1
         return self.log.committed if self._now < since + lease else None
+
+    def expire_lease(self) -> None:
+        """End the leader lease now: the runtime could not tick for a while,
+        so this core's clock is behind real time. The next acknowledged
+        heartbeat round starts a new lease."""
+        self._seq_ticks.clear()
 
     def transfer_leadership(self, target: NodeId | None = None) -> NodeId:
         """Hand leadership to ``target`` (default: the most up-to-date voter).
@@ -908,6 +914,13 @@ class Raft:
             if msg.success and msg.match_index > self.log.last_index():
                 self.logger.warning("%s: %s claims entries we never sent (match %d)", self.id, msg.src, msg.match_index)
                 return
+            if not msg.success and msg.reject_index > self.log.last_index():
+                self.logger.warning("%s: %s rejects an index we never sent (%d)", self.id, msg.src, msg.reject_index)
+                return
+            if msg.read_ctx > self._read_seq:
+                # It would confirm reads this leader has not asked about yet.
+                self.logger.warning("%s: %s acknowledges read context %d we never sent", self.id, msg.src, msg.read_ctx)
+                return
             pr.recent_active = True
             if msg.read_ctx > pr.read_ack:
                 pr.read_ack = msg.read_ctx
@@ -1047,31 +1060,73 @@ class Raft:
             self._read_states.append(ReadState(rnd.index, tuple(rnd.request_ids)))
 
 
+_MAX_INDEX = 2**63 - 1
+"""Largest term or index a message may carry or imply (the transport's
+``MAX_WIRE_INT``): storage keeps them as 64-bit integers, with room for a term + 1."""
+
+
+def _bad_membership(data: bytes) -> str | None:
+    """Why ``data`` is not a configuration a correct peer could have written, or ``None``."""
+    try:
+        membership = Membership.decode(data)
+    except Exception:  # ValueError, or TypeError for learners that are not a map
+        return "not an encoded Membership"
+    if not membership.voters:
+        return "a configuration without voters"
+    if membership.voters.keys() & membership.learners.keys():
+        return "a configuration naming a member both voter and learner"
+    return None
+
+
 def _malformed(msg: Message) -> str | None:
     """Why ``msg`` cannot have come from a correct peer, or ``None``.
 
     The transport has checked types and ranges; this checks the relations
-    between fields that the algorithm relies on.
+    between fields that the algorithm relies on, and whatever the core itself
+    decodes (configurations), so that no message makes :meth:`Raft.step` raise.
     """
+    if msg.term > _MAX_INDEX:
+        return "term is above 2**63-1"
+    if msg.term == 0 and isinstance(msg, (AppendEntries, InstallSnapshot, RequestVote, TimeoutNow)):
+        return "term 0 (only a peer that has never voted nor led has it)"
     if isinstance(msg, AppendEntries):
         expected = msg.prev_log_index + 1
         term = msg.prev_log_term
         if term > msg.term:
             return "prev_log_term is ahead of the message term"
+        if (msg.prev_log_index == 0) != (term == 0):
+            return "prev_log_term must be 0 exactly when prev_log_index is (every entry has a term)"
+        if msg.prev_log_index + len(msg.entries) > _MAX_INDEX:
+            return "entries beyond index 2**63-1"
         for e in msg.entries:
             if e.index != expected:
                 return f"entry index {e.index} where {expected} was expected"
-            if e.term < term or e.term > msg.term:
+            if e.term < term or e.term > msg.term or e.term == 0:
                 return f"entry {e.index} has term {e.term} out of order"
+            if e.kind is EntryKind.CONFIG:
+                problem = _bad_membership(e.data)
+                if problem:
+                    return f"entry {e.index}: {problem}"
             expected += 1
             term = e.term
-    elif isinstance(msg, RequestVote) and msg.last_log_term > msg.term:
-        return "last_log_term is ahead of the message term"
+    elif isinstance(msg, RequestVote):
+        if msg.last_log_term > msg.term:
+            return "last_log_term is ahead of the message term"
+        if (msg.last_log_index == 0) != (msg.last_log_term == 0):
+            return "last_log_term must be 0 exactly when last_log_index is"
+        if msg.last_log_index > _MAX_INDEX:
+            return "last_log_index is above 2**63-1"
+    elif isinstance(msg, AppendEntriesResponse):
+        if msg.hint_term > msg.term:
+            return "hint_term is ahead of the message term"
     elif isinstance(msg, InstallSnapshot):
         if msg.snapshot_term > msg.term:
             return "snapshot_term is ahead of the message term"
-        try:
-            Membership.decode(msg.membership)
-        except ValueError:
-            return "membership is not an encoded Membership"
+        if msg.index == 0 or msg.snapshot_term == 0:
+            return "a snapshot covers at least one entry (index and snapshot_term are at least 1)"
+        if msg.index > _MAX_INDEX:
+            return "index is above 2**63-1"
+        problem = _bad_membership(msg.membership)
+        if problem:
+            return f"membership is {problem}"
     return None

@@ -13,7 +13,9 @@ bytes of msgpack. The payload is a map ``{"v": 1, "t": <type name>, "b": <body>}
 
 :class:`FrameDecoder` splits a byte stream into ``(type name, body)`` pairs and
 checks only the envelope; :func:`decode_message` turns a body into a message
-after checking its schema. Every malformed input raises
+after checking its schema (field count and wire types), and
+:func:`check_message` then checks its values (ranges, names, the contents of
+entries) before the message may reach a core. Every malformed input raises
 :class:`~raftlib.errors.ProtocolError` (or its subclass
 :class:`~raftlib.errors.FrameTooLarge`), never anything else.
 """
@@ -23,25 +25,30 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import math
 import struct
 from operator import attrgetter
 from typing import Any, Callable
 
 import msgpack
 
-from ..core.messages import MESSAGE_TYPES, Message
-from ..errors import FrameTooLarge, ProtocolError
-from ..types import Entry, EntryKind
+from ..config import ENTRIES_PER_MESSAGE_LIMIT
+from ..core.messages import MESSAGE_TYPES, InstallSnapshot, Message
+from ..errors import ConfigError, FrameTooLarge, ProtocolError
+from ..sessions import SessionOp
+from ..types import Entry, EntryKind, Membership
 
 __all__ = [
     "PROTOCOL_VERSION",
     "HEADER_SIZE",
     "MAX_NAME_LENGTH",
+    "MAX_WIRE_INT",
     "FieldKind",
     "MESSAGE_SCHEMAS",
     "encode_message",
     "encode_frame",
     "decode_message",
+    "check_message",
     "is_message_type",
     "FrameDecoder",
 ]
@@ -54,6 +61,11 @@ HEADER_SIZE = 4
 
 MAX_NAME_LENGTH = 256
 """Longest node name (``src``/``dst``) accepted in a message."""
+
+MAX_WIRE_INT = 2**63 - 1
+"""Largest term, index or other int :func:`check_message` accepts: every
+count a correct peer sends fits a signed 64-bit integer with room to grow
+(msgpack could carry up to ``2**64 - 1``, which a term + 1 would overflow)."""
 
 _MAX_PAYLOAD = 0xFFFFFFFF
 _HEADER = struct.Struct(">I")
@@ -289,6 +301,108 @@ def decode_message(type_name: str, body: Any) -> Message:
     return msg
 
 
+_SESSION_OPS = frozenset(int(op) for op in SessionOp)
+
+
+def _check_membership(where: str, data: bytes) -> None:
+    """``data`` must be a configuration a correct peer could have written:
+    decodable, with a voter, names that fit, addresses that parse."""
+    # tcp imports this module, so its address parser is imported at use.
+    from .tcp import parse_address
+
+    try:
+        membership = Membership.decode(data)
+    except Exception:  # ValueError, or TypeError for learners that are not a map
+        raise ProtocolError(f"{where}: not an encoded Membership") from None
+    if not membership.voters:
+        raise ProtocolError(f"{where}: a configuration without voters")
+    if membership.voters.keys() & membership.learners.keys():
+        raise ProtocolError(f"{where}: a member is both a voter and a learner")
+    for name, address in [*membership.voters.items(), *membership.learners.items()]:
+        if not name or len(name) > MAX_NAME_LENGTH:
+            raise ProtocolError(f"{where}: member names must have 1 to {MAX_NAME_LENGTH} characters")
+        try:
+            parse_address(address)
+        except ConfigError as exc:
+            raise ProtocolError(f"{where}: {exc}") from None
+
+
+def _check_client_entry(where: str, data: bytes) -> None:
+    """``data`` must be an encoded :class:`raftlib.sessions.ClientEntry`
+    ``[op, client, seq, ack, stamp, command]``, with nothing to coerce."""
+    try:
+        raw = msgpack.unpackb(data)
+    except Exception:  # msgpack raises several unrelated classes for bad input
+        raise ProtocolError(f"{where}: not an encoded client-session entry") from None
+    if type(raw) is not list or len(raw) != 6:
+        raise ProtocolError(f"{where}: a client-session entry has 6 fields")
+    op, client, seq, ack, stamp, command = raw
+    if type(op) is not int or op not in _SESSION_OPS:
+        raise ProtocolError(f"{where}: unknown client-session operation {_short(op)}")
+    if type(client) is not str or not 0 < len(client) <= MAX_NAME_LENGTH:
+        raise ProtocolError(f"{where}: client session id must be a str of 1 to {MAX_NAME_LENGTH} characters")
+    for value in (seq, ack):
+        if type(value) is not int or not 0 <= value <= MAX_WIRE_INT:
+            raise ProtocolError(f"{where}: seq and ack must be ints in 0..2**63-1")
+    if type(stamp) not in (int, float) or not math.isfinite(stamp) or stamp < 0:
+        raise ProtocolError(f"{where}: stamp must be a finite, non-negative number")
+    if type(command) is not bytes:
+        raise ProtocolError(f"{where}: command must be bytes")
+
+
+def _check_entry_values(where: str, entries: tuple[Entry, ...]) -> None:
+    if len(entries) > ENTRIES_PER_MESSAGE_LIMIT:
+        raise ProtocolError(f"{where}: {len(entries)} entries, more than the {ENTRIES_PER_MESSAGE_LIMIT} allowed")
+    for i, e in enumerate(entries):
+        if e.term > MAX_WIRE_INT or e.index > MAX_WIRE_INT:
+            raise ProtocolError(f"{where}[{i}]: term and index must be at most 2**63-1")
+        if e.kind is EntryKind.CONFIG:
+            _check_membership(f"{where}[{i}].data", e.data)
+        elif e.kind is EntryKind.CLIENT:
+            _check_client_entry(f"{where}[{i}].data", e.data)
+        elif e.kind is EntryKind.NOOP and e.data:
+            raise ProtocolError(f"{where}[{i}].data: a NOOP entry carries no data")
+
+
+_FIELDS: dict[type, tuple[tuple[str, str, FieldKind], ...]] = {
+    cls: tuple((field_name, f"{name}.{field_name}", kind) for field_name, kind in MESSAGE_SCHEMAS[name])
+    for name, cls in MESSAGE_TYPES.items()
+}
+"""For each message class: (field name, name for errors, wire type), in order."""
+
+
+def check_message(msg: Message) -> Message:
+    """Check the values of a message :func:`decode_message` built; return it.
+
+    :func:`decode_message` checks wire types only. This checks what the
+    core must never see: ints above :data:`MAX_WIRE_INT`, empty node names,
+    more than ``ENTRIES_PER_MESSAGE_LIMIT`` entries, and entry data a correct
+    peer cannot have written (a configuration that does not decode, has no
+    voter or an address that does not parse; a client-session entry that
+    does not decode; a NOOP with data); likewise an ``InstallSnapshot``'s
+    membership. Relations between fields are the core's to check
+    (``raftlib.core.raft._malformed``). Raises
+    :class:`~raftlib.errors.ProtocolError` naming the field, and
+    :class:`TypeError` if ``msg`` is not a Raft message.
+    """
+    fields = _FIELDS.get(type(msg))
+    if fields is None:
+        raise TypeError(f"not a Raft message: {type(msg).__name__}")
+    for field_name, where, kind in fields:
+        value = getattr(msg, field_name)
+        if kind is FieldKind.INT:
+            if value > MAX_WIRE_INT:
+                raise ProtocolError(f"{where}: {_short(value)} is above 2**63-1")
+        elif kind is FieldKind.STR:
+            if not value:
+                raise ProtocolError(f"{where}: empty node name")
+        elif kind is FieldKind.ENTRIES:
+            _check_entry_values(where, value)
+    if isinstance(msg, InstallSnapshot):
+        _check_membership("InstallSnapshot.membership", msg.membership)
+    return msg
+
+
 def _unpack_payload(payload: bytes | memoryview) -> tuple[str, Any]:
     """Check one frame payload's envelope and return ``(type name, body)``."""
     try:
@@ -311,19 +425,26 @@ def _unpack_payload(payload: bytes | memoryview) -> tuple[str, Any]:
 class FrameDecoder:
     """Incremental frame splitter for one byte stream.
 
-    ``max_frame_size`` bounds the payload length (header excluded). After
-    :meth:`feed` raises, the decoder is unusable: every later call raises
-    :class:`~raftlib.errors.ProtocolError` (the caller should close the stream).
+    ``max_frame_size`` bounds the payload length (header excluded);
+    ``first_frame_size``, if given, bounds the first frame of the stream
+    instead, so that a stranger cannot make the receiver buffer a large frame
+    before it has introduced itself. After :meth:`feed` raises, the decoder
+    is unusable: every later call raises :class:`~raftlib.errors.ProtocolError`
+    (the caller should close the stream).
     """
 
-    __slots__ = ("max_frame_size", "_buf", "_failed")
+    __slots__ = ("max_frame_size", "first_frame_size", "_buf", "_failed", "_started")
 
-    def __init__(self, max_frame_size: int) -> None:
+    def __init__(self, max_frame_size: int, first_frame_size: int | None = None) -> None:
         if type(max_frame_size) is not int or max_frame_size <= 0:
             raise ValueError(f"max_frame_size must be a positive int, got {max_frame_size!r}")
+        if first_frame_size is not None and (type(first_frame_size) is not int or first_frame_size <= 0):
+            raise ValueError(f"first_frame_size must be a positive int or None, got {first_frame_size!r}")
         self.max_frame_size = max_frame_size
+        self.first_frame_size = first_frame_size
         self._buf = bytearray()
         self._failed = False
+        self._started = False  # a first frame was complete
 
     @property
     def buffered(self) -> int:
@@ -350,13 +471,18 @@ class FrameDecoder:
         try:
             while end - pos >= HEADER_SIZE:
                 (size,) = _HEADER.unpack_from(view, pos)
-                if size > self.max_frame_size:
-                    raise FrameTooLarge(f"frame of {size} bytes exceeds the limit of {self.max_frame_size}")
+                if self._started or self.first_frame_size is None:
+                    if size > self.max_frame_size:
+                        raise FrameTooLarge(f"frame of {size} bytes exceeds the limit of {self.max_frame_size}")
+                elif size > min(self.first_frame_size, self.max_frame_size):
+                    limit = min(self.first_frame_size, self.max_frame_size)
+                    raise FrameTooLarge(f"first frame of {size} bytes exceeds the limit of {limit}")
                 start = pos + HEADER_SIZE
                 if end - start < size:
                     break
                 with view[start : start + size] as payload:
                     frames.append(_unpack_payload(payload))
+                self._started = True
                 pos = start + size
         except ProtocolError:
             self._failed = True

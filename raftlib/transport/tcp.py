@@ -11,7 +11,21 @@ write, or dropped from a full outbox, are lost; Raft tolerates that.
 Inbound, every accepted connection must start with ``Hello [name, address]``;
 then Raft messages go to ``on_message`` and other frame types to ``on_frame``.
 A connection that sends anything malformed is logged once and closed; the
-transport keeps serving all other connections.
+transport keeps serving all other connections. Strangers are bounded too: at
+most ``max_inbound_connections`` are served at once, and a connection must
+complete its Hello, at most :data:`HELLO_MAX_FRAME_SIZE` bytes, within
+``hello_timeout`` seconds. Every Raft message passes
+:func:`~raftlib.transport.framing.decode_message` (types) and
+:func:`~raftlib.transport.framing.check_message` (values) before ``on_message``.
+
+With ``security`` (see :mod:`raftlib.security`), every connection, in and
+out, first runs the TLS or shared-secret handshake; :func:`connect_stream`
+is the one place that opens a secured connection. An accepted connection that
+fails the handshake, or does not finish it within
+:data:`~raftlib.security.HANDSHAKE_TIMEOUT`, is closed before any of its
+frames is read, with a warning naming the remote address (at most one per
+host and reason every :data:`REFUSAL_LOG_INTERVAL` seconds, the rest at debug
+level).
 """
 
 from __future__ import annotations
@@ -27,14 +41,24 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Literal, Mapping, NamedTuple
 
 from ..core.messages import Message
-from ..errors import ConfigError, ProtocolError
-from .framing import MAX_NAME_LENGTH, FrameDecoder, decode_message, encode_frame, encode_message, is_message_type
+from ..errors import AuthenticationFailed, ConfigError, ProtocolError
+from ..security import HANDSHAKE_TIMEOUT, Security, TLSConfig, accept, authenticate
+from .framing import (
+    MAX_NAME_LENGTH,
+    FrameDecoder,
+    check_message,
+    decode_message,
+    encode_frame,
+    encode_message,
+    is_message_type,
+)
 
 __all__ = [
     "HELLO",
     "Endpoint",
     "parse_address",
     "format_address",
+    "connect_stream",
     "Connection",
     "Transport",
 ]
@@ -47,9 +71,19 @@ READ_SIZE = 64 * 1024
 
 DEFAULT_MAX_FRAME_SIZE = 64 * 1024 * 1024
 DEFAULT_MAX_OUTBOX = 10_000
+DEFAULT_MAX_OUTBOX_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_INBOUND_CONNECTIONS = 1024
+DEFAULT_HELLO_TIMEOUT = 5.0
+HELLO_MAX_FRAME_SIZE = 64 * 1024
+"""Largest first frame (the ``Hello``) accepted: until a connection has
+introduced itself it cannot make this peer buffer more than this."""
+CLOSE_GRACE = 1.0
+"""Seconds a closing connection has to flush what is buffered for it before it is aborted."""
 BACKOFF_MIN = 0.02
 BACKOFF_MAX = 1.0
 DEFAULT_CONNECT_TIMEOUT = 5.0
+REFUSAL_LOG_INTERVAL = 30.0
+"""Seconds between two warnings about connections refused from the same host."""
 
 OnMessage = Callable[[Message], None]
 OnFrame = Callable[[str, Any, "Connection"], Awaitable[None]]
@@ -136,11 +170,61 @@ async def open_connection(address: str) -> tuple[asyncio.StreamReader, asyncio.S
     return await _open(parse_address(address))
 
 
+async def connect_stream(
+    address: str, security: Security = None, timeout: float = DEFAULT_CONNECT_TIMEOUT
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Open a stream to ``address`` and run the ``security`` handshake on it.
+
+    Connecting and the handshake are each allowed ``timeout`` seconds. Raises
+    ``OSError`` (``TimeoutError`` included) if it cannot connect,
+    :class:`~raftlib.errors.AuthenticationFailed` (also an ``OSError``) if
+    the handshake fails or times out, and :class:`ConfigError` for a
+    malformed address. The caller sends its ``Hello`` next.
+    """
+    endpoint = parse_address(address)
+    # asyncio.timeout rather than wait_for: in Python 3.11, wait_for loses a
+    # cancellation that arrives just as the operation completes, and a
+    # writer task that ignored close()'s cancellation would hang it.
+    async with asyncio.timeout(timeout):
+        reader, writer = await _open(endpoint)
+    if security is None:
+        return reader, writer
+    hostname = endpoint.host if endpoint.kind == "tcp" else "localhost"
+    try:
+        async with asyncio.timeout(timeout):
+            await authenticate(reader, writer, security, server_hostname=hostname)
+    except TimeoutError:
+        writer.close()
+        raise AuthenticationFailed(
+            f"security handshake with {address} failed: no answer within {timeout} s (different security settings?)"
+        ) from None
+    except AuthenticationFailed as exc:
+        writer.close()
+        raise AuthenticationFailed(f"security handshake with {address} failed: {exc}") from None
+    except BaseException:
+        writer.close()
+        raise
+    return reader, writer
+
+
 async def _close_writer(writer: asyncio.StreamWriter) -> None:
-    """Close a stream and wait until its socket is released, ignoring network errors."""
+    """Close a stream and wait until its socket is released, ignoring network errors.
+
+    Closing first flushes what is still buffered. A far end that does not read
+    it (a hostile or stuck peer) gets :data:`CLOSE_GRACE` seconds; then the
+    connection is aborted, so it cannot hold its socket, buffers and task forever.
+    """
     writer.close()
-    with contextlib.suppress(OSError, RuntimeError):
-        await writer.wait_closed()
+    try:
+        async with asyncio.timeout(CLOSE_GRACE):  # not wait_for: see connect_stream
+            await writer.wait_closed()
+    except TimeoutError:  # before OSError, of which it is a subclass
+        writer.transport.abort()
+    except (OSError, RuntimeError):
+        pass
+    except BaseException:  # cancelled while waiting
+        writer.transport.abort()
+        raise
 
 
 def _remote_of(writer: asyncio.StreamWriter) -> str:
@@ -198,17 +282,22 @@ class _Outbox:
 
     name: str
     limit: int
+    max_bytes: int = DEFAULT_MAX_OUTBOX_BYTES
     frames: collections.deque[bytes] = field(default_factory=collections.deque)
+    size: int = 0
+    """Bytes in ``frames``. Invariant: ``size == sum(map(len, frames))``."""
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
     def put(self, frame: bytes) -> int:
-        """Queue a frame; return how many old frames were dropped to make room."""
+        """Queue a frame; return how many old frames were dropped to make room
+        (beyond ``limit`` frames or ``max_bytes`` bytes; the new one is always kept)."""
         dropped = 0
-        while len(self.frames) >= self.limit:
-            self.frames.popleft()
+        while self.frames and (len(self.frames) >= self.limit or self.size + len(frame) > self.max_bytes):
+            self.size -= len(self.frames.popleft())
             dropped += 1
         self.frames.append(frame)
+        self.size += len(frame)
         self.wakeup.set()
         return dropped
 
@@ -216,6 +305,7 @@ class _Outbox:
         """Remove and return every queued frame."""
         frames = list(self.frames)
         self.frames.clear()
+        self.size = 0
         return frames
 
     async def wait(self) -> None:
@@ -226,6 +316,21 @@ class _Outbox:
     def poke(self) -> None:
         """Wake the writer task (address change, peer closed the connection)."""
         self.wakeup.set()
+
+
+class _HeldProtocol(asyncio.StreamReaderProtocol):
+    """An accepted stream that reads nothing until ``start_tls`` takes over.
+
+    Reading starts with the connection, before the task serving it has run;
+    a client's TLS ClientHello read by then would sit in the plain
+    ``StreamReader``, never reach the TLS handshake, and stall it.
+    ``loop.start_tls`` resumes reading once its TLS protocol is in place.
+    """
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.ReadTransport)
+        transport.pause_reading()
+        super().connection_made(transport)
 
 
 class _PeerClosed(ConnectionError):
@@ -249,7 +354,15 @@ class Transport:
             not the listening one (a proxy or NAT in front of this peer).
         max_frame_size: largest payload accepted from a peer.
         max_outbox: frames queued per destination before the oldest are dropped.
+        max_outbox_bytes: bytes queued per destination before the oldest
+            frames are dropped (the newest frame is always queued).
+        max_inbound_connections: connections served at once; more are closed
+            as they arrive (with a warning at most once a second).
+        hello_timeout: seconds an accepted connection has to complete its
+            Hello frame (of at most :data:`HELLO_MAX_FRAME_SIZE` bytes).
         connect_timeout: seconds allowed for one connection attempt.
+        security: how connections are authenticated (:mod:`raftlib.security`);
+            ``None`` for plain connections.
         logger: where to log; ``logging.getLogger("raftlib.transport")`` by default.
 
     All methods must be called from the event loop's thread.
@@ -265,7 +378,11 @@ class Transport:
         advertise: str | None = None,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         max_outbox: int = DEFAULT_MAX_OUTBOX,
+        max_outbox_bytes: int = DEFAULT_MAX_OUTBOX_BYTES,
+        max_inbound_connections: int = DEFAULT_MAX_INBOUND_CONNECTIONS,
+        hello_timeout: float = DEFAULT_HELLO_TIMEOUT,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        security: Security = None,
         logger: logging.Logger | None = None,
     ) -> None:
         if not isinstance(name, str) or not name or len(name) > MAX_NAME_LENGTH:
@@ -274,6 +391,17 @@ class Transport:
             raise ConfigError(f"max_frame_size must be a positive int, got {max_frame_size!r}")
         if type(max_outbox) is not int or max_outbox <= 0:
             raise ConfigError(f"max_outbox must be a positive int, got {max_outbox!r}")
+        for what, limit in (("max_outbox_bytes", max_outbox_bytes), ("max_inbound_connections", max_inbound_connections)):
+            if type(limit) is not int or limit <= 0:
+                raise ConfigError(f"{what} must be a positive int, got {limit!r}")
+        if isinstance(hello_timeout, bool) or not isinstance(hello_timeout, (int, float)) or not hello_timeout > 0:
+            raise ConfigError(f"hello_timeout must be a positive number, got {hello_timeout!r}")
+        self.max_outbox_bytes = max_outbox_bytes
+        self.max_inbound_connections = max_inbound_connections
+        self.hello_timeout = float(hello_timeout)
+        self._over_capacity_unlogged = 0
+        """Connections refused for ``max_inbound_connections`` since the last warning."""
+        self._over_capacity_logged_at: float | None = None
         self.name = name
         self.listen = listen
         self._listen_endpoint = parse_address(listen)
@@ -285,13 +413,21 @@ class Transport:
         self.max_frame_size = max_frame_size
         self.max_outbox = max_outbox
         self.connect_timeout = connect_timeout
+        if isinstance(security, TLSConfig):
+            security.server_context()  # load the files now: bad ones fail here, not on the first connection
+            security.client_context()
+        self.security = security
+        self._refusals: dict[str, tuple[float, int]] = {}
+        """Remote host and reason -> (time of the last refusal warning, refusals since)."""
         self.log = logger or logging.getLogger("raftlib.transport")
         self.stats: dict[str, int] = {
             "frames_sent": 0,
             "frames_received": 0,
             "dropped": 0,
             "protocol_errors": 0,
+            "over_capacity": 0,
             "connect_failures": 0,
+            "refused": 0,
         }
         self._address: str | None = None
         self._addresses: dict[str, str] = {}
@@ -322,15 +458,20 @@ class Transport:
         if self._server is not None:
             return
         endpoint = self._listen_endpoint
+        loop = asyncio.get_running_loop()
+        protocol = _HeldProtocol if isinstance(self.security, TLSConfig) else asyncio.StreamReaderProtocol
+
+        def accepted() -> asyncio.StreamReaderProtocol:
+            return protocol(asyncio.StreamReader(loop=loop), self._serve_inbound, loop=loop)
+
         if endpoint.kind == "unix":
-            self._server = await asyncio.start_unix_server(self._serve_inbound, path=endpoint.host)
+            self._server = await loop.create_unix_server(accepted, path=endpoint.host)
             st = os.stat(endpoint.host)
             self._unix_inode = (st.st_dev, st.st_ino)
             self._address = self.listen
         else:
-            self._server = await asyncio.start_server(
-                self._serve_inbound, host=endpoint.host, port=endpoint.port, reuse_address=True
-            )
+            self._server = await loop.create_server(accepted, host=endpoint.host, port=endpoint.port,
+                                                    reuse_address=True)
             self._address = self._bound_address(endpoint)
         self.log.debug("%s listening on %s", self.name, self._address)
 
@@ -362,7 +503,7 @@ class Transport:
             await self._server.wait_closed()
         self._remove_unix_socket()
         for outbox in self._outboxes.values():
-            outbox.frames.clear()
+            outbox.take_all()
 
     def _all_tasks(self) -> list[asyncio.Task[Any]]:
         tasks = [o.task for o in self._outboxes.values() if o.task is not None]
@@ -419,7 +560,7 @@ class Transport:
             return
         outbox = self._outboxes.get(dst)
         if outbox is None:
-            outbox = self._outboxes[dst] = _Outbox(dst, self.max_outbox)
+            outbox = self._outboxes[dst] = _Outbox(dst, self.max_outbox, self.max_outbox_bytes)
         if outbox.task is None:
             outbox.task = asyncio.get_running_loop().create_task(
                 self._writer_loop(outbox), name=f"raftlib-transport-writer-{self.name}->{dst}"
@@ -431,6 +572,7 @@ class Transport:
     async def _writer_loop(self, outbox: _Outbox) -> None:
         """Serve one destination forever: connect, send batches, reconnect on errors."""
         backoff = BACKOFF_MIN
+        refusals = 0
         while True:
             while not outbox.frames:
                 await outbox.wait()
@@ -439,10 +581,16 @@ class Transport:
                 self._drop_queued(outbox, "its address was removed")
                 continue
             try:
-                reader, writer = await asyncio.wait_for(_open(parse_address(address)), self.connect_timeout)
+                reader, writer = await connect_stream(address, self.security, self.connect_timeout)
             except (OSError, asyncio.TimeoutError) as exc:
                 self.stats["connect_failures"] += 1
-                self.log.debug("%s: cannot connect to %s at %s: %r", self.name, outbox.name, address, exc)
+                # A peer that is stopping can end one handshake midway too: warn
+                # once the refusals repeat, and only once per series.
+                refusals = refusals + 1 if isinstance(exc, AuthenticationFailed) else 0
+                if refusals == 2:
+                    self.log.warning("%s: cannot connect to %s: %s", self.name, outbox.name, exc)
+                else:
+                    self.log.debug("%s: cannot connect to %s at %s: %r", self.name, outbox.name, address, exc)
                 # What queued up for an unreachable peer is stale by the time it
                 # returns, and would hold memory meanwhile: Raft resends what the
                 # peer still needs from its progress, so drop it.
@@ -451,6 +599,7 @@ class Transport:
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
             backoff = BACKOFF_MIN
+            refusals = 0
             failed = False
             try:
                 await self._write_batches(outbox, address, reader, writer)
@@ -511,10 +660,15 @@ class Transport:
         """Handle one accepted connection until it closes or misbehaves."""
         task = asyncio.current_task()
         assert task is not None
+        if len(self._inbound) >= self.max_inbound_connections:
+            self._refuse_over_capacity(writer)
+            with contextlib.suppress(asyncio.CancelledError):
+                await _close_writer(writer)
+            return
         self._inbound.add(task)
         conn = Connection(writer, _remote_of(writer))
         try:
-            if not self._closed:
+            if not self._closed and await self._admit(reader, writer, conn):
                 await self._read_frames(reader, conn)
         except ProtocolError as exc:
             self.stats["protocol_errors"] += 1
@@ -540,10 +694,73 @@ class Transport:
                 await _close_writer(writer)
             self._inbound.discard(task)
 
+    async def _admit(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: Connection) -> bool:
+        """Run the security handshake on an accepted connection; False (logged) if it fails."""
+        if self.security is None:
+            return True
+        try:
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT):  # not wait_for: see connect_stream
+                await accept(reader, writer, self.security)
+        except AuthenticationFailed as exc:
+            self._log_refusal(conn.remote, str(exc))
+            return False
+        except TimeoutError:
+            self._log_refusal(conn.remote, f"no security handshake within {HANDSHAKE_TIMEOUT} s")
+            return False
+        except OSError as exc:
+            self.log.debug("%s: connection from %s ended during the security handshake: %s",
+                           self.name, conn.remote, exc)
+            return False
+        return True
+
+    def _log_refusal(self, remote: str, why: str) -> None:
+        """Log a refused connection: a warning per remote host and reason at
+        most every :data:`REFUSAL_LOG_INTERVAL` seconds (a misconfigured peer
+        retries every second), the others at debug level."""
+        self.stats["refused"] += 1
+        key = f"{remote.rpartition(':')[0] or remote} {why}"
+        now = asyncio.get_running_loop().time()
+        last, suppressed = self._refusals.get(key, (float("-inf"), 0))
+        if now - last < REFUSAL_LOG_INTERVAL:
+            self._refusals[key] = (last, suppressed + 1)
+            self.log.debug("%s: refused the connection from %s: %s", self.name, remote, why)
+            return
+        if len(self._refusals) >= 1024:
+            self._refusals.clear()
+        self._refusals[key] = (now, 0)
+        more = f" ({suppressed} more like it from this host since the last warning)" if suppressed else ""
+        self.log.warning("%s: refused the connection from %s: %s%s", self.name, remote, why, more)
+
+    def _refuse_over_capacity(self, writer: asyncio.StreamWriter) -> None:
+        """Count (and log, a warning at most once a second) a connection
+        closed because ``max_inbound_connections`` are open."""
+        self.stats["over_capacity"] += 1
+        self._over_capacity_unlogged += 1
+        now = asyncio.get_running_loop().time()
+        if self._over_capacity_logged_at is None or now - self._over_capacity_logged_at >= 1.0:
+            self.log.warning(
+                "%s: refused %d connection(s) (the latest from %s): %d connections are open "
+                "(max_inbound_connections)",
+                self.name, self._over_capacity_unlogged, _remote_of(writer), len(self._inbound),
+            )
+            self._over_capacity_logged_at = now
+            self._over_capacity_unlogged = 0
+
     async def _read_frames(self, reader: asyncio.StreamReader, conn: Connection) -> None:
-        decoder = FrameDecoder(self.max_frame_size)
+        # Until the Hello is in, a frame may hold only HELLO_MAX_FRAME_SIZE
+        # bytes and must be complete within hello_timeout: a stranger cannot
+        # make this peer buffer much, nor hold a connection by trickling.
+        decoder = FrameDecoder(self.max_frame_size, first_frame_size=HELLO_MAX_FRAME_SIZE)
+        loop = asyncio.get_running_loop()
+        hello_deadline = loop.time() + self.hello_timeout
         while True:
-            data = await reader.read(READ_SIZE)
+            if conn.peer_name is None:
+                try:
+                    data = await asyncio.wait_for(reader.read(READ_SIZE), max(0.0, hello_deadline - loop.time()))
+                except TimeoutError:
+                    raise ProtocolError(f"no Hello within {self.hello_timeout:g} s") from None
+            else:
+                data = await reader.read(READ_SIZE)
             if not data:
                 return
             for type_name, body in decoder.feed(data):
@@ -555,7 +772,7 @@ class Transport:
         if conn.peer_name is None:
             self._accept_hello(conn, type_name, body)
         elif is_message_type(type_name):
-            self._deliver(conn, decode_message(type_name, body))
+            self._deliver(conn, check_message(decode_message(type_name, body)))
         elif type_name == HELLO:
             raise ProtocolError("second Hello on the same connection")
         elif self._on_frame is not None:

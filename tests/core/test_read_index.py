@@ -272,3 +272,19 @@ def test_the_lease_is_renewed_by_every_acknowledged_round() -> None:
     net.propose("a", b"x")
     net.stabilize()
     assert a.lease_read_index() == a.commit_index == 3
+
+
+def test_expire_lease_ends_the_lease_until_the_next_round() -> None:
+    from .network import config
+
+    net = Network(["a", "b", "c"], config=config(pre_vote=True, check_quorum=True))
+    net.elect("a")
+    net.tick("a")
+    net.stabilize()
+    a = net.nodes["a"]
+    assert a.lease_read_index() is not None
+    a.expire_lease()
+    assert a.lease_read_index() is None
+    net.tick("a", net.config.heartbeat_ticks)
+    net.stabilize()
+    assert a.lease_read_index() == a.commit_index

@@ -335,3 +335,19 @@ async def test_a_request_forwarded_too_often_is_refused(cluster: Cluster) -> Non
         assert await conn.call("write", {"command": ["set", "a", 1], "hops": 1}) == ["ok", "a", 1]
     finally:
         await conn.close()
+
+
+async def test_a_lease_read_on_a_late_clock_takes_a_heartbeat_round(cluster: Cluster) -> None:
+    """The lease is counted in ticks, which stop while the event loop is
+    blocked: a read that finds the core's clock behind must not trust it."""
+    await cluster.start(3)
+    leader = await cluster.leader()
+    await leader.write(["set", "a", 1])
+    rounds: list[int] = []
+    real = leader._core.read_index
+    leader._core.read_index = lambda rid: (rounds.append(rid), real(rid))[1]  # type: ignore[method-assign]
+    await eventually(lambda: leader._core.lease_read_index() is not None)
+    rounds.clear()
+    leader._last_tick_at -= 10.0  # as if the loop had been blocked for 10 s
+    assert await leader.read(["get", "a"], consistency="lease") == ["ok", 1]
+    assert rounds, "a lease read trusted a stale clock"

@@ -201,7 +201,8 @@ async def test_leave_from_a_follower_and_from_the_leader(cluster: Cluster) -> No
     leader = await cluster.leader()
     follower = next(p for p in cluster.live() if p is not leader)
     await follower.leave()
-    await eventually(lambda: follower.name not in leader.membership.members)
+    await eventually(lambda: all(follower.name not in p.membership.members for p in cluster.live()), timeout=20)
+    leader = await cluster.leader()  # (it may have changed under load)
     term = leader.status()["term"]
     await leader.leave()
     new = await cluster.leader()

@@ -1,0 +1,555 @@
+"""Mutual TLS and the shared-secret handshake: secured clusters work end to
+end, and peers and clients without valid credentials are refused, logged,
+and never reach the Raft core."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator, Iterator
+
+import pytest
+from click.testing import CliRunner, Result
+
+import raftlib
+from raftlib import errors
+from raftlib.cli import main
+from raftlib.core.messages import RequestVote
+from raftlib.security import SharedSecret, TLSConfig, authenticate, make_certificates, security_from
+from raftlib.transport import tcp
+from raftlib.transport.framing import encode_frame
+from raftlib.transport.tcp import Transport, connect_stream
+
+from clusterkit import FAST, Cluster, KVStore, eventually, free_port
+
+SNAP = dataclasses.replace(FAST, snapshot_entries=50, snapshot_keep_entries=10, snapshot_chunk_size=1024)
+SECRET = b"correct horse battery staple, 32+"
+
+
+def refusals(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Warnings of the cluster's peers about refused connections."""
+    return [r.getMessage() for r in caplog.records
+            if r.levelno == logging.WARNING and "refused the connection from 127.0.0.1:" in r.getMessage()]
+
+
+async def write_many(peer: raftlib.Peer, n: int, prefix: str = "k") -> None:
+    for start in range(0, n, 50):
+        await asyncio.gather(*(peer.write(["set", f"{prefix}{i}", i]) for i in range(start, min(n, start + 50))))
+
+
+@pytest.fixture
+async def tls_cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    c = Cluster(tmp_path, tls=True)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+@pytest.fixture
+async def secret_cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    c = Cluster(tmp_path, secret=SECRET)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+def stranger_tls(tmp_path: Path, name: str, trust_cluster: Cluster | None = None) -> TLSConfig:
+    """A certificate from another CA; trusting the cluster's CA if ``trust_cluster`` is given
+    (so that it is the cluster that refuses it, not the stranger that refuses the cluster)."""
+    own = make_certificates(tmp_path / "other-ca", [name])[name]
+    if trust_cluster is None:
+        return own
+    return TLSConfig(own.cert, own.key, trust_cluster.tls_for("client").ca)
+
+
+async def impersonate(tmp_path: Path, cluster: Cluster, **security: Any) -> None:
+    """Send each member a RequestVote of a huge term from a transport with ``security``."""
+    evil = Transport("s2", "127.0.0.1:0", on_message=lambda m: None, security=security_from(**security))
+    await evil.start()
+    try:
+        for peer in cluster.live():
+            evil.set_address(peer.name, peer.address)
+            evil.send(RequestVote(1000, "s2", peer.name, 10**6, 999))
+        await asyncio.sleep(0.5)
+    finally:
+        await evil.close()
+
+
+# --------------------------------------------------------------------------- mutual TLS
+
+
+async def test_a_tls_cluster_elects_replicates_forwards_snapshots_and_serves_clients(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path, storage="lmdb", config=SNAP, tls=True)
+    try:
+        peers = await cluster.start(3)
+        leader = await cluster.leader()
+        follower = next(p for p in peers.values() if p is not leader)
+        assert await follower.write(["set", "forwarded", 1]) == ["ok", "forwarded", 1]
+        await write_many(leader, 300)
+        assert leader._storage.first_index() > 20  # a new member needs a snapshot
+        s4 = await cluster.join("s4")
+        await eventually(lambda: s4.state_machine.data.get("k299") == 299, timeout=20)
+        assert s4.state_machine.restores == 1
+        client = await raftlib.connect([follower.address], tls=cluster.tls_for("client"), timeout=10)
+        try:
+            assert await client.write(["set", "c", 3]) == ["ok", "c", 3]
+            assert await client.read(["get", "c"]) == ["ok", 3]
+            assert client.leader_address == leader.address
+        finally:
+            await client.close()
+        for peer in cluster.live():
+            assert isinstance(peer._transport.security, TLSConfig)
+            assert peer._transport.stats["refused"] == 0
+    finally:
+        await cluster.close()
+
+
+async def test_a_peer_with_a_certificate_of_another_ca_is_refused(
+    tls_cluster: Cluster, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    await tls_cluster.start(3)
+    leader = await tls_cluster.leader()
+    with pytest.raises(errors.AuthenticationFailed, match="every seed refused"):
+        await raftlib.join(KVStore, name="s4", address="127.0.0.1:0", seeds=[leader.address],
+                           storage=_memory(), config=FAST, timeout=5, tls=stranger_tls(tmp_path, "s4", tls_cluster))
+    warnings = refusals(caplog)
+    assert warnings and "certificate not trusted" in warnings[0]
+    # A stranger that does not trust the cluster's CA either is refused as well.
+    with pytest.raises(errors.AuthenticationFailed):
+        await raftlib.join(KVStore, name="s5", address="127.0.0.1:0", seeds=[leader.address],
+                           storage=_memory(), config=FAST, timeout=5, tls=stranger_tls(tmp_path, "s5"))
+    assert set(leader.membership.members) == {"s1", "s2", "s3"}
+    assert await leader.write(["set", "still", "serving"]) == ["ok", "still", "serving"]
+
+
+async def test_a_client_hello_that_arrives_before_the_connection_is_served_is_not_lost(tmp_path: Path) -> None:
+    """A busy peer may find a connection's TLS ClientHello already waiting when it accepts it."""
+    certs = make_certificates(tmp_path, ["s1", "client"])
+    peer = await raftlib.start_peer(KVStore, name="s1", address="127.0.0.1:0", storage=_memory(), config=FAST,
+                                    tls=certs["s1"])
+    host, _, port = peer.address.rpartition(":")
+
+    def connect() -> bytes:
+        with socket.create_connection((host, int(port)), timeout=5) as raw:
+            with certs["client"].client_context().wrap_socket(raw, server_hostname=host) as tls:
+                return tls.recv(64)
+
+    try:
+        answer = asyncio.get_running_loop().run_in_executor(None, connect)
+        time.sleep(0.3)  # the loop is busy: the connection and its ClientHello queue up meanwhile
+        assert b"AuthOk" in await asyncio.wait_for(answer, 10)
+    finally:
+        await peer.stop()
+
+
+async def test_a_peer_without_tls_is_refused(tls_cluster: Cluster, caplog: pytest.LogCaptureFixture) -> None:
+    await tls_cluster.start(3)
+    leader = await tls_cluster.leader()
+    with pytest.raises((errors.Timeout, errors.Unavailable)):
+        await raftlib.join(KVStore, name="s4", address="127.0.0.1:0", seeds=[leader.address],
+                           storage=_memory(), config=FAST, timeout=1.5)
+    assert any("TLS handshake failed" in w for w in refusals(caplog))
+    assert set(leader.membership.members) == {"s1", "s2", "s3"}
+
+
+async def test_raft_messages_from_refused_peers_never_reach_the_core(
+    tls_cluster: Cluster, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    await tls_cluster.start(3)
+    leader = await tls_cluster.leader()
+    term = leader.status()["term"]
+    await impersonate(tmp_path, tls_cluster)
+    await impersonate(tmp_path, tls_cluster, tls=stranger_tls(tmp_path, "s2", tls_cluster))
+    # A vote request of term 1000 would have deposed the leader had it been stepped.
+    assert leader.is_leader and leader.status()["term"] == term
+    assert sum(p._transport.stats["refused"] for p in tls_cluster.live()) >= 6
+    assert len(refusals(caplog)) >= 6
+
+
+async def test_a_client_without_a_valid_certificate_is_refused(
+    tls_cluster: Cluster, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    peers = await tls_cluster.start(3)
+    addresses = [p.address for p in peers.values()]
+    with pytest.raises(errors.Unavailable):
+        await raftlib.connect(addresses, timeout=1.5)
+    started = time.monotonic()
+    with pytest.raises(errors.AuthenticationFailed):
+        await raftlib.connect(addresses, tls=stranger_tls(tmp_path, "client", tls_cluster), timeout=10)
+    assert time.monotonic() - started < 5  # refused credentials fail at once, not at the timeout
+    with pytest.raises(errors.AuthenticationFailed):
+        await raftlib.connect(addresses, tls=stranger_tls(tmp_path, "client"), timeout=10)
+    assert any("certificate not trusted" in w for w in refusals(caplog))
+    assert any("TLS handshake failed" in w and "certificate" not in w for w in refusals(caplog))
+
+
+async def test_tls_with_hostname_verification(tmp_path: Path) -> None:
+    certs = make_certificates(tmp_path, ["s1", "client"], ips=("127.0.0.1",))
+    certs.update(make_certificates(tmp_path, ["elsewhere"], ips=("10.9.9.9",), dns=()))
+    strict = {n: dataclasses.replace(c, verify_hostname=True) for n, c in certs.items()}
+    peers = [await raftlib.start_peer(KVStore, name=n, address="127.0.0.1:0", storage=_memory(), config=FAST,
+                                      tls=strict[n]) for n in ("s1", "elsewhere")]
+    try:
+        await peers[0].set_configuration({"s1": peers[0].address})
+        client = await raftlib.connect([peers[0].address], tls=strict["client"], timeout=10)
+        assert await client.write(["set", "a", 1]) == ["ok", "a", 1]
+        await client.close()
+        # This certificate names 10.9.9.9, not the 127.0.0.1 it was reached at.
+        with pytest.raises(errors.AuthenticationFailed, match="certificate not trusted: IP address mismatch"):
+            await connect_stream(peers[1].address, strict["client"], timeout=5)
+        _, writer = await connect_stream(peers[1].address, certs["client"], timeout=5)  # not checked by default
+        writer.close()
+    finally:
+        for peer in peers:
+            await peer.stop()
+
+
+async def test_tls_over_unix_sockets(tmp_path: Path) -> None:
+    certs = make_certificates(tmp_path / "certs", ["s1", "s2"])
+    peers = [await raftlib.start_peer(KVStore, name=n, address=f"unix:{tmp_path / n}.sock", storage=_memory(),
+                                      config=FAST, tls=certs[n]) for n in ("s1", "s2")]
+    try:
+        await peers[0].set_configuration({p.name: p.address for p in peers})
+        await peers[0].wait_for_leader(timeout=5)
+        assert await peers[1].write(["set", "u", 1]) == ["ok", "u", 1]
+    finally:
+        for p in peers:
+            await p.stop(transfer_leadership=False)
+
+
+async def test_tls_files_are_checked_at_start(tmp_path: Path) -> None:
+    certs = make_certificates(tmp_path, ["s1"])["s1"]
+    with pytest.raises(errors.ConfigError, match="no such file: cert=.*nope.pem"):
+        TLSConfig(tmp_path / "nope.pem", certs.key, certs.ca)
+    with pytest.raises(errors.ConfigError, match="key=.*missing-key.pem, ca=.*missing-ca.pem"):
+        TLSConfig(certs.cert, tmp_path / "missing-key.pem", tmp_path / "missing-ca.pem")
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate")
+    with pytest.raises(errors.ConfigError, match="cannot load the certificate"):
+        await raftlib.start_peer(KVStore, name="s1", address="127.0.0.1:0", storage=_memory(),
+                                 tls=TLSConfig(garbage, certs.key, certs.ca))
+    with pytest.raises(errors.ConfigError, match="CA file"):
+        await raftlib.connect(["127.0.0.1:1"], tls=TLSConfig(certs.cert, certs.key, garbage))
+    with pytest.raises(errors.ConfigError, match="not both"):
+        await raftlib.start_peer(KVStore, name="s1", address="127.0.0.1:0", storage=_memory(), tls=certs,
+                                 secret=SECRET)
+    with pytest.raises(errors.ConfigError, match="TLSConfig"):
+        await raftlib.connect(["127.0.0.1:1"], tls="certs/")  # type: ignore[arg-type]
+
+
+async def test_reload_picks_up_new_certificates_for_new_connections(tmp_path: Path) -> None:
+    certs = make_certificates(tmp_path, ["s1", "client"])
+    tls = certs["s1"]
+    old = tls.server_context()
+    make_certificates(tmp_path, ["s1"])  # a renewed certificate, same CA
+    tls.reload()
+    assert tls.server_context() is not old
+    Path(tls.key).write_text("broken")
+    with pytest.raises(errors.ConfigError):
+        tls.reload()
+    assert tls.server_context() is not old  # the renewed one stays in use
+
+
+# --------------------------------------------------------------------------- shared secret
+
+
+async def test_a_secret_cluster_elects_replicates_forwards_and_serves_clients(secret_cluster: Cluster) -> None:
+    peers = await secret_cluster.start(3)
+    leader = await secret_cluster.leader()
+    follower = next(p for p in peers.values() if p is not leader)
+    assert await follower.write(["set", "forwarded", 1]) == ["ok", "forwarded", 1]
+    s4 = await secret_cluster.join("s4")
+    await eventually(lambda: s4.state_machine.data.get("forwarded") == 1)
+    client = await raftlib.connect([follower.address], secret=SECRET.decode(), timeout=10)
+    try:
+        assert await client.write(["set", "c", 3]) == ["ok", "c", 3]
+        assert await client.read(["get", "c"]) == ["ok", 3]
+    finally:
+        await client.close()
+    assert all(p._transport.stats["refused"] == 0 for p in secret_cluster.live())
+
+
+async def test_peers_with_a_wrong_secret_or_none_are_refused(
+    secret_cluster: Cluster, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    await secret_cluster.start(3)
+    leader = await secret_cluster.leader()
+    term = leader.status()["term"]
+    with pytest.raises(errors.AuthenticationFailed):
+        await raftlib.join(KVStore, name="s4", address="127.0.0.1:0", seeds=[leader.address], storage=_memory(),
+                           config=FAST, timeout=5, secret=b"a different secret of 32 bytes!!")
+    assert any("wrong shared secret" in w for w in refusals(caplog))
+    with pytest.raises((errors.Timeout, errors.Unavailable)):
+        await raftlib.join(KVStore, name="s5", address="127.0.0.1:0", seeds=[leader.address], storage=_memory(),
+                           config=FAST, timeout=1.5)
+    assert any("expected Auth, got 'Hello'" in w for w in refusals(caplog))
+    await impersonate(tmp_path, secret_cluster, secret=b"a different secret of 32 bytes!!")
+    await impersonate(tmp_path, secret_cluster)
+    assert leader.is_leader and leader.status()["term"] == term
+    assert set(leader.membership.members) == {"s1", "s2", "s3"}
+
+
+async def test_clients_with_a_wrong_secret_or_none_are_refused(secret_cluster: Cluster) -> None:
+    peers = await secret_cluster.start(3)
+    addresses = [p.address for p in peers.values()]
+    with pytest.raises(errors.AuthenticationFailed, match="wrong shared secret|closed the connection"):
+        await raftlib.connect(addresses, secret=b"a different secret of 32 bytes!!", timeout=10)
+    with pytest.raises(errors.Unavailable):
+        await raftlib.connect(addresses, timeout=1.5)
+
+
+async def test_the_server_must_prove_it_knows_the_secret_too() -> None:
+    """A server that does not know the secret cannot pass itself off as a member."""
+
+    async def impostor(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(encode_frame("Challenge", [os.urandom(32)]))
+        await reader.readexactly(4)
+        writer.write(encode_frame("AuthOk", [os.urandom(32)]))
+        await writer.drain()
+        await reader.read()
+
+    async with fake_server(impostor) as address:
+        with pytest.raises(errors.AuthenticationFailed, match="does not know the shared secret"):
+            await connect_stream(address, SharedSecret(SECRET), timeout=5)
+
+
+async def test_a_silent_connection_is_closed_after_the_handshake_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(tcp, "HANDSHAKE_TIMEOUT", 0.3)
+    certs = make_certificates(tmp_path, ["s1"])
+    for security in ({"tls": certs["s1"]}, {"secret": SECRET}):
+        peer = await raftlib.start_peer(KVStore, name="s1", address="127.0.0.1:0", storage=_memory(), config=FAST,
+                                        **security)
+        try:
+            host, _, port = peer.address.rpartition(":")
+            reader, writer = await asyncio.open_connection(host, int(port))
+            started = time.monotonic()
+            while await asyncio.wait_for(reader.read(1024), 3):  # a Challenge, then the end of the stream
+                pass
+            assert time.monotonic() - started < 2
+            writer.close()
+        finally:
+            await peer.stop()
+    assert len([w for w in refusals(caplog) if "no security handshake within 0.3 s" in w]) == 2
+
+
+async def test_a_client_gives_up_on_a_server_that_never_answers_the_handshake() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+
+    async with fake_server(silent) as address:
+        with pytest.raises(errors.AuthenticationFailed, match="no answer within 0.3 s"):
+            await connect_stream(address, SharedSecret(SECRET), timeout=0.3)
+
+
+def test_shared_secrets_are_checked_and_never_shown(tmp_path: Path) -> None:
+    secret = SharedSecret("x" * 16)
+    assert "x" not in repr(secret) and secret == SharedSecret(b"x" * 16) and secret != SharedSecret("y" * 16)
+    with pytest.raises(errors.ConfigError, match="at least 16 bytes"):
+        SharedSecret("short")
+    with pytest.raises(errors.ConfigError, match="bytes or str"):
+        SharedSecret(1234)  # type: ignore[arg-type]
+    path = tmp_path / "secret"
+    path.write_text(SECRET.decode() + "\n")
+    assert SharedSecret.from_file(path) == SharedSecret(SECRET)
+    with pytest.raises(errors.ConfigError, match="cannot read the secret file .*missing"):
+        SharedSecret.from_file(tmp_path / "missing")
+
+
+async def test_handshake_frames_of_the_wrong_size_are_refused() -> None:
+    """A client reading a server's first bytes as a handshake frame never buffers a large frame."""
+
+    async def plain(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"\x7f\xff\xff\xff" + b"x" * 100)
+        await writer.drain()
+        await reader.read()
+
+    async with fake_server(plain) as address:
+        host, _, port = address.rpartition(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        with pytest.raises(errors.AuthenticationFailed, match="frame of 2147483647 bytes"):
+            await authenticate(reader, writer, SharedSecret(SECRET), server_hostname=host)
+        writer.close()
+        await writer.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def fake_server(handler: Any) -> AsyncIterator[str]:
+    """A TCP server running ``handler(reader, writer)`` per connection; yields its address.
+    Every connection is closed, and every handler finished, on exit."""
+    tasks: set[asyncio.Task[Any]] = set()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.add(task)
+        try:
+            await handler(reader, writer)
+        except (asyncio.CancelledError, OSError, EOFError):
+            pass
+        finally:
+            writer.close()
+            tasks.discard(task)
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+        for task in list(tasks):
+            task.cancel()
+        await asyncio.sleep(0.01)
+        await server.wait_closed()
+
+
+def _memory() -> Any:
+    from storage_adapters import MemoryStorage
+
+    return MemoryStorage()
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> Result:
+    return CliRunner().invoke(main, list(args), env=env)
+
+
+def test_certs_command_makes_a_ca_and_reuses_it(tmp_path: Path) -> None:
+    out = tmp_path / "certs"
+    made = cli("certs", "--out", str(out), "--names", "s1,s2,client", "--ip", "127.0.0.1,10.0.0.5", "--days", "30")
+    assert made.exit_code == 0, made.output
+    assert f"s1: --cert {out / 's1.pem'} --key {out / 's1-key.pem'} --ca {out / 'ca.pem'}" in made.output
+    names = {p.name for p in out.iterdir()}
+    assert names == {"ca.pem", "ca-key.pem", "s1.pem", "s1-key.pem", "s2.pem", "s2-key.pem",
+                     "client.pem", "client-key.pem"}
+    for key in ("ca-key.pem", "s1-key.pem"):
+        assert stat.S_IMODE((out / key).stat().st_mode) == 0o600
+    ca = (out / "ca.pem").read_bytes()
+    assert cli("certs", "--out", str(out), "--names", "s4").exit_code == 0
+    assert (out / "ca.pem").read_bytes() == ca  # the same CA signs later members
+
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate((out / "s1.pem").read_bytes())
+    alt = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert alt.get_values_for_type(x509.DNSName) == ["s1", "localhost"]
+    assert [str(ip) for ip in alt.get_values_for_type(x509.IPAddress)] == ["127.0.0.1", "10.0.0.5"]
+    bad = cli("certs", "--out", str(out), "--names", "../evil")
+    assert bad.exit_code != 0 and "certificate name" in bad.output
+
+
+def test_cli_security_options_are_checked(tmp_path: Path) -> None:
+    certs = make_certificates(tmp_path, ["client"])["client"]
+    half = cli("kv", "get", "a", "--cluster", "127.0.0.1:1", "--cert", str(certs.cert))
+    assert half.exit_code == 2 and "missing --key, --ca" in half.output
+    both = cli("status", "--cluster", "127.0.0.1:1", "--cert", str(certs.cert), "--key", str(certs.key),
+               "--ca", str(certs.ca), "--secret-file", str(certs.ca))
+    assert both.exit_code == 2 and "not both" in both.output
+    missing = cli("members", "remove", "s1", "--cluster", "127.0.0.1:1", "--secret-file", str(tmp_path / "nope"))
+    assert missing.exit_code == 2 and "cannot read the secret file" in missing.output
+
+
+class Served:
+    """`raftlib serve` processes, killed on exit."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def start(self, *args: str) -> None:
+        self.procs.append(subprocess.Popen(
+            [sys.executable, "-m", "raftlib", "serve", "--memory", "--election-timeout-ms", "200",
+             "--log-level", "warning", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        ))
+
+    def stop(self) -> list[str]:
+        errs = []
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+            try:
+                errs.append(proc.communicate(timeout=20)[1])
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                errs.append(proc.communicate()[1])
+        return errs
+
+
+@pytest.fixture
+def served() -> Iterator[Served]:
+    s = Served()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def wait_for(check: Any, timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.mark.slow
+def test_serve_and_kv_over_tls_from_the_command_line(tmp_path: Path, served: Served) -> None:
+    out = tmp_path / "certs"
+    assert cli("certs", "--out", str(out), "--names", "s1,s2,s3,client").exit_code == 0
+    ports = {f"s{i}": free_port() for i in (1, 2, 3)}
+    initial = ",".join(f"{n}=127.0.0.1:{p}" for n, p in ports.items())
+    for name, port in ports.items():
+        served.start("--name", name, "--listen", f"127.0.0.1:{port}", "--initial-cluster", initial,
+                     "--cert", str(out / f"{name}.pem"), "--key", str(out / f"{name}-key.pem"),
+                     "--ca", str(out / "ca.pem"))
+    cluster = ",".join(f"127.0.0.1:{p}" for p in ports.values())
+    tls = ["--cert", str(out / "client.pem"), "--key", str(out / "client-key.pem"), "--ca", str(out / "ca.pem")]
+
+    def put() -> bool:
+        return cli("kv", "put", "a", '{"x": 1}', "--cluster", cluster, "--timeout", "2", *tls).exit_code == 0
+
+    wait_for(put)
+    got = cli("kv", "get", "a", "--cluster", cluster, "--json", *tls)
+    assert got.exit_code == 0 and '"value": {"x": 1}' in got.output
+    env = {"RAFTLIB_CERT": str(out / "client.pem"), "RAFTLIB_KEY": str(out / "client-key.pem"),
+           "RAFTLIB_CA": str(out / "ca.pem")}
+    status = cli("status", "--cluster", cluster, "--json", env=env)
+    assert status.exit_code == 0 and status.output.count('"role": "leader"') == 1
+    refused = cli("kv", "get", "a", "--cluster", cluster, "--timeout", "1")
+    assert refused.exit_code == 1 and "Unavailable" in refused.output
+    errs = served.stop()
+    assert any("refused the connection from 127.0.0.1:" in e for e in errs)
+
+
+@pytest.mark.slow
+def test_serve_and_kv_with_a_secret_file_from_the_command_line(tmp_path: Path, served: Served) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text(SECRET.decode())
+    wrong = tmp_path / "wrong"
+    wrong.write_text("a different secret of 32 bytes!!")
+    port = free_port()
+    served.start("--name", "s1", "--listen", f"127.0.0.1:{port}", "--initial-cluster", f"s1=127.0.0.1:{port}",
+                 "--secret-file", str(secret))
+    address = f"127.0.0.1:{port}"
+    wait_for(lambda: cli("kv", "put", "k", "v", "--cluster", address, "--timeout", "2",
+                         "--secret-file", str(secret)).exit_code == 0)
+    assert cli("kv", "get", "k", "--cluster", address, "--secret-file", str(secret)).output.strip() == '"v"'
+    refused = cli("kv", "get", "k", "--cluster", address, "--secret-file", str(wrong))
+    assert refused.exit_code == 1 and "AuthenticationFailed" in refused.output
+    errs = served.stop()
+    assert any("wrong shared secret" in e for e in errs)
