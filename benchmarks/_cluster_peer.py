@@ -1,0 +1,350 @@
+"""One raftlib peer in its own process, driven by ``python -m benchmarks``.
+
+    python -m benchmarks._cluster_peer --name s1 --address 127.0.0.1:PORT \
+        (--data-dir DIR | --storage memory)
+
+The peer runs :class:`raftlib.cli.DemoKV` with the default ``Config``, its
+log in LMDB under ``--data-dir`` (synced before anything is acknowledged) or,
+with ``--storage memory``, in :class:`storage_adapters.memory.MemoryStorage`.
+It speaks the line protocol of :mod:`benchmarks._snapshot_peer` (one JSON
+request per line on stdin, one JSON reply per request on stdout,
+``{"event": "ready"}`` once started). Every load below is generated inside
+this process, on this peer's own API: for writes and linearizable reads the
+peer must lead.
+
+``configure {members}``
+    :meth:`Peer.set_configuration` with ``members`` (name -> address).
+``leader {within}``
+    Wait for a leader (up to ``within`` s); reply ``{"leader": name}``.
+``closed {kind, concurrency, seconds, warmup, value_size, keys, consistency}``
+    A closed loop (:func:`closed_loop`): ``concurrency`` workers each start
+    a new operation as soon as their last one returned. ``kind`` ``"write"``
+    calls ``Peer.write(["set", "k<i mod keys>", value])`` with ``value`` a
+    ``bytes`` of ``value_size``; ``"read"`` calls ``Peer.read(["get",
+    "k<j>"], consistency=...)``. Reply with ops/s and latency percentiles.
+``open {rate, seconds, warmup, value_size, keys}``
+    An open loop (:func:`open_loop`): writes are started on a fixed schedule
+    of ``rate`` per second whether or not earlier ones have finished; the
+    latency of each is counted from the moment it was due.
+``preload {keys, value_size}``
+    Write ``keys`` keys (256 at a time); reply with the commit index.
+``wait_applied {index, within}``
+    Reply once this peer has applied ``index``.
+``watch_leader {old, within}``
+    Reply as soon as this peer leads, or knows of a leader other than
+    ``old``, with the ``time.time()`` at which it noticed (polled every ms).
+``status``
+    Role, term, indexes, and memory: ``VmHWM`` (peak RSS), ``VmRSS`` and
+    ``ru_maxrss``, in KiB.
+``stop``
+    ``Peer.stop(transfer_leadership=False)``, reply, and exit.
+
+Logs (raftlib's, at INFO) go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import resource
+import statistics
+import sys
+import time
+from typing import Any, Awaitable, Callable
+
+import raftlib
+from benchmarks._snapshot_peer import LOG_FORMAT, emit, serve
+from raftlib.cli import DemoKV
+from raftlib.errors import RaftError
+from storage_adapters.memory import MemoryStorage
+
+Op = Callable[[int], Awaitable[Any]]
+"""One operation of a loop: ``op(i)`` for the ``i``-th operation started."""
+
+
+def percentiles(latencies: list[float]) -> dict[str, float | None]:
+    """p50, p99, p999, max and mean of ``latencies`` (seconds), in ms."""
+    if not latencies:
+        return {"p50": None, "p99": None, "p999": None, "max": None, "mean": None}
+    s = sorted(latencies)
+
+    def at(q: float) -> float:
+        return s[min(len(s) - 1, int(q * len(s)))] * 1000.0
+
+    return {"p50": at(0.50), "p99": at(0.99), "p999": at(0.999), "max": s[-1] * 1000.0,
+            "mean": statistics.fmean(s) * 1000.0}
+
+
+def memory_kib() -> dict[str, int]:
+    """Peak (``VmHWM``) and current (``VmRSS``) resident set size from
+    /proc, and ``ru_maxrss``, all in KiB."""
+    found: dict[str, int] = {"ru_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
+    wanted = {"VmHWM:": "vmhwm_kib", "VmRSS:": "vmrss_kib"}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                parts = line.split()
+                if parts and parts[0] in wanted:
+                    found[wanted[parts[0]]] = int(parts[1])
+    except OSError:
+        pass
+    return found
+
+
+async def closed_loop(op: Op, concurrency: int, seconds: float, warmup: float,
+                      yield_each: bool = False) -> dict[str, Any]:
+    """Run ``concurrency`` workers, each calling ``op`` again as soon as its
+    previous call returned, for ``warmup + seconds``; count what completes in
+    the last ``seconds``.
+
+    With ``yield_each`` a worker yields to the event loop after every
+    operation (a stale read never suspends, so a loop of them would
+    otherwise starve the peer). A failed operation is counted by exception
+    type and retried after 1 ms. Operations still in flight at the end are
+    allowed to finish (up to 30 s), not cancelled.
+    """
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    counting = False
+    stopping = False
+    started_ops = 0
+    clock = time.perf_counter
+
+    async def worker() -> None:
+        nonlocal started_ops
+        while not stopping:
+            i = started_ops
+            started_ops += 1
+            t = clock()
+            try:
+                await op(i)
+            except RaftError as exc:
+                name = type(exc).__name__
+                errors[name] = errors.get(name, 0) + 1
+                await asyncio.sleep(0.001)
+                continue
+            if counting:
+                latencies.append(clock() - t)
+            if yield_each:
+                await asyncio.sleep(0)
+
+    tasks = [asyncio.ensure_future(worker()) for _ in range(concurrency)]
+    try:
+        await asyncio.sleep(warmup)
+        warmup_errors = dict(errors)
+        errors.clear()
+        counting = True
+        t0 = clock()
+        await asyncio.sleep(seconds)
+        counting = False
+        elapsed = clock() - t0
+        ops = len(latencies)
+        stopping = True
+        done, pending = await asyncio.wait(tasks, timeout=30.0)
+        for t in done:
+            t.result()
+        if pending:
+            errors["still_running_30s_after_the_end"] = len(pending)
+    finally:
+        stopping = True
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return {"ops": ops, "seconds": elapsed, "ops_per_s": ops / elapsed, "latency_ms": percentiles(latencies),
+            "errors": errors, "warmup_errors": warmup_errors}
+
+
+async def open_loop(op: Op, rate: float, seconds: float, warmup: float) -> dict[str, Any]:
+    """Start operations on a fixed schedule, ``rate`` per second, for
+    ``warmup + seconds``, whatever the ones before are doing.
+
+    The latency of an operation is counted from the moment it was due (so a
+    stall that delays starting new operations counts against them: no
+    coordinated omission), and separately from the moment it was actually
+    started (``service_ms``). Only operations due in the last ``seconds``
+    count. The scheduler wakes at most about once per millisecond and starts
+    everything due.
+    """
+    clock = time.perf_counter
+    interval = 1.0 / rate
+    latencies: list[float] = []
+    service: list[float] = []
+    errors: dict[str, int] = {}
+    pending: set[asyncio.Future[None]] = set()
+    late: list[float] = []
+
+    async def one(i: int, due: float, counted: bool) -> None:
+        started = clock()
+        try:
+            await op(i)
+        except RaftError as exc:
+            name = type(exc).__name__
+            errors[name] = errors.get(name, 0) + 1
+            return
+        if counted:
+            now = clock()
+            latencies.append(now - due)
+            service.append(now - started)
+            late.append(started - due)
+
+    t0 = clock()
+    count_from = t0 + warmup
+    end = count_from + seconds
+    i = 0
+    due = t0
+    while due < end:
+        now = clock()
+        while due <= now and due < end:
+            task = asyncio.ensure_future(one(i, due, due >= count_from))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            i += 1
+            due = t0 + i * interval
+        await asyncio.sleep(max(0.0, due - clock()))
+    issued = i
+    if pending:
+        _, still = await asyncio.wait(set(pending), timeout=30.0)
+        if still:
+            errors["still_running_30s_after_the_end"] = len(still)
+            for t in still:
+                t.cancel()
+    completed = len(latencies)
+    return {"offered_per_s": rate, "issued": issued, "completed_in_window": completed,
+            "achieved_per_s": completed / seconds, "seconds": seconds,
+            "latency_ms": percentiles(latencies), "service_ms": percentiles(service),
+            "start_delay_ms": percentiles(late), "errors": errors}
+
+
+class ClusterPeer:
+    """The peer and the command handlers."""
+
+    def __init__(self, peer: raftlib.Peer, storage: str) -> None:
+        self.peer = peer
+        self.storage = storage
+        self.stopped = asyncio.Event()
+        self.handlers: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
+            "configure": self.configure,
+            "leader": self.leader,
+            "closed": self.closed,
+            "open": self.open,
+            "preload": self.preload,
+            "wait_applied": self.wait_applied,
+            "watch_leader": self.watch_leader,
+            "status": self.status,
+            "stop": self.stop,
+        }
+
+    async def configure(self, req: dict[str, Any]) -> dict[str, Any]:
+        await self.peer.set_configuration(req["members"])
+        return {}
+
+    async def leader(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {"leader": await self.peer.wait_for_leader(timeout=req.get("within", 30.0))}
+
+    def role(self) -> dict[str, Any]:
+        s = self.peer.status()
+        return {"role": s["role"], "term": s["term"], "leader": s["leader"]}
+
+    def write_op(self, value_size: int, keys: int) -> Op:
+        peer = self.peer
+        value = b"v" * value_size
+        names = [f"k{j}" for j in range(keys)]
+
+        def op(i: int) -> Awaitable[Any]:
+            return peer.write(["set", names[i % keys], value])
+        return op
+
+    async def closed(self, req: dict[str, Any]) -> dict[str, Any]:
+        keys: int = req.get("keys", 1000)
+        if req["kind"] == "write":
+            op = self.write_op(req.get("value_size", 16), keys)
+            yield_each = False
+        else:
+            peer = self.peer
+            consistency: str = req.get("consistency", "linearizable")
+            queries = [["get", f"k{j}"] for j in range(keys)]
+
+            def op(i: int) -> Awaitable[Any]:
+                return peer.read(queries[(i * 7919) % keys], consistency=consistency)
+            yield_each = True
+        before = self.role()
+        result = await closed_loop(op, req["concurrency"], req["seconds"], req.get("warmup", 1.0), yield_each)
+        return {**result, "before": before, "after": self.role()}
+
+    async def open(self, req: dict[str, Any]) -> dict[str, Any]:
+        op = self.write_op(req.get("value_size", 64), req.get("keys", 1000))
+        before = self.role()
+        result = await open_loop(op, req["rate"], req["seconds"], req.get("warmup", 1.0))
+        return {**result, "before": before, "after": self.role()}
+
+    async def preload(self, req: dict[str, Any]) -> dict[str, Any]:
+        keys: int = req["keys"]
+        value = b"v" * req.get("value_size", 16)
+        for start in range(0, keys, 256):
+            await asyncio.gather(*(self.peer.write(["set", f"k{j}", value])
+                                   for j in range(start, min(keys, start + 256))))
+        return {"commit_index": self.peer.status()["commit_index"]}
+
+    async def wait_applied(self, req: dict[str, Any]) -> dict[str, Any]:
+        index: int = req["index"]
+        deadline = time.monotonic() + req.get("within", 60.0)
+        while self.peer.status()["applied_index"] < index:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"applied index {self.peer.status()['applied_index']} < {index}")
+            await asyncio.sleep(0.005)
+        return {}
+
+    async def watch_leader(self, req: dict[str, Any]) -> dict[str, Any]:
+        old: str = req["old"]
+        deadline = time.monotonic() + req.get("within", 30.0)
+        peer = self.peer
+        while True:
+            if peer.is_leader:
+                return {"at": time.time(), "leader": peer.name, "self": True, "term": peer.status()["term"]}
+            if peer.leader is not None and peer.leader != old:
+                return {"at": time.time(), "leader": peer.leader, "self": False, "term": peer.status()["term"]}
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no new leader within {req.get('within', 30.0)} s")
+            await asyncio.sleep(0.001)
+
+    async def status(self, req: dict[str, Any]) -> dict[str, Any]:
+        status = self.peer.status()
+        status.pop("members", None)
+        return {**status, "storage": self.storage, "pid": os.getpid(), **memory_kib()}
+
+    async def stop(self, req: dict[str, Any]) -> dict[str, Any]:
+        await self.peer.stop(transfer_leadership=False)
+        self.stopped.set()
+        return {}
+
+
+async def main(args: argparse.Namespace) -> None:
+    started = time.time()
+    if args.storage == "memory":
+        peer = await raftlib.start_peer(DemoKV, name=args.name, address=args.address, storage=MemoryStorage())
+    else:
+        if not args.data_dir:
+            raise SystemExit("--data-dir is needed for LMDB storage")
+        peer = await raftlib.start_peer(DemoKV, name=args.name, address=args.address, data_dir=args.data_dir)
+    cp = ClusterPeer(peer, args.storage)
+    try:
+        emit({"event": "ready", "pid": os.getpid(), "startup_seconds": time.time() - started})
+        await serve(cp)  # type: ignore[arg-type]  # duck-typed: handlers and stopped
+    finally:
+        await peer.stop(transfer_leadership=False)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--address", required=True)
+    parser.add_argument("--data-dir", default=None, help="LMDB directory (the default storage)")
+    parser.add_argument("--storage", choices=("lmdb", "memory"), default="lmdb")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
+    asyncio.run(main(parse_args()))
