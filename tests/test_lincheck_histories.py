@@ -146,3 +146,50 @@ def test_save_load_and_the_command_line(tmp_path: Path) -> None:
     assert broken.returncode == 1 and "'x'" in broken.stdout
     (tmp_path / "junk.jsonl").write_text("not json\n")
     assert subprocess.run(run + [str(tmp_path / "junk.jsonl")], capture_output=True, timeout=60).returncode == 2
+
+
+def _brute_force(history: list[Operation]) -> bool:
+    """Linearizable by exhaustive search: some subset of the unknown
+    operations plus every ok one, in some order that respects real time,
+    that the register model accepts."""
+    import itertools
+
+    from raftlib.testing.lincheck import RegisterModel
+
+    model = RegisterModel()
+    oks = [o for o in history if o.status == "ok"]
+    unknowns = [o for o in history if o.status == "unknown"]
+    for r in range(len(unknowns) + 1):
+        for chosen in itertools.combinations(unknowns, r):
+            ops = oks + list(chosen)
+            for order in itertools.permutations(ops):
+                # Real time: a may not come after b if a was called after b returned.
+                if any(order[j].call > order[i].end for i in range(len(order)) for j in range(i)):
+                    continue
+                state, legal = None, True
+                for o in order:
+                    legal, state = model.step(state, o)
+                    if not legal:
+                        break
+                if legal:
+                    return True
+    return False
+
+
+def test_small_random_histories_with_unknown_operations_agree_with_brute_force() -> None:
+    rng = random.Random(11)
+    verdicts = {True: 0, False: 0}
+    for _ in range(1000):
+        history = []
+        for p in range(rng.randint(2, 6)):
+            call = rng.randint(0, 8)
+            ret = call + rng.randint(0, 4)
+            kind = rng.choice(["get", "put", "put", "cas", "cas"])
+            status = rng.choice(["ok", "ok", "unknown", "unknown", "fail"])
+            v, e = rng.randint(0, 2), rng.choice([None, 0, 1, 2])
+            out = rng.choice([None, 0, 1, 2]) if kind == "get" else (rng.random() < 0.5 if kind == "cas" else None)
+            history.append(op(p, kind, "k", call, ret, value=v, expected=e, output=out, status=status))
+        expected = _brute_force(history)
+        assert check(history, timeout=10).ok is expected, history
+        verdicts[expected] += 1
+    assert verdicts[True] > 50 and verdicts[False] > 50, verdicts

@@ -59,6 +59,16 @@ dominating one has been explored, which keeps a handful of unknown writes
 from doubling the search each. Unknown reads are dropped before the search
 when the model says they are read-only (:meth:`RegisterModel.read_only`).
 
+With unknown operations the search runs in up to three passes, each sound
+in the direction it answers. First a cheap exact one: unknown operations
+are tried only where they let a waiting ``ok`` operation go next, and one
+unknown bitset is kept per configuration; a linearization it finds is
+real, and a dead end is a proof only if it pruned nothing. Then a relaxed
+one, where unknown operations that do the same thing are interchangeable
+and may be reused: a dead end there is a proof, and a linearization is
+accepted once it is checked to use no class more often than it has
+members. Only if that check fails does the full exact search run.
+
 When no linearization exists, the explanation is taken at the deepest dead
 end of the search: the longest linearizable prefix found, the model state
 after it, the operation whose return ended that branch and the candidates
@@ -81,6 +91,9 @@ STATUSES = ("ok", "fail", "unknown")
 
 # How many search steps run between two looks at the clock (a power of two, minus one).
 _CLOCK_MASK = 1023
+
+# How many unknown bitsets per configuration the first, bounded exact search keeps.
+_ANTICHAIN_LIMIT = 1
 
 
 def _fmt_time(t: float | None) -> str:
@@ -480,11 +493,19 @@ def _check_key(key: Any, ops: list[Operation], model: Model, init_state: Any, de
         return KeyResult(key, None, len(ops), len(ops) - len(kept), 0, 0.0)
     search = _Search(key, kept, model, init_state)
     try:
-        # With unknown operations, the relaxed search first (see the docstring).
-        ok = search.run(deadline, exact=not search.classes)
-        if ok and not search.witness_fits():
-            ok = search.run(deadline, exact=True)
+        if not search.classes:
+            ok = search.run(deadline)
+        else:
+            # Unknown operations: a cheap exact search first, then the
+            # relaxed one, then the full exact one (see the docstring).
+            ok = search.run(deadline, exact=True, limit=_ANTICHAIN_LIMIT, eager=True)
+            if ok is False and not search.complete:
+                ok = search.run(deadline, exact=False)
+                if ok and not search.witness_fits():
+                    ok = search.run(deadline, exact=True)
     except TypeError as exc:
+        if "unhashable" not in str(exc):
+            raise
         raise TypeError(f"key {key!r}: model states must be hashable ({exc})") from None
     return KeyResult(
         key, ok, len(ops), len(ops) - len(kept), search.configurations, time.monotonic() - started,
@@ -533,6 +554,8 @@ class _Search:
                 raise TypeError(f"values must be hashable: {op.describe()}") from None
         self.classes: list[list[int]] = list(by_effect.values())
         self.class_of: dict[int, int] = {g: k for k, members in enumerate(self.classes) for g in members}
+        # state -> [(class, state after)] for the classes that would change it.
+        self._effects: dict[Any, list[tuple[int, Any]]] = {}
         self.exact = True
         self.configurations = 0
         # The deepest dead end: (ok operations linearized, prefix, state, return entry).
@@ -540,12 +563,20 @@ class _Search:
         # The linearization found (operations, and the bound each was placed under).
         self.witness: tuple[list[int], list[int]] = ([], [])
 
-    def run(self, deadline: float, exact: bool = True) -> bool | None:
+    def run(
+        self, deadline: float, exact: bool = True, limit: int | None = None, eager: bool = False
+    ) -> bool | None:
         """True if linearizable, False if not, None if ``deadline`` passed first.
 
         With ``exact=False`` each class of unknown operations may be used any
         number of times once its first member was called: a relaxation, so
         False is still a proof, and True is confirmed by :meth:`witness_fits`.
+        With a ``limit``, at most that many unknown bitsets are kept per
+        configuration and others are pruned: True is still a proof, and
+        False is one only if :attr:`complete` (nothing was pruned so).
+        With ``eager``, unknown operations are only tried where they let a
+        waiting ok operation go next (also incomplete, if any others were
+        skipped).
         """
         step = self.model.step
         ops, bit, n_ok = self.ops, self.bit, self.n_ok
@@ -554,8 +585,11 @@ class _Search:
         entry_op, is_return, match = self.entry_op, self.is_return, self.match
         self.exact = exact
         self.best = None
+        self.complete = True
+
+        def remember(seen: dict[tuple[int, int, Any], list[int]], memo: tuple[int, int, Any], unknown: int) -> bool:
+            return _remember(seen, memo, unknown, limit, self)
         classes = self.classes
-        class_entries = [[self.call_entry[g] for g in members] for members in classes]
         n_classes = len(classes)
         counts = [0] * n_classes  # Invariant (exact): the first counts[k] of classes[k] are linearized, no others
         dominance = exact and n_classes > 0
@@ -566,7 +600,8 @@ class _Search:
         unk_bits = 0  # exact: the same for unknown operations (numbered from n_ok)
         remaining = n_ok
         path: list[int] = []  # the operations linearized, in order
-        frames: list[tuple[Any, int, int, int]] = []  # for each of path: (state before, phase, position, bound)
+        # For each of path: (state before, phase, position, bound, phase 1 order).
+        frames: list[tuple[Any, int, int, int, list[tuple[int, int, Any]] | None]] = []
         # Visited configurations, keyed by (trailing ones, bits above, state) of
         # the ok bitset. A set, unless exact with unknown operations: then a
         # map to the antichain of unknown bitsets seen with that key (dominance).
@@ -575,9 +610,10 @@ class _Search:
         configurations = 1
         ticks = 0
         entry = nxt[head]  # phase 0: the next linked entry to try
-        phase = 0  # 0: trying ok candidates; 1: trying unknown ones, class by class
-        cls = 0  # phase 1: the next class to try
+        phase = 0  # 0: trying ok candidates; 1: trying unknown ones
         bound = head  # phase 1: the first return entry; unknown candidates are called before it
+        order: list[tuple[int, int, Any]] | None = None  # phase 1: (class, operation, state after) to try
+        at = 0  # phase 1: the next index in order
         while remaining:
             ticks += 1
             if not ticks & _CLOCK_MASK and monotonic() > deadline:
@@ -591,13 +627,13 @@ class _Search:
                         new_ok = ok_bits | bit[g]
                         ones = (new_ok ^ (new_ok + 1)).bit_length() - 1
                         memo = (ones, new_ok >> ones, new_state)
-                        fresh = _remember(seen_unknown, memo, unk_bits) if dominance else memo not in seen
+                        fresh = remember(seen_unknown, memo, unk_bits) if dominance else memo not in seen
                         if fresh:
                             if not dominance:
                                 seen.add(memo)
                             configurations += 1
                             path.append(g)
-                            frames.append((state, 0, entry, bound))
+                            frames.append((state, 0, entry, bound, None))
                             state, ok_bits = new_state, new_ok
                             remaining -= 1
                             # Lift: unlink the call entry and its return entry.
@@ -613,35 +649,33 @@ class _Search:
                     continue
                 bound = entry
                 if n_classes:
-                    phase, cls = 1, 0
+                    phase, at = 1, 0
+                    order = self._unknown_candidates(state, bound, counts if exact else None, nxt, eager)
                     continue
-            elif cls < n_classes:
-                c = counts[cls]
-                members = classes[cls]
-                if c < len(members) and class_entries[cls][c] < bound:
-                    g = members[c]
-                    legal, new_state = step(state, ops[g])
-                    if legal and new_state != state:
-                        ones = (ok_bits ^ (ok_bits + 1)).bit_length() - 1
-                        memo = (ones, ok_bits >> ones, new_state)
-                        if dominance:
-                            new_unk = unk_bits | bit[g]
-                            fresh = _remember(seen_unknown, memo, new_unk)
-                        else:
-                            new_unk = 0
-                            fresh = memo not in seen
-                            seen.add(memo)
-                        if fresh:
-                            configurations += 1
-                            path.append(g)
-                            frames.append((state, 1, cls, bound))
-                            state, unk_bits = new_state, new_unk
-                            if exact:
-                                counts[cls] = c + 1
-                            entry, phase = nxt[head], 0
-                            continue
-                cls += 1
-                continue
+            else:
+                assert order is not None
+                if at < len(order):
+                    k, g, new_state = order[at]
+                    ones = (ok_bits ^ (ok_bits + 1)).bit_length() - 1
+                    memo = (ones, ok_bits >> ones, new_state)
+                    if dominance:
+                        new_unk = unk_bits | bit[g]
+                        fresh = remember(seen_unknown, memo, new_unk)
+                    else:
+                        new_unk = 0
+                        fresh = memo not in seen
+                        seen.add(memo)
+                    if fresh:
+                        configurations += 1
+                        path.append(g)
+                        frames.append((state, 1, at, bound, order))
+                        state, unk_bits = new_state, new_unk
+                        if exact:
+                            counts[k] += 1
+                        entry, phase = nxt[head], 0
+                        continue
+                    at += 1
+                    continue
             # Dead end: the operation returning at `bound` cannot be placed.
             depth = n_ok - remaining
             if self.best is None or depth > self.best[0]:
@@ -650,7 +684,7 @@ class _Search:
                 self.configurations += configurations
                 return False
             g = path.pop()
-            state, phase, position, bound = frames.pop()
+            state, phase, position, bound, order = frames.pop()
             if phase == 0:
                 ok_bits ^= bit[g]
                 remaining += 1
@@ -663,13 +697,60 @@ class _Search:
                 prv[nxt[position]] = position
                 entry = nxt[position]
             else:
+                assert order is not None
                 unk_bits ^= bit[g]
                 if exact:
-                    counts[position] -= 1
-                cls = position + 1
+                    counts[order[position][0]] -= 1
+                at = position + 1
         self.configurations += configurations
-        self.witness = (path, [bound for _, _, _, bound in frames])
+        self.witness = (path, [frame[3] for frame in frames])
         return True
+
+    def _unknown_candidates(
+        self, state: Any, bound: int, counts: list[int] | None, nxt: list[int], eager: bool = False
+    ) -> list[tuple[int, int, Any]]:
+        """The unknown operations worth trying in ``state``, as (class,
+        operation, state after): the next member of each class called
+        before ``bound`` (any member, again and again, if ``counts`` is
+        None: the relaxed search) that would change the state. Those after
+        which some ok candidate the model now rejects becomes legal come
+        first: they are what a stuck read or cas is waiting for."""
+        step, ops = self.model.step, self.ops
+        waiting = []
+        e = nxt[self.head]
+        while e != bound:
+            op = ops[self.entry_op[e]]
+            if not step(state, op)[0]:
+                waiting.append(op)
+            e = nxt[e]
+        effects = self._effects.get(state)
+        if effects is None:
+            # What each class would do here (its members all do the same).
+            effects = self._effects[state] = []
+            for k, members in enumerate(self.classes):
+                legal, new_state = step(state, ops[members[0]])
+                if legal and new_state != state:
+                    effects.append((k, new_state))
+        first: list[tuple[int, int, Any]] = []
+        rest: list[tuple[int, int, Any]] = []
+        classes, call_entry = self.classes, self.call_entry
+        for k, new_state in effects:
+            members = classes[k]
+            if call_entry[members[0]] >= bound:
+                break  # classes are in the order of their first calls
+            c = 0 if counts is None else counts[k]
+            if c < len(members) and call_entry[members[c]] < bound:
+                helps = False
+                for op in waiting:
+                    if step(new_state, op)[0]:
+                        helps = True
+                        break
+                (first if helps else rest).append((k, members[c], new_state))
+        if eager:
+            if rest:
+                self.complete = False
+            return first
+        return first + rest
 
     def witness_fits(self) -> bool:
         """Whether the linearization found by a relaxed :meth:`run` uses no
@@ -737,18 +818,33 @@ class _Search:
         )
 
 
-def _remember(seen: dict[tuple[int, int, Any], list[int]], memo: tuple[int, int, Any], unknown: int) -> bool:
+def _remember(
+    seen: dict[tuple[int, int, Any], list[int]],
+    memo: tuple[int, int, Any],
+    unknown: int,
+    limit: int | None,
+    search: _Search,
+) -> bool:
     """Record the configuration (``memo``, ``unknown``); False if it, or one
     that dominates it (same memo, a subset of the unknown operations), was
-    seen before. Each memo keeps an antichain of unknown bitsets."""
+    seen before. Each memo keeps an antichain of unknown bitsets; when it
+    holds ``limit`` already, the configuration is pruned and the search
+    marked incomplete."""
     masks = seen.get(memo)
     if masks is None:
         seen[memo] = [unknown]
         return True
+    dominated = False
     for m in masks:
         if not m & ~unknown:
             return False
-    masks[:] = [m for m in masks if m & ~unknown]  # drop those the new one dominates
+        if not unknown & ~m:
+            dominated = True
+    if dominated:
+        masks[:] = [m for m in masks if unknown & ~m]  # drop those the new one dominates
+    if limit is not None and len(masks) >= limit:
+        search.complete = False
+        return False
     masks.append(unknown)
     return True
 
