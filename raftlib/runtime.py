@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import concurrent.futures
 import dataclasses
 import heapq
 import inspect
@@ -73,7 +74,7 @@ from .snapshot import FileSnapshotStore, MemorySnapshotStore, SnapshotFile, Snap
 from .state_machine import StateMachine
 from .transport.framing import check_message
 from .transport.tcp import Connection, Transport, parse_address
-from .types import Change, Entry, EntryKind, Membership, NodeId, SnapshotMeta
+from .types import Change, Entry, EntryKind, HardState, Membership, NodeId, SnapshotMeta
 
 from storage_adapters.protocol import LogStorage
 
@@ -135,6 +136,24 @@ class Peer:
         self._fatal: BaseException | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._save_inline = not getattr(storage, "save_blocks", True)
+        # The hard state last saved, and a newer one that differs from it only
+        # in the commit index: a restart hint that needs no sync of its own and
+        # that nothing waits for, so it rides along with the next save.
+        self._hard_on_disk: HardState | None = None
+        self._unsaved_hard: HardState | None = None
+        # Pipelined persistence (see raftlib.core.ready and _handle_ready):
+        # Readies waiting to be written, in order; the save on its way to disk
+        # (at most one); Readies written, waiting for the driver to report
+        # them to the core; and the waiters of _drain().
+        self._writes: list[_Write] = []
+        self._saving: asyncio.Future[None] | None = None
+        self._writes_queued = 0
+        self._writes_done = 0
+        self._written: list[Ready] = []
+        self._write_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._writer_failed: BaseException | None = None
+        # Storage writes run on this one thread, in order.
+        self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"raftlib-io-{name}")
 
         snap = self._core.snapshot
         self._applied_term = snap.term if snap else 0
@@ -230,6 +249,19 @@ class Peer:
             except Exception:  # a crashed task was already logged by _fail
                 self._log.debug("task %s ended with an error", t.get_name(), exc_info=True)
         await self._cancel_transfers()
+        # Let queued writes reach the disk before storage closes.
+        while self._saving is not None or (self._writes and self._writer_failed is None):
+            if self._saving is None:
+                self._start_save()
+                continue
+            await asyncio.wait([self._saving])
+        self._io.shutdown(wait=True)
+        if self._unsaved_hard is not None and self._fatal is None:
+            # The latest commit index, so a restart re-applies without waiting for a leader.
+            try:
+                await asyncio.to_thread(self._storage.save, self._unsaved_hard, [], True)
+            except Exception as exc:  # only a hint: stopping goes on
+                self._log.warning("%s: could not record the commit index on stop: %s", self.name, exc)
         await self._requests.close()
         rpc, self._rpc = self._rpc, {}
         for conn in rpc.values():
@@ -642,9 +674,31 @@ class Peer:
         """
         self._check_running()
         if self.is_leader or not forward:
-            return await self._submit(EntryKind.NORMAL, codec.pack(command, "command", self.config.max_command_size),
-                                      timeout)
+            data = codec.pack(command, "command", self.config.max_command_size)
+            if timeout is None:
+                return await self._enqueue(EntryKind.NORMAL, data)
+            return await self._submit(EntryKind.NORMAL, data, timeout)
         return await self._forwarded_write(command, timeout, 0)
+
+    def submit(self, command: Any, *, forward: bool = True) -> asyncio.Future[Any]:
+        """Start writing ``command`` and return at once a future of what
+        :meth:`write` would return (or raise).
+
+        For producers that keep many writes in flight: on the leader this
+        costs no task per write, and the writes still go out in batches.
+        The future's outcomes are those of :meth:`write` with no timeout
+        (wrap it in :func:`asyncio.wait_for` for one; cancelling the future
+        does not withdraw a write already appended). Errors found before
+        anything is appended (:class:`TypeError` for a command msgpack
+        cannot encode, :class:`PeerStopped`, :class:`NotLeader` with
+        ``forward=False`` on a follower, :class:`~raftlib.errors.Overloaded`)
+        are raised here, not through the future. On a follower the write is
+        forwarded to the leader (by a task) unless ``forward=False``.
+        """
+        self._check_running()
+        if self.is_leader or not forward:
+            return self._enqueue(EntryKind.NORMAL, codec.pack(command, "command", self.config.max_command_size))
+        return asyncio.ensure_future(self._forwarded_write(command, None, 0))
 
     async def _forwarded_write(self, command: Any, timeout: float | None, hops: int) -> Any:
         data = codec.pack(command, "command", self.config.max_command_size)
@@ -660,6 +714,19 @@ class Peer:
         ``Config.max_pending_writes`` writes are queued or appended but not
         yet applied.
         """
+        fut = self._enqueue(kind, data)
+        if timeout is None:
+            return await fut
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except asyncio.TimeoutError:
+            raise WriteTimeout(f"the write did not finish within {timeout} s; it may still be applied") from None
+        finally:
+            if not fut.done():
+                fut.add_done_callback(_retrieve)  # nobody awaits it any more
+
+    def _enqueue(self, kind: EntryKind, data: bytes) -> asyncio.Future[Any]:
+        """Leader: queue one entry for the driver; the future resolves once it is applied."""
         self._check_running()
         self._check_leader()
         pending = len(self._proposals) + len(self._pending_writes)
@@ -671,15 +738,7 @@ class Peer:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._proposals.append((kind, data, fut))
         self._wake.set()
-        if timeout is None:
-            return await fut
-        try:
-            return await asyncio.wait_for(asyncio.shield(fut), timeout)
-        except asyncio.TimeoutError:
-            raise WriteTimeout(f"the write did not finish within {timeout} s; it may still be applied") from None
-        finally:
-            if not fut.done():
-                fut.add_done_callback(_retrieve)  # nobody awaits it any more
+        return fut
 
     async def read(self, query: Any, timeout: float | None = None, *, consistency: str = "linearizable",
                    forward: bool = True) -> Any:
@@ -972,11 +1031,18 @@ class Peer:
                 self._wake.clear()
                 if self._stopping:
                     return
+                if self._storage_full is not None or self._compactions:
+                    # A full disk stops this peer until its writes get through
+                    # (no ticks, no heartbeats); compaction must not race them.
+                    await self._drain()
                 if self._compactions:
                     await self._compact()
+                self._report_written()
                 done = self._take_input()
                 while self._core.has_ready():
                     await self._handle_ready(self._core.ready())
+                if done:
+                    await self._drain()  # the callers wait for the effects to be on disk
                 for fut, result in done:
                     if not fut.done():
                         if isinstance(result, BaseException):
@@ -1049,7 +1115,16 @@ class Peer:
             self._pending_writes[index] = (term, fut)
 
     async def _handle_ready(self, rd: Ready) -> None:
-        if self._core.membership is not self._membership:
+        """Carry out ``rd`` (the contract is in :mod:`raftlib.core.ready`).
+
+        Writes are pipelined: the Ready's save is queued (see
+        :meth:`_start_save`) and the driver goes on stepping the core, so
+        acknowledgements are counted and entries committed while the disk
+        is busy. A Ready marked ``persist_before_step`` (a new term or vote,
+        or a snapshot) is written before anything else happens.
+        """
+        core = self._core
+        if core.membership is not self._membership:
             self._sync_addresses()  # a new member must be reachable by this Ready's messages
         send = self._transport.send
         for m in rd.messages:
@@ -1057,31 +1132,152 @@ class Peer:
                 self._start_transfer(m)
             else:
                 send(m)
-        hard_state = rd.hard_state
-        if rd.snapshot is not None:
-            # The term (at least the snapshot's) goes to disk before the
-            # snapshot does, so a crash in between never leaves a log that
-            # holds a snapshot of a term newer than the persisted one.
-            if hard_state is not None:
-                await self._storage_call(self._storage.save, hard_state, [], True)
-                hard_state = None
-            await self._install_snapshot(rd.snapshot)
-        if hard_state is not None or rd.entries:
-            await self._storage_call(self._storage.save, hard_state, rd.entries, True)
-        for m in rd.messages_after_persist:
-            send(m)
-        if rd.soft_state is not None:
-            self._on_soft_state(rd)
         if rd.committed_entries:
-            self._apply_queue.put_nowait(rd.committed_entries)
+            self._apply_queue.put_nowait(rd.committed_entries)  # already on disk here
         for rs in rd.read_states:
             for rid in rs.request_ids:
                 fut = self._pending_reads.pop(rid, None)
                 if fut is not None and not fut.done():
                     fut.set_result(rs.index)
-        self._core.advance(rd)
-        if self._core.membership is not self._membership:
+        core.accept(rd)
+        hard_state = rd.hard_state if rd.hard_state is not None else self._unsaved_hard
+        self._unsaved_hard = None
+        if hard_state is not None and not rd.entries and rd.snapshot is None and self._commit_moved_only(hard_state):
+            self._unsaved_hard = hard_state
+            hard_state = None
+        if rd.persist_before_step:
+            await self._drain()
+            if rd.snapshot is not None:
+                # The term (at least the snapshot's) goes to disk before the
+                # snapshot does, so a crash in between never leaves a log that
+                # holds a snapshot of a term newer than the persisted one.
+                if hard_state is not None:
+                    await self._save(hard_state, [])
+                    hard_state = None
+                await self._install_snapshot(rd.snapshot)
+            if hard_state is not None or rd.entries:
+                await self._save(hard_state, rd.entries)
+            for m in rd.messages_after_persist:
+                send(m)
+            core.persisted(rd)
+        elif hard_state is not None or rd.entries or rd.messages_after_persist or self._writes_queued > self._writes_done:
+            self._writes.append(_Write(rd, hard_state))
+            self._writes_queued += 1
+            if self._saving is None:
+                self._start_save()
+        else:
+            core.persisted(rd)
+        if rd.soft_state is not None:
+            self._on_soft_state(rd)
+        if core.membership is not self._membership:
             self._sync_addresses()
+
+    def _report_written(self) -> None:
+        """Tell the core which Readies the writer has put on disk, in order."""
+        written, self._written = self._written, []
+        for rd in written:
+            self._core.persisted(rd)
+
+    async def _drain(self) -> None:
+        """Wait until every queued write is on disk, and report them to the core."""
+        target = self._writes_queued
+        if self._writes_done < target:
+            if self._writer_failed is not None:
+                raise PeerStopped(f"peer {self.name} cannot write to storage: {self._writer_failed}")
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._write_waiters.append((target, fut))
+            await fut
+        self._report_written()
+
+    def _start_save(self) -> None:
+        """Write every queued Ready to disk in one synced save, on the I/O
+        thread; when it is done (:meth:`_saved`), send their acknowledgements,
+        hand them back to the driver, and start on what queued meanwhile.
+        No task is involved, so a save costs few turns of the event loop."""
+        batch, self._writes = self._writes, []
+        hard_state: HardState | None = None
+        entries: list[Entry] = []
+        for w in batch:
+            if w.hard_state is not None:
+                hard_state = w.hard_state
+            _splice(entries, w.ready.entries)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._saving = done
+        if hard_state is None and not entries:
+            self._saved(batch, hard_state, None)
+        elif self._save_inline:
+            try:
+                self._storage.save(hard_state, entries, True)
+            except Exception as exc:
+                self._saved(batch, hard_state, exc, entries)
+            else:
+                self._saved(batch, hard_state, None)
+        else:
+            io = asyncio.get_running_loop().run_in_executor(self._io, self._storage.save, hard_state, entries, True)
+            io.add_done_callback(lambda f: self._saved(batch, hard_state, _exception_of(f), entries))
+
+    def _saved(self, batch: list[_Write], hard_state: HardState | None, exc: BaseException | None,
+               entries: Sequence[Entry] = ()) -> None:
+        if exc is not None:
+            if isinstance(exc, StorageFull) and not self._stopping:
+                # Waited out by _save's retries (the driver stops meanwhile).
+                async def retry() -> None:
+                    try:
+                        await self._save(hard_state, entries)
+                    except BaseException as again:
+                        self._saved(batch, hard_state, again)
+                    else:
+                        self._saved(batch, hard_state, None)
+                asyncio.get_running_loop().create_task(retry(), name=f"raftlib-save-retry-{self.name}")
+                return
+            self._write_failed(exc)
+            return
+        if hard_state is not None:
+            self._hard_on_disk = hard_state
+        send = self._transport.send
+        for w in batch:
+            for m in w.ready.messages_after_persist:
+                send(m)
+            self._written.append(w.ready)
+        self._writes_done += len(batch)
+        done = self._writes_done
+        waiters, self._write_waiters = self._write_waiters, []
+        for target, fut in waiters:
+            if target <= done:
+                if not fut.done():
+                    fut.set_result(None)
+            else:
+                self._write_waiters.append((target, fut))
+        saving, self._saving = self._saving, None
+        if saving is not None and not saving.done():
+            saving.set_result(None)
+        self._wake.set()
+        if self._writes:
+            self._start_save()
+
+    def _write_failed(self, exc: BaseException) -> None:
+        if not isinstance(exc, StorageError):
+            exc = StorageError(f"writing to storage failed: {exc}")
+        self._writer_failed = exc
+        waiters, self._write_waiters = self._write_waiters, []
+        for _, fut in waiters:
+            if not fut.done():
+                fut.set_exception(PeerStopped(f"peer {self.name} cannot write to storage: {exc}"))
+        saving, self._saving = self._saving, None
+        if saving is not None and not saving.done():
+            saving.set_result(None)
+        if not self._stopping:
+            self._die(exc, " while writing to storage")
+
+    def _commit_moved_only(self, hs: HardState) -> bool:
+        on_disk = self._hard_on_disk
+        return on_disk is not None and hs.term == on_disk.term and hs.vote == on_disk.vote
+
+    async def _save(self, hard_state: HardState | None, entries: Sequence[Entry]) -> None:
+        """Persist and sync ``hard_state`` (``None``: unchanged) and ``entries``."""
+        await self._storage_call(self._storage.save, hard_state, entries, True)
+        if hard_state is not None:
+            self._hard_on_disk = hard_state
 
     async def _storage_call(self, fn: Callable[..., None], *args: Any) -> None:
         """Run a storage write off the event loop (inline for adapters that never block).
@@ -1098,7 +1294,7 @@ class Peer:
                     fn(*args)
                 else:
                     # Shielded: a write that has started must finish before storage closes.
-                    await asyncio.shield(asyncio.to_thread(fn, *args))
+                    await asyncio.shield(asyncio.get_running_loop().run_in_executor(self._io, fn, *args))
             except StorageFull as exc:
                 if self._storage_full is None:
                     self._log.error("%s: %s; refusing requests and retrying until space returns", self.name, exc)
@@ -1247,6 +1443,8 @@ class Peer:
     def _die(self, exc: Exception, where: str) -> None:
         """A fatal error (storage failure, state machine crash): fail every
         request and stop this peer so that it cannot act on a broken state."""
+        if self._fatal is not None:
+            return  # already stopping for the first one
         self._fatal = exc
         self._log.critical("%s: stopping after a fatal error%s: %s", self.name, where, exc, exc_info=True)
         self._fail_everything(
@@ -1269,10 +1467,23 @@ class Peer:
                 self._wake_applied_waiters()
                 continue
             pending_writes = self._pending_writes
+            unpack, feed = codec.unpack, self._feed_append
             for entry in batch:
                 pending = pending_writes.pop(entry.index, None) if pending_writes else None
                 if entry.kind is EntryKind.NORMAL:
-                    await self._apply_one(sm, entry, pending)
+                    # The common case inline (no coroutine per entry): a plain
+                    # result from a synchronous handle_write. See _execute.
+                    fut = self._claim(entry, pending)
+                    outcome = self._run_command(sm, entry.data, entry.index)
+                    if type(outcome) is not tuple:
+                        outcome = await outcome
+                    ok, result, payload = outcome
+                    feed((entry.index, entry.term, entry.data, ok, payload))
+                    if fut is not None and not fut.done():
+                        if ok:
+                            fut.set_result(unpack(payload))
+                        else:
+                            fut.set_exception(result)
                     self._bytes_since_snapshot += len(entry.data)
                 elif entry.kind is EntryKind.CLIENT:
                     await self._apply_client(sm, entry, pending)
@@ -1353,32 +1564,42 @@ class Peer:
             return None
         return fut
 
-    async def _execute(self, sm: StateMachine, data: bytes, index: int, decode: bool = True) -> tuple[bool, Any, bytes]:
-        """Apply one command: ``(True, result, packed result)``, or
-        ``(False, exception, error text)`` if ``handle_write`` raised. The
-        result is given as a caller would receive it (decoded from the packed
-        form) only if ``decode``; otherwise it is ``None``."""
+    def _run_command(self, sm: StateMachine, data: bytes, index: int) -> Any:
+        """Apply one command: ``(True, result, packed result)``, or ``(False,
+        exception, error text)`` if ``handle_write`` raised; if it returned
+        an awaitable, a coroutine that finishes the job and returns the same."""
         try:
             result = sm.handle_write(codec.unpack(data))
             if type(result) not in _PLAIN_TYPES and inspect.isawaitable(result):
-                result = await result
-            packed = codec.pack(result, "write result")
-            return True, codec.unpack(packed) if decode else None, packed
+                return self._finish_command(result, index)
+            return True, result, codec.pack(result, "write result")
+        except Exception as exc:
+            return self._command_failed(exc, index)
+
+    async def _finish_command(self, pending: Awaitable[Any], index: int) -> tuple[bool, Any, bytes]:
+        try:
+            result = await pending
+            return True, result, codec.pack(result, "write result")
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self._log.info("%s: handle_write raised for entry %d: %r", self.name, index, exc)
-            return False, exc, f"{type(exc).__name__}: {exc}".encode()
+            return self._command_failed(exc, index)
 
-    async def _apply_one(self, sm: StateMachine, entry: Entry, pending: tuple[int, asyncio.Future[Any]] | None) -> None:
-        fut = self._claim(entry, pending)
-        ok, value, payload = await self._execute(sm, entry.data, entry.index, decode=fut is not None)
-        self._feed_append((entry.index, entry.term, entry.data, ok, payload))
-        if fut is not None and not fut.done():
-            if ok:
-                fut.set_result(value)
-            else:
-                fut.set_exception(value)
+    def _command_failed(self, exc: Exception, index: int) -> tuple[bool, Any, bytes]:
+        self._log.info("%s: handle_write raised for entry %d: %r", self.name, index, exc)
+        return False, exc, f"{type(exc).__name__}: {exc}".encode()
+
+    async def _execute(self, sm: StateMachine, data: bytes, index: int, decode: bool = True) -> tuple[bool, Any, bytes]:
+        """:meth:`_run_command`, awaited; the result is given as a caller
+        would receive it (decoded from the packed form) only if ``decode``,
+        otherwise it is ``None``."""
+        outcome = self._run_command(sm, data, index)
+        if type(outcome) is not tuple:
+            outcome = await outcome
+        ok, value, packed = outcome
+        if ok:
+            value = codec.unpack(packed) if decode else None
+        return ok, value, packed
 
     async def _apply_client(self, sm: StateMachine, entry: Entry,
                             pending: tuple[int, asyncio.Future[Any]] | None) -> None:
@@ -1493,6 +1714,30 @@ class Peer:
             if not sfut.done():
                 sfut.set_exception(not_applied)
         self._state_waiters = []
+
+
+@dataclasses.dataclass(slots=True)
+class _Write:
+    """A Ready queued for the writer, with the hard state to save along."""
+
+    ready: Ready
+    hard_state: HardState | None
+
+
+def _exception_of(fut: asyncio.Future[Any]) -> BaseException | None:
+    return asyncio.CancelledError() if fut.cancelled() else fut.exception()
+
+
+def _splice(entries: list[Entry], more: Sequence[Entry]) -> None:
+    """Append ``more`` to ``entries`` as the log would: a later Ready that
+    starts at or before the end replaces the entries from its first index."""
+    if not more:
+        return
+    if entries:
+        cut = more[0].index - entries[0].index
+        if cut < len(entries):
+            del entries[max(cut, 0):]
+    entries.extend(more)
 
 
 def _retrieve(fut: asyncio.Future[Any]) -> None:

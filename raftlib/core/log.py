@@ -11,6 +11,13 @@ A snapshot received from a leader replaces the whole log at once: until the
 runtime has recorded it in storage (``snapshot_installed``) it is held in
 ``pending_snapshot`` and answers for ``first_index() - 1``.
 
+Entries the runtime is writing are still unstable: the first
+``_in_progress`` of ``unstable`` have been handed out in a Ready
+(:meth:`take_unpersisted`) and are on their way to disk, so the next Ready
+carries only the ones after them. ``stable_to`` moves entries out of the
+tail once the runtime reports them written. A runtime may thus write one
+Ready while the core goes on stepping messages and producing the next.
+
 Entries just persisted are kept in memory a while longer, in ``_cache``
 (ending right before ``unstable_offset``, at most ``CACHE_ENTRIES`` entries
 and ``CACHE_BYTES`` bytes): they are the ones about to be applied and sent
@@ -20,6 +27,7 @@ Invariants::
 
     first_index - 1 <= applied <= committed
     unstable_offset <= storage.last_index() + 1
+    0 <= _in_progress <= len(unstable)
     committed <= last_index
 """
 
@@ -43,6 +51,8 @@ class RaftLog:
         self.storage = storage
         self.unstable: list[Entry] = []
         self.unstable_offset = storage.last_index() + 1
+        self._in_progress = 0
+        """How many of ``unstable`` (from its start) a Ready already handed out."""
         self._cache: list[Entry] = []
         """Persisted entries ``[_cache_offset, unstable_offset)``, kept in memory."""
         self._cache_offset = self.unstable_offset
@@ -175,17 +185,34 @@ class RaftLog:
             self._drop_cache_from(after)
             self.unstable_offset = after
             self.unstable = list(entries)
+            self._in_progress = 0
         else:
-            del self.unstable[after - self.unstable_offset :]
+            keep = after - self.unstable_offset
+            del self.unstable[keep:]
             self.unstable.extend(entries)
+            # Replaced entries that were being written go out again in the next Ready.
+            self._in_progress = min(self._in_progress, keep)
+
+    def has_unpersisted(self) -> bool:
+        """Whether some unstable entries were not handed out in a Ready yet."""
+        return len(self.unstable) > self._in_progress
+
+    def take_unpersisted(self) -> list[Entry]:
+        """The unstable entries not handed out yet, now marked as being written."""
+        out = self.unstable[self._in_progress :]
+        self._in_progress = len(self.unstable)
+        return out
 
     def stable_to(self, index: int, term: int) -> None:
         """The runtime persisted entries up to (index, term): drop them from the tail."""
         if index < self.unstable_offset or self.term_or_none(index) != term:
             return  # stale: the tail changed since that Ready was made
-        done = self.unstable[: index - self.unstable_offset + 1]
-        del self.unstable[: index - self.unstable_offset + 1]
+        n = index - self.unstable_offset + 1
+        done = self.unstable[:n]
+        del self.unstable[:n]
         self.unstable_offset = index + 1
+        # If the tail was replaced and re-handed out, its write is still ahead.
+        self._in_progress = max(0, self._in_progress - n)
         self._cache.extend(done)
         self._cache_bytes += sum(e.size() for e in done)
         if len(self._cache) > CACHE_ENTRIES or self._cache_bytes > CACHE_BYTES:
@@ -229,6 +256,7 @@ class RaftLog:
         self.pending_snapshot = meta
         self.unstable = []
         self.unstable_offset = meta.index + 1
+        self._in_progress = 0
         self._cache, self._cache_offset, self._cache_bytes = [], meta.index + 1, 0
         self.committed = meta.index
         self.applied = meta.index

@@ -405,7 +405,7 @@ class Raft:
         return bool(
             self._msgs
             or self._msgs_after_persist
-            or self.log.unstable
+            or self.log.has_unpersisted()
             or self._read_states
             or self._snapshot_to_install
             or self._hard_state() != self._prev_hard
@@ -421,15 +421,19 @@ class Raft:
         self._open_round = None  # later reads start a new round
         hs = self._hard_state()
         soft = self._soft_state()
+        prev = self._prev_hard
         rd = Ready(
-            hard_state=hs if hs != self._prev_hard else None,
-            entries=list(self.log.unstable),
+            hard_state=hs if hs != prev else None,
+            entries=self.log.take_unpersisted(),
             messages=self._msgs,
             messages_after_persist=self._msgs_after_persist,
             committed_entries=self.log.next_committed(self.config.max_bytes_per_message),
             read_states=self._read_states,
             soft_state=soft if soft != self._prev_soft else None,
             snapshot=self._snapshot_to_install,
+            persist_before_step=(
+                self._snapshot_to_install is not None or hs.term != prev.term or hs.vote != prev.vote
+            ),
         )
         self._snapshot_to_install = None
         self._msgs, self._msgs_after_persist, self._read_states = [], [], []
@@ -439,7 +443,20 @@ class Raft:
 
     def advance(self, rd: Ready) -> None:
         """The runtime has persisted ``rd.entries`` and handed out
-        ``rd.committed_entries`` for applying."""
+        ``rd.committed_entries`` for applying: :meth:`accept` and
+        :meth:`persisted` in one call."""
+        self.accept(rd)
+        self.persisted(rd)
+
+    def accept(self, rd: Ready) -> None:
+        """The runtime took ``rd``: its committed entries are on their way to
+        the state machine. Call it before the next :meth:`ready`."""
+        if rd.committed_entries:
+            self.log.applied_to(rd.committed_entries[-1].index)
+
+    def persisted(self, rd: Ready) -> None:
+        """``rd``'s snapshot, hard state and entries are on disk. Readies are
+        persisted in the order they were made; call this for each in turn."""
         if rd.snapshot is not None:
             self.log.snapshot_installed(rd.snapshot)
         if rd.entries:
@@ -449,8 +466,6 @@ class Raft:
                 me = self.progress[self.id]
                 if me.maybe_update(self.log.stable_last_index()):
                     self._maybe_commit()
-        if rd.committed_entries:
-            self.log.applied_to(rd.committed_entries[-1].index)
         if self._removed:
             self._step_down_removed()
 
@@ -751,9 +766,7 @@ class Raft:
                 return
             entries = msg.entries[skip:]
             if not entries:
-                self._send_after_persist(
-                    AppendEntriesResponse(self.term, self.id, msg.src, True, self.log.committed, read_ctx=msg.read_ctx)
-                )
+                self._ack_append(msg, self.log.committed, appended=False)
                 return
             prev_index, prev_term = self.log.committed, self.log.term(self.log.committed)
         else:
@@ -775,9 +788,27 @@ class Raft:
             self._note_appended(new)
         last_new = prev_index + len(entries)
         self.log.commit_to(min(msg.leader_commit, last_new))
-        self._send_after_persist(
-            AppendEntriesResponse(self.term, self.id, msg.src, True, last_new, read_ctx=msg.read_ctx)
-        )
+        self._ack_append(msg, last_new, appended=bool(new))
+
+    def _ack_append(self, msg: AppendEntries, match: int, appended: bool) -> None:
+        """Acknowledge ``msg``, whose entries our log holds up to ``match``.
+
+        An acknowledgement promises that the entries are on disk. If they
+        are already, it goes out at once; if ``msg`` appended some, it waits
+        for this Ready to be persisted. A message that brought nothing new
+        (a heartbeat, a duplicate) while earlier entries are still being
+        written is answered at once with what is on disk: a follower whose
+        disk is slow still counts as alive for the leader's CheckQuorum and
+        reads, and the full acknowledgement follows with the earlier Ready.
+        """
+        stable = self.log.stable_last_index()
+        if match <= stable or not appended:
+            ack = AppendEntriesResponse(self.term, self.id, msg.src, True, min(match, stable), read_ctx=msg.read_ctx)
+            self._send(ack)
+        else:
+            self._send_after_persist(
+                AppendEntriesResponse(self.term, self.id, msg.src, True, match, read_ctx=msg.read_ctx)
+            )
 
     def _handle_snapshot(self, msg: InstallSnapshot) -> None:
         """§7: take the leader's snapshot (its data is already stored by the runtime)."""

@@ -4,15 +4,29 @@ The contract, in order (see docs/architecture.md):
 
 1. Send ``messages`` at once (a leader's AppendEntries may go out while its
    own copy of the entries is still being written, thesis §10.2.1).
-2. If ``snapshot`` is set (a follower received one), restore the state
+2. Hand ``committed_entries`` to the state machine, to be applied in order
+   (they are already on this peer's disk), and call ``Raft.accept(ready)``.
+   Answer ``read_states`` once the applied index reaches their ``index``.
+3. If ``snapshot`` is set (a follower received one), restore the state
    machine from it and record it with ``LogStorage.install_snapshot``. Then
    persist ``hard_state`` (if not ``None``) and ``entries`` with one synced
    ``LogStorage.save``.
-3. Only then send ``messages_after_persist`` (votes and acknowledgements,
-   which promise that something is on disk).
-4. Apply ``committed_entries`` in order; answer ``read_states`` once the
-   applied index reaches their ``index``.
-5. Call ``Raft.advance(ready)``.
+4. Only then send ``messages_after_persist`` (votes and acknowledgements,
+   which promise that something is on disk), and call
+   ``Raft.persisted(ready)``.
+
+A simple runtime does all of it before taking the next Ready, and may call
+``Raft.advance(ready)`` (``accept`` and ``persisted`` at once) at the end.
+A pipelined one may step messages, tick and take further Readies while
+step 3 runs, provided that:
+
+- Readies are persisted, and their ``messages_after_persist`` sent, in the
+  order they were made, also those with nothing to persist (their
+  acknowledgements may cover entries an earlier Ready is still writing);
+- when ``persist_before_step`` is set (the term or vote changed, which the
+  core already counts on, or a snapshot is to be installed), every Ready up
+  to this one is persisted and reported before the core is stepped or
+  ticked again.
 """
 
 from __future__ import annotations
@@ -53,6 +67,7 @@ class Ready:
     read_states: list[ReadState] = field(default_factory=list)
     soft_state: SoftState | None = None
     snapshot: SnapshotMeta | None = None
+    persist_before_step: bool = False
 
     def is_empty(self) -> bool:
         return not (

@@ -242,9 +242,40 @@ def test_stale_duplicate_append_does_not_truncate() -> None:
     assert rd.entries == []
     assert b.log.last_index() == 5
     assert [d for _, _, d in entries_of(net, "b")[2:]] == [b"x", b"y", b"z"]
-    oks = of_type(AppendEntriesResponse, rd.messages_after_persist)
-    # It only vouches for what that message covered.
+    # It only vouches for what that message covered, and at once: that is on disk already.
+    assert of_type(AppendEntriesResponse, rd.messages_after_persist) == []
+    oks = of_type(AppendEntriesResponse, rd.messages)
     assert [(m.success, m.match_index) for m in oks] == [(True, 3)]
+
+
+def test_an_append_is_acknowledged_only_for_what_is_on_disk() -> None:
+    """With the runtime still writing earlier entries (pipelined), a
+    heartbeat is answered at once, but only for what is on disk; entries a
+    message appends are acknowledged after their Ready is persisted."""
+    net = cluster()
+    b = net.nodes["b"]
+    b.step(AppendEntries(2, "a", "b", 2, 2, (Entry(2, 3, data=b"x"), Entry(2, 4, data=b"y")), 2))
+    rd1 = b.ready()  # the runtime starts writing 3..4 and does not report it yet
+    assert [e.index for e in rd1.entries] == [3, 4]
+    assert [m.match_index for m in of_type(AppendEntriesResponse, rd1.messages_after_persist)] == [4]
+    b.accept(rd1)
+    b.step(AppendEntries(2, "a", "b", 4, 2, (), 2))  # a heartbeat up to 4
+    rd2 = b.ready()
+    assert rd2.entries == [] and of_type(AppendEntriesResponse, rd2.messages_after_persist) == []
+    assert [(m.success, m.match_index) for m in of_type(AppendEntriesResponse, rd2.messages)] == [(True, 2)]
+    b.accept(rd2)
+    b.step(AppendEntries(2, "a", "b", 4, 2, (Entry(2, 5, data=b"z"),), 2))
+    rd3 = b.ready()
+    assert [e.index for e in rd3.entries] == [5]  # only what rd1 did not carry
+    assert [m.match_index for m in of_type(AppendEntriesResponse, rd3.messages_after_persist)] == [5]
+    b.accept(rd3)
+    b.persisted(rd1)
+    b.persisted(rd2)
+    b.step(AppendEntries(2, "a", "b", 5, 2, (), 2))
+    rd4 = b.ready()
+    assert [m.match_index for m in of_type(AppendEntriesResponse, rd4.messages)] == [4]
+    b.persisted(rd3)
+    assert b.log.stable_last_index() == 5
 
 
 def test_stale_ack_does_not_move_leader_backwards() -> None:
