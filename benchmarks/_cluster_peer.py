@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 import resource
@@ -58,6 +59,7 @@ import raftlib
 from benchmarks._snapshot_peer import LOG_FORMAT, emit, serve
 from raftlib.cli import DemoKV
 from raftlib.errors import RaftError
+from raftlib.loop import run
 from storage_adapters.memory import MemoryStorage
 
 Op = Callable[[int], Awaitable[Any]]
@@ -156,34 +158,38 @@ async def closed_loop(op: Op, concurrency: int, seconds: float, warmup: float,
             "errors": errors, "warmup_errors": warmup_errors}
 
 
-async def open_loop(op: Op, rate: float, seconds: float, warmup: float) -> dict[str, Any]:
+async def open_loop(start: Callable[[int], "asyncio.Future[Any]"], rate: float, seconds: float,
+                    warmup: float) -> dict[str, Any]:
     """Start operations on a fixed schedule, ``rate`` per second, for
     ``warmup + seconds``, whatever the ones before are doing.
 
-    The latency of an operation is counted from the moment it was due (so a
-    stall that delays starting new operations counts against them: no
-    coordinated omission), and separately from the moment it was actually
-    started (``service_ms``). Only operations due in the last ``seconds``
-    count. The scheduler wakes at most about once per millisecond and starts
-    everything due.
+    ``start(i)`` begins operation ``i`` and returns its future (for writes,
+    ``Peer.submit``: no task per operation, so the load generator itself
+    stays cheap). The latency of an operation is counted from the moment it
+    was due (so a stall that delays starting new operations counts against
+    them: no coordinated omission), and separately from the moment it was
+    actually started (``service_ms``). Only operations due in the last
+    ``seconds`` count. The scheduler wakes at most about once per
+    millisecond and starts everything due.
     """
     clock = time.perf_counter
     interval = 1.0 / rate
     latencies: list[float] = []
     service: list[float] = []
     errors: dict[str, int] = {}
-    pending: set[asyncio.Future[None]] = set()
+    pending: set[asyncio.Future[Any]] = set()
     late: list[float] = []
 
-    async def one(i: int, due: float, counted: bool) -> None:
-        started = clock()
-        try:
-            await op(i)
-        except RaftError as exc:
-            name = type(exc).__name__
-            errors[name] = errors.get(name, 0) + 1
-            return
-        if counted:
+    def failed(exc: BaseException) -> None:
+        name = type(exc).__name__
+        errors[name] = errors.get(name, 0) + 1
+
+    def finished(fut: asyncio.Future[Any], due: float, started: float, counted: bool) -> None:
+        pending.discard(fut)
+        exc = asyncio.CancelledError() if fut.cancelled() else fut.exception()
+        if exc is not None:
+            failed(exc)
+        elif counted:
             now = clock()
             latencies.append(now - due)
             service.append(now - started)
@@ -197,9 +203,13 @@ async def open_loop(op: Op, rate: float, seconds: float, warmup: float) -> dict[
     while due < end:
         now = clock()
         while due <= now and due < end:
-            task = asyncio.ensure_future(one(i, due, due >= count_from))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
+            try:
+                fut = start(i)
+            except RaftError as exc:
+                failed(exc)
+            else:
+                pending.add(fut)
+                fut.add_done_callback(functools.partial(finished, due=due, started=now, counted=due >= count_from))
             i += 1
             due = t0 + i * interval
         await asyncio.sleep(max(0.0, due - clock()))
@@ -274,9 +284,15 @@ class ClusterPeer:
         return {**result, "before": before, "after": self.role()}
 
     async def open(self, req: dict[str, Any]) -> dict[str, Any]:
-        op = self.write_op(req.get("value_size", 64), req.get("keys", 1000))
+        peer = self.peer
+        value = b"v" * req.get("value_size", 64)
+        keys: int = req.get("keys", 1000)
+        names = [f"k{j}" for j in range(keys)]
+
+        def start(i: int) -> asyncio.Future[Any]:
+            return peer.submit(["set", names[i % keys], value])
         before = self.role()
-        result = await open_loop(op, req["rate"], req["seconds"], req.get("warmup", 1.0))
+        result = await open_loop(start, req["rate"], req["seconds"], req.get("warmup", 1.0))
         return {**result, "before": before, "after": self.role()}
 
     async def preload(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -342,9 +358,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--address", required=True)
     parser.add_argument("--data-dir", default=None, help="LMDB directory (the default storage)")
     parser.add_argument("--storage", choices=("lmdb", "memory"), default="lmdb")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
+                        help="the event loop (see raftlib.loop.run)")
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
-    asyncio.run(main(parse_args()))
+    args = parse_args()
+    run(main(args), use_uvloop=args.loop == "uvloop")

@@ -8,6 +8,7 @@ from . import errors
 from . import kv
 from .client import Client, connect
 from .config import Config
+from .loop import run
 from .errors import (
     ConfigError,
     LeadershipLost,
@@ -53,5 +54,6 @@ __all__ = [
     "errors",
     "join",
     "kv",
+    "run",
     "start_peer",
 ]
