@@ -14,11 +14,14 @@ One LMDB environment lives in a directory and holds two sub-databases:
     entry dropped by compaction (absent on a fresh log, meaning ``[0, 0]``);
     ``b"format"`` -> msgpack ``1``, the layout version.
 
-The environment is opened with ``sync=False, metasync=False``, so a commit
-reaches the OS but is not flushed; durability comes from one explicit
-``env.sync(True)`` after each syncing :meth:`LMDBStorage.save` and after
-every snapshot change. Data committed but not yet synced survives a killed
-process (it is in the OS page cache), though not a power failure.
+The environment keeps LMDB's durable commits (``sync=True,
+metasync=True``): a commit flushes the new pages to disk, then writes and
+flushes the meta page that makes them current. A save, a compaction or a
+snapshot record is on disk when its method returns, and a power failure at
+any moment leaves either the previous transaction or the new one, never a
+meta page pointing at pages that did not reach the disk (which one flush
+of both, in no particular order, could leave). Several entries saved
+together cost one commit.
 """
 
 from __future__ import annotations
@@ -99,8 +102,8 @@ class LMDBStorage:
                 self._path,
                 map_size=map_size,
                 subdir=True,
-                sync=False,
-                metasync=False,
+                sync=True,
+                metasync=True,
                 lock=True,
                 max_dbs=4,
             )
@@ -154,7 +157,8 @@ class LMDBStorage:
     def save(self, hard_state: HardState | None, entries: Sequence[Entry], sync: bool = True) -> None:
         """In one write transaction, drop stored entries at or after
         ``entries[0].index``, append ``entries`` and store ``hard_state``
-        (unless ``None``); with ``sync``, flush to disk before returning."""
+        (unless ``None``); with ``sync``, flush to disk before returning
+        (this adapter always does: its commits are durable)."""
         check_append(entries, self._first_index, self._last_index)
         with self._lmdb_errors("save"):
             with self._env.begin(write=True) as txn:
@@ -172,7 +176,6 @@ class LMDBStorage:
             if entries:
                 self._last_index = entries[-1].index
         if sync:
-            self._sync("save")
             self.sync_count += 1
 
     def install_snapshot(self, meta: SnapshotMeta) -> None:
@@ -186,7 +189,6 @@ class LMDBStorage:
             self._first_index = meta.index + 1
             self._last_index = meta.index
             self._boundary_term = meta.term
-        self._sync(f"install the snapshot at index {meta.index}")
 
     def compact(self, index: int, meta: SnapshotMeta) -> None:
         """Drop entries up to and including ``index``, record ``meta`` as the
@@ -213,7 +215,6 @@ class LMDBStorage:
             if boundary_term is not None:
                 self._first_index = index + 1
                 self._boundary_term = boundary_term
-        self._sync(f"compact the log through index {index}")
 
     def close(self) -> None:
         """Close the environment. Idempotent."""
@@ -221,16 +222,6 @@ class LMDBStorage:
             self._env.close()
 
     # -- helpers ----------------------------------------------------------
-
-    def _sync(self, action: str) -> None:
-        """Flush to disk. Any failure is a :class:`StorageError`, even for a
-        full disk: after a failed flush nobody knows what reached the disk,
-        so the peer must stop rather than retry (a :class:`StorageFull` is
-        retried, which is only right when nothing was written)."""
-        try:
-            self._env.sync(True)
-        except lmdb.Error as exc:
-            raise StorageError(f"cannot {action}: flushing {self._path} to disk failed: {exc}") from exc
 
     @contextmanager
     def _lmdb_errors(self, action: str) -> Iterator[None]:
