@@ -273,3 +273,36 @@ async def test_peers_on_unix_sockets(tmp_path: Any) -> None:
         for p in peers.values():
             await p.stop(transfer_leadership=False)
     assert not any(tmp_path.glob("*.sock"))
+
+
+async def test_submit_starts_writes_without_waiting_and_reports_like_write(tmp_path: Any) -> None:
+    c = Cluster(tmp_path, config=raftlib.Config(tick_interval=0.01, election_ticks=10, heartbeat_ticks=2,
+                                                max_pending_writes=50))
+    try:
+        peers = await c.start(3)
+        leader = await c.leader()
+        follower = next(p for p in peers.values() if p is not leader)
+        await eventually(lambda: follower.leader == leader.name)
+        # Many writes in flight from one coroutine, answered in log order with handle_write's results.
+        futures = [leader.submit(["set", f"k{i}", i]) for i in range(40)]
+        assert all(isinstance(f, asyncio.Future) for f in futures)
+        assert await asyncio.gather(*futures) == [["ok", f"k{i}", i] for i in range(40)]
+        assert leader.state_machine.data["k39"] == 39
+        # handle_write's exception comes through the future; the write counts as applied.
+        with pytest.raises(ValueError, match="refused x"):
+            await leader.submit(["fail", "x"])
+        # Errors found before anything is appended are raised at once.
+        before = leader.status()["last_index"]
+        with pytest.raises(TypeError, match="msgpack"):
+            leader.submit(["set", "k", object()])
+        with pytest.raises(errors.NotLeader):
+            follower.submit(["set", "k", 1], forward=False)
+        with pytest.raises(errors.Overloaded):
+            [leader.submit(["set", f"o{i}", i]) for i in range(60)]
+        await asyncio.sleep(0.2)  # let the ones that were queued settle
+        assert leader.status()["last_index"] == before + 50
+        # On a follower it is forwarded to the leader.
+        assert await follower.submit(["set", "via", "follower"]) == ["ok", "via", "follower"]
+        assert leader.state_machine.data["via"] == "follower"
+    finally:
+        await c.close()
