@@ -4,6 +4,7 @@
     python -m raftlib.sim --seeds 1000 --peers 5   # seeds 0..999 (or --start N)
     python -m raftlib.sim --seeds 200 --set drop_rate=0.2 --set ticks=1000
     python -m raftlib.sim --seeds 1000 --set snapshots=True   # snapshots in every seed
+    python -m raftlib.sim --seeds 1000 --pipeline on          # pipelined persistence in every seed
 
 Exit status: 0 when every seed passed, 1 on an invariant violation, 2 on a
 usage error.
@@ -112,6 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ticks", type=int, help=f"length of the fault phase in ticks (default {SimConfig().ticks})")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="override any SimConfig field, e.g. --set drop_rate=0.2 (repeatable)")
+    parser.add_argument("--pipeline", choices=("on", "off", "random"),
+                        help="pipelined persistence in every seed, in none, or drawn per seed (the default); "
+                             "same as --set pipeline=True/False/None")
     parser.add_argument("--progress", action="store_true", help="show a progress bar even when stderr is not a terminal")
     args = parser.parse_args(argv)
     if args.peers < 1:
@@ -120,6 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides = _parse_overrides(args.set)
         if args.ticks is not None:
             overrides["ticks"] = args.ticks
+        if args.pipeline is not None:
+            overrides["pipeline"] = {"on": True, "off": False, "random": None}[args.pipeline]
         config = SimConfig(**overrides)  # type: ignore[arg-type]
     except (TypeError, ValueError) as exc:
         parser.error(str(exc))

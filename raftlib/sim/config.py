@@ -70,6 +70,23 @@ class SimConfig:
     disks are a fault: they stop with the others in the liveness phase."""
     max_sync_delay: float = 3.0
     """Longest time a save waits in the write buffer, in ticks."""
+    pipeline: bool | None = None
+    """Pipelined persistence (see :mod:`raftlib.core.ready`): the peer keeps
+    stepping, ticking and taking Readies while earlier saves are still being
+    written (a FIFO of saves in flight, completed in order, several at once
+    in one write when they are due together), except after a Ready with
+    ``persist_before_step``, which holds every input until the saves up to it
+    are on disk (raftlib's runtime works this way). ``False``: one Ready at a
+    time, the synchronous contract.
+    ``None`` draws it per seed (on with probability ``pipeline_probability``)
+    in automatic runs, from a generator of its own, so the seeds that do not
+    pipeline run exactly as without this option; a manual simulator does not
+    pipeline unless this is ``True``."""
+    pipeline_probability: float = 0.5
+    write_latency: float = 0.5
+    """Pipelined mode: a save that is not slow (see ``sync_delay_rate``)
+    still takes a random time in ``[0, this]`` ticks to reach the disk, during
+    which the core goes on. It is not a fault: it stays in the liveness phase."""
     crash_rate: float = 0.01
     """Per tick: probability that one live peer crashes (losing un-synced saves)."""
     min_downtime: float = 2.0
@@ -179,7 +196,8 @@ class SimConfig:
     def __post_init__(self) -> None:
         for name in ("drop_rate", "duplicate_rate", "partition_rate", "oneway_fraction", "leader_isolation_rate",
                      "sync_delay_rate", "crash_rate", "write_rate", "read_rate", "transfer_rate", "membership_rate",
-                     "snapshot_probability", "extra_snapshot_rate", "transfer_fail_rate", "snapshot_crash_rate"):
+                     "snapshot_probability", "extra_snapshot_rate", "transfer_fail_rate", "snapshot_crash_rate",
+                     "pipeline_probability"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"SimConfig.{name} must be a probability in [0, 1], got {value!r}")
@@ -189,6 +207,8 @@ class SimConfig:
             raise ValueError("SimConfig needs 0 < min_downtime <= max_downtime")
         if not 0 < self.min_partition_ticks <= self.max_partition_ticks:
             raise ValueError("SimConfig needs 0 < min_partition_ticks <= max_partition_ticks")
+        if self.write_latency < 0:
+            raise ValueError("SimConfig.write_latency must be >= 0")
         if self.max_sync_delay < 0 or self.ticks < 0 or self.clients < 0 or self.full_check_ticks < 1:
             raise ValueError("SimConfig: ticks, clients, max_sync_delay must be >= 0, full_check_ticks >= 1")
         if not 1 <= self.snapshot_entries_min <= self.snapshot_entries_max:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from storage_adapters.memory import MemoryStorage
 from storage_adapters.protocol import LogStorage
@@ -69,6 +70,24 @@ class SnapshotWrite:
 
 
 @dataclass(slots=True)
+class Save:
+    """Pipelined mode: a Ready taken from the core whose persistence is in
+    flight: its snapshot (while ``install_pending``), hard state and entries
+    reach the disk at ``ready_at`` at the earliest (and never before the saves
+    ahead of it), then its ``messages_after_persist`` go out and
+    ``Raft.persisted`` is called. A Ready with nothing to write waits here
+    too while saves are ahead of it."""
+
+    rd: Ready
+    ready_at: float
+    install_pending: bool = False
+
+    def has_write(self) -> bool:
+        rd = self.rd
+        return rd.snapshot is not None or rd.hard_state is not None or bool(rd.entries)
+
+
+@dataclass(slots=True)
 class PendingWrite:
     """A client write a leader accepted and the client is waiting for."""
 
@@ -97,12 +116,18 @@ class SimPeer:
     The core reads its stable log straight from ``disk``. A Ready's save
     waits in ``pending`` (the volatile write buffer) until the simulator syncs
     it; until then the core keeps those entries in its own unstable tail, and
-    no further Ready is taken (the runtime, too, handles one Ready at a time).
+    no further Ready is taken (a synchronous runtime handles one Ready at a time).
+
+    In pipelined mode (``SimConfig.pipeline``) ``pending`` stays ``None``:
+    the saves in flight wait in ``saves`` (oldest first) while the core goes
+    on, and ``barrier`` is set while the last of them comes from a Ready with
+    ``persist_before_step``; inputs for the core then wait in ``inbox``.
     """
 
     __slots__ = (
         "ack_promise",
         "applied",
+        "barrier",
         "base_seen",
         "chain",
         "commit_seen",
@@ -113,11 +138,13 @@ class SimPeer:
         "done_pending",
         "down_since",
         "id",
+        "inbox",
         "incarnation",
         "install_pending",
         "machine",
         "pending",
         "reads",
+        "saves",
         "sending",
         "snap_inbox",
         "snap_last",
@@ -136,6 +163,13 @@ class SimPeer:
         self.core: Raft | None = None
         self.incarnation = 0
         self.pending: Ready | None = None
+        self.saves: deque[Save] = deque()
+        """Pipelined mode: the saves in flight, oldest first (volatile)."""
+        self.barrier = False
+        """Pipelined mode: a Ready with ``persist_before_step`` is in ``saves``;
+        the core takes no input until it is persisted and reported."""
+        self.inbox: deque[tuple[int, Any, Any]] = deque()
+        """Pipelined mode: inputs (messages, ticks, ...) that arrived during a barrier, in order."""
         self.sync_token = 0
         self.applied = 0
         """Last index this incarnation handed to its state machine (or restored from a snapshot)."""
@@ -194,6 +228,9 @@ class SimPeer:
         self.incarnation += 1
         self.core = factory(self.id, self.disk, config, rng, logger=logger)
         self.pending = None
+        self.saves = deque()
+        self.barrier = False
+        self.inbox = deque()
         self.install_pending = False
         self.applied = 0
         self.chain = GENESIS
@@ -215,6 +252,9 @@ class SimPeer:
         """Lose all volatile state, including saves still in the write buffer."""
         self.core = None
         self.pending = None
+        self.saves = deque()
+        self.barrier = False
+        self.inbox = deque()
         self.install_pending = False
         self.snap_write = None
         self.compactions = []
@@ -237,5 +277,7 @@ class SimPeer:
             f"{self.id}: {c.role}{member} term={c.term} vote={c.vote} last={c.log.last_term()}/{c.log.last_index()} "
             f"commit={c.log.committed} applied={self.applied} first={c.log.first_index()}"
             f"{' (save pending)' if self.pending else ''}"
+            f"{f' ({len(self.saves)} saves in flight)' if self.saves else ''}"
+            f"{' (barrier)' if self.barrier else ''}"
         )
 

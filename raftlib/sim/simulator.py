@@ -15,6 +15,21 @@ buffer and the core; the restarted core is rebuilt from the disk alone. A
 core that acknowledges before its save is on disk is therefore caught when a
 crash lands in between.
 
+Pipelined persistence (in about half of the seeds, see ``SimConfig.pipeline``):
+the simulator plays a pipelined runtime instead. It applies
+``rd.committed_entries`` and calls ``accept`` as soon as it takes a Ready,
+and queues the Ready's save in the peer's FIFO of saves in flight; the core
+goes on being stepped and ticked and further Readies are taken meanwhile.
+Saves reach the disk in FIFO order after random delays (those due together
+in one write, a group commit); each one's ``messages_after_persist`` are
+sent and ``persisted`` called only then, also for Readies with nothing to
+write, which wait behind the saves ahead of them. After a Ready with
+``persist_before_step`` (a term or vote change, a snapshot to install) the
+peer holds every input (messages, ticks, snapshot reports, compactions; client
+requests are refused) until that Ready is persisted. A crash throws away the
+whole FIFO. The committed entries a Ready hands out must already be on the
+peer's disk (``apply-durability``).
+
 Membership changes (``SimConfig.membership_rate``): now and then the leader
 is asked for one random single-server change, among the founding peers and
 ``SimConfig.spare_peers`` spares that start outside the cluster with empty
@@ -70,14 +85,17 @@ from ..core.ready import Ready
 from ..core.membership import with_member, without_member
 from ..errors import LogCompacted, MembershipChangePending, NotLeader, ProposalDropped
 from ..state_machine import StateMachine
-from ..types import Entry, EntryKind, Membership, NodeId, SnapshotMeta
+from ..types import Entry, EntryKind, HardState, Membership, NodeId, SnapshotMeta
 from .config import SimConfig
-from .invariants import Failure, InvariantChecker, InvariantViolation, fail, members_text
-from .node import CoreFactory, PendingRead, PendingWrite, SimPeer, SnapshotData, SnapshotWrite
+from .invariants import Failure, InvariantChecker, InvariantViolation, _durably_holds, fail, members_text
+from .node import CoreFactory, PendingRead, PendingWrite, Save, SimPeer, SnapshotData, SnapshotWrite
 
 # Event kinds (kept as small ints: the heap holds (time, seq, kind, a, b)).
 (_DELIVER, _TICK, _SYNC, _WORLD, _RESTART, _HEAL, _ISOLATE,
  _SNAP_WRITE, _SNAP_COMPACT, _SNAP_FAIL, _SNAP_REPORT) = range(11)
+
+# What a peer holds in its inbox during a pipelined barrier: (kind, a, b).
+_IN_MSG, _IN_TICK, _IN_SNAP, _IN_REPORT = range(4)
 
 SNAPSHOT_CRASH_POINTS = (
     "snapshot-write", "before-compact", "after-compact", "receiving", "received", "before-install", "after-install",
@@ -171,6 +189,16 @@ class SimResult:
     voters: tuple[NodeId, ...] = ()
     """Voters of the last committed configuration."""
     learners: tuple[NodeId, ...] = ()
+    pipeline: bool = False
+    """Whether this run pipelined persistence (see ``SimConfig.pipeline``)."""
+    pipeline_stats: dict[str, int] = field(default_factory=dict)
+    """Pipelined mode: ``readies`` taken, ``overlapped`` (taken while saves were
+    in flight), ``max_depth`` (most saves in flight at once), ``group_writes``
+    (disk writes that merged several saves) and ``merged`` (the saves they
+    merged), ``acks_waited`` (Readies with nothing to write whose
+    ``messages_after_persist`` waited behind a save), ``barriers`` (Readies
+    with ``persist_before_step``), ``held`` (inputs held during a barrier),
+    ``lost`` (saves a crash threw away)."""
 
     def summary(self) -> str:
         faults = ", ".join(f"{k}={v}" for k, v in sorted(self.faults.items())) or "none"
@@ -183,6 +211,7 @@ class SimResult:
             f"  faults: {faults}",
             f"  snapshots: {self.snapshot_text()}",
             f"  membership: {self.membership_text()}",
+            f"  persistence: {self.pipeline_text()}",
             f"  converged {self.converge_ticks:.1f} ticks after the faults stopped",
         ]
         if self.trace_digest:
@@ -197,6 +226,11 @@ class SimResult:
         if not st.get("proposed") and not st.get("refused") and not st.get("unsafe_refused"):
             return f"no changes ({self.spare_peers} spare peers); {final}"
         return f"{membership_counts(st)}; finally {final}"
+
+    def pipeline_text(self) -> str:
+        if not self.pipeline:
+            return "one Ready at a time"
+        return "pipelined: " + pipeline_counts(self.pipeline_stats)
 
     def snapshot_text(self) -> str:
         if not self.snapshots:
@@ -226,6 +260,15 @@ def membership_counts(st: Mapping[str, int]) -> str:
     return (f"{n('proposed', 'change')} proposed{kinds('')}, {st.get('committed', 0)} committed{kinds('committed:')}, "
             f"{n('leaders_removed', 'leader')} removed; refused: {st.get('refused', 0)} not now, "
             f"{st.get('unsafe_refused', 0)} unsafe; {n('retired', 'removed peer')} stopped for the liveness phase")
+
+
+def pipeline_counts(st: Mapping[str, int]) -> str:
+    """``120 Readies, 40 taken with saves in flight (up to 4 in flight), ...``."""
+    return (f"{st.get('readies', 0)} Readies, {st.get('overlapped', 0)} taken with saves in flight (up to "
+            f"{st.get('max_depth', 0)} in flight), {st.get('group_writes', 0)} group writes of "
+            f"{st.get('merged', 0)} saves, {st.get('acks_waited', 0)} acknowledgements waited behind a save, "
+            f"{st.get('barriers', 0)} barriers ({st.get('held', 0)} inputs held), {st.get('lost', 0)} saves "
+            f"lost in crashes")
 
 
 def _format_event(rec: tuple[int, float, str, tuple[Any, ...]]) -> str:
@@ -296,6 +339,15 @@ class Simulator:
             self.snapshot_keep = cfg.snapshot_keep
         else:
             self.snapshot_keep = 0 if rng.random() < 0.5 else rng.randint(1, 10)
+        if cfg.pipeline is not None:
+            self.pipeline = cfg.pipeline
+        elif manual:
+            self.pipeline = False
+        else:
+            # A generator of its own: the run's draws stay those of a seed
+            # that does not pipeline (a string seed hashes the same in every process).
+            self.pipeline = random.Random(f"pipeline/{seed}").random() < cfg.pipeline_probability
+        """Pipelined persistence (see ``SimConfig.pipeline``)."""
         self._machine_snapshots = False
         """The user state machine implements snapshot() and restore(); decided at boot."""
         self.raft_config = cfg.raft_config(self.pre_vote, self.check_quorum)
@@ -329,6 +381,7 @@ class Simulator:
         self.stats: Counter[str] = Counter()
         self.snap_stats: Counter[str] = Counter()
         self.member_stats: Counter[str] = Counter()
+        self.pipe_stats: Counter[str] = Counter()
         self.crashes: Counter[NodeId] = Counter()
         """Crashes injected per peer (random ones and at crash points)."""
         self._changes: dict[tuple[int, int], tuple[str, NodeId, NodeId]] = {}
@@ -430,8 +483,11 @@ class Simulator:
                         self._schedule(when + 1.0, _TICK, a, b)
                 elif kind == _SYNC:
                     p = peers[a]
-                    if p.core is not None and p.sync_token == b and p.pending is not None:
-                        self._sync(p)
+                    if p.core is not None and p.sync_token == b:
+                        if p.pending is not None:
+                            self._sync(p)
+                        elif p.saves:
+                            self._save_event(p)
                 elif kind == _WORLD:
                     self._world(a)
                 elif kind == _RESTART:
@@ -499,6 +555,9 @@ class Simulator:
         raise Failure("core-error", f"{p.id}: {what} raised {type(exc).__name__}: {exc}") from exc
 
     def _tick_peer(self, p: SimPeer) -> None:
+        if p.barrier:
+            self._hold(p, _IN_TICK, None, None)
+            return
         try:
             p.raft.tick()
         except Exception as exc:
@@ -507,7 +566,11 @@ class Simulator:
         self.checker.observe(p)
 
     def _drive(self, p: SimPeer, sync_now: bool = False) -> None:
-        """Take Readies from ``p`` until it has none or a save is buffered."""
+        """Take Readies from ``p`` until it has none or a save is buffered
+        (pipelined: until it has none or a barrier is in flight)."""
+        if self.pipeline:
+            self._drive_pipelined(p, sync_now)
+            return
         core = p.core
         if core is None:
             return
@@ -626,10 +689,240 @@ class Simulator:
             p.raft.advance(rd)
         except Exception as exc:
             self._core_failed(p, "Raft.advance()", exc)
+        self._maybe_snapshot(p, rd)
+
+    def _maybe_snapshot(self, p: SimPeer, rd: Ready) -> None:
+        """After applying ``rd``'s committed entries: snapshot now and then."""
         if rd.committed_entries and self.snapshots and p.snap_write is None and p.compactions == []:
             rate = self.config.extra_snapshot_rate
             if p.applied - p.snap_last >= self.snapshot_every or (rate and self.rng.random() < rate):
                 self._capture(p)
+
+    # -- pipelined persistence --------------------------------------------------------------
+    #
+    # The runtime's part as a pipelined runtime plays it: take a Ready, send
+    # its messages, apply its committed entries and accept() it at once,
+    # queue its save; saves reach the disk in order (_complete_saves), then
+    # their acknowledgements go out and persisted() is called. A barrier
+    # (persist_before_step) stops the Ready loop, and holds every input in
+    # p.inbox, until the FIFO is drained.
+
+    def _drive_pipelined(self, p: SimPeer, sync_now: bool = False) -> None:
+        core = p.core
+        if core is None:
+            return
+        rounds = 0
+        while not p.barrier:
+            try:
+                if not core.has_ready():
+                    return
+                rd = core.ready()
+            except Exception as exc:
+                self._core_failed(p, "Raft.ready()", exc)
+            rounds += 1
+            if rounds > 1000:
+                fail("ready-loop", f"{p.id} produced 1000 Readies in a row without settling")
+            self._take(p, core, rd, sync_now)
+            if p.core is not core:
+                return
+
+    def _take(self, p: SimPeer, core: Raft, rd: Ready, sync_now: bool) -> None:
+        """Steps 1 and 2 of the contract (send, apply, accept), then queue the save."""
+        st = self.pipe_stats
+        st["readies"] += 1
+        if p.saves:
+            st["overlapped"] += 1
+        if rd.entries:
+            self._check_persist(p, core, rd)
+        if rd.soft_state is not None and p.sending:
+            self._cancel_transfers(p, core)
+        for m in rd.messages:
+            self._send(m)
+        if rd.soft_state is not None:
+            s = rd.soft_state
+            self._note("%s: now %s in term %d (leader %s)", p.id, s.role, s.term, s.leader)
+        if rd.committed_entries:
+            last = rd.committed_entries[-1]
+            if not _durably_holds(p, last.index, last.term):
+                fail("apply-durability",
+                     f"{p.id}'s Ready hands out {last.term}/{last.index} for applying, but its disk does not hold it "
+                     f"(committed entries must already be persisted; disk ends at {p.disk.last_index()})")
+            for e in rd.committed_entries:
+                self._apply(p, e)
+            self._note("%s: applied %d..%d", p.id, rd.committed_entries[0].index, last.index)
+        for rs in rd.read_states:
+            for rid in rs.request_ids:
+                self._answer_read(p, rid, rs.index)
+        try:
+            core.accept(rd)
+        except Exception as exc:
+            self._core_failed(p, "Raft.accept()", exc)
+        self._queue_save(p, rd, sync_now)
+        if p.core is core:
+            self._maybe_snapshot(p, rd)
+
+    def _queue_save(self, p: SimPeer, rd: Ready, sync_now: bool) -> None:
+        """Put ``rd``'s save at the end of ``p``'s FIFO (a Ready with nothing to
+        write and nothing ahead of it is persisted at once)."""
+        save = Save(rd, self.now, rd.snapshot is not None)
+        st = self.pipe_stats
+        if not save.has_write() and not p.saves:
+            self._persisted(p, [rd])
+            return
+        p.saves.append(save)
+        st["max_depth"] = max(st["max_depth"], len(p.saves))
+        if rd.persist_before_step:
+            p.barrier = True
+            st["barriers"] += 1
+        if not save.has_write():
+            if rd.messages_after_persist:
+                st["acks_waited"] += 1
+            return  # done with the saves ahead of it
+        if p.id in self._held or p.saves[0].ready_at == math.inf:
+            save.ready_at = math.inf  # until flush() (behind held saves, in order)
+            self._note("%s: save held (%s%s)", p.id, "snapshot, " if rd.snapshot else "", _save_text(rd))
+            return
+        if sync_now or self.manual:
+            self._complete_saves(p, force=True)
+            return
+        rate = self.config.sync_delay_rate
+        if self._faults_on and rate and self.rng.random() < rate:
+            delay = self.rng.uniform(0.0, self.config.max_sync_delay)
+            self.faults["slow_sync"] += 1
+            how = "slow save"
+        else:
+            delay = self.rng.uniform(0.0, self.config.write_latency)
+            how = "save"
+        save.ready_at = self.now + delay
+        self._schedule(save.ready_at, _SYNC, p.id, p.sync_token)
+        what = (f"snapshot {rd.snapshot.term}/{rd.snapshot.index}, " if rd.snapshot else "") + _save_text(rd)
+        self._note("%s: %s #%d in flight for %.3f ticks (%s)%s", p.id, how, len(p.saves), delay, what,
+                   " [barrier]" if rd.persist_before_step else "")
+
+    def _complete_saves(self, p: SimPeer, force: bool = False, snapshot_only: bool = False) -> bool:
+        """Write, from the head of ``p``'s FIFO, every save that is due (all of
+        them with ``force``; with ``snapshot_only``, up to recording the
+        snapshot a queued Ready carries). Returns whether anything happened."""
+        core = p.core
+        progress = False
+        if snapshot_only and not any(s.install_pending for s in p.saves):
+            return False
+        while p.saves and p.core is core:
+            head = p.saves[0]
+            if not force and head.ready_at > self.now:
+                break
+            if head.install_pending:
+                rd = head.rd
+                assert rd.snapshot is not None
+                if not force and self._maybe_crash(p, "before-install"):
+                    return True
+                self._install(p, rd.snapshot, rd)
+                head.install_pending = False
+                progress = True
+                if snapshot_only or (not force and self._maybe_crash(p, "after-install")):
+                    return True
+                rate = self.config.sync_delay_rate
+                if (rd.hard_state is not None or rd.entries) and not force and self._faults_on and rate \
+                        and self.rng.random() < rate:
+                    delay = self.rng.uniform(0.0, self.config.max_sync_delay)
+                    head.ready_at = self.now + delay
+                    self._schedule(head.ready_at, _SYNC, p.id, p.sync_token)
+                    self.faults["slow_sync"] += 1
+                    self._note("%s: save buffered for %.3f ticks (%s)", p.id, delay, _save_text(rd))
+                    return True
+            group = [p.saves.popleft()]
+            while p.saves and not p.saves[0].install_pending and (force or p.saves[0].ready_at <= self.now):
+                group.append(p.saves.popleft())
+            self._write_group(p, group)
+            progress = True
+        return progress
+
+    def _write_group(self, p: SimPeer, group: list[Save]) -> None:
+        """One synced write of the saves in ``group`` (in order), then their
+        acknowledgements and ``persisted``."""
+        hard_state = None
+        entries: list[Entry] = []
+        writes = 0
+        for save in group:
+            rd = save.rd
+            if rd.hard_state is None and not rd.entries:
+                continue
+            writes += 1
+            if rd.hard_state is not None:
+                hard_state = rd.hard_state
+            if rd.entries:
+                if entries:
+                    # A later save replaces the earlier one's entries from its first index on.
+                    del entries[max(rd.entries[0].index - entries[0].index, 0):]
+                entries.extend(rd.entries)
+        if writes:
+            try:
+                p.disk.save(hard_state, entries, True)
+            except Exception as exc:
+                self._core_failed(p, "LogStorage.save (entries from Ready)", exc)
+            if writes > 1:
+                self.pipe_stats["group_writes"] += 1
+                self.pipe_stats["merged"] += writes
+                self._note("%s: synced %s (%d saves in one write)", p.id, _hs_entries_text(hard_state, entries),
+                           writes)
+            else:
+                self._note("%s: synced %s", p.id, _hs_entries_text(hard_state, entries))
+        self._persisted(p, [save.rd for save in group])
+
+    def _persisted(self, p: SimPeer, readies: list[Ready]) -> None:
+        """``readies`` are on disk: step 4 of the contract for each, in order."""
+        core = p.raft
+        for rd in readies:
+            for m in rd.messages_after_persist:
+                self._send(m)
+            try:
+                self._report_persisted(core, rd)
+            except Exception as exc:
+                self._core_failed(p, "Raft.persisted()", exc)
+        p.barrier = bool(p.saves) and p.saves[-1].rd.persist_before_step
+
+    def _report_persisted(self, core: Raft, rd: Ready) -> None:
+        """``Raft.persisted(rd)`` (a seam for the tests' broken runtimes)."""
+        core.persisted(rd)
+
+    def _save_event(self, p: SimPeer) -> None:
+        """A save of ``p`` may be due: write what is, then let the core go on."""
+        core = p.core
+        if self._complete_saves(p) and p.core is core:
+            self._after_saves(p)
+
+    def _after_saves(self, p: SimPeer) -> None:
+        """Saves completed: deferred compactions and snapshots, the Ready
+        loop, and the inputs held during a barrier."""
+        core = p.core
+        while p.compactions and not p.barrier and p.core is core:
+            self._compact(p, p.compactions.pop(0))
+        if p.core is not core:
+            return
+        self._drive(p)
+        self._release(p)
+        while p.snap_inbox and not p.saves and p.core is core:
+            self._step_snapshot(p, *p.snap_inbox.pop(0))
+        self.checker.observe(p)
+
+    def _hold(self, p: SimPeer, kind: int, a: Any, b: Any) -> None:
+        """An input for ``p``'s core during a barrier: it waits in ``p.inbox``."""
+        p.inbox.append((kind, a, b))
+        self.pipe_stats["held"] += 1
+
+    def _release(self, p: SimPeer) -> None:
+        """Feed the held inputs to the core, in arrival order, until the next barrier."""
+        core = p.core
+        while p.inbox and not p.barrier and p.core is core:
+            kind, a, b = p.inbox.popleft()
+            if kind == _IN_MSG:
+                self._step_into(p, a)
+            elif kind == _IN_TICK:
+                self._tick_peer(p)
+            elif kind == _IN_SNAP:
+                self._step_snapshot(p, a, b)
+            else:
+                self._report_snapshot(p, *a)
 
     def _apply(self, p: SimPeer, e: Entry) -> None:
         self.checker.on_apply(p, e)
@@ -728,8 +1021,8 @@ class Simulator:
     def _snapshot_compact(self, p: SimPeer, w: SnapshotWrite) -> None:
         if self._maybe_crash(p, "before-compact"):
             return
-        if p.pending is not None:
-            p.compactions.append(w)  # the runtime compacts between Readies only
+        if p.pending is not None or p.barrier:
+            p.compactions.append(w)  # the runtime compacts between Readies only (pipelined: not in a barrier)
             return
         self._compact(p, w)
         if self._maybe_crash(p, "after-compact"):
@@ -774,8 +1067,9 @@ class Simulator:
         for key in [k for k in p.snapshots if k not in keep]:
             del p.snapshots[key]
 
-    def _install(self, p: SimPeer, meta: SnapshotMeta) -> None:
-        """The follower's Ready carries ``meta``: record it, restore the state from the store."""
+    def _install(self, p: SimPeer, meta: SnapshotMeta, rd: Ready | None = None) -> None:
+        """The follower's Ready (``rd``, by default the buffered one) carries
+        ``meta``: record it, restore the state from the store."""
         data = p.snapshots.get((meta.index, meta.term))
         if data is None:
             fail("snapshot-durability", f"{p.id}'s core installs the snapshot {meta.term}/{meta.index}, which is "
@@ -784,7 +1078,8 @@ class Simulator:
         try:
             # As the runtime does: the Ready's hard state (its term is at least
             # the snapshot's) is saved before the snapshot is recorded.
-            rd = p.pending
+            if rd is None:
+                rd = p.pending
             if rd is not None and rd.snapshot == meta and rd.hard_state is not None:
                 p.disk.save(rd.hard_state, [], sync=True)
             p.disk.install_snapshot(meta)
@@ -934,13 +1229,17 @@ class Simulator:
         done = (m.src, t.src_incarnation, m.term)
         if self.config.done_on_receipt:
             self._transfer_done(done, dst.id, True)
-        if dst.pending is not None and not self.config.step_snapshot_mid_ready:
+        if (dst.pending is not None or dst.saves) and not self.config.step_snapshot_mid_ready:
             dst.snap_inbox.append((m, done))
             self._note("%s: %s waits for the current Ready", dst.id, m)
             return
         self._step_snapshot(dst, m, done)
 
     def _step_snapshot(self, dst: SimPeer, m: InstallSnapshot, done: tuple[NodeId, int, int]) -> None:
+        if dst.barrier:
+            self._hold(dst, _IN_SNAP, m, done)
+            self._note("%s: holds %s until its saves are on disk", dst.id, m)
+            return
         if not self.config.done_on_receipt:
             dst.done_pending.append(done)
         self._step_into(dst, m)
@@ -985,6 +1284,9 @@ class Simulator:
         """``report_snapshot`` to the leader that sent it, if it is still that live leader."""
         core = p.core
         if core is None or p.incarnation != incarnation or core.role != LEADER or core.term != term:
+            return
+        if p.barrier:
+            self._hold(p, _IN_REPORT, (incarnation, term, dst, ok), None)
             return
         try:
             core.report_snapshot(dst, ok)
@@ -1062,6 +1364,10 @@ class Simulator:
 
     def _step_into(self, p: SimPeer, m: Message) -> None:
         """Deliver ``m`` to ``p``'s core, run its Ready loop and check it."""
+        if p.barrier:
+            self._hold(p, _IN_MSG, m, None)
+            self._note("%s: holds %s until its saves are on disk", p.id, m)
+            return
         self._note("deliver %s", m)
         try:
             p.raft.step(m)
@@ -1232,6 +1538,8 @@ class Simulator:
                     c.target = exc.leader
 
     def _read(self, p: SimPeer, client: int) -> int:
+        if p.barrier:
+            raise NotLeader(None)  # busy persisting a term change: the client tries again later
         self._read_seq += 1
         rid = self._read_seq
         try:
@@ -1266,6 +1574,8 @@ class Simulator:
         if leader is None:
             return
         p = self.peers[leader]
+        if p.barrier:
+            return
         if random_target and self.rng.random() >= 0.5:
             target = self.rng.choice([i for i in self.ids if i != leader] or [leader])
         try:
@@ -1280,6 +1590,9 @@ class Simulator:
         self.checker.observe(p)
 
     def _propose(self, p: SimPeer, data: bytes, client: int) -> tuple[int, int]:
+        if p.barrier:
+            self.stats["writes_refused"] += 1
+            raise ProposalDropped(f"{p.id} is persisting a term change")
         try:
             term, index = p.raft.propose(data)
         except (NotLeader, ProposalDropped):
@@ -1324,6 +1637,8 @@ class Simulator:
         if leader is None:
             return False
         p = self.peers[leader]
+        if p.barrier:
+            return False
         core = p.raft
         rng = self.rng
         m = core.membership
@@ -1446,10 +1761,16 @@ class Simulator:
         self._schedule(self.now + downtime, _RESTART, p.id, p.sync_token)
 
     def _crash(self, p: SimPeer) -> None:
+        in_flight = [save.rd for save in p.saves if save.has_write()]
         lost = self._stop(p)
         self.faults["crash"] += 1
         self.crashes[p.id] += 1
         self._sends_after_heal = None
+        if in_flight:
+            self.pipe_stats["lost"] += len(in_flight)
+            self._note("%s: CRASH (lost %d un-synced saves: %s)", p.id, len(in_flight),
+                       "; ".join(_save_text(rd) for rd in in_flight))
+            return
         self._note("%s: CRASH%s", p.id, f" (lost un-synced save: {_save_text(lost)})" if lost else "")
 
     def _stop(self, p: SimPeer) -> Ready | None:
@@ -1457,6 +1778,7 @@ class Simulator:
         self._check_promises(p)
         if not self.config.done_on_receipt:
             p.done_pending += [done for _, done in p.snap_inbox]
+            p.done_pending += [done for kind, _, done in p.inbox if kind == _IN_SNAP]
         if p.done_pending:
             self._resolve_done(p, False)
         lost = p.pending
@@ -1700,6 +2022,8 @@ class Simulator:
             raise NotLeader(None)
 
         def propose() -> tuple[int, int]:
+            if p.barrier:
+                raise ProposalDropped(f"{peer} is persisting a term change")
             term, index = p.raft.propose_membership(new)
             self._changes[(index, term)] = ("scripted", "", peer)
             self.member_stats["proposed"] += 1
@@ -1728,9 +2052,16 @@ class Simulator:
     def flush(self, peer: NodeId | None = None, snapshot_only: bool = False) -> None:
         """Sync every buffered save now (of one peer or all). With
         ``snapshot_only``, only record the snapshot a held Ready carries
-        (``LogStorage.install_snapshot`` and the restore), not its save."""
+        (``LogStorage.install_snapshot`` and the restore), not its save.
+        Pipelined: complete the whole FIFO of saves in flight, in order and
+        in one write (with ``snapshot_only``, the saves ahead of the snapshot
+        and its recording), then feed the core what a barrier held."""
         for pid in [peer] if peer is not None else self.ids:
             p = self.peers[pid]
+            if self.pipeline:
+                if p.up and p.saves:
+                    self._step(functools.partial(self._flush_saves, p, snapshot_only))
+                continue
             if snapshot_only:
                 if p.up and p.install_pending:
                     self._step(functools.partial(self._sync, p, True, True))
@@ -1738,10 +2069,17 @@ class Simulator:
             while p.up and p.pending is not None:
                 self._step(functools.partial(self._sync, p, True))
 
+    def _flush_saves(self, p: SimPeer, snapshot_only: bool) -> None:
+        core = p.core
+        if self._complete_saves(p, force=True, snapshot_only=snapshot_only) and p.core is core:
+            self._after_saves(p)
+
     def hold_saves(self, peer: NodeId, hold: bool = True) -> None:
         """Keep ``peer``'s saves (and snapshot installs) in its write buffer
         until :meth:`flush`, so that a script can crash it in between (or
-        step messages into it while a Ready is in progress)."""
+        step messages into it while a Ready is in progress). Pipelined: the
+        saves stay in the FIFO (and those queued behind them too) while the
+        core goes on, until a barrier holds its inputs."""
         if hold:
             self._held.add(peer)
         else:
@@ -1811,18 +2149,24 @@ class Simulator:
             membership_stats=dict(self.member_stats),
             voters=tuple(i for i in self.ids if i in final.voters),
             learners=tuple(i for i in self.ids if i in final.learners),
+            pipeline=self.pipeline,
+            pipeline_stats=dict(self.pipe_stats),
         )
 
 
 def _save_text(rd: Ready | None) -> str:
     if rd is None:
         return "nothing"
+    return _hs_entries_text(rd.hard_state, rd.entries)
+
+
+def _hs_entries_text(hard_state: HardState | None, entries: Sequence[Entry]) -> str:
     parts = []
-    if rd.hard_state is not None:
-        h = rd.hard_state
+    if hard_state is not None:
+        h = hard_state
         parts.append(f"term={h.term} vote={h.vote} commit={h.commit}")
-    if rd.entries:
-        parts.append(f"entries {rd.entries[0].term}/{rd.entries[0].index}..{rd.entries[-1].term}/{rd.entries[-1].index}")
+    if entries:
+        parts.append(f"entries {entries[0].term}/{entries[0].index}..{entries[-1].term}/{entries[-1].index}")
     return ", ".join(parts)
 
 
@@ -1891,6 +2235,10 @@ class ManyResult:
     seeds_with_changes: int = 0
     """Seeds in which at least one membership change committed."""
     membership_stats: Counter[str] = field(default_factory=Counter)
+    seeds_with_pipeline: int = 0
+    """Seeds that pipelined persistence (``SimConfig.pipeline``)."""
+    pipeline_stats: Counter[str] = field(default_factory=Counter)
+    """Sums of ``SimResult.pipeline_stats`` (``max_depth``: the largest)."""
 
     @property
     def seeds_per_second(self) -> float:
@@ -1915,12 +2263,17 @@ class ManyResult:
             f"faults injected: {faults}",
             self.snapshot_text(),
             self.membership_text(),
+            self.pipeline_text(),
             self.verdict(),
         ])
 
     def membership_text(self) -> str:
         return (f"membership changes committed in {self.seeds_with_changes} of {self.seeds_run} seeds: "
                 f"{membership_counts(self.membership_stats)}")
+
+    def pipeline_text(self) -> str:
+        return (f"pipelined persistence in {self.seeds_with_pipeline} of {self.seeds_run} seeds: "
+                f"{pipeline_counts(self.pipeline_stats)}")
 
     def snapshot_text(self) -> str:
         st = self.snapshot_stats
@@ -1971,6 +2324,10 @@ def run_many(
         out.snapshot_stats.update(res.snapshot_stats)
         out.membership_stats.update(res.membership_stats)
         out.seeds_with_changes += res.membership_stats.get("committed", 0) > 0
+        out.seeds_with_pipeline += res.pipeline
+        depth = max(out.pipeline_stats["max_depth"], res.pipeline_stats.get("max_depth", 0))
+        out.pipeline_stats.update(res.pipeline_stats)
+        out.pipeline_stats["max_depth"] = depth
         if on_result is not None:
             on_result(seed, res)
     out.elapsed = _time.perf_counter() - start

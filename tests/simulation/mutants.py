@@ -2,6 +2,10 @@
 
 Each is a subclass of the real :class:`~raftlib.core.raft.Raft` that undoes
 exactly one safety rule. They live only in the tests.
+
+At the end: deliberately broken *pipelined runtimes*, subclasses of the
+:class:`~raftlib.sim.simulator.Simulator` that break one rule of the Ready
+contract (:mod:`raftlib.core.ready`) when they play a pipelined runtime.
 """
 
 from __future__ import annotations
@@ -10,10 +14,19 @@ from collections.abc import Sequence
 
 from raftlib.core import quorum
 from raftlib.core.membership import check_change
-from raftlib.core.messages import AppendEntriesResponse, InstallSnapshot, Message, RequestVote, RequestVoteResponse
+from raftlib.core.messages import (
+    AppendEntries,
+    AppendEntriesResponse,
+    InstallSnapshot,
+    Message,
+    RequestVote,
+    RequestVoteResponse,
+)
 from raftlib.core.raft import LEADER, Raft
-from raftlib.core.ready import ReadState
+from raftlib.core.ready import ReadState, Ready
 from raftlib.errors import MembershipChangePending, NotLeader, ProposalDropped
+from raftlib.sim.node import SimPeer
+from raftlib.sim.simulator import Simulator
 from raftlib.types import Entry, EntryKind, Membership
 
 
@@ -188,4 +201,74 @@ MUTANTS: dict[str, type[Raft]] = {
     "membership-change-without-errata": MembershipChangeWithoutErrata,
     "unsafe-membership-changes": UnsafeMembershipChanges,
     "removed-leader-counts-itself": RemovedLeaderCountsItself,
+}
+
+
+# -- broken pipelined runtimes ---------------------------------------------------------------------
+
+
+class AcksAfterPersist(Raft):
+    """Not broken: answers every AppendEntries that matches in
+    ``messages_after_persist``, with everything it holds, also a heartbeat
+    that brings nothing new while an earlier Ready is still writing the
+    entries the acknowledgement covers (the contract allows it: Readies are
+    persisted, and their acknowledgements sent, in order). The real core
+    answers such a heartbeat at once with what is already on disk, so a
+    runtime that breaks that order for Readies with nothing to write is only
+    caught with a core like this one."""
+
+    def _ack_append(self, msg: AppendEntries, match: int, appended: bool) -> None:
+        self._send_after_persist(AppendEntriesResponse(self.term, self.id, msg.src, True, match, read_ctx=msg.read_ctx))
+
+
+class EagerAcksRuntime(Simulator):
+    """Sends the ``messages_after_persist`` of a Ready with nothing to write
+    (and reports it persisted) at once, although saves of earlier Readies
+    are still in flight."""
+
+    def _queue_save(self, p: SimPeer, rd: Ready, sync_now: bool) -> None:
+        if p.saves and rd.snapshot is None and rd.hard_state is None and not rd.entries:
+            self._persisted(p, [rd])
+            return
+        super()._queue_save(p, rd, sync_now)
+
+
+class NoInstallBarrierRuntime(Simulator):
+    """Ignores ``persist_before_step`` on a Ready that installs a snapshot:
+    it goes on stepping the core while the snapshot is still to be recorded."""
+
+    def _queue_save(self, p: SimPeer, rd: Ready, sync_now: bool) -> None:
+        if rd.snapshot is not None:
+            rd.persist_before_step = False
+        super()._queue_save(p, rd, sync_now)
+
+
+class NoTermBarrierRuntime(Simulator):
+    """Ignores ``persist_before_step`` on a Ready whose term or vote changed:
+    it goes on stepping and ticking the core while the new term is still
+    being written."""
+
+    def _queue_save(self, p: SimPeer, rd: Ready, sync_now: bool) -> None:
+        if rd.snapshot is None:
+            rd.persist_before_step = False
+        super()._queue_save(p, rd, sync_now)
+
+
+class EarlyPersistedRuntime(Simulator):
+    """Calls ``Raft.persisted(rd)`` when it takes the Ready instead of once
+    the save is on disk (the acknowledgements still wait for the disk)."""
+
+    def _queue_save(self, p: SimPeer, rd: Ready, sync_now: bool) -> None:
+        p.raft.persisted(rd)
+        super()._queue_save(p, rd, sync_now)
+
+    def _report_persisted(self, core: Raft, rd: Ready) -> None:
+        pass  # reported already
+
+
+RUNTIME_MUTANTS: dict[str, type[Simulator]] = {
+    "eager-acks": EagerAcksRuntime,
+    "no-install-barrier": NoInstallBarrierRuntime,
+    "no-term-barrier": NoTermBarrierRuntime,
+    "early-persisted": EarlyPersistedRuntime,
 }
