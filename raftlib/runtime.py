@@ -163,6 +163,11 @@ class Peer:
         self._bytes_since_snapshot = 0
         self._can_snapshot = type(state_machine).snapshot is not StateMachine.snapshot
         self._snapshot_requests: list[asyncio.Future[SnapshotMeta]] = []
+        self._snapshot_started = self._snapshot_index
+        """The index of the latest snapshot taken, written or not."""
+        self._snapshot_writer: asyncio.Task[None] | None = None
+        """Writes the latest snapshot in the background (see _take_snapshot)."""
+        self._compacting: set[asyncio.Task[None]] = set()
         self._compactions: list[tuple[SnapshotMeta, asyncio.Future[None]]] = []
         self._snapshot_reports: list[tuple[NodeId, bool]] = []
         self._transfers: dict[NodeId, asyncio.Task[None]] = {}
@@ -239,9 +244,11 @@ class Peer:
         self._stopping = True
         self._wake.set()
         driver, *others = self._tasks
+        if self._snapshot_writer is not None:
+            others.append(self._snapshot_writer)  # its compaction would wait for the driver
         for t in others:
             t.cancel()
-        for t in self._tasks:
+        for t in (driver, *others):
             try:
                 await t
             except asyncio.CancelledError:
@@ -255,6 +262,8 @@ class Peer:
                 self._start_save()
                 continue
             await asyncio.wait([self._saving])
+        if self._compacting:
+            await asyncio.wait(list(self._compacting))
         self._io.shutdown(wait=True)
         if self._unsaved_hard is not None and self._fatal is None:
             # The latest commit index, so a restart re-applies without waiting for a leader.
@@ -1031,12 +1040,12 @@ class Peer:
                 self._wake.clear()
                 if self._stopping:
                     return
-                if self._storage_full is not None or self._compactions:
+                if self._storage_full is not None:
                     # A full disk stops this peer until its writes get through
-                    # (no ticks, no heartbeats); compaction must not race them.
+                    # (no ticks, no heartbeats).
                     await self._drain()
                 if self._compactions:
-                    await self._compact()
+                    self._compact()
                 self._report_written()
                 done = self._take_input()
                 while self._core.has_ready():
@@ -1148,6 +1157,8 @@ class Peer:
         if rd.persist_before_step:
             await self._drain()
             if rd.snapshot is not None:
+                if self._compacting:
+                    await asyncio.wait(list(self._compacting))  # an older snapshot's, first
                 # The term (at least the snapshot's) goes to disk before the
                 # snapshot does, so a crash in between never leaves a log that
                 # holds a snapshot of a term newer than the persisted one.
@@ -1331,20 +1342,44 @@ class Peer:
         self._recorded_snapshot = meta
         self._apply_queue.put_nowait(found)  # restored in order with the entries
 
-    async def _compact(self) -> None:
-        """Record snapshots taken by the applier in the core and compact storage."""
+    def _compact(self) -> None:
+        """Record snapshots taken by the applier in the core, and compact
+        storage on the I/O thread, after the saves queued before, while the
+        driver goes on."""
         compactions, self._compactions = self._compactions, []
         core = self._core
         for meta, fut in compactions:
-            if meta.index >= self._storage.first_index() - 1:
+            if meta.index >= self._storage.first_index() - 1 and (
+                self._recorded_snapshot is None or meta.index >= self._recorded_snapshot.index
+            ):
                 core.snapshot_taken(meta)
                 keep_from = min(meta.index - self.config.snapshot_keep_entries, core.compaction_limit())
                 upto = max(keep_from, self._storage.first_index() - 1)
-                await self._storage_call(self._storage.compact, upto, meta)
-                self._recorded_snapshot = meta
-            # else: a newer snapshot from the leader was installed meanwhile.
+                task = asyncio.get_running_loop().create_task(self._compact_storage(meta, upto, fut))
+                self._compacting.add(task)
+                task.add_done_callback(self._compacting.discard)
+            elif not fut.done():
+                fut.set_result(None)  # a newer snapshot from the leader was installed meanwhile
+
+    async def _compact_storage(self, meta: SnapshotMeta, upto: int, fut: asyncio.Future[None]) -> None:
+        storage = self._storage
+
+        def compact() -> None:
+            if meta.index >= storage.first_index() - 1:  # else a newer snapshot was installed meanwhile
+                storage.compact(upto, meta)
+
+        try:
+            await self._storage_call(compact)
+        except Exception as exc:
             if not fut.done():
-                fut.set_result(None)
+                fut.set_exception(exc)
+            if not isinstance(exc, StorageFull):
+                self._die(exc, " while compacting the log")
+            return
+        if self._recorded_snapshot is None or meta.index > self._recorded_snapshot.index:
+            self._recorded_snapshot = meta
+        if not fut.done():
+            fut.set_result(None)
 
     def _start_transfer(self, msg: InstallSnapshot) -> None:
         running = self._transfers.get(msg.dst)
@@ -1495,18 +1530,29 @@ class Peer:
                 self._applied, self._applied_term = entry.index, entry.term
                 if self._applied_waiters and self._applied_waiters[0][0] <= entry.index:
                     self._wake_applied_waiters()
-            if self._snapshot_requests or self._snapshot_due():
+            if self._snapshot_due() or (self._snapshot_requests and (
+                    self._snapshot_writer is None or self._snapshot_writer.done())):
                 await self._take_snapshot()
 
     def _snapshot_due(self) -> bool:
         cfg = self.config
+        writer = self._snapshot_writer
+        if writer is not None and not writer.done():
+            return False  # one at a time
         return self._can_snapshot and (
-            self._applied - self._snapshot_index >= cfg.snapshot_entries
+            self._applied - max(self._snapshot_index, self._snapshot_started) >= cfg.snapshot_entries
             or self._bytes_since_snapshot >= cfg.snapshot_bytes
         )
 
     async def _take_snapshot(self) -> None:
-        """Snapshot the state machine at the applied index (nothing is applied meanwhile)."""
+        """Snapshot the state machine at the applied index.
+
+        Nothing is applied while ``snapshot()`` runs. If it returned
+        ``bytes`` (a copy of the state), applying resumes at once and the
+        file is written, and the log compacted, in the background; a file
+        or a stream may still read the live state, so applying waits until
+        it is written.
+        """
         requests, self._snapshot_requests = self._snapshot_requests, []
         try:
             index = self._applied
@@ -1514,33 +1560,61 @@ class Peer:
             if index > self._snapshot_index or self._snapshots.find(index, meta.term) is None:
                 sessions = self._sessions.encode()  # the table as of this same index
                 data = _with_header(sessions, await asyncio.to_thread(self.state_machine.snapshot))
-                write = asyncio.ensure_future(self._snapshots.write(meta, data))
-                try:
-                    snap = await asyncio.shield(write)
-                except asyncio.CancelledError:
-                    # Let the write finish or clean up after itself: a write
-                    # cancelled halfway could leave its temporary file open.
-                    await asyncio.wait([write])
-                    raise
-                fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-                self._compactions.append((meta, fut))
-                self._wake.set()
-                await fut
-                self._snapshot_index = index
+                self._snapshot_started = index
                 self._bytes_since_snapshot = 0
-                await self._snapshots.prune(keep=2, protect=self._recorded_snapshot)
-                self._log.info("%s: snapshot at %d (%d bytes); log compacted", self.name, index, snap.size)
+                if isinstance(data, bytes):
+                    task = asyncio.get_running_loop().create_task(
+                        self._write_snapshot(meta, data, requests), name=f"raftlib-snapshot-{self.name}")
+                    self._snapshot_writer = task
+                    return
+                await self._write_snapshot(meta, data, requests)
+                return
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self._log.error("%s: taking a snapshot failed: %r", self.name, exc, exc_info=True)
-            for req in requests:
-                if not req.done():
-                    req.set_exception(exc)
+            self._snapshot_failed(exc, requests)
             return
         for req in requests:
             if not req.done():
                 req.set_result(meta)
+
+    async def _write_snapshot(self, meta: SnapshotMeta, data: Any, requests: list[asyncio.Future[SnapshotMeta]]) -> None:
+        """Write the snapshot file, have the driver compact the log, prune old files."""
+        try:
+            write = asyncio.ensure_future(self._snapshots.write(meta, data))
+            try:
+                snap = await asyncio.shield(write)
+            except asyncio.CancelledError:
+                # Let the write finish or clean up after itself: a write
+                # cancelled halfway could leave its temporary file open.
+                await asyncio.wait([write])
+                raise
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._compactions.append((meta, fut))
+            self._wake.set()
+            await fut
+            self._snapshot_index = max(self._snapshot_index, meta.index)
+            await self._snapshots.prune(keep=2, protect=self._recorded_snapshot)
+            self._log.info("%s: snapshot at %d (%d bytes); log compacted", self.name, meta.index, snap.size)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._snapshot_failed(exc, requests)
+            return
+        finally:
+            if self._snapshot_writer is asyncio.current_task():
+                # The applier looks again whether the next one is due (or requested).
+                self._apply_queue.put_nowait([])
+        for req in requests:
+            if not req.done():
+                req.set_result(meta)
+
+    def _snapshot_failed(self, exc: Exception, requests: list[asyncio.Future[SnapshotMeta]]) -> None:
+        self._log.error("%s: taking a snapshot failed: %r", self.name, exc, exc_info=True)
+        self._snapshot_started = self._snapshot_index  # due again as if it had not started
+        for req in requests:
+            if not req.done():
+                req.set_exception(exc)
 
     def _restore_state_machine(self, snap: SnapshotFile) -> None:
         """Load ``snap`` into the state machine (runs in a worker thread)."""

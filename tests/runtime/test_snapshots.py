@@ -42,8 +42,8 @@ async def test_automatic_snapshots_bound_the_log(snap_cluster: Cluster) -> None:
     peers = await snap_cluster.start(3)
     leader = await snap_cluster.leader()
     await write_many(leader, 400)
-    st = leader.status()
-    assert st["snapshot_index"] > 300
+    # Snapshots are written in the background while applying goes on.
+    await eventually(lambda: leader.status()["snapshot_index"] > 300)
     for p in peers.values():
         await eventually(lambda p=p: p.status()["snapshot_index"] > 300)
         storage = p._storage
