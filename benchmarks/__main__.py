@@ -5,7 +5,10 @@
 Every peer runs in its own process (``benchmarks/_cluster_peer.py`` for
 raftlib, ``benchmarks/_pysyncobj_peer.py`` for PySyncObj), all on 127.0.0.1
 with ports picked by the OS, each cluster on fresh temporary directories.
-raftlib peers run ``raftlib.cli.DemoKV`` with the default ``Config``; "LMDB"
+raftlib peers run ``raftlib.cli.DemoKV`` with the default ``Config``, on
+the standard event loop (``--loop uvloop`` for uvloop), and call
+``gc.freeze()`` once started, as a latency-sensitive service would
+(``--gc default`` leaves the collector alone); "LMDB"
 is the default storage (a save is synced to disk before anything depending
 on it is sent or acknowledged), "memory" is ``MemoryStorage``. The load is
 generated inside the leader's own process, on its ``Peer`` API (PySyncObj:
@@ -99,6 +102,8 @@ PSO_MODES = {
 }
 PEER_LOOP = "asyncio"
 """The event loop raftlib peers run on (``--loop``)."""
+PEER_GC_FREEZE = True
+"""Whether raftlib peers call ``gc.freeze()`` after start-up (``--gc``)."""
 LIVE: set[Proc] = set()
 """Every peer process started and not yet reaped, killed on the way out whatever happens."""
 
@@ -241,6 +246,8 @@ class Cluster:
             module = "benchmarks._pysyncobj_peer"
         else:
             args = ["--name", name, "--address", self.addresses[name], "--storage", self.kind, "--loop", PEER_LOOP]
+            if PEER_GC_FREEZE:
+                args.append("--gc-freeze")
             if self.kind == "lmdb":
                 args += ["--data-dir", str(data_dir)]
             module = "benchmarks._cluster_peer"
@@ -940,7 +947,8 @@ def report(results: dict[str, Any]) -> None:
         print(f"code: raftlib from {code['raftlib']}{head}{dirty}")
     print(f"each figure: median of {p['runs']} run(s); closed loops count {p['seconds']} s ({p['compare_seconds']} s "
           f"in the comparison) after {p['warmup']} s of warm-up; open loops {p['latency_seconds']} s; load generated "
-          f"in the leader's process; raftlib peers on the {p.get('loop', 'asyncio')} event loop")
+          f"in the leader's process; raftlib peers on the {p.get('loop', 'asyncio')} event loop"
+          + (", gc.freeze() after start-up" if p.get("gc") == "freeze" else ""))
 
     def row_closed(key: str) -> str:
         f = figs[key]
@@ -1078,7 +1086,7 @@ async def run_suite(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {
         "benchmark": "suite",
         "command": " ".join(["python -m benchmarks", *sys.argv[1:]]),
-        "params": {"loop": args.loop, "runs": args.runs, "seconds": args.seconds, "compare_seconds": args.compare_seconds,
+        "params": {"loop": args.loop, "gc": args.gc, "runs": args.runs, "seconds": args.seconds, "compare_seconds": args.compare_seconds,
                    "warmup": args.warmup,
                    "latency_seconds": args.latency_seconds, "election_trials": args.trials,
                    "profile_seconds": args.profile_seconds, "sections": args.sections, "keys": KEYS,
@@ -1123,6 +1131,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "a core (default 0: do not wait)")
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
                         help="the event loop of the raftlib peers (default asyncio; uvloop needs uvloop installed)")
+    parser.add_argument("--gc", choices=("freeze", "default"), default="freeze",
+                        help="freeze: raftlib peers call gc.freeze() once started, so the collector never scans "
+                             "what start-up created again (default); default: leave the collector alone")
     args = parser.parse_args(argv)
     if args.only:
         args.sections = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -1145,9 +1156,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main() -> None:
-    global PEER_LOOP
+    global PEER_LOOP, PEER_GC_FREEZE
     args = parse_args()
     PEER_LOOP = args.loop
+    PEER_GC_FREEZE = args.gc == "freeze"
     try:
         asyncio.run(run_suite(args))
     except (KeyboardInterrupt, asyncio.CancelledError):

@@ -1090,7 +1090,11 @@ class Peer:
                 # Time this peer could not observe: its clock is behind, so a
                 # lease it holds may already have run out elsewhere.
                 core.expire_lease()
-        if self._proposals:
+        if self._proposals and (self._saving is None or len(self._proposals) >= self.config.max_entries_per_message):
+            # While a save is on its way to disk, writes gather into the next
+            # batch: the leader could not write them any sooner, and one
+            # larger batch costs the cluster one message and one save per
+            # peer instead of several.
             self._propose()
         if self._read_requests:
             reads, self._read_requests = self._read_requests, []
