@@ -57,6 +57,8 @@ class RaftLog:
         """Persisted entries ``[_cache_offset, unstable_offset)``, kept in memory."""
         self._cache_offset = self.unstable_offset
         self._cache_bytes = 0
+        self._cache_sizes: list[int] = []
+        """``size()`` of each cached entry, so trimming never calls it again."""
         self.pending_snapshot: SnapshotMeta | None = None
         # Invariant: applied <= committed <= last_index().
         self.committed = min(committed, storage.last_index())
@@ -213,24 +215,28 @@ class RaftLog:
         self.unstable_offset = index + 1
         # If the tail was replaced and re-handed out, its write is still ahead.
         self._in_progress = max(0, self._in_progress - n)
+        sizes = [e.size() for e in done]
         self._cache.extend(done)
-        self._cache_bytes += sum(e.size() for e in done)
+        self._cache_sizes.extend(sizes)
+        self._cache_bytes += sum(sizes)
         if len(self._cache) > CACHE_ENTRIES or self._cache_bytes > CACHE_BYTES:
             # Trim to half, so that trimming (a list copy) is rare.
             keep = min(len(self._cache), CACHE_ENTRIES) // 2
             drop = len(self._cache) - keep
-            self._cache_bytes -= sum(e.size() for e in self._cache[:drop])
+            self._cache_bytes -= sum(self._cache_sizes[:drop])
             del self._cache[:drop]
+            del self._cache_sizes[:drop]
             self._cache_offset += drop
 
     def _drop_cache_from(self, index: int) -> None:
         """Forget cached entries at ``index`` and after (they are being replaced)."""
         if index <= self._cache_offset:
-            self._cache, self._cache_offset, self._cache_bytes = [], index, 0
+            self._cache, self._cache_offset, self._cache_bytes, self._cache_sizes = [], index, 0, []
         elif index < self._cache_offset + len(self._cache):
             cut = index - self._cache_offset
-            self._cache_bytes -= sum(e.size() for e in self._cache[cut:])
+            self._cache_bytes -= sum(self._cache_sizes[cut:])
             del self._cache[cut:]
+            del self._cache_sizes[cut:]
 
     def commit_to(self, index: int) -> bool:
         if index > self.committed:
@@ -257,7 +263,7 @@ class RaftLog:
         self.unstable = []
         self.unstable_offset = meta.index + 1
         self._in_progress = 0
-        self._cache, self._cache_offset, self._cache_bytes = [], meta.index + 1, 0
+        self._cache, self._cache_offset, self._cache_bytes, self._cache_sizes = [], meta.index + 1, 0, []
         self.committed = meta.index
         self.applied = meta.index
 
