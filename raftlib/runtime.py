@@ -264,13 +264,13 @@ class Peer:
             await asyncio.wait([self._saving])
         if self._compacting:
             await asyncio.wait(list(self._compacting))
-        self._io.shutdown(wait=True)
         if self._unsaved_hard is not None and self._fatal is None:
             # The latest commit index, so a restart re-applies without waiting for a leader.
             try:
-                await asyncio.to_thread(self._storage.save, self._unsaved_hard, [], True)
+                await asyncio.get_running_loop().run_in_executor(self._io, self._storage.save, self._unsaved_hard, [])
             except Exception as exc:  # only a hint: stopping goes on
                 self._log.warning("%s: could not record the commit index on stop: %s", self.name, exc)
+        self._io.shutdown(wait=True)
         await self._requests.close()
         rpc, self._rpc = self._rpc, {}
         for conn in rpc.values():
@@ -684,8 +684,6 @@ class Peer:
         self._check_running()
         if self.is_leader or not forward:
             data = codec.pack(command, "command", self.config.max_command_size)
-            if timeout is None:
-                return await self._enqueue(EntryKind.NORMAL, data)
             return await self._submit(EntryKind.NORMAL, data, timeout)
         return await self._forwarded_write(command, timeout, 0)
 
@@ -1238,7 +1236,7 @@ class Peer:
                 # Waited out by _save's retries (the driver stops meanwhile).
                 async def retry() -> None:
                     try:
-                        await self._save(hard_state, entries)
+                        await self._storage_call(self._storage.save, hard_state, entries, True)
                     except BaseException as again:
                         self._saved(batch, hard_state, again)
                     else:
@@ -1255,17 +1253,7 @@ class Peer:
                 send(m)
             self._written.append(w.ready)
         self._writes_done += len(batch)
-        done = self._writes_done
-        waiters, self._write_waiters = self._write_waiters, []
-        for target, fut in waiters:
-            if target <= done:
-                if not fut.done():
-                    fut.set_result(None)
-            else:
-                self._write_waiters.append((target, fut))
-        saving, self._saving = self._saving, None
-        if saving is not None and not saving.done():
-            saving.set_result(None)
+        self._end_save(None)
         self._wake.set()
         if self._writes:
             self._start_save()
@@ -1274,15 +1262,27 @@ class Peer:
         if not isinstance(exc, StorageError):
             exc = StorageError(f"writing to storage failed: {exc}")
         self._writer_failed = exc
+        self._end_save(PeerStopped(f"peer {self.name} cannot write to storage: {exc}"))
+        if not self._stopping:
+            self._die(exc, " while writing to storage")
+
+    def _end_save(self, failed: BaseException | None) -> None:
+        """The save in flight is over: wake the _drain() waiters it covers
+        (all of them, with ``failed``, if writing failed)."""
+        done = self._writes_done
         waiters, self._write_waiters = self._write_waiters, []
-        for _, fut in waiters:
-            if not fut.done():
-                fut.set_exception(PeerStopped(f"peer {self.name} cannot write to storage: {exc}"))
+        for target, fut in waiters:
+            if fut.done():
+                continue
+            if failed is not None:
+                fut.set_exception(failed)
+            elif target <= done:
+                fut.set_result(None)
+            else:
+                self._write_waiters.append((target, fut))
         saving, self._saving = self._saving, None
         if saving is not None and not saving.done():
             saving.set_result(None)
-        if not self._stopping:
-            self._die(exc, " while writing to storage")
 
     def _commit_moved_only(self, hs: HardState) -> bool:
         on_disk = self._hard_on_disk
@@ -1534,19 +1534,21 @@ class Peer:
                 self._applied, self._applied_term = entry.index, entry.term
                 if self._applied_waiters and self._applied_waiters[0][0] <= entry.index:
                     self._wake_applied_waiters()
-            if self._snapshot_due() or (self._snapshot_requests and (
-                    self._snapshot_writer is None or self._snapshot_writer.done())):
+            if self._snapshot_due() or (self._snapshot_requests and not self._snapshot_writing()):
                 await self._take_snapshot()
 
     def _snapshot_due(self) -> bool:
         cfg = self.config
-        writer = self._snapshot_writer
-        if writer is not None and not writer.done():
+        if self._snapshot_writing():
             return False  # one at a time
         return self._can_snapshot and (
             self._applied - max(self._snapshot_index, self._snapshot_started) >= cfg.snapshot_entries
             or self._bytes_since_snapshot >= cfg.snapshot_bytes
         )
+
+    def _snapshot_writing(self) -> bool:
+        writer = self._snapshot_writer
+        return writer is not None and not writer.done()
 
     async def _take_snapshot(self) -> None:
         """Snapshot the state machine at the applied index.

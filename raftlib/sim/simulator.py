@@ -576,15 +576,10 @@ class Simulator:
             return
         rounds = 0
         while p.pending is None:
-            try:
-                if not core.has_ready():
-                    return
-                rd = core.ready()
-            except Exception as exc:
-                self._core_failed(p, "Raft.ready()", exc)
             rounds += 1
-            if rounds > 1000:
-                fail("ready-loop", f"{p.id} produced 1000 Readies in a row without settling")
+            rd = self._next_ready(p, core, rounds)
+            if rd is None:
+                return
             if rd.entries:
                 self._check_persist(p, core, rd)
             if rd.soft_state is not None and p.sending:
@@ -713,18 +708,25 @@ class Simulator:
             return
         rounds = 0
         while not p.barrier:
-            try:
-                if not core.has_ready():
-                    return
-                rd = core.ready()
-            except Exception as exc:
-                self._core_failed(p, "Raft.ready()", exc)
             rounds += 1
-            if rounds > 1000:
-                fail("ready-loop", f"{p.id} produced 1000 Readies in a row without settling")
+            rd = self._next_ready(p, core, rounds)
+            if rd is None:
+                return
             self._take(p, core, rd, sync_now)
             if p.core is not core:
                 return
+
+    def _next_ready(self, p: SimPeer, core: Raft, rounds: int) -> Ready | None:
+        """``p``'s next Ready (the ``rounds``-th in a row), or ``None`` if it has none."""
+        try:
+            if not core.has_ready():
+                return None
+            rd = core.ready()
+        except Exception as exc:
+            self._core_failed(p, "Raft.ready()", exc)
+        if rounds > 1000:
+            fail("ready-loop", f"{p.id} produced 1000 Readies in a row without settling")
+        return rd
 
     def _take(self, p: SimPeer, core: Raft, rd: Ready, sync_now: bool) -> None:
         """Steps 1 and 2 of the contract (send, apply, accept), then queue the save."""
