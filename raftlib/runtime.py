@@ -424,11 +424,14 @@ class Peer:
         """Remove this peer from the cluster, then stop it.
 
         A leader first hands leadership over, so the cluster does not wait
-        out an election timeout. Raises :class:`ConfigError` on the last voter.
+        out an election timeout. A peer that has not learned the
+        configuration yet (it joined moments ago) asks the leader all the
+        same. Raises :class:`ConfigError` on the last voter, and what
+        :meth:`remove_member` raises (the peer then keeps running).
         """
         self._check_running()
         membership = self._core.membership
-        if self.name in membership.members:
+        if self.name in membership.members or not membership.members:
             if set(membership.voters) == {self.name}:
                 raise ConfigError(f"{self.name} is the only voter; a cluster cannot lose its last voter")
             if self.is_leader and self.name in membership.voters:
