@@ -151,6 +151,11 @@ class Cluster:
             await self.start_peer(f"s{i}", sm=sm)
         await self.peers["s1"].set_configuration(dict(self.addresses))
         await self.leader()
+        # Knowing the leader is not having the log: a peer learns the leader
+        # from its first (empty) AppendEntries and the configuration only from
+        # the next one. Until it has it, it cannot vote or campaign, so a test
+        # that cuts the leader off right away could leave nobody to elect.
+        await eventually(lambda: all(p.membership.members for p in self.live()))
         return self.peers
 
     def live(self) -> list[raftlib.Peer]:
