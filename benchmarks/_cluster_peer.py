@@ -159,6 +159,12 @@ async def closed_loop(op: Op, concurrency: int, seconds: float, warmup: float,
             "errors": errors, "warmup_errors": warmup_errors}
 
 
+TICK = 0.001
+"""The shortest sleep of the open loop's scheduler. The standard event loop
+rounds a shorter timeout up to a millisecond anyway; uvloop rounds it down to
+zero, and the scheduler would spin, taking the CPU the peer needs."""
+
+
 async def open_loop(start: Callable[[int], "asyncio.Future[Any]"], rate: float, seconds: float,
                     warmup: float) -> dict[str, Any]:
     """Start operations on a fixed schedule, ``rate`` per second, for
@@ -213,7 +219,7 @@ async def open_loop(start: Callable[[int], "asyncio.Future[Any]"], rate: float, 
                 fut.add_done_callback(functools.partial(finished, due=due, started=now, counted=due >= count_from))
             i += 1
             due = t0 + i * interval
-        await asyncio.sleep(max(0.0, due - clock()))
+        await asyncio.sleep(max(TICK, due - clock()))
     issued = i
     if pending:
         _, still = await asyncio.wait(set(pending), timeout=30.0)

@@ -8,8 +8,8 @@ coroutine like :func:`asyncio.run`, on uvloop when it is installed
 
 uvloop makes the event loop's own work (callbacks, futures, sockets) cheaper,
 but most of a peer's time goes to raftlib's Python code, and on the 2-core
-reference machine a cluster on uvloop was slower than on the standard loop
-(see docs/performance.md; measure yours with ``python -m benchmarks --loop
+reference machines a cluster on uvloop was no faster than on the standard
+loop (see docs/performance.md; measure yours with ``python -m benchmarks --loop
 uvloop``). Set ``RAFTLIB_UVLOOP=0`` to keep the standard loop.
 """
 
