@@ -20,13 +20,34 @@ flushes the meta page that makes them current. A save, a compaction or a
 snapshot record is on disk when its method returns, and a power failure at
 any moment leaves either the previous transaction or the new one, never a
 meta page pointing at pages that did not reach the disk (which one flush
-of both, in no particular order, could leave). Several entries saved
-together cost one commit.
+of both, in no particular order, could leave).
+
+Recent saves go to a write-ahead file first (``wal-0`` and ``wal-1`` in the
+same directory, see :mod:`storage_adapters.wal`): each save is one record
+appended to the active file and flushed once, and its entries stay in
+memory. When the active file fills up, or holds ``checkpoint_entries``
+entries, the other file is emptied and becomes the active one, and a
+background thread *checkpoints* what the full one holds: one durable LMDB
+commit of those entries and hard state, which also records
+``meta[b"wal_checkpointed"]``, the newest file generation LMDB now holds
+(each file's header carries a generation; emptying a file gives it a new,
+higher one). Before a snapshot is installed, for a large save (over
+``DIRECT_BYTES``, committed straight to LMDB) and on
+:meth:`LMDBStorage.close`, the checkpoint is synchronous and empties both
+files.
+
+Opening the directory replays the records of the generations newer than
+``wal_checkpointed``, oldest first, onto what LMDB holds, exactly as they
+were saved, and checkpoints them. Compaction, which only drops committed
+entries, is committed to LMDB at once; replayed entries it dropped are
+skipped.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import errno
+import itertools
 import os
 import struct
 import zlib
@@ -40,6 +61,7 @@ from raftlib.errors import CorruptStorage, StorageError, StorageFull
 from raftlib.types import Entry, EntryKind, HardState, Membership, SnapshotMeta
 
 from .memory import check_append, check_compact, check_range, check_term_index, take_within
+from .wal import WriteAheadFile
 
 FORMAT_VERSION = 1
 """The layout version stored under ``meta[b"format"]``."""
@@ -47,7 +69,25 @@ FORMAT_VERSION = 1
 _KEY = struct.Struct(">Q")
 _CRC = struct.Struct(">I")
 
+WAL_FILES = ("wal-0", "wal-1")
+"""The write-ahead files' names in the environment's directory."""
+WAL_SIZE = 8 << 20
+"""Bytes preallocated for each write-ahead file (the ``wal_size`` default)."""
+CHECKPOINT_ENTRIES = 8192
+"""Entries saved to the active write-ahead file before the files switch and
+a checkpoint starts (the ``checkpoint_entries`` default)."""
+DIRECT_BYTES = 1 << 20
+"""A save whose entries' data passes this many bytes is committed straight to
+LMDB (with whatever the write-ahead file holds): it gains nothing from the
+file, and a full map shows up as that save's error."""
+
+_PUT_SLICE = 1024
+"""Entries put to LMDB per call in a checkpoint."""
+
+_KINDS = frozenset(int(k) for k in EntryKind)
+
 _HARD_STATE = b"hard_state"
+_CHECKPOINTED = b"wal_checkpointed"
 _SNAPSHOT = b"snapshot"
 _BOUNDARY = b"boundary"
 _FORMAT = b"format"
@@ -67,10 +107,43 @@ def _is_no_space(exc: BaseException) -> bool:
     return "No space left" in text or f"[Errno {errno.ENOSPC}]" in text or getattr(exc, "errno", None) == errno.ENOSPC
 
 
-def _encode_entry(entry: Entry) -> bytes:
-    """The ``log`` value for ``entry``: CRC32 of the body, then the body."""
-    body: bytes = msgpack.packb([entry.term, int(entry.kind), entry.data])
-    return _CRC.pack(zlib.crc32(body)) + body
+def _encode_body(entry: Entry) -> bytes:
+    """msgpack ``[term, kind, data]``: an entry in a write-ahead record, and
+    the body of its LMDB value."""
+    return msgpack.packb([entry.term, int(entry.kind), entry.data])  # type: ignore[no-any-return]
+
+
+def _array_header(n: int) -> bytes:
+    """The msgpack header of an array of ``n`` items."""
+    if n < 16:
+        return bytes([0x90 | n])
+    if n < 1 << 16:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
+def _encode_record(hard_state: HardState | None, entries: Sequence[Entry], bodies: list[bytes]) -> bytes:
+    """A write-ahead record: msgpack ``[hard_state, first_index, [body, ...]]``
+    with ``hard_state`` as ``[term, vote, commit]`` or nil and each entry's
+    body from :func:`_encode_body`."""
+    hs = None if hard_state is None else [hard_state.term, hard_state.vote, hard_state.commit]
+    first = entries[0].index if entries else 0
+    return b"\x93" + msgpack.packb(hs) + msgpack.packb(first) + _array_header(len(bodies)) + b"".join(bodies)
+
+
+def _lmdb_values(bodies: list[bytes]) -> list[bytes]:
+    """The ``log`` values for entry bodies: CRC32 of the body, then the body."""
+    return [_CRC.pack(zlib.crc32(b)) + b for b in bodies]
+
+
+def _delete_from(cursor: lmdb.Cursor, index: int) -> None:
+    """Delete every ``log`` key from ``index`` on."""
+    if cursor.set_range(_KEY.pack(index)):
+        # Each delete moves to the next key; False once the end is passed.
+        while cursor.delete():
+            pass
+
+
 
 
 class LMDBStorage:
@@ -87,9 +160,23 @@ class LMDBStorage:
     No transaction outlives a method call, so reads may run on a different
     thread than the last :meth:`save`. ``sync_count`` counts the calls to
     :meth:`save` with ``sync=True``.
+
+    With ``wal`` (the default) saves go through the write-ahead file
+    described in the module doc, one flush each; ``wal=False`` commits every
+    save to LMDB, two flushes each. Either way a save is on disk when it
+    returns. A damaged write-ahead file header raises
+    :class:`~raftlib.errors.CorruptStorage`.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, map_size: int = 8 << 30) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        map_size: int = 8 << 30,
+        wal: bool = True,
+        wal_size: int = WAL_SIZE,
+        checkpoint_entries: int = CHECKPOINT_ENTRIES,
+    ) -> None:
         self._path = os.fspath(path)
         self._map_size = map_size
         self.sync_count = 0
@@ -119,6 +206,58 @@ class LMDBStorage:
         except BaseException:
             self._env.close()
             raise
+        if checkpoint_entries < 1:
+            raise ValueError(f"checkpoint_entries must be at least 1, not {checkpoint_entries}")
+        self._tail: list[Entry] = []
+        """Entries ``[_tail_start, last_index]``, saved to a write-ahead file
+        but not known to be in LMDB. LMDB entries from ``_tail_start`` on are
+        stale (a save truncated them) and go at the next checkpoint."""
+        self._tail_values: list[bytes] = []
+        """The LMDB value of each ``_tail`` entry, encoded when it was saved."""
+        self._tail_start = self._last_index + 1
+        self._tail_hard_state: HardState | None = None
+        """A hard state saved to a write-ahead file but not known to be in LMDB."""
+        self._checkpoint_entries = checkpoint_entries
+        self._files: list[WriteAheadFile] = []
+        self._active: WriteAheadFile | None = None
+        """The write-ahead file saves go to; the other one holds older records."""
+        self._job: concurrent.futures.Future[None] | None = None
+        """The background checkpoint of the other file's records, if one was started."""
+        self._job_end = 0
+        """The last index the background checkpoint writes."""
+        self._job_hard_state: HardState | None = None
+        self._other_needed = False
+        """Whether the other file holds records that LMDB may not have yet."""
+        self._stale = False
+        """Whether LMDB holds entries a save replaced, not yet committed over."""
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._closed = False
+        paths = [os.path.join(self._path, name) for name in WAL_FILES]
+        # Without write-ahead files, any left from a run with them are replayed and removed.
+        if wal or any(os.path.exists(p) for p in paths):
+            try:
+                for p in paths:
+                    self._files.append(WriteAheadFile(p, wal_size, RECOVERY_ADVICE))
+                self._files.sort(key=lambda f: f.generation)
+                self._active = self._files[-1]
+                with self._lmdb_errors("open the database"), self._env.begin() as txn:
+                    checkpointed = self._read_checkpointed(txn)
+                # Records of generations LMDB has were checkpointed; the rest are replayed in order.
+                self._replay([r for f in self._files if f.generation > checkpointed for r in f.records()])
+                if self._active.generation <= checkpointed:
+                    # A crash came between a checkpoint and emptying the files.
+                    for generation, f in enumerate(self._files, checkpointed + 1):
+                        f.reset(generation)
+                if not wal:
+                    for f in self._files:
+                        f.close()
+                        os.unlink(f.path)
+                    self._files, self._active = [], None
+            except BaseException:
+                for f in self._files:
+                    f.close()
+                self._env.close()
+                raise
 
     # -- the LogStorage protocol ------------------------------------------
 
@@ -128,7 +267,7 @@ class LMDBStorage:
         with self._lmdb_errors("load the hard state"), self._env.begin() as txn:
             hard_state = self._read_hard_state(txn)
             snapshot = self._read_snapshot(txn)
-        return hard_state, snapshot
+        return self._tail_hard_state or hard_state, snapshot
 
     def first_index(self) -> int:
         """First log index still stored (cached)."""
@@ -143,6 +282,8 @@ class LMDBStorage:
         check_term_index(index, self._first_index, self._last_index)
         if index == self._first_index - 1:
             return self._boundary_term
+        if index >= self._tail_start:
+            return self._tail[index - self._tail_start].term
         with self._lmdb_errors(f"read log entry {index}"), self._env.begin() as txn:
             return self._read_entry(txn, index).term
 
@@ -151,36 +292,50 @@ class LMDBStorage:
         check_range(lo, hi, self._first_index, self._last_index)
         if lo == hi:
             return []
+        start = self._tail_start
+        if lo >= start:
+            return take_within(iter(self._tail[lo - start : hi - start]), max_bytes)
         with self._lmdb_errors(f"read log entries [{lo}, {hi})"), self._env.begin() as txn:
-            return take_within(self._iter_entries(txn, lo, hi), max_bytes)
+            stored = self._iter_entries(txn, lo, min(hi, start))
+            if hi <= start:
+                return take_within(stored, max_bytes)
+            return take_within(itertools.chain(stored, self._tail[: hi - start]), max_bytes)
 
     def save(self, hard_state: HardState | None, entries: Sequence[Entry], sync: bool = True) -> None:
-        """In one write transaction, drop stored entries at or after
-        ``entries[0].index``, append ``entries`` and store ``hard_state``
-        (unless ``None``); with ``sync``, flush to disk before returning
-        (this adapter always does: its commits are durable)."""
+        """Drop stored entries at or after ``entries[0].index``, append
+        ``entries`` and store ``hard_state`` (unless ``None``), all at once.
+
+        With write-ahead files this is one record appended to the active
+        file, flushed when ``sync`` is true (a later flush covers a record
+        written without). A large save is committed to LMDB instead, with
+        everything before it. Without write-ahead files, one durable LMDB
+        commit. If it raises, nothing of this save was stored.
+        """
         check_append(entries, self._first_index, self._last_index)
-        with self._lmdb_errors("save"):
-            with self._env.begin(write=True) as txn:
-                if entries:
-                    cursor = txn.cursor(db=self._log_db)
-                    if cursor.set_range(_KEY.pack(entries[0].index)):
-                        # Each delete moves to the next key; False once the end is passed.
-                        while cursor.delete():
-                            pass
-                    # Every remaining key is smaller, so LMDB may append in key order.
-                    cursor.putmulti(((_KEY.pack(e.index), _encode_entry(e)) for e in entries), append=True)
-                if hard_state is not None:
-                    packed = msgpack.packb([hard_state.term, hard_state.vote, hard_state.commit])
-                    txn.put(_HARD_STATE, packed, db=self._meta_db)
-            if entries:
-                self._last_index = entries[-1].index
+        active = self._active
+        if active is None or sum(len(e.data) for e in entries) > DIRECT_BYTES:
+            self._checkpoint(hard_state, entries)
+        else:
+            bodies = [_encode_body(e) for e in entries]
+            payload = _encode_record(hard_state, entries, bodies)
+            # Entries since the last switch (the tail also holds those a background commit is writing).
+            fresh = self._last_index - max(self._job_end, self._tail_start - 1)
+            if len(payload) > active.room() or fresh + len(entries) > self._checkpoint_entries:
+                self._switch()
+            # A save that replaces entries the background commit is writing waits for it.
+            self._collect(wait=bool(entries) and entries[0].index <= self._job_end)
+            self._active.append(payload, sync)  # type: ignore[union-attr]  # set whenever active was
+            self._add_to_tail(hard_state, entries, _lmdb_values(bodies))
         if sync:
             self.sync_count += 1
 
     def install_snapshot(self, meta: SnapshotMeta) -> None:
         """Discard the whole log, make ``meta`` the boundary and the latest
-        snapshot, and flush to disk."""
+        snapshot, and flush to disk.
+
+        What the write-ahead file holds is checkpointed first, so that no
+        replay can bring back entries the snapshot replaced."""
+        self._checkpoint()
         with self._lmdb_errors(f"install the snapshot at index {meta.index}"):
             with self._env.begin(write=True) as txn:
                 txn.drop(self._log_db, delete=False)
@@ -189,6 +344,7 @@ class LMDBStorage:
             self._first_index = meta.index + 1
             self._last_index = meta.index
             self._boundary_term = meta.term
+            self._reset_tail(meta.index + 1)
 
     def compact(self, index: int, meta: SnapshotMeta) -> None:
         """Drop entries up to and including ``index``, record ``meta`` as the
@@ -199,11 +355,15 @@ class LMDBStorage:
         compacted only records ``meta``.
         """
         check_compact(index, meta, self._last_index)
+        self._collect(wait=True)  # its commit must not bring back entries dropped here
+        if self._stale:
+            # Replaying the write-ahead records needs the entries they
+            # replaced: commit the replacement first, then drop the prefix.
+            self._checkpoint()
+        boundary_term = self.term(index) if index >= self._first_index else None
         with self._lmdb_errors(f"compact the log through index {index}"):
-            boundary_term: int | None = None
             with self._env.begin(write=True) as txn:
-                if index >= self._first_index:
-                    boundary_term = self._read_entry(txn, index).term
+                if boundary_term is not None:
                     limit = _KEY.pack(index)
                     cursor = txn.cursor(db=self._log_db)
                     cursor.first()
@@ -215,11 +375,206 @@ class LMDBStorage:
             if boundary_term is not None:
                 self._first_index = index + 1
                 self._boundary_term = boundary_term
+                self._trim_tail(index)
 
     def close(self) -> None:
-        """Close the environment. Idempotent."""
-        with self._lmdb_errors("close the database"):
-            self._env.close()
+        """Checkpoint what the write-ahead files hold, then close them and
+        the environment. Idempotent. If the checkpoint fails, the files keep
+        those saves for the next open, and the error is raised."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._active is not None:
+                self._collect(wait=True)
+                self._checkpoint()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+            for f in self._files:
+                f.close()
+            with self._lmdb_errors("close the database"):
+                self._env.close()
+
+    # -- the write-ahead files --------------------------------------------
+    #
+    # Saves append to the active file. When it fills up (or the tail passes
+    # ``checkpoint_entries``), the other file is emptied and becomes the
+    # active one, and a background thread commits the tail as it was to
+    # LMDB. Its entries stay in memory until that commit is known to have
+    # succeeded (``_collect``), so reads never wait for it. A file is only
+    # emptied once LMDB holds its records, and the active file always has
+    # the higher generation, so replaying the other file's records, then the
+    # active file's, rebuilds the log. A synchronous checkpoint empties both.
+
+    def _add_to_tail(
+        self, hard_state: HardState | None, entries: Sequence[Entry], values: list[bytes]
+    ) -> None:
+        """Record a save that reached a write-ahead file (``values``: the
+        entries' LMDB values)."""
+        if entries:
+            start = entries[0].index
+            if start < self._tail_start:
+                self._tail, self._tail_values = list(entries), values
+                self._tail_start = start
+                self._stale = True  # LMDB's entries from start on
+            else:
+                del self._tail[start - self._tail_start :]
+                del self._tail_values[start - self._tail_start :]
+                self._tail.extend(entries)
+                self._tail_values.extend(values)
+            self._last_index = entries[-1].index
+        if hard_state is not None:
+            self._tail_hard_state = hard_state
+
+    def _commit(
+        self, start: int, values: list[bytes], hard_state: HardState | None, generation: int
+    ) -> None:
+        """One durable LMDB transaction: drop the log from ``start`` on,
+        put ``values`` (those of the entries from ``start`` on),
+        store ``hard_state`` and record that the records of ``generation``
+        and older are in LMDB (``0``: leave that record alone)."""
+        with self._lmdb_errors("save"):
+            with self._env.begin(write=True) as txn:
+                cursor = txn.cursor(db=self._log_db)
+                _delete_from(cursor, start)
+                # Every remaining key is smaller, so LMDB may append in key
+                # order. In slices, so that a background commit gives the
+                # interpreter back to the event loop's thread in between.
+                for i in range(0, len(values), _PUT_SLICE):
+                    chunk = values[i : i + _PUT_SLICE]
+                    keys = map(_KEY.pack, range(start + i, start + i + len(chunk)))
+                    cursor.putmulti(zip(keys, chunk), append=True)
+                if hard_state is not None:
+                    packed = msgpack.packb([hard_state.term, hard_state.vote, hard_state.commit])
+                    txn.put(_HARD_STATE, packed, db=self._meta_db)
+                if generation:
+                    txn.put(_CHECKPOINTED, msgpack.packb(generation), db=self._meta_db)
+
+    def _checkpoint(self, hard_state: HardState | None = None, entries: Sequence[Entry] = ()) -> None:
+        """Commit the tail, then ``hard_state`` and ``entries`` (a save), to
+        LMDB, and empty both write-ahead files. Waits for a background
+        checkpoint first. If it raises, nothing changed."""
+        self._collect(wait=True)
+        covered = max((f.generation for f in self._files if not f.empty), default=0)
+        pending_state = hard_state is not None or self._tail_hard_state is not None
+        if not (entries or self._tail or self._stale or covered or pending_state):
+            return  # nothing to commit
+        tail, values, start = self._tail, self._tail_values, self._tail_start
+        if entries:
+            new = _lmdb_values([_encode_body(e) for e in entries])
+            if entries[0].index < start:
+                tail, values, start = list(entries), new, entries[0].index
+            else:
+                keep = entries[0].index - start
+                tail, values = tail[:keep] + list(entries), values[:keep] + new
+        # Records the commit covers are made unreplayable: their files are
+        # emptied, the active one last so that it keeps the highest generation.
+        self._commit(start, values, hard_state or self._tail_hard_state, covered)
+        if tail:
+            self._last_index = tail[-1].index
+        self._reset_tail(self._last_index + 1)
+        self._tail_hard_state = None
+        self._stale = False
+        if covered:
+            generation = max(f.generation for f in self._files)
+            for f in sorted(self._files, key=lambda f: f is self._active):
+                generation += 1
+                f.reset(generation)
+        self._other_needed = False
+
+    def _reset_tail(self, start: int) -> None:
+        """Empty the tail; the next entry to go there is ``start``."""
+        self._tail, self._tail_values, self._tail_start = [], [], start
+
+    def _trim_tail(self, upto: int) -> None:
+        """Drop the tail's entries up to and including ``upto``."""
+        if upto >= self._tail_start:
+            del self._tail[: upto + 1 - self._tail_start]
+            del self._tail_values[: upto + 1 - self._tail_start]
+            self._tail_start = upto + 1
+
+    def _switch(self) -> None:
+        """Make the other write-ahead file the active one and commit the
+        tail to LMDB in the background."""
+        self._collect(wait=True)
+        if self._other_needed:
+            # The last background commit failed: the other file's records
+            # are still needed, so commit everything now instead.
+            self._checkpoint()
+            return
+        active = self._active
+        assert active is not None
+        other = next(f for f in self._files if f is not active)
+        other.reset(max(f.generation for f in self._files) + 1)
+        self._active = other
+        if not self._tail and self._tail_hard_state is None:
+            return
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="raftlib-checkpoint")
+        self._other_needed = True
+        self._job_end = self._last_index
+        self._job_hard_state = self._tail_hard_state
+        self._job = self._executor.submit(
+            self._commit, self._tail_start, list(self._tail_values), self._tail_hard_state, active.generation
+        )
+
+    def _collect(self, wait: bool) -> None:
+        """Take note of a finished background checkpoint (with ``wait``,
+        wait for it): its entries and hard state are in LMDB, so memory and
+        the other file no longer need to keep them. A failed one raises its
+        error once; the data stays in memory and in the files."""
+        job = self._job
+        if job is None or not (wait or job.done()):
+            return
+        self._job = None
+        end, self._job_end = self._job_end, 0
+        job.result()
+        self._other_needed = False
+        self._stale = False  # the commit started at or before any replaced entry
+        self._trim_tail(end)
+        if self._tail_hard_state is self._job_hard_state:
+            self._tail_hard_state = None
+        self._job_hard_state = None
+
+    def _replay(self, records: list[bytes]) -> None:
+        """Apply the write-ahead records, in order, onto what LMDB holds,
+        skipping entries compacted since; then checkpoint them."""
+        if not records:
+            return
+        for number, payload in enumerate(records, 1):
+            hard_state, entries = self._decode_record(number, payload)
+            if entries and entries[-1].index < self._first_index:
+                # All compacted since; but the log ended with them then.
+                self._reset_tail(self._first_index)
+                self._last_index = self._first_index - 1
+                self._stale = True
+            entries = [e for e in entries if e.index >= self._first_index]
+            if entries and entries[0].index > self._last_index + 1:
+                raise self._corrupt(
+                    f"write-ahead record {number}",
+                    f"starts at index {entries[0].index}, after the end of the log at {self._last_index}",
+                )
+            self._add_to_tail(hard_state, entries, _lmdb_values([_encode_body(e) for e in entries]))
+        self._checkpoint()
+
+    def _decode_record(self, number: int, payload: bytes) -> tuple[HardState | None, list[Entry]]:
+        """The hard state and entries of one write-ahead record."""
+        what = f"write-ahead record {number}"
+        try:
+            record = msgpack.unpackb(payload, raw=False)
+        except _DECODE_ERRORS as exc:
+            raise self._corrupt(what, f"cannot be decoded: {exc}") from exc
+        match record:
+            case [None | [int(), str() | None, int()] as hs, int(first), list(rows)] if all(
+                isinstance(row, list) and len(row) == 3 and isinstance(row[0], int) and isinstance(row[2], bytes)
+                and row[1] in _KINDS
+                for row in rows
+            ):
+                hard_state = None if hs is None else HardState(term=hs[0], vote=hs[1], commit=hs[2])
+                entries = [Entry(term=t, index=first + i, kind=EntryKind(k), data=d) for i, (t, k, d) in enumerate(rows)]
+                return hard_state, entries
+        raise self._corrupt(what, "cannot be decoded: it is not [hard state, first index, entries]")
 
     # -- helpers ----------------------------------------------------------
 
@@ -308,6 +663,15 @@ class LMDBStorage:
             case [int(index), int(term), dict(voters), dict(learners)]:
                 return SnapshotMeta(index=index, term=term, membership=Membership(voters=voters, learners=learners))
         raise self._corrupt("meta record snapshot", f"is malformed: {record!r}")
+
+    def _read_checkpointed(self, txn: lmdb.Transaction) -> int:
+        """The newest write-ahead generation whose records LMDB holds, 0 if none."""
+        record = self._read_meta(txn, _CHECKPOINTED)
+        if record is None:
+            return 0
+        if not isinstance(record, int):
+            raise self._corrupt("meta record wal_checkpointed", f"is malformed: {record!r}")
+        return record
 
     def _read_boundary(self, txn: lmdb.Transaction) -> tuple[int, int]:
         """Index and term of the last compacted entry, ``(0, 0)`` if none."""
