@@ -73,7 +73,7 @@ WAL_FILES = ("wal-0", "wal-1")
 """The write-ahead files' names in the environment's directory."""
 WAL_SIZE = 8 << 20
 """Bytes preallocated for each write-ahead file (the ``wal_size`` default)."""
-CHECKPOINT_ENTRIES = 8192
+CHECKPOINT_ENTRIES = 2048
 """Entries saved to the active write-ahead file before the files switch and
 a checkpoint starts (the ``checkpoint_entries`` default)."""
 DIRECT_BYTES = 1 << 20
