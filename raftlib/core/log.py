@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # the core never imports an adapter, only the protocol
     from storage_adapters.protocol import LogStorage
 
 
-CACHE_ENTRIES = 16384
+CACHE_ENTRIES = 4096
 CACHE_BYTES = 32 * 1024 * 1024
 
 
