@@ -109,7 +109,8 @@ def _check_done(body: Any) -> None:
 
 async def _read_reply(reader: asyncio.StreamReader, decoder: FrameDecoder, timeout: float) -> tuple[str, Any]:
     while True:
-        data = await asyncio.wait_for(reader.read(65536), timeout)
+        async with asyncio.timeout(timeout):  # not wait_for, which can lose a cancellation in Python 3.11
+            data = await reader.read(65536)
         if not data:
             raise SnapshotTransferFailed("the follower closed the connection")
         frames = decoder.feed(data)

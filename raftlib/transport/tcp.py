@@ -491,6 +491,8 @@ class Transport:
             self._server.close()
         # Connections accepted just before the server closed start their
         # handler a loop iteration later, so repeat until nothing is left.
+        # A task that missed its cancellation (it arrived just as what the
+        # task awaited completed) is cancelled again on the next round.
         for _ in range(100):
             await asyncio.sleep(0)
             tasks = [t for t in self._all_tasks() if not t.done()]
@@ -498,7 +500,10 @@ class Transport:
                 break
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            done, _ = await asyncio.wait(tasks, timeout=0.1)
+            for task in done:
+                if not task.cancelled():
+                    task.exception()  # retrieved, as gather(return_exceptions=True) would
         if self._server is not None:
             await self._server.wait_closed()
         self._remove_unix_socket()
@@ -756,7 +761,8 @@ class Transport:
         while True:
             if conn.peer_name is None:
                 try:
-                    data = await asyncio.wait_for(reader.read(READ_SIZE), max(0.0, hello_deadline - loop.time()))
+                    async with asyncio.timeout_at(hello_deadline):  # not wait_for: see connect_stream
+                        data = await reader.read(READ_SIZE)
                 except TimeoutError:
                     raise ProtocolError(f"no Hello within {self.hello_timeout:g} s") from None
             else:
