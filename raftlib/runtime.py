@@ -279,8 +279,7 @@ class Peer:
         await self._transport.close()
         try:
             self._snapshots.close()
-            # Closing may checkpoint a write-ahead file into the database: not on the loop.
-            await asyncio.to_thread(self._storage.close)
+            self._storage.close()
         finally:
             self._fail_everything(
                 PeerStopped(f"peer {self.name} has stopped"),
