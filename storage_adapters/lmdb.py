@@ -144,8 +144,6 @@ def _delete_from(cursor: lmdb.Cursor, index: int) -> None:
             pass
 
 
-
-
 class LMDBStorage:
     """A :class:`~storage_adapters.protocol.LogStorage` in an LMDB environment.
 
