@@ -175,6 +175,8 @@ class LMDBStorage:
         wal_size: int = WAL_SIZE,
         checkpoint_entries: int = CHECKPOINT_ENTRIES,
     ) -> None:
+        if checkpoint_entries < 1:
+            raise ValueError(f"checkpoint_entries must be at least 1, not {checkpoint_entries}")
         self._path = os.fspath(path)
         self._map_size = map_size
         self.sync_count = 0
@@ -204,8 +206,6 @@ class LMDBStorage:
         except BaseException:
             self._env.close()
             raise
-        if checkpoint_entries < 1:
-            raise ValueError(f"checkpoint_entries must be at least 1, not {checkpoint_entries}")
         self._tail: list[Entry] = []
         """Entries ``[_tail_start, last_index]``, saved to a write-ahead file
         but not known to be in LMDB. LMDB entries from ``_tail_start`` on are
@@ -384,8 +384,7 @@ class LMDBStorage:
         self._closed = True
         try:
             if self._active is not None:
-                self._collect(wait=True)
-                self._checkpoint()
+                self._checkpoint()  # waits for a background one first
         finally:
             if self._executor is not None:
                 self._executor.shutdown(wait=True)

@@ -47,6 +47,11 @@ def make_entries(lo: int, hi: int, term: int = 1, size: int = 0) -> list[Entry]:
     return out
 
 
+def script_env() -> dict[str, str]:
+    """The environment for a child Python process that imports this checkout."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
+
+
 def snapshot_meta(index: int, term: int) -> SnapshotMeta:
     """A snapshot descriptor with the test membership."""
     return SnapshotMeta(index=index, term=term, membership=MEMBERSHIP)
@@ -302,7 +307,7 @@ def test_lmdb_survives_a_killed_process(tmp_path: Path) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
         """
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
+    env = script_env()
     result = subprocess.run([sys.executable, "-c", script, str(path)], env=env, capture_output=True, timeout=60)
     assert result.returncode == -signal.SIGKILL, result.stderr.decode()
 

@@ -29,7 +29,7 @@ from storage_adapters import LMDBStorage, MemoryStorage
 from storage_adapters.lmdb import WAL_FILES
 from storage_adapters.wal import HEADER_SIZE
 
-from .test_contract import PROJECT_ROOT, SMALL_MAP, assert_same, make_entries, snapshot_meta, whole_log
+from .test_contract import SMALL_MAP, assert_same, make_entries, script_env, snapshot_meta, whole_log
 
 WAL_SIZE = 4 * HEADER_SIZE
 """Small write-ahead files, so that tests switch between them often."""
@@ -299,6 +299,12 @@ def test_opening_without_wal_takes_over_what_the_files_hold(tmp_path: Path) -> N
         plain.close()
 
 
+def test_checkpoint_entries_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="checkpoint_entries must be at least 1"):
+        open_storage(tmp_path / "db", checkpoint_entries=0)
+    assert not (tmp_path / "db").exists(), "refused before anything was created"
+
+
 def test_a_larger_wal_size_extends_existing_files(tmp_path: Path) -> None:
     path = tmp_path / "db"
     open_storage(path, wal_size=WAL_SIZE).close()
@@ -327,7 +333,7 @@ def test_a_process_killed_while_saving_loses_no_acknowledged_save(tmp_path: Path
             i += 1
         """
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
+    env = script_env()
     proc = subprocess.Popen([sys.executable, "-c", script, str(path)], env=env, stdout=subprocess.PIPE)
     try:
         assert proc.stdout is not None
