@@ -7,22 +7,37 @@ is appended) and the bytes are what the log stores and the network carries.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import msgpack
 
 from .errors import CommandTooLarge
 
+_local = threading.local()
+"""Each thread's idle ``msgpack.Packer`` (``packer``), reused from call to
+call: ``msgpack.packb`` builds a new one each time, which costs more than
+packing a small command."""
+
 
 def pack(value: Any, what: str = "value", max_size: int | None = None) -> bytes:
     """Encode ``value`` with msgpack; raise TypeError naming ``what`` if it cannot be."""
+    local = _local
+    packer = getattr(local, "packer", None)
+    if packer is None:
+        packer = msgpack.Packer(use_bin_type=True)
+    # Taken while in use: packing a list or dict subclass runs its Python
+    # methods, and a pack() they start on this thread gets a packer of its own.
+    local.packer = None
     try:
-        data: bytes = msgpack.packb(value, use_bin_type=True)
+        data: bytes = packer.pack(value)  # resets itself after an error too
     except (TypeError, ValueError, OverflowError) as exc:
         raise TypeError(
             f"the {what} must be encodable by msgpack (None, bool, int, float, str, bytes, "
             f"list, tuple, dict): {exc}"
         ) from None
+    finally:
+        local.packer = packer
     if max_size is not None and len(data) > max_size:
         raise CommandTooLarge(f"the encoded {what} is {len(data)} bytes; the limit (Config.max_command_size) is {max_size}")
     return data

@@ -1510,9 +1510,10 @@ class Peer:
                 continue
             pending_writes = self._pending_writes
             unpack, feed = codec.unpack, self._feed_append
+            normal = EntryKind.NORMAL
             for entry in batch:
                 pending = pending_writes.pop(entry.index, None) if pending_writes else None
-                if entry.kind is EntryKind.NORMAL:
+                if entry.kind is normal:
                     # The common case inline (no coroutine per entry): a plain
                     # result from a synchronous handle_write. See _execute.
                     fut = self._claim(entry, pending)

@@ -57,6 +57,24 @@ class Entry:
         return len(self.data) + 24
 
 
+_new_object = object.__new__
+_set_term, _set_index, _set_kind, _set_data = (Entry.__dict__[name].__set__ for name in ("term", "index", "kind", "data"))
+
+
+def make_entry(term: int, index: int, kind: EntryKind, data: bytes) -> Entry:
+    """``Entry(term, index, kind, data)`` in half the time, for the paths
+    that build one per write (proposing, decoding AppendEntries): the slots
+    are filled directly instead of through the ``object.__setattr__`` calls
+    of a frozen dataclass's ``__init__``. The result is an ordinary,
+    immutable :class:`Entry`."""
+    entry = _new_object(Entry)
+    _set_term(entry, term)
+    _set_index(entry, index)
+    _set_kind(entry, kind)
+    _set_data(entry, data)
+    return entry
+
+
 @dataclass(frozen=True, slots=True)
 class HardState:
     """What must be on disk before any message that depends on it is sent.

@@ -107,10 +107,16 @@ def _is_no_space(exc: BaseException) -> bool:
     return "No space left" in text or f"[Errno {errno.ENOSPC}]" in text or getattr(exc, "errno", None) == errno.ENOSPC
 
 
+_pack_plain = msgpack.Packer().pack
+"""A packer reused for values of plain ints and bytes only: the C packer
+packs those without running Python code, so a call is atomic under the GIL
+and any thread may share it."""
+
+
 def _encode_body(entry: Entry) -> bytes:
     """msgpack ``[term, kind, data]``: an entry in a write-ahead record, and
     the body of its LMDB value."""
-    return msgpack.packb([entry.term, int(entry.kind), entry.data])  # type: ignore[no-any-return]
+    return _pack_plain([entry.term, int(entry.kind), entry.data])  # type: ignore[no-any-return]
 
 
 def _array_header(n: int) -> bytes:
@@ -128,7 +134,7 @@ def _encode_record(hard_state: HardState | None, entries: Sequence[Entry], bodie
     body from :func:`_encode_body`."""
     hs = None if hard_state is None else [hard_state.term, hard_state.vote, hard_state.commit]
     first = entries[0].index if entries else 0
-    return b"\x93" + msgpack.packb(hs) + msgpack.packb(first) + _array_header(len(bodies)) + b"".join(bodies)
+    return b"\x93" + _pack_plain(hs) + _pack_plain(first) + _array_header(len(bodies)) + b"".join(bodies)
 
 
 def _lmdb_values(bodies: list[bytes]) -> list[bytes]:

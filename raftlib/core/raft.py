@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from ..config import Config
 from ..errors import LogCompacted, MembershipChangePending, NotLeader, ProposalDropped
-from ..types import Entry, EntryKind, HardState, Membership, NodeId, SnapshotMeta
+from ..types import Entry, EntryKind, HardState, Membership, NodeId, SnapshotMeta, make_entry
 from . import quorum
 from .membership import check_change
 from .log import RaftLog
@@ -41,6 +41,9 @@ from .messages import (
 )
 from .progress import Progress, ProgressState
 from .ready import ReadState, Ready, SoftState
+
+_CONFIG = EntryKind.CONFIG
+"""A local name: looking up an enum member on its class takes about 0.1 µs."""
 
 if TYPE_CHECKING:
     from storage_adapters.protocol import LogStorage
@@ -230,9 +233,9 @@ class Raft:
             return []
         first = self.log.last_index() + 1
         if kinds is None:
-            entries = [Entry(self.term, first + i, kind, data) for i, data in enumerate(commands)]
+            entries = [make_entry(self.term, first + i, kind, data) for i, data in enumerate(commands)]
         else:
-            entries = [Entry(self.term, first + i, k, data) for i, (k, data) in enumerate(zip(kinds, commands))]
+            entries = [make_entry(self.term, first + i, k, data) for i, (k, data) in enumerate(zip(kinds, commands))]
         self._append_local(entries)
         return [(self.term, e.index) for e in entries]
 
@@ -554,7 +557,7 @@ class Raft:
         while lo <= last:
             batch = self.log.entries(lo, last + 1, 4 << 20)
             for e in batch:
-                if e.kind is EntryKind.CONFIG:
+                if e.kind is _CONFIG:
                     self._config_history.append((e.index, Membership.decode(e.data)))
             lo += len(batch)
 
@@ -564,7 +567,7 @@ class Raft:
         while self._config_history and self._config_history[-1][0] >= first:
             self._config_history.pop()
         for e in entries:
-            if e.kind is EntryKind.CONFIG:
+            if e.kind is _CONFIG:
                 self._config_history.append((e.index, Membership.decode(e.data)))
 
     def _append_local(self, entries: Sequence[Entry]) -> None:
@@ -572,7 +575,7 @@ class Raft:
         self._note_appended(entries)
         if self.role == LEADER:
             self._bcast_needed = True
-            if any(e.kind is EntryKind.CONFIG for e in entries):
+            if any(e.kind is _CONFIG for e in entries):
                 self._sync_progress(entries[-1].index)
 
     def _sync_progress(self, config_index: int) -> None:
@@ -1139,7 +1142,7 @@ def _malformed(msg: Message) -> str | None:
                 return f"entry index {e.index} where {expected} was expected"
             if e.term < term or e.term > msg.term or e.term == 0:
                 return f"entry {e.index} has term {e.term} out of order"
-            if e.kind is EntryKind.CONFIG:
+            if e.kind is _CONFIG:
                 problem = _bad_membership(e.data)
                 if problem:
                     return f"entry {e.index}: {problem}"

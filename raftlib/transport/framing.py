@@ -36,7 +36,7 @@ from ..config import ENTRIES_PER_MESSAGE_LIMIT
 from ..core.messages import MESSAGE_TYPES, InstallSnapshot, Message
 from ..errors import ConfigError, FrameTooLarge, ProtocolError
 from ..sessions import SessionOp
-from ..types import Entry, EntryKind, Membership
+from ..types import Entry, EntryKind, Membership, make_entry
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -250,13 +250,27 @@ def _decode_entry(where: str, raw: Any) -> Entry:
         raise ProtocolError(f"{where}.kind: expected one of {sorted(_KINDS_BY_VALUE)}, got {_short(kind)}")
     if type(data) is not bytes:
         raise ProtocolError(f"{where}.data: expected bytes, got {_short(data)}")
-    return Entry(term, index, entry_kind, data)
+    return make_entry(term, index, entry_kind, data)
+
+
+_NORMAL = EntryKind.NORMAL
 
 
 def _check_entries(where: str, value: Any) -> tuple[Entry, ...]:
     if type(value) is not list:
         raise ProtocolError(f"{where}: expected a list of entries, got {_short(value)}")
-    return tuple(_decode_entry(f"{where}[{i}]", raw) for i, raw in enumerate(value))
+    entries = []
+    append = entries.append
+    for raw in value:
+        # The common case checked inline: a well-formed NORMAL entry.
+        if type(raw) is list and len(raw) == 4:
+            term, index, kind, data = raw
+            if (type(term) is int and type(index) is int and type(kind) is int and type(data) is bytes
+                    and term >= 0 and index >= 0 and kind == 0):
+                append(make_entry(term, index, _NORMAL, data))
+                continue
+        append(_decode_entry(f"{where}[{len(entries)}]", raw))
+    return tuple(entries)
 
 
 _CHECKERS: dict[FieldKind, Callable[[str, Any], Any]] = {
@@ -353,9 +367,12 @@ def _check_client_entry(where: str, data: bytes) -> None:
 def _check_entry_values(where: str, entries: tuple[Entry, ...]) -> None:
     if len(entries) > ENTRIES_PER_MESSAGE_LIMIT:
         raise ProtocolError(f"{where}: {len(entries)} entries, more than the {ENTRIES_PER_MESSAGE_LIMIT} allowed")
+    normal = _NORMAL
     for i, e in enumerate(entries):
         if e.term > MAX_WIRE_INT or e.index > MAX_WIRE_INT:
             raise ProtocolError(f"{where}[{i}]: term and index must be at most 2**63-1")
+        if e.kind is normal:
+            continue
         if e.kind is EntryKind.CONFIG:
             _check_membership(f"{where}[{i}].data", e.data)
         elif e.kind is EntryKind.CLIENT:

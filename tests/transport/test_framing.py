@@ -261,6 +261,8 @@ def _with(body: list[Any], index: int, value: Any) -> list[Any]:
         (lambda b: _with(b, 5, [[1, 2, 0, "text"]]), r"AppendEntries.entries\[0\].data"),
         (lambda b: _with(b, 5, [[1, 2, 0, b""], [-1, 2, 0, b""]]), r"AppendEntries.entries\[1\].term"),
         (lambda b: _with(b, 5, [[1, True, 0, b""]]), r"AppendEntries.entries\[0\].index"),
+        # after entries of other kinds, the position is still the entry's own
+        (lambda b: _with(b, 5, [[1, 2, 0, b"a"], [1, 3, 2, b""], [1, 4, 0, None]]), r"AppendEntries.entries\[2\].data"),
         (lambda b: b[:-1], "8 fields, got 7"),  # wrong field count
         (lambda b: b + [0], "8 fields, got 9"),
         (lambda b: {"term": 1}, "must be a list"),
