@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import concurrent.futures
 import dataclasses
 import heapq
 import inspect
@@ -66,6 +65,7 @@ from .errors import (
     Unavailable,
     WriteTimeout,
 )
+from .io_thread import IOThread
 from .rpc import CANCEL, REQUEST, RpcConnection
 from .security import Security, SharedSecret, TLSConfig, security_from
 from .serving import RequestServer
@@ -153,7 +153,7 @@ class Peer:
         self._write_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._writer_failed: BaseException | None = None
         # Storage writes run on this one thread, in order.
-        self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"raftlib-io-{name}")
+        self._io = IOThread(f"raftlib-io-{name}")
 
         snap = self._core.snapshot
         self._applied_term = snap.term if snap else 0
@@ -1229,8 +1229,8 @@ class Peer:
             else:
                 self._saved(batch, hard_state, None)
         else:
-            io = asyncio.get_running_loop().run_in_executor(self._io, self._storage.save, hard_state, entries, True)
-            io.add_done_callback(lambda f: self._saved(batch, hard_state, _exception_of(f), entries))
+            self._io.call(asyncio.get_running_loop(), self._storage.save, (hard_state, entries, True),
+                          lambda exc: self._saved(batch, hard_state, exc, entries))
 
     def _saved(self, batch: list[_Write], hard_state: HardState | None, exc: BaseException | None,
                entries: Sequence[Entry] = ()) -> None:
@@ -1806,10 +1806,6 @@ class _Write:
 
     ready: Ready
     hard_state: HardState | None
-
-
-def _exception_of(fut: asyncio.Future[Any]) -> BaseException | None:
-    return asyncio.CancelledError() if fut.cancelled() else fut.exception()
 
 
 def _splice(entries: list[Entry], more: Sequence[Entry]) -> None:
