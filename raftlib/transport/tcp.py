@@ -288,10 +288,16 @@ class _Outbox:
     """Bytes in ``frames``. Invariant: ``size == sum(map(len, frames))``."""
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    idle: asyncio.StreamWriter | None = None
+    """The connection, while the writer task waits with nothing queued or
+    unsent and the Hello written: :meth:`Transport.send` may write a frame
+    to it at once instead of waking the task. Cleared by anything that
+    wakes the task."""
 
     def put(self, frame: bytes) -> int:
         """Queue a frame; return how many old frames were dropped to make room
         (beyond ``limit`` frames or ``max_bytes`` bytes; the new one is always kept)."""
+        self.idle = None
         dropped = 0
         while self.frames and (len(self.frames) >= self.limit or self.size + len(frame) > self.max_bytes):
             self.size -= len(self.frames.popleft())
@@ -315,6 +321,7 @@ class _Outbox:
 
     def poke(self) -> None:
         """Wake the writer task (address change, peer closed the connection)."""
+        self.idle = None
         self.wakeup.set()
 
 
@@ -564,6 +571,16 @@ class Transport:
             self.log.debug("%s: dropping %s to %s: %s", self.name, type(msg).__name__, dst, reason)
             return
         outbox = self._outboxes.get(dst)
+        if outbox is not None and outbox.idle is not None:
+            writer = outbox.idle
+            # Straight to the socket when the kernel took everything before:
+            # no turn of the event loop for the writer task. Otherwise the
+            # task sends it and waits for the buffer to drain.
+            if not writer.is_closing() and writer.transport.get_write_buffer_size() == 0:
+                writer.write(frame)
+                self.stats["frames_sent"] += 1
+                return
+            outbox.idle = None
         if outbox is None:
             outbox = self._outboxes[dst] = _Outbox(dst, self.max_outbox, self.max_outbox_bytes)
         if outbox.task is None:
@@ -643,8 +660,12 @@ class Transport:
                     self.stats["frames_sent"] += len(batch)
                     batch = []
                     await writer.drain()
+                if not outbox.frames and not outbox.wakeup.is_set():
+                    outbox.idle = writer
                 await outbox.wait()
+                outbox.idle = None
         finally:
+            outbox.idle = None
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
 

@@ -219,6 +219,61 @@ async def test_address_change_moves_the_connection(make_node: MakeNode) -> None:
     assert TimeoutNow(2, "a", "b") not in b.inbox
 
 
+async def test_order_is_kept_across_direct_and_queued_sends(make_node: MakeNode) -> None:
+    """An idle connection takes a frame at once; a busy one (the kernel has
+    not taken everything yet) queues it for the writer task. Mixed, with
+    large frames that fill the socket buffer, every message still arrives,
+    in order."""
+    a, b = await connect_pair(make_node, max_outbox=100_000)
+    await exchange(a, b, 1)
+    b.inbox.clear()
+    big = b"x" * (512 * 1024)
+    sent: list[AppendEntries] = []
+    for i in range(300):
+        data = big if i % 50 == 0 else b"cmd"
+        msg = AppendEntries(2, "a", "b", i, 0, (Entry(2, i + 1, EntryKind.NORMAL, data),), 0, 0)
+        a.transport.send(msg)
+        sent.append(msg)
+        if i % 7 == 0:
+            await asyncio.sleep(0)
+        if i % 60 == 59:
+            await wait_until(lambda: len(b.inbox) >= len(sent), what="the messages so far")  # idle again
+    await wait_until(lambda: len(b.inbox) >= len(sent), timeout=20, what="every message")
+    assert b.inbox == sent
+    assert a.transport.stats["dropped"] == 0
+
+
+async def test_a_peer_that_stops_reading_fills_the_outbox_not_memory(make_node: MakeNode) -> None:
+    """Frames go straight to the socket only while the kernel takes them;
+    once it stops, they queue in the outbox, whose limit drops the oldest."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def never_read(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(never_read, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        a = await make_node("a", max_outbox=3)
+        a.transport.set_address("z", f"127.0.0.1:{port}")
+        a.transport.send(TimeoutNow(1, "a", "z"))
+        await wait_until(lambda: a.transport.stats["frames_sent"] >= 2, what="Hello and the first frame")
+        payload = b"x" * (256 * 1024)
+        for i in range(200):  # 50 MiB, far more than the socket buffers hold
+            a.transport.send(AppendEntries(1, "a", "z", i, 0, (Entry(1, i + 1, EntryKind.NORMAL, payload),), 0, 0))
+            await asyncio.sleep(0)
+        # What the kernel took (Hello, the first frame, some MiB), and at
+        # most 3 queued: the rest was dropped.
+        stats = a.transport.stats
+        assert stats["dropped"] >= 100
+        assert stats["frames_sent"] + stats["dropped"] >= 201 - 3
+    finally:
+        for w in held:
+            w.close()
+        server.close()
+        await server.wait_closed()
+
+
 async def test_full_outbox_drops_oldest(make_node: MakeNode, tmp_path: Path) -> None:
     a = await make_node("a", max_outbox=3)
     a.transport.set_address("z", f"unix:{tmp_path}/nobody-listens.sock")
