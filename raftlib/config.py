@@ -33,6 +33,13 @@ class Config:
     """Most payload bytes one AppendEntries carries (at least one entry is always sent)."""
     max_inflight: int = 64
     """Most AppendEntries in flight to one follower before waiting for acks."""
+    max_batch_delay: float = 0.001
+    """Leader: the longest a write waits to be sent while a save is on its
+    way to disk. Writes that arrive meanwhile gather into one batch (one
+    AppendEntries and one save per peer instead of several); one that has
+    waited this long goes out at once, so a slow save on the leader does not
+    hold the write back from the followers (a majority of them can commit it
+    before the leader's own save is done)."""
     max_frame_size: int = 64 * 1024 * 1024
     """Largest frame the transport accepts; bigger frames close the connection."""
     max_command_size: int = 16 * 1024 * 1024
@@ -101,7 +108,7 @@ class Config:
                 raise ConfigError(f"Config.{f.name} must be a number, got {value!r}")
             if value <= 0 and f.name != "snapshot_keep_entries":
                 raise ConfigError(f"Config.{f.name} must be positive, got {value!r}")
-            if f.name not in ("tick_interval", "session_ttl", "hello_timeout") and not isinstance(value, int):
+            if f.name not in ("tick_interval", "session_ttl", "hello_timeout", "max_batch_delay") and not isinstance(value, int):
                 raise ConfigError(f"Config.{f.name} must be an int, got {value!r}")
         if self.heartbeat_ticks >= self.election_ticks:
             raise ConfigError(

@@ -152,6 +152,10 @@ class Peer:
         self._written: list[Ready] = []
         self._write_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._writer_failed: BaseException | None = None
+        self._proposals_since = 0.0
+        """Loop time at which the oldest write in ``_proposals`` was queued."""
+        self._batch_timer: asyncio.TimerHandle | None = None
+        """Wakes the driver when writes gathering behind a save are due (``max_batch_delay``)."""
         # Storage writes run on this one thread, in order.
         self._io = IOThread(f"raftlib-io-{name}")
 
@@ -242,6 +246,9 @@ class Peer:
             await self._stopped.wait()
             return
         self._stopping = True
+        if self._batch_timer is not None:
+            self._batch_timer.cancel()
+            self._batch_timer = None
         self._wake.set()
         driver, *others = self._tasks
         if self._snapshot_writer is not None:
@@ -745,7 +752,10 @@ class Peer:
                 f"peer {self.name} has {pending} writes pending (Config.max_pending_writes); "
                 f"this one was not applied: retry later"
             )
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        if not self._proposals:
+            self._proposals_since = loop.time()
         self._proposals.append((kind, data, fut))
         self._wake.set()
         return fut
@@ -1091,12 +1101,19 @@ class Peer:
                 # Time this peer could not observe: its clock is behind, so a
                 # lease it holds may already have run out elsewhere.
                 core.expire_lease()
-        if self._proposals and (self._saving is None or len(self._proposals) >= self.config.max_entries_per_message):
+        if self._proposals:
             # While a save is on its way to disk, writes gather into the next
             # batch: the leader could not write them any sooner, and one
             # larger batch costs the cluster one message and one save per
-            # peer instead of several.
-            self._propose()
+            # peer instead of several. Not for longer than max_batch_delay,
+            # though: the followers need not wait for the leader's disk.
+            cfg = self.config
+            due = self._proposals_since + cfg.max_batch_delay
+            if (self._saving is None or len(self._proposals) >= cfg.max_entries_per_message
+                    or asyncio.get_running_loop().time() >= due):
+                self._propose()
+            elif self._batch_timer is None:
+                self._batch_timer = asyncio.get_running_loop().call_at(due, self._batch_due)
         if self._read_requests:
             reads, self._read_requests = self._read_requests, []
             for rid, rfut in reads:
@@ -1109,6 +1126,10 @@ class Peer:
                 else:
                     self._pending_reads[rid] = rfut
         return done
+
+    def _batch_due(self) -> None:
+        self._batch_timer = None
+        self._wake.set()
 
     def _propose(self) -> None:
         batch, self._proposals = self._proposals, []

@@ -163,6 +163,10 @@ async def test_start_peer_validates_arguments(tmp_path: Any) -> None:
             KVStore, name="x", address="127.0.0.1:0", storage=MemoryStorage(),
             config=raftlib.Config(heartbeat_ticks=40),
         )
+    for bad in (0, -0.001, "1ms", True):
+        with pytest.raises(errors.ConfigError, match="max_batch_delay"):
+            raftlib.Config(max_batch_delay=bad).validate()  # type: ignore[arg-type]
+    assert raftlib.Config(max_batch_delay=0.0005).validate().max_batch_delay == 0.0005
     with pytest.raises(errors.ConfigError, match="StateMachine"):
         await raftlib.start_peer(dict, name="x", address="127.0.0.1:0", storage=MemoryStorage())  # type: ignore[arg-type]
 

@@ -5,6 +5,7 @@ writes what queued up meanwhile in one save."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from typing import Any, Sequence
 
@@ -40,11 +41,11 @@ class GatedDisk(MemoryStorage):
             self.saves.append([e.index for e in entries])
 
 
-async def start(n: int = 3) -> tuple[dict[str, raftlib.Peer], dict[str, GatedDisk]]:
+async def start(n: int = 3, config: raftlib.Config = FAST) -> tuple[dict[str, raftlib.Peer], dict[str, GatedDisk]]:
     disks = {f"s{i}": GatedDisk() for i in range(1, n + 1)}
     peers = {}
     for name, disk in disks.items():
-        peers[name] = await raftlib.start_peer(KVStore, name=name, address="127.0.0.1:0", storage=disk, config=FAST)
+        peers[name] = await raftlib.start_peer(KVStore, name=name, address="127.0.0.1:0", storage=disk, config=config)
     await peers["s1"].set_configuration({name: p.address for name, p in peers.items()})
     await eventually(lambda: peers["s1"].is_leader)
     await peers["s1"].write(["set", "warm", 1])
@@ -102,6 +103,33 @@ async def test_entries_that_queue_up_behind_a_slow_save_go_to_disk_in_one_save()
         assert len(mine) < 8, mine
         assert max(len(save) for save in mine) > 1
         assert peers["s2"].state_machine.data == peers["s1"].state_machine.data  # type: ignore[attr-defined]
+    finally:
+        await stop(peers, disks)
+
+
+@pytest.mark.parametrize("delay, sent_during_the_save", [(0.02, True), (60.0, False)])
+async def test_a_write_waits_for_the_leaders_save_at_most_max_batch_delay(
+    delay: float, sent_during_the_save: bool
+) -> None:
+    """Writes arriving while the leader's save is in flight gather behind
+    it, for at most ``Config.max_batch_delay``; then they go to the
+    followers even though the leader's disk is still busy. The leader still
+    answers only once its own disk has them."""
+    peers, disks = await start(config=dataclasses.replace(FAST, max_batch_delay=delay))
+    leader = peers["s1"]
+    try:
+        disks["s1"].gate.clear()  # the leader's disk stalls
+        first = leader.status()["last_index"] + 1
+        a = asyncio.ensure_future(leader.write(["set", "a", 1]))  # no save in flight: out at once
+        for name in ("s2", "s3"):
+            await eventually(lambda name=name: any(first in save for save in disks[name].saves))
+        b = asyncio.ensure_future(leader.write(["set", "b", 2]))  # behind the leader's stalled save
+        await asyncio.sleep(0.5)
+        followers_have_b = [any(first + 1 in save for save in disks[name].saves) for name in ("s2", "s3")]
+        assert followers_have_b == [sent_during_the_save] * 2
+        assert not a.done() and not b.done()  # not on the leader's disk yet
+        disks["s1"].gate.set()
+        assert await asyncio.wait_for(asyncio.gather(a, b), 10) == [["ok", "a", 1], ["ok", "b", 2]]
     finally:
         await stop(peers, disks)
 
