@@ -3,8 +3,13 @@
 The LMDB adapter keeps its recent saves here instead of committing each one
 to LMDB, whose durable commit flushes twice (the pages, then the meta page
 that makes them current). Appending to a file whose blocks were all written
-when it was created needs one ``fdatasync`` and no change to the file's
-metadata, so a save costs one flush.
+when it was created needs one flush and no change to the file's metadata,
+so a save costs one flush. Where the platform has ``O_DSYNC``, a synced
+append is one ``pwrite`` on a descriptor opened with it, which returns once
+the data is on disk: one system call where ``pwrite`` and ``fdatasync`` take
+two. The thread saving gives up the interpreter lock for each system call
+and must win it back from a busy event loop thread afterwards, so each one
+fewer shortens a save under load.
 
 Layout, all integers big-endian:
 
@@ -40,6 +45,7 @@ _HEADER = struct.Struct(">8sQI")
 _RECORD = struct.Struct(">II")
 _GENERATION = struct.Struct(">Q")
 _ZEROS = bytes(1 << 20)
+_O_DSYNC = getattr(os, "O_DSYNC", 0)
 
 
 def _os_error(action: str, path: str, exc: OSError) -> StorageError:
@@ -66,6 +72,12 @@ class WriteAheadFile:
         self.size = size
         self._advice = advice
         self._fd = -1
+        self._sync_fd = -1
+        """The same file opened with ``O_DSYNC``, for synced appends (``-1``
+        where the platform lacks it: ``pwrite`` then ``fdatasync``)."""
+        self._unflushed = False
+        """Whether a record was appended without a flush since the last one:
+        the next synced append then flushes the whole file, not just itself."""
         try:
             self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
             header = os.pread(self._fd, _HEADER.size, 0)
@@ -78,6 +90,11 @@ class WriteAheadFile:
                 generation = self._create()
             else:
                 self._extend()
+            if _O_DSYNC:
+                self._sync_fd = os.open(path, os.O_WRONLY | _O_DSYNC)
+        except OSError as exc:
+            self._close_fd()
+            raise _os_error("open the write-ahead file", path, exc) from exc
         except BaseException:
             self._close_fd()
             raise
@@ -127,12 +144,14 @@ class WriteAheadFile:
         On failure nothing counts as appended: the next record goes to the
         same place."""
         record = _RECORD.pack(len(payload), zlib.crc32(payload, self._seed)) + payload
+        synced = sync and self._sync_fd >= 0 and not self._unflushed
         try:
-            written = os.pwrite(self._fd, record, self._offset)
+            written = os.pwrite(self._sync_fd if synced else self._fd, record, self._offset)
             if written != len(record):
                 raise OSError(errno.EIO, f"short write: {written} of {len(record)} bytes")
-            if sync:
+            if sync and not synced:
                 os.fdatasync(self._fd)
+            self._unflushed = not sync
         except OSError as exc:
             raise _os_error("append to the write-ahead file", self.path, exc) from exc
         self._offset += len(record)
@@ -143,6 +162,7 @@ class WriteAheadFile:
         if generation <= self.generation:
             raise ValueError(f"generation {generation} is not after {self.generation}")
         self._write_header(generation)
+        self._unflushed = False
         self.generation = generation
         self._seed = zlib.crc32(_GENERATION.pack(generation))
         self._offset = HEADER_SIZE
@@ -154,6 +174,9 @@ class WriteAheadFile:
     # -- helpers -------------------------------------------------------------------
 
     def _close_fd(self) -> None:
+        if self._sync_fd >= 0:
+            fd, self._sync_fd = self._sync_fd, -1
+            os.close(fd)
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
             os.close(fd)

@@ -27,7 +27,7 @@ from raftlib.errors import CorruptStorage, StorageError
 from raftlib.types import Entry, EntryKind, HardState
 from storage_adapters import LMDBStorage, MemoryStorage
 from storage_adapters.lmdb import WAL_FILES
-from storage_adapters.wal import HEADER_SIZE
+from storage_adapters.wal import HEADER_SIZE, WriteAheadFile
 
 from .test_contract import SMALL_MAP, assert_same, make_entries, script_env, snapshot_meta, whole_log
 
@@ -104,6 +104,38 @@ def test_a_crash_loses_no_save(tmp_path: Path) -> None:
         assert all(again._files) and again._active is not None and again._active.empty
     finally:
         again.close()
+
+
+def test_a_synced_append_is_one_write_unless_an_unsynced_one_came_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A synced append is one pwrite through the O_DSYNC descriptor; after
+    an unsynced append, it flushes the whole file instead, so the earlier
+    record is on disk too."""
+    if not getattr(os, "O_DSYNC", 0):
+        pytest.skip("no O_DSYNC on this platform")
+    wal = WriteAheadFile(str(tmp_path / "wal"), 1 << 20, "advice")
+    calls: list[str] = []
+    real_pwrite, real_fdatasync = os.pwrite, os.fdatasync
+    monkeypatch.setattr(os, "pwrite", lambda fd, data, off: calls.append("pwrite") or real_pwrite(fd, data, off))
+    monkeypatch.setattr(os, "fdatasync", lambda fd: calls.append("fdatasync") or real_fdatasync(fd))
+    try:
+        wal.append(b"one")
+        assert calls == ["pwrite"]
+        wal.append(b"two", sync=False)
+        wal.append(b"three")
+        assert calls == ["pwrite", "pwrite", "pwrite", "fdatasync"]
+        wal.append(b"four")
+        assert calls[4:] == ["pwrite"]
+        monkeypatch.undo()
+        assert wal.records() == [b"one", b"two", b"three", b"four"]
+    finally:
+        wal.close()
+    reopened = WriteAheadFile(str(tmp_path / "wal"), 1 << 20, "advice")
+    try:
+        assert reopened.records() == [b"one", b"two", b"three", b"four"]
+    finally:
+        reopened.close()
 
 
 def test_a_torn_last_record_is_dropped_and_the_rest_kept(tmp_path: Path) -> None:
