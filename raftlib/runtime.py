@@ -1108,12 +1108,12 @@ class Peer:
             # peer instead of several. Not for longer than max_batch_delay,
             # though: the followers need not wait for the leader's disk.
             cfg = self.config
+            loop = asyncio.get_running_loop()
             due = self._proposals_since + cfg.max_batch_delay
-            if (self._saving is None or len(self._proposals) >= cfg.max_entries_per_message
-                    or asyncio.get_running_loop().time() >= due):
+            if self._saving is None or len(self._proposals) >= cfg.max_entries_per_message or loop.time() >= due:
                 self._propose()
             elif self._batch_timer is None:
-                self._batch_timer = asyncio.get_running_loop().call_at(due, self._batch_due)
+                self._batch_timer = loop.call_at(due, self._batch_due)
         if self._read_requests:
             reads, self._read_requests = self._read_requests, []
             for rid, rfut in reads:

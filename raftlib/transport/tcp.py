@@ -580,7 +580,6 @@ class Transport:
                 writer.write(frame)
                 self.stats["frames_sent"] += 1
                 return
-            outbox.idle = None
         if outbox is None:
             outbox = self._outboxes[dst] = _Outbox(dst, self.max_outbox, self.max_outbox_bytes)
         if outbox.task is None:
