@@ -22,7 +22,8 @@ class ProgressState(enum.Enum):
 
 
 class Progress:
-    __slots__ = ("match", "next", "state", "inflight", "probe_sent", "recent_active", "read_ack", "stall_ticks", "sent_commit", "pending_snapshot")
+    __slots__ = ("match", "next", "state", "inflight", "probe_sent", "recent_active", "read_ack", "stall_ticks",
+                 "sent_commit", "pending_snapshot", "heard_at", "snapshot_ctx")
 
     def __init__(self, next_index: int) -> None:
         self.match = 0
@@ -42,6 +43,12 @@ class Progress:
         """Highest commit index sent to this follower."""
         self.stall_ticks = 0
         """Ticks since ``match`` last moved while messages were in flight."""
+        self.heard_at: int | None = None
+        """The leader's tick when this follower last answered an AppendEntries
+        (``None``: not yet in this term)."""
+        self.snapshot_ctx = 0
+        """Read context of the first message sent after this follower took a
+        snapshot: rejections of older messages predate the snapshot."""
 
     def become_probe(self) -> None:
         self.state = ProgressState.PROBE

@@ -373,12 +373,35 @@ class Raft:
             self.snapshot = meta
 
     def compaction_limit(self) -> int:
-        """Highest index storage may compact up to without forcing a follower
-        that is being sent a snapshot to need another one (no install loop)."""
+        """Highest index storage may compact up to without pushing a follower
+        into needing another snapshot (an install loop).
+
+        Never past the latest snapshot, nor past a snapshot being sent to a
+        follower (it continues from the log once it has installed it). On a
+        leader, also never past what a follower heard from within the last
+        election timeout needs next (from its match index on; when probed,
+        from the probe's index on), unless it is more than
+        ``Config.snapshot_entries`` entries behind: such a follower is
+        catching up from the log, and compacting what it needs next would
+        cost it a snapshot each time a message is lost or reordered. A
+        follower that is silent (down, cut off) or further behind does not
+        hold the log back; it gets a snapshot when it needs one.
+        """
         limit = self.snapshot.index if self.snapshot else 0
+        if self.role != LEADER:
+            return limit
+        first = self.log.first_index()
+        last = self.log.last_index()
+        cfg = self.config
         for _, pr in self._followers():
             if pr.state is ProgressState.SNAPSHOT:
                 limit = min(limit, pr.pending_snapshot)
+                continue
+            if pr.heard_at is None or self._now - pr.heard_at >= cfg.election_ticks:
+                continue
+            needs_after = pr.match if pr.state is ProgressState.REPLICATE else pr.next - 1
+            if needs_after >= first - 1 and last - needs_after <= cfg.snapshot_entries:
+                limit = min(limit, needs_after)  # (below first - 1 it needs a snapshot anyway)
         return limit
 
     def report_snapshot(self, node_id: NodeId, success: bool) -> None:
@@ -400,6 +423,11 @@ class Raft:
             # normally gets there first, but if it crashed before recording
             # the snapshot, the probe's rejection sends the snapshot again.
             pr.next = max(pr.next, pending + 1)
+            pr.heard_at = self._now  # it took the whole snapshot: keep what follows it
+            # Rejections still on their way answer messages sent before the
+            # snapshot, when the follower lacked it: a new read context (which
+            # every message carries) tells them apart.
+            pr.snapshot_ctx = self._next_read_ctx()
         pr.probe_sent = True  # wait for the next heartbeat (or the ack) before probing
 
     def has_ready(self) -> bool:
@@ -961,6 +989,7 @@ class Raft:
                 self.logger.warning("%s: %s acknowledges read context %d we never sent", self.id, msg.src, msg.read_ctx)
                 return
             pr.recent_active = True
+            pr.heard_at = self._now
             if msg.read_ctx > pr.read_ack:
                 pr.read_ack = msg.read_ctx
                 self._advance_reads()
@@ -1012,6 +1041,8 @@ class Raft:
     def _handle_append_reject(self, nid: NodeId, pr: Progress, msg: AppendEntriesResponse) -> None:
         if pr.state is ProgressState.SNAPSHOT:
             return  # a heartbeat it could not match yet; the snapshot will fix that
+        if msg.read_ctx < pr.snapshot_ctx:
+            return  # it answers a message sent before the follower took our snapshot
         if pr.state is ProgressState.REPLICATE:
             if msg.reject_index <= pr.match:
                 return  # stale

@@ -1144,8 +1144,22 @@ class Simulator:
             self._cancel(running)
         data = p.snapshots.get((m.index, m.snapshot_term))
         if data is None:
-            fail("snapshot-durability", f"{p.id} offers {m.dst} the snapshot {m.snapshot_term}/{m.index}, which is "
-                                        f"not in its snapshot store")
+            newer = p.core.snapshot if p.core is not None else None
+            if newer is None or newer.index <= m.index or (newer.index, newer.term) not in p.snapshots:
+                fail("snapshot-durability", f"{p.id} offers {m.dst} the snapshot {m.snapshot_term}/{m.index}, which "
+                                            f"is not in its snapshot store")
+            # Two newer snapshots were taken between the core's offer and the
+            # transfer, and the store kept only those. As in the runtime, the
+            # transfer fails at once and the next offer carries the newest.
+            self.snap_stats["replaced before sending"] += 1
+            self._note("%s: snapshot %d/%d for %s was replaced by %d/%d before it was sent", p.id, m.snapshot_term,
+                       m.index, m.dst, newer.term, newer.index)
+            report = (p.incarnation, m.term, m.dst, False)
+            if self.manual:
+                self._report_snapshot(p, *report)
+            else:
+                self._schedule(self.now + self.rng.uniform(0.1, 2.0), _SNAP_REPORT, m.src, report)
+            return
         if self._sends_after_heal is not None:
             key = (m.term, m.dst)
             self._sends_after_heal[key] += 1

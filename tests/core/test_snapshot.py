@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
-from raftlib.core.messages import AppendEntries, InstallSnapshot
+from raftlib.core.messages import AppendEntries, AppendEntriesResponse, InstallSnapshot
 from raftlib.core.progress import ProgressState
 from raftlib.types import Entry, EntryKind, Membership, SnapshotMeta
 
-from .network import Network
+from .network import Network, config
 
 
 def fill(net: Network, leader: str, n: int, prefix: bytes = b"x") -> None:
     for k in range(n):
         net.propose(leader, prefix + str(k).encode())
+        net.stabilize()
+
+
+def let_c_fall_silent(net: Network) -> None:
+    """Heartbeats for an election timeout, which cut-off c does not answer:
+    from then on a no longer keeps the entries c needs next."""
+    for _ in range(net.config.election_ticks // net.config.heartbeat_ticks + 1):
+        net.tick("a", net.config.heartbeat_ticks)
         net.stabilize()
 
 
@@ -22,6 +30,7 @@ def lagging_c(entries: int = 10) -> tuple[Network, SnapshotMeta]:
     net.elect("a")
     net.isolate("c")
     fill(net, "a", entries)
+    let_c_fall_silent(net)
     meta = net.take_snapshot("a")
     net.heal()
     return net, meta
@@ -42,6 +51,7 @@ def test_lagging_follower_gets_a_snapshot_then_entries() -> None:
     net.elect("a")
     net.isolate("c")
     fill(net, "a", 20)
+    let_c_fall_silent(net)
     meta = net.take_snapshot("a")
     assert net.storage["a"].first_index() == meta.index + 1
     fill(net, "a", 3, b"after")
@@ -152,6 +162,83 @@ def test_compaction_limit_protects_a_follower_being_sent_a_snapshot() -> None:
     net.stabilize()
     snaps_to_c = [m for m in net.sent if isinstance(m, InstallSnapshot) and m.dst == "c"]
     assert len(snaps_to_c) == 1
+    assert net.commands("c") == net.commands("a")
+
+
+def test_compaction_keeps_what_a_follower_heard_from_lately_needs() -> None:
+    """c answered less than an election timeout ago: a snapshot at a does
+    not compact the entries c needs next, so c catches up from the log."""
+    net = Network(["a", "b", "c"])
+    net.elect("a")
+    a = net.nodes["a"]
+    c_match = a.progress["c"].match
+    net.isolate("c")
+    fill(net, "a", 10)
+    meta = net.take_snapshot("a")
+    assert meta.index > c_match + 5
+    assert a.compaction_limit() == c_match
+    assert net.storage["a"].first_index() == c_match + 1
+    net.heal()
+    for _ in range(3 * net.config.election_ticks):  # its lost appends time out; then a probes it
+        net.tick("a")
+        net.stabilize()
+    assert not [m for m in net.sent if isinstance(m, InstallSnapshot)]
+    assert net.commands("c") == net.commands("a")
+    net.take_snapshot("a")  # c is caught up: nothing holds the log back now
+    assert net.storage["a"].first_index() == a.applied_index + 1
+
+
+def test_a_follower_silent_for_an_election_timeout_holds_nothing_back() -> None:
+    net = Network(["a", "b", "c"])
+    net.elect("a")
+    a = net.nodes["a"]
+    net.isolate("c")
+    fill(net, "a", 10)
+    net.take_snapshot("a")
+    assert a.compaction_limit() == a.progress["c"].match  # heard from lately
+    let_c_fall_silent(net)
+    meta = net.take_snapshot("a")
+    assert a.compaction_limit() == meta.index
+    assert net.storage["a"].first_index() == meta.index + 1
+
+
+def test_a_follower_further_behind_than_snapshot_entries_holds_nothing_back() -> None:
+    net = Network(["a", "b", "c"], config=config(snapshot_entries=5))
+    net.elect("a")
+    a = net.nodes["a"]
+    net.isolate("c")
+    fill(net, "a", 4)
+    net.take_snapshot("a")
+    assert a.compaction_limit() == a.progress["c"].match
+    fill(net, "a", 4, b"more")  # now more than 5 behind, still heard from lately
+    meta = net.take_snapshot("a")
+    assert a.log.last_index() - a.progress["c"].match > 5
+    assert a.compaction_limit() == meta.index
+    assert net.storage["a"].first_index() == meta.index + 1
+
+
+def test_a_rejection_from_before_the_snapshot_does_not_send_it_again() -> None:
+    """On a network that reorders, c's rejection of a heartbeat sent while
+    it lacked the snapshot can arrive after the transfer was reported done:
+    it says nothing about c's log any more."""
+    net, meta = lagging_c()
+    until_snapshot_in_flight(net)
+    net.tick("a", net.config.heartbeat_ticks)  # a heartbeat c cannot match yet
+    net.deliver(lambda m: isinstance(m, AppendEntries) and m.dst == "c")
+    stale = net.inflight[:]
+    assert any(isinstance(m, AppendEntriesResponse) and m.src == "c" and not m.success for m in stale)
+    net.inflight = []
+    net.deliver(lambda m: isinstance(m, InstallSnapshot))  # c installs it; its ack is queued
+    ack = net.inflight[:]
+    net.inflight = []
+    a = net.nodes["a"]
+    a.report_snapshot("c", success=True)
+    net.inflight = stale + ack  # the old rejection first
+    net.stabilize()
+    net.tick("a", net.config.heartbeat_ticks)
+    net.stabilize()
+    assert [m.index for m in net.sent if isinstance(m, InstallSnapshot) and m.dst == "c"] == [meta.index]
+    assert a.progress["c"].state is ProgressState.REPLICATE
     assert net.commands("c") == net.commands("a")
 
 
