@@ -131,8 +131,9 @@ class RpcConnection:
         try:
             self._writer.write(encode_frame(REQUEST, [rid, op, dict(args)]))
             try:
-                return await asyncio.wait_for(fut, timeout)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(timeout):
+                    return await fut
+            except TimeoutError:
                 raise errors.Timeout(f"{op} at {self.address} got no answer within {timeout} s") from None
         finally:
             self._pending.pop(rid, None)

@@ -527,8 +527,9 @@ class Peer:
                 continue
             committed, step = out
             try:
-                await asyncio.wait_for(asyncio.shield(committed), _remaining(loop, deadline))
-            except asyncio.TimeoutError:
+                async with asyncio.timeout_at(deadline):
+                    await asyncio.shield(committed)
+            except TimeoutError:
                 raise Timeout("the membership change did not commit in time; it may still commit") from None
             self._log.info("%s: membership now %s", self.name, _describe_membership(step))
 
@@ -595,8 +596,9 @@ class Peer:
         loop = asyncio.get_running_loop()
         wait = limit if deadline is None else min(limit, max(0.0, deadline - loop.time()))
         try:
-            await asyncio.wait_for(self._wait_until(lambda: self._core.leader is not None), wait)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(wait):
+                await self._wait_until(lambda: self._core.leader is not None)
+        except TimeoutError:
             _check_deadline(loop, deadline, "waiting for a leader")
             raise NotLeader(None) from None
 
@@ -628,8 +630,9 @@ class Peer:
         self._check_running()
 
         try:
-            await asyncio.wait_for(self._wait_until(lambda: self._core.leader is not None), timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):
+                await self._wait_until(lambda: self._core.leader is not None)
+        except TimeoutError:
             raise Timeout(f"no leader was elected within {timeout} s") from None
         leader = self._core.leader
         assert leader is not None
@@ -659,8 +662,9 @@ class Peer:
         target = await self._call_in_driver(start)
         limit = timeout if timeout is not None else 4 * self.config.election_ticks * self.config.tick_interval
         try:
-            await asyncio.wait_for(self._wait_until(lambda: self._core.leader not in (None, self.name)), limit)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(limit):
+                await self._wait_until(lambda: self._core.leader not in (None, self.name))
+        except TimeoutError:
             raise Timeout(f"leadership did not pass to {target} within {limit:.2f} s") from None
         leader = self._core.leader
         assert leader is not None
@@ -735,8 +739,9 @@ class Peer:
         if timeout is None:
             return await fut
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(fut)
+        except TimeoutError:
             raise WriteTimeout(f"the write did not finish within {timeout} s; it may still be applied") from None
         finally:
             if not fut.done():
@@ -838,8 +843,9 @@ class Peer:
             return await self._answer(data)
 
         try:
-            return await asyncio.wait_for(serve(), timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):
+                return await serve()
+        except TimeoutError:
             raise Timeout(f"the read did not finish within {timeout} s") from None
 
     async def _answer(self, data: bytes) -> Any:
