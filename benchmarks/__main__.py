@@ -71,7 +71,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -82,6 +81,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from benchmarks.snapshots import PeerError, PeerProcess, read_log
+from raftlib.testing import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("compare", "writes", "latency", "reads", "five", "election", "profile")
@@ -111,11 +111,6 @@ LIVE: set[Proc] = set()
 # -- processes and clusters ----------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def cpu_seconds(pid: int) -> float | None:

@@ -35,7 +35,6 @@ import os
 import platform
 import re
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -44,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import raftlib
+from raftlib.testing import free_port
 
 NAMES = ("s1", "s2", "s3")
 RESULTS = Path("bench-results/snapshots.json")
@@ -54,12 +54,6 @@ SAMPLE_INTERVAL = 0.05
 MIB = 1024 * 1024
 
 
-def free_port() -> int:
-    """A port the OS considers free right now (bind port 0, read it, release it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def vmrss_kib(pid: int) -> int | None:

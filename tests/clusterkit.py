@@ -4,13 +4,12 @@ free ports, polling, and a Cluster of peers on loopback."""
 from __future__ import annotations
 
 import asyncio
-import random
-import socket
 from typing import Any, Callable
 
 import raftlib
 from raftlib import codec
 from raftlib.config import Config
+from raftlib.testing import free_port
 
 FAST = Config(tick_interval=0.01, election_ticks=10, heartbeat_ticks=2)
 """Elections in 0.1-0.2 s, so that tests stay quick."""
@@ -44,47 +43,6 @@ class KVStore(raftlib.StateMachine):
     def restore(self, data: bytes) -> None:
         self.data = codec.unpack(data)
         self.restores += 1
-
-
-_ISSUED: set[int] = set()
-
-
-def _ephemeral_low() -> int:
-    """The first port of the kernel's ephemeral range (32768 if unknown)."""
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            return int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on, for a peer that binds it later.
-
-    A port the kernel hands out for ``bind(("127.0.0.1", 0))`` comes from the
-    ephemeral range, the same one outbound connections take their local
-    ports from: between this call and the peer's bind, another peer of the
-    test could connect out from it ("address already in use"). So the port
-    is drawn below that range, checked free by binding it, and never handed
-    out twice by this process.
-    """
-    low = _ephemeral_low()
-    if low > 12_000:
-        rng = random.SystemRandom()
-        for _ in range(200):
-            port = rng.randrange(10_000, low)
-            if port in _ISSUED:
-                continue
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            _ISSUED.add(port)
-            return port
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:

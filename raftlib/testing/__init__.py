@@ -5,6 +5,9 @@ and cas operations is linearizable (see docs/testing.md)::
 
     from raftlib.testing import History, check
 
+:func:`free_port` (from :mod:`raftlib.testing.ports`) names a loopback port
+for a peer a test starts in another process.
+
 The names below are imported on first use, so that
 ``python -m raftlib.testing.lincheck`` does not load the module twice.
 """
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
         save,
         to_jsonl,
     )
+    from .ports import free_port
 
 __all__ = [
     "History",
@@ -40,6 +44,7 @@ __all__ = [
     "Violation",
     "check",
     "check_file",
+    "free_port",
     "from_jsonl",
     "load",
     "save",
@@ -48,6 +53,10 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name == "free_port":
+        from .ports import free_port
+
+        return free_port
     if name in __all__:
         from . import lincheck
 

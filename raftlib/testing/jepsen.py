@@ -41,7 +41,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -54,6 +53,7 @@ from ..errors import KVError, OutcomeUnknown, RaftError
 from ..rpc import RpcConnection
 from .lincheck import History, Result
 from .netproxy import Partitioner, Proxy
+from .ports import free_port
 
 __all__ = ["JepsenConfig", "run", "main"]
 
@@ -116,12 +116,6 @@ class _Run:
     next_value: int = 0
     last_seen: dict[str, Any] = field(default_factory=dict)
     """The latest value each key was seen with, so that many cas operations can succeed."""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- nodes ------------------------------------------------------------------------------------
@@ -316,7 +310,7 @@ async def run(cfg: JepsenConfig) -> tuple[Result, dict[str, Any]]:
     partitioner = Partitioner(names)
     proxies: list[Proxy] = []
     for name in names:
-        node = _Node(name, _free_port(), _free_port(), work / name, cfg.out / f"{name}.log", cfg.election_timeout_ms)
+        node = _Node(name, free_port(), free_port(), work / name, cfg.out / f"{name}.log", cfg.election_timeout_ms)
         node.log_path.write_bytes(b"")
         state.nodes.append(node)
     initial = ",".join(f"{n.name}={n.address}" for n in state.nodes)
