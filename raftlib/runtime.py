@@ -154,6 +154,10 @@ class Peer:
         self._writer_failed: BaseException | None = None
         self._proposals_since = 0.0
         """Loop time at which the oldest write in ``_proposals`` was queued."""
+        self._loop: asyncio.AbstractEventLoop
+        """The event loop the peer runs on, set by :meth:`_start`. The hot paths
+        use it rather than :func:`asyncio.get_running_loop`, which on Python
+        3.11 makes a ``getpid()`` system call each time."""
         self._batch_timer: asyncio.TimerHandle | None = None
         """Wakes the driver when writes gathering behind a save are due (``max_batch_delay``)."""
         # Storage writes run on this one thread, in order.
@@ -200,6 +204,7 @@ class Peer:
     # -- lifecycle ---------------------------------------------------------------
 
     async def _start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         snap = self._core.snapshot
         if snap is not None:
             found = self._snapshots.find(snap.index, snap.term)
@@ -757,7 +762,7 @@ class Peer:
                 f"peer {self.name} has {pending} writes pending (Config.max_pending_writes); "
                 f"this one was not applied: retry later"
             )
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         fut: asyncio.Future[Any] = loop.create_future()
         if not self._proposals:
             self._proposals_since = loop.time()
@@ -1102,7 +1107,7 @@ class Peer:
         for _ in range(min(ticks, self.config.heartbeat_ticks)):
             core.tick()
         if ticks:
-            self._last_tick_at = asyncio.get_running_loop().time()
+            self._last_tick_at = self._loop.time()
             if ticks > self.config.heartbeat_ticks:
                 # Time this peer could not observe: its clock is behind, so a
                 # lease it holds may already have run out elsewhere.
@@ -1114,7 +1119,7 @@ class Peer:
             # peer instead of several. Not for longer than max_batch_delay,
             # though: the followers need not wait for the leader's disk.
             cfg = self.config
-            loop = asyncio.get_running_loop()
+            loop = self._loop
             due = self._proposals_since + cfg.max_batch_delay
             if self._saving is None or len(self._proposals) >= cfg.max_entries_per_message or loop.time() >= due:
                 self._propose()
@@ -1244,7 +1249,8 @@ class Peer:
             if w.hard_state is not None:
                 hard_state = w.hard_state
             _splice(entries, w.ready.entries)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        done: asyncio.Future[None] = loop.create_future()
         self._saving = done
         if hard_state is None and not entries:
             self._saved(batch, hard_state, None)
@@ -1256,7 +1262,7 @@ class Peer:
             else:
                 self._saved(batch, hard_state, None)
         else:
-            self._io.call(asyncio.get_running_loop(), self._storage.save, (hard_state, entries, True),
+            self._io.call(loop, self._storage.save, (hard_state, entries, True),
                           lambda exc: self._saved(batch, hard_state, exc, entries))
 
     def _saved(self, batch: list[_Write], hard_state: HardState | None, exc: BaseException | None,
