@@ -1,10 +1,12 @@
 """Helpers shared by the runtime and end-to-end tests: a KV state machine,
-free ports, polling, and a Cluster of peers on loopback."""
+free ports, polling, a scripted TCP server, and a Cluster of peers on
+loopback."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+import contextlib
+from typing import Any, AsyncIterator, Callable
 
 import raftlib
 from raftlib import codec
@@ -43,6 +45,35 @@ class KVStore(raftlib.StateMachine):
     def restore(self, data: bytes) -> None:
         self.data = codec.unpack(data)
         self.restores += 1
+
+
+@contextlib.asynccontextmanager
+async def fake_server(handler: Any) -> AsyncIterator[str]:
+    """A TCP server running ``handler(reader, writer)`` per connection; yields its address.
+    Every connection is closed, and every handler finished, on exit."""
+    tasks: set[asyncio.Task[Any]] = set()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.add(task)
+        try:
+            await handler(reader, writer)
+        except (asyncio.CancelledError, OSError, EOFError):
+            pass
+        finally:
+            writer.close()
+            tasks.discard(task)
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+        for task in list(tasks):
+            task.cancel()
+        await asyncio.sleep(0.01)
+        await server.wait_closed()
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:

@@ -5,7 +5,6 @@ and never reach the Raft core."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import os
@@ -29,7 +28,7 @@ from raftlib.transport import tcp
 from raftlib.transport.framing import encode_frame
 from raftlib.transport.tcp import Transport, connect_stream
 
-from clusterkit import FAST, Cluster, KVStore, eventually, free_port
+from clusterkit import FAST, Cluster, KVStore, eventually, fake_server, free_port
 
 SNAP = dataclasses.replace(FAST, snapshot_entries=50, snapshot_keep_entries=10, snapshot_chunk_size=1024)
 SECRET = b"correct horse battery staple, 32+"
@@ -383,35 +382,6 @@ async def test_handshake_frames_of_the_wrong_size_are_refused() -> None:
             await authenticate(reader, writer, SharedSecret(SECRET), server_hostname=host)
         writer.close()
         await writer.wait_closed()
-
-
-@contextlib.asynccontextmanager
-async def fake_server(handler: Any) -> AsyncIterator[str]:
-    """A TCP server running ``handler(reader, writer)`` per connection; yields its address.
-    Every connection is closed, and every handler finished, on exit."""
-    tasks: set[asyncio.Task[Any]] = set()
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        tasks.add(task)
-        try:
-            await handler(reader, writer)
-        except (asyncio.CancelledError, OSError, EOFError):
-            pass
-        finally:
-            writer.close()
-            tasks.discard(task)
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    try:
-        yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    finally:
-        server.close()
-        for task in list(tasks):
-            task.cancel()
-        await asyncio.sleep(0.01)
-        await server.wait_closed()
 
 
 def _memory() -> Any:
