@@ -1434,8 +1434,8 @@ class Peer:
         try:
             snap = self._snapshots.find(msg.index, msg.snapshot_term)
             address = self._transport.addresses.get(msg.dst)
-            newest = self._core.snapshot
-            if snap is None and newest is not None and newest.index > msg.index:
+            newest = self._core.snapshot if snap is None else None
+            if newest is not None and newest.index > msg.index:
                 # Newer snapshots replaced it in the store before the transfer
                 # began; the core's next offer carries the newest.
                 self._log.info("%s: snapshot %d/%d for %s was replaced by %d/%d before it was sent",

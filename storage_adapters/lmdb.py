@@ -108,9 +108,9 @@ def _is_no_space(exc: BaseException) -> bool:
 
 
 _pack_plain = msgpack.Packer().pack
-"""A packer reused for values of plain ints and bytes only: the C packer
-packs those without running Python code, so a call is atomic under the GIL
-and any thread may share it."""
+"""A packer reused for lists of ints, str, bytes and None only (entry
+bodies, hard states): the C packer packs those without running Python
+code, so a call is atomic under the GIL and any thread may share it."""
 
 
 def _encode_body(entry: Entry) -> bytes:
