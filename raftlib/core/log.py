@@ -78,7 +78,12 @@ class RaftLog:
         return self.unstable_offset - 1
 
     def stable_last_index(self) -> int:
-        """Last index that is both on disk and still part of this log."""
+        """Last index that is both on disk and still part of this log.
+
+        While ``pending_snapshot`` is set this is the snapshot's index,
+        although the snapshot is not recorded yet: an acknowledgement checks
+        ``pending_snapshot`` first. (A runtime steps the core again only once
+        the Ready recording it is persisted, so it counts for nothing else.)"""
         return self.unstable_offset - 1
 
     def last_term(self) -> int:

@@ -831,14 +831,17 @@ class Raft:
         written is answered at once with what is on disk: a follower whose
         disk is slow still counts as alive for the leader's CheckQuorum and
         reads, and the full acknowledgement follows with the earlier Ready.
-        Either way only once the current term is on disk too.
+        Either way only once the current term is on disk too, and never
+        while a snapshot received from the leader is still to be recorded:
+        the log as it now stands starts with that snapshot, and until it is
+        on disk a crash would bring back the log it replaced.
         """
         stable = self.log.stable_last_index()
         # The term must be on disk before we answer in it (Figure 2). A Ready
         # that changes it is written before the core steps on, so a term
         # already handed out in one is on disk.
         term_on_disk = self._prev_hard.term == self.term
-        if term_on_disk and (match <= stable or not appended):
+        if term_on_disk and self.log.pending_snapshot is None and (match <= stable or not appended):
             ack = AppendEntriesResponse(self.term, self.id, msg.src, True, min(match, stable), read_ctx=msg.read_ctx)
             self._send(ack)
         else:

@@ -143,6 +143,32 @@ def test_snapshot_is_recorded_before_the_ack_is_sent() -> None:
     assert c.log.term(snap.index) == snap.term
 
 
+def test_a_heartbeat_stepped_after_the_snapshot_waits_for_it_to_be_recorded() -> None:
+    """A heartbeat from the snapshot's index on, stepped before the snapshot
+    is on disk, must not be acknowledged at once: the log as it now stands
+    (the snapshot) is not durable yet, and a crash would leave the old log.
+    (Found by the simulator: seed 826, membership changes and crashes.)"""
+    net, _ = lagging_c()
+    c = net.nodes["c"]
+    a = net.nodes["a"]
+    snap = a.snapshot
+    assert snap is not None
+    c.step(InstallSnapshot(a.term, "a", "c", snap.index, snap.term, snap.membership.encode()))
+    c.step(AppendEntries(a.term, "a", "c", snap.index, snap.term, (), a.commit_index, read_ctx=7))
+    rd = c.ready()
+    assert rd.snapshot == snap and rd.persist_before_step
+    assert not [m for m in rd.messages if isinstance(m, AppendEntriesResponse)]
+    acks = [m for m in rd.messages_after_persist if isinstance(m, AppendEntriesResponse)]
+    assert [(m.success, m.match_index) for m in acks] == [(True, snap.index), (True, snap.index)]
+    net.handle("c", rd)
+    # Once it is recorded, a heartbeat is answered at once again.
+    c.step(AppendEntries(a.term, "a", "c", snap.index, snap.term, (), a.commit_index, read_ctx=8))
+    rd = c.ready()
+    assert [(m.success, m.match_index) for m in rd.messages if isinstance(m, AppendEntriesResponse)] == [
+        (True, snap.index)
+    ]
+
+
 def test_compaction_limit_protects_a_follower_being_sent_a_snapshot() -> None:
     """No install loop: while c is being sent the snapshot at S, the leader
     does not compact past S, so c can continue from S+1 afterwards."""

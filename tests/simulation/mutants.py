@@ -233,16 +233,6 @@ class EagerAcksRuntime(Simulator):
         super()._queue_save(p, rd, sync_now)
 
 
-class NoInstallBarrierRuntime(Simulator):
-    """Ignores ``persist_before_step`` on a Ready that installs a snapshot:
-    it goes on stepping the core while the snapshot is still to be recorded."""
-
-    def _queue_save(self, p: SimPeer, rd: Ready, sync_now: bool) -> None:
-        if rd.snapshot is not None:
-            rd.persist_before_step = False
-        super()._queue_save(p, rd, sync_now)
-
-
 class NoTermBarrierRuntime(Simulator):
     """Ignores ``persist_before_step`` on a Ready whose term or vote changed:
     it goes on stepping and ticking the core while the new term is still
@@ -268,7 +258,6 @@ class EarlyPersistedRuntime(Simulator):
 
 RUNTIME_MUTANTS: dict[str, type[Simulator]] = {
     "eager-acks": EagerAcksRuntime,
-    "no-install-barrier": NoInstallBarrierRuntime,
     "no-term-barrier": NoTermBarrierRuntime,
     "early-persisted": EarlyPersistedRuntime,
 }
