@@ -1160,7 +1160,10 @@ class Simulator:
             else:
                 self._schedule(self.now + self.rng.uniform(0.1, 2.0), _SNAP_REPORT, m.src, report)
             return
-        if self._sends_after_heal is not None:
+        dst = self.peers[m.dst]
+        if self._sends_after_heal is not None and dst.up:
+            # (A transfer to a peer that is down is no loop: the leader keeps
+            # trying a removed one for an election timeout, for instance.)
             key = (m.term, m.dst)
             self._sends_after_heal[key] += 1
             n = self._sends_after_heal[key]
@@ -1173,7 +1176,6 @@ class Simulator:
         self.snap_stats["sent"] += 1
         self._seq += 1
         mid = self._seq
-        dst = self.peers[m.dst]
         self._transfers[mid] = Transfer(m, p.incarnation, dst.incarnation if dst.up else -1, data, self.now)
         self.in_flight[mid] = m
         p.sending[m.dst] = mid

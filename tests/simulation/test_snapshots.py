@@ -274,6 +274,17 @@ def test_no_acknowledgement_before_a_received_snapshot_is_recorded(seed: int, co
     Simulator(seed, 3, config).run()
 
 
+def test_transfers_to_a_peer_that_is_down_are_no_install_loop() -> None:
+    """Seed 3113: a learner crashed and was removed while down; the leader
+    kept offering it a snapshot for an election timeout after the removal,
+    each transfer failing to connect. That is not a follower that installs a
+    snapshot and needs another, and is not counted as one."""
+    sim = Simulator(3113, 3, SimConfig(membership_rate=0.1, crash_rate=0.03))
+    sim.run()
+    assert "s5" not in sim.committed_membership().members
+    assert sim.snap_stats["failed: no connection"] > sim.config.max_snapshot_sends
+
+
 def test_compacting_past_the_snapshot_being_sent_is_an_install_loop() -> None:
     for seed in range(4):
         with pytest.raises(InvariantViolation) as info:
