@@ -282,7 +282,6 @@ class Peer:
                 await asyncio.get_running_loop().run_in_executor(self._io, self._storage.save, self._unsaved_hard, [])
             except Exception as exc:  # only a hint: stopping goes on
                 self._log.warning("%s: could not record the commit index on stop: %s", self.name, exc)
-        self._io.shutdown(wait=True)
         await self._requests.close()
         rpc, self._rpc = self._rpc, {}
         for conn in rpc.values():
@@ -290,9 +289,11 @@ class Peer:
         await self._receiving.close()
         await self._transport.close()
         try:
-            self._snapshots.close()
-            self._storage.close()
+            # On the I/O thread: closing checkpoints what the write-ahead
+            # files hold (an LMDB commit), which must not stall the loop.
+            await asyncio.get_running_loop().run_in_executor(self._io, _close_stores, self._snapshots, self._storage)
         finally:
+            self._io.shutdown(wait=True)  # idle by now: the thread just ends
             self._fail_everything(
                 PeerStopped(f"peer {self.name} has stopped"),
                 LeadershipLost(f"peer {self.name} stopped before the write's outcome was known"),
@@ -1876,6 +1877,15 @@ _SNAPSHOT_MAGIC = b"RAFTLIB\x01"
 the state machine's own data follows."""
 
 
+def _close_stores(snapshots: SnapshotStore | None, storage: LogStorage) -> None:
+    """Close ``snapshots`` (if any) and ``storage``, both even if the first raises."""
+    try:
+        if snapshots is not None:
+            snapshots.close()
+    finally:
+        storage.close()
+
+
 def _with_header(header: bytes, data: Any) -> Any:
     """Snapshot data with the session table in front (see :data:`_SNAPSHOT_MAGIC`)."""
     prefix = _SNAPSHOT_MAGIC + len(header).to_bytes(4, "big") + header
@@ -2047,9 +2057,7 @@ async def start_peer(
         # Release whatever was opened, then report the original error.
         if peer is not None:
             await peer._transport.close()
-        if snapshots is not None:
-            snapshots.close()
-        storage.close()
+        await asyncio.to_thread(_close_stores, snapshots, storage)
         raise
     return peer
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -205,6 +207,47 @@ async def test_storage_failure_stops_the_peer_and_the_cluster_moves_on(tmp_path:
         assert await new.read(["get", "before"]) == ["ok", 1]
     finally:
         await c.close()
+
+
+class SlowClosingStorage(MemoryStorage):
+    """Memory storage whose close() blocks like a large final checkpoint."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed_on: list[str] = []
+
+    def close(self) -> None:
+        time.sleep(0.4)
+        self.closed_on.append(threading.current_thread().name)
+        super().close()
+
+
+async def test_stop_closes_storage_off_the_event_loop() -> None:
+    """Closing storage may take a while (LMDB checkpoints the write-ahead
+    files); the application's event loop keeps running meanwhile."""
+    storage = SlowClosingStorage()
+    peer = await raftlib.start_peer(KVStore, name="solo", address="127.0.0.1:0", storage=storage, config=FAST)
+    await peer.set_configuration({"solo": peer.address})
+    await peer.write(["set", "a", 1])
+    loop = asyncio.get_running_loop()
+    gaps: list[float] = []
+
+    async def heartbeat() -> None:
+        last = loop.time()
+        while True:
+            await asyncio.sleep(0.01)
+            now = loop.time()
+            gaps.append(now - last)
+            last = now
+
+    beat = asyncio.create_task(heartbeat())
+    try:
+        await peer.stop()
+    finally:
+        beat.cancel()
+    assert storage.closed_on and storage.closed_on[0] != threading.current_thread().name
+    assert len(storage.closed_on) == 1
+    assert max(gaps) < 0.3, f"the event loop stalled for {max(gaps):.3f} s while the peer stopped"
 
 
 async def test_transfer_leadership_to_the_most_up_to_date_follower(cluster: Cluster) -> None:
