@@ -198,7 +198,7 @@ RUNTIME_CASES = [
 RUNTIME_SEED_BUDGET = 60
 """Measured over ten windows of 100 seeds (starting at 0, 1000, ..., 9000),
 the first catch came at window offset: eager-acks 0 (every window, 3 and 5
-peers), early-persisted 0 (every window), no-term-barrier at most 28 (3
+peers), early-persisted 0 (every window), no-term-barrier at most 24 (3
 peers, crashy disks). From seed 0 on, the catches are at seed 0, 0, 0, 0
 and 5 respectively.
 
