@@ -1039,13 +1039,19 @@ class Peer:
         return stored
 
     async def _tick_forever(self) -> None:
+        """Queue the ticks that came due, all at once: after a stall the
+        driver then sees them together and feeds the core at most a
+        heartbeat interval of them (see :meth:`_take_input`). Counted one
+        at a time, a stall's ticks went in over the next few driver passes
+        and all counted, ahead of messages that waited through the stall."""
         loop = asyncio.get_running_loop()
         interval = self.config.tick_interval
         next_at = loop.time() + interval
         while True:
             await asyncio.sleep(max(0.0, next_at - loop.time()))
-            next_at += interval
-            self._ticks += 1
+            due = 1 + max(0, int((loop.time() - next_at) / interval))
+            next_at += due * interval
+            self._ticks += due
             self._wake.set()
 
     async def _call_in_driver(self, fn: Callable[[], Any]) -> Any:

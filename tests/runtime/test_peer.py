@@ -11,6 +11,7 @@ import pytest
 
 import raftlib
 from raftlib import errors
+from raftlib import Config
 from storage_adapters import MemoryStorage
 
 from clusterkit import FAST, Cluster, KVStore, eventually
@@ -353,3 +354,31 @@ async def test_submit_starts_writes_without_waiting_and_reports_like_write(tmp_p
         assert leader.state_machine.data["via"] == "follower"
     finally:
         await c.close()
+
+
+async def test_a_stalled_event_loop_counts_as_at_most_a_heartbeat_interval() -> None:
+    """Time this peer could not observe (its loop stalled, by a long garbage
+    collection say) must not count against the others: after a stall of many
+    election timeouts the core is ticked at most ``heartbeat_ticks`` times,
+    not once for every tick missed, so a leader does not step down for lack
+    of acknowledgements it has not read yet, and a follower does not campaign."""
+    cfg = Config(tick_interval=0.01, election_ticks=10, heartbeat_ticks=2)
+    peer = await raftlib.start_peer(KVStore, name="solo", address="127.0.0.1:0", storage=MemoryStorage(), config=cfg)
+    try:
+        await asyncio.sleep(0.05)
+        ticks: list[float] = []
+        core_tick = peer._core.tick
+
+        def counted_tick() -> None:
+            ticks.append(time.monotonic())
+            core_tick()
+
+        peer._core.tick = counted_tick  # type: ignore[method-assign]
+        time.sleep(0.5)  # the loop stalls for 50 ticks (five election timeouts)
+        stalled_until = time.monotonic()
+        await asyncio.sleep(0.05)
+        right_after = [t for t in ticks if t - stalled_until < 0.005]
+        assert len(right_after) <= cfg.heartbeat_ticks, f"{len(right_after)} ticks right after the stall"
+        assert 1 <= len(ticks) <= cfg.heartbeat_ticks + 8  # and then the clock goes on as usual
+    finally:
+        await peer.stop()
