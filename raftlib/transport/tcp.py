@@ -37,6 +37,7 @@ import ipaddress
 import logging
 import os
 import stat
+from asyncio.selector_events import BaseSelectorEventLoop
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Literal, Mapping, NamedTuple
 
@@ -325,6 +326,11 @@ class _Outbox:
         self.wakeup.set()
 
 
+_ACCEPT_ITERATIONS = 3
+"""Loop iterations from an accepted socket to its handler task's first step:
+the task that sets the connection up, connection_made, the handler."""
+
+
 class _HeldProtocol(asyncio.StreamReaderProtocol):
     """An accepted stream that reads nothing until ``start_tls`` takes over.
 
@@ -495,11 +501,21 @@ class Transport:
             return
         self._closed = True
         if self._server is not None:
+            loop = asyncio.get_running_loop()
+            if isinstance(loop, BaseSelectorEventLoop):
+                # Stop accepting before closing the server: asyncio sets an
+                # accepted connection up in a task, a loop iteration later,
+                # and if the server closed meanwhile it drops the connection
+                # with its socket still open. Its handler, once started, sees
+                # that this transport is closed and closes the connection.
+                for sock in self._server.sockets:
+                    loop.remove_reader(sock.fileno())
+                for _ in range(_ACCEPT_ITERATIONS):
+                    await asyncio.sleep(0)
             self._server.close()
-        # Connections accepted just before the server closed start their
-        # handler a loop iteration later, so repeat until nothing is left.
-        # A task that missed its cancellation (it arrived just as what the
-        # task awaited completed) is cancelled again on the next round.
+        # Repeat until no task is left. A task that missed its cancellation
+        # (it arrived just as what the task awaited completed) is cancelled
+        # again on the next round.
         for _ in range(100):
             await asyncio.sleep(0)
             tasks = [t for t in self._all_tasks() if not t.done()]

@@ -452,6 +452,29 @@ async def test_close_leaves_no_tasks_and_is_idempotent(tmp_path: Path) -> None:
     assert not (tmp_path / "b.sock").exists()
 
 
+async def test_close_closes_a_connection_accepted_just_before() -> None:
+    """A connection the server accepted right before close(): asyncio sets
+    it up over a few loop iterations, and close() must not return before its
+    socket is closed (else it is left to a handler that may never run, when
+    the application's loop ends right after)."""
+    transport = Transport("a", "127.0.0.1:0", on_message=lambda msg: None)
+    await transport.start()
+    host, port = transport.address.rsplit(":", 1)
+    client = socket.create_connection((host, int(port)))
+    try:
+        for _ in range(1000):  # until the loop has accepted it and is setting it up
+            await asyncio.sleep(0)
+            if any(t.get_coro().__name__ == "_accept_connection2" for t in asyncio.all_tasks()):
+                break
+        else:
+            pytest.fail("the server never accepted the connection")
+        await transport.close()
+        client.settimeout(2.0)
+        assert client.recv(1) == b""  # closed by the server, without another turn of the loop
+    finally:
+        client.close()
+
+
 async def test_close_before_start() -> None:
     transport = Transport("a", "127.0.0.1:0", on_message=lambda msg: None)
     await transport.close()
