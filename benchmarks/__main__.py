@@ -111,8 +111,6 @@ LIVE: set[Proc] = set()
 # -- processes and clusters ----------------------------------------------------------
 
 
-
-
 def cpu_seconds(pid: int) -> float | None:
     """User plus system CPU time of ``pid`` so far (all its threads), or None."""
     try:

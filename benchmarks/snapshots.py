@@ -54,8 +54,6 @@ SAMPLE_INTERVAL = 0.05
 MIB = 1024 * 1024
 
 
-
-
 def vmrss_kib(pid: int) -> int | None:
     """Current resident set size of ``pid`` in KiB, or None if it is gone."""
     try:

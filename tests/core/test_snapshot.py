@@ -126,14 +126,20 @@ def test_stale_snapshot_is_acknowledged_without_installing() -> None:
     assert rd.messages_after_persist[-1].match_index == c.commit_index
 
 
-def test_snapshot_is_recorded_before_the_ack_is_sent() -> None:
-    """The acknowledgement of a snapshot promises it is stored: it waits for persistence."""
+def c_steps_the_snapshot() -> tuple[Network, SnapshotMeta]:
+    """:func:`lagging_c`, and c steps a's InstallSnapshot (its Ready not taken yet)."""
     net, _ = lagging_c()
-    c = net.nodes["c"]
     a = net.nodes["a"]
     snap = a.snapshot
     assert snap is not None
-    c.step(InstallSnapshot(a.term, "a", "c", snap.index, snap.term, snap.membership.encode()))
+    net.nodes["c"].step(InstallSnapshot(a.term, "a", "c", snap.index, snap.term, snap.membership.encode()))
+    return net, snap
+
+
+def test_snapshot_is_recorded_before_the_ack_is_sent() -> None:
+    """The acknowledgement of a snapshot promises it is stored: it waits for persistence."""
+    net, snap = c_steps_the_snapshot()
+    c = net.nodes["c"]
     rd = c.ready()
     assert rd.snapshot == snap
     assert not rd.messages
@@ -148,12 +154,8 @@ def test_a_heartbeat_stepped_after_the_snapshot_waits_for_it_to_be_recorded() ->
     is on disk, must not be acknowledged at once: the log as it now stands
     (the snapshot) is not durable yet, and a crash would leave the old log.
     (Found by the simulator: seed 826, membership changes and crashes.)"""
-    net, _ = lagging_c()
-    c = net.nodes["c"]
-    a = net.nodes["a"]
-    snap = a.snapshot
-    assert snap is not None
-    c.step(InstallSnapshot(a.term, "a", "c", snap.index, snap.term, snap.membership.encode()))
+    net, snap = c_steps_the_snapshot()
+    c, a = net.nodes["c"], net.nodes["a"]
     c.step(AppendEntries(a.term, "a", "c", snap.index, snap.term, (), a.commit_index, read_ctx=7))
     rd = c.ready()
     assert rd.snapshot == snap and rd.persist_before_step
