@@ -44,8 +44,25 @@ def pack(value: Any, what: str = "value", max_size: int | None = None) -> bytes:
 
 
 def unpack(data: bytes) -> Any:
-    """Decode msgpack bytes produced by :func:`pack`."""
-    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    """Decode msgpack bytes produced by :func:`pack`.
+
+    A map key that was a tuple comes back as a tuple, not a list (a list
+    cannot be a key): ``{(1, 2): 3}`` round-trips. Without that, a value
+    :func:`pack` accepted could not be decoded where it is applied or
+    answered.
+    """
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except TypeError:  # an unhashable (array) map key; rare, so decoded again only then
+        return msgpack.unpackb(data, raw=False, strict_map_key=False, object_pairs_hook=_map_with_tuple_keys)
+
+
+def _hashable(key: Any) -> Any:
+    return tuple(map(_hashable, key)) if type(key) is list else key
+
+
+def _map_with_tuple_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    return {_hashable(key): value for key, value in pairs}
 
 
 def roundtrip(value: Any, what: str = "value") -> Any:

@@ -35,6 +35,36 @@ async def test_results_come_back_as_msgpack_decodes_them(cluster: Cluster) -> No
     assert leader.state_machine.data["t"] == [1, 2]
 
 
+class TupleKeys(KVStore):
+    """Answers every write with a map keyed by tuples."""
+
+    def handle_write(self, command: Any) -> Any:
+        super().handle_write(command)
+        return {(1, 2): "pair", ("a", (3,)): "nested"}
+
+
+async def test_maps_with_tuple_keys_round_trip_and_the_leader_keeps_serving(cluster: Cluster) -> None:
+    """msgpack turns a tuple key into an array, which decodes to a list: not
+    a valid key. Such a result once stopped the leader (the write never
+    answered) and such a command broke every change feed at its index."""
+    await cluster.start(3, sm=TupleKeys)
+    leader = await cluster.leader()
+    expected = {(1, 2): "pair", ("a", (3,)): "nested"}
+    assert await leader.write(["set", "k", {(4, 5): "v"}], timeout=10) == expected
+    assert await leader.write(["set", "k2", 1], timeout=10) == expected
+    assert leader._fatal is None and leader.is_leader
+    for peer in cluster.peers.values():
+        await eventually(lambda: peer.state_machine.data.get("k2") == 1)
+        assert peer.state_machine.data["k"] == {(4, 5): "v"}
+    changes = []
+    async for change in leader.listen(0):
+        changes.append(change)
+        if change.command == ["set", "k2", 1]:
+            break
+    assert [c.command for c in changes[-2:]] == [["set", "k", {(4, 5): "v"}], ["set", "k2", 1]]
+    assert changes[-1].result == expected
+
+
 async def test_unencodable_command_raises_type_error_and_appends_nothing(cluster: Cluster) -> None:
     await cluster.start(3)
     leader = await cluster.leader()
