@@ -106,49 +106,52 @@ class Client:
         deadline = loop.time() + (self.timeout if timeout is None else timeout)
         self._seq += 1
         seq, client = self._seq, self.client_id
-        maybe_applied = False
-        last: BaseException | None = None
-        backoff = 0.01
-        while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            try:
-                conn = await self._connection(remaining)
-                result = await conn.call(
-                    "session_write",
-                    {"client": client, "seq": seq, "ack": self._ack, "command": command, "timeout": remaining},
-                    timeout=remaining + 1.0,
-                )
+        try:
+            maybe_applied = False
+            last: BaseException | None = None
+            backoff = 0.01
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    conn = await self._connection(remaining)
+                    result = await conn.call(
+                        "session_write",
+                        {"client": client, "seq": seq, "ack": self._ack, "command": command, "timeout": remaining},
+                        timeout=remaining + 1.0,
+                    )
+                    return result
+                except SessionExpired as exc:
+                    if maybe_applied:
+                        raise WriteTimeout(
+                            f"the client session expired while write {seq} was being retried; it may have been "
+                            f"applied once: {exc}"
+                        ) from None
+                    await self._reopen_session(deadline)
+                    self._seq += 1
+                    seq, client = self._seq, self.client_id
+                    last = exc
+                    continue
+                except _NOT_APPLIED as exc:
+                    last = exc
+                    self._follow(exc)
+                except _UNKNOWN as exc:
+                    last = exc
+                    maybe_applied = True
+                    await self._drop_connection()
+                await asyncio.sleep(backoff)
+                backoff = min(0.5, backoff * 2)
+            if maybe_applied:
+                raise WriteTimeout(f"write {seq} could not be confirmed within the time allowed; it may have been "
+                                   f"applied (last error: {last})")
+            raise Unavailable(f"write {seq} was not applied: no leader could take it in time (last error: {last})")
+        finally:
+            # Whatever the outcome, this seq is never sent again: count it
+            # answered, or ack would stop below it and every member would
+            # keep the results of all later writes of the session.
+            if client == self.client_id:
                 self._answered(seq)
-                return result
-            except CommandFailed:
-                self._answered(seq)
-                raise
-            except SessionExpired as exc:
-                if maybe_applied:
-                    raise WriteTimeout(
-                        f"the client session expired while write {seq} was being retried; it may have been "
-                        f"applied once: {exc}"
-                    ) from None
-                await self._reopen_session(deadline)
-                self._seq += 1
-                seq, client = self._seq, self.client_id
-                last = exc
-                continue
-            except _NOT_APPLIED as exc:
-                last = exc
-                self._follow(exc)
-            except _UNKNOWN as exc:
-                last = exc
-                maybe_applied = True
-                await self._drop_connection()
-            await asyncio.sleep(backoff)
-            backoff = min(0.5, backoff * 2)
-        if maybe_applied:
-            raise WriteTimeout(f"write {seq} could not be confirmed within the time allowed; it may have been "
-                               f"applied (last error: {last})")
-        raise Unavailable(f"write {seq} was not applied: no leader could take it in time (last error: {last})")
 
     async def read(self, query: Any, *, consistency: str = "linearizable", timeout: float | None = None) -> Any:
         """Answer ``query`` with the cluster's ``handle_read``.

@@ -248,6 +248,30 @@ async def test_client_writes_reads_and_moves_to_the_leader(cluster: Cluster) -> 
         await client.write(["set", "b", 1])
 
 
+async def test_client_writes_that_fail_do_not_hold_back_its_acknowledgements(tmp_path: Any) -> None:
+    """A write refused before it applies (it cannot be encoded, it is too
+    large, the caller gave up) is never sent again. The members must still
+    be told they can forget the results of the writes after it."""
+    cluster = Cluster(tmp_path, config=dataclasses.replace(FAST, max_command_size=1024))
+    try:
+        await cluster.start(1)
+        leader = await cluster.leader()
+        client = await raftlib.connect([leader.address], timeout=10)
+        try:
+            with pytest.raises(TypeError):
+                await client.write(["set", "a", object()])
+            with pytest.raises(errors.CommandTooLarge):
+                await client.write(["set", "a", "x" * 2048])
+            for i in range(3):
+                assert await client.write(["set", "a", i]) == ["ok", "a", i]
+            session = leader._sessions._sessions[client.client_id]
+            assert sorted(session.results) == [5]  # the results up to 4 were acknowledged
+        finally:
+            await client.close()
+    finally:
+        await cluster.close()
+
+
 async def test_client_retry_after_a_lost_connection_applies_once(cluster: Cluster) -> None:
     await cluster.start(1)
     peer = await cluster.start_peer("s2", sm=GatedKV)
