@@ -272,6 +272,30 @@ async def test_client_writes_that_fail_do_not_hold_back_its_acknowledgements(tmp
         await cluster.close()
 
 
+async def test_commands_and_results_keyed_by_ints_cross_the_network(cluster: Cluster) -> None:
+    """A command, query or result with int keys works on the leader; it must
+    work through a follower and a client too. The request frames carrying it
+    were refused as malformed: the connection closed (every request on it
+    lost), and a client retried until its timeout, reporting that the write
+    might have been applied."""
+    peers = await cluster.start(3)
+    leader = await cluster.leader()
+    follower = next(p for p in peers.values() if p is not leader)
+    assert await follower.write(["set", "f", {1: "a"}], timeout=10) == ["ok", "f", {1: "a"}]
+    assert await follower.read(["get", "f"], timeout=10) == ["ok", {1: "a"}]
+    client = await raftlib.connect([follower.address], timeout=10)
+    try:
+        assert await client.write(["set", "c", {2: {3.5: None}}]) == ["ok", "c", {2: {3.5: None}}]
+        assert await client.read(["get", "c"]) == ["ok", {2: {3.5: None}}]
+        async for change in client.listen():
+            if change.command[1] == "c":
+                assert change.result == ["ok", "c", {2: {3.5: None}}]
+                break
+    finally:
+        await client.close()
+    assert sum(p._transport.stats["protocol_errors"] for p in peers.values()) == 0
+
+
 async def test_client_retry_after_a_lost_connection_applies_once(cluster: Cluster) -> None:
     await cluster.start(1)
     peer = await cluster.start_peer("s2", sm=GatedKV)

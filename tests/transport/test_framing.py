@@ -221,12 +221,22 @@ def test_invalid_max_frame_size() -> None:
         (msgpack.packb({"v": True, "t": "TimeoutNow", "b": []}), "version"),
         (msgpack.packb({"v": 1, "t": b"TimeoutNow", "b": []}, use_bin_type=True), "type must be a str"),
         (msgpack.packb({"v": 1, "t": 5, "b": []}), "type must be a str"),
-        (msgpack.packb({1: 1, "t": "x", "b": []}), "not valid msgpack"),  # non-str map key
+        (msgpack.packb({1: 1, "t": "x", "b": []}), "lacks"),  # an int key is no "v"
+        (msgpack.packb({"v": 1, "t": "x", "b": {(1, 2): 3}}), "not valid msgpack"),  # an array as key
+        (msgpack.packb({"v": 1, "t": "x", "b": {msgpack.Timestamp(1): 3}}), "not valid msgpack"),
+        (msgpack.packb({"v": 1, "t": "x", "b": {msgpack.ExtType(5, b""): 3}}), "not valid msgpack"),
     ],
 )
 def test_malformed_payloads_raise_protocol_error(payload: bytes, reason: str) -> None:
     with pytest.raises(ProtocolError, match=reason):
         FrameDecoder(1024).feed(raw_frame(payload))
+
+
+def test_maps_with_scalar_keys_decode() -> None:
+    """Request bodies carry user values: a dict keyed by ints (or floats,
+    bools, None, bytes) must travel as it does within a peer."""
+    body = [1, "write", {"command": {1: "a", 2.5: {None: [True, {b"k": 0, False: 1}]}}}]
+    assert FrameDecoder(1024).feed(encode_frame("Request", body)) == [("Request", body)]
 
 
 def test_unknown_type_names_pass_the_decoder() -> None:
