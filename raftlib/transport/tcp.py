@@ -85,6 +85,11 @@ BACKOFF_MAX = 1.0
 DEFAULT_CONNECT_TIMEOUT = 5.0
 REFUSAL_LOG_INTERVAL = 30.0
 """Seconds between two warnings about connections refused from the same host."""
+MAX_ADDRESS_LENGTH = 1024
+"""Longest address a Hello may give."""
+MAX_LEARNED_ADDRESSES = 1024
+"""Addresses kept from Hello frames of peers with no address set by
+:meth:`Transport.set_address`; beyond it the oldest learned one is forgotten."""
 
 OnMessage = Callable[[Message], None]
 OnFrame = Callable[[str, Any, "Connection"], Awaitable[None]]
@@ -444,6 +449,8 @@ class Transport:
         }
         self._address: str | None = None
         self._addresses: dict[str, str] = {}
+        self._learned: dict[str, None] = {}
+        """Names in ``_addresses`` only because of a Hello, oldest first."""
         self._outboxes: dict[str, _Outbox] = {}
         self._server: asyncio.Server | None = None
         self._inbound: set[asyncio.Task[Any]] = set()
@@ -551,8 +558,12 @@ class Transport:
     # ------------------------------------------------------------------ address book
 
     def set_address(self, name: str, address: str) -> None:
-        """Record (or change) where peer ``name`` listens. Raises ConfigError on a bad address."""
+        """Record (or change) where peer ``name`` listens. Raises ConfigError on a bad address.
+
+        A Hello no longer changes this address (see :meth:`_accept_hello`).
+        """
         parse_address(address)
+        self._learned.pop(name, None)
         old = self._addresses.get(name)
         self._addresses[name] = address
         if old != address and name in self._outboxes:
@@ -567,6 +578,7 @@ class Transport:
 
     def remove_address(self, name: str) -> None:
         """Forget peer ``name``: queued messages are dropped and its connection closed."""
+        self._learned.pop(name, None)
         if self._addresses.pop(name, None) is not None and name in self._outboxes:
             self._outboxes[name].poke()
 
@@ -832,14 +844,31 @@ class Transport:
         if not name or len(name) > MAX_NAME_LENGTH:
             raise ProtocolError(f"Hello name must have 1 to {MAX_NAME_LENGTH} characters")
         if address:
+            if len(address) > MAX_ADDRESS_LENGTH:
+                raise ProtocolError(f"Hello address longer than {MAX_ADDRESS_LENGTH} characters")
             try:
                 parse_address(address)
             except ConfigError as exc:
                 raise ProtocolError(f"Hello address is invalid: {exc}") from None
         conn.peer_name, conn.peer_address = name, address
         if address and name != self.name and self._addresses.get(name) != address:
-            self.log.debug("%s: learned address of %s: %s", self.name, name, address)
-            self.set_address(name, address)
+            self._learn(name, address)
+
+    def _learn(self, name: str, address: str) -> None:
+        """Record the address a Hello gave, unless :meth:`set_address` set
+        one for ``name``: anyone may connect and claim a member's name, and
+        must not redirect this peer's traffic to that member. At most
+        :data:`MAX_LEARNED_ADDRESSES` are kept, the oldest forgotten first,
+        so that Hellos with ever new names cannot grow the address book."""
+        if name in self._addresses and name not in self._learned:
+            self.log.debug("%s: keeping the address of %s; a Hello gave %s", self.name, name, address)
+            return
+        self._learned.pop(name, None)
+        while len(self._learned) >= MAX_LEARNED_ADDRESSES:
+            self.remove_address(next(iter(self._learned)))
+        self.log.debug("%s: learned address of %s: %s", self.name, name, address)
+        self.set_address(name, address)
+        self._learned[name] = None
 
     def _deliver(self, conn: Connection, msg: Message) -> None:
         """Hand a decoded message to ``on_message``; its exceptions are only logged."""

@@ -17,6 +17,7 @@ import pytest
 from raftlib.core.messages import AppendEntries, RequestVote, TimeoutNow
 from raftlib.errors import ConfigError
 from raftlib.transport.framing import FrameDecoder, encode_frame, encode_message
+from raftlib.transport import tcp
 from raftlib.transport.tcp import Connection, Endpoint, Transport, parse_address
 from raftlib.types import Entry, EntryKind
 
@@ -169,6 +170,46 @@ async def test_address_learned_from_hello(make_node: MakeNode) -> None:
     assert b.transport.addresses == {"a": a.address}
     b.transport.send(TimeoutNow(1, "b", "a"))
     await wait_until(lambda: len(a.inbox) == 1)
+
+
+async def test_a_hello_does_not_move_an_address_set_for_a_peer(make_node: MakeNode) -> None:
+    """Anyone may connect and claim to be "b": that must not send a's
+    traffic for b elsewhere (it cut a member off until the next
+    configuration change). Only names a has no address for are learned."""
+    a, b = await connect_pair(make_node)
+    await exchange(a, b, 1)
+    for name, address in [("b", "127.0.0.1:1"), ("stranger", "127.0.0.1:2")]:
+        raw = await RawClient.connect(a.address)
+        try:
+            await raw.send(encode_frame("Hello", [name, address]) + encode_frame("Hello", ["", ""]))
+            await raw.wait_disconnected()  # for the second Hello
+        finally:
+            await raw.close()
+    assert a.transport.addresses == {"b": b.address, "stranger": "127.0.0.1:2"}
+    a.transport.send(TimeoutNow(5, "a", "b"))
+    await wait_until(lambda: TimeoutNow(5, "a", "b") in b.inbox)
+
+
+async def test_addresses_learned_from_hellos_are_bounded(make_node: MakeNode, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tcp, "MAX_LEARNED_ADDRESSES", 3)
+    a = await make_node("a")
+    a.transport.set_address("b", "127.0.0.1:1")
+    for i in range(6):
+        raw = await RawClient.connect(a.address)
+        try:
+            await raw.send(encode_frame("Hello", [f"x{i}", f"127.0.0.1:{100 + i}"]) + encode_frame("Hello", ["", ""]))
+            await raw.wait_disconnected()
+        finally:
+            await raw.close()
+    assert a.transport.addresses == {"b": "127.0.0.1:1", "x3": "127.0.0.1:103", "x4": "127.0.0.1:104",
+                                     "x5": "127.0.0.1:105"}
+    raw = await RawClient.connect(a.address)
+    try:
+        await raw.send(encode_frame("Hello", ["y", "unix:/" + "p" * tcp.MAX_ADDRESS_LENGTH]))
+        await raw.wait_disconnected()
+    finally:
+        await raw.close()
+    assert "y" not in a.transport.addresses
 
 
 async def test_unix_sockets(make_node: MakeNode, tmp_path: Path) -> None:
