@@ -190,6 +190,9 @@ class LMDBStorage:
             os.makedirs(self._path, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot create the LMDB directory {self._path}: {exc}") from exc
+        # Write-ahead files are created only after LMDB has committed its
+        # format record: with them, a database without it lost its data.
+        had_wal = any(os.path.exists(os.path.join(self._path, name)) for name in WAL_FILES)
         with self._lmdb_errors("open the database"):
             self._env = lmdb.open(
                 self._path,
@@ -205,7 +208,12 @@ class LMDBStorage:
                 self._log_db = self._env.open_db(b"log")
                 self._meta_db = self._env.open_db(b"meta")
                 with self._env.begin(write=True) as txn:
-                    self._check_format(txn)
+                    if not self._check_format(txn) and had_wal:
+                        raise CorruptStorage(
+                            f"{os.path.join(self._path, 'data.mdb')} is new or empty, but the write-ahead "
+                            f"files beside it show that this directory held a log: its entries and votes are "
+                            f"lost; {RECOVERY_ADVICE}"
+                        )
                     boundary_index, self._boundary_term = self._read_boundary(txn)
                     self._first_index = boundary_index + 1
                     self._last_index = self._find_last_index(txn, boundary_index)
@@ -692,16 +700,19 @@ class LMDBStorage:
         record = [meta.index, meta.term, dict(membership.voters), dict(membership.learners)]
         txn.put(_SNAPSHOT, msgpack.packb(record), db=self._meta_db)
 
-    def _check_format(self, txn: lmdb.Transaction) -> None:
-        """Record the layout version in a new database; refuse an unknown one."""
+    def _check_format(self, txn: lmdb.Transaction) -> bool:
+        """Record the layout version in a new database (and return False);
+        refuse an unknown one."""
         version = self._read_meta(txn, _FORMAT)
         if version is None:
             txn.put(_FORMAT, msgpack.packb(FORMAT_VERSION), db=self._meta_db)
-        elif version != FORMAT_VERSION:
+            return False
+        if version != FORMAT_VERSION:
             raise StorageError(
                 f"the LMDB database at {self._path} has layout version {version!r}; "
                 f"this raftlib reads only version {FORMAT_VERSION}"
             )
+        return True
 
     def _find_last_index(self, txn: lmdb.Transaction, boundary_index: int) -> int:
         """The last stored index, after checking that the log starts right

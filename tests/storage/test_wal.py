@@ -177,6 +177,27 @@ def test_a_damaged_header_is_reported_not_ignored(tmp_path: Path) -> None:
     assert "wipe its data directory" in str(caught.value)
 
 
+@pytest.mark.parametrize("damage", ["emptied", "removed"])
+def test_a_lost_database_beside_write_ahead_files_is_refused(tmp_path: Path, damage: str) -> None:
+    """LMDB opens an empty or missing data.mdb as a new database. Beside
+    write-ahead files (made only after the database), that is a member that
+    lost its log and its votes: starting afresh would let it vote twice in
+    a term and count for entries it no longer holds."""
+    path = tmp_path / "db"
+    storage = open_storage(path)
+    storage.save(HardState(3, "a", 2), make_entries(1, 5))
+    storage.close()
+    if damage == "emptied":
+        os.truncate(path / "data.mdb", 0)
+    else:
+        os.unlink(path / "data.mdb")
+    for _ in range(2):  # and the refusal leaves nothing behind that would pass the next time
+        with pytest.raises(CorruptStorage, match="data.mdb is new or empty") as caught:
+            open_storage(path)
+        assert str(path / "data.mdb") in str(caught.value)
+        assert "wipe its data directory" in str(caught.value)
+
+
 @pytest.mark.parametrize(
     "payload",
     [
