@@ -114,9 +114,11 @@ class SessionExpired(RaftError):
 
 
 class CommandFailed(RaftError):
-    """``handle_write`` raised for this command on the cluster. The command
-    counts as applied (every peer raised the same way); the message names
-    the original exception."""
+    """``handle_write`` raised for this command on the cluster: the command
+    counts as applied (every peer raised the same way). Also raised for a
+    read answered by another peer (forwarded, or through a client) whose
+    ``handle_read`` raised; the read changed nothing. The message names the
+    original exception."""
 
 
 class KVError(RaftError):

@@ -123,8 +123,13 @@ class RequestServer:
             self._log.exception("request %s from %s failed", op[:64], conn.remote)
             body = [rid, False, error_to_wire(exc)]
         except Exception as exc:
-            # An exception from the user's handle_write (the command counts as applied).
-            body = [rid, False, error_to_wire(CommandFailed(f"{type(exc).__name__}: {exc}"))]
+            # An exception from the user's handle_write (the command counts as
+            # applied) or handle_read (nothing changed).
+            if op == "read":
+                failed = CommandFailed(f"handle_read raised {type(exc).__name__}: {exc} (the read changed nothing)")
+            else:
+                failed = CommandFailed(f"{type(exc).__name__}: {exc}")
+            body = [rid, False, error_to_wire(failed)]
         try:
             await conn.send_frame(RESPONSE, body)
         except (OSError, RuntimeError):

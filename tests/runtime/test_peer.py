@@ -107,6 +107,10 @@ async def test_follower_forwards_or_raises_not_leader_with_hint(cluster: Cluster
     assert leader.state_machine.data["a"] == 1
     with pytest.raises(errors.CommandFailed, match="ValueError: refused x"):
         await follower.write(["fail", "x"])
+    # A forwarded read whose handle_read raises says so, and changed nothing.
+    with pytest.raises(errors.CommandFailed, match="handle_read raised ValueError.*changed nothing"):
+        await follower.read(["get"])
+    assert await follower.read(["get", "a"]) == ["ok", 1]
 
 
 async def test_leader_stop_elects_a_new_leader_and_keeps_committed_writes(cluster: Cluster) -> None:
