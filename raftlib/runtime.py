@@ -175,6 +175,10 @@ class Peer:
         """The index of the latest snapshot taken, written or not."""
         self._snapshot_writer: asyncio.Task[None] | None = None
         """Writes the latest snapshot in the background (see _take_snapshot)."""
+        self._snapshot_failures = 0
+        """Snapshots that failed in a row; the next one waits (see _snapshot_failed)."""
+        self._snapshot_retry_at = 0.0
+        """Event loop time before which no snapshot is due after a failure."""
         self._compacting: set[asyncio.Task[None]] = set()
         self._compactions: list[tuple[SnapshotMeta, asyncio.Future[None]]] = []
         self._snapshot_reports: list[tuple[NodeId, bool]] = []
@@ -1592,6 +1596,8 @@ class Peer:
         cfg = self.config
         if self._snapshot_writing():
             return False  # one at a time
+        if self._snapshot_failures and self._loop.time() < self._snapshot_retry_at:
+            return False  # backing off after a failure (peer.snapshot() still tries at once)
         return self._can_snapshot and (
             self._applied - max(self._snapshot_index, self._snapshot_started) >= cfg.snapshot_entries
             or self._bytes_since_snapshot >= cfg.snapshot_bytes
@@ -1652,6 +1658,7 @@ class Peer:
             await fut
             self._snapshot_index = max(self._snapshot_index, meta.index)
             await self._snapshots.prune(keep=2, protect=self._recorded_snapshot)
+            self._snapshot_failures = 0
             self._log.info("%s: snapshot at %d (%d bytes); log compacted", self.name, meta.index, snap.size)
         except asyncio.CancelledError:
             raise
@@ -1667,7 +1674,20 @@ class Peer:
                 req.set_result(meta)
 
     def _snapshot_failed(self, exc: Exception, requests: list[asyncio.Future[SnapshotMeta]]) -> None:
-        self._log.error("%s: taking a snapshot failed: %r", self.name, exc, exc_info=True)
+        """A snapshot failed: due again as if it had not started, but not
+        before a delay that doubles with each failure in a row (from
+        :data:`SNAPSHOT_RETRY_MIN` to :data:`SNAPSHOT_RETRY_MAX` seconds), so
+        that a ``snapshot()`` that keeps raising neither runs after every
+        applied batch nor floods the log. The traceback is logged the first
+        time; repeats get one line."""
+        self._snapshot_failures += 1
+        delay = min(SNAPSHOT_RETRY_MAX, SNAPSHOT_RETRY_MIN * 2 ** (self._snapshot_failures - 1))
+        self._snapshot_retry_at = self._loop.time() + delay
+        if self._snapshot_failures == 1:
+            self._log.error("%s: taking a snapshot failed (retrying in %g s): %r", self.name, delay, exc, exc_info=True)
+        else:
+            self._log.error("%s: taking a snapshot failed again (%d in a row; retrying in %g s): %r",
+                            self.name, self._snapshot_failures, delay, exc)
         self._snapshot_started = self._snapshot_index  # due again as if it had not started
         for req in requests:
             if not req.done():
@@ -1874,6 +1894,12 @@ def _retrieve(fut: asyncio.Future[Any]) -> None:
 
 
 _CONSISTENCIES = ("linearizable", "lease", "stale")
+
+SNAPSHOT_RETRY_MIN = 1.0
+"""Seconds before a snapshot is due again after one failed; doubled for
+each further failure in a row."""
+SNAPSHOT_RETRY_MAX = 60.0
+"""The longest wait before a snapshot is due again after failures."""
 
 _PLAIN_TYPES = frozenset({type(None), bool, int, float, str, bytes, list, dict, tuple})
 """Result types that are certainly not awaitable (skips ``inspect.isawaitable``)."""

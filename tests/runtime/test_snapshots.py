@@ -11,7 +11,7 @@ from typing import Any, AsyncIterator
 import pytest
 
 import raftlib
-from raftlib import errors
+from raftlib import errors, runtime
 from raftlib.core.messages import InstallSnapshot
 from raftlib.snapshot import MemorySnapshotStore, SnapshotFile
 from raftlib.snapshotting import SnapshotReceiving, SnapshotTransferFailed, send_snapshot
@@ -148,6 +148,50 @@ async def test_state_machine_without_snapshot_never_compacts(tmp_path: Path) -> 
         assert peer._storage.first_index() == 1
         with pytest.raises(errors.ConfigError, match="snapshot"):
             await peer.snapshot()
+    finally:
+        await peer.stop()
+
+
+async def test_a_failing_snapshot_is_retried_after_a_delay_not_after_every_batch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    class Flaky(raftlib.StateMachine):
+        def __init__(self) -> None:
+            self.calls = 0
+            self.broken = True
+
+        def handle_write(self, command: Any) -> Any:
+            return command
+
+        def snapshot(self) -> bytes:
+            self.calls += 1
+            if self.broken:
+                raise RuntimeError("cannot snapshot now")
+            return b"state"
+
+        def restore(self, data: bytes) -> None:
+            pass
+
+    monkeypatch.setattr(runtime, "SNAPSHOT_RETRY_MIN", 600.0, raising=False)
+    peer = await raftlib.start_peer(Flaky, name="s1", address="127.0.0.1:0", storage=MemoryStorage(), config=SNAP)
+    try:
+        await peer.set_configuration({"s1": peer.address})
+        await peer.wait_for_leader(timeout=5)
+        sm = peer.state_machine
+        assert isinstance(sm, Flaky)
+        for i in range(300):  # six times snapshot_entries, one apply batch each
+            await peer.write(i)
+        assert sm.calls == 1  # the automatic retry waits
+        with pytest.raises(RuntimeError, match="cannot snapshot now"):
+            await peer.snapshot()  # asked for: tried at once
+        assert sm.calls == 2
+        tracebacks = [r for r in caplog.records if "taking a snapshot failed" in r.getMessage() and r.exc_info]
+        assert len(tracebacks) == 1
+        assert "2 in a row" in caplog.text
+        sm.broken = False
+        meta = await peer.snapshot()
+        assert meta.index == peer.status()["applied_index"]
+        assert peer._snapshot_failures == 0
+        assert await peer.write("after") == "after"
     finally:
         await peer.stop()
 
