@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 import raftlib
 from raftlib.loop import loop_factory, loop_name
+from raftlib.security import make_certificates
 from storage_adapters import MemoryStorage
 
 from clusterkit import FAST, KVStore
@@ -54,3 +57,41 @@ def test_a_peer_writes_and_reads_on_the_loop_run_picks() -> None:
     assert name == ("uvloop" if HAVE_UVLOOP else "asyncio")
     assert written == (["ok", "k", 1], ["ok", "k", 2])
     assert read == ["ok", 2]
+
+
+LOOPS = ["asyncio", pytest.param("uvloop", marks=pytest.mark.skipif(not HAVE_UVLOOP, reason="uvloop is not installed"))]
+
+
+@pytest.mark.parametrize("security", ["none", "tls", "secret"])
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_cluster_on_each_loop_and_security(loop: str, security: str, tmp_path: Path) -> None:
+    """Three peers on the loop, plain, over TLS or with a shared secret: they
+    elect, replicate, and forward a follower's writes."""
+    names = ["s1", "s2", "s3"]
+    kwargs: dict[str, dict[str, Any]] = {n: {} for n in names}
+    if security == "tls":
+        certs = make_certificates(tmp_path / "certs", names)
+        kwargs = {n: {"tls": certs[n]} for n in names}
+    elif security == "secret":
+        kwargs = {n: {"secret": "a shared secret for the test"} for n in names}
+
+    async def main() -> tuple[str, list[Any]]:
+        peers: dict[str, raftlib.Peer] = {}
+        try:
+            for n in names:
+                peers[n] = await raftlib.start_peer(KVStore, name=n, address="127.0.0.1:0", storage=MemoryStorage(),
+                                                    config=FAST, **kwargs[n])
+            await peers["s1"].set_configuration({n: p.address for n, p in peers.items()})
+            leader = peers[await peers["s1"].wait_for_leader(timeout=10)]
+            follower = next(p for p in peers.values() if p is not leader)
+            await asyncio.gather(*(leader.write(["set", f"k{i}", i]) for i in range(100)))
+            written = [await follower.write(["set", "f", 1])]
+            written.append(await follower.read(["get", "k99"]))
+            return loop_name(), written
+        finally:
+            for p in peers.values():
+                await p.stop(transfer_leadership=False)
+
+    name, written = raftlib.run(main(), use_uvloop=loop == "uvloop")
+    assert name == loop
+    assert written == [["ok", "f", 1], ["ok", 99]]

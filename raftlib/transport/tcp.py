@@ -346,8 +346,9 @@ class _HeldProtocol(asyncio.StreamReaderProtocol):
     """
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.ReadTransport)
-        transport.pause_reading()
+        # Not asserted to be an asyncio.ReadTransport: uvloop's transports
+        # are not, and have pause_reading() all the same.
+        transport.pause_reading()  # type: ignore[attr-defined]
         super().connection_made(transport)
 
 
