@@ -23,6 +23,7 @@ import logging
 import uuid
 from typing import Any, AsyncIterator, Sequence
 
+from . import codec
 from .errors import (
     AuthenticationFailed,
     CommandFailed,
@@ -102,6 +103,7 @@ class Client:
         it certainly was not applied.
         """
         self._check_open()
+        codec.pack(command, "command")  # a TypeError naming it now, before anything is sent
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.timeout if timeout is None else timeout)
         self._seq += 1
@@ -162,6 +164,7 @@ class Client:
         :class:`~raftlib.errors.Unavailable` if no member answered.
         """
         self._check_open()
+        codec.pack(query, "query")  # a TypeError naming it now, before anything is sent
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.timeout if timeout is None else timeout)
         last: BaseException | None = None
