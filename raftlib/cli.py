@@ -470,9 +470,11 @@ def kv_delete(key: str, scope: str, cluster: str, as_json: bool, timeout: float)
 def kv_cas(key: str, expected: str, new: str, expected_version: int | None, as_string: bool, scope: str,
            cluster: str, as_json: bool, timeout: float) -> None:
     """Set KEY to NEW only if its value is EXPECTED (``null``: absent). Exits 1 if it was not."""
+    # With --expected-version the version is compared and EXPECTED is only a
+    # placeholder: KVClient.cas takes one or the other, never both.
+    expected_value = None if expected_version is not None else _parse_value(expected, as_string)
     swapped = _run(_with_kv(cluster, timeout, lambda c: c.cas(
-        key, _parse_value(expected, as_string), _parse_value(new, as_string), scope=scope,
-        expected_version=expected_version)))
+        key, expected_value, _parse_value(new, as_string), scope=scope, expected_version=expected_version)))
     _echo({"key": key, "scope": scope, "swapped": swapped} if as_json else ("swapped" if swapped else "not swapped"),
           as_json)
     if not swapped:

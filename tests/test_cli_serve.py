@@ -97,6 +97,13 @@ def test_serve_kv_scope_status_members(nodes: dict[str, Node], tmp_path: Path) -
     assert cli("kv", "cas", "a", '{"x": 1}', "2", "--cluster", one).output.strip() == "swapped"
     lost = cli("kv", "cas", "a", '{"x": 1}', "3", "--cluster", one)
     assert lost.exit_code == 1 and "not swapped" in lost.output
+    # With --expected-version, EXPECTED is a placeholder (as in docs/operations.md).
+    version = json.loads(cli("kv", "get", "a", "--cluster", one, "--json").output)["version"]
+    stale = cli("kv", "cas", "a", "x", "4", "--expected-version", str(version + 100), "--cluster", one)
+    assert stale.exit_code == 1 and stale.output.strip() == "not swapped", stale.output
+    by_version = cli("kv", "cas", "a", "x", "4", "--expected-version", str(version), "--cluster", one)
+    assert by_version.exit_code == 0 and by_version.output.strip() == "swapped", by_version.output
+    assert cli("kv", "get", "a", "--cluster", one).output.strip() == "4"
     assert cli("kv", "delete", "a", "--cluster", one).output.strip() == "deleted"
 
     assert cli("scope", "create", "mod1", "--cluster", one).exit_code == 0
