@@ -753,6 +753,8 @@ def certs(out_dir: str, names: str, ips: tuple[str, ...], dns: tuple[str, ...], 
         made = make_certificates(out_dir, wanted, ips=ip_list, dns=dns_list, days=days)
     except RaftError as exc:
         raise click.UsageError(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot write the certificates to {out_dir}: {exc.strerror or exc}") from None
     some = next(iter(made.values()))
     click.echo(f"CA: {some.ca}")
     for name, tls in made.items():

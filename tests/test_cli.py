@@ -40,3 +40,13 @@ def test_help_and_bad_options() -> None:
     bad = runner.invoke(main, ["demo", "--writes", "0"])
     assert bad.exit_code != 0
     assert "--writes" in bad.output
+
+
+def test_certs_into_a_directory_that_cannot_be_made_is_a_one_line_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = CliRunner().invoke(main, ["certs", "--out", str(blocker / "certs"), "--names", "s1"])
+    assert result.exit_code == 1
+    assert not isinstance(result.exception, OSError)  # reported, not raised
+    assert result.output.startswith("Error: cannot write the certificates to ")
+    assert len(result.output.strip().splitlines()) == 1
