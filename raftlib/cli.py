@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import json
 import logging
+import os
 import signal
 import sys
 import tempfile
@@ -47,7 +48,7 @@ def main() -> None:
 
 @main.command()
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-              help="Where the peers keep their LMDB logs (default: a temporary directory, removed afterwards).")
+              help="A new or empty directory for the peers' LMDB logs (default: a temporary one, removed afterwards).")
 @click.option("--memory", is_flag=True, help="Keep the logs in memory instead of LMDB.")
 @click.option("--writes", type=click.IntRange(1, 1_000_000), default=1000, show_default=True,
               help="How many commands to write before stopping the leader.")
@@ -59,6 +60,15 @@ def demo(data_dir: str | None, memory: bool, writes: int, graceful: bool, log_le
     """Run a 3-peer cluster in this process: elect, write, stop the leader,
     watch the re-election, and check that every write survived."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if data_dir is not None and not memory:
+        # The demo founds a new cluster on new ports; peers restarted on an
+        # earlier run's logs would look for each other at the old addresses.
+        used = [name for name in ("s1", "s2", "s3") if os.path.isdir(os.path.join(data_dir, name))
+                and os.listdir(os.path.join(data_dir, name))]
+        if used:
+            raise click.BadParameter(
+                f"{data_dir} already holds the logs of an earlier demo ({', '.join(used)}); "
+                "give a new or empty directory", param_hint="--data-dir")
     try:
         if data_dir is None and not memory:
             with tempfile.TemporaryDirectory(prefix="raftlib-demo-") as tmp:

@@ -20,6 +20,11 @@ def test_demo_on_lmdb_shows_failover_and_no_lost_writes(tmp_path: Path) -> None:
     assert "All 200 writes are readable" in out
     assert "no committed write was lost" in out
     assert {p.name for p in tmp_path.iterdir()} == {"s1", "s2", "s3"}
+    # Again on the same directory: refused up front, not a cluster that cannot elect.
+    again = CliRunner().invoke(main, ["demo", "--data-dir", str(tmp_path), "--writes", "10"])
+    assert again.exit_code == 2, again.output
+    assert "already holds the logs of an earlier demo" in again.output
+    assert "Starting peers" not in again.output
 
 
 def test_demo_runs_as_a_module_in_memory_with_a_graceful_stop() -> None:
