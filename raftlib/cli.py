@@ -334,13 +334,14 @@ def serve(name: str, listen: str, advertise: str | None, data_dir: str | None, m
     members = _initial_cluster(initial_cluster) if initial_cluster else None
     if members is not None and name not in members:
         raise click.UsageError(f"--initial-cluster must include this member ({name})")
+    for flag, address in (("--listen", listen), ("--advertise", advertise)):
+        if address is not None and len(_addresses(address)) != 1:
+            raise click.BadParameter("give one address", param_hint=flag)
     seeds = _addresses(join_seeds) if join_seeds else None
     config = Config()
     if election_timeout_ms is not None:
         ticks = max(4, round(election_timeout_ms / (config.tick_interval * 1000)))
         config = dataclasses.replace(config, election_ticks=ticks, heartbeat_ticks=max(1, ticks // 8))
-    if advertise is not None:
-        _addresses(advertise)
     _run(_serve(name, listen, advertise, data_dir, members, seeds, not learner, config))
 
 

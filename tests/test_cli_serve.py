@@ -167,6 +167,9 @@ def test_cli_usage_errors(tmp_path: Path) -> None:
     both = cli("serve", "--name", "x", "--listen", "127.0.0.1:0", "--memory", "--initial-cluster", "x=127.0.0.1:1",
                "--join", "127.0.0.1:2")
     assert both.exit_code == 2 and "only one" in both.output
+    for listen in ("nonsense", "127.0.0.1:0,127.0.0.1:0"):
+        bad_listen = cli("serve", "--name", "x", "--listen", listen, "--memory")
+        assert bad_listen.exit_code == 2 and "Invalid value" in bad_listen.output, bad_listen.output
     bad = cli("serve", "--name", "x", "--listen", "127.0.0.1:0", "--memory", "--initial-cluster", "nonsense")
     assert bad.exit_code == 2 and "NAME=ADDRESS" in bad.output
     unreachable = cli("kv", "get", "a", "--cluster", "127.0.0.1:9", "--timeout", "0.5")
