@@ -44,6 +44,11 @@ class DemoKV(StateMachine):
 @click.version_option(package_name="raftlib")
 def main() -> None:
     """raftlib: replicated state for asyncio services, on Raft."""
+    # Client commands report a failure as one "Error: ..." line; without a
+    # handler, the library's warnings about the same failure (a refused
+    # connection, a malformed frame) would reach stderr too, through
+    # logging's last resort. serve and demo configure logging themselves.
+    logging.getLogger("raftlib").addHandler(logging.NullHandler())
 
 
 @main.command()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import socketserver
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -55,3 +57,22 @@ def test_certs_into_a_directory_that_cannot_be_made_is_a_one_line_error(tmp_path
     assert not isinstance(result.exception, OSError)  # reported, not raised
     assert result.output.startswith("Error: cannot write the certificates to ")
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_client_command_against_a_non_member_prints_one_error_line() -> None:
+    class Garbage(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            self.request.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), Garbage) as server:
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            address = f"127.0.0.1:{server.server_address[1]}"
+            out = subprocess.run([sys.executable, "-m", "raftlib", "status", "--cluster", address, "--timeout", "2"],
+                                 capture_output=True, text=True, timeout=60)
+        finally:
+            server.shutdown()
+    assert out.returncode == 1
+    assert out.stderr.startswith("Error: no member could be reached: ")
+    assert len(out.stderr.splitlines()) == 1, out.stderr
