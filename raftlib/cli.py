@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -283,9 +284,21 @@ def _parse_value(text: str, as_string: bool) -> Any:
     if as_string:
         return text
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_not_json, parse_float=_finite_float)
     except ValueError:
         return text
+
+
+def _not_json(constant: str) -> Any:
+    """``NaN``, ``Infinity`` and ``-Infinity`` are not JSON (Python's json reads them)."""
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # 1e400: too large for a float, so not a number we can store
+        raise ValueError(f"{text} is out of range")
+    return value
 
 
 # -- serve ---------------------------------------------------------------------------------------

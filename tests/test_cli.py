@@ -76,3 +76,14 @@ def test_a_client_command_against_a_non_member_prints_one_error_line() -> None:
     assert out.returncode == 1
     assert out.stderr.startswith("Error: no member could be reached: ")
     assert len(out.stderr.splitlines()) == 1, out.stderr
+
+
+def test_values_are_json_only_when_they_are_standard_json() -> None:
+    from raftlib.cli import _parse_value
+
+    assert _parse_value('{"a": [1, 2.5, null]}', as_string=False) == {"a": [1, 2.5, None]}
+    assert _parse_value("100", as_string=False) == 100
+    assert _parse_value("100", as_string=True) == "100"
+    # Python's json would read these as floats that JSON output cannot show.
+    for text in ("NaN", "Infinity", "-Infinity", "[1, NaN]", "1e400"):
+        assert _parse_value(text, as_string=False) == text
