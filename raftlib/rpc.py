@@ -134,7 +134,8 @@ class RpcConnection:
                 async with asyncio.timeout(timeout):
                     return await fut
             except TimeoutError:
-                raise errors.Timeout(f"{op} at {self.address} got no answer within {timeout} s") from None
+                shown = timeout if timeout is None else f"{timeout:.3g}"
+                raise errors.Timeout(f"{op} at {self.address} got no answer within {shown} s") from None
         finally:
             self._pending.pop(rid, None)
 

@@ -202,7 +202,7 @@ async def connect_stream(
     except TimeoutError:
         writer.close()
         raise AuthenticationFailed(
-            f"security handshake with {address} failed: no answer within {timeout} s (different security settings?)"
+            f"security handshake with {address} failed: no answer within {timeout:.3g} s (different security settings?)"
         ) from None
     except AuthenticationFailed as exc:
         writer.close()
