@@ -114,6 +114,7 @@ class Membership:
         return {**self.learners, **self.voters}
 
     def is_voter(self, node_id: NodeId) -> bool:
+        """Whether ``node_id`` votes (a learner or a non-member does not)."""
         return node_id in self.voters
 
     def quorum(self) -> int:
@@ -121,6 +122,7 @@ class Membership:
         return len(self.voters) // 2 + 1
 
     def encode(self) -> bytes:
+        """The msgpack form stored in a configuration entry's data."""
         data: bytes = msgpack.packb({"voters": dict(self.voters), "learners": dict(self.learners)})
         return data
 
