@@ -1,4 +1,4 @@
-"""The README's example runs as written (on free ports, in a temporary directory)."""
+"""The README's example runs as written (on free ports, in a temporary directory); the docs show real output."""
 
 from __future__ import annotations
 
@@ -27,3 +27,25 @@ def test_readme_example_runs(tmp_path: Path) -> None:
         assert out.returncode == 0, out.stderr
         assert "EXAMPLE-OK" in out.stdout
     assert (tmp_path / "data" / "s1").is_dir()
+
+
+async def test_the_status_example_in_getting_started_shows_every_key(tmp_path: Path) -> None:
+    import ast
+
+    import raftlib
+    from storage_adapters import MemoryStorage
+
+    text = (README.parent / "docs" / "getting-started.md").read_text()
+    example = re.search(r">>> peer\.status\(\)\n(.*?)```", text, re.S)
+    assert example is not None
+    shown = ast.literal_eval(example.group(1).replace(", ...}}", "}}"))
+    peer = await raftlib.start_peer(raftlib.kv.KVStateMachine, name="s1", address="127.0.0.1:0",
+                                    storage=MemoryStorage())
+    try:
+        await peer.set_configuration({"s1": peer.address})
+        await peer.wait_for_leader(timeout=10)
+        status = peer.status()
+    finally:
+        await peer.stop()
+    assert set(shown) == set(status)
+    assert set(shown["members"]["s1"]) == set(status["members"]["s1"])
