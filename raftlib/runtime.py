@@ -234,9 +234,10 @@ class Peer:
         """Stop this peer: finish the current save, close the network and storage.
 
         If this peer leads (and ``transfer_leadership`` is true), it first
-        hands leadership to the most up-to-date follower, so a planned stop
-        costs no election timeout; if that fails within two election
-        timeouts it stops anyway and the others elect a leader.
+        hands leadership to the most up-to-date follower heard from within
+        an election timeout, so a planned stop costs no election timeout; if
+        that fails within two election timeouts it stops anyway and the
+        others elect a leader.
 
         Writes still in flight fail with :class:`LeadershipLost` (outcome
         unknown); queued writes not yet in the log fail with :class:`PeerStopped`.
@@ -247,7 +248,7 @@ class Peer:
             return
         if transfer_leadership and self._fatal is None and self.is_leader and len(self._core.membership.voters) > 1:
             try:
-                new = await self.transfer_leadership()
+                new = await self.transfer_leadership(self._successor())
                 self._log.info("%s: handed leadership to %s before stopping", self.name, new)
             except RaftError as exc:
                 self._log.info("%s: stopping without a leadership transfer: %s", self.name, exc)
@@ -679,6 +680,21 @@ class Peer:
         leader = self._core.leader
         assert leader is not None
         return leader
+
+    def _successor(self) -> NodeId | None:
+        """The voter a stopping leader hands over to: the most up-to-date of
+        those heard from within an election timeout (``None``: none was, and
+        the core chooses). The core's own choice counts every follower as
+        active for a while after an election, when it may pick one that
+        stopped long before and wait out the transfer."""
+        now = self._loop.time()
+        window = self.config.election_ticks * self.config.tick_interval
+        heard = sorted(v for v in self._core.membership.voters
+                       if v != self.name and now - self._last_contact.get(v, float("-inf")) <= window)
+        if not heard:
+            return None
+        progress = self._core.progress
+        return max(heard, key=lambda v: progress[v].match if v in progress else -1)
 
     async def _wait_until(self, condition: Callable[[], bool]) -> None:
         """Wait until ``condition()`` holds, checking it after each change of role or leader."""
