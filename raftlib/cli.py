@@ -447,10 +447,18 @@ def kv_put(key: str, value: str, as_string: bool, scope: str, cluster: str, as_j
     _echo({"key": key, "scope": scope, "version": version} if as_json else f"version {version}", as_json)
 
 
+def _consistency_option(fn: Any) -> Any:
+    return click.option(
+        "--consistency", type=click.Choice(["linearizable", "lease", "stale"]), default="linearizable",
+        show_default=True,
+        help="linearizable reflects every write that finished before the read; lease and stale answer from a "
+             "member's state, possibly behind.",
+    )(fn)
+
+
 @kv.command("get")
 @click.argument("key")
-@click.option("--consistency", type=click.Choice(["linearizable", "lease", "stale"]), default="linearizable",
-              show_default=True)
+@_consistency_option
 @_scope_option
 @_cluster_option
 @_security_options
@@ -512,14 +520,15 @@ def kv_cas(key: str, expected: str, new: str, expected_version: int | None, as_s
 
 @kv.command("list")
 @click.option("--prefix", default="", help="Only keys starting with this.")
+@_consistency_option
 @_scope_option
 @_cluster_option
 @_security_options
 @_json_option
 @_timeout_option
-def kv_list(prefix: str, scope: str, cluster: str, as_json: bool, timeout: float) -> None:
+def kv_list(prefix: str, consistency: str, scope: str, cluster: str, as_json: bool, timeout: float) -> None:
     """List the keys of a scope."""
-    keys = _run(_with_kv(cluster, timeout, lambda c: c.list(scope, prefix)))
+    keys = _run(_with_kv(cluster, timeout, lambda c: c.list(scope, prefix, consistency=consistency)))
     if as_json:
         _echo(keys, True)
     else:

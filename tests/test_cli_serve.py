@@ -59,6 +59,19 @@ def nodes(tmp_path: Path) -> Iterator[dict[str, Node]]:
                 node.stop(signal.SIGKILL)
 
 
+@pytest.fixture
+def single(tmp_path: Path) -> Iterator[Node]:
+    """A one-member cluster: enough for commands that need a leader but no followers."""
+    port = free_port()
+    node = Node("s1", port, tmp_path / "s1", ["--initial-cluster", f"s1=127.0.0.1:{port}"])
+    node.start()
+    try:
+        yield node
+    finally:
+        if node.proc is not None and node.proc.poll() is None:
+            node.stop(signal.SIGKILL)
+
+
 def cli(*args: str) -> Result:
     return CliRunner().invoke(main, list(args))
 
@@ -181,3 +194,22 @@ def test_cli_usage_errors(tmp_path: Path) -> None:
     env_cluster = CliRunner().invoke(main, ["kv", "get", "a", "--timeout", "0.3"],
                                      env={**os.environ, "RAFTLIB_CLUSTER": "127.0.0.1:9"})
     assert env_cluster.exit_code == 1
+
+
+def test_kv_list_takes_the_consistency_of_kv_get(single: Node) -> None:
+    from raftlib.cli import kv_get, kv_list
+
+    def option(command: object) -> object:
+        [param] = [p for p in command.params if p.name == "consistency"]  # type: ignore[attr-defined]
+        return param
+
+    assert option(kv_list).type.choices == option(kv_get).type.choices  # type: ignore[attr-defined]
+    assert option(kv_list).default == option(kv_get).default == "linearizable"  # type: ignore[attr-defined]
+    wait_for(lambda: leader_of(single.address))
+    assert cli("kv", "put", "k1", "1", "--cluster", single.address).exit_code == 0
+    for consistency in ("linearizable", "lease", "stale"):
+        listed = cli("kv", "list", "--consistency", consistency, "--cluster", single.address)
+        assert listed.exit_code == 0, listed.output
+        assert listed.output.split() == ["k1"]
+    bad = cli("kv", "list", "--consistency", "eventual", "--cluster", single.address)
+    assert bad.exit_code == 2 and "linearizable" in bad.output
