@@ -506,7 +506,7 @@ def kv_delete(key: str, scope: str, cluster: str, as_json: bool, timeout: float)
 @_timeout_option
 def kv_cas(key: str, expected: str, new: str, expected_version: int | None, as_string: bool, scope: str,
            cluster: str, as_json: bool, timeout: float) -> None:
-    """Set KEY to NEW only if its value is EXPECTED (``null``: absent). Exits 1 if it was not."""
+    """Set KEY to NEW only if its value is EXPECTED (null: the key is absent). Exits 1 if it was not."""
     # With --expected-version the version is compared and EXPECTED is only a
     # placeholder: KVClient.cas takes one or the other, never both.
     expected_value = None if expected_version is not None else _parse_value(expected, as_string)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socketserver
 import subprocess
 import sys
@@ -47,6 +48,29 @@ def test_help_and_bad_options() -> None:
     bad = runner.invoke(main, ["demo", "--writes", "0"])
     assert bad.exit_code != 0
     assert "--writes" in bad.output
+
+
+def test_help_is_plain_text_without_markup() -> None:
+    import click
+
+    def commands(group: click.Group, path: list[str]) -> list[list[str]]:
+        found = [path]
+        for name, command in group.commands.items():
+            if isinstance(command, click.Group):
+                found += commands(command, path + [name])
+            else:
+                found.append(path + [name])
+        return found
+
+    runner = CliRunner()
+    every = commands(main, [])
+    assert ["kv", "cas"] in every
+    for path in every:
+        result = runner.invoke(main, [*path, "--help"])
+        assert result.exit_code == 0, path
+        # Click prints docstrings as they are: RST literals and roles would show.
+        assert "``" not in result.output, (path, result.output)
+        assert not re.search(r":[a-z]+:`", result.output), (path, result.output)
 
 
 def test_certs_into_a_directory_that_cannot_be_made_is_a_one_line_error(tmp_path: Path) -> None:
