@@ -213,3 +213,12 @@ def test_kv_list_takes_the_consistency_of_kv_get(single: Node) -> None:
         assert listed.output.split() == ["k1"]
     bad = cli("kv", "list", "--consistency", "eventual", "--cluster", single.address)
     assert bad.exit_code == 2 and "linearizable" in bad.output
+
+
+def test_removing_a_non_member_says_nothing_changed(single: Node) -> None:
+    wait_for(lambda: leader_of(single.address))
+    result = cli("members", "remove", "ghost", "--cluster", single.address)
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "ghost is not a member; nothing changed"
+    rows = json.loads(cli("status", "--cluster", single.address, "--json").output)
+    assert [(r["name"], r["member"]) for r in rows] == [("s1", "voter")]
