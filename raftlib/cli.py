@@ -329,12 +329,15 @@ def _initial_cluster(text: str) -> dict[str, str]:
 @click.option("--join", "join_seeds", default=None, metavar="ADDR[,ADDR]",
               help="Join a running cluster through any of these members.")
 @click.option("--learner", is_flag=True, help="With --join: join as a learner (a non-voting member).")
+@click.option("--join-timeout", type=click.FloatRange(min=0, min_open=True), default=120.0, show_default=True,
+              metavar="SECONDS", help="With --join: give up if not a member after this long.")
 @click.option("--election-timeout-ms", type=click.IntRange(20, 60_000), default=None,
               help="Minimum election timeout (default 400 ms with 10 ms ticks).")
 @click.option("--log-level", type=_LOG_LEVELS, default="info", show_default=True)
 @_security_options
 def serve(name: str, listen: str, advertise: str | None, data_dir: str | None, memory: bool, initial_cluster: str | None,
-          join_seeds: str | None, learner: bool, election_timeout_ms: int | None, log_level: str) -> None:
+          join_seeds: str | None, learner: bool, join_timeout: float, election_timeout_ms: int | None,
+          log_level: str) -> None:
     """Run a member of the built-in key-value service (raftlib.kv).
 
     SIGTERM or SIGINT stops it cleanly: a leader first hands leadership to
@@ -349,6 +352,9 @@ def serve(name: str, listen: str, advertise: str | None, data_dir: str | None, m
         raise click.UsageError("--initial-cluster founds a cluster and --join joins one: give only one")
     if learner and not join_seeds:
         raise click.UsageError("--learner needs --join")
+    given = click.get_current_context().get_parameter_source("join_timeout")
+    if given not in (None, click.core.ParameterSource.DEFAULT) and not join_seeds:
+        raise click.UsageError("--join-timeout needs --join")
     members = _initial_cluster(initial_cluster) if initial_cluster else None
     if members is not None and name not in members:
         raise click.UsageError(f"--initial-cluster must include this member ({name})")
@@ -360,11 +366,12 @@ def serve(name: str, listen: str, advertise: str | None, data_dir: str | None, m
     if election_timeout_ms is not None:
         ticks = max(4, round(election_timeout_ms / (config.tick_interval * 1000)))
         config = dataclasses.replace(config, election_ticks=ticks, heartbeat_ticks=max(1, ticks // 8))
-    _run(_serve(name, listen, advertise, data_dir, members, seeds, not learner, config))
+    _run(_serve(name, listen, advertise, data_dir, members, seeds, not learner, join_timeout, config))
 
 
 async def _serve(name: str, listen: str, advertise: str | None, data_dir: str | None,
-                 members: dict[str, str] | None, seeds: list[str] | None, voter: bool, config: Config) -> None:
+                 members: dict[str, str] | None, seeds: list[str] | None, voter: bool, join_timeout: float,
+                 config: Config) -> None:
     from . import join
     from .kv import KVStateMachine
     from storage_adapters import MemoryStorage
@@ -372,8 +379,10 @@ async def _serve(name: str, listen: str, advertise: str | None, data_dir: str | 
     security = _security()
     storage = MemoryStorage() if data_dir is None else None
     if seeds:
+        click.echo(f"{name} joining the cluster through {', '.join(seeds)} "
+                   f"(giving up after {join_timeout:g} s)", err=True)
         peer = await join(KVStateMachine, name=name, address=listen, seeds=seeds, data_dir=data_dir,
-                          storage=storage, config=config, voter=voter, advertise=advertise,
+                          storage=storage, config=config, voter=voter, advertise=advertise, timeout=join_timeout,
                           **_security_kwargs(security))
     else:
         peer = await start_peer(KVStateMachine, name=name, address=listen, data_dir=data_dir, storage=storage,

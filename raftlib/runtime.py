@@ -2156,6 +2156,10 @@ async def join(
     return peer
 
 
+_JOIN_WARNING_INTERVAL = 5.0
+"""Seconds between warnings that joining is still failing (the first failure is logged at once)."""
+
+
 async def _ask_to_join(peer: Peer, seeds: list[str], voter: bool, timeout: float | None) -> None:
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
@@ -2163,6 +2167,7 @@ async def _ask_to_join(peer: Peer, seeds: list[str], voter: bool, timeout: float
     last_error: BaseException | None = None
     addresses = list(seeds)
     backoff = 0.05
+    warned_at: float | None = None
     while True:
         refused = 0
         for address in list(addresses):
@@ -2190,5 +2195,9 @@ async def _ask_to_join(peer: Peer, seeds: list[str], voter: bool, timeout: float
             if isinstance(last_error, Unavailable):
                 raise Unavailable(f"{peer.name} could not reach any of {seeds} to join: {last_error}")
             raise Timeout(f"{peer.name} did not become a member within {timeout} s (last error: {last_error})")
+        if warned_at is None or loop.time() - warned_at >= _JOIN_WARNING_INTERVAL:
+            warned_at = loop.time()
+            peer._log.warning("%s: could not join through %s yet, retrying: %s",
+                              peer.name, ", ".join(addresses), last_error)
         await asyncio.sleep(backoff)
         backoff = min(1.0, backoff * 2)

@@ -222,3 +222,23 @@ def test_removing_a_non_member_says_nothing_changed(single: Node) -> None:
     assert result.output.strip() == "ghost is not a member; nothing changed"
     rows = json.loads(cli("status", "--cluster", single.address, "--json").output)
     assert [(r["name"], r["member"]) for r in rows] == [("s1", "voter")]
+
+
+def test_join_through_unreachable_seeds_says_so_and_gives_up_after_join_timeout(tmp_path: Path) -> None:
+    seed = f"127.0.0.1:{free_port()}"  # bound and closed: nothing listens there
+    node = Node("s9", free_port(), tmp_path / "s9", ["--join", seed, "--join-timeout", "1"])
+    node.start()
+    assert node.proc is not None
+    try:
+        _, err = node.proc.communicate(timeout=60)
+    finally:
+        if node.proc.poll() is None:
+            node.stop(signal.SIGKILL)
+    assert node.proc.returncode == 1, err
+    assert f"s9 joining the cluster through {seed} (giving up after 1 s)" in err
+    warnings = [line for line in err.splitlines() if " WARNING " in line and "could not join through" in line]
+    assert warnings and seed in warnings[0], err
+    assert "Unavailable" in err.splitlines()[-1]
+    assert "Traceback" not in err
+    assert cli("serve", "--name", "x", "--listen", "127.0.0.1:0", "--memory",
+               "--join-timeout", "5").exit_code == 2  # needs --join
