@@ -378,21 +378,27 @@ async def _serve(name: str, listen: str, advertise: str | None, data_dir: str | 
 
     security = _security()
     storage = MemoryStorage() if data_dir is None else None
-    if seeds:
-        click.echo(f"{name} joining the cluster through {', '.join(seeds)} "
-                   f"(giving up after {join_timeout:g} s)", err=True)
-        peer = await join(KVStateMachine, name=name, address=listen, seeds=seeds, data_dir=data_dir,
-                          storage=storage, config=config, voter=voter, advertise=advertise, timeout=join_timeout,
-                          **_security_kwargs(security))
-    else:
-        peer = await start_peer(KVStateMachine, name=name, address=listen, data_dir=data_dir, storage=storage,
-                                config=config, advertise=advertise, **_security_kwargs(security))
+    # The handlers go in before starting: a join can wait for minutes, and a
+    # SIGTERM then must stop the joining peer as cleanly as one later does.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if isinstance(security, TLSConfig):
         loop.add_signal_handler(signal.SIGHUP, _reload_tls, security, name)
+    if seeds:
+        click.echo(f"{name} joining the cluster through {', '.join(seeds)} "
+                   f"(giving up after {join_timeout:g} s)", err=True)
+        starting = join(KVStateMachine, name=name, address=listen, seeds=seeds, data_dir=data_dir,
+                        storage=storage, config=config, voter=voter, advertise=advertise, timeout=join_timeout,
+                        **_security_kwargs(security))
+    else:
+        starting = start_peer(KVStateMachine, name=name, address=listen, data_dir=data_dir, storage=storage,
+                              config=config, advertise=advertise, **_security_kwargs(security))
+    peer = await _unless_stopped(starting, stop)
+    if peer is None:  # join and start_peer stop the peer they started when cancelled
+        click.echo(f"{name} stopped", err=True)
+        return
     try:
         if members:
             await peer.set_configuration(members)
@@ -407,6 +413,22 @@ async def _serve(name: str, listen: str, advertise: str | None, data_dir: str | 
     finally:
         await peer.stop()
         click.echo(f"{name} stopped", err=True)
+
+
+async def _unless_stopped(starting: Any, stop: asyncio.Event) -> Any:
+    """Await ``starting``; cancel it and return ``None`` if ``stop`` is set first."""
+    task = asyncio.ensure_future(starting)
+    signalled = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([task, signalled], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        signalled.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.wait([task])
+    # A task that finished before the cancellation took gives its peer, and
+    # the caller stops it at once: stop is set.
+    return None if task.cancelled() else task.result()
 
 
 def _reload_tls(tls: TLSConfig, name: str) -> None:

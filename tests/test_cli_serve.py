@@ -242,3 +242,19 @@ def test_join_through_unreachable_seeds_says_so_and_gives_up_after_join_timeout(
     assert "Traceback" not in err
     assert cli("serve", "--name", "x", "--listen", "127.0.0.1:0", "--memory",
                "--join-timeout", "5").exit_code == 2  # needs --join
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_joining_stops_cleanly(tmp_path: Path, sig: int) -> None:
+    seed = f"127.0.0.1:{free_port()}"  # bound and closed: the join keeps retrying
+    node = Node("s9", free_port(), tmp_path / "s9", ["--join", seed, "--join-timeout", "60"])
+    node.start()
+    assert node.proc is not None and node.proc.stderr is not None
+    try:
+        first = node.proc.stderr.readline()
+        assert first.startswith("s9 joining the cluster through "), first
+    finally:
+        code, err = node.stop(sig)
+    assert code == 0, err
+    assert "s9 stopped" in err
+    assert "Traceback" not in err and "Aborted" not in err, err
