@@ -2157,7 +2157,9 @@ async def join(
 
 
 _JOIN_WARNING_INTERVAL = 5.0
-"""Seconds between warnings that joining is still failing (the first failure is logged at once)."""
+"""Seconds between warnings that joining is still failing. The first comes
+at once if no seed could be reached at all, otherwise after this long: a
+member that answered is often just busy electing or changing membership."""
 
 
 async def _ask_to_join(peer: Peer, seeds: list[str], voter: bool, timeout: float | None) -> None:
@@ -2168,8 +2170,10 @@ async def _ask_to_join(peer: Peer, seeds: list[str], voter: bool, timeout: float
     addresses = list(seeds)
     backoff = 0.05
     warned_at: float | None = None
+    started = loop.time()
     while True:
         refused = 0
+        reached = False
         for address in list(addresses):
             try:
                 conn = await RpcConnection.open(address, name=peer.name, max_frame_size=peer.config.max_frame_size,
@@ -2178,6 +2182,7 @@ async def _ask_to_join(peer: Peer, seeds: list[str], voter: bool, timeout: float
                 last_error = exc
                 refused += isinstance(exc, AuthenticationFailed)
                 continue
+            reached = True
             try:
                 await conn.call("add_member", {**args, "timeout": _remaining(loop, deadline)},
                                 timeout=_remaining(loop, deadline))
@@ -2195,7 +2200,11 @@ async def _ask_to_join(peer: Peer, seeds: list[str], voter: bool, timeout: float
             if isinstance(last_error, Unavailable):
                 raise Unavailable(f"{peer.name} could not reach any of {seeds} to join: {last_error}")
             raise Timeout(f"{peer.name} did not become a member within {timeout} s (last error: {last_error})")
-        if warned_at is None or loop.time() - warned_at >= _JOIN_WARNING_INTERVAL:
+        if warned_at is not None:
+            warn_at = warned_at + _JOIN_WARNING_INTERVAL
+        else:
+            warn_at = started + _JOIN_WARNING_INTERVAL if reached else started
+        if loop.time() >= warn_at:
             warned_at = loop.time()
             peer._log.warning("%s: could not join through %s yet, retrying: %s",
                               peer.name, ", ".join(addresses), last_error)
