@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
 import ipaddress
 import logging
 import os
@@ -165,6 +166,30 @@ async def _open(endpoint: Endpoint) -> tuple[asyncio.StreamReader, asyncio.Strea
     if endpoint.kind == "unix":
         return await asyncio.open_unix_connection(endpoint.host)
     return await asyncio.open_connection(endpoint.host, endpoint.port)
+
+
+async def _refuse_live_unix_socket(path: str, timeout: float = 1.0) -> None:
+    """Raise ``OSError(EADDRINUSE)`` if a process accepts connections on the
+    Unix socket at ``path``; a stale socket file (nothing listening) passes."""
+    try:
+        if not stat.S_ISSOCK(os.stat(path).st_mode):
+            return  # binding fails on its own: "address already in use"
+    except OSError:
+        return
+    try:
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_unix_connection(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return  # left behind by a process that is gone
+    except TimeoutError:
+        pass  # a listener too busy to accept is still a listener
+    except OSError:
+        return
+    else:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    raise OSError(errno.EADDRINUSE, f"unix socket {path!r} is in use by a running process")
 
 
 async def open_connection(address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -486,6 +511,10 @@ class Transport:
             return protocol(asyncio.StreamReader(loop=loop), self._serve_inbound, loop=loop)
 
         if endpoint.kind == "unix":
+            # asyncio unlinks a socket file already at the path, which is right
+            # for one left by a crashed process but would silently take the
+            # address of a process still listening there.
+            await _refuse_live_unix_socket(endpoint.host)
             self._server = await loop.create_unix_server(accepted, path=endpoint.host)
             st = os.stat(endpoint.host)
             self._unix_inode = (st.st_dev, st.st_ino)

@@ -378,6 +378,32 @@ async def test_peers_on_unix_sockets(tmp_path: Any) -> None:
     assert not any(tmp_path.glob("*.sock"))
 
 
+async def test_a_unix_socket_left_by_a_crash_is_reused_but_a_live_one_is_not_taken(tmp_path: Any) -> None:
+    import errno
+    import socket
+
+    path = tmp_path / "s1.sock"
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(path))  # bound, never listening, then abandoned: what a crash leaves
+    stale.close()
+    first = await raftlib.start_peer(KVStore, name="s1", address=f"unix:{path}", storage=MemoryStorage(), config=FAST)
+    try:
+        await first.set_configuration({"s1": first.address})
+        await eventually(lambda: first.is_leader)
+        with pytest.raises(OSError) as info:
+            await raftlib.start_peer(KVStore, name="s2", address=f"unix:{path}", storage=MemoryStorage(), config=FAST)
+        assert info.value.errno == errno.EADDRINUSE
+        # The first peer still owns its address: a client reaches it there.
+        client = await raftlib.connect([first.address])
+        try:
+            assert await client.write(["set", "a", 1]) == ["ok", "a", 1]
+        finally:
+            await client.close()
+    finally:
+        await first.stop()
+    assert not path.exists()
+
+
 async def test_submit_starts_writes_without_waiting_and_reports_like_write(tmp_path: Any) -> None:
     c = Cluster(tmp_path, config=raftlib.Config(tick_interval=0.01, election_ticks=10, heartbeat_ticks=2,
                                                 max_pending_writes=50))
