@@ -400,7 +400,10 @@ async def _serve(name: str, listen: str, advertise: str | None, data_dir: str | 
         click.echo(f"{name} stopped", err=True)
         return
     try:
-        if members:
+        if members and peer.status()["last_index"] == 0:
+            # Only a member with an empty log founds the cluster. Later, the
+            # configuration may have changed (members joined or left), and
+            # set_configuration would move the cluster back to these members.
             await peer.set_configuration(members)
         click.echo(f"{name} serving on {peer.address}", err=True)
         stopped = loop.create_task(peer._stopped.wait())

@@ -258,3 +258,27 @@ def test_a_signal_while_joining_stops_cleanly(tmp_path: Path, sig: int) -> None:
     assert code == 0, err
     assert "s9 stopped" in err
     assert "Traceback" not in err and "Aborted" not in err, err
+
+
+def test_a_restart_with_initial_cluster_keeps_the_members_changed_since(single: Node, tmp_path: Path) -> None:
+    wait_for(lambda: leader_of(single.address))
+    s2 = Node("s2", free_port(), tmp_path / "s2", ["--join", single.address])
+    s2.start()
+    both = f"{single.address},{s2.address}"
+
+    def members() -> dict[str, str]:
+        out = cli("status", "--cluster", both, "--json", "--timeout", "2")
+        return {r["name"]: r["member"] for r in json.loads(out.output)} if out.exit_code == 0 else {}
+
+    try:
+        wait_for(lambda: members() == {"s1": "voter", "s2": "voter"})
+        code, err = single.stop(signal.SIGTERM)
+        assert code == 0, err
+        single.start()  # the same command line, --initial-cluster s1=... included
+        assert single.proc is not None and single.proc.stderr is not None
+        while not (line := single.proc.stderr.readline()).startswith("s1 serving on"):
+            assert line, "s1 exited before serving"
+        assert cli("kv", "put", "k", "1", "--cluster", both).exit_code == 0
+        assert members() == {"s1": "voter", "s2": "voter"}
+    finally:
+        s2.stop()
