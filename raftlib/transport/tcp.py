@@ -38,6 +38,7 @@ import ipaddress
 import logging
 import os
 import stat
+import sys
 from asyncio.selector_events import BaseSelectorEventLoop
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Literal, Mapping, NamedTuple
@@ -99,6 +100,11 @@ OnFrame = Callable[[str, Any, "Connection"], Awaitable[None]]
 # --------------------------------------------------------------------------- addresses
 
 
+MAX_UNIX_PATH = 103 if sys.platform == "darwin" else 107
+"""The longest Unix socket path, in bytes, that can be bound or connected to
+(``sun_path`` less its terminating NUL)."""
+
+
 class Endpoint(NamedTuple):
     """A parsed address. For ``kind == "unix"``, ``host`` is the socket path and ``port`` is ``None``."""
 
@@ -128,6 +134,12 @@ def parse_address(addr: str) -> Endpoint:
         path = addr[len("unix:") :]
         if not path or "\0" in path:
             raise ConfigError(f"address {addr!r}: unix socket path is empty or contains NUL")
+        size = len(os.fsencode(path))
+        if size > MAX_UNIX_PATH:
+            raise ConfigError(
+                f"address {addr!r}: unix socket path is {size} bytes, the system allows {MAX_UNIX_PATH} "
+                f"(use a shorter or relative path)"
+            )
         return Endpoint("unix", path, None)
     if addr.startswith("["):
         host, sep, port_text = addr[1:].partition("]:")

@@ -100,6 +100,7 @@ async def exchange(a: Node, b: Node, term: int) -> None:
         ("[::1]:7000", Endpoint("tcp", "::1", 7000)),
         ("unix:/tmp/x.sock", Endpoint("unix", "/tmp/x.sock", None)),
         ("unix:rel.sock", Endpoint("unix", "rel.sock", None)),
+        ("unix:/" + "p" * 106, Endpoint("unix", "/" + "p" * 106, None)),  # the longest that binds
     ],
 )
 def test_parse_address(text: str, expected: Endpoint) -> None:
@@ -120,6 +121,7 @@ def test_parse_address(text: str, expected: Endpoint) -> None:
         ("[::1:80", r"\[ipv6\]:port"),
         ("[nothex]:80", "not an IPv6"),
         ("unix:", "empty"),
+        ("unix:/" + "p" * 107, "108 bytes, the system allows 107"),  # bind() would fail with no path named
         ("my host:80", "host"),
         (None, "must be a str"),
     ],
