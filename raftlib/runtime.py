@@ -2132,7 +2132,9 @@ async def join(
     forwards the request to the leader, which adds this peer as a learner,
     lets it catch up (from the log or a snapshot) and then, if ``voter``,
     promotes it. Returns once the change has committed. A peer restarted on
-    a ``data_dir`` where it is already a member just starts.
+    a ``data_dir`` where it is already a member just starts, unless it is a
+    learner asking to be a voter or its address changed: then that change
+    is made as for a new member (a voter is never made a learner).
 
     The other arguments are those of :func:`start_peer`. Raises
     :class:`ConfigError` for bad arguments, :class:`Unavailable` if no seed
@@ -2148,7 +2150,13 @@ async def join(
     peer = await start_peer(state_machine, name=name, address=address, data_dir=data_dir, storage=storage,
                             config=config, logger=logger, advertise=advertise, tls=tls, secret=secret)
     try:
-        if name not in peer.membership.members:
+        # A restart on a data_dir where it is a member just starts, unless the
+        # change is unfinished: a learner that asks to vote (a join cut off
+        # before its promotion) or a member now at another address. A voter
+        # is never demoted here.
+        membership = peer.membership
+        voter = voter or name in membership.voters
+        if (membership.voters if voter else membership.learners).get(name) != peer.address:
             await _ask_to_join(peer, list(seeds), voter, timeout)
     except BaseException:
         await peer.stop(transfer_leadership=False)

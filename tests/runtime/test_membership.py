@@ -284,3 +284,21 @@ async def test_status_over_the_wire(cluster: Cluster) -> None:
         assert info.value.leader == leader.name and info.value.leader_address == leader.address
     finally:
         await conn.close()
+
+
+async def test_joining_again_as_a_voter_promotes_a_member_left_a_learner(lmdb_cluster: Cluster) -> None:
+    cluster = lmdb_cluster
+    await cluster.start(3)
+    # What an interrupted join leaves behind (a Timeout while catching up, or
+    # a crash before the promotion): a learner that knows it is one.
+    peer = await cluster.start_peer("s4")
+    leader = await cluster.leader()
+    await leader.add_member("s4", peer.address, voter=False)
+    await eventually(lambda: "s4" in peer.membership.learners)
+    await peer.stop()
+    again = await cluster.join("s4")
+    assert "s4" in (await cluster.leader()).membership.voters  # join returns once that commits
+    await eventually(lambda: "s4" in again.membership.voters)
+    # Joining as a learner does not demote a voter.
+    await again.stop()
+    assert "s4" in (await cluster.join("s4", voter=False)).membership.voters
