@@ -189,6 +189,7 @@ class Client:
         ``from_index`` on (see :meth:`raftlib.Peer.listen`), following the
         cluster across members and leader changes without gaps or repeats.
 
+        A reader that falls far behind is resumed where it stopped reading.
         Raises :class:`~raftlib.errors.LogCompacted` if the members no
         longer keep changes that old, and :class:`~raftlib.errors.Unavailable`
         if no member can be reached for the client's timeout.
@@ -209,6 +210,12 @@ class Client:
                 return
             except LogCompacted:
                 raise
+            except Overloaded:
+                # This reader fell STREAM_QUEUE_LIMIT items behind the member,
+                # which stopped sending: ask again from the next index (the
+                # member still keeps it unless it is older than the backlog,
+                # then LogCompacted says so).
+                continue
             except (ConnectionLost, Unavailable, PeerStopped) as exc:
                 await self._drop_connection()
                 lost_since = lost_since or loop.time()

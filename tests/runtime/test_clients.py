@@ -344,6 +344,33 @@ async def test_client_follows_a_leader_change_and_its_feed_has_no_gaps(cluster: 
         await client.close()
 
 
+async def test_a_client_listener_that_falls_far_behind_resumes_where_it_stopped(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A member stops a stream whose reader is STREAM_QUEUE_LIMIT items behind;
+    the client asks again from the next index instead of ending the feed."""
+    monkeypatch.setattr(raftlib.rpc, "STREAM_QUEUE_LIMIT", 5)
+    peers = await cluster.start(1)
+    s1 = peers["s1"]
+    client = await raftlib.connect([s1.address], timeout=10)
+    feed = aiter(client.listen())
+    try:
+        await s1.write(["set", "k", 0])
+        first = await asyncio.wait_for(anext(feed), 5)
+        conn = client._conn
+        assert conn is not None
+        for i in range(1, 21):
+            await s1.write(["set", "k", i])
+        await eventually(lambda: not conn._streams)  # the member's stream was stopped
+        rest = [await asyncio.wait_for(anext(feed), 5) for _ in range(20)]
+        assert [c.command[2] for c in [first, *rest]] == list(range(21))
+        indexes = [c.index for c in [first, *rest]]
+        assert indexes == sorted(set(indexes))
+    finally:
+        await feed.aclose()  # type: ignore[attr-defined]
+        await client.close()
+
+
 async def test_connect_errors() -> None:
     with pytest.raises(errors.ConfigError):
         await raftlib.connect([])
