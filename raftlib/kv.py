@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
@@ -151,7 +152,8 @@ class KVStateMachine(StateMachine):
       ``expected_version`` ``None``, ``expected_value`` ``None`` means the
       key must not exist, and any other value means the key must exist with
       an equal value (equal as msgpack values: the same type, so ``1``,
-      ``1.0`` and ``True`` differ; lists and dicts compare element-wise). A
+      ``1.0`` and ``True`` differ; lists and dicts, keys included, compare
+      element-wise; floats by their bits, so NaN matches NaN). A
       stored ``None`` can only be matched by version.
     * ``["create_scope", scope]``, ``["delete_scope", scope]`` (deletes its
       keys; ``"default"`` cannot be deleted).
@@ -387,7 +389,14 @@ def _same(a: Any, b: Any) -> bool:
     if kind_a is list:
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
     if kind_a is dict:
-        return a.keys() == b.keys() and all(_same(v, b[k]) for k, v in a.items())
+        if len(a) != len(b):
+            return False
+        # Python finds b's key 1 for a's key True or 1.0: compare the keys themselves too.
+        keys_b = {k: k for k in b}
+        return all(k in keys_b and _same(k, keys_b[k]) and _same(v, b[k]) for k, v in a.items())
+    if kind_a is float:
+        # By their bits, as msgpack encodes them: NaN matches NaN, 0.0 does not match -0.0.
+        return struct.pack("<d", a) == struct.pack("<d", b)
     return bool(a == b)
 
 

@@ -79,6 +79,21 @@ def test_cas_by_value() -> None:
     assert read(sm, ["get", "default", "k"]) == ["z", 3]
 
 
+def test_cas_by_value_compares_map_keys_and_floats_as_msgpack_values() -> None:
+    sm = KVStateMachine()
+    applied(sm, ["put", "default", "m", {1: "a"}])
+    # Python finds key 1 for True or 1.0, but as msgpack values the maps differ.
+    for different in ({True: "a"}, {1.0: "a"}, {"1": "a"}):
+        assert applied(sm, ["cas", "default", "m", different, None, "x"])["changed"] is False
+    assert applied(sm, ["cas", "default", "m", {1: "a"}, None, {(1, 2): [0.5]}])["changed"] is True
+    assert applied(sm, ["cas", "default", "m", {(1, 2): [0.5]}, None, "y"])["changed"] is True
+    # A float matches the same float, NaN included; 0.0 and -0.0 are different msgpack values.
+    applied(sm, ["put", "default", "f", float("nan")])
+    assert applied(sm, ["cas", "default", "f", float("nan"), None, -0.0])["changed"] is True
+    assert applied(sm, ["cas", "default", "f", 0.0, None, 1])["changed"] is False
+    assert applied(sm, ["cas", "default", "f", -0.0, None, 1])["changed"] is True
+
+
 def test_cas_by_version() -> None:
     sm = KVStateMachine()
     assert applied(sm, ["cas", "default", "k", None, 1, "a"])["changed"] is False  # absent has version 0
