@@ -75,6 +75,7 @@ class Client:
         self._max_frame_size = max_frame_size
         self._conn: RpcConnection | None = None
         self._connecting: asyncio.Lock = asyncio.Lock()
+        self._renewing: asyncio.Lock = asyncio.Lock()
         self._preferred: str | None = None
         self._conn_to_replace = False
         """The leader is elsewhere: reconnect there before the next call."""
@@ -130,7 +131,7 @@ class Client:
                             f"the client session expired while write {seq} was being retried; it may have been "
                             f"applied once: {exc}"
                         ) from None
-                    await self._reopen_session(deadline)
+                    await self._renew_session(client, deadline)
                     self._seq += 1
                     seq, client = self._seq, self.client_id
                     last = exc
@@ -342,17 +343,26 @@ class Client:
         if conn is not None:
             await conn.close()
 
+    async def _renew_session(self, expired: str, deadline: float) -> None:
+        """Replace session ``expired`` with a new one, unless another task already did:
+        the writes that all find it expired at once share one new session."""
+        async with self._renewing:
+            if self.client_id == expired:
+                await self._reopen_session(deadline)
+
     async def _reopen_session(self, deadline: float) -> None:
-        self.client_id = uuid.uuid4().hex
-        self._seq, self._done, self._ack = 0, set(), 0
+        """Open a new session; the client switches to it once it is open."""
+        client_id = uuid.uuid4().hex
         loop = asyncio.get_running_loop()
         last: BaseException | None = None
         while loop.time() < deadline:
             remaining = deadline - loop.time()
             try:
                 conn = await self._connection(remaining)
-                await conn.call("open_session", {"client": self.client_id, "timeout": remaining},
+                await conn.call("open_session", {"client": client_id, "timeout": remaining},
                                 timeout=remaining + 1.0)
+                self.client_id = client_id
+                self._seq, self._done, self._ack = 0, set(), 0
                 return
             except AuthenticationFailed:
                 raise

@@ -274,6 +274,32 @@ async def test_client_writes_that_fail_do_not_hold_back_its_acknowledgements(tmp
         await cluster.close()
 
 
+async def test_writes_that_find_the_session_expired_together_share_one_new_session(tmp_path: Any) -> None:
+    """Every write in flight when the session expired gets SessionExpired; each
+    opened a session of its own, and all but one stayed in the replicated
+    table, results unacknowledged, until they expired in turn."""
+    cluster = Cluster(tmp_path, config=dataclasses.replace(FAST, session_ttl=0.5))
+    try:
+        await cluster.start(1)
+        leader = await cluster.leader()
+        client = await raftlib.connect([leader.address], timeout=10)
+        try:
+            await client.write(["set", "a", 0])
+            expired = client.client_id
+            await asyncio.sleep(0.7)
+            await leader.open_session("other")  # log time moves on; the idle session is dropped
+            assert expired not in leader._sessions
+            results = await asyncio.gather(*[client.write(["set", f"k{i}", i]) for i in range(10)])
+            assert results == [["ok", f"k{i}", i] for i in range(10)]
+            assert client.client_id != expired
+            assert set(leader._sessions._sessions) == {"other", client.client_id}
+            assert sorted(c[1] for c in leader.state_machine.applied) == ["a"] + [f"k{i}" for i in range(10)]
+        finally:
+            await client.close()
+    finally:
+        await cluster.close()
+
+
 async def test_commands_and_results_keyed_by_ints_cross_the_network(cluster: Cluster) -> None:
     """A command, query or result with int keys works on the leader; it must
     work through a follower and a client too. The request frames carrying it
