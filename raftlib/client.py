@@ -21,6 +21,8 @@ import asyncio
 import contextlib
 import logging
 import uuid
+
+import msgpack
 from typing import Any, AsyncIterator, Sequence
 
 from . import codec
@@ -45,6 +47,7 @@ from .errors import (
 )
 from .rpc import RpcConnection
 from .security import Security, SharedSecret, TLSConfig, security_from
+from .transport.framing import _map_with_scalar_keys
 from .transport.tcp import parse_address
 from .types import Change
 
@@ -104,7 +107,7 @@ class Client:
         it certainly was not applied.
         """
         self._check_open()
-        codec.pack(command, "command")  # a TypeError naming it now, before anything is sent
+        _check_sendable(codec.pack(command, "command"), "command")  # a TypeError now, before anything is sent
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.timeout if timeout is None else timeout)
         self._seq += 1
@@ -165,7 +168,7 @@ class Client:
         :class:`~raftlib.errors.Unavailable` if no member answered.
         """
         self._check_open()
-        codec.pack(query, "query")  # a TypeError naming it now, before anything is sent
+        _check_sendable(codec.pack(query, "query"), "query")  # a TypeError now, before anything is sent
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.timeout if timeout is None else timeout)
         last: BaseException | None = None
@@ -373,6 +376,23 @@ class Client:
                     await self._drop_connection()
             await asyncio.sleep(0.05)
         raise Unavailable(f"could not open a client session in time (last error: {last})")
+
+
+def _check_sendable(data: bytes, what: str) -> None:
+    """Raise TypeError if the members would refuse a request frame carrying ``data``:
+    they accept map keys of scalar types only (see :mod:`raftlib.transport.framing`),
+    and close the connection on any other, so the request would only be retried
+    until the timeout and end as an outcome unknown."""
+    try:
+        msgpack.unpackb(data, raw=False, strict_map_key=True)  # the usual case: str or bytes keys
+    except ValueError:
+        try:
+            msgpack.unpackb(data, raw=False, strict_map_key=False, object_pairs_hook=_map_with_scalar_keys)
+        except ValueError as exc:
+            raise TypeError(
+                f"the {what} cannot be sent to the cluster: {exc} (map keys must be str, bytes, int, float, "
+                f"bool or None)"
+            ) from None
 
 
 async def connect(

@@ -324,6 +324,23 @@ async def test_commands_and_results_keyed_by_ints_cross_the_network(cluster: Clu
     assert sum(p._transport.stats["protocol_errors"] for p in peers.values()) == 0
 
 
+async def test_a_client_refuses_map_keys_the_members_would_refuse_before_sending(cluster: Cluster) -> None:
+    """Members accept scalar map keys only and close a connection that sends
+    another; the client retried such a write until its timeout and reported
+    that it might have been applied, although no member ever took it."""
+    peers = await cluster.start(1)
+    client = await raftlib.connect([peers["s1"].address], timeout=2)
+    try:
+        with pytest.raises(TypeError, match="map keys must be"):
+            await client.write(["set", "t", {(1, 2): "tuple key"}])
+        with pytest.raises(TypeError, match="map keys must be"):
+            await client.read(["get", {"nested": {(3,): 4}}])
+        assert await client.write(["set", "k", {1: {None: [1.5]}}]) == ["ok", "k", {1: {None: [1.5]}}]
+        assert [c[1] for c in peers["s1"].state_machine.applied] == ["k"]
+    finally:
+        await client.close()
+
+
 async def test_client_retry_after_a_lost_connection_applies_once(cluster: Cluster) -> None:
     await cluster.start(1)
     peer = await cluster.start_peer("s2", sm=GatedKV)
