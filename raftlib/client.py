@@ -21,9 +21,9 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from typing import Any, AsyncIterator, Sequence
 
 import msgpack
-from typing import Any, AsyncIterator, Sequence
 
 from . import codec
 from .errors import (
