@@ -4,8 +4,9 @@ exactly-once sessions, the change feed, and raftlib.connect."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
-from typing import Any
+from typing import Any, AsyncIterator
 
 import pytest
 
@@ -248,56 +249,54 @@ async def test_client_writes_reads_and_moves_to_the_leader(cluster: Cluster) -> 
         await client.write(["set", "b", 1])
 
 
-async def test_client_writes_that_fail_do_not_hold_back_its_acknowledgements(tmp_path: Any) -> None:
-    """A write refused before it applies (it cannot be encoded, it is too
-    large, the caller gave up) is never sent again. The members must still
-    be told they can forget the results of the writes after it."""
-    cluster = Cluster(tmp_path, config=dataclasses.replace(FAST, max_command_size=1024))
+@contextlib.asynccontextmanager
+async def one_member_and_a_client(tmp_path: Any, **config: Any) -> AsyncIterator[tuple[raftlib.Peer, raftlib.Client]]:
+    """A one-member cluster with ``config`` changed from FAST, and a client of it."""
+    cluster = Cluster(tmp_path, config=dataclasses.replace(FAST, **config))
     try:
         await cluster.start(1)
         leader = await cluster.leader()
         client = await raftlib.connect([leader.address], timeout=10)
         try:
-            with pytest.raises(TypeError, match="the command must be encodable by msgpack"):
-                await client.write(["set", "a", object()])  # refused before it takes a number
-            with pytest.raises(TypeError, match="the query must be encodable by msgpack"):
-                await client.read(["get", object()])
-            with pytest.raises(errors.CommandTooLarge):
-                await client.write(["set", "a", "x" * 2048])
-            for i in range(3):
-                assert await client.write(["set", "a", i]) == ["ok", "a", i]
-            session = leader._sessions._sessions[client.client_id]
-            assert sorted(session.results) == [4]  # the results up to 3 were acknowledged
+            yield leader, client
         finally:
             await client.close()
     finally:
         await cluster.close()
+
+
+async def test_client_writes_that_fail_do_not_hold_back_its_acknowledgements(tmp_path: Any) -> None:
+    """A write refused before it applies (it cannot be encoded, it is too
+    large, the caller gave up) is never sent again. The members must still
+    be told they can forget the results of the writes after it."""
+    async with one_member_and_a_client(tmp_path, max_command_size=1024) as (leader, client):
+        with pytest.raises(TypeError, match="the command must be encodable by msgpack"):
+            await client.write(["set", "a", object()])  # refused before it takes a number
+        with pytest.raises(TypeError, match="the query must be encodable by msgpack"):
+            await client.read(["get", object()])
+        with pytest.raises(errors.CommandTooLarge):
+            await client.write(["set", "a", "x" * 2048])
+        for i in range(3):
+            assert await client.write(["set", "a", i]) == ["ok", "a", i]
+        session = leader._sessions._sessions[client.client_id]
+        assert sorted(session.results) == [4]  # the results up to 3 were acknowledged
 
 
 async def test_writes_that_find_the_session_expired_together_share_one_new_session(tmp_path: Any) -> None:
     """Every write in flight when the session expired gets SessionExpired; each
     opened a session of its own, and all but one stayed in the replicated
     table, results unacknowledged, until they expired in turn."""
-    cluster = Cluster(tmp_path, config=dataclasses.replace(FAST, session_ttl=0.5))
-    try:
-        await cluster.start(1)
-        leader = await cluster.leader()
-        client = await raftlib.connect([leader.address], timeout=10)
-        try:
-            await client.write(["set", "a", 0])
-            expired = client.client_id
-            await asyncio.sleep(0.7)
-            await leader.open_session("other")  # log time moves on; the idle session is dropped
-            assert expired not in leader._sessions
-            results = await asyncio.gather(*[client.write(["set", f"k{i}", i]) for i in range(10)])
-            assert results == [["ok", f"k{i}", i] for i in range(10)]
-            assert client.client_id != expired
-            assert set(leader._sessions._sessions) == {"other", client.client_id}
-            assert sorted(c[1] for c in leader.state_machine.applied) == ["a"] + [f"k{i}" for i in range(10)]
-        finally:
-            await client.close()
-    finally:
-        await cluster.close()
+    async with one_member_and_a_client(tmp_path, session_ttl=0.5) as (leader, client):
+        await client.write(["set", "a", 0])
+        expired = client.client_id
+        await asyncio.sleep(0.7)
+        await leader.open_session("other")  # log time moves on; the idle session is dropped
+        assert expired not in leader._sessions
+        results = await asyncio.gather(*[client.write(["set", f"k{i}", i]) for i in range(10)])
+        assert results == [["ok", f"k{i}", i] for i in range(10)]
+        assert client.client_id != expired
+        assert set(leader._sessions._sessions) == {"other", client.client_id}
+        assert sorted(c[1] for c in leader.state_machine.applied) == ["a"] + [f"k{i}" for i in range(10)]
 
 
 async def test_commands_and_results_keyed_by_ints_cross_the_network(cluster: Cluster) -> None:
