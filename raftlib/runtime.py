@@ -427,16 +427,17 @@ class Peer:
         """
         await self._add_member(name, address, voter=voter, timeout=timeout, hops=0)
 
-    async def remove_member(self, name: NodeId, *, timeout: float | None = None) -> None:
+    async def remove_member(self, name: NodeId, *, timeout: float | None = None) -> bool:
         """Remove ``name`` from the running cluster (voter or learner).
 
-        Returns once the change has committed; removing a non-member does
-        nothing. A leader that removes itself keeps leading until the change
+        Returns once the change has committed: ``True``, or ``False`` if
+        ``name`` was not a member and nothing changed (also when a retry
+        after a lost leader finds the first attempt's removal done). A leader that removes itself keeps leading until the change
         commits, then steps down and hands over to the most up-to-date voter.
         The removed peer keeps running (stop it, or use :meth:`leave`).
         Raises :class:`ConfigError` when removing the last voter.
         """
-        await self._remove_member(name, timeout=timeout, hops=0)
+        return await self._remove_member(name, timeout=timeout, hops=0)
 
     async def leave(self, timeout: float | None = None) -> None:
         """Remove this peer from the cluster, then stop it.
@@ -477,7 +478,7 @@ class Peer:
         await self._on_leader("add_member", {"name": name, "address": address, "voter": voter},
                               lambda deadline: self._change_until(next_step, deadline), timeout, hops)
 
-    async def _remove_member(self, name: NodeId, *, timeout: float | None, hops: int) -> None:
+    async def _remove_member(self, name: NodeId, *, timeout: float | None, hops: int) -> bool:
         if not isinstance(name, str) or not name:
             raise ConfigError(f"a member name must be a non-empty string, got {name!r}")
         if set(self._core.membership.voters) == {name}:
@@ -486,8 +487,9 @@ class Peer:
         def next_step(cur: Membership) -> Membership | None:
             return without_member(cur, name) if name in cur.members else None
 
-        await self._on_leader("remove_member", {"name": name},
-                              lambda deadline: self._change_until(next_step, deadline), timeout, hops)
+        changed: bool = await self._on_leader("remove_member", {"name": name},
+                                              lambda deadline: self._change_until(next_step, deadline), timeout, hops)
+        return changed
 
     async def _reconfigure_to(self, members: Mapping[NodeId, str], *, timeout: float | None, hops: int) -> None:
         target = _check_members(members)
@@ -499,11 +501,12 @@ class Peer:
         await self._on_leader("set_configuration", {"members": target},
                               lambda deadline: self._change_until(next_step, deadline), timeout, hops)
 
-    async def _change_until(self, next_step: Callable[[Membership], Membership | None], deadline: float | None) -> None:
+    async def _change_until(self, next_step: Callable[[Membership], Membership | None], deadline: float | None) -> bool:
         """On the leader: propose ``next_step(current)`` until it returns ``None``,
         waiting for each step to commit and for learners to catch up before
-        they are promoted. Each step is computed from the membership in force
-        when it is proposed, so concurrent changes compose."""
+        they are promoted; return whether any step was proposed. Each step is
+        computed from the membership in force when it is proposed, so
+        concurrent changes compose."""
         loop = asyncio.get_running_loop()
         core = self._core
         pause = self.config.heartbeat_ticks * self.config.tick_interval
@@ -524,6 +527,7 @@ class Peer:
             self._pending_writes[index] = (term, fut)
             return fut, step
 
+        changed = False
         while True:
             try:
                 out = await self._call_in_driver(propose)
@@ -532,11 +536,12 @@ class Peer:
                 await asyncio.sleep(pause)
                 continue
             if out is None:
-                return
+                return changed
             if isinstance(out, str):
                 await self._wait_caught_up(out, deadline)
                 continue
             committed, step = out
+            changed = True
             try:
                 async with asyncio.timeout_at(deadline):
                     await asyncio.shield(committed)

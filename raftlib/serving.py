@@ -157,10 +157,9 @@ class RequestServer:
         return None
 
     async def _remove_member(self, args: dict[str, Any]) -> Any:
-        await self._peer._remove_member(
+        return await self._peer._remove_member(
             arg(args, "name", str), timeout=arg(args, "timeout", (int, float, type(None)), None), hops=hops_of(args)
         )
-        return None
 
     async def _set_configuration(self, args: dict[str, Any]) -> Any:
         members = arg(args, "members", dict)

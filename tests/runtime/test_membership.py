@@ -189,10 +189,11 @@ async def test_changes_sent_to_a_follower_are_forwarded(cluster: Cluster) -> Non
     extra = await cluster.start_peer("s4")  # running but not a member yet
     await follower.add_member("s4", extra.address)
     await eventually(lambda: "s4" in leader.membership.voters and "s4" in extra.membership.voters)
-    await follower.remove_member("s4")
+    assert await follower.remove_member("s4") is True
     await eventually(lambda: "s4" not in leader.membership.members)
-    # Both are idempotent.
-    await follower.remove_member("s4")
+    # Both are idempotent; a removal that changed nothing says so.
+    assert await follower.remove_member("s4") is False
+    assert await leader.remove_member("s4") is False
     await follower.set_configuration({n: cluster.addresses[n] for n in ("s1", "s2", "s3")})
 
 
