@@ -23,8 +23,6 @@ import logging
 import uuid
 from typing import Any, AsyncIterator, Sequence
 
-import msgpack
-
 from . import codec
 from .errors import (
     AuthenticationFailed,
@@ -47,7 +45,7 @@ from .errors import (
 )
 from .rpc import RpcConnection
 from .security import Security, SharedSecret, TLSConfig, security_from
-from .transport.framing import _map_with_scalar_keys
+from .transport.framing import unpack_wire
 from .transport.tcp import parse_address
 from .types import Change
 
@@ -384,15 +382,12 @@ def _check_sendable(data: bytes, what: str) -> None:
     and close the connection on any other, so the request would only be retried
     until the timeout and end as an outcome unknown."""
     try:
-        msgpack.unpackb(data, raw=False, strict_map_key=True)  # the usual case: str or bytes keys
-    except ValueError:
-        try:
-            msgpack.unpackb(data, raw=False, strict_map_key=False, object_pairs_hook=_map_with_scalar_keys)
-        except ValueError as exc:
-            raise TypeError(
-                f"the {what} cannot be sent to the cluster: {exc} (map keys must be str, bytes, int, float, "
-                f"bool or None)"
-            ) from None
+        unpack_wire(data)
+    except ValueError as exc:
+        raise TypeError(
+            f"the {what} cannot be sent to the cluster: {exc} (map keys must be str, bytes, int, float, "
+            f"bool or None)"
+        ) from None
 
 
 async def connect(

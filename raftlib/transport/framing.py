@@ -430,25 +430,34 @@ def _map_with_scalar_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
     return dict(pairs)
 
 
-def _unpack_payload(payload: bytes | memoryview) -> tuple[str, Any]:
-    """Check one frame payload's envelope and return ``(type name, body)``.
+def unpack_wire(data: bytes | memoryview) -> Any:
+    """Decode msgpack as a receiving peer does: map keys may be str or
+    bytes, and also int, float, bool or None; any other key (an array, an
+    extension type) raises ``ValueError``, and bytes that are not msgpack
+    raise what msgpack raises. A client checks a command with this before
+    sending it.
 
-    Map keys may be str or bytes, and also int, float, bool or None: the
-    commands, queries and results of requests are user values, and a dict
-    with int keys must travel as it does within a peer. These are still
-    safe from hash flooding: str and bytes hashes are salted, and at most a
-    few dozen ints or floats of msgpack's range share a hash value. Other
-    keys (arrays, extension types) are refused.
+    The commands, queries and results of requests are user values, and a
+    dict with int keys must travel as it does within a peer. These keys are
+    still safe from hash flooding: str and bytes hashes are salted, and at
+    most a few dozen ints or floats of msgpack's range share a hash value.
     """
     try:
-        raw = msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True)
-    except Exception:  # msgpack raises several unrelated classes for bad input
-        try:
-            # Rare (a key that is not a str): decoded again, each map checked.
-            raw = msgpack.unpackb(payload, raw=False, strict_map_key=False, use_list=True,
-                                  object_pairs_hook=_map_with_scalar_keys)
-        except Exception as exc:
-            raise ProtocolError(f"payload is not valid msgpack ({type(exc).__name__}: {exc})") from None
+        return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+    except ValueError:
+        # Rare (a key that is not a str), or not msgpack at all: decoded
+        # again, each map checked.
+        return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True,
+                               object_pairs_hook=_map_with_scalar_keys)
+
+
+def _unpack_payload(payload: bytes | memoryview) -> tuple[str, Any]:
+    """Check one frame payload's envelope and return ``(type name, body)``
+    (decoded by :func:`unpack_wire`)."""
+    try:
+        raw = unpack_wire(payload)
+    except Exception as exc:  # msgpack raises several unrelated classes for bad input
+        raise ProtocolError(f"payload is not valid msgpack ({type(exc).__name__}: {exc})") from None
     if type(raw) is not dict:
         raise ProtocolError(f"payload must be a map with v/t/b, got {type(raw).__name__}")
     if "v" not in raw or "t" not in raw or "b" not in raw:
