@@ -191,12 +191,10 @@ async def _refuse_live_unix_socket(path: str, timeout: float = 1.0) -> None:
     try:
         async with asyncio.timeout(timeout):
             _, writer = await asyncio.open_unix_connection(path)
-    except (ConnectionRefusedError, FileNotFoundError):
-        return  # left behind by a process that is gone
     except TimeoutError:
         pass  # a listener too busy to accept is still a listener
     except OSError:
-        return
+        return  # refused, or gone: left behind by a process that is gone
     else:
         writer.close()
         with contextlib.suppress(OSError):
