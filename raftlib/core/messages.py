@@ -40,10 +40,17 @@ class RequestVoteResponse:
     dst: NodeId
     granted: bool
     pre_vote: bool = False
+    removed: int = 0
+    """Non-zero when the receiver's committed configuration, and the one in
+    force there, leave the candidate out: the index of that committed
+    configuration. A candidate that missed its removal (it was down) learns
+    it this way and stops campaigning, unless its own log holds a later
+    configuration that names it."""
 
     def describe(self) -> str:
         kind = "PreVoteResponse" if self.pre_vote else "RequestVoteResponse"
-        return f"{self.src}->{self.dst} {kind} term={self.term} granted={self.granted}"
+        removed = f" removed={self.removed}" if self.removed else ""
+        return f"{self.src}->{self.dst} {kind} term={self.term} granted={self.granted}{removed}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,6 +100,7 @@ class Raft:
         """The latest snapshot this peer holds (what a leader sends to laggards)."""
         self._snapshot_to_install: SnapshotMeta | None = None
         self._snapshot_membership = snap.membership if snap else Membership()
+        self._snapshot_membership_index = snap.index if snap else 0
         self._config_history: list[tuple[int, Membership]] = []
         self._load_config_history()
 
@@ -112,6 +113,12 @@ class Raft:
         """Leader: the tick at which a removed member's removal was seen committed."""
         self._removed = False
         """Leader: the entry removing this peer committed; step down after the current input."""
+        self.removed_at = 0
+        """Non-zero when a member answered this peer's vote request saying that
+        its committed configuration at this index leaves this peer out: this
+        peer was removed while it could not hear of it (it was down or cut
+        off). It does not campaign until a leader contacts it again (as one
+        does once the peer is added back)."""
         self.votes: dict[NodeId, bool] = {}
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
@@ -181,6 +188,23 @@ class Raft:
         problem = "it claims to come from this peer" if msg.src == self.id else _malformed(msg)
         if problem:
             self.logger.warning("%s: dropping malformed message from %s: %s", self.id, msg.src, problem)
+            return
+        if isinstance(msg, RequestVote):
+            removed = self._removal_index(msg.src)
+            if removed and not self.log.is_up_to_date(msg.last_log_index, msg.last_log_term):
+                # Whatever the terms: a removed peer must neither disrupt the
+                # cluster with its term nor campaign forever without knowing.
+                # A peer removed while it could not hear of it lacks the
+                # committed entry that removed it, so its log is behind ours;
+                # a candidate whose log is not behind knows a configuration we
+                # have not seen (one that adds it back): this peer is the one
+                # behind, and the request goes the usual way.
+                self.logger.info("%s: %s is not a member since the configuration at %d; telling it",
+                                 self.id, msg.src, removed)
+                self._send(RequestVoteResponse(self.term, self.id, msg.src, False, msg.pre_vote, removed))
+                return
+        elif isinstance(msg, RequestVoteResponse) and msg.removed:
+            self._heed_removal(msg)
             return
         if msg.term > self.term:
             if isinstance(msg, RequestVote) and not msg.transfer and self._in_leader_lease():
@@ -521,7 +545,7 @@ class Raft:
         return HardState(self.term, self.vote, self.log.committed)
 
     def _soft_state(self) -> SoftState:
-        return SoftState(self.role, self.leader, self.term)
+        return SoftState(self.role, self.leader, self.term, self.removed_at)
 
     def _send(self, msg: Message) -> None:
         self._msgs.append(msg)
@@ -570,7 +594,10 @@ class Raft:
         """A voter may campaign; so may a peer that the latest, uncommitted
         configuration removes while the one before counts it (thesis §4.2.2):
         until that entry commits it may be needed to elect a leader, which it
-        can become itself without counting its own vote."""
+        can become itself without counting its own vote. A peer told that it
+        was removed (:attr:`removed_at`) may not."""
+        if self.removed_at:
+            return False
         if self._is_voter():
             return True
         if not self.pending_membership_index():
@@ -579,6 +606,37 @@ class Raft:
         return before.is_voter(self.id)
 
     # -- membership --------------------------------------------------------------
+
+    def _membership_index(self, upto: int | None = None) -> tuple[int, Membership]:
+        """The configuration in force (at log index ``upto`` if given) and the
+        index it came in at; a configuration from a snapshot counts as of the
+        snapshot's index."""
+        for at, membership in reversed(self._config_history):
+            if upto is None or at <= upto:
+                return at, membership
+        return self._snapshot_membership_index, self._snapshot_membership
+
+    def _removal_index(self, nid: NodeId) -> int:
+        """The index of the committed configuration here if both it and the
+        configuration in force leave ``nid`` out; otherwise 0."""
+        if nid in self.membership.members:
+            return 0
+        at, committed = self._membership_index(self.log.committed)
+        return 0 if nid in committed.members else at
+
+    def _heed_removal(self, msg: RequestVoteResponse) -> None:
+        """A member says its committed configuration at ``msg.removed`` leaves
+        this peer out. Stop campaigning, unless this peer's own log holds a
+        configuration at least as recent that names it (the sender may be
+        behind), or it leads."""
+        at, mine = self._membership_index()
+        if self.role == LEADER or (at >= msg.removed and self.id in mine.members) or self.removed_at >= msg.removed:
+            return
+        self.removed_at = msg.removed
+        self.logger.warning("%s: %s says the configuration at %d, committed, leaves this peer out; "
+                            "not campaigning until a leader contacts it", self.id, msg.src, msg.removed)
+        if self.role != FOLLOWER:
+            self._become_follower(self.term, None)
 
     def _load_config_history(self) -> None:
         lo, last = self.log.first_index(), self.log.last_index()
@@ -772,6 +830,8 @@ class Raft:
     # -- follower ------------------------------------------------------------------
 
     def _step_follower(self, msg: Message) -> None:
+        if isinstance(msg, (AppendEntries, InstallSnapshot)):
+            self.removed_at = 0  # a leader counts this peer (again)
         if isinstance(msg, AppendEntries):
             self.election_elapsed = 0
             self.leader = msg.src
@@ -867,6 +927,7 @@ class Raft:
             self.snapshot = meta
             self._snapshot_to_install = meta
             self._snapshot_membership = meta.membership
+            self._snapshot_membership_index = meta.index
             self._config_history = []
             match = msg.index
         self._send_after_persist(AppendEntriesResponse(self.term, self.id, msg.src, True, match))

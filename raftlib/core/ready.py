@@ -44,6 +44,8 @@ class SoftState:
     role: str
     leader: NodeId | None
     term: int
+    removed_at: int = 0
+    """See :attr:`Raft.removed_at`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +88,8 @@ class Ready:
         lines = []
         if self.soft_state:
             s = self.soft_state
-            lines.append(f"SoftState role={s.role} leader={s.leader} term={s.term}")
+            removed = f" removed_at={s.removed_at}" if s.removed_at else ""
+            lines.append(f"SoftState role={s.role} leader={s.leader} term={s.term}{removed}")
         if self.hard_state:
             h = self.hard_state
             lines.append(f"HardState term={h.term} vote={h.vote} commit={h.commit}")

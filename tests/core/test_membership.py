@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from raftlib.core.membership import check_change, plan_steps, with_member, without_member
-from raftlib.core.messages import AppendEntries, RequestVote, TimeoutNow
-from raftlib.core.raft import FOLLOWER, LEADER
+from raftlib.core.messages import AppendEntries, RequestVote, RequestVoteResponse, TimeoutNow
+from raftlib.core.raft import CANDIDATE, FOLLOWER, LEADER, PRE_CANDIDATE
 from raftlib.errors import MembershipChangePending, NotLeader, ProposalDropped
 from raftlib.types import EntryKind, Membership
 
@@ -222,6 +222,107 @@ def test_a_removed_follower_that_missed_its_removal_cannot_disrupt_the_leader() 
         net.stabilize()
     assert net.nodes["a"].role == LEADER and net.nodes["a"].term == term
     assert net.nodes["b"].term == term
+
+
+def _remove_while_down(net: Network, down: str, leader: str, new: Membership) -> int:
+    """Remove ``down`` while it is cut off, and let the leader forget it (an
+    election timeout of heartbeats after the removal commits)."""
+    net.isolate(down)
+    index = change(net, leader, new)
+    for _ in range(3 * net.config.election_ticks):
+        for i in net.ids:
+            if i != down:
+                net.tick(i)
+        net.stabilize()
+    assert down not in net.nodes[leader].progress
+    return index
+
+
+@pytest.mark.parametrize("fenced", [True, False], ids=["prevote-checkquorum", "plain"])
+def test_a_member_removed_while_down_is_told_when_it_campaigns(fenced: bool) -> None:
+    """It cannot learn its removal from the log (no leader sends it entries
+    any more), so the members it asks for a vote tell it; it then stops
+    campaigning, and its term, however high, disrupts no one."""
+    net = Network(["a", "b", "c"], config=config(pre_vote=fenced, check_quorum=fenced))
+    net.elect("a")
+    commit_all(net, "a")
+    index = _remove_while_down(net, "c", "a", m("a b"))
+    c = net.nodes["c"]
+    net.tick("c", 5 * net.config.election_ticks)  # campaigning into the void
+    assert c.membership == m("a b c") and c.removed_at == 0
+    term = net.nodes["a"].term
+    net.heal()
+    net.tick("c", 3 * net.config.election_ticks)
+    net.stabilize()
+    assert c.removed_at == index and c.role == FOLLOWER
+    assert c.ready().soft_state is None  # the runtime saw removed_at in the SoftState already
+    assert any(r.soft_state is not None and r.soft_state.removed_at == index for r in net.readies["c"])
+    told = [r for r in of_type(RequestVoteResponse, net.sent) if r.dst == "c" and r.removed]
+    assert told and {r.removed for r in told} == {index}
+    before = len(net.sent)
+    for _ in range(5 * net.config.election_ticks):
+        for i in ("a", "b", "c"):
+            net.tick(i)
+        net.stabilize()
+    assert not [r for r in of_type(RequestVote, net.sent[before:]) if r.src == "c"]
+    assert net.leaders() == ["a"] and net.nodes["a"].term == term == net.nodes["b"].term
+
+
+def test_a_member_told_it_was_removed_campaigns_again_once_added_back() -> None:
+    net = Network(["a", "b", "c"], config=config(pre_vote=True, check_quorum=True))
+    net.elect("a")
+    commit_all(net, "a")
+    _remove_while_down(net, "c", "a", m("a b"))
+    net.heal()
+    c = net.nodes["c"]
+    net.tick("c", 3 * net.config.election_ticks)
+    net.stabilize()
+    assert c.removed_at
+    change(net, "a", m("a b", "c"))
+    change(net, "a", m("a b c"))
+    assert c.removed_at == 0 and c.membership == m("a b c")
+    # A voter again: it is needed for a quorum and can lead.
+    net.isolate("b")
+    net.propose("a", b"w")
+    net.stabilize()
+    commit_all(net, "a")
+    assert b"w" in net.commands("c")
+    net.heal()
+    net.partition(["a"], ["b", "c"])
+    net.tick("b", net.config.election_ticks)  # b's lease on a's leadership runs out
+    net.drop()
+    net.elect("c")
+
+
+def test_a_member_behind_on_configurations_does_not_silence_a_newer_member() -> None:
+    """A peer that is behind may still hold the configuration before a member
+    was added. It must not tell that member it was removed: its log is behind
+    the candidate's, so it answers the request the usual way. And a notice
+    older than a peer's own configuration naming it is ignored."""
+    net = Network(["a", "b", "c"], config=config(pre_vote=True, check_quorum=True))
+    net.elect("a")
+    commit_all(net, "a")
+    net.add_node("d")
+    net.isolate("c")
+    change(net, "a", m("a b c", "d"))
+    index = change(net, "a", m("a b c d"))
+    net.heal()
+    d = net.nodes["d"]
+    assert d.membership == m("a b c d") and net.nodes["c"].membership == m("a b c")
+    # c, cut off since before d was added, answers d's vote request.
+    net.isolate("a")
+    net.isolate("b")
+    net.tick("c", 2 * net.config.election_ticks)  # past its leader lease
+    net.stabilize()
+    net.tick("d", 3 * net.config.election_ticks)
+    net.stabilize()
+    answers = [r for r in of_type(RequestVoteResponse, net.sent) if r.src == "c" and r.dst == "d"]
+    assert answers and all(r.removed == 0 for r in answers)
+    assert any(r.granted for r in answers)
+    assert d.removed_at == 0 and d.role in (PRE_CANDIDATE, CANDIDATE)
+    # A notice naming a configuration older than d's own is not heeded.
+    d.step(RequestVoteResponse(d.term, "c", "d", False, True, index - 1))
+    assert d.removed_at == 0 and d.role in (PRE_CANDIDATE, CANDIDATE)
 
 
 def test_a_leader_that_removes_itself_steps_down_and_hands_over() -> None:
