@@ -31,6 +31,23 @@ class NotLeader(RaftError):
         super().__init__(msg)
 
 
+class NotMember(NotLeader):
+    """This peer has been removed from the cluster; the request was not applied.
+
+    A member told it so when it asked for votes: it was removed while it was
+    down or cut off, so it never received the entry removing it. It does not
+    campaign and forwards nothing until a leader contacts it again. Send
+    requests to a member; to bring this peer back, add it with
+    ``Peer.add_member`` on a member (or ``raftlib members add``).
+    ``leader`` and ``leader_address`` are ``None``.
+    """
+
+    def __init__(self, message: str) -> None:
+        RaftError.__init__(self, message)
+        self.leader = None
+        self.leader_address = None
+
+
 class ProposalDropped(RaftError):
     """The write was certainly not applied (another entry took its place in
     the log, or the peer stopped before it was appended). Safe to retry."""

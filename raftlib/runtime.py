@@ -53,6 +53,7 @@ from .errors import (
     LogCompacted,
     MembershipChangePending,
     NotLeader,
+    NotMember,
     Overloaded,
     PeerStopped,
     ProposalDropped,
@@ -130,6 +131,7 @@ class Peer:
         self._applied_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._waiter_ids = itertools.count()
         self._state_waiters: list[asyncio.Future[None]] = []
+        self._removed_at = 0  # the core's removed_at as last reported
         self._membership = Membership()
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -330,7 +332,10 @@ class Peer:
         ``candidate`` or ``pre-candidate``), ``term``, ``leader``,
         ``commit_index``, ``applied_index``, ``last_index``,
         ``snapshot_index``, ``storage_full`` (the disk is full: requests are
-        refused until space returns) and ``members``: for each member its ``address``,
+        refused until space returns), ``removed_at`` (``None``, or the index
+        of the configuration that, as a member told this peer, removed it
+        while it was down: see :class:`~raftlib.errors.NotMember`) and
+        ``members`` (the configuration as this peer knows it): for each member its ``address``,
         ``role`` (``voter`` or ``learner``), ``voter`` (bool), ``last_contact``
         (seconds since this peer last heard from it; ``None`` if never, 0 for
         itself) and, on the leader, ``match_index`` (the last entry it is known
@@ -366,6 +371,7 @@ class Peer:
             "last_index": last_index,
             "snapshot_index": self._snapshot_index,
             "storage_full": self._storage_full is not None,
+            "removed_at": core.removed_at or None,
             "members": {nid: describe(nid, addr) for nid, addr in membership.members.items()},
         }
 
@@ -588,6 +594,7 @@ class Peer:
         attempts = 0
         while True:
             self._check_running()
+            self._check_member()
             attempts += 1
             leader = self._core.leader
             if leader is None:
@@ -613,7 +620,7 @@ class Peer:
         wait = limit if deadline is None else min(limit, max(0.0, deadline - loop.time()))
         try:
             async with asyncio.timeout(wait):
-                await self._wait_until(lambda: self._core.leader is not None)
+                await self._wait_until(lambda: self._core.leader is not None or self._core.removed_at > 0)
         except TimeoutError:
             _check_deadline(loop, deadline, "waiting for a leader")
             raise NotLeader(None) from None
@@ -641,15 +648,18 @@ class Peer:
     async def wait_for_leader(self, timeout: float | None = None) -> NodeId:
         """Wait until a leader is known and return its name.
 
-        Raises :class:`raftlib.errors.Timeout` after ``timeout`` seconds.
+        Raises :class:`raftlib.errors.Timeout` after ``timeout`` seconds, and
+        :class:`~raftlib.errors.NotMember` once a member says this peer was
+        removed from the cluster.
         """
         self._check_running()
 
         try:
             async with asyncio.timeout(timeout):
-                await self._wait_until(lambda: self._core.leader is not None)
+                await self._wait_until(lambda: self._core.leader is not None or self._core.removed_at > 0)
         except TimeoutError:
             raise Timeout(f"no leader was elected within {timeout} s") from None
+        self._check_member()
         leader = self._core.leader
         assert leader is not None
         return leader
@@ -1514,6 +1524,17 @@ class Peer:
 
     def _on_soft_state(self, rd: Ready) -> None:
         assert rd.soft_state is not None
+        removed_at = rd.soft_state.removed_at
+        if removed_at != self._removed_at:
+            self._removed_at = removed_at
+            if removed_at:
+                self._log.warning(
+                    "%s: a member says the cluster removed this peer (configuration at index %d); it was down or "
+                    "cut off when that happened. It will not campaign and refuses requests with NotMember. To "
+                    "bring it back, add it on a member (Peer.add_member, or `raftlib members add`)",
+                    self.name, removed_at)
+            else:
+                self._log.info("%s: a leader contacts this peer again; it is a member", self.name)
         waiters, self._state_waiters = self._state_waiters, []
         for fut in waiters:
             if not fut.done():
@@ -1844,6 +1865,14 @@ class Peer:
         self._check_storage()
         if self._core.role != LEADER:
             raise self._not_leader(self._core.leader)
+
+    def _check_member(self) -> None:
+        """Raise :class:`NotMember` if a member said this peer was removed."""
+        removed_at = self._core.removed_at
+        if removed_at:
+            raise NotMember(
+                f"peer {self.name} was removed from the cluster (configuration at index {removed_at}) while it was "
+                "down or cut off; send requests to a member, or add this peer back with add_member")
 
     def _not_leader(self, leader: NodeId | None) -> NotLeader:
         address = None

@@ -11,7 +11,7 @@ import pytest
 import raftlib
 from raftlib import errors
 
-from clusterkit import Cluster, eventually
+from clusterkit import FAST, Cluster, eventually
 
 
 class Writer:
@@ -222,6 +222,42 @@ async def test_a_removed_member_that_keeps_running_does_not_disrupt(cluster: Clu
     assert leader.is_leader and leader.status()["term"] == term
     assert victim.name not in victim.membership.voters  # it learned that it was removed
     assert victim.status()["role"] == "follower"
+
+
+async def test_a_member_removed_while_down_learns_it_and_can_be_added_back(lmdb_cluster: Cluster) -> None:
+    cluster = lmdb_cluster
+    await cluster.start(3)
+    leader = await cluster.leader()
+    victim = next(p for p in cluster.live() if p is not leader)
+    await leader.write(["set", "before", 1])
+    await eventually(lambda: victim.state_machine.data.get("before") == 1)
+    await victim.stop()
+    assert await leader.remove_member(victim.name)
+    await leader.write(["set", "while-down", 1])
+    # The leader sends a removed member the log for an election timeout after
+    # its removal commits, so that one that is only slow learns of it; this one
+    # comes back well after the leader has given up on it.
+    await asyncio.sleep(20 * FAST.election_ticks * FAST.tick_interval)
+    # Restarted on its data dir, it still holds the configuration naming it;
+    # a member tells it otherwise when it asks for votes.
+    again = await cluster.start_peer(victim.name)
+    assert again.name in again.membership.voters
+    await eventually(lambda: again.status()["removed_at"] is not None, timeout=20)
+    assert again.status()["role"] == "follower" and again.leader is None
+    with pytest.raises(errors.NotMember, match="add_member"):
+        await again.write(["set", "refused", 1], timeout=5)
+    with pytest.raises(errors.NotMember):
+        await again.wait_for_leader(timeout=5)
+    with pytest.raises(errors.NotLeader):  # a subclass: "certainly not applied"
+        await again.read(["get", "before"], timeout=5)
+    leader = await cluster.leader()
+    assert leader.status()["removed_at"] is None
+    assert "refused" not in leader.state_machine.data
+    # Added back, it catches up and serves again.
+    await leader.add_member(again.name, again.address)
+    await eventually(lambda: again.status()["removed_at"] is None and again.leader == leader.name, timeout=20)
+    assert await again.write(["set", "after", 1], timeout=10) == ["ok", "after", 1]
+    await eventually(lambda: again.state_machine.data.get("while-down") == 1)
 
 
 async def test_membership_errors(cluster: Cluster) -> None:
