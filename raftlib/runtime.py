@@ -2134,12 +2134,20 @@ async def start_peer(
             snapshots = MemorySnapshotStore()
         peer = Peer(sm, name=name, address=address, storage=storage, snapshots=snapshots, config=cfg, log=log,
                     advertise=advertise, security=security)
+        recovered = peer._core.commit_index
         await peer._start()
     except BaseException:
         # Release whatever was opened, then report the original error.
         if peer is not None:
             await peer._transport.close()
         await asyncio.to_thread(_close_stores, snapshots, storage)
+        raise
+    try:
+        # A restarted peer serves only once it has replayed what it knew to
+        # be committed: a read must not see the state from before the restart.
+        await peer._wait_applied(recovered)
+    except BaseException:
+        await peer.stop(transfer_leadership=False)
         raise
     return peer
 

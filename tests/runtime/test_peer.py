@@ -188,6 +188,19 @@ async def test_single_peer_cluster(cluster: Cluster) -> None:
     assert await leader.read(["get", "a"]) == ["ok", 1]
 
 
+async def test_a_restarted_peer_has_replayed_its_committed_log_when_start_peer_returns(
+        lmdb_cluster: Cluster) -> None:
+    await lmdb_cluster.start(1)
+    leader = await lmdb_cluster.leader()
+    for i in range(50):
+        await leader.write(["set", f"k{i}", i])
+    await lmdb_cluster.stop("s1")
+    peer = await lmdb_cluster.start_peer("s1")
+    # No leader yet: a stale read answers from this peer's own state at once.
+    assert peer.status()["applied_index"] > 50
+    assert await peer.read(["get", "k49"], consistency="stale") == ["ok", 49]
+
+
 async def test_start_peer_validates_arguments(tmp_path: Any) -> None:
     with pytest.raises(errors.ConfigError, match="data_dir"):
         await raftlib.start_peer(KVStore, name="x", address="127.0.0.1:0")
