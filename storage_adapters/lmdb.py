@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import errno
+import fcntl
 import itertools
 import os
 import struct
@@ -150,6 +151,32 @@ def _delete_from(cursor: lmdb.Cursor, index: int) -> None:
             pass
 
 
+LOCK_FILE = "raftlib.lock"
+"""The file in an LMDB directory that an open :class:`LMDBStorage` holds an
+exclusive lock on, so that no second one (a second peer started on the same
+directory, here or in another process) writes the same log."""
+
+
+def _lock_directory(path: str) -> int:
+    """Take the exclusive lock of ``path``; return the descriptor that holds it."""
+    lock_path = os.path.join(path, LOCK_FILE)
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise StorageError(f"cannot open the lock file {lock_path}: {exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+            raise StorageError(
+                f"{path} is in use by another peer (in this process or another); "
+                f"each peer needs a data directory of its own"
+            ) from None
+        raise StorageError(f"cannot lock {lock_path}: {exc}") from exc
+    return fd
+
+
 class LMDBStorage:
     """A :class:`~storage_adapters.protocol.LogStorage` in an LMDB environment.
 
@@ -190,6 +217,14 @@ class LMDBStorage:
             os.makedirs(self._path, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot create the LMDB directory {self._path}: {exc}") from exc
+        self._lock_fd = _lock_directory(self._path)
+        try:
+            self._open(map_size, wal, wal_size, checkpoint_entries)
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+
+    def _open(self, map_size: int, wal: bool, wal_size: int, checkpoint_entries: int) -> None:
         # Write-ahead files are created only after LMDB has committed its
         # format record: with them, a database without it lost its data.
         had_wal = any(os.path.exists(os.path.join(self._path, name)) for name in WAL_FILES)
@@ -404,8 +439,11 @@ class LMDBStorage:
                 self._executor.shutdown(wait=True)
             for f in self._files:
                 f.close()
-            with self._lmdb_errors("close the database"):
-                self._env.close()
+            try:
+                with self._lmdb_errors("close the database"):
+                    self._env.close()
+            finally:
+                os.close(self._lock_fd)
 
     # -- the write-ahead files --------------------------------------------
     #

@@ -201,6 +201,16 @@ async def test_a_restarted_peer_has_replayed_its_committed_log_when_start_peer_r
     assert await peer.read(["get", "k49"], consistency="stale") == ["ok", 49]
 
 
+async def test_a_second_peer_on_a_data_dir_in_use_is_refused(lmdb_cluster: Cluster, tmp_path: Any) -> None:
+    await lmdb_cluster.start(1)
+    leader = await lmdb_cluster.leader()
+    await leader.write(["set", "a", 1])
+    with pytest.raises(errors.StorageError, match="in use"):
+        await raftlib.start_peer(KVStore, name="s1", address="127.0.0.1:0", data_dir=str(tmp_path / "s1"))
+    assert await leader.write(["set", "b", 2]) == ["ok", "b", 2]
+    assert await leader.read(["get", "a"]) == ["ok", 1]
+
+
 async def test_start_peer_validates_arguments(tmp_path: Any) -> None:
     with pytest.raises(errors.ConfigError, match="data_dir"):
         await raftlib.start_peer(KVStore, name="x", address="127.0.0.1:0")

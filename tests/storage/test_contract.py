@@ -292,6 +292,22 @@ def test_lmdb_reopen_after_install_snapshot(tmp_path: Path) -> None:
         again.close()
 
 
+def test_a_second_lmdb_storage_on_an_open_directory_is_refused(tmp_path: Path) -> None:
+    first = LMDBStorage(tmp_path / "db", map_size=SMALL_MAP)
+    try:
+        first.save(HardState(term=1, vote="s1", commit=0), make_entries(1, 3))
+        with pytest.raises(StorageError, match="in use by another peer"):
+            LMDBStorage(tmp_path / "db", map_size=SMALL_MAP)
+        assert whole_log(first) == make_entries(1, 3)
+    finally:
+        first.close()
+    again = LMDBStorage(tmp_path / "db", map_size=SMALL_MAP)  # closed: free again
+    try:
+        assert whole_log(again) == make_entries(1, 3)
+    finally:
+        again.close()
+
+
 @pytest.mark.slow
 def test_lmdb_survives_a_killed_process(tmp_path: Path) -> None:
     path = tmp_path / "db"

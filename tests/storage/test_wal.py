@@ -47,6 +47,7 @@ def crash(storage: LMDBStorage) -> None:
     for f in storage._files:
         f.close()
     storage._env.close()
+    os.close(storage._lock_fd)  # the kernel drops a killed process's lock
     storage._closed = True
 
 
