@@ -100,13 +100,14 @@ class Proxy:
         except asyncio.CancelledError:
             pass  # closing: end normally, as asyncio's stream callback expects
         finally:
+            writer.close()  # also when cancelled while waiting for the Hello
             self._tasks.discard(task)
 
     async def _serve(self, task: asyncio.Task[None], reader: asyncio.StreamReader,
                      writer: asyncio.StreamWriter) -> None:
         try:
             head, src = await asyncio.wait_for(_read_hello(reader), 5)
-        except (asyncio.TimeoutError, OSError, ValueError, msgpack.UnpackException):
+        except (asyncio.TimeoutError, OSError, EOFError, ValueError, msgpack.UnpackException):  # EOFError: closed before its Hello
             writer.close()
             return
         if src in self.partitioner.peers and self.partitioner.blocked(src, self.name):
