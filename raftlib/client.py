@@ -24,6 +24,7 @@ import uuid
 from typing import Any, AsyncIterator, Sequence
 
 from . import codec
+from .config import check_timeout
 from .errors import (
     AuthenticationFailed,
     CommandFailed,
@@ -105,6 +106,7 @@ class Client:
         it certainly was not applied.
         """
         self._check_open()
+        check_timeout(timeout)
         _check_sendable(codec.pack(command, "command"), "command")  # a TypeError now, before anything is sent
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.timeout if timeout is None else timeout)
@@ -166,6 +168,7 @@ class Client:
         :class:`~raftlib.errors.Unavailable` if no member answered.
         """
         self._check_open()
+        check_timeout(timeout)
         _check_sendable(codec.pack(query, "query"), "query")  # a TypeError now, before anything is sent
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.timeout if timeout is None else timeout)
@@ -413,7 +416,9 @@ async def connect(
         raise ConfigError("connect needs a non-empty list of member addresses")
     for address in addresses:
         parse_address(address)
-    if timeout <= 0 or connect_timeout <= 0:
+    check_timeout(timeout)
+    check_timeout(connect_timeout, "connect_timeout")
+    if timeout is None or connect_timeout is None or timeout <= 0 or connect_timeout <= 0:
         raise ConfigError("timeout and connect_timeout must be positive")
     security = security_from(tls, secret)
     client = Client(addresses, timeout=timeout, connect_timeout=connect_timeout, max_frame_size=max_frame_size,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any
 
 from .errors import ConfigError
 
@@ -127,3 +128,10 @@ class Config:
                 f"(peers refuse larger messages)"
             )
         return self
+
+
+def check_timeout(timeout: Any, what: str = "timeout") -> None:
+    """Raise :class:`~raftlib.errors.ConfigError` unless ``timeout`` is a
+    number of seconds or ``None``."""
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))):
+        raise ConfigError(f"{what} must be a number of seconds or None, got {timeout!r}")

@@ -36,7 +36,7 @@ import time
 from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
 from . import codec
-from .config import Config
+from .config import Config, check_timeout
 from . import snapshotting
 from .core.messages import InstallSnapshot, Message
 from .core.progress import ProgressState
@@ -399,6 +399,7 @@ class Peer:
         does not finish within ``timeout`` seconds; :class:`NotLeader` if no
         leader emerges to take it.
         """
+        check_timeout(timeout)
         target = _check_members(members)
         if self._core.membership == Membership(voters=target):
             return
@@ -431,6 +432,7 @@ class Peer:
         ``timeout`` passes, leaving it a learner; :class:`NotLeader` if no
         leader emerges.
         """
+        check_timeout(timeout)
         await self._add_member(name, address, voter=voter, timeout=timeout, hops=0)
 
     async def remove_member(self, name: NodeId, *, timeout: float | None = None) -> bool:
@@ -443,6 +445,7 @@ class Peer:
         The removed peer keeps running (stop it, or use :meth:`leave`).
         Raises :class:`ConfigError` when removing the last voter.
         """
+        check_timeout(timeout)
         return await self._remove_member(name, timeout=timeout, hops=0)
 
     async def leave(self, timeout: float | None = None) -> None:
@@ -454,6 +457,7 @@ class Peer:
         same. Raises :class:`ConfigError` on the last voter, and what
         :meth:`remove_member` raises (the peer then keeps running).
         """
+        check_timeout(timeout)
         self._check_running()
         membership = self._core.membership
         if self.name in membership.members or not membership.members:
@@ -652,6 +656,7 @@ class Peer:
         :class:`~raftlib.errors.NotMember` once a member says this peer was
         removed from the cluster.
         """
+        check_timeout(timeout)
         self._check_running()
 
         try:
@@ -676,6 +681,7 @@ class Peer:
         peer leads within ``timeout`` seconds (default: two maximum election
         timeouts); the transfer is then abandoned and this peer keeps leading.
         """
+        check_timeout(timeout)
         self._check_running()
         self._check_leader()
 
@@ -736,6 +742,7 @@ class Peer:
         is raised as it is here (as :class:`~raftlib.errors.CommandFailed`
         when forwarded); the command counts as applied.
         """
+        check_timeout(timeout)
         self._check_running()
         if self.is_leader or not forward:
             data = codec.pack(command, "command", self.config.max_command_size)
@@ -832,6 +839,7 @@ class Peer:
         ``Config.max_pending_reads`` reads pending (retry later) and
         :class:`raftlib.errors.Timeout` after ``timeout`` seconds.
         """
+        check_timeout(timeout)
         if self.is_leader or not forward or consistency == "stale":
             return await self._read_here(query, consistency, timeout)
         return await self._forwarded_read(query, consistency, timeout, 0)
@@ -900,6 +908,7 @@ class Peer:
     async def open_session(self, client: str, timeout: float | None = None, *, hops: int = 0) -> None:
         """Register client session ``client`` (a unique id the client chose)
         with the cluster; see :mod:`raftlib.sessions`. Forwarded to the leader."""
+        check_timeout(timeout)
         entry = ClientEntry(SessionOp.OPEN, _check_client(client))
         await self._on_leader("open_session", {"client": client},
                               lambda deadline: self._submit_client(entry, deadline), timeout, hops, idempotent=True)
@@ -922,6 +931,7 @@ class Peer:
         the session is unknown, :class:`~raftlib.errors.CommandFailed` if
         ``handle_write`` raised, and the errors of :meth:`write`.
         """
+        check_timeout(timeout)
         _check_client(client)
         if type(seq) is not int or seq <= 0 or type(ack) is not int or ack < 0:
             raise ConfigError("seq must be a positive int and ack a non-negative int")
@@ -2185,6 +2195,7 @@ async def join(
     :class:`Timeout` if it is not a member within ``timeout`` seconds; the
     peer is stopped in each case.
     """
+    check_timeout(timeout)
     if isinstance(seeds, str) or not seeds or not all(isinstance(a, str) for a in seeds):
         raise ConfigError("join needs seeds: a list of addresses of current members")
     for seed in seeds:

@@ -211,6 +211,30 @@ async def test_a_second_peer_on_a_data_dir_in_use_is_refused(lmdb_cluster: Clust
     assert await leader.read(["get", "a"]) == ["ok", 1]
 
 
+async def test_a_timeout_that_is_not_a_number_is_a_config_error(cluster: Cluster) -> None:
+    await cluster.start(1)
+    leader = await cluster.leader()
+    last = leader.status()["last_index"]
+    for bad in ("1", True, [1]):
+        for call in (lambda: leader.write(["set", "a", 1], timeout=bad), lambda: leader.read(["get", "a"], timeout=bad),
+                     lambda: leader.wait_for_leader(timeout=bad), lambda: leader.add_member("s9", "127.0.0.1:1", timeout=bad),
+                     lambda: leader.session_write("c", 1, ["set", "a", 1], timeout=bad),
+                     lambda: raftlib.connect([leader.address], timeout=bad),
+                     lambda: raftlib.join(KVStore, name="s9", address="127.0.0.1:0", seeds=[leader.address],
+                                          storage=MemoryStorage(), timeout=bad)):
+            with pytest.raises(errors.ConfigError, match="timeout must be a number"):
+                await call()
+    assert leader.status()["last_index"] == last  # nothing was appended
+    client = await raftlib.connect([leader.address])
+    try:
+        with pytest.raises(errors.ConfigError, match="timeout must be a number"):
+            await client.write(["set", "a", 1], timeout="1")
+        with pytest.raises(errors.ConfigError, match="timeout must be a number"):
+            await client.read(["get", "a"], timeout="1")
+    finally:
+        await client.close()
+
+
 async def test_start_peer_validates_arguments(tmp_path: Any) -> None:
     with pytest.raises(errors.ConfigError, match="data_dir"):
         await raftlib.start_peer(KVStore, name="x", address="127.0.0.1:0")
