@@ -18,7 +18,7 @@ class Config:
 
     Time in the core is counted in ticks; the runtime ticks every
     ``tick_interval`` seconds. With the defaults a follower starts an election
-    between 0.5 and 1.0 s after it last heard from a leader.
+    between 0.4 and 0.8 s after it last heard from a leader.
     """
 
     tick_interval: float = 0.01
