@@ -62,14 +62,14 @@ def whole_log(storage: LogStorage) -> list[Entry]:
     return storage.entries(storage.first_index(), storage.last_index() + 1)
 
 
-@pytest.fixture(params=["memory", "lmdb"])
+@pytest.fixture(params=["memory", "lmdb", "lmdb-nowal"])
 def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LogStorage]:
     """A fresh adapter of each kind, closed afterwards."""
     adapter: LogStorage
     if request.param == "memory":
         adapter = MemoryStorage()
     else:
-        adapter = LMDBStorage(tmp_path / "db", map_size=SMALL_MAP)
+        adapter = LMDBStorage(tmp_path / "db", map_size=SMALL_MAP, wal=request.param == "lmdb")
     yield adapter
     adapter.close()
 
