@@ -2089,6 +2089,33 @@ def _make_state_machine(state_machine: StateMachine | type[StateMachine] | State
     raise ConfigError("state_machine must be a raftlib.StateMachine subclass, instance or factory")
 
 
+def _snapshot_dir(
+    data_dir: str | os.PathLike[str] | None, storage: LogStorage, sm: StateMachine
+) -> str | None:
+    """Where a peer keeps its snapshot files, ``None`` to keep them in memory.
+
+    Snapshots must be as durable as the log: once the log is compacted, its
+    entries live only in the snapshot. So they go under ``data_dir`` if
+    given, else beside a durable adapter's files (its ``path``); only an
+    adapter that keeps everything in memory (``save_blocks = False``) gets
+    in-memory snapshots.
+    """
+    if data_dir is not None:
+        return os.path.join(os.fspath(data_dir), "snapshots")
+    if not getattr(storage, "save_blocks", True):
+        return None
+    path = getattr(storage, "path", None)
+    if isinstance(path, (str, os.PathLike)):
+        return os.path.join(os.fspath(path), "snapshots")
+    if type(sm).snapshot is StateMachine.snapshot:
+        return None  # never compacts, so never needs a snapshot file
+    raise ConfigError(
+        f"storage={type(storage).__name__}(...) keeps the log on disk, so snapshots must be on disk too: "
+        "pass data_dir= (snapshots go to DATA_DIR/snapshots); in memory they would be lost at a restart, "
+        "together with the log entries compacted into them"
+    )
+
+
 async def start_peer(
     state_machine: StateMachine | type[StateMachine] | StateMachineFactory,
     *,
@@ -2110,6 +2137,10 @@ async def start_peer(
     lives in ``storage`` if given, else in an LMDB database under
     ``data_dir``. A peer restarted on the same ``data_dir`` recovers its term,
     vote and log and replays committed entries into a fresh state machine.
+    Snapshots go to ``data_dir/snapshots``; without ``data_dir``, beside the
+    files of a storage with a ``path`` (``LMDBStorage``), or in memory for
+    in-memory storage. Other on-disk storage needs ``data_dir``
+    (:class:`ConfigError` otherwise) when the state machine can snapshot.
 
     A new cluster is then founded with :meth:`Peer.set_configuration`.
     ``advertise`` is the address the others should use to reach this peer
@@ -2138,8 +2169,9 @@ async def start_peer(
     snapshots: SnapshotStore | None = None
     peer: Peer | None = None
     try:
-        if data_dir is not None:
-            snapshots = await asyncio.to_thread(FileSnapshotStore, os.path.join(os.fspath(data_dir), "snapshots"))
+        snapshot_dir = _snapshot_dir(data_dir, storage, sm)
+        if snapshot_dir is not None:
+            snapshots = await asyncio.to_thread(FileSnapshotStore, snapshot_dir)
         else:
             snapshots = MemorySnapshotStore()
         peer = Peer(sm, name=name, address=address, storage=storage, snapshots=snapshots, config=cfg, log=log,

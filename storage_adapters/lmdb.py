@@ -306,6 +306,12 @@ class LMDBStorage:
                 self._env.close()
                 raise
 
+    @property
+    def path(self) -> str:
+        """The directory of the database; a peer started on this storage
+        without ``data_dir`` keeps its snapshots in ``path/snapshots``."""
+        return self._path
+
     # -- the LogStorage protocol ------------------------------------------
 
     def load(self) -> tuple[HardState, SnapshotMeta | None]:

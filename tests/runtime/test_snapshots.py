@@ -19,7 +19,7 @@ from raftlib.transport.tcp import Transport
 from raftlib.types import Membership, SnapshotMeta
 from storage_adapters import MemoryStorage
 
-from clusterkit import FAST, Cluster, eventually
+from clusterkit import FAST, Cluster, KVStore, eventually
 
 SNAP = dataclasses.replace(FAST, snapshot_entries=50, snapshot_keep_entries=10, snapshot_chunk_size=1024)
 
@@ -240,3 +240,36 @@ async def test_interrupted_transfer_resumes_where_it_stopped() -> None:
     finally:
         await receiving.close()
         await follower.close()
+
+
+async def test_lmdb_storage_without_data_dir_keeps_snapshots_on_disk(tmp_path: Path) -> None:
+    from storage_adapters import LMDBStorage
+
+    async def start() -> raftlib.Peer:
+        storage = LMDBStorage(tmp_path / "db", map_size=16 << 20)
+        return await raftlib.start_peer(KVStore, name="s1", address="127.0.0.1:0", storage=storage, config=SNAP)
+
+    peer = await start()
+    try:
+        await peer.set_configuration({"s1": peer.address})
+        await peer.wait_for_leader(timeout=5)
+        await write_many(peer, 60)
+        await peer.snapshot()
+        assert peer._storage.first_index() > 1  # the log was compacted behind the snapshot
+    finally:
+        await peer.stop()
+    assert list((tmp_path / "db" / "snapshots").glob("*.snap"))
+    again = await start()
+    try:
+        assert again.state_machine.data == {f"k{i}": i for i in range(60)}
+    finally:
+        await again.stop()
+
+
+async def test_other_disk_storage_without_data_dir_is_refused(tmp_path: Path) -> None:
+    class DiskStorage(MemoryStorage):
+        save_blocks = True  # as an adapter writing to disk says
+
+    storage = DiskStorage()
+    with pytest.raises(errors.ConfigError, match="data_dir"):
+        await raftlib.start_peer(KVStore, name="s1", address="127.0.0.1:0", storage=storage, config=SNAP)
