@@ -1610,6 +1610,10 @@ class Peer:
                 self._snapshot_index = batch.meta.index
                 self._bytes_since_snapshot = 0
                 self._wake_applied_waiters()
+                try:  # the two newest are kept, as after a snapshot of this peer's own
+                    await self._snapshots.prune(keep=2, protect=self._recorded_snapshot)
+                except StorageError as exc:
+                    self._log.warning("%s: could not delete old snapshot files: %s", self.name, exc)
                 continue
             pending_writes = self._pending_writes
             unpack, feed = codec.unpack, self._feed_append

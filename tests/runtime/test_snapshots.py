@@ -273,3 +273,19 @@ async def test_other_disk_storage_without_data_dir_is_refused(tmp_path: Path) ->
     storage = DiskStorage()
     with pytest.raises(errors.ConfigError, match="data_dir"):
         await raftlib.start_peer(KVStore, name="s1", address="127.0.0.1:0", storage=storage, config=SNAP)
+
+
+async def test_a_follower_keeps_only_the_two_newest_snapshots_it_received(snap_cluster: Cluster) -> None:
+    peers = await snap_cluster.start(3)
+    leader = await snap_cluster.leader()
+    follower = peers[next(n for n in peers if n != leader.name)]
+    directory = snap_cluster.tmp_path / follower.name / "snapshots"
+    for round in range(1, 5):
+        snap_cluster.isolate(follower.name)
+        await write_many(leader, 120, prefix=f"r{round}-")
+        snap_cluster.heal()
+        await eventually(lambda: follower.state_machine.restores == round, timeout=20)
+        await eventually(lambda: len(list(directory.glob("*.snap"))) <= 2)
+    await leader.write(["set", "after", 1])
+    await eventually(lambda: follower.state_machine.data.get("after") == 1)
+    assert follower.state_machine.data == leader.state_machine.data
