@@ -51,6 +51,7 @@ import fcntl
 import itertools
 import os
 import struct
+import sys
 import zlib
 from contextlib import contextmanager
 from typing import Iterator, Sequence
@@ -92,6 +93,19 @@ _CHECKPOINTED = b"wal_checkpointed"
 _SNAPSHOT = b"snapshot"
 _BOUNDARY = b"boundary"
 _FORMAT = b"format"
+
+_LMDB_MAGIC = 0xBEEFC0DE
+"""``mm_magic`` of an LMDB meta page."""
+_META_MAGIC = struct.Struct("=I")
+_META_MAGIC_AT = 16
+"""Offset of ``mm_magic`` in a meta page (after the 16-byte page header)."""
+_META_PAGE_SIZE = struct.Struct("=I")
+_META_PAGE_SIZE_AT = 40
+"""Offset of the page size (``md_pad`` of the free-page database's record)."""
+_META_LAST = struct.Struct("=QQ")
+_META_LAST_AT = 136
+"""Offset of ``mm_last_pg`` and ``mm_txnid``, the last page used and the transaction id."""
+_META_END = _META_LAST_AT + _META_LAST.size
 
 RECOVERY_ADVICE = (
     "this member cannot be trusted with its data: remove it from the cluster, wipe its data directory "
@@ -228,6 +242,7 @@ class LMDBStorage:
         # Write-ahead files are created only after LMDB has committed its
         # format record: with them, a database without it lost its data.
         had_wal = any(os.path.exists(os.path.join(self._path, name)) for name in WAL_FILES)
+        self._check_length()
         with self._lmdb_errors("open the database"):
             self._env = lmdb.open(
                 self._path,
@@ -648,6 +663,45 @@ class LMDBStorage:
             if _is_no_space(exc):
                 raise StorageFull(f"cannot {action}: no space left on the device of {self._path}") from exc
             raise StorageError(f"cannot {action}: LMDB error in {self._path}: {exc}") from exc
+
+    def _check_length(self) -> None:
+        """Refuse a ``data.mdb`` shorter than its newest meta page says.
+
+        LMDB maps the file and trusts its meta pages: a truncated file (a
+        partial copy, a damaged file system) would kill the process with
+        ``SIGBUS`` on the first access past its end instead of raising.
+        The meta pages are read as LMDB lays them out on 64-bit platforms;
+        anything that does not look like one is left to LMDB to refuse.
+        """
+        path = os.path.join(self._path, "data.mdb")
+        try:
+            with open(path, "rb") as f:
+                length = os.fstat(f.fileno()).st_size
+                head = f.read(_META_END)
+                if len(head) < _META_END or _META_MAGIC.unpack_from(head, _META_MAGIC_AT)[0] != _LMDB_MAGIC:
+                    return
+                page_size = _META_PAGE_SIZE.unpack_from(head, _META_PAGE_SIZE_AT)[0]
+                if not 512 <= page_size <= 1 << 16:
+                    return
+                f.seek(page_size)
+                metas = [head, f.read(_META_END)]
+        except FileNotFoundError:
+            return  # a new database
+        except OSError as exc:
+            raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        if sys.maxsize <= 1 << 32:
+            return  # other layout
+        newest = None
+        for meta in metas:
+            if len(meta) == _META_END and _META_MAGIC.unpack_from(meta, _META_MAGIC_AT)[0] == _LMDB_MAGIC:
+                last_page, txnid = _META_LAST.unpack_from(meta, _META_LAST_AT)
+                if newest is None or txnid > newest[1]:
+                    newest = (last_page, txnid)
+        needed = 2 * page_size if newest is None else max(2, newest[0] + 1) * page_size
+        if length < needed:
+            raise self._corrupt(
+                "file data.mdb", f"is truncated: it is {length} bytes long, but its meta page needs {needed}"
+            )
 
     def _corrupt(self, what: str, detail: str) -> CorruptStorage:
         """A :class:`CorruptStorage` naming the path and the bad record."""

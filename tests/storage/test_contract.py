@@ -335,6 +335,33 @@ def test_lmdb_survives_a_killed_process(tmp_path: Path) -> None:
         again.close()
 
 
+def test_lmdb_refuses_a_truncated_database_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    storage = LMDBStorage(path, map_size=SMALL_MAP)
+    storage.save(HardState(term=2, vote="s1", commit=3), make_entries(1, 2000, size=100))
+    storage.close()
+    mdb = path / "data.mdb"
+    os.truncate(mdb, mdb.stat().st_size // 2)  # a partial copy, or a damaged file system
+    # In a child process: a database LMDB maps past the end of its file kills the process.
+    script = textwrap.dedent(
+        """
+        import sys
+        from raftlib.errors import CorruptStorage
+        from storage_adapters.lmdb import LMDBStorage
+
+        try:
+            LMDBStorage(sys.argv[1], map_size=16 << 20).close()
+        except CorruptStorage as exc:
+            print(exc)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(path)], env=script_env(), capture_output=True,
+                            timeout=60)
+    assert result.returncode == 0, (result.returncode, result.stderr.decode())
+    out = result.stdout.decode()
+    assert str(path) in out and "data.mdb" in out and "truncated" in out and "wipe its data directory" in out
+
+
 def _rewrite_log_value(path: Path, index: int, change: Callable[[bytes], bytes]) -> None:
     """Replace the stored ``log`` value at ``index`` by ``change(value)``,
     going behind the adapter's back with the lmdb module."""
