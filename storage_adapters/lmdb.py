@@ -93,6 +93,8 @@ _CHECKPOINTED = b"wal_checkpointed"
 _SNAPSHOT = b"snapshot"
 _BOUNDARY = b"boundary"
 _FORMAT = b"format"
+_OWN_DATABASES = frozenset({b"log", b"meta"})
+"""The named databases of the adapter, the only keys of LMDB's main database."""
 
 _LMDB_MAGIC = 0xBEEFC0DE
 """``mm_magic`` of an LMDB meta page."""
@@ -255,6 +257,10 @@ class LMDBStorage:
             )
         try:
             with self._lmdb_errors("open the database"):
+                with self._env.begin() as txn:
+                    names = set(txn.cursor().iternext(keys=True, values=False))
+                if names - _OWN_DATABASES:
+                    raise self._foreign(f"the keys {sorted(names - _OWN_DATABASES)!r} in its main database")
                 self._log_db = self._env.open_db(b"log")
                 self._meta_db = self._env.open_db(b"meta")
                 with self._env.begin(write=True) as txn:
@@ -703,6 +709,13 @@ class LMDBStorage:
                 "file data.mdb", f"is truncated: it is {length} bytes long, but its meta page needs {needed}"
             )
 
+    def _key_index(self, key: bytes) -> int:
+        """The log index a ``log`` key encodes."""
+        if len(key) != _KEY.size:
+            raise self._corrupt("log key", f"{bytes(key)[:16]!r} is not an 8-byte index")
+        index: int = _KEY.unpack(key)[0]
+        return index
+
     def _corrupt(self, what: str, detail: str) -> CorruptStorage:
         """A :class:`CorruptStorage` naming the path and the bad record."""
         return CorruptStorage(f"corrupt LMDB storage at {self._path}: {what} {detail}; {RECOVERY_ADVICE}")
@@ -803,6 +816,8 @@ class LMDBStorage:
         refuse an unknown one."""
         version = self._read_meta(txn, _FORMAT)
         if version is None:
+            if txn.stat(self._log_db)["entries"] or txn.stat(self._meta_db)["entries"]:
+                raise self._foreign("records but no layout version")
             txn.put(_FORMAT, msgpack.packb(FORMAT_VERSION), db=self._meta_db)
             return False
         if version != FORMAT_VERSION:
@@ -812,15 +827,22 @@ class LMDBStorage:
             )
         return True
 
+    def _foreign(self, found: str) -> StorageError:
+        """The error for an LMDB database that raftlib did not make."""
+        return StorageError(
+            f"the LMDB database at {self._path} is not a raftlib log (it holds {found}); "
+            "give each peer a directory of its own, empty the first time"
+        )
+
     def _find_last_index(self, txn: lmdb.Transaction, boundary_index: int) -> int:
         """The last stored index, after checking that the log starts right
         after the boundary."""
         cursor = txn.cursor(db=self._log_db)
         if not cursor.last():
             return boundary_index
-        last: int = _KEY.unpack(cursor.key())[0]
+        last = self._key_index(cursor.key())
         cursor.first()
-        first: int = _KEY.unpack(cursor.key())[0]
+        first = self._key_index(cursor.key())
         if first != boundary_index + 1:
             raise self._corrupt(
                 "log", f"starts at index {first}, but the last compacted index is {boundary_index}"

@@ -362,6 +362,39 @@ def test_lmdb_refuses_a_truncated_database_naming_it(tmp_path: Path) -> None:
     assert str(path) in out and "data.mdb" in out and "truncated" in out and "wipe its data directory" in out
 
 
+def test_lmdb_refuses_a_database_it_did_not_make(tmp_path: Path) -> None:
+    other = tmp_path / "other"  # another program's database
+    env = lmdb.open(str(other), max_dbs=4, map_size=SMALL_MAP)
+    with env.begin(write=True) as txn:
+        txn.put(b"user:1", b"alice")
+    env.close()
+    with pytest.raises(StorageError, match="not a raftlib log") as info:
+        LMDBStorage(other, map_size=SMALL_MAP)
+    assert str(other) in str(info.value)
+    lookalike = tmp_path / "lookalike"  # same database names, other records
+    env = lmdb.open(str(lookalike), max_dbs=4, map_size=SMALL_MAP)
+    with env.begin(write=True) as txn:
+        txn.put(b"k", b"v", db=env.open_db(b"log", txn=txn))
+    env.close()
+    with pytest.raises(StorageError, match="not a raftlib log") as info:
+        LMDBStorage(lookalike, map_size=SMALL_MAP)
+    assert str(lookalike) in str(info.value)
+
+
+def test_lmdb_reports_a_malformed_log_key_as_corruption(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    storage = LMDBStorage(path, map_size=SMALL_MAP)
+    storage.save(HardState(term=1), make_entries(1, 4))
+    storage.close()
+    env = lmdb.open(str(path), max_dbs=4, map_size=SMALL_MAP)
+    with env.begin(write=True) as txn:
+        txn.put(b"\xff" * 9, b"junk", db=env.open_db(b"log", txn=txn))
+    env.close()
+    with pytest.raises(CorruptStorage, match="log key") as info:
+        LMDBStorage(path, map_size=SMALL_MAP)
+    assert str(path) in str(info.value)
+
+
 def _rewrite_log_value(path: Path, index: int, change: Callable[[bytes], bytes]) -> None:
     """Replace the stored ``log`` value at ``index`` by ``change(value)``,
     going behind the adapter's back with the lmdb module."""
