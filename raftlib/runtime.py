@@ -1678,16 +1678,20 @@ class Peer:
             meta = SnapshotMeta(index, self._applied_term, self._core.membership_at(index))
             if index > self._snapshot_index or self._snapshots.find(index, meta.term) is None:
                 sessions = self._sessions.encode()  # the table as of this same index
-                data = _with_header(sessions, await asyncio.to_thread(self.state_machine.snapshot))
-                self._snapshot_started = index
-                self._bytes_since_snapshot = 0
-                if isinstance(data, bytes):
-                    task = asyncio.get_running_loop().create_task(
-                        self._write_snapshot(meta, data, requests), name=f"raftlib-snapshot-{self.name}")
-                    self._snapshot_writer = task
+                source = await asyncio.to_thread(self.state_machine.snapshot)
+                try:
+                    data = _with_header(sessions, source)
+                    self._snapshot_started = index
+                    self._bytes_since_snapshot = 0
+                    if isinstance(data, bytes):
+                        task = asyncio.get_running_loop().create_task(
+                            self._write_snapshot(meta, data, requests), name=f"raftlib-snapshot-{self.name}")
+                        self._snapshot_writer = task
+                        return
+                    await self._write_snapshot(meta, data, requests)
                     return
-                await self._write_snapshot(meta, data, requests)
-                return
+                finally:
+                    await _close_source(source)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -1980,6 +1984,18 @@ def _close_stores(snapshots: SnapshotStore | None, storage: LogStorage) -> None:
             snapshots.close()
     finally:
         storage.close()
+
+
+async def _close_source(source: Any) -> None:
+    """Close what ``snapshot()`` returned once it was written (or failed):
+    a file, or a generator whose ``finally`` releases something. Nobody else
+    can: the state machine does not know when raftlib is done with it."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return
+    if callable(getattr(source, "aclose", None)):
+        await source.aclose()
+    elif callable(getattr(source, "close", None)):
+        source.close()
 
 
 def _with_header(header: bytes, data: Any) -> Any:

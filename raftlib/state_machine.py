@@ -35,7 +35,8 @@ class StateMachine:
 
         Return ``bytes``, a readable binary file object, or an iterable of
         ``bytes`` chunks (a generator lets a large state stream to disk with
-        bounded memory). raftlib calls it in a worker thread, never on the
+        bounded memory); raftlib closes a returned file or generator once
+        it is written. raftlib calls it in a worker thread, never on the
         event loop, while no command is being applied; reads may still run.
         A state machine that does not override it never compacts its log.
         """

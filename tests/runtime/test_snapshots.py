@@ -289,3 +289,35 @@ async def test_a_follower_keeps_only_the_two_newest_snapshots_it_received(snap_c
     await leader.write(["set", "after", 1])
     await eventually(lambda: follower.state_machine.data.get("after") == 1)
     assert follower.state_machine.data == leader.state_machine.data
+
+
+async def test_a_file_returned_by_snapshot_is_closed_once_written(tmp_path: Path) -> None:
+    opened: list[Any] = []
+
+    class FileSnapshots(KVStore):
+        text = False
+
+        def snapshot(self) -> Any:
+            path = tmp_path / f"state-{len(opened)}"
+            path.write_bytes(raftlib.codec.pack(self.data))
+            f = open(path, "r", encoding="latin-1") if self.text else open(path, "rb")
+            opened.append(f)
+            return f
+
+    sm = FileSnapshots()
+    peer = await raftlib.start_peer(sm, name="s1", address="127.0.0.1:0", data_dir=tmp_path / "s1", config=SNAP)
+    try:
+        await peer.set_configuration({"s1": peer.address})
+        await peer.wait_for_leader(timeout=5)
+        await write_many(peer, 20)
+        await peer.snapshot()
+        assert opened and opened[-1].closed
+        sm.text = True  # a text file is refused, and closed all the same
+        await peer.write(["set", "more", 1])
+        with pytest.raises(TypeError, match="bytes"):
+            await peer.snapshot()
+        assert len(opened) == 2 and opened[-1].closed
+    finally:
+        await peer.stop()
+        for f in opened:
+            f.close()
