@@ -1761,7 +1761,15 @@ class Peer:
                 self._sessions.restore(header if header is not None else SessionTable(0).encode())
             except ValueError as exc:
                 raise CorruptStorage(f"snapshot {snap.meta.term}/{snap.meta.index}: {exc}") from None
-            self.state_machine.restore_from_file(f)
+            try:
+                self.state_machine.restore_from_file(f)
+            except Exception as exc:
+                where = snap.path or f"index {snap.meta.index} term {snap.meta.term} (in memory)"
+                raise StorageError(
+                    f"peer {self.name}: {type(self.state_machine).__name__} could not restore the snapshot {where}: "
+                    f"{exc!r}; if the data directory belongs to another state machine, start the peer with that "
+                    f"one; otherwise fix restore(), or wipe the data directory and rejoin as a new member"
+                ) from exc
 
     def _claim(self, entry: Entry, pending: tuple[int, asyncio.Future[Any]] | None) -> asyncio.Future[Any] | None:
         """The writer's future for ``entry``, or ``None`` if another leader's

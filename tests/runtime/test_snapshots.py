@@ -321,3 +321,22 @@ async def test_a_file_returned_by_snapshot_is_closed_once_written(tmp_path: Path
         await peer.stop()
         for f in opened:
             f.close()
+
+
+async def test_a_snapshot_the_state_machine_cannot_restore_names_the_file(snap_cluster: Cluster) -> None:
+    class OtherFormat(KVStore):
+        def restore(self, data: bytes) -> None:
+            raise ValueError("not a snapshot of mine")
+
+    await snap_cluster.start(1)
+    leader = await snap_cluster.leader()
+    await write_many(leader, 60)
+    meta = await leader.snapshot()
+    await snap_cluster.stop("s1")
+    with pytest.raises(errors.StorageError) as info:
+        await snap_cluster.start_peer("s1", sm=OtherFormat)
+    path = snap_cluster.tmp_path / "s1" / "snapshots" / f"snapshot-{meta.index:020d}-{meta.term:020d}.snap"
+    assert str(path) in str(info.value) and "OtherFormat" in str(info.value)
+    assert isinstance(info.value.__cause__, ValueError)
+    again = await snap_cluster.start_peer("s1")  # the right state machine still starts
+    assert again.state_machine.data == {f"k{i}": i for i in range(60)}
