@@ -27,7 +27,8 @@ File layout of :class:`FileSnapshotStore`
 ``snapshot-{index:020d}-{term:020d}.{random}.tmp``
     A snapshot being written. It gets its final name only once it is complete
     and on stable storage, so a crash never leaves a partial file under a
-    ``.snap`` name; :meth:`SnapshotStore.prune` removes leftovers.
+    ``.snap`` name; opening the store, and :meth:`SnapshotStore.prune`,
+    remove leftovers.
 
 Only :meth:`SnapshotStore.open` blocks (it is meant for a worker thread), and
 the constructor of :class:`FileSnapshotStore`, which scans the directory
@@ -786,9 +787,12 @@ class FileSnapshotStore(_StoreBase):
             names = os.listdir(self._dir)
         except OSError as exc:
             raise StorageError(f"cannot open the snapshot directory {self._dir}: {exc.strerror or exc}") from exc
+        stale = []
         for name in sorted(names):
             path = os.path.join(self._dir, name)
-            if match := _SNAP_NAME.fullmatch(name):
+            if _TEMP_NAME.fullmatch(name):
+                stale.append(path)  # left by a crash: no write of this store is in progress yet
+            elif match := _SNAP_NAME.fullmatch(name):
                 key = (int(match[1]), int(match[2]))
                 self._snapshots[key] = self._scan(path, key)
             elif match := _PART_NAME.fullmatch(name):
@@ -799,6 +803,12 @@ class FileSnapshotStore(_StoreBase):
                     continue  # prune() deals with it
                 if held <= size:
                     self._partials[(index, term, size, crc)] = held
+        # At once, not at the next prune: that follows a successful snapshot,
+        # which a disk filled by a crashed write's leftovers would never allow.
+        try:
+            _remove_all(stale, self._dir)
+        except OSError:
+            pass  # prune() tries again
 
     @property
     def directory(self) -> str:

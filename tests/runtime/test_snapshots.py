@@ -340,3 +340,20 @@ async def test_a_snapshot_the_state_machine_cannot_restore_names_the_file(snap_c
     assert isinstance(info.value.__cause__, ValueError)
     again = await snap_cluster.start_peer("s1")  # the right state machine still starts
     assert again.state_machine.data == {f"k{i}": i for i in range(60)}
+
+
+async def test_a_snapshot_half_written_at_a_crash_is_deleted_at_start(snap_cluster: Cluster) -> None:
+    await snap_cluster.start(1)
+    leader = await snap_cluster.leader()
+    await write_many(leader, 20)
+    await leader.snapshot()
+    await snap_cluster.stop("s1")
+    directory = snap_cluster.tmp_path / "s1" / "snapshots"
+    # What a crash while writing a large snapshot leaves; it may be what
+    # filled the disk, so it must not wait for a snapshot to succeed.
+    leftover = directory / f"snapshot-{30:020d}-{2:020d}.0123456789ab.tmp"
+    leftover.write_bytes(b"\0" * 100_000)
+    peer = await snap_cluster.start_peer("s1")
+    assert not leftover.exists()
+    assert len(list(directory.glob("*.snap"))) == 1
+    assert peer.state_machine.data == {f"k{i}": i for i in range(20)}
