@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .core.messages import InstallSnapshot
-from .errors import ProtocolError, RaftError
+from .errors import ProtocolError, RaftError, StorageError
 from .snapshot import SnapshotFile, SnapshotReceiver, SnapshotStore
 from .transport.framing import FrameDecoder, encode_frame
 from .security import Security
@@ -200,7 +200,22 @@ class SnapshotReceiving:
             raise ProtocolError("SnapshotChunk without an accepted offer on this connection")
         if type(body) is not list or len(body) != 2 or type(body[0]) is not int or type(body[1]) is not bytes:
             raise ProtocolError("SnapshotChunk must be [offset, bytes]")
-        await transfer.receiver.write(body[0], body[1])
+        try:
+            await transfer.receiver.write(body[0], body[1])
+        except StorageError as exc:
+            # This peer's disk (full, say), not the leader's fault: say why and
+            # end the attempt; the leader retries and the transfer resumes from
+            # what was written.
+            self.log.warning("%s: snapshot transfer from %s paused: %s", self.name, transfer.offer.src, exc)
+            if self._active is transfer:
+                self._active = None
+                await transfer.receiver.abort()
+            try:
+                await conn.send_frame(DONE, [False, str(exc)])
+            except ConnectionError:
+                pass
+            conn.close()
+            return
         if transfer.receiver.offset == transfer.size:
             await self._finish(transfer)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -357,3 +358,43 @@ async def test_a_snapshot_half_written_at_a_crash_is_deleted_at_start(snap_clust
     assert not leftover.exists()
     assert len(list(directory.glob("*.snap"))) == 1
     assert peer.state_machine.data == {f"k{i}": i for i in range(20)}
+
+
+class _FullDisk(MemorySnapshotStore):
+    """A follower's store whose disk is full past ``limit`` bytes of a transfer."""
+
+    limit = 1 << 62
+
+    async def _append_partial(self, key: Any, offset: int, chunk: bytes, first: bool) -> None:
+        if offset + len(chunk) > self.limit:
+            raise errors.StorageError("cannot write the partial snapshot file: No space left on device")
+        await super()._append_partial(key, offset, chunk, first)
+
+
+async def test_a_follower_out_of_disk_space_tells_the_leader_and_resumes_later(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    leader_store, follower_store = MemorySnapshotStore(), _FullDisk()
+    meta = SnapshotMeta(40, 3, Membership({"a": "x", "b": "y"}))
+    snap = await leader_store.write(meta, os.urandom(20 * 1024))
+    follower_store.limit = snap.size - 1  # the last chunk does not fit
+    delivered: list[InstallSnapshot] = []
+    receiving = SnapshotReceiving("b", follower_store, lambda: 3, delivered.append, raftlib.runtime.logger)
+    follower = Transport("b", "127.0.0.1:0", on_message=lambda m: None, on_frame=receiving.on_frame)
+    await follower.start()
+    msg = InstallSnapshot(3, "a", "b", 40, 3, meta.membership.encode())
+    try:
+        kw: dict[str, Any] = dict(own_address="127.0.0.1:1", address=follower.address, chunk_size=1024,
+                                  max_frame_size=1 << 20, timeout=10.0)
+        # The leader hears why at once, instead of waiting out its timeout.
+        with pytest.raises(SnapshotTransferFailed, match="No space left"):
+            await send_snapshot(msg, snap, leader_store, **kw)
+        assert not delivered
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        follower_store.limit = 1 << 62  # space is back
+        sent = await send_snapshot(msg, snap, leader_store, **kw)
+        assert sent == 1024  # only the chunk that did not fit
+        assert delivered == [msg]
+    finally:
+        await receiving.close()
+        await follower.close()
