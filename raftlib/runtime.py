@@ -54,6 +54,7 @@ from .errors import (
     MembershipChangePending,
     NotLeader,
     NotMember,
+    OutcomeUnknown,
     Overloaded,
     PeerStopped,
     ProposalDropped,
@@ -596,28 +597,42 @@ class Peer:
         cfg = self.config
         election_wait = 4 * 2 * cfg.election_ticks * cfg.tick_interval
         attempts = 0
-        while True:
-            self._check_running()
-            self._check_member()
-            attempts += 1
-            leader = self._core.leader
-            if leader is None:
-                # Raises NotLeader(None) if no leader emerges within a few election timeouts.
-                await self._wait_for_leader_until(deadline, election_wait)
-                continue
-            try:
-                if leader == self.name:
-                    return await local(deadline)
-                if hops >= _MAX_HOPS:
-                    raise self._not_leader(leader)
-                return await self._forward(leader, op, {**args, "hops": hops + 1, "timeout": _remaining(loop, deadline)})
-            except (NotLeader, LeadershipLost, ProposalDropped, Unavailable, ConnectionLost) as exc:
-                unknown = isinstance(exc, (LeadershipLost, ConnectionLost))
-                if attempts >= _MAX_ATTEMPTS or (hops and isinstance(exc, NotLeader)) or (unknown and not idempotent):
-                    raise
-                self._log.debug("%s: %s: retrying after %r", self.name, op, exc)
-                _check_deadline(loop, deadline, op)
-                await asyncio.sleep(cfg.heartbeat_ticks * cfg.tick_interval)
+        maybe_applied: BaseException | None = None
+        """The first attempt whose outcome is unknown: once there is one, giving
+        up must not say the request certainly did not apply."""
+        try:
+            while True:
+                self._check_running()
+                self._check_member()
+                attempts += 1
+                leader = self._core.leader
+                if leader is None:
+                    # Raises NotLeader(None) if no leader emerges within a few election timeouts.
+                    await self._wait_for_leader_until(deadline, election_wait)
+                    continue
+                try:
+                    if leader == self.name:
+                        return await local(deadline)
+                    if hops >= _MAX_HOPS:
+                        raise self._not_leader(leader)
+                    return await self._forward(
+                        leader, op, {**args, "hops": hops + 1, "timeout": _remaining(loop, deadline)}
+                    )
+                except (NotLeader, LeadershipLost, ProposalDropped, Unavailable, ConnectionLost) as exc:
+                    unknown = isinstance(exc, (LeadershipLost, ConnectionLost))
+                    if unknown and maybe_applied is None:
+                        maybe_applied = exc
+                    if attempts >= _MAX_ATTEMPTS or (hops and isinstance(exc, NotLeader)) or (unknown and not idempotent):
+                        raise
+                    self._log.debug("%s: %s: retrying after %r", self.name, op, exc)
+                    _check_deadline(loop, deadline, op)
+                    await asyncio.sleep(cfg.heartbeat_ticks * cfg.tick_interval)
+        except (NotLeader, ProposalDropped, Unavailable, PeerStopped, Overloaded, StorageFull, Timeout) as exc:
+            if maybe_applied is None or isinstance(exc, OutcomeUnknown):
+                raise
+            # A later attempt failed without applying, but an earlier one may have.
+            message = f"{op}: an earlier attempt may have been applied ({maybe_applied}); then: {exc}"
+            raise (WriteTimeout(message) if isinstance(exc, Timeout) else OutcomeUnknown(message)) from exc
 
     async def _wait_for_leader_until(self, deadline: float | None, limit: float) -> None:
         loop = asyncio.get_running_loop()

@@ -137,6 +137,27 @@ async def test_session_errors(cluster: Cluster) -> None:
         await s1.open_session("")
 
 
+async def test_a_session_write_that_may_have_applied_is_never_reported_as_not_applied(cluster: Cluster) -> None:
+    """The leader appends the write and loses its majority before it commits;
+    the others elect a leader that commits it. The old leader, which then
+    knows no leader, must not answer NotLeader (not applied): its first
+    attempt's outcome is unknown, and the write did apply."""
+    await cluster.start(3)
+    old = await cluster.leader()
+    await old.open_session("c")
+    deliver = old._transport._on_message
+    old._transport._on_message = lambda msg: None  # its messages go out; no answer comes back
+    try:
+        with pytest.raises(errors.OutcomeUnknown, match="may have been applied"):
+            await old.session_write("c", 1, ["set", "x", 1], timeout=5)
+        new = await eventually(lambda: next((p for p in cluster.live() if p.is_leader and p is not old), None))
+        await eventually(lambda: new.state_machine.data.get("x") == 1)
+    finally:
+        old._transport._on_message = deliver
+    assert await new.session_write("c", 1, ["set", "x", 1]) == ["ok", "x", 1]
+    assert new.state_machine.applied.count(["set", "x", 1]) == 1
+
+
 async def test_sessions_expire_by_log_time(tmp_path: Any) -> None:
     c = Cluster(tmp_path, config=dataclasses.replace(FAST, session_ttl=0.3))
     try:
