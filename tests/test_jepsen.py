@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -44,3 +46,41 @@ def test_the_self_check_reports_stale_reads_as_not_linearizable(tmp_path: Path) 
 def test_bad_arguments_exit_2(tmp_path: Path) -> None:
     done = jepsen(tmp_path, "--nemesis", "earthquake", "--time", "1")
     assert done.returncode == 2 and "nemesis" in done.stderr
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc to find the nodes")
+@pytest.mark.timeout(120)
+def test_sigterm_stops_every_node_and_removes_their_data(tmp_path: Path) -> None:
+    work = tmp_path / "tmp"
+    work.mkdir()
+    with subprocess.Popen(
+        [sys.executable, "-m", "raftlib.testing.jepsen", "--nodes", "3", "--clients", "2", "--time", "60",
+         "--out", str(tmp_path / "out")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(work)},
+    ) as harness:
+        try:
+            assert harness.stdout is not None and harness.stderr is not None
+            assert "nodes up" in harness.stdout.readline()
+            assert len(_processes_mentioning(str(work))) == 3
+            harness.send_signal(signal.SIGTERM)
+            assert harness.wait(timeout=60) == 1
+            assert "interrupted" in harness.stderr.read()
+            assert _processes_mentioning(str(work)) == []
+            assert list(work.iterdir()) == []
+        finally:
+            harness.kill()
+            harness.wait()
+            for pid in _processes_mentioning(str(work)):
+                os.kill(pid, signal.SIGKILL)

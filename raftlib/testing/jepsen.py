@@ -314,6 +314,16 @@ async def run(cfg: JepsenConfig) -> tuple[Result, dict[str, Any]]:
         node.log_path.write_bytes(b"")
         state.nodes.append(node)
     initial = ",".join(f"{n.name}={n.address}" for n in state.nodes)
+    # SIGTERM (a CI timeout, kill) and SIGHUP stop the run like Ctrl-C: through
+    # the finally below, which stops every node. Left to their default, they
+    # would end this process at once and leave the nodes running.
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(signum, main_task.cancel)
+    clients: list[asyncio.Future[None]] = []
+    nemesis: asyncio.Future[None] | None = None
     try:
         for node in state.nodes:
             proxy = Proxy(node.name, node.proxy_port, node.port, partitioner)
@@ -342,6 +352,14 @@ async def run(cfg: JepsenConfig) -> tuple[Result, dict[str, Any]]:
         stop_clients.set()
         await asyncio.gather(*clients, return_exceptions=True)
     finally:
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
+        # Stop the nemesis and the clients first: a nemesis still running
+        # would restart the node it killed after the nodes are stopped.
+        for task in [nemesis, *clients]:
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*[t for t in [nemesis, *clients] if t is not None], return_exceptions=True)
         for node in state.nodes:
             _kill(node)
         for proxy in proxies:
@@ -454,6 +472,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RaftError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("interrupted: every node was stopped; the history was not checked", file=sys.stderr)
+        return 1
     print(f"operations: {summary['operations']}")
     for kind, c in sorted(summary["by_kind"].items()):
         print(f"  {kind:4}  ok {c['ok']:6}  fail {c['fail']:5}  unknown {c['unknown']:5}")
