@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -213,34 +214,54 @@ class _FailingReads:
             yield chunk
 
 
-async def test_interrupted_transfer_resumes_where_it_stopped() -> None:
-    leader_store, follower_store = MemorySnapshotStore(), MemorySnapshotStore()
+@dataclasses.dataclass
+class _Transfer:
+    """A 20 KiB snapshot on a leader's store, and a follower's transport
+    receiving transfers into ``follower_store``."""
+
+    leader_store: MemorySnapshotStore
+    snap: SnapshotFile
+    msg: InstallSnapshot
+    receiving: SnapshotReceiving
+    delivered: list[InstallSnapshot]
+    kw: dict[str, Any]
+
+
+@contextlib.asynccontextmanager
+async def _transfer(follower_store: MemorySnapshotStore, timeout: float) -> AsyncIterator[_Transfer]:
+    leader_store = MemorySnapshotStore()
     meta = SnapshotMeta(40, 3, Membership({"a": "x", "b": "y"}))
     snap = await leader_store.write(meta, os.urandom(20 * 1024))
     delivered: list[InstallSnapshot] = []
     receiving = SnapshotReceiving("b", follower_store, lambda: 3, delivered.append, raftlib.runtime.logger)
     follower = Transport("b", "127.0.0.1:0", on_message=lambda m: None, on_frame=receiving.on_frame)
     await follower.start()
-    msg = InstallSnapshot(3, "a", "b", 40, 3, meta.membership.encode())
     try:
         kw: dict[str, Any] = dict(own_address="127.0.0.1:1", address=follower.address, chunk_size=1024,
-                                  max_frame_size=1 << 20, timeout=5.0)
-        with pytest.raises(OSError):
-            await send_snapshot(msg, snap, _FailingReads(leader_store, 8), **kw)  # type: ignore[arg-type]
-        await eventually(lambda: receiving._active is None)
-        assert not delivered
-        sent = await send_snapshot(msg, snap, leader_store, **kw)
-        assert 0 < sent <= snap.size - 8 * 1024
-        assert delivered == [msg]
-        got = follower_store.find(40, 3)
-        assert got is not None and got.crc == snap.crc and got.size == snap.size
-        # A stale leader is refused.
-        stale = InstallSnapshot(2, "a", "b", 41, 2, meta.membership.encode())
-        with pytest.raises(SnapshotTransferFailed, match="stale"):
-            await send_snapshot(stale, snap, leader_store, **kw)
+                                  max_frame_size=1 << 20, timeout=timeout)
+        msg = InstallSnapshot(3, "a", "b", 40, 3, meta.membership.encode())
+        yield _Transfer(leader_store, snap, msg, receiving, delivered, kw)
     finally:
         await receiving.close()
         await follower.close()
+
+
+async def test_interrupted_transfer_resumes_where_it_stopped() -> None:
+    follower_store = MemorySnapshotStore()
+    async with _transfer(follower_store, 5.0) as t:
+        with pytest.raises(OSError):
+            await send_snapshot(t.msg, t.snap, _FailingReads(t.leader_store, 8), **t.kw)  # type: ignore[arg-type]
+        await eventually(lambda: t.receiving._active is None)
+        assert not t.delivered
+        sent = await send_snapshot(t.msg, t.snap, t.leader_store, **t.kw)
+        assert 0 < sent <= t.snap.size - 8 * 1024
+        assert t.delivered == [t.msg]
+        got = follower_store.find(40, 3)
+        assert got is not None and got.crc == t.snap.crc and got.size == t.snap.size
+        # A stale leader is refused.
+        stale = InstallSnapshot(2, "a", "b", 41, 2, t.msg.membership)
+        with pytest.raises(SnapshotTransferFailed, match="stale"):
+            await send_snapshot(stale, t.snap, t.leader_store, **t.kw)
 
 
 async def test_lmdb_storage_without_data_dir_keeps_snapshots_on_disk(tmp_path: Path) -> None:
@@ -374,27 +395,15 @@ class _FullDisk(MemorySnapshotStore):
 async def test_a_follower_out_of_disk_space_tells_the_leader_and_resumes_later(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    leader_store, follower_store = MemorySnapshotStore(), _FullDisk()
-    meta = SnapshotMeta(40, 3, Membership({"a": "x", "b": "y"}))
-    snap = await leader_store.write(meta, os.urandom(20 * 1024))
-    follower_store.limit = snap.size - 1  # the last chunk does not fit
-    delivered: list[InstallSnapshot] = []
-    receiving = SnapshotReceiving("b", follower_store, lambda: 3, delivered.append, raftlib.runtime.logger)
-    follower = Transport("b", "127.0.0.1:0", on_message=lambda m: None, on_frame=receiving.on_frame)
-    await follower.start()
-    msg = InstallSnapshot(3, "a", "b", 40, 3, meta.membership.encode())
-    try:
-        kw: dict[str, Any] = dict(own_address="127.0.0.1:1", address=follower.address, chunk_size=1024,
-                                  max_frame_size=1 << 20, timeout=10.0)
+    follower_store = _FullDisk()
+    async with _transfer(follower_store, 10.0) as t:
+        follower_store.limit = t.snap.size - 1  # the last chunk does not fit
         # The leader hears why at once, instead of waiting out its timeout.
         with pytest.raises(SnapshotTransferFailed, match="No space left"):
-            await send_snapshot(msg, snap, leader_store, **kw)
-        assert not delivered
+            await send_snapshot(t.msg, t.snap, t.leader_store, **t.kw)
+        assert not t.delivered
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
         follower_store.limit = 1 << 62  # space is back
-        sent = await send_snapshot(msg, snap, leader_store, **kw)
+        sent = await send_snapshot(t.msg, t.snap, t.leader_store, **t.kw)
         assert sent == 1024  # only the chunk that did not fit
-        assert delivered == [msg]
-    finally:
-        await receiving.close()
-        await follower.close()
+        assert t.delivered == [t.msg]
