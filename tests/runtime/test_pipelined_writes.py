@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import shutil
+import tempfile
 import threading
 from typing import Any, Sequence
 
@@ -28,6 +30,8 @@ class GatedDisk(MemoryStorage):
 
     def __init__(self) -> None:
         super().__init__()
+        self.path = tempfile.mkdtemp(prefix="raftlib-gated-")
+        """Where the peer keeps its snapshots, as beside a real adapter's files."""
         self.gate = threading.Event()
         self.gate.set()
         self.saves: list[list[int]] = []
@@ -44,11 +48,16 @@ class GatedDisk(MemoryStorage):
 async def start(n: int = 3, config: raftlib.Config = FAST) -> tuple[dict[str, raftlib.Peer], dict[str, GatedDisk]]:
     disks = {f"s{i}": GatedDisk() for i in range(1, n + 1)}
     peers = {}
-    for name, disk in disks.items():
-        peers[name] = await raftlib.start_peer(KVStore, name=name, address="127.0.0.1:0", storage=disk, config=config)
-    await peers["s1"].set_configuration({name: p.address for name, p in peers.items()})
-    await eventually(lambda: peers["s1"].is_leader)
-    await peers["s1"].write(["set", "warm", 1])
+    try:
+        for name, disk in disks.items():
+            peers[name] = await raftlib.start_peer(KVStore, name=name, address="127.0.0.1:0", storage=disk,
+                                                   config=config)
+        await peers["s1"].set_configuration({name: p.address for name, p in peers.items()})
+        await eventually(lambda: peers["s1"].is_leader)
+        await peers["s1"].write(["set", "warm", 1])
+    except BaseException:
+        await stop(peers, disks)
+        raise
     return peers, disks
 
 
@@ -57,6 +66,8 @@ async def stop(peers: dict[str, raftlib.Peer], disks: dict[str, GatedDisk]) -> N
         d.gate.set()
     for p in peers.values():
         await p.stop(transfer_leadership=False)
+    for d in disks.values():
+        shutil.rmtree(d.path, ignore_errors=True)
 
 
 async def test_nothing_is_acknowledged_before_the_followers_disks_have_it() -> None:
