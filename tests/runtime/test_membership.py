@@ -339,3 +339,29 @@ async def test_joining_again_as_a_voter_promotes_a_member_left_a_learner(lmdb_cl
     # Joining as a learner does not demote a voter.
     await again.stop()
     assert "s4" in (await cluster.join("s4", voter=False)).membership.voters
+
+
+async def test_concurrent_set_configurations_with_different_targets_both_finish(
+        cluster: Cluster) -> None:
+    """Two calls moving the cluster to different members must not undo each
+    other's steps forever: each returns once the cluster has its members,
+    and the one that returns last is in force."""
+    await cluster.start(3)
+    for name in ("s4", "s5"):
+        await cluster.start_peer(name)
+    base = {n: cluster.addresses[n] for n in ("s1", "s2", "s3")}
+    a = {**base, "s4": cluster.addresses["s4"]}
+    b = {**base, "s5": cluster.addresses["s5"]}
+    leader = await cluster.leader()
+    follower = next(p for p in cluster.live() if p.name in base and p is not leader)
+    done: list[str] = []
+
+    async def move(peer: raftlib.Peer, target: dict[str, str], label: str) -> None:
+        await peer.set_configuration(target, timeout=30)
+        done.append(label)
+
+    await asyncio.gather(move(leader, a, "a"), move(follower, b, "b"))
+    assert sorted(done) == ["a", "b"]
+    final = {"a": a, "b": b}[done[-1]]
+    leader = await cluster.leader()
+    assert leader.membership.voters == final and not leader.membership.learners
