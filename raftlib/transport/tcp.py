@@ -182,7 +182,12 @@ async def _open(endpoint: Endpoint) -> tuple[asyncio.StreamReader, asyncio.Strea
 
 async def _refuse_live_unix_socket(path: str, timeout: float = 1.0) -> None:
     """Raise ``OSError(EADDRINUSE)`` if a process accepts connections on the
-    Unix socket at ``path``; a stale socket file (nothing listening) passes."""
+    Unix socket at ``path``; a stale socket file (nothing listening) passes.
+
+    Only a refused connection proves the file stale. Any other failure (no
+    write permission on another user's socket, say) says nothing about a
+    listener, so it is raised, naming the path, rather than taken as stale.
+    """
     try:
         if not stat.S_ISSOCK(os.stat(path).st_mode):
             return  # binding fails on its own: "address already in use"
@@ -193,8 +198,14 @@ async def _refuse_live_unix_socket(path: str, timeout: float = 1.0) -> None:
             _, writer = await asyncio.open_unix_connection(path)
     except TimeoutError:
         pass  # a listener too busy to accept is still a listener
-    except OSError:
-        return  # refused, or gone: left behind by a process that is gone
+    except OSError as exc:
+        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+            return  # refused, or gone: left behind by a process that is gone
+        raise OSError(
+            exc.errno,
+            f"unix socket {path!r} already exists and this process cannot tell whether another one "
+            f"listens there ({exc.strerror or exc}); remove the file if nothing uses it, or choose another path",
+        ) from None
     else:
         writer.close()
         with contextlib.suppress(OSError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 import struct
@@ -223,6 +224,35 @@ async def test_unix_sockets(make_node: MakeNode, tmp_path: Path) -> None:
     await exchange(a, b, 1)
     await a.transport.close()
     assert not (tmp_path / "a.sock").exists()
+
+
+async def test_a_unix_socket_this_process_may_not_connect_to_is_not_taken(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A live socket of another user's process, with no write permission for
+    this one, looks refused to the probe; it must not be unlinked as stale."""
+    path = tmp_path / "other.sock"
+    other = socket.socket(socket.AF_UNIX)
+    transport = Transport("a", f"unix:{path}", on_message=lambda msg: None)
+    try:
+        other.bind(str(path))
+        other.listen()
+        inode = path.stat().st_ino
+        real_open = asyncio.open_unix_connection
+
+        async def open_without_permission(where: Any = None, **kwargs: Any) -> Any:
+            if str(where) == str(path):  # what connect() gives without write permission on the socket
+                raise PermissionError(errno.EACCES, "Permission denied")
+            return await real_open(where, **kwargs)
+
+        monkeypatch.setattr(asyncio, "open_unix_connection", open_without_permission)
+        with pytest.raises(PermissionError, match="other.sock"):
+            await transport.start()
+        assert path.stat().st_ino == inode
+    finally:
+        await transport.close()
+        other.close()
+    assert path.exists()  # still the other process's
+    path.unlink()
 
 
 async def test_ipv6_loopback(make_node: MakeNode) -> None:
