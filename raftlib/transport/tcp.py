@@ -37,6 +37,7 @@ import errno
 import ipaddress
 import logging
 import os
+import socket
 import stat
 import sys
 from asyncio.selector_events import BaseSelectorEventLoop
@@ -211,6 +212,53 @@ async def _refuse_live_unix_socket(path: str, timeout: float = 1.0) -> None:
         with contextlib.suppress(OSError):
             await writer.wait_closed()
     raise OSError(errno.EADDRINUSE, f"unix socket {path!r} is in use by a running process")
+
+
+def _bind_unix_socket(path: str) -> socket.socket:
+    """A Unix stream socket bound to ``path``, in place of a stale socket
+    file there (:func:`_refuse_live_unix_socket` has checked that nothing
+    listens on it). Raises ``OSError`` naming the path and what is wrong."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        try:
+            stale = stat.S_ISSOCK(os.stat(path).st_mode)
+        except OSError:
+            stale = False  # nothing there, or bind() fails below and says why
+        if stale:
+            os.unlink(path)
+        sock.bind(path)
+    except OSError as exc:
+        sock.close()
+        raise _unix_bind_error(path, exc) from None
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _unix_bind_error(path: str, exc: OSError) -> OSError:
+    """``exc`` (from unlinking or binding ``path``) with a message that names the path and the fix."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if exc.errno == errno.ENOENT:
+        why = f"the directory {directory!r} does not exist"
+    elif exc.errno == errno.ENOTDIR:
+        why = f"{directory!r} is not a directory"
+    elif exc.errno in (errno.EACCES, errno.EPERM):
+        why = f"no permission to create or replace a file in {directory!r}"
+    elif exc.errno == errno.EADDRINUSE and not stat.S_ISSOCK(_mode(path)):
+        why = "a file that is not a socket is in the way (remove it or choose another path)"
+    elif exc.errno == errno.EADDRINUSE:
+        why = "another process has just bound it"
+    else:
+        why = exc.strerror or str(exc)
+    return OSError(exc.errno, f"cannot listen on unix socket {path!r}: {why}")
+
+
+def _mode(path: str) -> int:
+    try:
+        return os.stat(path).st_mode
+    except OSError:
+        return 0
 
 
 async def open_connection(address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -532,11 +580,19 @@ class Transport:
             return protocol(asyncio.StreamReader(loop=loop), self._serve_inbound, loop=loop)
 
         if endpoint.kind == "unix":
-            # asyncio unlinks a socket file already at the path, which is right
-            # for one left by a crashed process but would silently take the
-            # address of a process still listening there.
+            # A socket file already at the path is replaced only if nothing
+            # listens there: one left by a crashed process, not the address
+            # of a process still running. The socket is bound here rather
+            # than by asyncio, so that what goes wrong names the path.
             await _refuse_live_unix_socket(endpoint.host)
-            self._server = await loop.create_unix_server(accepted, path=endpoint.host)
+            sock = _bind_unix_socket(endpoint.host)
+            try:
+                self._server = await loop.create_unix_server(accepted, sock=sock)
+            except BaseException:
+                sock.close()
+                with contextlib.suppress(OSError):
+                    os.unlink(endpoint.host)
+                raise
             st = os.stat(endpoint.host)
             self._unix_inode = (st.st_dev, st.st_ino)
             self._address = self.listen

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import socket
 import struct
 import time
@@ -253,6 +254,33 @@ async def test_a_unix_socket_this_process_may_not_connect_to_is_not_taken(
         other.close()
     assert path.exists()  # still the other process's
     path.unlink()
+
+
+@pytest.mark.parametrize("case", ["missing directory", "not a directory", "not a socket", "not writable"])
+async def test_a_unix_path_that_cannot_be_bound_is_named_in_the_error(tmp_path: Path, case: str) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    path, errno_, reason = {
+        "missing directory": (tmp_path / "missing" / "a.sock", errno.ENOENT, "does not exist"),
+        "not a directory": (blocker / "a.sock", errno.ENOTDIR, "is not a directory"),
+        "not a socket": (blocker, errno.EADDRINUSE, "not a socket"),
+        "not writable": (tmp_path / "ro" / "a.sock", errno.EACCES, "no permission"),
+    }[case]
+    if case == "not writable":
+        if os.geteuid() == 0:
+            pytest.skip("root may create files in any directory")
+        path.parent.mkdir(mode=0o555)
+    transport = Transport("a", f"unix:{path}", on_message=lambda msg: None)
+    try:
+        with pytest.raises(OSError) as info:
+            await transport.start()
+    finally:
+        await transport.close()
+        if case == "not writable":
+            path.parent.chmod(0o755)
+    assert info.value.errno == errno_
+    assert str(path) in str(info.value) and reason in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({"file", path.parent.name} - {"missing", tmp_path.name})
 
 
 async def test_ipv6_loopback(make_node: MakeNode) -> None:
