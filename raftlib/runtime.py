@@ -395,7 +395,8 @@ class Peer:
         at a time, the leader last (it then steps down). Members already
         matching are left alone, so calling it again is harmless.
 
-        Raises :class:`ConfigError` for a malformed mapping; :class:`Timeout`
+        Raises :class:`ConfigError` for a malformed mapping (two members
+        with the same address included); :class:`Timeout`
         if a new member does not catch up (it stays a learner) or the change
         does not finish within ``timeout`` seconds; :class:`NotLeader` if no
         leader emerges to take it.
@@ -2100,10 +2101,16 @@ _MAX_ATTEMPTS = 30
 def _check_members(members: Mapping[NodeId, str]) -> dict[NodeId, str]:
     if not isinstance(members, Mapping) or not members:
         raise ConfigError("a configuration needs a non-empty mapping of member name to address")
+    owners: dict[str, NodeId] = {}
     for nid, addr in members.items():
         if not isinstance(nid, str) or not nid or not isinstance(addr, str):
             raise ConfigError(f"member names and addresses must be non-empty strings, got {nid!r}: {addr!r}")
         parse_address(addr)
+        # Only one process can listen at an address: the others would never
+        # be reached, and a cluster of them could not elect a leader.
+        if addr in owners:
+            raise ConfigError(f"members {owners[addr]} and {nid} have the same address {addr}; each needs its own")
+        owners[addr] = nid
     return dict(members)
 
 

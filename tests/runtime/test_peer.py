@@ -451,6 +451,21 @@ async def test_a_unix_socket_left_by_a_crash_is_reused_but_a_live_one_is_not_tak
     assert not path.exists()
 
 
+async def test_a_configuration_giving_two_members_one_address_is_refused(tmp_path: Any) -> None:
+    """Only one process can listen at an address: such a cluster could never elect."""
+    peer = await raftlib.start_peer(KVStore, name="s1", address=f"unix:{tmp_path}/s1.sock", storage=MemoryStorage(),
+                                    config=FAST)
+    try:
+        with pytest.raises(errors.ConfigError, match=r"s1 and s2 .*s1\.sock"):
+            await peer.set_configuration({"s1": peer.address, "s2": peer.address})
+        assert peer.status()["last_index"] == 0  # nothing was written: a corrected call founds the cluster
+        await peer.set_configuration({"s1": peer.address})
+        await eventually(lambda: peer.is_leader)
+    finally:
+        await peer.stop()
+    assert not any(tmp_path.glob("*.sock"))
+
+
 async def test_submit_starts_writes_without_waiting_and_reports_like_write(tmp_path: Any) -> None:
     c = Cluster(tmp_path, config=raftlib.Config(tick_interval=0.01, election_ticks=10, heartbeat_ticks=2,
                                                 max_pending_writes=50))
