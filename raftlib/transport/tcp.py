@@ -181,9 +181,10 @@ async def _open(endpoint: Endpoint) -> tuple[asyncio.StreamReader, asyncio.Strea
     return await asyncio.open_connection(endpoint.host, endpoint.port)
 
 
-async def _refuse_live_unix_socket(path: str, timeout: float = 1.0) -> None:
+async def _refuse_live_unix_socket(path: str, timeout: float = 1.0) -> bool:
     """Raise ``OSError(EADDRINUSE)`` if a process accepts connections on the
     Unix socket at ``path``; a stale socket file (nothing listening) passes.
+    Returns whether there is one, to be replaced.
 
     Only a refused connection proves the file stale. Any other failure (no
     write permission on another user's socket, say) says nothing about a
@@ -191,9 +192,9 @@ async def _refuse_live_unix_socket(path: str, timeout: float = 1.0) -> None:
     """
     try:
         if not stat.S_ISSOCK(os.stat(path).st_mode):
-            return  # binding fails on its own: "address already in use"
+            return False  # binding fails on its own: "address already in use"
     except OSError:
-        return
+        return False
     try:
         async with asyncio.timeout(timeout):
             _, writer = await asyncio.open_unix_connection(path)
@@ -201,7 +202,7 @@ async def _refuse_live_unix_socket(path: str, timeout: float = 1.0) -> None:
         pass  # a listener too busy to accept is still a listener
     except OSError as exc:
         if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
-            return  # refused, or gone: left behind by a process that is gone
+            return True  # refused, or gone: left behind by a process that is gone
         raise OSError(
             exc.errno,
             f"unix socket {path!r} already exists and this process cannot tell whether another one "
@@ -214,18 +215,18 @@ async def _refuse_live_unix_socket(path: str, timeout: float = 1.0) -> None:
     raise OSError(errno.EADDRINUSE, f"unix socket {path!r} is in use by a running process")
 
 
-def _bind_unix_socket(path: str) -> socket.socket:
-    """A Unix stream socket bound to ``path``, in place of a stale socket
-    file there (:func:`_refuse_live_unix_socket` has checked that nothing
-    listens on it). Raises ``OSError`` naming the path and what is wrong."""
+def _bind_unix_socket(path: str, stale: bool) -> socket.socket:
+    """A Unix stream socket bound to ``path``, in place of the socket file
+    there if it is ``stale`` (:func:`_refuse_live_unix_socket` found nothing
+    listening on it) and still is. Another process that started at the same
+    time may have bound the path since: ``bind()`` then fails rather than
+    its socket being unlinked. Raises ``OSError`` naming the path and what
+    is wrong."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        try:
-            stale = stat.S_ISSOCK(os.stat(path).st_mode)
-        except OSError:
-            stale = False  # nothing there, or bind() fails below and says why
-        if stale:
-            os.unlink(path)
+        if stale and _nothing_listens(path):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
         sock.bind(path)
     except OSError as exc:
         sock.close()
@@ -234,6 +235,18 @@ def _bind_unix_socket(path: str) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def _nothing_listens(path: str) -> bool:
+    """Whether a connection to the Unix socket at ``path`` is refused, checked
+    without waiting (a Unix socket connects, or fails, at once)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.setblocking(False)
+        try:
+            probe.connect(path)
+        except OSError as exc:
+            return exc.errno in (errno.ECONNREFUSED, errno.ENOENT)
+    return False
 
 
 def _unix_bind_error(path: str, exc: OSError) -> OSError:
@@ -584,8 +597,8 @@ class Transport:
             # listens there: one left by a crashed process, not the address
             # of a process still running. The socket is bound here rather
             # than by asyncio, so that what goes wrong names the path.
-            await _refuse_live_unix_socket(endpoint.host)
-            sock = _bind_unix_socket(endpoint.host)
+            stale = await _refuse_live_unix_socket(endpoint.host)
+            sock = _bind_unix_socket(endpoint.host, stale)
             try:
                 self._server = await loop.create_unix_server(accepted, sock=sock)
             except BaseException:

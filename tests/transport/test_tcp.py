@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -254,6 +255,41 @@ async def test_a_unix_socket_this_process_may_not_connect_to_is_not_taken(
         other.close()
     assert path.exists()  # still the other process's
     path.unlink()
+
+
+@pytest.mark.parametrize("stale", [False, True], ids=["fresh path", "stale socket"])
+async def test_a_unix_socket_bound_by_another_process_during_the_start_is_not_taken(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stale: bool) -> None:
+    """Two processes started at once on one path: the one that binds second
+    must fail, not unlink the other's socket and leave it unreachable."""
+    path = tmp_path / "s.sock"
+    if stale:
+        with socket.socket(socket.AF_UNIX) as crashed:
+            crashed.bind(str(path))  # what a killed process leaves
+    other = socket.socket(socket.AF_UNIX)
+    others_inode: list[int] = []
+    real_check = tcp._refuse_live_unix_socket
+
+    async def check_then_lose_the_race(where: str, *args: Any) -> Any:
+        result = await real_check(where, *args)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(where)  # the other process found the same stale file and replaced it
+        other.bind(where)
+        other.listen()
+        others_inode.append(os.stat(where).st_ino)
+        return result
+
+    monkeypatch.setattr(tcp, "_refuse_live_unix_socket", check_then_lose_the_race)
+    transport = Transport("a", f"unix:{path}", on_message=lambda msg: None)
+    try:
+        with pytest.raises(OSError) as info:
+            await transport.start()
+        assert info.value.errno == errno.EADDRINUSE and str(path) in str(info.value)
+        assert [path.stat().st_ino] == others_inode  # still the other process's
+    finally:
+        await transport.close()
+        other.close()
+        path.unlink(missing_ok=True)
 
 
 @pytest.mark.parametrize("case", ["missing directory", "not a directory", "not a socket", "not writable"])
