@@ -562,6 +562,7 @@ class Transport:
         self._outboxes: dict[str, _Outbox] = {}
         self._server: asyncio.Server | None = None
         self._inbound: set[asyncio.Task[Any]] = set()
+        self._unix_path: str | None = None
         self._unix_inode: tuple[int, int] | None = None
         self._closed = False
 
@@ -599,15 +600,17 @@ class Transport:
             # than by asyncio, so that what goes wrong names the path.
             stale = await _refuse_live_unix_socket(endpoint.host)
             sock = _bind_unix_socket(endpoint.host, stale)
+            # Absolute: close() removes this file even if the working directory changed.
+            path = os.path.abspath(endpoint.host)
             try:
+                st = os.stat(path)
                 self._server = await loop.create_unix_server(accepted, sock=sock)
             except BaseException:
                 sock.close()
                 with contextlib.suppress(OSError):
-                    os.unlink(endpoint.host)
+                    os.unlink(path)
                 raise
-            st = os.stat(endpoint.host)
-            self._unix_inode = (st.st_dev, st.st_ino)
+            self._unix_path, self._unix_inode = path, (st.st_dev, st.st_ino)
             self._address = self.listen
         else:
             self._server = await loop.create_server(accepted, host=endpoint.host, port=endpoint.port,
@@ -666,9 +669,9 @@ class Transport:
 
     def _remove_unix_socket(self) -> None:
         """Unlink the socket file this transport created, if it is still ours."""
-        if self._unix_inode is None:
+        if self._unix_inode is None or self._unix_path is None:
             return
-        path = self._listen_endpoint.host
+        path = self._unix_path
         with contextlib.suppress(OSError):
             st = os.stat(path)
             if stat.S_ISSOCK(st.st_mode) and (st.st_dev, st.st_ino) == self._unix_inode:

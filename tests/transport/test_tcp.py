@@ -319,6 +319,20 @@ async def test_a_unix_path_that_cannot_be_bound_is_named_in_the_error(tmp_path: 
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted({"file", path.parent.name} - {"missing", tmp_path.name})
 
 
+async def test_a_relative_unix_socket_is_removed_after_a_change_of_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    transport = Transport("a", "unix:a.sock", on_message=lambda msg: None)
+    try:
+        await transport.start()
+        assert (tmp_path / "a.sock").exists()
+        os.chdir(tmp_path / "elsewhere")
+    finally:
+        await transport.close()
+    assert not (tmp_path / "a.sock").exists()
+
+
 async def test_ipv6_loopback(make_node: MakeNode) -> None:
     try:
         with socket.socket(socket.AF_INET6) as probe:
