@@ -381,23 +381,39 @@ def _short(value: Any) -> str:
 
 
 def _same(a: Any, b: Any) -> bool:
-    """Whether ``a`` and ``b`` are equal as msgpack values (tuples count as lists)."""
-    kind_a = list if isinstance(a, tuple) else type(a)
-    kind_b = list if isinstance(b, tuple) else type(b)
-    if kind_a is not kind_b:
-        return False
-    if kind_a is list:
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    if kind_a is dict:
-        if len(a) != len(b):
+    """Whether ``a`` and ``b`` are equal as msgpack values (tuples count as lists).
+
+    Iterative: a value may nest as deep as msgpack allows, deeper than
+    Python's recursion limit, and handle_write must not raise on it.
+    """
+    pairs = [(a, b)]
+    while pairs:
+        a, b = pairs.pop()
+        kind_a = list if isinstance(a, tuple) else type(a)
+        kind_b = list if isinstance(b, tuple) else type(b)
+        if kind_a is not kind_b:
             return False
-        # Python finds b's key 1 for a's key True or 1.0: compare the keys themselves too.
-        keys_b = {k: k for k in b}
-        return all(k in keys_b and _same(k, keys_b[k]) and _same(v, b[k]) for k, v in a.items())
-    if kind_a is float:
-        # By their bits, as msgpack encodes them: NaN matches NaN, 0.0 does not match -0.0.
-        return struct.pack("<d", a) == struct.pack("<d", b)
-    return bool(a == b)
+        if kind_a is list:
+            if len(a) != len(b):
+                return False
+            pairs.extend(zip(a, b))
+        elif kind_a is dict:
+            if len(a) != len(b):
+                return False
+            # Python finds b's key 1 for a's key True or 1.0: compare the keys themselves too.
+            keys_b = {k: k for k in b}
+            for k, v in a.items():
+                if k not in keys_b:
+                    return False
+                pairs.append((k, keys_b[k]))
+                pairs.append((v, b[k]))
+        elif kind_a is float:
+            # By their bits, as msgpack encodes them: NaN matches NaN, 0.0 does not match -0.0.
+            if struct.pack("<d", a) != struct.pack("<d", b):
+                return False
+        elif not a == b:
+            return False
+    return True
 
 
 # -- the client ---------------------------------------------------------------------------------

@@ -94,6 +94,25 @@ def test_cas_by_value_compares_map_keys_and_floats_as_msgpack_values() -> None:
     assert applied(sm, ["cas", "default", "f", -0.0, None, 1])["changed"] is True
 
 
+def test_cas_by_value_compares_deeply_nested_values_without_raising() -> None:
+    """A value nested as deep as msgpack allows is compared without recursion:
+    handle_write never raises, and the outcome does not depend on the stack
+    the peer applies it on."""
+
+    def nested(depth: int, leaf: Any) -> Any:
+        value = leaf
+        for i in range(depth):
+            value = [value] if i % 2 else {"k": value}
+        return value
+
+    sm = KVStateMachine()
+    deep = nested(1000, 1)
+    applied(sm, ["put", "default", "k", deep])
+    assert applied(sm, ["cas", "default", "k", nested(1000, 2), None, "x"])["changed"] is False
+    assert applied(sm, ["cas", "default", "k", deep, None, "y"])["changed"] is True
+    assert read(sm, ["get", "default", "k"]) == ["y", 2]
+
+
 def test_cas_by_version() -> None:
     sm = KVStateMachine()
     assert applied(sm, ["cas", "default", "k", None, 1, "a"])["changed"] is False  # absent has version 0
