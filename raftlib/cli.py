@@ -284,14 +284,22 @@ def _parse_value(text: str, as_string: bool) -> Any:
     if as_string:
         return text
     try:
-        return json.loads(text, parse_constant=_not_json, parse_float=_finite_float)
-    except ValueError:
+        return json.loads(text, parse_constant=_not_json, parse_float=_finite_float, parse_int=_storable_int)
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than json decodes
         return text
 
 
 def _not_json(constant: str) -> Any:
     """``NaN``, ``Infinity`` and ``-Infinity`` are not JSON (Python's json reads them)."""
     raise ValueError(f"{constant} is not JSON")
+
+
+def _storable_int(text: str) -> int:
+    """An int msgpack can encode (-2**63 to 2**64 - 1); others are not numbers we can store."""
+    value = int(text)
+    if not -(2**63) <= value < 2**64:
+        raise ValueError(f"{text} is out of range")
+    return value
 
 
 def _finite_float(text: str) -> float:

@@ -111,3 +111,11 @@ def test_values_are_json_only_when_they_are_standard_json() -> None:
     # Python's json would read these as floats that JSON output cannot show.
     for text in ("NaN", "Infinity", "-Infinity", "[1, NaN]", "1e400"):
         assert _parse_value(text, as_string=False) == text
+    # Integers msgpack cannot hold are not numbers the store can keep either.
+    assert _parse_value(str(2**64 - 1), as_string=False) == 2**64 - 1
+    assert _parse_value(str(-(2**63)), as_string=False) == -(2**63)
+    for text in (str(2**64), str(-(2**63) - 1), "[1, 100000000000000000000000]"):
+        assert _parse_value(text, as_string=False) == text
+    # JSON nested deeper than Python's json decodes is text too, not a RecursionError.
+    deep = "[" * 5000 + "]" * 5000
+    assert _parse_value(deep, as_string=False) == deep
