@@ -455,6 +455,17 @@ def _reload_tls(tls: TLSConfig, name: str) -> None:
 # -- kv and scope ----------------------------------------------------------------------------------
 
 
+def _utf8(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Refuse text that is not valid UTF-8 (Python keeps undecodable bytes of
+    an argument as surrogates, which no member could decode)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise click.BadParameter(f"{ascii(value)} is not valid UTF-8 text") from None
+    return value
+
+
 @main.group()
 def kv() -> None:
     """Read and write keys of the built-in key-value service."""
@@ -471,12 +482,13 @@ async def _with_kv(cluster: str, timeout: float, fn: Any) -> Any:
 
 
 def _scope_option(fn: Any) -> Any:
-    return click.option("--scope", default="default", show_default=True, help="The scope the key lives in.")(fn)
+    return click.option("--scope", default="default", show_default=True, callback=_utf8,
+                        help="The scope the key lives in.")(fn)
 
 
 @kv.command("put")
-@click.argument("key")
-@click.argument("value")
+@click.argument("key", callback=_utf8)
+@click.argument("value", callback=_utf8)
 @click.option("--string", "as_string", is_flag=True, help="Store VALUE as text even if it parses as JSON.")
 @_scope_option
 @_cluster_option
@@ -499,7 +511,7 @@ def _consistency_option(fn: Any) -> Any:
 
 
 @kv.command("get")
-@click.argument("key")
+@click.argument("key", callback=_utf8)
 @_consistency_option
 @_scope_option
 @_cluster_option
@@ -521,7 +533,7 @@ def kv_get(key: str, consistency: str, scope: str, cluster: str, as_json: bool, 
 
 
 @kv.command("delete")
-@click.argument("key")
+@click.argument("key", callback=_utf8)
 @_scope_option
 @_cluster_option
 @_security_options
@@ -535,9 +547,9 @@ def kv_delete(key: str, scope: str, cluster: str, as_json: bool, timeout: float)
 
 
 @kv.command("cas")
-@click.argument("key")
-@click.argument("expected")
-@click.argument("new")
+@click.argument("key", callback=_utf8)
+@click.argument("expected", callback=_utf8)
+@click.argument("new", callback=_utf8)
 @click.option("--expected-version", type=click.IntRange(min=0), default=None,
               help="Compare the version instead of the value (0: the key must not exist); EXPECTED is ignored.")
 @click.option("--string", "as_string", is_flag=True, help="Take EXPECTED and NEW as text.")
@@ -561,7 +573,7 @@ def kv_cas(key: str, expected: str, new: str, expected_version: int | None, as_s
 
 
 @kv.command("list")
-@click.option("--prefix", default="", help="Only keys starting with this.")
+@click.option("--prefix", default="", callback=_utf8, help="Only keys starting with this.")
 @_consistency_option
 @_scope_option
 @_cluster_option
@@ -579,7 +591,7 @@ def kv_list(prefix: str, consistency: str, scope: str, cluster: str, as_json: bo
 
 
 @kv.command("watch")
-@click.option("--prefix", default="", help="Only keys starting with this.")
+@click.option("--prefix", default="", callback=_utf8, help="Only keys starting with this.")
 @click.option("--count", type=click.IntRange(min=1), default=None, help="Stop after this many events.")
 @click.option("--from-revision", type=click.IntRange(min=1), default=None,
               help="Start at this revision instead of now.")
@@ -611,7 +623,7 @@ def scope() -> None:
 
 
 @scope.command("create")
-@click.argument("name")
+@click.argument("name", callback=_utf8)
 @_cluster_option
 @_security_options
 @_timeout_option
@@ -622,7 +634,7 @@ def scope_create(name: str, cluster: str, timeout: float) -> None:
 
 
 @scope.command("delete")
-@click.argument("name")
+@click.argument("name", callback=_utf8)
 @_cluster_option
 @_security_options
 @_timeout_option
@@ -751,7 +763,7 @@ async def _call_any(addresses: list[str], op: str, args: dict[str, Any], timeout
 
 
 @members.command("add")
-@click.argument("name")
+@click.argument("name", callback=_utf8)
 @click.argument("address")
 @click.option("--learner", is_flag=True, help="Add a learner (a non-voting member).")
 @_cluster_option
@@ -766,7 +778,7 @@ def members_add(name: str, address: str, learner: bool, cluster: str, timeout: f
 
 
 @members.command("remove")
-@click.argument("name")
+@click.argument("name", callback=_utf8)
 @_cluster_option
 @_security_options
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True)

@@ -119,3 +119,20 @@ def test_values_are_json_only_when_they_are_standard_json() -> None:
     # JSON nested deeper than Python's json decodes is text too, not a RecursionError.
     deep = "[" * 5000 + "]" * 5000
     assert _parse_value(deep, as_string=False) == deep
+
+
+def test_text_that_is_not_utf8_is_a_usage_error_before_connecting() -> None:
+    # A terminal in another encoding, or a key taken from a file name, gives
+    # Python an argument with surrogates, which no member could decode.
+    bad = "caf\udce9"
+    cluster = ["--cluster", "127.0.0.1:1"]
+    for args in (
+        ["kv", "put", bad, "1"], ["kv", "put", "k", bad], ["kv", "put", "k", "1", "--scope", bad],
+        ["kv", "get", bad], ["kv", "delete", bad], ["kv", "cas", bad, "1", "2"], ["kv", "cas", "k", bad, "2"],
+        ["kv", "cas", "k", "1", bad], ["kv", "list", "--prefix", bad], ["kv", "watch", "--prefix", bad],
+        ["scope", "create", bad], ["scope", "delete", bad],
+    ):
+        result = CliRunner().invoke(main, args + cluster)
+        assert result.exit_code == 2, (args, result.output, result.exception)
+        assert "not valid UTF-8" in result.output, args
+        assert "Traceback" not in result.output
