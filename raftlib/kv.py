@@ -630,7 +630,8 @@ class KVWatch:
     leave the ``async with`` block) to stop the feed on the member.
 
     Raises :class:`~raftlib.errors.LogCompacted` if it must start at a
-    revision the members no longer keep, :class:`~raftlib.errors.KVError`
+    revision the members no longer keep, or falls behind what they keep
+    (the message names the revision), :class:`~raftlib.errors.KVError`
     if the feed skipped a change (it never should), and the errors of the
     underlying ``listen``.
     """
@@ -722,7 +723,19 @@ async def _events(changes: AsyncIterator[Change], scope: str | None, prefix: str
     last: int | None = None
     """The store revision after the last change read."""
     try:
-        async for change in changes:
+        while True:
+            try:
+                change = await anext(changes)
+            except StopAsyncIteration:
+                return
+            except LogCompacted as exc:
+                # The feed's message names log indexes and Peer.listen: say it in revisions.
+                where = f"from revision {first_revision} on" if last is None else f"after revision {last}"
+                raise LogCompacted(
+                    f"changes {where} are no longer kept by the member this watch reads from (it fell more than "
+                    f"Config.listen_backlog changes behind, or the member installed a snapshot); read the current "
+                    f"state (KVClient.items) and watch from its revision + 1"
+                ) from exc
             result = change.result
             if not isinstance(result, dict) or type(result.get("revision")) is not int:
                 continue  # handle_write raised: not a KVStateMachine change

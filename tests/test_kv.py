@@ -374,6 +374,35 @@ async def test_watch_raises_when_the_feed_no_longer_reaches_back_or_has_a_gap() 
         await drain(make_watch(gap, None, from_revision=1))
 
 
+async def test_a_watch_that_falls_behind_what_members_keep_says_so_in_revisions() -> None:
+    """The feed's LogCompacted names log indexes and Peer.listen; a watch's
+    reader needs the revision to resume from and how."""
+    _, changes = feed_of(COMMANDS)
+
+    def listen_then_compacted(kept: list[Change]) -> Any:
+        async def listen(from_index: int) -> AsyncIterator[Change]:
+            for change in kept:
+                yield change
+            raise errors.LogCompacted("changes up to index 40 are no longer kept on s1; listen from 41")
+
+        return listen
+
+    async def zero() -> int:
+        return 0
+
+    watch = KVWatch(listen_then_compacted(changes[:4]), zero, zero, None, "", 1)
+    assert [e.version for e in [await anext(watch) for _ in range(4)]] == [1, 2, 3, 4]
+    with pytest.raises(errors.LogCompacted) as raised:
+        await anext(watch)
+    message = str(raised.value)
+    assert "after revision 4" in message and "KVClient.items" in message and "index" not in message
+    # Before the first change it read: from the revision it was to start at.
+    watch = KVWatch(listen_then_compacted([]), zero, zero, None, "", 3)
+    with pytest.raises(errors.LogCompacted, match="from revision 3 on") as raised:
+        await anext(watch)
+    assert "index" not in str(raised.value)
+
+
 async def test_watch_ignores_changes_whose_handler_raised_and_checks_its_arguments() -> None:
     _, changes = feed_of(COMMANDS[:1])
     changes.insert(0, Change(0, 1, ["?"], None, "ValueError: x"))
