@@ -260,13 +260,18 @@ def _run(coro: Any) -> Any:
 
 
 def _to_jsonable(value: Any) -> Any:
+    """``value`` as standard JSON can show it: bytes as text (or ``base64:...``),
+    map keys as strings, and NaN and the infinities as ``"NaN"``, ``"Infinity"``
+    and ``"-Infinity"`` (JSON has no literal for them)."""
     if isinstance(value, bytes):
         try:
             return value.decode()
         except UnicodeDecodeError:
             return "base64:" + base64.b64encode(value).decode()
+    if isinstance(value, float) and not math.isfinite(value):
+        return json.dumps(value)
     if isinstance(value, dict):
-        return {str(k): _to_jsonable(v) for k, v in value.items()}
+        return {(k if isinstance(k, str) else str(_to_jsonable(k))): _to_jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_to_jsonable(v) for v in value]
     return value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import socketserver
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from raftlib.cli import main
@@ -136,3 +138,21 @@ def test_text_that_is_not_utf8_is_a_usage_error_before_connecting() -> None:
         assert result.exit_code == 2, (args, result.output, result.exception)
         assert "not valid UTF-8" in result.output, args
         assert "Traceback" not in result.output
+
+
+def test_json_output_is_standard_json_for_every_value(capsys: pytest.CaptureFixture[str]) -> None:
+    # Values written through the API may hold floats JSON has no literal for, and bytes map keys.
+    from raftlib.cli import _echo
+
+    def strict(text: str) -> object:
+        def refuse(constant: str) -> object:
+            raise ValueError(f"{constant} is not JSON")
+
+        return json.loads(text, parse_constant=refuse)
+
+    for value, shown in (
+        (float("nan"), "NaN"), (float("inf"), "Infinity"), ([float("-inf"), 1.5], ["-Infinity", 1.5]),
+        ({b"key": b"value", 1: 2}, {"key": "value", "1": 2}), ({b"\xff": 0}, {"base64:/w==": 0}),
+    ):
+        _echo(value, True)
+        assert strict(capsys.readouterr().out) == shown
