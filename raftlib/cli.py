@@ -156,6 +156,17 @@ def _ms(t0: float) -> str:
 _LOG_LEVELS = click.Choice(["debug", "info", "warning", "error"])
 
 
+class _Seconds(click.FloatRange):
+    """A float range of seconds that also refuses NaN (FloatRange lets it
+    through: every comparison with NaN is false)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if isinstance(seconds, float) and math.isnan(seconds):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return seconds
+
+
 def _addresses(text: str) -> list[str]:
     """``ADDR[,ADDR...]`` as a list, each checked."""
     from .transport.tcp import parse_address
@@ -183,7 +194,7 @@ def _json_option(fn: Any) -> Any:
 
 
 def _timeout_option(fn: Any) -> Any:
-    return click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+    return click.option("--timeout", type=_Seconds(min=0.1), default=10.0, show_default=True,
                         help="Seconds allowed, retries included.")(fn)
 
 
@@ -342,7 +353,7 @@ def _initial_cluster(text: str) -> dict[str, str]:
 @click.option("--join", "join_seeds", default=None, metavar="ADDR[,ADDR]",
               help="Join a running cluster through any of these members.")
 @click.option("--learner", is_flag=True, help="With --join: join as a learner (a non-voting member).")
-@click.option("--join-timeout", type=click.FloatRange(min=0, min_open=True), default=120.0, show_default=True,
+@click.option("--join-timeout", type=_Seconds(min=0, min_open=True), default=120.0, show_default=True,
               metavar="SECONDS", help="With --join: give up if not a member after this long.")
 @click.option("--election-timeout-ms", type=click.IntRange(20, 60_000), default=None,
               help="Minimum election timeout (default 400 ms with 10 ms ticks).")
@@ -697,7 +708,7 @@ async def _statuses(addresses: list[str], timeout: float) -> list[tuple[str, dic
 @_cluster_option
 @_security_options
 @_json_option
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=3.0, show_default=True,
+@click.option("--timeout", type=_Seconds(min=0.1), default=3.0, show_default=True,
               help="Seconds allowed per member.")
 def status(cluster: str, as_json: bool, timeout: float) -> None:
     """Show every member: role, term, commit and applied index, last contact, lag."""
@@ -773,7 +784,7 @@ async def _call_any(addresses: list[str], op: str, args: dict[str, Any], timeout
 @click.option("--learner", is_flag=True, help="Add a learner (a non-voting member).")
 @_cluster_option
 @_security_options
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True)
+@click.option("--timeout", type=_Seconds(min=0.1), default=60.0, show_default=True)
 def members_add(name: str, address: str, learner: bool, cluster: str, timeout: float) -> None:
     """Add NAME at ADDRESS (it must be running: `raftlib serve` without --initial-cluster)."""
     _addresses(address)
@@ -786,7 +797,7 @@ def members_add(name: str, address: str, learner: bool, cluster: str, timeout: f
 @click.argument("name", callback=_utf8)
 @_cluster_option
 @_security_options
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True)
+@click.option("--timeout", type=_Seconds(min=0.1), default=30.0, show_default=True)
 def members_remove(name: str, cluster: str, timeout: float) -> None:
     """Remove NAME from the cluster (stop its process afterwards). Removing a
     name that is not a member changes nothing."""
@@ -800,7 +811,7 @@ def members_remove(name: str, cluster: str, timeout: float) -> None:
 @click.option("--to", "to", default=None, help="The member to hand over to (default: the most up-to-date one).")
 @_cluster_option
 @_security_options
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True)
+@click.option("--timeout", type=_Seconds(min=0.1), default=10.0, show_default=True)
 def members_transfer(to: str | None, cluster: str, timeout: float) -> None:
     """Hand leadership to another voter without an election timeout."""
 

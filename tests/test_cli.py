@@ -156,3 +156,19 @@ def test_json_output_is_standard_json_for_every_value(capsys: pytest.CaptureFixt
     ):
         _echo(value, True)
         assert strict(capsys.readouterr().out) == shown
+
+
+def test_a_nan_timeout_is_a_usage_error() -> None:
+    # click's FloatRange lets NaN through (every comparison with it is false); a
+    # deadline of NaN then ended every command with a misleading "Unavailable".
+    for args in (
+        ["kv", "get", "k", "--cluster", "127.0.0.1:1"], ["kv", "watch", "--cluster", "127.0.0.1:1"],
+        ["scope", "list", "--cluster", "127.0.0.1:1"], ["status", "--cluster", "127.0.0.1:1"],
+        ["members", "remove", "s9", "--cluster", "127.0.0.1:1"],
+    ):
+        result = CliRunner().invoke(main, args + ["--timeout", "nan"])
+        assert result.exit_code == 2, (args, result.output)
+        assert "'nan' is not a number of seconds" in result.output, args
+    result = CliRunner().invoke(main, ["serve", "--name", "s1", "--listen", "127.0.0.1:1", "--memory",
+                                       "--join", "127.0.0.1:2", "--join-timeout", "nan"])
+    assert result.exit_code == 2 and "is not a number of seconds" in result.output, result.output
