@@ -175,7 +175,9 @@ class KVStateMachine(StateMachine):
     sorted by key; ``["scopes"]`` the sorted scope names; ``["revision"]``
     the store revision. A refused read returns an error dict as above.
 
-    Keys and scope names are non-empty ``str``.
+    Keys and scope names are non-empty ``str``. A stored value may nest
+    lists and maps at most 1020 levels deep (a snapshot holds it 4 levels
+    down, and msgpack encodes 1024).
     """
 
     def __init__(self) -> None:
@@ -288,6 +290,7 @@ class KVStateMachine(StateMachine):
 
     def _put(self, scope: Any, key: Any, value: Any) -> dict[str, Any]:
         _check_name(key, "key")
+        _check_storable(value)
         keys = self._keys_of(scope)
         prev = keys[key][1] if key in keys else 0
         version = self._bump()
@@ -309,6 +312,7 @@ class KVStateMachine(StateMachine):
                 raise _Refused(BAD_REQUEST, f"expected_version must be None or an int >= 0, got {_short(expected_version)}")
             if expected is not None:
                 raise _Refused(BAD_REQUEST, "give an expected value or an expected version, not both")
+        _check_storable(new)
         keys = self._keys_of(scope)
         current = keys.get(key)
         version = current[1] if current is not None else 0
@@ -368,6 +372,25 @@ class KVStateMachine(StateMachine):
 def _check_name(name: Any, what: str) -> None:
     if not isinstance(name, str) or not name:
         raise _Refused(BAD_REQUEST, f"a {what} must be a non-empty str, got {_short(name)}")
+
+
+_SNAPSHOT_NESTING = 4
+"""How many containers :meth:`KVStateMachine.snapshot` puts around a value."""
+
+
+def _check_storable(value: Any) -> None:
+    """Refuse a value that a snapshot could not hold: msgpack encodes at most
+    1024 levels of lists and maps, and a snapshot puts each value 4 levels
+    down, so a value accepted here would make every later snapshot fail."""
+    if isinstance(value, (list, tuple, dict)):
+        wrapped = value
+        for _ in range(_SNAPSHOT_NESTING):
+            wrapped = [wrapped]
+        try:
+            codec.pack(wrapped, "value")
+        except TypeError:
+            raise _Refused(BAD_REQUEST, "the value is nested too deeply to be stored (a value may nest lists "
+                                        "and maps 1020 levels deep)") from None
 
 
 def _check_prefix(prefix: Any) -> None:

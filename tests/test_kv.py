@@ -113,6 +113,27 @@ def test_cas_by_value_compares_deeply_nested_values_without_raising() -> None:
     assert read(sm, ["get", "default", "k"]) == ["y", 2]
 
 
+def test_a_value_too_deep_for_a_snapshot_is_refused() -> None:
+    """A snapshot holds each value 4 levels down, and msgpack encodes at most
+    1024: a value nested deeper than 1020 would make every later snapshot fail."""
+
+    def nested(depth: int) -> Any:
+        value: Any = 0
+        for _ in range(depth):
+            value = [value]
+        return value
+
+    sm = KVStateMachine()
+    assert applied(sm, ["put", "default", "ok", nested(1020)])["changed"] is True
+    for command in (["put", "default", "deep", nested(1021)], ["cas", "default", "deep", None, 0, nested(1023)]):
+        result = applied(sm, command)
+        assert result["error"] == "bad_request" and "nested" in result["message"], result
+    assert read(sm, ["get", "default", "deep"]) is None and sm.revision == 1
+    restored = KVStateMachine()
+    restored.restore(sm.snapshot())
+    assert restored.snapshot() == sm.snapshot()
+
+
 def test_cas_by_version() -> None:
     sm = KVStateMachine()
     assert applied(sm, ["cas", "default", "k", None, 1, "a"])["changed"] is False  # absent has version 0
