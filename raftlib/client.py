@@ -313,7 +313,18 @@ class Client:
                     errors.append(str(exc))
                     refused += isinstance(exc, AuthenticationFailed)
                     continue
-                await self._learn_leader(conn)
+                try:
+                    # Something that accepts connections is not necessarily a
+                    # member (a stale address now used by another service, a
+                    # hung process): only one that answers is used.
+                    await self._learn_leader(conn, min(self._connect_timeout, max(0.05, deadline - loop.time())))
+                except (RaftError, OSError) as exc:
+                    await conn.close()
+                    errors.append(f"{address} did not answer as a raftlib member: {exc}")
+                    continue
+                except BaseException:
+                    await conn.close()
+                    raise
                 return conn
             if refused == len(order):
                 # Waiting will not change credentials: say so now rather than at the deadline.
@@ -322,12 +333,10 @@ class Client:
                 raise Unavailable(f"could not reach any of {order}: {'; '.join(errors[-len(order):])}")
             await asyncio.sleep(min(0.1, max(0.0, deadline - loop.time())))
 
-    async def _learn_leader(self, conn: RpcConnection) -> None:
-        """Ask the member for the leader's address, to go there next time."""
-        try:
-            status = await conn.call("status", {}, timeout=self._connect_timeout)
-        except (RaftError, OSError):
-            return
+    async def _learn_leader(self, conn: RpcConnection, timeout: float) -> None:
+        """Ask the member for the leader's address, to go there next time.
+        Raises what the call raised if the member did not answer."""
+        status = await conn.call("status", {}, timeout=timeout)
         leader = status.get("leader") if isinstance(status, dict) else None
         members = status.get("members") if isinstance(status, dict) else None
         if isinstance(leader, str) and isinstance(members, dict) and isinstance(members.get(leader), dict):

@@ -443,6 +443,49 @@ async def test_connect_errors() -> None:
         await raftlib.connect(["127.0.0.1:9"], timeout=0.3)
 
 
+async def _answers_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.read(100)
+    writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+    await writer.drain()
+    await asyncio.sleep(60)
+
+
+async def _sends_garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(b"\xff" * 64)
+    await writer.drain()
+    await asyncio.sleep(60)
+
+
+async def _never_answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await asyncio.sleep(60)
+
+
+@pytest.mark.parametrize("impostor", [_answers_http, _sends_garbage, _never_answers])
+async def test_connect_skips_addresses_that_accept_connections_but_are_not_members(
+    cluster: Cluster, impostor: Any
+) -> None:
+    """An address in the list that accepts TCP connections but does not answer
+    as a member (another service, a hung process) was used anyway: the
+    client kept reconnecting to it, first in the list, and never tried the
+    member after it."""
+    from clusterkit import fake_server
+
+    peers = await cluster.start(1)
+    loop = asyncio.get_running_loop()
+    async with fake_server(impostor) as address:
+        start = loop.time()
+        client = await raftlib.connect([address, peers["s1"].address], timeout=5, connect_timeout=0.5)
+        try:
+            assert await client.write(["set", "a", 1]) == ["ok", "a", 1]
+        finally:
+            await client.close()
+        assert loop.time() - start < 3
+        start = loop.time()
+        with pytest.raises(errors.Unavailable, match="did not answer as a raftlib member"):
+            await raftlib.connect([address], timeout=1, connect_timeout=0.5)
+        assert loop.time() - start < 2  # not a wait past the timeout
+
+
 async def test_forwarding_without_a_reachable_leader_ends_in_a_clear_error(cluster: Cluster) -> None:
     peers = await cluster.start(3)
     leader = await cluster.leader()
