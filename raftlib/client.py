@@ -117,6 +117,11 @@ class Client:
             last: BaseException | None = None
             backoff = 0.01
             while True:
+                if self._closed:
+                    if maybe_applied:
+                        raise OutcomeUnknown(f"the client was closed while write {seq} was in flight; it may have "
+                                             f"been applied (last error: {last})")
+                    raise PeerStopped(f"the client was closed before write {seq} was sent; it was not applied")
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
@@ -175,6 +180,7 @@ class Client:
         last: BaseException | None = None
         backoff = 0.01
         while loop.time() < deadline:
+            self._check_open()
             remaining = deadline - loop.time()
             try:
                 conn = await self._connection(remaining)
@@ -222,6 +228,7 @@ class Client:
                 # then LogCompacted says so).
                 continue
             except (ConnectionLost, Unavailable, PeerStopped) as exc:
+                self._check_open()
                 await self._drop_connection()
                 lost_since = lost_since or loop.time()
                 if loop.time() - lost_since > self.timeout:
@@ -237,6 +244,7 @@ class Client:
         deadline = loop.time() + self.timeout
         last: BaseException | None = None
         while loop.time() < deadline:
+            self._check_open()
             try:
                 conn = await self._connection(deadline - loop.time())
                 status: dict[str, Any] = await conn.call("status", {}, timeout=max(0.1, deadline - loop.time()))
@@ -248,7 +256,12 @@ class Client:
         raise Unavailable(f"no member answered a status request in time (last error: {last})")
 
     async def close(self) -> None:
-        """Close the session (best effort) and the connection. Idempotent."""
+        """Close the session (best effort) and the connection. Idempotent.
+
+        Calls still running end instead of reconnecting: a write already
+        sent raises :class:`~raftlib.errors.OutcomeUnknown`, one not sent
+        yet, a read or ``listen`` :class:`~raftlib.errors.PeerStopped`.
+        """
         if self._closed:
             return
         self._closed = True
@@ -283,10 +296,13 @@ class Client:
             self._conn_to_replace = True
 
     async def _connection(self, within: float) -> RpcConnection:
+        """The connection to use, opened if needed; raises PeerStopped once the client is closed."""
+        self._check_open()
         conn = self._conn
         if conn is not None and not conn.closed and not self._conn_to_replace:
             return conn
         async with self._connecting:
+            self._check_open()
             conn = self._conn
             if conn is not None and not conn.closed and not self._conn_to_replace:
                 return conn
@@ -294,8 +310,12 @@ class Client:
             if conn is not None:
                 await conn.close()
                 self._conn = None
-            self._conn = await self._open_any(within)
-            return self._conn
+            conn = await self._open_any(within)
+            if self._closed:  # closed meanwhile: nothing may reopen what close() closed
+                await conn.close()
+                self._check_open()
+            self._conn = conn
+            return conn
 
     async def _open_any(self, within: float) -> RpcConnection:
         loop = asyncio.get_running_loop()
@@ -369,6 +389,7 @@ class Client:
         loop = asyncio.get_running_loop()
         last: BaseException | None = None
         while loop.time() < deadline:
+            self._check_open()
             remaining = deadline - loop.time()
             try:
                 conn = await self._connection(remaining)

@@ -382,6 +382,50 @@ async def test_client_retry_after_a_lost_connection_applies_once(cluster: Cluste
         await client.close()
 
 
+async def test_calls_in_flight_when_the_client_closes_end_without_reconnecting(cluster: Cluster) -> None:
+    """close() dropped the connection under calls still running, and they
+    carried on: a write reconnected (a connection nothing would close), found
+    its session closed and retried until its timeout, and a change feed
+    kept reconnecting for the client's whole timeout."""
+    await cluster.start(1)
+    peer = await cluster.start_peer("s2", sm=GatedKV)
+    await cluster.peers["s1"].add_member("s2", peer.address)
+    await cluster.peers["s1"].transfer_leadership("s2")
+    await eventually(lambda: peer.is_leader)
+    sm: GatedKV = peer.state_machine  # type: ignore[assignment]
+    client = await raftlib.connect([peer.address], timeout=10)
+    session = client.client_id
+
+    async def follow() -> None:
+        async for _ in client.listen():
+            pass
+
+    loop = asyncio.get_running_loop()
+    feed = asyncio.ensure_future(follow())
+    write = asyncio.ensure_future(client.write(["slow", "x", 7]))
+    try:
+        await asyncio.wait_for(sm.entered.wait(), 5)
+        await client.close()
+        start = loop.time()
+        with pytest.raises(errors.OutcomeUnknown, match="closed while write 1 was in flight"):
+            await write  # sent, not answered: it may have been applied
+        with pytest.raises(errors.PeerStopped, match="closed"):
+            await feed
+        assert loop.time() - start < 2
+        assert client._conn is None
+        assert not [t for t in asyncio.all_tasks() if t.get_name() == f"raftlib-rpc-{peer.address}"]
+        with pytest.raises(errors.PeerStopped, match="closed"):
+            await client.write(["set", "y", 1])
+    finally:
+        sm.gate.set()
+        write.cancel()
+        feed.cancel()
+        await asyncio.gather(write, feed, return_exceptions=True)
+        await client.close()
+    await eventually(lambda: sm.applied.count(["set", "x", 7]) == 1 and session not in peer._sessions)
+    assert len(peer._sessions) == 0  # no new session was opened after close()
+
+
 async def test_client_follows_a_leader_change_and_its_feed_has_no_gaps(cluster: Cluster) -> None:
     peers = await cluster.start(3)
     client = await raftlib.connect([p.address for p in peers.values()], timeout=10)
