@@ -81,6 +81,8 @@ class Client:
         self._preferred: str | None = None
         self._conn_to_replace = False
         """The leader is elsewhere: reconnect there before the next call."""
+        self._avoid: str | None = None
+        """The member that last failed to find a leader (tried last)."""
         self.client_id = ""
         self._seq = 0
         self._done: set[int] = set()
@@ -125,6 +127,7 @@ class Client:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
+                conn: RpcConnection | None = None
                 try:
                     conn = await self._connection(remaining)
                     result = await conn.call(
@@ -146,7 +149,7 @@ class Client:
                     continue
                 except _NOT_APPLIED as exc:
                     last = exc
-                    self._follow(exc)
+                    self._follow(exc, conn)
                 except _UNKNOWN as exc:
                     last = exc
                     maybe_applied = True
@@ -182,13 +185,14 @@ class Client:
         while loop.time() < deadline:
             self._check_open()
             remaining = deadline - loop.time()
+            conn: RpcConnection | None = None
             try:
                 conn = await self._connection(remaining)
                 return await conn.call("read", {"query": query, "consistency": consistency, "timeout": remaining},
                                        timeout=remaining + 1.0)
             except _NOT_APPLIED + _UNKNOWN as exc:
                 last = exc
-                self._follow(exc)
+                self._follow(exc, conn)
                 if isinstance(exc, _UNKNOWN):
                     await self._drop_connection()
             await asyncio.sleep(backoff)
@@ -289,10 +293,18 @@ class Client:
             self._ack += 1
             self._done.discard(self._ack)
 
-    def _follow(self, exc: BaseException) -> None:
-        """After a NotLeader naming the leader, talk to it directly next time."""
-        if isinstance(exc, NotLeader) and exc.leader_address and exc.leader_address != self._preferred:
-            self._preferred = exc.leader_address
+    def _follow(self, exc: BaseException, conn: RpcConnection | None) -> None:
+        """After a NotLeader naming the leader, talk to it directly next time.
+        If member ``conn`` knows no leader, cannot reach it or is stopping,
+        try the other members first."""
+        if isinstance(exc, NotLeader) and exc.leader_address:
+            if exc.leader_address != self._preferred:
+                self._preferred = exc.leader_address
+                self._conn_to_replace = True
+        elif isinstance(exc, (NotLeader, Unavailable, PeerStopped)) and conn is not None and conn is self._conn:
+            self._avoid = conn.address
+            if self._preferred == conn.address:
+                self._preferred = None
             self._conn_to_replace = True
 
     async def _connection(self, within: float) -> RpcConnection:
@@ -320,10 +332,15 @@ class Client:
     async def _open_any(self, within: float) -> RpcConnection:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
-        order = ([self._preferred] if self._preferred else []) + [a for a in self.addresses if a != self._preferred]
+        first = [self._preferred] if self._preferred else []
+        # A member that just failed to find a leader is tried last.
+        last = [self._avoid] if self._avoid in self.addresses and self._avoid not in first else []
+        order = first + [a for a in self.addresses if a not in first and a not in last] + last
         errors: list[str] = []
         while True:
             refused = 0
+            leaderless: RpcConnection | None = None
+            """The first member that answered but knows no leader: used only if none knows one."""
             for address in order:
                 timeout = min(self._connect_timeout, max(0.05, deadline - loop.time()))
                 try:
@@ -337,15 +354,28 @@ class Client:
                     # Something that accepts connections is not necessarily a
                     # member (a stale address now used by another service, a
                     # hung process): only one that answers is used.
-                    await self._learn_leader(conn, min(self._connect_timeout, max(0.05, deadline - loop.time())))
+                    knows = await self._learn_leader(conn, min(self._connect_timeout, max(0.05, deadline - loop.time())))
                 except (RaftError, OSError) as exc:
                     await conn.close()
                     errors.append(f"{address} did not answer as a raftlib member: {exc}")
                     continue
                 except BaseException:
                     await conn.close()
+                    if leaderless is not None:
+                        await leaderless.close()
                     raise
-                return conn
+                if knows:
+                    if leaderless is not None:
+                        await leaderless.close()
+                    return conn
+                # Cut off from the others, or an election is under way: a
+                # member on the majority's side may know the leader already.
+                if leaderless is None:
+                    leaderless = conn
+                else:
+                    await conn.close()
+            if leaderless is not None:
+                return leaderless
             if refused == len(order):
                 # Waiting will not change credentials: say so now rather than at the deadline.
                 raise AuthenticationFailed(f"every member refused this client: {'; '.join(errors[-len(order):])}")
@@ -353,9 +383,10 @@ class Client:
                 raise Unavailable(f"could not reach any of {order}: {'; '.join(errors[-len(order):])}")
             await asyncio.sleep(min(0.1, max(0.0, deadline - loop.time())))
 
-    async def _learn_leader(self, conn: RpcConnection, timeout: float) -> None:
-        """Ask the member for the leader's address, to go there next time.
-        Raises what the call raised if the member did not answer."""
+    async def _learn_leader(self, conn: RpcConnection, timeout: float) -> bool:
+        """Ask the member for the leader's address, to go there next time;
+        return whether it named one. Raises what the call raised if the
+        member did not answer."""
         status = await conn.call("status", {}, timeout=timeout)
         leader = status.get("leader") if isinstance(status, dict) else None
         members = status.get("members") if isinstance(status, dict) else None
@@ -370,6 +401,7 @@ class Client:
         for address in known:
             if isinstance(address, str) and address not in self.addresses:
                 self.addresses.append(address)
+        return isinstance(leader, str)
 
     async def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
@@ -391,6 +423,7 @@ class Client:
         while loop.time() < deadline:
             self._check_open()
             remaining = deadline - loop.time()
+            conn: RpcConnection | None = None
             try:
                 conn = await self._connection(remaining)
                 await conn.call("open_session", {"client": client_id, "timeout": remaining},
@@ -402,7 +435,7 @@ class Client:
                 raise
             except _NOT_APPLIED + _UNKNOWN as exc:  # opening a session is idempotent
                 last = exc
-                self._follow(exc)
+                self._follow(exc, conn)
                 if isinstance(exc, _UNKNOWN):
                     await self._drop_connection()
             await asyncio.sleep(0.05)

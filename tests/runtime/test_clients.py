@@ -382,6 +382,28 @@ async def test_client_retry_after_a_lost_connection_applies_once(cluster: Cluste
         await client.close()
 
 
+async def test_a_client_leaves_a_member_cut_off_from_the_leader(cluster: Cluster) -> None:
+    """A member that knows no leader answers NotLeader without a hint, or
+    times out waiting for one; the client kept sending to it (and
+    reconnected to it first) until its timeout, although the other members
+    had elected a leader."""
+    peers = await cluster.start(3)
+    client = await raftlib.connect([p.address for p in peers.values()], timeout=5)
+    try:
+        await client.write(["set", "a", 0])
+        old = await cluster.leader()
+        assert client.leader_address == old.address
+        cluster.isolate(old.name)
+        new = await eventually(lambda: next((p for p in peers.values() if p.is_leader and p is not old), None))
+        await eventually(lambda: old.leader is None)
+        assert await client.write(["set", "a", 1]) == ["ok", "a", 1]
+        assert await client.read(["get", "a"]) == ["ok", 1]
+        assert client.leader_address == new.address
+        assert new.state_machine.applied.count(["set", "a", 1]) == 1
+    finally:
+        await client.close()
+
+
 async def test_calls_in_flight_when_the_client_closes_end_without_reconnecting(cluster: Cluster) -> None:
     """close() dropped the connection under calls still running, and they
     carried on: a write reconnected (a connection nothing would close), found
