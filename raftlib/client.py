@@ -28,6 +28,7 @@ from .config import check_timeout
 from .errors import (
     AuthenticationFailed,
     CommandFailed,
+    CommandTooLarge,
     ConfigError,
     ConnectionLost,
     LeadershipLost,
@@ -109,7 +110,7 @@ class Client:
         """
         self._check_open()
         check_timeout(timeout)
-        _check_sendable(codec.pack(command, "command"), "command")  # a TypeError now, before anything is sent
+        _check_sendable(codec.pack(command, "command"), "command", self._max_frame_size)  # before anything is sent
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.timeout if timeout is None else timeout)
         self._seq += 1
@@ -177,7 +178,7 @@ class Client:
         """
         self._check_open()
         check_timeout(timeout)
-        _check_sendable(codec.pack(query, "query"), "query")  # a TypeError now, before anything is sent
+        _check_sendable(codec.pack(query, "query"), "query", self._max_frame_size)  # before anything is sent
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.timeout if timeout is None else timeout)
         last: BaseException | None = None
@@ -442,11 +443,22 @@ class Client:
         raise Unavailable(f"could not open a client session in time (last error: {last})")
 
 
-def _check_sendable(data: bytes, what: str) -> None:
-    """Raise TypeError if the members would refuse a request frame carrying ``data``:
-    they accept map keys of scalar types only (see :mod:`raftlib.transport.framing`),
-    and close the connection on any other, so the request would only be retried
-    until the timeout and end as an outcome unknown."""
+_REQUEST_OVERHEAD = 1024
+"""At most what a request frame adds to the command or query it carries."""
+
+
+def _check_sendable(data: bytes, what: str, max_frame_size: int) -> None:
+    """Raise TypeError or CommandTooLarge if the members would refuse a request
+    frame carrying ``data``: they accept map keys of scalar types only (see
+    :mod:`raftlib.transport.framing`) and frames up to ``Config.max_frame_size``,
+    and close the connection on any other, so the request would only be
+    retried until the timeout and end as an outcome unknown."""
+    if len(data) > max_frame_size - _REQUEST_OVERHEAD:
+        raise CommandTooLarge(
+            f"the encoded {what} is {len(data)} bytes; a request frame carrying it would exceed max_frame_size "
+            f"({max_frame_size} bytes), which members refuse (and they refuse commands and queries over their "
+            f"Config.max_command_size)"
+        )
     try:
         unpack_wire(data)
     except ValueError as exc:
@@ -468,6 +480,10 @@ async def connect(
     """Connect to the cluster through any of ``addresses`` and open a session.
 
     ``timeout`` is the default time each call may take, retries included.
+    ``max_frame_size`` is the largest frame the client accepts or sends;
+    keep it equal to the members' ``Config.max_frame_size``, so that a
+    command or query too large for them raises
+    :class:`~raftlib.errors.CommandTooLarge` before it is sent.
     ``tls`` (a client certificate signed by the cluster's CA) or ``secret``
     must match how the members are secured (see :mod:`raftlib.security`).
     Raises :class:`~raftlib.errors.ConfigError` for malformed addresses or

@@ -303,6 +303,29 @@ async def test_client_writes_that_fail_do_not_hold_back_its_acknowledgements(tmp
         assert sorted(session.results) == [4]  # the results up to 3 were acknowledged
 
 
+async def test_a_command_too_large_for_a_frame_is_refused_before_it_is_sent(tmp_path: Any) -> None:
+    """Members close a connection whose frame exceeds Config.max_frame_size.
+    A client sent such a command anyway, again at each retry, and reported
+    after its whole timeout that it might have been applied."""
+    async with one_member_and_a_client(tmp_path, max_command_size=1000, max_frame_size=100_000,
+                                       snapshot_chunk_size=50_000) as (leader, _):
+        client = await raftlib.connect([leader.address], timeout=5, max_frame_size=100_000)
+        try:
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            with pytest.raises(errors.CommandTooLarge, match="max_frame_size"):
+                await client.write(["set", "a", "x" * 200_000])
+            with pytest.raises(errors.CommandTooLarge, match="max_frame_size"):
+                await client.read(["get", "x" * 200_000])
+            with pytest.raises(errors.CommandTooLarge, match="max_command_size"):
+                await client.write(["set", "a", "x" * 2000])  # fits a frame: the member refuses it
+            assert loop.time() - start < 1
+            assert await client.write(["set", "a", 1]) == ["ok", "a", 1]
+            assert leader._transport.stats["protocol_errors"] == 0
+        finally:
+            await client.close()
+
+
 async def test_writes_that_find_the_session_expired_together_share_one_new_session(tmp_path: Any) -> None:
     """Every write in flight when the session expired gets SessionExpired; each
     opened a session of its own, and all but one stayed in the replicated
