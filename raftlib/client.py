@@ -447,6 +447,10 @@ _REQUEST_OVERHEAD = 1024
 """At most what a request frame adds to the command or query it carries."""
 
 
+_MIN_FRAME_SIZE = 64 * 1024
+"""The smallest max_frame_size a client accepts: a member's status answer must fit."""
+
+
 def _check_sendable(data: bytes, what: str, max_frame_size: int) -> None:
     """Raise TypeError or CommandTooLarge if the members would refuse a request
     frame carrying ``data``: they accept map keys of scalar types only (see
@@ -486,10 +490,11 @@ async def connect(
     :class:`~raftlib.errors.CommandTooLarge` before it is sent.
     ``tls`` (a client certificate signed by the cluster's CA) or ``secret``
     must match how the members are secured (see :mod:`raftlib.security`).
-    Raises :class:`~raftlib.errors.ConfigError` for malformed addresses or
-    security settings and :class:`~raftlib.errors.Unavailable` if no member
-    could open a session within ``timeout`` (also when every member refused
-    this client's credentials).
+    Raises :class:`~raftlib.errors.ConfigError` for malformed addresses,
+    timeouts, ``max_frame_size`` or security settings and
+    :class:`~raftlib.errors.Unavailable` if no member could open a session
+    within ``timeout`` (also when every member refused this client's
+    credentials).
     """
     if isinstance(addresses, str) or not addresses:
         raise ConfigError("connect needs a non-empty list of member addresses")
@@ -499,6 +504,8 @@ async def connect(
     check_timeout(connect_timeout, "connect_timeout")
     if timeout is None or connect_timeout is None or timeout <= 0 or connect_timeout <= 0:
         raise ConfigError("timeout and connect_timeout must be positive")
+    if type(max_frame_size) is not int or max_frame_size < _MIN_FRAME_SIZE:
+        raise ConfigError(f"max_frame_size must be an int of at least {_MIN_FRAME_SIZE}, got {max_frame_size!r}")
     security = security_from(tls, secret)
     client = Client(addresses, timeout=timeout, connect_timeout=connect_timeout, max_frame_size=max_frame_size,
                     security=security)

@@ -532,6 +532,16 @@ async def test_connect_errors() -> None:
         await raftlib.connect(["127.0.0.1:9"], timeout=0.3)
 
 
+@pytest.mark.parametrize("size", [0, -1, "64MiB", 10])
+async def test_connect_refuses_a_bad_max_frame_size(cluster: Cluster, size: Any) -> None:
+    """A max_frame_size that is not a positive int raised a bare ValueError
+    from deep inside (leaving the socket it had opened), and one too small
+    for any answer made the client retry until its timeout."""
+    peers = await cluster.start(1)
+    with pytest.raises(errors.ConfigError, match="max_frame_size"):
+        await raftlib.connect([peers["s1"].address], timeout=2, max_frame_size=size)
+
+
 async def _answers_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     await reader.read(100)
     writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
