@@ -133,5 +133,6 @@ class Config:
 def check_timeout(timeout: Any, what: str = "timeout") -> None:
     """Raise :class:`~raftlib.errors.ConfigError` unless ``timeout`` is a
     number of seconds or ``None``."""
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))):
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or timeout != timeout):  # NaN
         raise ConfigError(f"{what} must be a number of seconds or None, got {timeout!r}")

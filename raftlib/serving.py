@@ -12,6 +12,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
 
+from .config import check_timeout
 from .errors import CommandFailed, ConfigError, Overloaded, ProtocolError, RaftError
 from .rpc import CANCEL, RESPONSE, STREAM, check_request, error_to_wire
 from .transport.tcp import Connection
@@ -206,4 +207,5 @@ class RequestServer:
 
 def _timeout(args: dict[str, Any]) -> float | None:
     value: float | None = arg(args, "timeout", (int, float, type(None)), None)
+    check_timeout(value)  # NaN too: a timer at NaN would upset the event loop's schedule
     return value

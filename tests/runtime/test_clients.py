@@ -619,6 +619,25 @@ async def test_a_request_forwarded_too_often_is_refused(cluster: Cluster) -> Non
         await conn.close()
 
 
+async def test_a_forwarded_request_with_a_nan_timeout_is_refused(cluster: Cluster) -> None:
+    from raftlib.rpc import RpcConnection
+
+    peers = await cluster.start(3)
+    leader = await cluster.leader()
+    follower = next(p for p in peers.values() if p is not leader)
+    await eventually(lambda: follower.leader == leader.name)
+    last = leader.status()["last_index"]
+    conn = await RpcConnection.open(follower.address)
+    try:
+        for op, args in [("write", {"command": ["set", "a", 1]}), ("read", {"query": ["get", "a"]}),
+                         ("close_session", {"client": "c"})]:
+            with pytest.raises(errors.ConfigError, match="timeout must be a number"):
+                await conn.call(op, {**args, "timeout": float("nan")}, timeout=5)
+    finally:
+        await conn.close()
+    assert leader.status()["last_index"] == last
+
+
 async def test_a_lease_read_on_a_late_clock_takes_a_heartbeat_round(cluster: Cluster) -> None:
     """The lease is counted in ticks, which stop while the event loop is
     blocked: a read that finds the core's clock behind must not trust it."""
