@@ -781,12 +781,14 @@ class Peer:
         forwarded to the leader (by a task) unless ``forward=False``.
         """
         self._check_running()
-        if self.is_leader or not forward:
-            return self._enqueue(EntryKind.NORMAL, codec.pack(command, "command", self.config.max_command_size))
-        return asyncio.ensure_future(self._forwarded_write(command, None, 0))
-
-    async def _forwarded_write(self, command: Any, timeout: float | None, hops: int) -> Any:
         data = codec.pack(command, "command", self.config.max_command_size)
+        if self.is_leader or not forward:
+            return self._enqueue(EntryKind.NORMAL, data)
+        return asyncio.ensure_future(self._forwarded_write(command, None, 0, data))
+
+    async def _forwarded_write(self, command: Any, timeout: float | None, hops: int, data: bytes | None = None) -> Any:
+        if data is None:
+            data = codec.pack(command, "command", self.config.max_command_size)
         return await self._on_leader(
             "write", {"command": command}, lambda deadline: self._submit(EntryKind.NORMAL, data, _remaining_of(deadline)),
             timeout, hops, idempotent=False,

@@ -488,6 +488,10 @@ async def test_submit_starts_writes_without_waiting_and_reports_like_write(tmp_p
             leader.submit(["set", "k", object()])
         with pytest.raises(errors.NotLeader):
             follower.submit(["set", "k", 1], forward=False)
+        with pytest.raises(TypeError, match="msgpack"):
+            follower.submit(["set", "k", object()])  # also on a follower, not through the future
+        with pytest.raises(errors.CommandTooLarge):
+            follower.submit(["set", "k", "x" * (c.config.max_command_size + 1)])
         with pytest.raises(errors.Overloaded):
             [leader.submit(["set", f"o{i}", i]) for i in range(60)]
         await asyncio.sleep(0.2)  # let the ones that were queued settle
