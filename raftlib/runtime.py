@@ -74,7 +74,7 @@ from .serving import RequestServer
 from .sessions import ClientEntry, Outcome, SessionOp, SessionTable
 from .snapshot import FileSnapshotStore, MemorySnapshotStore, SnapshotFile, SnapshotStore
 from .state_machine import StateMachine
-from .transport.framing import check_message
+from .transport.framing import check_message, unpack_wire
 from .transport.tcp import Connection, Transport, parse_address
 from .types import Change, Entry, EntryKind, HardState, Membership, NodeId, SnapshotMeta
 
@@ -584,9 +584,12 @@ class Peer:
             await asyncio.sleep(cfg.tick_interval)
 
     async def _on_leader(self, op: str, args: dict[str, Any], local: Callable[[float | None], Awaitable[Any]],
-                         timeout: float | None, hops: int, idempotent: bool = True) -> Any:
+                         timeout: float | None, hops: int, idempotent: bool = True,
+                         payload: tuple[str, bytes] | None = None) -> Any:
         """Run ``local`` on the leader: here if this peer leads, else forwarded
-        as request ``op`` with ``args``.
+        as request ``op`` with ``args``. ``payload`` is the user value in
+        ``args`` (what it is, and its encoding), checked before it is first
+        forwarded: raises TypeError if the leader could not decode it.
 
         A request that certainly did not apply (no leader, a leader that
         refused it, a peer that could not be reached) is tried again until
@@ -616,6 +619,9 @@ class Peer:
                         return await local(deadline)
                     if hops >= _MAX_HOPS:
                         raise self._not_leader(leader)
+                    if payload is not None and hops == 0:
+                        _check_forwardable(*payload)
+                        payload = None
                     return await self._forward(
                         leader, op, {**args, "hops": hops + 1, "timeout": _remaining(loop, deadline)}
                     )
@@ -746,7 +752,9 @@ class Peer:
 
         On a follower the write is forwarded to the leader (unless
         ``forward=False``) and its answer returned. Raises :class:`TypeError`
-        if msgpack cannot encode the command (nothing is appended);
+        if msgpack cannot encode the command, or it must be forwarded and
+        has map keys that cannot cross the network (see
+        :func:`raftlib.transport.framing.unpack_wire`; nothing is appended);
         :class:`NotLeader` (no leader emerged within a few election timeouts,
         or ``forward=False`` on a follower), :class:`ProposalDropped`,
         :class:`PeerStopped` or :class:`~raftlib.errors.Overloaded` (the
@@ -784,6 +792,7 @@ class Peer:
         data = codec.pack(command, "command", self.config.max_command_size)
         if self.is_leader or not forward:
             return self._enqueue(EntryKind.NORMAL, data)
+        _check_forwardable("command", data)
         return asyncio.ensure_future(self._forwarded_write(command, None, 0, data))
 
     async def _forwarded_write(self, command: Any, timeout: float | None, hops: int, data: bytes | None = None) -> Any:
@@ -791,7 +800,7 @@ class Peer:
             data = codec.pack(command, "command", self.config.max_command_size)
         return await self._on_leader(
             "write", {"command": command}, lambda deadline: self._submit(EntryKind.NORMAL, data, _remaining_of(deadline)),
-            timeout, hops, idempotent=False,
+            timeout, hops, idempotent=False, payload=("command", data),
         )
 
     async def _submit(self, kind: EntryKind, data: bytes, timeout: float | None) -> Any:
@@ -877,7 +886,7 @@ class Peer:
         return await self._on_leader(
             "read", {"query": query, "consistency": consistency},
             lambda deadline: self._read_local(data, consistency, _remaining_of(deadline)),
-            timeout, hops, idempotent=True,
+            timeout, hops, idempotent=True, payload=("query", data),
         )
 
     async def _read_local(self, data: bytes, consistency: str, timeout: float | None) -> Any:
@@ -964,7 +973,7 @@ class Peer:
             return await self._submit_client(ClientEntry(SessionOp.WRITE, client, seq, ack, stamp, data), deadline)
 
         return await self._on_leader("session_write", {"client": client, "seq": seq, "ack": ack, "command": command},
-                                     local, timeout, hops, idempotent=True)
+                                     local, timeout, hops, idempotent=True, payload=("command", data))
 
     async def _submit_client(self, entry: ClientEntry, deadline: float | None) -> Any:
         if entry.op is not SessionOp.WRITE:
@@ -2076,6 +2085,20 @@ def _pack_query(query: Any, consistency: str, limit: int) -> bytes:
     if consistency not in _CONSISTENCIES:
         raise ConfigError(f"consistency must be one of {', '.join(_CONSISTENCIES)}, got {consistency!r}")
     return codec.pack(query, "query", limit)
+
+
+def _check_forwardable(what: str, data: bytes) -> None:
+    """Raise TypeError if a peer would refuse a request carrying ``data``
+    (encoded by :func:`codec.pack`): peers accept map keys of scalar types
+    only, and close a connection that sends others, failing every request
+    on it as an outcome unknown."""
+    try:
+        unpack_wire(data)
+    except ValueError as exc:
+        raise TypeError(
+            f"the {what} cannot be forwarded to the leader: {exc} (map keys must be str, bytes, int, float, "
+            f"bool or None); send it to the leader, or use such keys"
+        ) from None
 
 
 def _remaining_of(deadline: float | None) -> float | None:

@@ -367,6 +367,31 @@ async def test_commands_and_results_keyed_by_ints_cross_the_network(cluster: Clu
     assert sum(p._transport.stats["protocol_errors"] for p in peers.values()) == 0
 
 
+async def test_a_follower_refuses_to_forward_map_keys_the_leader_would_refuse(cluster: Cluster) -> None:
+    """The leader takes commands with tuple map keys locally, but refuses a
+    request frame carrying them and closes the connection: a follower
+    forwarding one got ConnectionLost (outcome unknown, though nothing was
+    applied), as did every other request in flight on its pooled
+    connection, and a read was retried until its attempts ran out."""
+    peers = await cluster.start(3)
+    leader = await cluster.leader()
+    follower = next(p for p in peers.values() if p is not leader)
+    await eventually(lambda: follower.leader == leader.name)
+    await follower.open_session("c1", timeout=10)
+    last = leader.status()["last_index"]
+    with pytest.raises(TypeError, match="cannot be forwarded to the leader"):
+        await follower.write(["set", "t", {(1, 2): "x"}], timeout=10)
+    with pytest.raises(TypeError, match="cannot be forwarded to the leader"):
+        follower.submit(["set", "t", {(1, 2): "x"}])
+    with pytest.raises(TypeError, match="cannot be forwarded to the leader"):
+        await follower.session_write("c1", 1, ["set", "t", {(1, 2): "x"}], timeout=10)
+    with pytest.raises(TypeError, match="cannot be forwarded to the leader"):
+        await follower.read(["get", {(1, 2): "x"}], timeout=10)
+    assert leader.status()["last_index"] == last
+    assert await follower.write(["set", "t", {1: "x"}], timeout=10) == ["ok", "t", {1: "x"}]
+    assert sum(p._transport.stats["protocol_errors"] for p in peers.values()) == 0
+
+
 async def test_a_client_refuses_map_keys_the_members_would_refuse_before_sending(cluster: Cluster) -> None:
     """Members accept scalar map keys only and close a connection that sends
     another; the client retried such a write until its timeout and reported
