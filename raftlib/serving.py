@@ -12,9 +12,11 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
 
+from . import codec
 from .config import check_timeout
 from .errors import CommandFailed, ConfigError, Overloaded, ProtocolError, RaftError
 from .rpc import CANCEL, RESPONSE, STREAM, check_request, error_to_wire
+from .transport.framing import unpack_wire
 from .transport.tcp import Connection
 
 if TYPE_CHECKING:
@@ -115,7 +117,10 @@ class RequestServer:
             elif handler is None:
                 raise ConfigError(f"unknown request {op[:64]!r}")
             else:
-                body = [rid, True, await handler(args)]
+                result = await handler(args)
+                if type(result) in (list, dict) and op in _USER_RESULTS:
+                    _check_result(op, result)
+                body = [rid, True, result]
         except RaftError as exc:
             body = [rid, False, error_to_wire(exc)]
         except (OSError, RuntimeError) as exc:
@@ -203,6 +208,24 @@ class RequestServer:
     async def _listen(self, args: dict[str, Any]) -> AsyncIterator[Any]:
         async for change in self._peer.listen(arg(args, "from_index", int, 0)):
             yield [change.index, change.term, change.command, change.result, change.error]
+
+
+_USER_RESULTS = {"write": "the write was applied", "session_write": "the write was applied",
+                 "read": "the read changed nothing"}
+"""The requests that answer with a value of the state machine's, and what an error answer means for them."""
+
+
+def _check_result(op: str, result: Any) -> None:
+    """Raise CommandFailed if the caller would refuse an answer carrying
+    ``result``: peers and clients accept map keys of scalar types only, and
+    close a connection that sends others (failing every request on it)."""
+    try:
+        unpack_wire(codec.pack(result, "result"))
+    except ValueError as exc:
+        raise CommandFailed(
+            f"the result cannot be sent back: {exc} (map keys must be str, bytes, int, float, bool or None); "
+            f"{_USER_RESULTS[op]}"
+        ) from None
 
 
 def _timeout(args: dict[str, Any]) -> float | None:

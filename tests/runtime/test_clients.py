@@ -392,6 +392,50 @@ async def test_a_follower_refuses_to_forward_map_keys_the_leader_would_refuse(cl
     assert sum(p._transport.stats["protocol_errors"] for p in peers.values()) == 0
 
 
+class TupleKeyedKV(KVStore):
+    """Answers ``["tuple", key]`` writes and reads with a dict keyed by a tuple."""
+
+    def handle_write(self, command: Any) -> Any:
+        if command[0] == "tuple":
+            self.applied.append(command)
+            return {(1, 2): command[1]}
+        return super().handle_write(command)
+
+    def handle_read(self, query: Any) -> Any:
+        return {(3, 4): query[1]} if query[0] == "tuple" else super().handle_read(query)
+
+
+async def test_a_result_that_cannot_cross_the_network_is_reported_as_such(cluster: Cluster) -> None:
+    """A result with tuple map keys is fine on the leader, but the answer
+    frame carrying it was refused by the peer or client that asked: the
+    connection closed, a follower's caller got ConnectionLost, and a client
+    retried until its timeout and reported the write's outcome unknown
+    (it was applied)."""
+    peers = await cluster.start(3, sm=TupleKeyedKV)
+    leader = await cluster.leader()
+    follower = next(p for p in peers.values() if p is not leader)
+    await eventually(lambda: follower.leader == leader.name)
+    assert await leader.write(["tuple", "l"]) == {(1, 2): "l"}
+    with pytest.raises(errors.CommandFailed, match="cannot be sent back.*the write was applied"):
+        await follower.write(["tuple", "f"], timeout=10)
+    with pytest.raises(errors.CommandFailed, match="cannot be sent back.*the read changed nothing"):
+        await follower.read(["tuple", "f"], timeout=10)
+    client = await raftlib.connect([leader.address], timeout=5)
+    try:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        with pytest.raises(errors.CommandFailed, match="the write was applied"):
+            await client.write(["tuple", "c"])
+        with pytest.raises(errors.CommandFailed, match="the read changed nothing"):
+            await client.read(["tuple", "c"])
+        assert loop.time() - start < 2
+        assert await client.write(["set", "a", 1]) == ["ok", "a", 1]
+    finally:
+        await client.close()
+    assert [c[1] for c in leader.state_machine.applied if c[0] == "tuple"] == ["l", "f", "c"]
+    assert sum(p._transport.stats["protocol_errors"] for p in peers.values()) == 0
+
+
 async def test_a_client_refuses_map_keys_the_members_would_refuse_before_sending(cluster: Cluster) -> None:
     """Members accept scalar map keys only and close a connection that sends
     another; the client retried such a write until its timeout and reported
