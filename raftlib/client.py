@@ -270,10 +270,14 @@ class Client:
         if self._closed:
             return
         self._closed = True
-        if self._conn is not None and not self._conn.closed and self.client_id:
-            with contextlib.suppress(RaftError, OSError):
-                await self._conn.call("close_session", {"client": self.client_id}, timeout=1.0)
-        await self._drop_connection()
+        try:
+            if self._conn is not None and not self._conn.closed and self.client_id:
+                with contextlib.suppress(RaftError, OSError):
+                    await self._conn.call("close_session", {"client": self.client_id}, timeout=1.0)
+        finally:
+            # Also when cancelled: a second close() returns at once, so this
+            # is the only chance to close the connection.
+            await self._drop_connection()
 
     async def __aenter__(self) -> Client:
         return self

@@ -540,6 +540,24 @@ async def test_calls_in_flight_when_the_client_closes_end_without_reconnecting(c
     assert len(peer._sessions) == 0  # no new session was opened after close()
 
 
+async def test_a_cancelled_close_still_closes_the_connection(cluster: Cluster) -> None:
+    """close() cancelled while it closed the session (an ``async with`` left
+    by a cancelled task) left the connection open, and a second close()
+    returned at once without closing it."""
+    peers = await cluster.start(1)
+    client = await raftlib.connect([peers["s1"].address], timeout=10)
+    conn = client._conn
+    assert conn is not None
+    closing = asyncio.ensure_future(client.close())
+    await asyncio.sleep(0)  # now waiting for the session to close
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    await client.close()
+    assert conn.closed and client._conn is None
+    assert not [t for t in asyncio.all_tasks() if t.get_name() == f"raftlib-rpc-{peers['s1'].address}"]
+
+
 async def test_client_follows_a_leader_change_and_its_feed_has_no_gaps(cluster: Cluster) -> None:
     peers = await cluster.start(3)
     client = await raftlib.connect([p.address for p in peers.values()], timeout=10)
