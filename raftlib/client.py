@@ -318,7 +318,14 @@ class Client:
         conn = self._conn
         if conn is not None and not conn.closed and not self._conn_to_replace:
             return conn
-        async with self._connecting:
+        # Another call may be opening a connection, for as long as its own
+        # timeout allows: wait for it only as long as this one's allows.
+        try:
+            async with asyncio.timeout(max(0.0, within)):
+                await self._connecting.acquire()
+        except TimeoutError:
+            raise Unavailable("no member could be reached in the time allowed") from None
+        try:
             self._check_open()
             conn = self._conn
             if conn is not None and not conn.closed and not self._conn_to_replace:
@@ -333,6 +340,8 @@ class Client:
                 self._check_open()
             self._conn = conn
             return conn
+        finally:
+            self._connecting.release()
 
     async def _open_any(self, within: float) -> RpcConnection:
         loop = asyncio.get_running_loop()

@@ -540,6 +540,32 @@ async def test_calls_in_flight_when_the_client_closes_end_without_reconnecting(c
     assert len(peer._sessions) == 0  # no new session was opened after close()
 
 
+async def test_a_call_does_not_wait_past_its_timeout_for_another_to_reconnect(cluster: Cluster) -> None:
+    """Calls share one connection, opened by one of them at a time. A call
+    with a short timeout waited for the one reconnecting, however long that
+    one's own timeout allowed it to try."""
+    peers = await cluster.start(1)
+    client = await raftlib.connect([peers["s1"].address], timeout=10)
+    try:
+        await peers["s1"].stop()
+        loop = asyncio.get_running_loop()
+
+        async def timed(call: Any) -> float:
+            start = loop.time()
+            with pytest.raises(errors.Unavailable):
+                await call
+            return loop.time() - start
+
+        long, short, read = await asyncio.gather(
+            timed(client.write(["set", "a", 1], timeout=3)),
+            timed(client.write(["set", "b", 1], timeout=0.3)),
+            timed(client.read(["get", "b"], timeout=0.3)),
+        )
+        assert long >= 3 and short < 1.5 and read < 1.5
+    finally:
+        await client.close()
+
+
 async def test_a_cancelled_close_still_closes_the_connection(cluster: Cluster) -> None:
     """close() cancelled while it closed the session (an ``async with`` left
     by a cancelled task) left the connection open, and a second close()
