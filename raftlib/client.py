@@ -84,6 +84,10 @@ class Client:
         """The leader is elsewhere: reconnect there before the next call."""
         self._avoid: str | None = None
         """The member that last failed to find a leader (tried last)."""
+        self._unreachable: str | None = None
+        """The leader's address, if this client could not connect to it (it
+        may advertise an address only the members can reach): the client
+        then stays with the member it reached, which forwards its requests."""
         self.client_id = ""
         self._seq = 0
         self._done: set[int] = set()
@@ -363,7 +367,11 @@ class Client:
                 except Unavailable as exc:
                     errors.append(str(exc))
                     refused += isinstance(exc, AuthenticationFailed)
+                    if address == self._preferred:
+                        self._unreachable = address
                     continue
+                if address == self._unreachable:
+                    self._unreachable = None
                 try:
                     # Something that accepts connections is not necessarily a
                     # member (a stale address now used by another service, a
@@ -408,7 +416,7 @@ class Client:
             address = members[leader].get("address")
             if isinstance(address, str) and address != conn.address:
                 self._preferred = address
-                self._conn_to_replace = True
+                self._conn_to_replace = address != self._unreachable
             elif address == conn.address:
                 self._preferred = address
         known = [m.get("address") for m in members.values() if isinstance(m, dict)] if isinstance(members, dict) else []

@@ -540,6 +540,44 @@ async def test_calls_in_flight_when_the_client_closes_end_without_reconnecting(c
     assert len(peer._sessions) == 0  # no new session was opened after close()
 
 
+async def test_a_client_that_cannot_reach_the_leader_stays_with_a_member_that_forwards(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Members may advertise addresses that only they can reach (behind NAT,
+    in containers). A client told the leader is at one tried to move there
+    before every call, paying a connect timeout each time (all of a
+    shorter call timeout)."""
+    from raftlib.rpc import RpcConnection
+
+    peers = await cluster.start(3)
+    leader = await cluster.leader()
+    follower = next(p for p in peers.values() if p is not leader)
+    await eventually(lambda: follower.leader == leader.name)
+    real_open = RpcConnection.open.__func__  # type: ignore[attr-defined]
+    tried: list[str] = []
+
+    async def open_(cls: Any, address: str, **kwargs: Any) -> RpcConnection:
+        if kwargs.get("name") is None and address == leader.address:  # the client's, to the leader
+            tried.append(address)
+            await asyncio.sleep(kwargs["timeout"])
+            raise errors.Unavailable(f"cannot connect to {address}: timed out")
+        conn: RpcConnection = await real_open(cls, address, **kwargs)
+        return conn
+
+    monkeypatch.setattr(RpcConnection, "open", classmethod(open_))
+    client = await raftlib.connect([follower.address], timeout=10, connect_timeout=0.5)
+    try:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for i in range(5):
+            assert await client.write(["set", "a", i], timeout=2) == ["ok", "a", i]
+        assert await client.read(["get", "a"], timeout=0.4) == ["ok", 4]
+        assert len(tried) == 1
+        assert loop.time() - start < 2
+    finally:
+        await client.close()
+
+
 async def test_a_call_does_not_wait_past_its_timeout_for_another_to_reconnect(cluster: Cluster) -> None:
     """Calls share one connection, opened by one of them at a time. A call
     with a short timeout waited for the one reconnecting, however long that
