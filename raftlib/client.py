@@ -211,8 +211,11 @@ class Client:
 
         A reader that falls far behind is resumed where it stopped reading.
         Raises :class:`~raftlib.errors.LogCompacted` if the members no
-        longer keep changes that old, and :class:`~raftlib.errors.Unavailable`
-        if no member can be reached for the client's timeout.
+        longer keep changes that old, :class:`~raftlib.errors.Unavailable`
+        if no member can be reached for the client's timeout, and
+        :class:`~raftlib.errors.ProtocolError` for a change whose command or
+        result has map keys that cannot cross the network (the message names
+        the index to listen from to go past it).
         """
         self._check_open()
         next_index = from_index

@@ -207,7 +207,18 @@ class RequestServer:
 
     async def _listen(self, args: dict[str, Any]) -> AsyncIterator[Any]:
         async for change in self._peer.listen(arg(args, "from_index", int, 0)):
-            yield [change.index, change.term, change.command, change.result, change.error]
+            item = [change.index, change.term, change.command, change.result, change.error]
+            if type(change.command) in (list, dict) or type(change.result) in (list, dict):
+                # The listener would refuse the frame and close the connection
+                # (failing every other request on it), then resume here again.
+                try:
+                    unpack_wire(codec.pack(item, "change"))
+                except ValueError as exc:
+                    raise ProtocolError(
+                        f"the change at index {change.index} cannot be sent: {exc} (map keys must be str, bytes, "
+                        f"int, float, bool or None); listen from {change.index + 1} to go past it"
+                    ) from None
+            yield item
 
 
 _USER_RESULTS = {"write": "the write was applied", "session_write": "the write was applied",

@@ -436,6 +436,34 @@ async def test_a_result_that_cannot_cross_the_network_is_reported_as_such(cluste
     assert sum(p._transport.stats["protocol_errors"] for p in peers.values()) == 0
 
 
+async def test_a_change_that_cannot_cross_the_network_ends_the_feed_with_an_error(cluster: Cluster) -> None:
+    """A change whose command has tuple map keys (written on the leader) made
+    the client refuse the member's stream frame and drop the connection,
+    failing the client's other calls with it; the feed then resumed at the
+    same change, forever."""
+    peers = await cluster.start(1)
+    s1 = peers["s1"]
+    client = await raftlib.connect([s1.address], timeout=10)
+    try:
+        await s1.write(["set", "a", 1])
+        await s1.write(["set", "t", {(1, 2): 3}])
+        bad = s1.status()["last_index"]
+        await s1.write(["set", "b", 2])
+        seen: list[Any] = []
+        with pytest.raises(errors.ProtocolError, match=f"index {bad} cannot be sent.*listen from {bad + 1} to go"):
+            async with asyncio.timeout(5):
+                async for change in client.listen():
+                    seen.append(change.command)
+        assert seen == [["set", "a", 1]]
+        async for change in client.listen(from_index=bad + 1):
+            assert change.command == ["set", "b", 2]
+            break
+        assert await client.write(["set", "c", 3]) == ["ok", "c", 3]
+    finally:
+        await client.close()
+    assert s1._transport.stats["protocol_errors"] == 0
+
+
 async def test_a_client_refuses_map_keys_the_members_would_refuse_before_sending(cluster: Cluster) -> None:
     """Members accept scalar map keys only and close a connection that sends
     another; the client retried such a write until its timeout and reported
