@@ -942,6 +942,7 @@ class Peer:
 
     async def close_session(self, client: str, timeout: float | None = None, *, hops: int = 0) -> None:
         """Forget client session ``client`` and the results it kept."""
+        check_timeout(timeout)
         entry = ClientEntry(SessionOp.CLOSE, _check_client(client))
         await self._on_leader("close_session", {"client": client},
                               lambda deadline: self._submit_client(entry, deadline), timeout, hops, idempotent=True)

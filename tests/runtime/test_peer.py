@@ -219,6 +219,7 @@ async def test_a_timeout_that_is_not_a_number_is_a_config_error(cluster: Cluster
         for call in (lambda: leader.write(["set", "a", 1], timeout=bad), lambda: leader.read(["get", "a"], timeout=bad),
                      lambda: leader.wait_for_leader(timeout=bad), lambda: leader.add_member("s9", "127.0.0.1:1", timeout=bad),
                      lambda: leader.session_write("c", 1, ["set", "a", 1], timeout=bad),
+                     lambda: leader.open_session("c", timeout=bad), lambda: leader.close_session("c", timeout=bad),
                      lambda: raftlib.connect([leader.address], timeout=bad),
                      lambda: raftlib.join(KVStore, name="s9", address="127.0.0.1:0", seeds=[leader.address],
                                           storage=MemoryStorage(), timeout=bad)):
