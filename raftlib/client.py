@@ -164,6 +164,8 @@ class Client:
             if maybe_applied:
                 raise WriteTimeout(f"write {seq} could not be confirmed within the time allowed; it may have been "
                                    f"applied (last error: {last})")
+            if last is None:
+                raise Unavailable(f"write {seq} was not applied: its timeout ran out before it could be sent")
             raise Unavailable(f"write {seq} was not applied: no leader could take it in time (last error: {last})")
         finally:
             # Whatever the outcome, this seq is never sent again: count it
@@ -202,6 +204,8 @@ class Client:
                     await self._drop_connection()
             await asyncio.sleep(backoff)
             backoff = min(0.5, backoff * 2)
+        if last is None:
+            raise Unavailable("the read was not sent: its timeout ran out first")
         raise Unavailable(f"the read got no answer in time (last error: {last})")
 
     async def listen(self, from_index: int = 0) -> AsyncIterator[Change]:
