@@ -137,7 +137,8 @@ class Client:
                     conn = await self._connection(remaining)
                     result = await conn.call(
                         "session_write",
-                        {"client": client, "seq": seq, "ack": self._ack, "command": command, "timeout": remaining},
+                        {"client": client, "seq": seq, "ack": self._ack if client == self.client_id else 0,
+                         "command": command, "timeout": remaining},
                         timeout=remaining + 1.0,
                     )
                     return result

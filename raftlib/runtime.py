@@ -963,6 +963,11 @@ class Peer:
         _check_client(client)
         if type(seq) is not int or seq <= 0 or type(ack) is not int or ack < 0:
             raise ConfigError("seq must be a positive int and ack a non-negative int")
+        if ack >= seq:
+            # The session would forget answers up to ack, this one's too, and
+            # answer it as "applied and acknowledged before" without applying it.
+            raise ConfigError(f"ack ({ack}) must be below seq ({seq}): it counts the answers received, "
+                              f"and this write's has not been")
         data = codec.pack(command, "command", self.config.max_command_size)
 
         async def local(deadline: float | None) -> Any:

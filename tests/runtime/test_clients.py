@@ -135,6 +135,14 @@ async def test_session_errors(cluster: Cluster) -> None:
         await s1.session_write("c", 0, ["set", "b", 1])
     with pytest.raises(errors.ConfigError):
         await s1.open_session("")
+    # An ack at or above seq claims this write's answer was received: it was
+    # answered "applied and acknowledged before" (CommandFailed) unapplied.
+    await s1.open_session("d")
+    for ack in (3, 4):
+        with pytest.raises(errors.ConfigError, match="ack .* must be below seq"):
+            await s1.session_write("d", 3, ["set", "d", 3], ack=ack)
+    assert await s1.session_write("d", 3, ["set", "d", 3], ack=2) == ["ok", "d", 3]
+    assert s1.state_machine.applied.count(["set", "d", 3]) == 1
 
 
 async def test_a_session_write_that_may_have_applied_is_never_reported_as_not_applied(cluster: Cluster) -> None:
