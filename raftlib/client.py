@@ -240,9 +240,12 @@ class Client:
                 raise
             except Overloaded:
                 # This reader fell STREAM_QUEUE_LIMIT items behind the member,
-                # which stopped sending: ask again from the next index (the
-                # member still keeps it unless it is older than the backlog,
-                # then LogCompacted says so).
+                # which stopped sending, or the member refused the request
+                # (too many outstanding on the connection): ask again from
+                # the next index (the member still keeps it unless it is
+                # older than the backlog, then LogCompacted says so), after a
+                # pause that spares a member already overloaded.
+                await asyncio.sleep(0.05)
                 continue
             except (ConnectionLost, Unavailable, PeerStopped) as exc:
                 self._check_open()

@@ -727,6 +727,45 @@ async def test_a_call_with_no_time_left_says_so(cluster: Cluster, timeout: float
     assert peers["s1"].state_machine.applied == [["set", "a", 2]]
 
 
+async def test_a_listener_refused_as_overloaded_backs_off(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A member refuses requests beyond MAX_REQUESTS_PER_CONNECTION with
+    Overloaded; a client's feed asked again at once, thousands of times a
+    second, for as long as the member stayed overloaded."""
+    from raftlib import serving
+
+    monkeypatch.setattr(serving, "MAX_REQUESTS_PER_CONNECTION", 3)
+    peers = await cluster.start(1, sm=GatedKV)
+    s1 = peers["s1"]
+    sm: GatedKV = s1.state_machine  # type: ignore[assignment]
+    client = await raftlib.connect([s1.address], timeout=10)
+    writes = [asyncio.ensure_future(client.write(["slow", f"k{i}", i])) for i in range(3)]
+    feed = aiter(client.listen())
+    first = asyncio.ensure_future(anext(feed))
+    try:
+        await asyncio.wait_for(sm.entered.wait(), 5)
+        requests = 0
+        serve = s1._requests.on_request
+
+        async def counted(body: Any, conn: Any) -> None:
+            nonlocal requests
+            requests += 1
+            await serve(body, conn)
+
+        s1._requests.on_request = counted  # type: ignore[method-assign]
+        await asyncio.sleep(0.5)
+        assert requests < 50
+        sm.gate.set()
+        assert (await asyncio.wait_for(first, 5)).command == ["slow", "k0", 0]
+        await asyncio.gather(*writes)
+    finally:
+        sm.gate.set()
+        for task in (first, *writes):
+            task.cancel()
+        await asyncio.gather(first, *writes, return_exceptions=True)
+        await feed.aclose()  # type: ignore[attr-defined]
+        await client.close()
+
+
 async def test_connect_errors() -> None:
     with pytest.raises(errors.ConfigError):
         await raftlib.connect([])
