@@ -622,9 +622,8 @@ class Peer:
                     if payload is not None and hops == 0:
                         _check_forwardable(*payload)
                         payload = None
-                    return await self._forward(
-                        leader, op, {**args, "hops": hops + 1, "timeout": _remaining(loop, deadline)}
-                    )
+                    within = _remaining(loop, deadline)
+                    return await self._forward(leader, op, {**args, "hops": hops + 1, "timeout": within}, within)
                 except (NotLeader, LeadershipLost, ProposalDropped, Unavailable, ConnectionLost) as exc:
                     unknown = isinstance(exc, (LeadershipLost, ConnectionLost))
                     if unknown and maybe_applied is None:
@@ -651,25 +650,39 @@ class Peer:
             _check_deadline(loop, deadline, "waiting for a leader")
             raise NotLeader(None) from None
 
-    async def _forward(self, leader: NodeId, op: str, args: dict[str, Any]) -> Any:
-        """Send a request to ``leader`` over a pooled connection and return its answer."""
+    async def _forward(self, leader: NodeId, op: str, args: dict[str, Any], within: float | None = None) -> Any:
+        """Send a request to ``leader`` over a pooled connection and return
+        its answer, within ``within`` seconds (``None``: no limit) even if
+        the leader never answers."""
         address = self._core.membership.members.get(leader) or self._transport.addresses.get(leader)
         if address is None:
             raise NotLeader(leader)
-        conn = self._rpc.get(address)
-        if conn is None or conn.closed:
-            # One connection per leader, not one per concurrent request (a
-            # burst would open hundreds, past the leader's connection limit).
-            async with self._rpc_opening:
+        sent = False
+        try:
+            async with asyncio.timeout(within):
                 conn = self._rpc.get(address)
                 if conn is None or conn.closed:
-                    conn = await RpcConnection.open(address, name=self.name, max_frame_size=self.config.max_frame_size,
-                                                    security=self._security)
-                    if self._stopping:
-                        await conn.close()
-                        self._check_running()
-                    self._rpc[address] = conn
-        return await conn.call(op, args)
+                    # One connection per leader, not one per concurrent request (a
+                    # burst would open hundreds, past the leader's connection limit).
+                    async with self._rpc_opening:
+                        conn = self._rpc.get(address)
+                        if conn is None or conn.closed:
+                            conn = await RpcConnection.open(address, name=self.name,
+                                                            max_frame_size=self.config.max_frame_size,
+                                                            security=self._security)
+                            if self._stopping:
+                                await conn.close()
+                                self._check_running()
+                            self._rpc[address] = conn
+                sent = True
+                return await conn.call(op, args)
+        except TimeoutError:
+            if not sent:
+                raise Unavailable(f"could not reach the leader {leader} at {address} in the time allowed") from None
+            if op in ("write", "session_write"):
+                raise WriteTimeout(f"the leader {leader} did not answer the forwarded write in the time allowed; "
+                                   f"it may still be applied") from None
+            raise Timeout(f"the leader {leader} did not answer the forwarded {op} in the time allowed") from None
 
     async def wait_for_leader(self, timeout: float | None = None) -> NodeId:
         """Wait until a leader is known and return its name.

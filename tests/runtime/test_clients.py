@@ -845,6 +845,32 @@ async def test_forwarding_without_a_reachable_leader_ends_in_a_clear_error(clust
     assert "a" not in follower.state_machine.data
 
 
+async def test_a_forwarded_request_ends_at_its_timeout_when_the_leader_never_answers(cluster: Cluster) -> None:
+    """A follower waited for the leader's answer to a forwarded request with
+    no limit of its own, trusting the leader to answer within the timeout
+    it passed on: a hung leader held the caller forever."""
+    peers = await cluster.start(3)
+    leader = await cluster.leader()
+    follower = next(p for p in peers.values() if p is not leader)
+    await eventually(lambda: follower.leader == leader.name)
+
+    async def hung(body: Any, conn: Any) -> None:
+        return None  # read, never answered
+
+    leader._requests.on_request = hung  # type: ignore[method-assign]
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    with pytest.raises(errors.WriteTimeout, match="may still be applied"):
+        await follower.write(["set", "a", 1], timeout=0.5)
+    with pytest.raises(errors.WriteTimeout):
+        await follower.session_write("c", 1, ["set", "a", 1], timeout=0.5)
+    with pytest.raises(errors.Timeout):
+        await follower.read(["get", "a"], timeout=0.5)
+    with pytest.raises(errors.Timeout):
+        await follower.open_session("c", timeout=0.5)
+    assert loop.time() - start < 5  # four calls of 0.5 s each
+
+
 async def test_a_request_forwarded_too_often_is_refused(cluster: Cluster) -> None:
     from raftlib.rpc import RpcConnection
 
