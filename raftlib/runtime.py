@@ -633,7 +633,8 @@ class Peer:
                     self._log.debug("%s: %s: retrying after %r", self.name, op, exc)
                     _check_deadline(loop, deadline, op)
                     await asyncio.sleep(cfg.heartbeat_ticks * cfg.tick_interval)
-        except (NotLeader, ProposalDropped, Unavailable, PeerStopped, Overloaded, StorageFull, Timeout) as exc:
+        except (NotLeader, ProposalDropped, Unavailable, PeerStopped, Overloaded, StorageFull, Timeout,
+                SessionExpired) as exc:
             if maybe_applied is None or isinstance(exc, OutcomeUnknown):
                 raise
             # A later attempt failed without applying, but an earlier one may have.

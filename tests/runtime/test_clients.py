@@ -166,6 +166,35 @@ async def test_a_session_write_that_may_have_applied_is_never_reported_as_not_ap
     assert new.state_machine.applied.count(["set", "x", 1]) == 1
 
 
+async def test_a_forwarded_session_write_that_may_have_applied_is_not_reported_expired(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A follower retries a session write after an outcome-unknown attempt.
+    If the session is gone by the retry (it expired meanwhile), the retry's
+    SessionExpired said "not applied", though the first attempt may have
+    been; a client then applied the command again in a new session."""
+    peers = await cluster.start(3)
+    leader = await cluster.leader()
+    follower = next(p for p in peers.values() if p is not leader)
+    await eventually(lambda: follower.leader == leader.name)
+    await follower.open_session("c", timeout=10)
+    forward = follower._forward
+    attempts = 0
+
+    async def flaky(to: str, op: str, args: dict[str, Any], within: float | None = None) -> Any:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise errors.LeadershipLost("the leader stepped down after appending it")
+        await leader.close_session("c")  # gone by the retry
+        return await forward(to, op, args, within)
+
+    monkeypatch.setattr(follower, "_forward", flaky)
+    with pytest.raises(errors.OutcomeUnknown, match="an earlier attempt may have been applied"):
+        await follower.session_write("c", 1, ["set", "a", 1], timeout=10)
+    assert attempts == 2
+
+
 async def test_sessions_expire_by_log_time(tmp_path: Any) -> None:
     c = Cluster(tmp_path, config=dataclasses.replace(FAST, session_ttl=0.3))
     try:
