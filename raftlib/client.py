@@ -135,11 +135,14 @@ class Client:
                 conn: RpcConnection | None = None
                 try:
                     conn = await self._connection(remaining)
+                    left = deadline - loop.time()  # connecting took some of it
+                    if left <= 0:
+                        continue
                     result = await conn.call(
                         "session_write",
                         {"client": client, "seq": seq, "ack": self._ack if client == self.client_id else 0,
-                         "command": command, "timeout": remaining},
-                        timeout=remaining + 1.0,
+                         "command": command, "timeout": left},
+                        timeout=left,
                     )
                     return result
                 except SessionExpired as exc:
@@ -196,8 +199,11 @@ class Client:
             conn: RpcConnection | None = None
             try:
                 conn = await self._connection(remaining)
-                return await conn.call("read", {"query": query, "consistency": consistency, "timeout": remaining},
-                                       timeout=remaining + 1.0)
+                left = deadline - loop.time()  # connecting took some of it
+                if left <= 0:
+                    continue
+                return await conn.call("read", {"query": query, "consistency": consistency, "timeout": left},
+                                       timeout=left)
             except _NOT_APPLIED + _UNKNOWN as exc:
                 last = exc
                 self._follow(exc, conn)
@@ -459,8 +465,10 @@ class Client:
             conn: RpcConnection | None = None
             try:
                 conn = await self._connection(remaining)
-                await conn.call("open_session", {"client": client_id, "timeout": remaining},
-                                timeout=remaining + 1.0)
+                left = deadline - loop.time()  # connecting took some of it
+                if left <= 0:
+                    continue
+                await conn.call("open_session", {"client": client_id, "timeout": left}, timeout=left)
                 self.client_id = client_id
                 self._seq, self._done, self._ack = 0, set(), 0
                 return

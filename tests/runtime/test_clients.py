@@ -669,6 +669,32 @@ async def test_a_call_does_not_wait_past_its_timeout_for_another_to_reconnect(cl
         await client.close()
 
 
+async def test_client_calls_end_at_their_timeout_when_the_member_never_answers(cluster: Cluster) -> None:
+    """A call waited a second more than its timeout for a member's answer,
+    counted from after any reconnection, so a member that never answered
+    held it well past its timeout."""
+    peers = await cluster.start(1)
+    s1 = peers["s1"]
+    client = await raftlib.connect([s1.address], timeout=10)
+    try:
+
+        async def hung(body: Any, conn: Any) -> None:
+            return None  # read, never answered
+
+        s1._requests.on_request = hung  # type: ignore[method-assign]
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        with pytest.raises(errors.WriteTimeout):
+            await client.write(["set", "a", 1], timeout=0.5)
+        assert loop.time() - start < 0.9
+        start = loop.time()
+        with pytest.raises(errors.Unavailable):
+            await client.read(["get", "a"], timeout=0.5)
+        assert loop.time() - start < 0.9
+    finally:
+        await client.close()
+
+
 async def test_a_cancelled_close_still_closes_the_connection(cluster: Cluster) -> None:
     """close() cancelled while it closed the session (an ``async with`` left
     by a cancelled task) left the connection open, and a second close()
