@@ -211,13 +211,10 @@ class RequestServer:
             if type(change.command) in (list, dict) or type(change.result) in (list, dict):
                 # The listener would refuse the frame and close the connection
                 # (failing every other request on it), then resume here again.
-                try:
-                    unpack_wire(codec.pack(item, "change"))
-                except ValueError as exc:
-                    raise ProtocolError(
-                        f"the change at index {change.index} cannot be sent: {exc} (map keys must be str, bytes, "
-                        f"int, float, bool or None); listen from {change.index + 1} to go past it"
-                    ) from None
+                problem = _unsendable(item, "change")
+                if problem:
+                    raise ProtocolError(f"the change at index {change.index} cannot be sent: {problem}; "
+                                        f"listen from {change.index + 1} to go past it")
             yield item
 
 
@@ -226,17 +223,22 @@ _USER_RESULTS = {"write": "the write was applied", "session_write": "the write w
 """The requests that answer with a value of the state machine's, and what an error answer means for them."""
 
 
-def _check_result(op: str, result: Any) -> None:
-    """Raise CommandFailed if the caller would refuse an answer carrying
-    ``result``: peers and clients accept map keys of scalar types only, and
-    close a connection that sends others (failing every request on it)."""
+def _unsendable(value: Any, what: str) -> str | None:
+    """Why the receiver would refuse a frame carrying ``value``, or ``None``:
+    peers and clients accept map keys of scalar types only, and close a
+    connection that sends others (failing every request on it)."""
     try:
-        unpack_wire(codec.pack(result, "result"))
+        unpack_wire(codec.pack(value, what))
     except ValueError as exc:
-        raise CommandFailed(
-            f"the result cannot be sent back: {exc} (map keys must be str, bytes, int, float, bool or None); "
-            f"{_USER_RESULTS[op]}"
-        ) from None
+        return f"{exc} (map keys must be str, bytes, int, float, bool or None)"
+    return None
+
+
+def _check_result(op: str, result: Any) -> None:
+    """Raise CommandFailed if the caller would refuse an answer carrying ``result``."""
+    problem = _unsendable(result, "result")
+    if problem:
+        raise CommandFailed(f"the result cannot be sent back: {problem}; {_USER_RESULTS[op]}")
 
 
 def _timeout(args: dict[str, Any]) -> float | None:

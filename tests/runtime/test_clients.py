@@ -518,13 +518,19 @@ async def test_a_client_refuses_map_keys_the_members_would_refuse_before_sending
         await client.close()
 
 
-async def test_client_retry_after_a_lost_connection_applies_once(cluster: Cluster) -> None:
+async def _gated_leader(cluster: Cluster) -> tuple[raftlib.Peer, GatedKV]:
+    """A two-peer cluster whose leader, s2, applies through a GatedKV."""
     await cluster.start(1)
     peer = await cluster.start_peer("s2", sm=GatedKV)
     await cluster.peers["s1"].add_member("s2", peer.address)
     await cluster.peers["s1"].transfer_leadership("s2")
     await eventually(lambda: peer.is_leader)
     sm: GatedKV = peer.state_machine  # type: ignore[assignment]
+    return peer, sm
+
+
+async def test_client_retry_after_a_lost_connection_applies_once(cluster: Cluster) -> None:
+    peer, sm = await _gated_leader(cluster)
     client = await raftlib.connect([peer.address], timeout=10)
     try:
         write = asyncio.ensure_future(client.write(["slow", "x", 7]))
@@ -566,12 +572,7 @@ async def test_calls_in_flight_when_the_client_closes_end_without_reconnecting(c
     carried on: a write reconnected (a connection nothing would close), found
     its session closed and retried until its timeout, and a change feed
     kept reconnecting for the client's whole timeout."""
-    await cluster.start(1)
-    peer = await cluster.start_peer("s2", sm=GatedKV)
-    await cluster.peers["s1"].add_member("s2", peer.address)
-    await cluster.peers["s1"].transfer_leadership("s2")
-    await eventually(lambda: peer.is_leader)
-    sm: GatedKV = peer.state_machine  # type: ignore[assignment]
+    peer, sm = await _gated_leader(cluster)
     client = await raftlib.connect([peer.address], timeout=10)
     session = client.client_id
 
