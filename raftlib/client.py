@@ -47,7 +47,7 @@ from .errors import (
 )
 from .rpc import RpcConnection
 from .security import Security, SharedSecret, TLSConfig, security_from
-from .transport.framing import unpack_wire
+from .transport.framing import wire_problem
 from .transport.tcp import parse_address
 from .types import Change
 
@@ -503,13 +503,9 @@ def _check_sendable(data: bytes, what: str, max_frame_size: int) -> None:
             f"({max_frame_size} bytes), which members refuse (and they refuse commands and queries over their "
             f"Config.max_command_size)"
         )
-    try:
-        unpack_wire(data)
-    except ValueError as exc:
-        raise TypeError(
-            f"the {what} cannot be sent to the cluster: {exc} (map keys must be str, bytes, int, float, "
-            f"bool or None)"
-        ) from None
+    problem = wire_problem(data)
+    if problem:
+        raise TypeError(f"the {what} cannot be sent to the cluster: {problem}")
 
 
 async def connect(

@@ -74,7 +74,7 @@ from .serving import RequestServer
 from .sessions import ClientEntry, Outcome, SessionOp, SessionTable
 from .snapshot import FileSnapshotStore, MemorySnapshotStore, SnapshotFile, SnapshotStore
 from .state_machine import StateMachine
-from .transport.framing import check_message, unpack_wire
+from .transport.framing import check_message, wire_problem
 from .transport.tcp import Connection, Transport, parse_address
 from .types import Change, Entry, EntryKind, HardState, Membership, NodeId, SnapshotMeta
 
@@ -646,7 +646,7 @@ class Peer:
         wait = limit if deadline is None else min(limit, max(0.0, deadline - loop.time()))
         try:
             async with asyncio.timeout(wait):
-                await self._wait_until(lambda: self._core.leader is not None or self._core.removed_at > 0)
+                await self._wait_until(self._leader_known_or_removed)
         except TimeoutError:
             _check_deadline(loop, deadline, "waiting for a leader")
             raise NotLeader(None) from None
@@ -697,7 +697,7 @@ class Peer:
 
         try:
             async with asyncio.timeout(timeout):
-                await self._wait_until(lambda: self._core.leader is not None or self._core.removed_at > 0)
+                await self._wait_until(self._leader_known_or_removed)
         except TimeoutError:
             raise Timeout(f"no leader was elected within {timeout} s") from None
         self._check_member()
@@ -810,11 +810,16 @@ class Peer:
         return asyncio.ensure_future(self._forwarded_write(command, None, 0, data))
 
     async def _forwarded_write(self, command: Any, timeout: float | None, hops: int, data: bytes | None = None) -> Any:
+        """``data``, if given, is the command encoded and checked by :func:`_check_forwardable`."""
+        payload = None
         if data is None:
             data = codec.pack(command, "command", self.config.max_command_size)
+            payload = ("command", data)
+        encoded = data
         return await self._on_leader(
-            "write", {"command": command}, lambda deadline: self._submit(EntryKind.NORMAL, data, _remaining_of(deadline)),
-            timeout, hops, idempotent=False, payload=("command", data),
+            "write", {"command": command},
+            lambda deadline: self._submit(EntryKind.NORMAL, encoded, _remaining_of(deadline)),
+            timeout, hops, idempotent=False, payload=payload,
         )
 
     async def _submit(self, kind: EntryKind, data: bytes, timeout: float | None) -> Any:
@@ -1657,8 +1662,8 @@ class Peer:
                 self._snapshot_index = batch.meta.index
                 self._bytes_since_snapshot = 0
                 self._wake_applied_waiters()
-                try:  # the two newest are kept, as after a snapshot of this peer's own
-                    await self._snapshots.prune(keep=2, protect=self._recorded_snapshot)
+                try:  # as after a snapshot of this peer's own
+                    await self._snapshots.prune(keep=_SNAPSHOTS_KEPT, protect=self._recorded_snapshot)
                 except StorageError as exc:
                     self._log.warning("%s: could not delete old snapshot files: %s", self.name, exc)
                 continue
@@ -1764,7 +1769,7 @@ class Peer:
             self._wake.set()
             await fut
             self._snapshot_index = max(self._snapshot_index, meta.index)
-            await self._snapshots.prune(keep=2, protect=self._recorded_snapshot)
+            await self._snapshots.prune(keep=_SNAPSHOTS_KEPT, protect=self._recorded_snapshot)
             self._snapshot_failures = 0
             self._log.info("%s: snapshot at %d (%d bytes); log compacted", self.name, meta.index, snap.size)
         except asyncio.CancelledError:
@@ -1939,6 +1944,11 @@ class Peer:
         if self._core.role != LEADER:
             raise self._not_leader(self._core.leader)
 
+    def _leader_known_or_removed(self) -> bool:
+        """What waiting for a leader waits for: one is known, or a member said
+        this peer was removed (none will contact it: see :meth:`_check_member`)."""
+        return self._core.leader is not None or self._core.removed_at > 0
+
     def _check_member(self) -> None:
         """Raise :class:`NotMember` if a member said this peer was removed."""
         removed_at = self._core.removed_at
@@ -2107,18 +2117,17 @@ def _pack_query(query: Any, consistency: str, limit: int) -> bytes:
     return codec.pack(query, "query", limit)
 
 
+_SNAPSHOTS_KEPT = 2
+"""Snapshot files kept on disk (the newest), after a snapshot of a peer's own or one installed from the leader."""
+
+
 def _check_forwardable(what: str, data: bytes) -> None:
-    """Raise TypeError if a peer would refuse a request carrying ``data``
-    (encoded by :func:`codec.pack`): peers accept map keys of scalar types
-    only, and close a connection that sends others, failing every request
-    on it as an outcome unknown."""
-    try:
-        unpack_wire(data)
-    except ValueError as exc:
-        raise TypeError(
-            f"the {what} cannot be forwarded to the leader: {exc} (map keys must be str, bytes, int, float, "
-            f"bool or None); send it to the leader, or use such keys"
-        ) from None
+    """Raise TypeError if the leader would refuse a request carrying ``data``
+    (see :func:`~raftlib.transport.framing.wire_problem`)."""
+    problem = wire_problem(data)
+    if problem:
+        raise TypeError(f"the {what} cannot be forwarded to the leader: {problem}; send it to the leader, "
+                        f"or use such keys")
 
 
 def _remaining_of(deadline: float | None) -> float | None:

@@ -16,7 +16,7 @@ from . import codec
 from .config import check_timeout
 from .errors import CommandFailed, ConfigError, Overloaded, ProtocolError, RaftError
 from .rpc import CANCEL, RESPONSE, STREAM, check_request, error_to_wire
-from .transport.framing import unpack_wire
+from .transport.framing import wire_problem
 from .transport.tcp import Connection
 
 if TYPE_CHECKING:
@@ -211,7 +211,7 @@ class RequestServer:
             if type(change.command) in (list, dict) or type(change.result) in (list, dict):
                 # The listener would refuse the frame and close the connection
                 # (failing every other request on it), then resume here again.
-                problem = _unsendable(item, "change")
+                problem = wire_problem(codec.pack(item, "change"))
                 if problem:
                     raise ProtocolError(f"the change at index {change.index} cannot be sent: {problem}; "
                                         f"listen from {change.index + 1} to go past it")
@@ -223,20 +223,9 @@ _USER_RESULTS = {"write": "the write was applied", "session_write": "the write w
 """The requests that answer with a value of the state machine's, and what an error answer means for them."""
 
 
-def _unsendable(value: Any, what: str) -> str | None:
-    """Why the receiver would refuse a frame carrying ``value``, or ``None``:
-    peers and clients accept map keys of scalar types only, and close a
-    connection that sends others (failing every request on it)."""
-    try:
-        unpack_wire(codec.pack(value, what))
-    except ValueError as exc:
-        return f"{exc} (map keys must be str, bytes, int, float, bool or None)"
-    return None
-
-
 def _check_result(op: str, result: Any) -> None:
     """Raise CommandFailed if the caller would refuse an answer carrying ``result``."""
-    problem = _unsendable(result, "result")
+    problem = wire_problem(codec.pack(result, "result"))
     if problem:
         raise CommandFailed(f"the result cannot be sent back: {problem}; {_USER_RESULTS[op]}")
 

@@ -98,10 +98,10 @@ _OWN_DATABASES = frozenset({b"log", b"meta"})
 
 _LMDB_MAGIC = 0xBEEFC0DE
 """``mm_magic`` of an LMDB meta page."""
-_META_MAGIC = struct.Struct("=I")
+_META_U32 = struct.Struct("=I")
+"""``mm_magic`` and the page size are native 32-bit ints."""
 _META_MAGIC_AT = 16
 """Offset of ``mm_magic`` in a meta page (after the 16-byte page header)."""
-_META_PAGE_SIZE = struct.Struct("=I")
 _META_PAGE_SIZE_AT = 40
 """Offset of the page size (``md_pad`` of the free-page database's record)."""
 _META_LAST = struct.Struct("=QQ")
@@ -684,9 +684,9 @@ class LMDBStorage:
             with open(path, "rb") as f:
                 length = os.fstat(f.fileno()).st_size
                 head = f.read(_META_END)
-                if len(head) < _META_END or _META_MAGIC.unpack_from(head, _META_MAGIC_AT)[0] != _LMDB_MAGIC:
+                if len(head) < _META_END or _META_U32.unpack_from(head, _META_MAGIC_AT)[0] != _LMDB_MAGIC:
                     return
-                page_size = _META_PAGE_SIZE.unpack_from(head, _META_PAGE_SIZE_AT)[0]
+                page_size = _META_U32.unpack_from(head, _META_PAGE_SIZE_AT)[0]
                 if not 512 <= page_size <= 1 << 16:
                     return
                 f.seek(page_size)
@@ -699,7 +699,7 @@ class LMDBStorage:
             return  # other layout
         newest = None
         for meta in metas:
-            if len(meta) == _META_END and _META_MAGIC.unpack_from(meta, _META_MAGIC_AT)[0] == _LMDB_MAGIC:
+            if len(meta) == _META_END and _META_U32.unpack_from(meta, _META_MAGIC_AT)[0] == _LMDB_MAGIC:
                 last_page, txnid = _META_LAST.unpack_from(meta, _META_LAST_AT)
                 if newest is None or txnid > newest[1]:
                     newest = (last_page, txnid)

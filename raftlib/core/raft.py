@@ -381,10 +381,7 @@ class Raft:
 
     def membership_at(self, index: int) -> Membership:
         """The configuration in force at log ``index`` (for a snapshot's metadata)."""
-        for at, membership in reversed(self._config_history):
-            if at <= index:
-                return membership
-        return self._snapshot_membership
+        return self._membership_index(index)[1]
 
     def snapshot_taken(self, meta: SnapshotMeta) -> None:
         """The runtime stored a snapshot of the state machine at ``meta.index``.

@@ -451,6 +451,18 @@ def unpack_wire(data: bytes | memoryview) -> Any:
                                object_pairs_hook=_map_with_scalar_keys)
 
 
+
+def wire_problem(data: bytes | memoryview) -> str | None:
+    """Why a receiving peer or client would refuse a frame carrying ``data``
+    (a value encoded by :func:`raftlib.codec.pack`), or ``None``: they decode
+    with :func:`unpack_wire`, which accepts map keys of scalar types only,
+    and close a connection that sends others, failing every request on it."""
+    try:
+        unpack_wire(data)
+    except ValueError as exc:
+        return f"{exc} (map keys must be str, bytes, int, float, bool or None)"
+    return None
+
 def _unpack_payload(payload: bytes | memoryview) -> tuple[str, Any]:
     """Check one frame payload's envelope and return ``(type name, body)``
     (decoded by :func:`unpack_wire`)."""
