@@ -7,12 +7,15 @@ changes. Every write goes through a client session (:mod:`raftlib.sessions`),
 so it is retried after a timeout or a lost connection without ever being
 applied twice. Errors keep the distinction that matters:
 
-* :class:`~raftlib.errors.Unavailable`, :class:`~raftlib.errors.NotLeader`,
-  :class:`~raftlib.errors.SessionExpired` (on a first attempt): the write was
-  certainly **not** applied;
+* :class:`~raftlib.errors.Unavailable`: the write was certainly **not**
+  applied;
 * :class:`~raftlib.errors.OutcomeUnknown` (here a
   :class:`~raftlib.errors.WriteTimeout`): it may have been, and every retry
   within ``timeout`` failed to find out.
+
+A :class:`~raftlib.errors.SessionExpired` answer never reaches the caller:
+the client opens a new session and sends the write again in it, unless an
+earlier attempt may have been applied (then it is a ``WriteTimeout``).
 """
 
 from __future__ import annotations
