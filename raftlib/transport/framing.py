@@ -452,13 +452,26 @@ def unpack_wire(data: bytes | memoryview) -> Any:
 
 
 
+_ENVELOPE_DEPTH = 3
+"""The most levels a frame nests a user value in: the payload map, the
+body's array and, in a request, its map of arguments."""
+
+_ENVELOPE = b"\x91" * _ENVELOPE_DEPTH
+"""That many one-element arrays, opened before a value to check it fits."""
+
+
 def wire_problem(data: bytes | memoryview) -> str | None:
     """Why a receiving peer or client would refuse a frame carrying ``data``
     (a value encoded by :func:`raftlib.codec.pack`), or ``None``: they decode
     with :func:`unpack_wire`, which accepts map keys of scalar types only,
-    and close a connection that sends others, failing every request on it."""
+    and close a connection that sends others, failing every request on it.
+    msgpack decodes at most 1,024 nested arrays and maps, and the frame's own
+    levels count: a value that encodes may still be too deep to be sent."""
     try:
-        unpack_wire(data)
+        unpack_wire(_ENVELOPE + bytes(data))
+    except msgpack.StackError:
+        return (f"it is nested too deeply: with the {_ENVELOPE_DEPTH} levels of a frame, msgpack decodes at most "
+                f"1024 nested lists and maps")
     except ValueError as exc:
         return f"{exc} (map keys must be str, bytes, int, float, bool or None)"
     return None

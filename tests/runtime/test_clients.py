@@ -11,7 +11,7 @@ from typing import Any, AsyncIterator
 import pytest
 
 import raftlib
-from raftlib import errors
+from raftlib import codec, errors
 
 from clusterkit import FAST, Cluster, KVStore, eventually
 
@@ -514,6 +514,57 @@ async def test_a_client_refuses_map_keys_the_members_would_refuse_before_sending
             await client.read(["get", {"nested": {(3,): 4}}])
         assert await client.write(["set", "k", {1: {None: [1.5]}}]) == ["ok", "k", {1: {None: [1.5]}}]
         assert [c[1] for c in peers["s1"].state_machine.applied] == ["k"]
+    finally:
+        await client.close()
+
+
+def _nested(depth: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+async def test_a_client_refuses_values_nested_too_deep_for_a_frame_before_sending(cluster: Cluster) -> None:
+    """A value nested just under msgpack's limit of 1,024 levels encodes, but
+    not inside the few levels of a request frame: the member closed the
+    connection, and the client retried until its timeout and reported that
+    the write might have been applied, although no member ever took it."""
+    peers = await cluster.start(1)
+    client = await raftlib.connect([peers["s1"].address], timeout=2)
+    try:
+        for depth in (1021, 1022):
+            with pytest.raises(TypeError, match="nested too deep"):
+                await client.write(["set", "deep", _nested(depth)])
+            with pytest.raises(TypeError, match="nested too deep"):
+                await client.read(["get", _nested(depth)])
+        deepest = _nested(1020)  # with the command's own list and a frame's 3 levels: 1,024
+        result = await client.write(["set", "ok", deepest])
+        assert codec.pack(result) == codec.pack(["ok", "ok", deepest])
+        assert [c[1] for c in peers["s1"].state_machine.applied] == ["ok"]
+    finally:
+        await client.close()
+    assert peers["s1"]._transport.stats["protocol_errors"] == 0
+
+
+class _DeepResultKV(KVStore):
+    def handle_write(self, command: Any) -> Any:
+        if command[0] == "deep":
+            self.applied.append(command)
+            return _nested(1023)
+        return super().handle_write(command)
+
+
+async def test_a_result_nested_too_deep_for_a_frame_is_a_command_failed(cluster: Cluster) -> None:
+    """The client could not decode such an answer: it dropped the connection
+    and retried, and the write, applied once, ended as a WriteTimeout."""
+    peer = (await cluster.start(1, sm=_DeepResultKV))["s1"]
+    client = await raftlib.connect([peer.address], timeout=5)
+    try:
+        with pytest.raises(errors.CommandFailed, match="nested too deep.*the write was applied"):
+            await client.write(["deep"])
+        assert await client.write(["set", "after", 1]) == ["ok", "after", 1]
+        assert [c[0] for c in peer.state_machine.applied] == ["deep", "set"]
     finally:
         await client.close()
 
