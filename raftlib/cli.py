@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -502,7 +503,24 @@ def _scope_option(fn: Any) -> Any:
                         help="The scope the key lives in.")(fn)
 
 
-@kv.command("put")
+_NUMBER_LIKE = re.compile(r"-\.?[0-9]")
+
+
+class _ValueCommand(click.Command):
+    """A command taking values that may be negative numbers, which click
+    reads as options: its usage error says how to pass them."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as exc:
+            if _NUMBER_LIKE.match(exc.option_name):
+                exc.message = (f"{exc.message} A value that starts with '-' goes after '--', which ends the "
+                               f"options (put them before it), as in: kv put KEY -- -5")
+            raise
+
+
+@kv.command("put", cls=_ValueCommand)
 @click.argument("key", callback=_utf8)
 @click.argument("value", callback=_utf8)
 @click.option("--string", "as_string", is_flag=True, help="Store VALUE as text even if it parses as JSON.")
@@ -562,7 +580,7 @@ def kv_delete(key: str, scope: str, cluster: str, as_json: bool, timeout: float)
           as_json)
 
 
-@kv.command("cas")
+@kv.command("cas", cls=_ValueCommand)
 @click.argument("key", callback=_utf8)
 @click.argument("expected", callback=_utf8)
 @click.argument("new", callback=_utf8)

@@ -172,3 +172,19 @@ def test_a_nan_timeout_is_a_usage_error() -> None:
     result = CliRunner().invoke(main, ["serve", "--name", "s1", "--listen", "127.0.0.1:1", "--memory",
                                        "--join", "127.0.0.1:2", "--join-timeout", "nan"])
     assert result.exit_code == 2 and "is not a number of seconds" in result.output, result.output
+
+
+def test_a_negative_number_as_a_value_gets_a_hint_to_use_the_option_terminator() -> None:
+    """click takes ``-5`` for an option; the bare "No such option: -5" did
+    not say that a value starting with '-' goes after ``--``."""
+    for args in (["kv", "put", "offset", "-5"], ["kv", "cas", "offset", "1", "-2.5"]):
+        result = CliRunner().invoke(main, args + ["--cluster", "127.0.0.1:1"])
+        assert result.exit_code == 2, (args, result.output)
+        assert "No such option" in result.output and "after '--'" in result.output, result.output
+    # Options still parse after the value, and an unknown option gets no such hint.
+    result = CliRunner().invoke(main, ["kv", "put", "offset", "--bogus", "--cluster", "127.0.0.1:1"])
+    assert result.exit_code == 2 and "after '--'" not in result.output, result.output
+    # With the terminator the value reaches the command: here a refused
+    # connection, not a usage error.
+    result = CliRunner().invoke(main, ["kv", "put", "--cluster", "127.0.0.1:1", "--timeout", "0.5", "offset", "--", "-5"])
+    assert result.exit_code == 1, result.output
