@@ -1009,7 +1009,7 @@ class Peer:
 
     # -- change feed ------------------------------------------------------------------
 
-    async def listen(self, from_index: int = 0) -> AsyncIterator[Change]:
+    async def listen(self, from_index: int = 0, *, require_leader: bool = False) -> AsyncIterator[Change]:
         """Yield every write this peer applies, in log order, as :class:`Change`
         objects (index, term, command, result), forever.
 
@@ -1021,6 +1021,13 @@ class Peer:
         listener that fell behind) is older than that, and
         :class:`PeerStopped` when the peer stops. Writes applied more than
         once by a retry (client sessions) appear once.
+
+        A peer cut off from the others applies nothing more, so by default
+        its feed just waits. With ``require_leader``, a feed that is waiting
+        raises :class:`~raftlib.errors.Unavailable` once this peer has known
+        no leader for two election timeouts (it is cut off, or was removed),
+        so that the reader can go on at another member; members serve
+        :meth:`raftlib.Client.listen` this way.
         """
         if type(from_index) is not int or from_index < 0:
             raise ConfigError(f"from_index must be a non-negative int, got {from_index!r}")
@@ -1045,7 +1052,30 @@ class Peer:
                 continue
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._feed_waiters.append(waiter)
-            await waiter
+            if require_leader:
+                await self._wait_with_leader(waiter)
+            else:
+                await waiter
+
+    async def _wait_with_leader(self, waiter: asyncio.Future[None]) -> None:
+        """Wait for ``waiter``; raise Unavailable (and drop it) once this peer
+        has known no leader for two election timeouts meanwhile."""
+        cfg = self.config
+        limit = 2 * cfg.election_ticks * cfg.tick_interval
+        loop = self._loop
+        since: float | None = None
+        while not waiter.done():
+            if self._core.leader is not None:
+                since = None
+            elif since is None:
+                since = loop.time()
+            elif loop.time() - since >= limit:
+                waiter.cancel()
+                raise Unavailable(
+                    f"{self.name} knows no leader: it has heard from none for {limit:g} s (cut off from the "
+                    f"others, or removed from the cluster); go on listening at another member"
+                )
+            await asyncio.wait([waiter], timeout=limit / 4)
 
     def _feed_append(self, item: _FeedItem) -> None:
         feed = self._feed

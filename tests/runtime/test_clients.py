@@ -790,6 +790,59 @@ async def test_client_follows_a_leader_change_and_its_feed_has_no_gaps(cluster: 
         await client.close()
 
 
+async def test_a_client_feed_leaves_a_member_cut_off_from_the_cluster(cluster: Cluster) -> None:
+    """A member cut off from the others applies nothing more, and a feed read
+    from it stalled without an error while the cluster went on. Now the
+    member ends the stream once it has known no leader for two election
+    timeouts, and the client resumes the feed at a member that knows one."""
+    peers = await cluster.start(3)
+    old = await cluster.leader()
+    others = [p for p in peers.values() if p is not old]
+    client = await raftlib.connect([old.address] + [p.address for p in others], timeout=10)
+    seen: list[Any] = []
+
+    async def consume() -> None:
+        async for change in client.listen():
+            seen.append(change.command)
+
+    task = asyncio.ensure_future(consume())
+    try:
+        await client.write(["set", "k", 0])
+        await eventually(lambda: seen == [["set", "k", 0]])
+        cluster.isolate(old.name)  # the feed is read from it (the leader, first in the list)
+        new = await eventually(lambda: next((p for p in others if p.is_leader), None))
+        await new.write(["set", "k", 1])
+        await eventually(lambda: len(seen) == 2)
+        assert seen == [["set", "k", 0], ["set", "k", 1]]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await client.close()
+
+
+async def test_peer_listen_can_require_a_leader(cluster: Cluster) -> None:
+    """``require_leader=True`` ends an idle feed with Unavailable once the
+    peer has known no leader for two election timeouts; by default a feed
+    waits as long as it takes."""
+    peers = await cluster.start(3)
+    leader = await cluster.leader()
+    follower = next(p for p in peers.values() if p is not leader)
+    await leader.write(["set", "k", 0])
+    await eventually(lambda: follower.status()["applied_index"] >= leader.status()["commit_index"])
+    cluster.isolate(follower.name)
+
+    async def drain(feed: Any) -> list[Any]:
+        return [change.command async for change in feed]
+
+    with pytest.raises(errors.Unavailable, match="knows no leader"):
+        await asyncio.wait_for(drain(follower.listen(require_leader=True)), 10)
+    patient = asyncio.ensure_future(drain(follower.listen()))
+    await asyncio.sleep(1.0)  # many election timeouts of FAST
+    assert not patient.done()
+    patient.cancel()
+    await asyncio.gather(patient, return_exceptions=True)
+
+
 async def test_a_client_listener_that_falls_far_behind_resumes_where_it_stopped(
     cluster: Cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
