@@ -151,7 +151,8 @@ def _encode_record(hard_state: HardState | None, entries: Sequence[Entry], bodie
     body from :func:`_encode_body`."""
     hs = None if hard_state is None else [hard_state.term, hard_state.vote, hard_state.commit]
     first = entries[0].index if entries else 0
-    return b"\x93" + _pack_plain(hs) + _pack_plain(first) + _array_header(len(bodies)) + b"".join(bodies)
+    head: bytes = b"\x93" + _pack_plain(hs) + _pack_plain(first)
+    return head + _array_header(len(bodies)) + b"".join(bodies)
 
 
 def _lmdb_values(bodies: list[bytes]) -> list[bytes]:
@@ -709,7 +710,7 @@ class LMDBStorage:
                 "file data.mdb", f"is truncated: it is {length} bytes long, but its meta page needs {needed}"
             )
 
-    def _key_index(self, key: bytes) -> int:
+    def _key_index(self, key: bytes | memoryview) -> int:
         """The log index a ``log`` key encodes."""
         if len(key) != _KEY.size:
             raise self._corrupt("log key", f"{bytes(key)[:16]!r} is not an 8-byte index")

@@ -259,7 +259,7 @@ _NORMAL = EntryKind.NORMAL
 def _check_entries(where: str, value: Any) -> tuple[Entry, ...]:
     if type(value) is not list:
         raise ProtocolError(f"{where}: expected a list of entries, got {_short(value)}")
-    entries = []
+    entries: list[Entry] = []
     append = entries.append
     for raw in value:
         # The common case checked inline: a well-formed NORMAL entry.
