@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import dataclasses
 import heapq
 import inspect
@@ -733,6 +734,10 @@ class Peer:
             async with asyncio.timeout(limit):
                 await self._wait_until(lambda: self._core.leader not in (None, self.name))
         except TimeoutError:
+            if not self._stopping and self._core.leader == self.name:
+                # The core would refuse writes until its own election timeout ends the transfer.
+                with contextlib.suppress(RaftError):
+                    await self._call_in_driver(lambda: self._core.abort_transfer(target))
             raise Timeout(f"leadership did not pass to {target} within {limit:.2f} s") from None
         leader = self._core.leader
         assert leader is not None

@@ -379,6 +379,13 @@ class Raft:
         self._maybe_send_timeout_now()
         return target
 
+    def abort_transfer(self, target: NodeId) -> None:
+        """Give up the leadership transfer to ``target``, if it is still in
+        progress: proposals are accepted again. (A ``TimeoutNow`` already
+        sent may still make ``target`` campaign.)"""
+        if self.transfer_target == target:
+            self.transfer_target = None
+
     def membership_at(self, index: int) -> Membership:
         """The configuration in force at log ``index`` (for a snapshot's metadata)."""
         return self._membership_index(index)[1]

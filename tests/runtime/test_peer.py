@@ -375,6 +375,25 @@ async def test_transfer_that_cannot_complete_times_out_and_the_leader_keeps_serv
     assert await leader.write(["set", "k", 1]) == ["ok", "k", 1]
 
 
+async def test_a_transfer_that_times_out_early_is_abandoned_at_once(tmp_path: Any) -> None:
+    """A ``timeout`` shorter than an election timeout: once Timeout is
+    raised the leader takes writes again, instead of refusing them until
+    the core gives the transfer up by itself."""
+    cluster = Cluster(tmp_path, config=Config(tick_interval=0.01, election_ticks=100, heartbeat_ticks=2))
+    try:
+        peers = await cluster.start(3)
+        leader = await cluster.leader()
+        target = next(n for n in peers if n != leader.name)
+        await peers[target].stop()
+        with pytest.raises(errors.Timeout, match=target):
+            await leader.transfer_leadership(to=target, timeout=0.05)
+        assert leader._core.transfer_target is None
+        assert await leader.write(["set", "k", 1], forward=False) == ["ok", "k", 1]
+        assert leader.is_leader
+    finally:
+        await cluster.close()
+
+
 async def test_stopping_the_leader_hands_over_leadership_first(cluster: Cluster) -> None:
     peers = await cluster.start(3)
     old = await cluster.leader()
