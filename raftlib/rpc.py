@@ -32,7 +32,7 @@ RESPONSE = "Response"
 STREAM = "Stream"
 """One item of a streamed answer: ``[id, item]``; the final Response ends the stream."""
 CANCEL = "Cancel"
-"""``[id]``: the caller no longer wants the answer (it stops a stream)."""
+"""``[id]``: the caller no longer wants the answer (the peer stops the request or stream)."""
 
 STREAM_QUEUE_LIMIT = 10_000
 """Items of one stream received but not yet read; one more ends the stream
@@ -138,6 +138,12 @@ class RpcConnection:
                 raise errors.Timeout(f"{op} at {self.address} got no answer within {shown} s") from None
         finally:
             self._pending.pop(rid, None)
+            if (fut.cancelled() or not fut.done()) and not self._closed:
+                # The caller gave up (cancelled or timed out): the peer stops
+                # working on it, rather than finishing a request nobody waits
+                # for (a forwarded membership change could undo a later one).
+                with contextlib.suppress(OSError, RuntimeError):
+                    self._writer.write(encode_frame(CANCEL, [rid]))
 
     async def stream(self, op: str, args: Mapping[str, Any]) -> AsyncIterator[Any]:
         """Send a streaming request and yield each item the peer sends.

@@ -1228,6 +1228,8 @@ class Peer:
         done: list[tuple[asyncio.Future[Any], Any]] = []
         calls, self._calls = self._calls, []
         for fn, fut in calls:
+            if fut.cancelled():
+                continue  # the caller gave up before it ran (a change nobody waits for)
             try:
                 done.append((fut, fn()))
             except RaftError as exc:

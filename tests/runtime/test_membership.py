@@ -365,3 +365,29 @@ async def test_concurrent_set_configurations_with_different_targets_both_finish(
     final = {"a": a, "b": b}[done[-1]]
     leader = await cluster.leader()
     assert leader.membership.voters == final and not leader.membership.learners
+
+
+
+async def test_a_forwarded_change_given_up_by_its_caller_does_not_undo_a_later_one(cluster: Cluster) -> None:
+    """A voter asked through a follower to be added at an address where
+    nothing runs, and gave up (a joiner that died before catching up). The
+    leader must stop working on that request when its caller gives up: it
+    would otherwise move the member back to the dead address once the
+    member, meanwhile added at its real address, has caught up."""
+    from raftlib.testing import free_port
+
+    await cluster.start(3)
+    leader = await cluster.leader()
+    follower = next(p for p in cluster.live() if not p.is_leader)
+    dead = f"127.0.0.1:{free_port()}"
+    first = asyncio.get_running_loop().create_task(follower.add_member("s4", dead))
+    await eventually(lambda: "s4" in leader.membership.learners)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    s4 = await cluster.start_peer("s4")
+    await leader.add_member("s4", s4.address, voter=False)
+    await leader.write(["set", "after", 1])
+    await eventually(lambda: s4.state_machine.data.get("after") == 1)  # caught up at its real address
+    await asyncio.sleep(20 * cluster.config.heartbeat_ticks * cluster.config.tick_interval)
+    assert leader.membership.learners.get("s4") == s4.address
