@@ -158,25 +158,25 @@ class RequestServer:
     async def _add_member(self, args: dict[str, Any]) -> Any:
         await self._peer._add_member(
             arg(args, "name", str), arg(args, "address", str), voter=arg(args, "voter", bool, True),
-            timeout=arg(args, "timeout", (int, float, type(None)), None), hops=hops_of(args),
+            timeout=_timeout(args), hops=hops_of(args),
         )
         return None
 
     async def _remove_member(self, args: dict[str, Any]) -> Any:
         return await self._peer._remove_member(
-            arg(args, "name", str), timeout=arg(args, "timeout", (int, float, type(None)), None), hops=hops_of(args)
+            arg(args, "name", str), timeout=_timeout(args), hops=hops_of(args)
         )
 
     async def _set_configuration(self, args: dict[str, Any]) -> Any:
         members = arg(args, "members", dict)
         await self._peer._reconfigure_to(
-            members, timeout=arg(args, "timeout", (int, float, type(None)), None), hops=hops_of(args)
+            members, timeout=_timeout(args), hops=hops_of(args)
         )
         return None
 
     async def _transfer_leadership(self, args: dict[str, Any]) -> Any:
         return await self._peer.transfer_leadership(
-            arg(args, "to", (str, type(None)), None), timeout=arg(args, "timeout", (int, float, type(None)), None)
+            arg(args, "to", (str, type(None)), None), timeout=_timeout(args)
         )
 
     async def _write(self, args: dict[str, Any]) -> Any:

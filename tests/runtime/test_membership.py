@@ -323,6 +323,31 @@ async def test_status_over_the_wire(cluster: Cluster) -> None:
         await conn.close()
 
 
+async def test_membership_requests_over_the_wire_refuse_a_nan_timeout(cluster: Cluster) -> None:
+    """A NaN deadline would go into the event loop's timer heap, where it
+    breaks the ordering of every timer of the process: refused, changing nothing."""
+    from raftlib.rpc import RpcConnection
+    from raftlib.testing import free_port
+
+    await cluster.start(3)
+    leader = await cluster.leader()
+    before = leader.membership
+    conn = await RpcConnection.open(leader.address)
+    try:
+        nan = float("nan")
+        requests = [
+            ("add_member", {"name": "s9", "address": f"127.0.0.1:{free_port()}", "voter": False}),
+            ("remove_member", {"name": "s2"}),
+            ("set_configuration", {"members": {"s1": cluster.addresses["s1"], "s2": cluster.addresses["s2"]}}),
+        ]
+        for op, args in requests:
+            with pytest.raises(errors.ConfigError, match="timeout"):
+                await conn.call(op, {**args, "timeout": nan})
+    finally:
+        await conn.close()
+    assert leader.membership == before
+
+
 async def test_joining_again_as_a_voter_promotes_a_member_left_a_learner(lmdb_cluster: Cluster) -> None:
     cluster = lmdb_cluster
     await cluster.start(3)
