@@ -2359,7 +2359,8 @@ async def join(
     promotes it. Returns once the change has committed. A peer restarted on
     a ``data_dir`` where it is already a member just starts, unless it is a
     learner asking to be a voter or its address changed: then that change
-    is made as for a new member (a voter is never made a learner).
+    is made as for a new member (a voter is never made a learner). A new
+    peer (empty log) may not take the name of a voter at another address.
 
     The other arguments are those of :func:`start_peer`. Raises
     :class:`ConfigError` for bad arguments, :class:`Unavailable` if no seed
@@ -2383,11 +2384,28 @@ async def join(
         membership = peer.membership
         voter = voter or name in membership.voters
         if (membership.voters if voter else membership.learners).get(name) != peer.address:
-            await _ask_to_join(peer, list(seeds), voter, timeout)
+            fresh = not membership.members and peer._core.log.last_index() == 0
+            await _ask_to_join(peer, list(seeds), voter, timeout, fresh)
     except BaseException:
         await peer.stop(transfer_leadership=False)
         raise
     return peer
+
+
+def _check_name_free(peer: Peer, status: Any) -> None:
+    """Raise ConfigError if a brand-new ``peer`` would take the place of a
+    voter of that name at another address. That voter may still run and
+    vote under its old address, next to this one under the new address: two
+    processes answering as one voter can elect two leaders, or lose
+    committed entries."""
+    members = status.get("members") if isinstance(status, dict) else None
+    info = members.get(peer.name) if isinstance(members, dict) else None
+    if isinstance(info, dict) and info.get("role") == "voter" and info.get("address") != peer.address:
+        raise ConfigError(
+            f"{peer.name} is already a voter of this cluster, at {info.get('address')}; a new peer with an empty "
+            f"log cannot take its place. Start this peer on {peer.name}'s data directory, or remove "
+            f"{peer.name} first (remove_member, or `raftlib members remove {peer.name}`), then join"
+        )
 
 
 _JOIN_WARNING_INTERVAL = 5.0
@@ -2396,7 +2414,7 @@ at once if no seed could be reached at all, otherwise after this long: a
 member that answered is often just busy electing or changing membership."""
 
 
-async def _ask_to_join(peer: Peer, seeds: list[str], voter: bool, timeout: float | None) -> None:
+async def _ask_to_join(peer: Peer, seeds: list[str], voter: bool, timeout: float | None, fresh: bool) -> None:
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
     args = {"name": peer.name, "address": peer.address, "voter": voter}
@@ -2418,6 +2436,8 @@ async def _ask_to_join(peer: Peer, seeds: list[str], voter: bool, timeout: float
                 continue
             reached = True
             try:
+                if fresh:
+                    _check_name_free(peer, await conn.call("status", {}, timeout=_remaining(loop, deadline)))
                 await conn.call("add_member", {**args, "timeout": _remaining(loop, deadline)},
                                 timeout=_remaining(loop, deadline))
                 peer._log.info("%s: joined the cluster through %s", peer.name, address)

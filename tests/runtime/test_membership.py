@@ -11,7 +11,7 @@ import pytest
 import raftlib
 from raftlib import errors
 
-from clusterkit import FAST, Cluster, eventually
+from clusterkit import FAST, Cluster, KVStore, eventually
 
 
 class Writer:
@@ -346,6 +346,26 @@ async def test_membership_requests_over_the_wire_refuse_a_nan_timeout(cluster: C
     finally:
         await conn.close()
     assert leader.membership == before
+
+
+async def test_a_new_peer_cannot_take_the_name_of_a_voter_at_another_address(cluster: Cluster) -> None:
+    """A fresh process joining as ``s2`` at a new address while the old ``s2``
+    runs on would leave two processes answering as one voter."""
+    await cluster.start(3)
+    leader = await cluster.leader()
+    before = leader.membership
+    with pytest.raises(errors.ConfigError, match="already a voter"):
+        await raftlib.join(KVStore, name="s2", address="127.0.0.1:0", seeds=[cluster.addresses["s1"]],
+                           storage=_memory(), config=cluster.config, timeout=10)
+    assert leader.membership == before
+    # A learner's place may be taken (it never votes), and so may a removed member's.
+    await leader.remove_member("s3")
+    again = await raftlib.join(KVStore, name="s3", address="127.0.0.1:0", seeds=[cluster.addresses["s1"]],
+                               storage=_memory(), config=cluster.config, timeout=10)
+    try:
+        assert leader.membership.voters.get("s3") == again.address
+    finally:
+        await again.stop()
 
 
 async def test_joining_again_as_a_voter_promotes_a_member_left_a_learner(lmdb_cluster: Cluster) -> None:
