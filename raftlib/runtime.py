@@ -479,7 +479,7 @@ class Peer:
     async def _add_member(self, name: NodeId, address: str, *, voter: bool, timeout: float | None, hops: int) -> None:
         if not isinstance(name, str) or not name:
             raise ConfigError(f"a member name must be a non-empty string, got {name!r}")
-        parse_address(address)
+        _check_member_address(name, address)
 
         def next_step(cur: Membership) -> Membership | None:
             if (cur.voters if voter else cur.learners).get(name) == address:
@@ -2196,13 +2196,25 @@ def _check_members(members: Mapping[NodeId, str]) -> dict[NodeId, str]:
     for nid, addr in members.items():
         if not isinstance(nid, str) or not nid or not isinstance(addr, str):
             raise ConfigError(f"member names and addresses must be non-empty strings, got {nid!r}: {addr!r}")
-        parse_address(addr)
+        _check_member_address(nid, addr)
         # Only one process can listen at an address: the others would never
         # be reached, and a cluster of them could not elect a leader.
         if addr in owners:
             raise ConfigError(f"members {owners[addr]} and {nid} have the same address {addr}; each needs its own")
         owners[addr] = nid
     return dict(members)
+
+
+def _check_member_address(name: NodeId, address: str) -> None:
+    """Raise ConfigError unless ``address`` is one the others can reach ``name`` at."""
+    if not isinstance(address, str):
+        raise ConfigError(f"the address of {name} must be a string, got {address!r}")
+    endpoint = parse_address(address)
+    if endpoint.kind == "tcp" and endpoint.port == 0:
+        raise ConfigError(
+            f"the address of {name}, {address}, has port 0, which only asks for a free port when listening; "
+            f"give the port the peer listens on (Peer.address)"
+        )
 
 
 def _remaining(loop: asyncio.AbstractEventLoop, deadline: float | None) -> float | None:

@@ -284,6 +284,25 @@ async def test_membership_errors(cluster: Cluster) -> None:
         await raftlib.join(raftlib.StateMachine, name="x", address="127.0.0.1:0", seeds=[], storage=_memory())
 
 
+async def test_a_member_address_with_port_0_is_refused(cluster: Cluster) -> None:
+    """Port 0 means "pick a free port" when listening; as a member's address
+    nobody can reach it (the real one is Peer.address)."""
+    await cluster.start(1)
+    s1 = cluster.peers["s1"]
+    with pytest.raises(errors.ConfigError, match="port 0"):
+        await s1.add_member("s2", "127.0.0.1:0")
+    with pytest.raises(errors.ConfigError, match="port 0"):
+        await s1.set_configuration({"s1": s1.address, "s2": "localhost:0"})
+    assert set(s1.membership.members) == {"s1"}
+    fresh = await raftlib.start_peer(KVStore, name="n1", address="127.0.0.1:0", storage=_memory())
+    try:
+        with pytest.raises(errors.ConfigError, match="port 0"):
+            await fresh.set_configuration({"n1": "127.0.0.1:0"})
+        assert fresh.status()["last_index"] == 0
+    finally:
+        await fresh.stop()
+
+
 def _memory() -> Any:
     from storage_adapters import MemoryStorage
 
