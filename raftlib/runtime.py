@@ -2217,6 +2217,10 @@ def _check_member_address(name: NodeId, address: str) -> None:
         )
 
 
+def _min_timeout(a: float, b: float | None) -> float:
+    return a if b is None else min(a, b)
+
+
 def _remaining(loop: asyncio.AbstractEventLoop, deadline: float | None) -> float | None:
     return None if deadline is None else max(0.0, deadline - loop.time())
 
@@ -2430,6 +2434,8 @@ async def _ask_to_join(peer: Peer, seeds: list[str], voter: bool, timeout: float
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
     args = {"name": peer.name, "address": peer.address, "voter": voter}
+    cfg = peer.config
+    probe = max(1.0, 4 * cfg.election_ticks * cfg.tick_interval)  # seconds a seed has to answer a status
     last_error: BaseException | None = None
     addresses = list(seeds)
     backoff = 0.05
@@ -2446,10 +2452,18 @@ async def _ask_to_join(peer: Peer, seeds: list[str], voter: bool, timeout: float
                 last_error = exc
                 refused += isinstance(exc, AuthenticationFailed)
                 continue
-            reached = True
             try:
+                # A seed that accepts connections but does not answer (a paused
+                # process) must not hold the join up until its deadline: a
+                # member answers a status at once, so move on to the next one.
+                try:
+                    status = await conn.call("status", {}, timeout=_min_timeout(probe, _remaining(loop, deadline)))
+                except Timeout as exc:
+                    last_error = Unavailable(f"{address} accepted the connection but did not answer: {exc}")
+                    continue
+                reached = True
                 if fresh:
-                    _check_name_free(peer, await conn.call("status", {}, timeout=_remaining(loop, deadline)))
+                    _check_name_free(peer, status)
                 await conn.call("add_member", {**args, "timeout": _remaining(loop, deadline)},
                                 timeout=_remaining(loop, deadline))
                 peer._log.info("%s: joined the cluster through %s", peer.name, address)

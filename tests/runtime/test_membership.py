@@ -309,6 +309,24 @@ def _memory() -> Any:
     return MemoryStorage()
 
 
+async def test_join_moves_on_from_a_seed_that_accepts_but_never_answers(cluster: Cluster) -> None:
+    """A paused member (SIGSTOP) still accepts connections: the join must try
+    the next seed rather than wait for it until its own timeout."""
+    from clusterkit import fake_server
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # reads the requests, answers none
+
+    await cluster.start(3)
+    async with fake_server(silent) as silent_seed:
+        peer = await raftlib.join(KVStore, name="s4", address="127.0.0.1:0", storage=_memory(),
+                                  seeds=[silent_seed, cluster.addresses["s1"]], config=cluster.config, timeout=20)
+    try:
+        assert "s4" in (await cluster.leader()).membership.voters
+    finally:
+        await peer.stop()
+
+
 async def test_a_joined_member_restarts_from_its_data_dir(lmdb_cluster: Cluster) -> None:
     cluster = lmdb_cluster
     await cluster.start(3)
