@@ -779,7 +779,7 @@ def members() -> None:
 
 async def _call_any(addresses: list[str], op: str, args: dict[str, Any], timeout: float) -> Any:
     """Send a request to the first member that answers (it forwards to the leader)."""
-    from .errors import Unavailable
+    from .errors import ConnectionLost, Timeout, Unavailable
     from .rpc import RpcConnection
 
     last: Exception | None = None
@@ -790,6 +790,13 @@ async def _call_any(addresses: list[str], op: str, args: dict[str, Any], timeout
             last = exc
             continue
         try:
+            # A member answers a status at once; one that takes the connection
+            # but does not (a paused process) must not use up the whole timeout.
+            try:
+                await conn.call("status", {}, timeout=min(timeout, 5.0))
+            except (Timeout, ConnectionLost) as exc:
+                last = exc
+                continue
             return await conn.call(op, {**args, "timeout": timeout}, timeout=timeout + 1)
         finally:
             await conn.close()

@@ -282,3 +282,37 @@ def test_a_restart_with_initial_cluster_keeps_the_members_changed_since(single: 
         assert members() == {"s1": "voter", "s2": "voter"}
     finally:
         s2.stop()
+
+
+def test_members_commands_move_on_from_a_member_that_does_not_answer(single: Node) -> None:
+    """A paused member still accepts connections; the command must go on to
+    the next address of --cluster instead of waiting out --timeout on it."""
+    import socket
+    import threading
+
+    silent = socket.create_server(("127.0.0.1", 0))
+    silent.settimeout(0.1)
+    accepted: list[socket.socket] = []
+    done = threading.Event()
+
+    def accept() -> None:
+        while not done.is_set():
+            try:
+                accepted.append(silent.accept()[0])  # takes the connection, never answers
+            except OSError:
+                continue
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    try:
+        wait_for(lambda: leader_of(single.address))
+        cluster = f"127.0.0.1:{silent.getsockname()[1]},{single.address}"
+        result = cli("members", "remove", "ghost", "--cluster", cluster, "--timeout", "20")
+        assert result.exit_code == 0, result.output
+        assert result.output.strip() == "ghost is not a member; nothing changed"
+    finally:
+        done.set()
+        acceptor.join()
+        silent.close()
+        for conn in accepted:
+            conn.close()
