@@ -34,9 +34,11 @@ class NotLeader(RaftError):
 class NotMember(NotLeader):
     """This peer has been removed from the cluster; the request was not applied.
 
-    A member told it so when it asked for votes: it was removed while it was
-    down or cut off, so it never received the entry removing it. It does not
-    campaign and forwards nothing until a leader contacts it again. Send
+    Its own log holds the committed configuration that removed it (a
+    removed leader has stepped down), or, if it was removed while it was
+    down or cut off and never received that entry, a member told it so when
+    it asked for votes. It does not campaign and forwards nothing until a
+    leader adds it back. Send
     requests to a member; to bring this peer back, add it with
     ``Peer.add_member`` on a member (or ``raftlib members add``).
     ``leader`` and ``leader_address`` are ``None``.

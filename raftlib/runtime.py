@@ -335,8 +335,9 @@ class Peer:
         ``commit_index``, ``applied_index``, ``last_index``,
         ``snapshot_index``, ``storage_full`` (the disk is full: requests are
         refused until space returns), ``removed_at`` (``None``, or the index
-        of the configuration that, as a member told this peer, removed it
-        while it was down: see :class:`~raftlib.errors.NotMember`) and
+        of the configuration that removed this peer, as its own committed log
+        shows or as a member told it when it was removed while down: see
+        :class:`~raftlib.errors.NotMember`) and
         ``members`` (the configuration as this peer knows it): for each member its ``address``,
         ``role`` (``voter`` or ``learner``), ``voter`` (bool), ``last_contact``
         (seconds since this peer last heard from it; ``None`` if never, 0 for
@@ -373,7 +374,7 @@ class Peer:
             "last_index": last_index,
             "snapshot_index": self._snapshot_index,
             "storage_full": self._storage_full is not None,
-            "removed_at": core.removed_at or None,
+            "removed_at": core.removal_index() or None,
             "members": {nid: describe(nid, addr) for nid, addr in membership.members.items()},
         }
 
@@ -1982,17 +1983,20 @@ class Peer:
             raise self._not_leader(self._core.leader)
 
     def _leader_known_or_removed(self) -> bool:
-        """What waiting for a leader waits for: one is known, or a member said
-        this peer was removed (none will contact it: see :meth:`_check_member`)."""
-        return self._core.leader is not None or self._core.removed_at > 0
+        """What waiting for a leader waits for: one is known, or this peer
+        knows it was removed (none will contact it: see :meth:`_check_member`)."""
+        return self._core.leader is not None or self._core.removal_index() > 0
 
     def _check_member(self) -> None:
-        """Raise :class:`NotMember` if a member said this peer was removed."""
-        removed_at = self._core.removed_at
+        """Raise :class:`NotMember` if this peer knows it was removed: a member
+        said so, or it applied its own removal."""
+        core = self._core
+        removed_at = core.removal_index()
         if removed_at:
+            how = " while it was down or cut off" if core.removed_at else ""
             raise NotMember(
-                f"peer {self.name} was removed from the cluster (configuration at index {removed_at}) while it was "
-                "down or cut off; send requests to a member, or add this peer back with add_member")
+                f"peer {self.name} was removed from the cluster (configuration at index {removed_at}){how}; send "
+                "requests to a member, or add this peer back with add_member")
 
     def _not_leader(self, leader: NodeId | None) -> NotLeader:
         address = None

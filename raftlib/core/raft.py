@@ -620,6 +620,27 @@ class Raft:
                 return at, membership
         return self._snapshot_membership_index, self._snapshot_membership
 
+    def removal_index(self) -> int:
+        """Non-zero when this peer knows it is no longer a member: the index
+        of the configuration that removed it, as a member told it
+        (:attr:`removed_at`), or as its own log shows (a committed
+        configuration, still the latest, leaves it out after one that named
+        it: it applied its own removal). A peer catching up from before it
+        was added is not counted (no earlier configuration names it)."""
+        if self.removed_at:
+            return self.removed_at
+        at = self._removal_index(self.id)
+        if not at:
+            return 0
+        if self._snapshot_membership_index < at and self.id in self._snapshot_membership.members:
+            return at
+        for index, membership in self._config_history:
+            if index >= at:
+                break
+            if self.id in membership.members:
+                return at
+        return 0
+
     def _removal_index(self, nid: NodeId) -> int:
         """The index of the committed configuration here if both it and the
         configuration in force leave ``nid`` out; otherwise 0."""

@@ -268,6 +268,33 @@ def test_a_member_removed_while_down_is_told_when_it_campaigns(fenced: bool) -> 
     assert net.leaders() == ["a"] and net.nodes["a"].term == term == net.nodes["b"].term
 
 
+def test_removal_index_counts_a_peer_that_applied_its_own_removal_only() -> None:
+    """A learner catching up from index 1 applies configurations that leave
+    it out: they came before the one adding it, so it is not "removed". A
+    peer whose committed configuration leaves it out after one that named
+    it is, from that entry's index, until a configuration names it again."""
+    net = Network(["a", "b", "c"], config=config(max_entries_per_message=1))  # d catches up entry by entry
+    net.elect("a")
+    commit_all(net, "a")
+    net.propose("a", b"x", b"y")
+    commit_all(net, "a")
+    d = net.add_node("d")
+    net.nodes["a"].propose_membership(m("a b c", "d"))
+    for _ in range(100):
+        net.tick("a")
+        net.deliver()  # one hop at a time: d sees every step of its catching up
+        assert d.removal_index() == 0
+    assert d.membership == m("a b c", "d") and net.commands("d") == [b"x", b"y"]
+    index = change(net, "a", m("a b c"))
+    assert d.removal_index() == index and d.removed_at == 0
+    assert all(net.nodes[i].removal_index() == 0 for i in "abc")
+    change(net, "a", m("a b c", "d"))
+    assert d.removal_index() == 0
+    # The leader removing itself knows it too, once that commits.
+    index = change(net, "a", m("b c", "d"))
+    assert net.nodes["a"].removal_index() == index and net.nodes["a"].role == FOLLOWER
+
+
 def test_a_member_told_it_was_removed_campaigns_again_once_added_back() -> None:
     net = Network(["a", "b", "c"], config=config(pre_vote=True, check_quorum=True))
     net.elect("a")

@@ -224,6 +224,41 @@ async def test_a_removed_member_that_keeps_running_does_not_disrupt(cluster: Clu
     assert victim.status()["role"] == "follower"
 
 
+async def test_a_running_peer_that_applied_its_own_removal_refuses_requests_with_not_member(
+        cluster: Cluster) -> None:
+    """A follower removed while running went on forwarding writes to its old
+    leader; a leader that removed itself refused writes only after several
+    election timeouts, with "retry after an election", and wait_for_leader()
+    never returned. A peer whose committed configuration leaves it out,
+    after one that named it, now says NotMember, as one told so by a member."""
+    peers = await cluster.start(3)
+    leader = await cluster.leader()
+    follower = next(p for p in peers.values() if p is not leader)
+    await leader.write(["set", "before", 1])
+    assert follower.status()["removed_at"] is None
+    await leader.remove_member(follower.name)
+    await eventually(lambda: follower.status()["removed_at"] is not None)
+    with pytest.raises(errors.NotMember, match="add_member"):
+        await follower.write(["set", "refused", 1], timeout=5)
+    with pytest.raises(errors.NotMember):
+        await follower.read(["get", "before"], timeout=5)
+    with pytest.raises(errors.NotMember):
+        await asyncio.wait_for(follower.wait_for_leader(), 10)
+    assert "refused" not in leader.state_machine.data
+    # The leader removes itself: once that commits it steps down, and knows why.
+    await leader.remove_member(leader.name)
+    await eventually(lambda: leader.status()["removed_at"] is not None)
+    with pytest.raises(errors.NotMember):
+        await leader.write(["set", "refused", 2], timeout=5)
+    with pytest.raises(errors.NotMember):
+        await asyncio.wait_for(leader.wait_for_leader(), 10)
+    # Added back, the follower serves again.
+    rest = await cluster.leader()
+    await rest.add_member(follower.name, follower.address)
+    await eventually(lambda: follower.status()["removed_at"] is None and follower.leader == rest.name, timeout=20)
+    assert await follower.write(["set", "after", 1], timeout=10) == ["ok", "after", 1]
+
+
 async def test_a_member_removed_while_down_learns_it_and_can_be_added_back(lmdb_cluster: Cluster) -> None:
     cluster = lmdb_cluster
     await cluster.start(3)
