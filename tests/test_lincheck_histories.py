@@ -74,6 +74,25 @@ def test_a_lost_write_is_caught() -> None:
     assert check(history).ok is False
 
 
+def test_values_of_different_types_are_different_values() -> None:
+    # The key-value service stores msgpack values, where 1, 1.0 and True
+    # differ (and JSON histories keep them apart): reading True where only 1
+    # was written is a read of a value never written.
+    for written, read in [(1, True), (1, 1.0), (0, False), ((1, 2), (True, 2))]:
+        history = [op(1, "put", "x", 0, 1, value=written), op(2, "get", "x", 2, 3, output=read)]
+        assert check(history).ok is False, (written, read)
+        assert check([history[0], op(2, "get", "x", 2, 3, output=written)]).ok is True
+    # A cas expecting True does not match 1, so it cannot report a swap...
+    swapped = [op(1, "put", "x", 0, 1, value=1), op(2, "cas", "x", 2, 3, expected=True, value=2, output=True)]
+    assert check(swapped).ok is False
+    # ... and an unknown put of True cannot explain a read of 1.
+    unknown = [op(1, "put", "x", 0, None, value=True, status="unknown"), op(2, "get", "x", 2, 3, output=1)]
+    assert check(unknown).ok is False
+    # The explanation shows the register's value as it is.
+    text = check([op(1, "put", "x", 0, 1, value=1), op(2, "get", "x", 2, 3, output=True)]).explain()
+    assert "after it the state is 1:" in text
+
+
 def _register_history(rng: random.Random, processes: int, ops: int) -> list[Operation]:
     """A history of a real register under random concurrency: each operation
     takes effect at one instant between its call and return."""

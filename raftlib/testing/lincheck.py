@@ -226,32 +226,65 @@ class Model(Protocol):
         ...
 
 
+def _exact(value: Any) -> Any:
+    """A key that is equal for two values only if they are equal and of the
+    same types, all the way down tuples: ``1``, ``1.0`` and ``True`` differ,
+    as they do in msgpack and JSON (Python's ``==`` would call them equal)."""
+    if type(value) is tuple:
+        return (tuple, tuple(map(_exact, value)))
+    return (type(value), value)
+
+
+class _Value:
+    """A register's state: the value, compared by :func:`_exact`; it prints as the value."""
+
+    __slots__ = ("value", "_key")
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+        self._key = _exact(value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Value) and self._key == other._key
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
 class RegisterModel:
     """A register: ``get`` reads the value, ``put`` sets it, ``cas`` sets
     ``value`` iff the register holds ``expected`` (an ok cas reports True
-    or False; False means it saw something else). The state is the value;
-    ``None`` means absent. This is the default model of :func:`check`.
+    or False; False means it saw something else). The state is the value
+    (it prints as the value; its ``.value`` is the value itself); ``None``
+    means absent. Values are equal only if they have the same types, as in
+    msgpack and JSON: a register holding ``1`` does not hold ``True`` or
+    ``1.0``. This is the default model of :func:`check`.
     """
 
     def init(self, initial: Any) -> Any:
         """The register starts out holding ``initial``."""
-        return initial
+        return _Value(initial)
 
     def step(self, state: Any, op: Operation) -> tuple[bool, Any]:
         """Apply ``op`` to the value ``state``; see the class docstring."""
+        if not isinstance(state, _Value):
+            state = _Value(state)
         kind = op.kind
         if kind == "get":
-            return op.status != "ok" or op.output == state, state
+            return op.status != "ok" or _exact(op.output) == state._key, state
         if kind == "put":
-            return True, op.value
+            return True, _Value(op.value)
         if kind == "cas":
             observed = None
             if op.status == "ok":
                 if op.output not in (True, False):
                     raise ValueError(f"an ok cas must output True or False: {op.describe()}")
                 observed = bool(op.output)
-            if state == op.expected:
-                return observed is not False, op.value
+            if state._key == _exact(op.expected):
+                return observed is not False, _Value(op.value)
             return observed is not True, state
         raise ValueError(f"the register model knows get, put and cas, not {kind!r}: {op.describe()}")
 
