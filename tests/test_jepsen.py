@@ -84,3 +84,36 @@ def test_sigterm_stops_every_node_and_removes_their_data(tmp_path: Path) -> None
             harness.wait()
             for pid in _processes_mentioning(str(work)):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc to find the nodes")
+@pytest.mark.timeout(180)
+def test_a_node_that_exits_by_itself_fails_the_run(tmp_path: Path) -> None:
+    # A node that dies without the nemesis killing it (a crash, a failed
+    # restart) is the cluster misbehaving: the run must say so, not restart
+    # it quietly at the end and report success.
+    work = tmp_path / "tmp"
+    work.mkdir()
+    out = tmp_path / "out"
+    with subprocess.Popen(
+        [sys.executable, "-m", "raftlib.testing.jepsen", "--nodes", "3", "--clients", "2", "--time", "4",
+         "--nemesis", "pause", "--seed", "1", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(work)},
+    ) as harness:
+        try:
+            assert harness.stdout is not None and harness.stderr is not None
+            assert "nodes up" in harness.stdout.readline()
+            nodes = _processes_mentioning(str(work / "raftlib-jepsen-"))
+            assert len(nodes) == 3
+            os.kill(nodes[0], signal.SIGKILL)
+            stdout, stderr = harness.communicate(timeout=150)
+            assert harness.returncode == 1, stdout + stderr
+            assert "exited by itself" in stdout
+            summary = json.loads((out / "summary.json").read_text())
+            assert len(summary["crashes"]) == 1 and summary["crashes"][0]["status"] == -signal.SIGKILL
+            assert _processes_mentioning(str(work)) == []
+        finally:
+            harness.kill()
+            harness.wait()
+            for pid in _processes_mentioning(str(work)):
+                os.kill(pid, signal.SIGKILL)

@@ -23,8 +23,9 @@ longer (to see the cluster recover), and the history is checked with
 :func:`raftlib.testing.lincheck.check`. The run prints operation counts,
 faults, availability and the verdict, and writes ``history.jsonl``,
 ``summary.json`` and ``latency.svg`` (latency over time, fault windows
-shaded) to ``--out``. The exit status is 0 only if the history is
-linearizable.
+shaded) to ``--out``. A node that exits without the nemesis killing it
+is reported as a crash. The exit status is 0 only if the history is
+linearizable and no node crashed.
 
 ``--broken stale-reads`` is the self-check: gets are then served by
 whichever node the client picked from its local state (``consistency=
@@ -112,6 +113,8 @@ class _Run:
     history: History = field(default_factory=History)
     faults: list[_Fault] = field(default_factory=list)
     latencies: list[tuple[float, float, str]] = field(default_factory=list)
+    crashes: list[tuple[str, int, float]] = field(default_factory=list)
+    """Nodes that exited without the harness killing them: (name, exit status, time)."""
     t0: float = 0.0
     next_value: int = 0
     last_seen: dict[str, Any] = field(default_factory=dict)
@@ -142,7 +145,22 @@ def _kill(node: _Node) -> None:
             node.proc.send_signal(signal.SIGCONT)
         node.proc.kill()
         node.proc.wait()
+    node.proc = None  # down on purpose: _watch does not count it as a crash
     node.paused = False
+
+
+async def _watch(run: _Run) -> None:
+    """Record every node that exits without the harness killing it (a crash,
+    a failed restart): the cluster misbehaved, whatever the history says."""
+    while True:
+        for node in run.nodes:
+            if node.proc is not None and node.proc.poll() is not None:
+                at = time.monotonic() - run.t0
+                run.crashes.append((node.name, node.proc.returncode, at))
+                print(f"  {at:6.1f} s  {node.name} exited by itself with status {node.proc.returncode};"
+                      f" see {node.log_path}", flush=True)
+                node.proc = None
+        await asyncio.sleep(0.1)
 
 
 # -- clients ----------------------------------------------------------------------------------
@@ -265,7 +283,7 @@ async def _nemesis(run: _Run, partitioner: Partitioner, initial: str, stop: asyn
             victim.proc.send_signal(signal.SIGSTOP)
             victim.paused = True
             await _sleep_unless(stop, duration)
-            if victim.proc.poll() is None:
+            if victim.proc is not None and victim.proc.poll() is None:
                 victim.proc.send_signal(signal.SIGCONT)
             victim.paused = False
         else:
@@ -303,7 +321,7 @@ async def run(cfg: JepsenConfig) -> tuple[Result, dict[str, Any]]:
         raise ValueError(f"--nemesis takes a comma-separated subset of {','.join(NEMESES)}")
     if cfg.nodes < 1 or cfg.clients < 1 or cfg.time <= 0 or cfg.keys < 1:
         raise ValueError("--nodes, --clients, --keys and --time must be positive")
-    state = _Run(cfg, random.Random(cfg.seed))
+    state = _Run(cfg, random.Random(cfg.seed), t0=time.monotonic())
     cfg.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="raftlib-jepsen-"))
     names = [f"n{i}" for i in range(1, cfg.nodes + 1)]
@@ -324,12 +342,14 @@ async def run(cfg: JepsenConfig) -> tuple[Result, dict[str, Any]]:
         loop.add_signal_handler(signum, main_task.cancel)
     clients: list[asyncio.Future[None]] = []
     nemesis: asyncio.Future[None] | None = None
+    watch: asyncio.Future[None] | None = None
     try:
         for node in state.nodes:
             proxy = Proxy(node.name, node.proxy_port, node.port, partitioner)
             await proxy.start()
             proxies.append(proxy)
             _start_node(node, initial)
+        watch = asyncio.ensure_future(_watch(state))
         await _wait_for_leader(state, 30.0)
         print(f"{cfg.nodes} nodes up; {cfg.clients} clients for {cfg.time:g} s, nemesis {','.join(cfg.nemesis)},"
               f" seed {cfg.seed}" + (f", BROKEN: {cfg.broken}" if cfg.broken else ""), flush=True)
@@ -356,10 +376,10 @@ async def run(cfg: JepsenConfig) -> tuple[Result, dict[str, Any]]:
             loop.remove_signal_handler(signum)
         # Stop the nemesis and the clients first: a nemesis still running
         # would restart the node it killed after the nodes are stopped.
-        for task in [nemesis, *clients]:
+        for task in [nemesis, *clients, watch]:
             if task is not None:
                 task.cancel()
-        await asyncio.gather(*[t for t in [nemesis, *clients] if t is not None], return_exceptions=True)
+        await asyncio.gather(*[t for t in [nemesis, *clients, watch] if t is not None], return_exceptions=True)
         for node in state.nodes:
             _kill(node)
         for proxy in proxies:
@@ -407,6 +427,7 @@ def _summary(state: _Run, ops: list[Any], result: Result, healed_at: float) -> d
         "faults": [{"kind": f.kind, "start": round(f.start, 3), "end": round(f.end or 0, 3), "detail": f.detail}
                    for f in state.faults],
         "healed_at": round(healed_at, 3),
+        "crashes": [{"node": name, "status": status, "at": round(at, 3)} for name, status, at in state.crashes],
         "verdict": result.verdict,
         "explanation": result.explain() if result.ok is not True else "",
     }
@@ -482,8 +503,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"verdict: {result.verdict}")
     if result.ok is not True:
         print(result.explain())
+    for crash in summary["crashes"]:
+        print(f"FAILED: {crash['node']} exited by itself at {crash['at']:.1f} s with status {crash['status']};"
+              f" see {out / (crash['node'] + '.log')}")
     print(f"history, summary and latency plot in {out}")
-    return 0 if result.ok is True else 1
+    return 0 if result.ok is True and not summary["crashes"] else 1
 
 
 if __name__ == "__main__":
