@@ -167,6 +167,27 @@ def test_save_load_and_the_command_line(tmp_path: Path) -> None:
     assert subprocess.run(run + [str(tmp_path / "junk.jsonl")], capture_output=True, timeout=60).returncode == 2
 
 
+def test_json_operations_may_leave_out_what_they_do_not_have() -> None:
+    # Operation.from_json: a missing value, expected, output or ret is None.
+    # An unknown operation has no return time to write down.
+    from raftlib.testing.lincheck import from_jsonl
+
+    text = (
+        '{"process": 1, "kind": "put", "key": "x", "value": 5, "call": 0, "status": "unknown"}\n'
+        '{"process": 2, "kind": "get", "key": "x", "output": 5, "call": 1, "ret": 2, "status": "ok"}\n'
+    )
+    ops = from_jsonl(text)
+    assert ops[0].ret is None and ops[0].status == "unknown"
+    assert check(ops).ok is True
+    # An ok operation still needs its return time, and says so.
+    try:
+        from_jsonl('{"process": 1, "kind": "get", "key": "x", "call": 0, "status": "ok"}\n', source="h.jsonl")
+    except ValueError as exc:
+        assert "h.jsonl:1" in str(exc) and "return time" in str(exc)
+    else:
+        raise AssertionError("an ok operation without a return time was accepted")
+
+
 def _brute_force(history: list[Operation]) -> bool:
     """Linearizable by exhaustive search: some subset of the unknown
     operations plus every ok one, in some order that respects real time,

@@ -193,7 +193,7 @@ class Operation:
         missing = sorted({"process", "kind", "key", "call", "status"} - set(obj))
         if missing:
             raise ValueError(f"missing field(s) {missing}")
-        return cls(**{name: _freeze(value) for name, value in obj.items()})
+        return cls(**{"ret": None, **{name: _freeze(value) for name, value in obj.items()}})
 
 
 def _freeze(value: Any) -> Any:
