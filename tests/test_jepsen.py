@@ -48,6 +48,18 @@ def test_bad_arguments_exit_2(tmp_path: Path) -> None:
     assert done.returncode == 2 and "nemesis" in done.stderr
 
 
+@pytest.mark.parametrize("option, value", [
+    ("--op-timeout", "-1"), ("--op-timeout", "0"), ("--op-timeout", "nan"), ("--time", "nan"),
+    ("--election-timeout-ms", "5"),
+])
+def test_bad_timeouts_exit_2_before_anything_runs(tmp_path: Path, option: str, value: str) -> None:
+    # A timeout no client or node accepts used to run the test anyway: the
+    # clients never connected and the empty history was "linearizable" (exit 0).
+    done = jepsen(tmp_path, "--time", "2", option, value)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert option.lstrip("-").split("-")[0] in done.stderr and "nodes up" not in done.stdout
+
+
 def _processes_mentioning(text: str) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():

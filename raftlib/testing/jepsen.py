@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import random
 import shutil
@@ -319,8 +320,13 @@ async def run(cfg: JepsenConfig) -> tuple[Result, dict[str, Any]]:
     """Run one fault test; return the checker's result and the summary."""
     if not cfg.nemesis or any(n not in NEMESES for n in cfg.nemesis):
         raise ValueError(f"--nemesis takes a comma-separated subset of {','.join(NEMESES)}")
-    if cfg.nodes < 1 or cfg.clients < 1 or cfg.time <= 0 or cfg.keys < 1:
+    if cfg.nodes < 1 or cfg.clients < 1 or not 0 < cfg.time < math.inf or cfg.keys < 1:
         raise ValueError("--nodes, --clients, --keys and --time must be positive")
+    if not 0 < cfg.op_timeout < math.inf:
+        raise ValueError(f"--op-timeout must be a positive number of seconds, not {cfg.op_timeout}")
+    if not 20 <= cfg.election_timeout_ms <= 60_000:
+        raise ValueError(f"--election-timeout-ms must be from 20 to 60000 (as for raftlib serve),"
+                         f" not {cfg.election_timeout_ms}")
     state = _Run(cfg, random.Random(cfg.seed), t0=time.monotonic())
     cfg.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="raftlib-jepsen-"))
