@@ -129,3 +129,26 @@ def test_a_node_that_exits_by_itself_fails_the_run(tmp_path: Path) -> None:
             harness.wait()
             for pid in _processes_mentioning(str(work)):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.timeout(120)
+def test_a_client_that_stops_on_an_unexpected_error_fails_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A client task that ends on anything but the errors an operation may
+    # meet (a result of the wrong shape, a bug) stops recording; the run
+    # must say so instead of checking what is left and passing.
+    from raftlib.kv import KVClient
+    from raftlib.testing import jepsen as harness
+
+    async def broken_cas(self: KVClient, *args: object, **kwargs: object) -> bool:
+        raise KeyError("changed")
+
+    monkeypatch.setattr(KVClient, "cas", broken_cas)
+    status = harness.main(["--nodes", "1", "--clients", "2", "--time", "1", "--nemesis", "pause",
+                           "--out", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert status == 1, out
+    assert "KeyError" in out
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert len(summary["client_errors"]) == 2 and all("KeyError" in e for e in summary["client_errors"])

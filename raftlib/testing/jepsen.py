@@ -24,8 +24,9 @@ longer (to see the cluster recover), and the history is checked with
 faults, availability and the verdict, and writes ``history.jsonl``,
 ``summary.json`` and ``latency.svg`` (latency over time, fault windows
 shaded) to ``--out``. A node that exits without the nemesis killing it
-is reported as a crash. The exit status is 0 only if the history is
-linearizable and no node crashed.
+is reported as a crash, and so is a client that stops on an unexpected
+exception. The exit status is 0 only if the history is linearizable and
+nothing crashed.
 
 ``--broken stale-reads`` is the self-check: gets are then served by
 whichever node the client picked from its local state (``consistency=
@@ -116,6 +117,8 @@ class _Run:
     latencies: list[tuple[float, float, str]] = field(default_factory=list)
     crashes: list[tuple[str, int, float]] = field(default_factory=list)
     """Nodes that exited without the harness killing them: (name, exit status, time)."""
+    client_errors: list[str] = field(default_factory=list)
+    """Clients that stopped on an unexpected exception, which ended their part of the history."""
     t0: float = 0.0
     next_value: int = 0
     last_seen: dict[str, Any] = field(default_factory=dict)
@@ -376,7 +379,9 @@ async def run(cfg: JepsenConfig) -> tuple[Result, dict[str, Any]]:
         healed_at = time.monotonic() - state.t0
         await asyncio.sleep(cfg.recovery)
         stop_clients.set()
-        await asyncio.gather(*clients, return_exceptions=True)
+        for process, outcome in enumerate(await asyncio.gather(*clients, return_exceptions=True)):
+            if isinstance(outcome, Exception):
+                state.client_errors.append(f"client {process}: {type(outcome).__name__}: {outcome}")
     finally:
         for signum in (signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(signum)
@@ -434,6 +439,7 @@ def _summary(state: _Run, ops: list[Any], result: Result, healed_at: float) -> d
                    for f in state.faults],
         "healed_at": round(healed_at, 3),
         "crashes": [{"node": name, "status": status, "at": round(at, 3)} for name, status, at in state.crashes],
+        "client_errors": state.client_errors,
         "verdict": result.verdict,
         "explanation": result.explain() if result.ok is not True else "",
     }
@@ -512,8 +518,10 @@ def main(argv: list[str] | None = None) -> int:
     for crash in summary["crashes"]:
         print(f"FAILED: {crash['node']} exited by itself at {crash['at']:.1f} s with status {crash['status']};"
               f" see {out / (crash['node'] + '.log')}")
+    for error in summary["client_errors"]:
+        print(f"FAILED: {error} (it stopped there; its operations are missing from the history)")
     print(f"history, summary and latency plot in {out}")
-    return 0 if result.ok is True and not summary["crashes"] else 1
+    return 0 if result.ok is True and not summary["crashes"] and not summary["client_errors"] else 1
 
 
 if __name__ == "__main__":
