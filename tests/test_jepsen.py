@@ -145,10 +145,55 @@ def test_a_client_that_stops_on_an_unexpected_error_fails_the_run(
         raise KeyError("changed")
 
     monkeypatch.setattr(KVClient, "cas", broken_cas)
-    status = harness.main(["--nodes", "1", "--clients", "2", "--time", "1", "--nemesis", "pause",
+    status = harness.main(["--nodes", "1", "--clients", "1", "--time", "1", "--nemesis", "pause",
                            "--out", str(tmp_path / "out")])
     out = capsys.readouterr().out
     assert status == 1, out
     assert "KeyError" in out
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert len(summary["client_errors"]) == 2 and all("KeyError" in e for e in summary["client_errors"])
+    assert len(summary["client_errors"]) == 1 and "KeyError" in summary["client_errors"][0]
+
+
+# Loaded into every process of the run through PYTHONPATH: members that are
+# not the leader answer linearizable reads from their own state instead of
+# forwarding them. The leader is unchanged, so only clients that send reads
+# to other members can see it.
+_FOLLOWER_READS_MUTANT = '''
+import raftlib.runtime as runtime
+
+_forwarded_read = runtime.Peer._forwarded_read
+
+
+async def broken(self, query, consistency, timeout, hops):
+    if not self.is_leader:
+        consistency = "stale"
+    return await _forwarded_read(self, query, consistency, timeout, hops)
+
+
+runtime.Peer._forwarded_read = broken
+'''
+
+
+@pytest.mark.timeout(300)
+def test_members_serving_reads_without_the_leader_are_caught(tmp_path: Path) -> None:
+    # The clients used to follow the leader, so a member that answered
+    # reads from its own state was never asked: a cluster with that bug
+    # passed the fault test.
+    mutant = tmp_path / "mutant"
+    mutant.mkdir()
+    (mutant / "sitecustomize.py").write_text(_FOLLOWER_READS_MUTANT)
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "raftlib.testing.jepsen", "--nodes", "3", "--clients", "4", "--time", "6",
+         "--nemesis", "pause", "--seed", "2", "--out", str(out)],
+        capture_output=True, text=True, timeout=240,
+        # The mutant imports raftlib before -m puts the working directory on
+        # the path: name this checkout, so that it is the one under test.
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(mutant), str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")])
+        )},
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "verdict: not linearizable" in done.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["clients"] == {"0": "leader", "1": "n1", "2": "leader", "3": "n2"}

@@ -6,11 +6,14 @@
 Theory of operation. The harness starts ``--nodes`` processes of the
 built-in key-value service on loopback, each behind a :class:`Proxy`
 (:mod:`raftlib.testing.netproxy`) so that links between peers can be cut.
-``--clients`` clients, each its own :class:`raftlib.kv.KVClient` with its own
-session, run get / put / cas on a few keys as fast as the cluster answers,
-and every operation is recorded with its call and return times and its
-outcome: ``ok``, ``fail`` (certainly not applied: no member could take it)
-or ``unknown`` (a write that may have been applied). Meanwhile a nemesis
+``--clients`` clients run get / put / cas on a few keys as fast as the
+cluster answers: the even-numbered ones each a :class:`raftlib.kv.KVClient`
+with its own session (it follows the leader), the odd-numbered ones each
+bound to one node, which forwards their plain reads and writes to the leader
+(so that reads asked of other members are tested too). Every operation is
+recorded with its call and return times and its outcome: ``ok``, ``fail``
+(certainly not applied: no member could take it) or ``unknown`` (a write
+that may have been applied). Meanwhile a nemesis
 draws faults from ``--nemesis`` with the seeded generator:
 
 * ``kill``: ``kill -9`` a node, restart it on the same data directory later;
@@ -52,7 +55,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import KVError, OutcomeUnknown, RaftError
+from ..errors import (
+    KVError, NotLeader, OutcomeUnknown, Overloaded, PeerStopped, ProposalDropped, RaftError, StorageFull, Unavailable,
+)
 from ..rpc import RpcConnection
 from .lincheck import History, Result
 from .netproxy import Partitioner, Proxy
@@ -170,10 +175,20 @@ async def _watch(run: _Run) -> None:
 # -- clients ----------------------------------------------------------------------------------
 
 
+def _bound_node(run: _Run, process: int) -> _Node | None:
+    """The node an odd-numbered client is bound to (round robin); None for
+    the even-numbered ones, which follow the leader."""
+    return run.nodes[(process // 2) % len(run.nodes)] if process % 2 else None
+
+
 async def _client(run: _Run, process: int, stop: asyncio.Event) -> None:
     from ..kv import KVClient
 
     cfg = run.cfg
+    node = _bound_node(run, process)
+    if node is not None:
+        await _bound_client(run, process, node, stop)
+        return
     addresses = [n.address for n in run.nodes]
     rng = random.Random(f"{cfg.seed}-client-{process}")
     kv: KVClient | None = None
@@ -204,6 +219,79 @@ async def _client(run: _Run, process: int, stop: asyncio.Event) -> None:
         if stale is not None:
             await stale.close()
         await kv.close()
+
+
+# Errors after which a write forwarded by a member certainly did not apply.
+_NOT_APPLIED = (NotLeader, ProposalDropped, PeerStopped, Unavailable, Overloaded, StorageFull, KVError)
+
+
+async def _bound_client(run: _Run, process: int, node: _Node, stop: asyncio.Event) -> None:
+    """A client that sends every request to ``node``, which forwards it to
+    the leader (how a service's own processes use ``Peer.read`` and
+    ``Peer.write`` on whichever member they run next to): this tests
+    forwarding, and reads on members that are not, or no longer, the leader."""
+    from ..kv import _raise_refused
+
+    cfg = run.cfg
+    rng = random.Random(f"{cfg.seed}-client-{process}")
+    conn: RpcConnection | None = None
+    try:
+        while not stop.is_set():
+            if conn is None or conn.closed:
+                try:
+                    conn = await RpcConnection.open(node.address, timeout=0.5)
+                except RaftError:
+                    conn = None
+                    await asyncio.sleep(0.1)
+                    continue
+            key = f"k{rng.randrange(cfg.keys)}"
+            kind = rng.choice(("get", "get", "put", "cas"))
+            if kind == "get":
+                consistency = "stale" if cfg.broken == "stale-reads" else "linearizable"
+                handle = run.history.invoke(process, "get", key)
+                start = time.monotonic()
+                try:
+                    item = await conn.call("read", {"query": ["get", "default", key], "consistency": consistency,
+                                                    "timeout": cfg.op_timeout}, timeout=cfg.op_timeout)
+                    _raise_refused(item)
+                except (RaftError, OSError):
+                    run.history.complete(handle, "fail")  # a read has no effect
+                    await asyncio.sleep(0.05)  # the node may be down: do not spin
+                    continue
+                value = None if item is None else item[0]
+                run.history.complete(handle, "ok", value)
+                run.last_seen[key] = value
+            else:
+                run.next_value += 1
+                value = run.next_value
+                expected = None
+                if kind == "cas":
+                    expected = run.last_seen.get(key) if rng.random() < 0.8 else rng.randrange(value)
+                command = ["put", "default", key, value] if kind == "put" else ["cas", "default", key, expected, None, value]
+                handle = run.history.invoke(process, kind, key, value, expected)
+                start = time.monotonic()
+                try:
+                    result = await conn.call("write", {"command": command, "timeout": cfg.op_timeout},
+                                             timeout=cfg.op_timeout)
+                    _raise_refused(result)
+                except _NOT_APPLIED:
+                    run.history.complete(handle, "fail")
+                    await asyncio.sleep(0.05)
+                    continue
+                except (RaftError, OSError):
+                    # A plain write is not retried in a session: a lost
+                    # answer or a timeout leaves its outcome unknown.
+                    run.history.complete(handle, "unknown")
+                    await asyncio.sleep(0.05)
+                    continue
+                output = None if kind == "put" else bool(result["changed"])
+                run.history.complete(handle, "ok", output)
+                if kind == "put" or output:
+                    run.last_seen[key] = value
+            run.latencies.append((start - run.t0, time.monotonic() - start, kind))
+    finally:
+        if conn is not None:
+            await conn.close()
 
 
 async def _stale_connection(run: _Run, rng: random.Random, conn: RpcConnection | None) -> RpcConnection | None:
@@ -360,8 +448,9 @@ async def run(cfg: JepsenConfig) -> tuple[Result, dict[str, Any]]:
             _start_node(node, initial)
         watch = asyncio.ensure_future(_watch(state))
         await _wait_for_leader(state, 30.0)
-        print(f"{cfg.nodes} nodes up; {cfg.clients} clients for {cfg.time:g} s, nemesis {','.join(cfg.nemesis)},"
-              f" seed {cfg.seed}" + (f", BROKEN: {cfg.broken}" if cfg.broken else ""), flush=True)
+        print(f"{cfg.nodes} nodes up; {cfg.clients} clients ({cfg.clients // 2} bound to one node each) for"
+              f" {cfg.time:g} s, nemesis {','.join(cfg.nemesis)}, seed {cfg.seed}"
+              + (f", BROKEN: {cfg.broken}" if cfg.broken else ""), flush=True)
         state.t0 = time.monotonic()
         stop_faults, stop_clients = asyncio.Event(), asyncio.Event()
         clients = [asyncio.ensure_future(_client(state, i, stop_clients)) for i in range(cfg.clients)]
@@ -440,6 +529,7 @@ def _summary(state: _Run, ops: list[Any], result: Result, healed_at: float) -> d
         "healed_at": round(healed_at, 3),
         "crashes": [{"node": name, "status": status, "at": round(at, 3)} for name, status, at in state.crashes],
         "client_errors": state.client_errors,
+        "clients": {str(p): (n.name if (n := _bound_node(state, p)) else "leader") for p in range(state.cfg.clients)},
         "verdict": result.verdict,
         "explanation": result.explain() if result.ok is not True else "",
     }
