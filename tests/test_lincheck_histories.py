@@ -188,6 +188,35 @@ def test_json_operations_may_leave_out_what_they_do_not_have() -> None:
         raise AssertionError("an ok operation without a return time was accepted")
 
 
+class _Counter:
+    """A custom model: ``add`` adds its value, ``read`` outputs the total."""
+
+    def init(self, initial: Any) -> Any:
+        return initial or 0
+
+    def step(self, state: Any, o: Operation) -> tuple[bool, Any]:
+        if o.kind == "add":
+            return True, state + o.value
+        return o.status != "ok" or o.output == state, state
+
+
+def test_a_custom_model_whose_unknown_operations_add_up_is_decided() -> None:
+    # Two increments that may or may not have happened, then reads of 1, 2,
+    # 1: a counter never goes down. The search must say so, not try ever
+    # more increments (it used to, until the timeout or out of memory).
+    def add(p: int) -> Operation:
+        return op(p, "add", "c", 0, None, value=1, status="unknown")
+
+    def read(t: float, total: int) -> Operation:
+        return op(3, "read", "c", t, t + 1, output=total)
+
+    down = [add(1), add(2), read(5, 1), read(7, 2), read(9, 1)]
+    assert check(down, model=_Counter(), timeout=10).ok is False
+    up = [add(1), add(2), read(5, 1), read(7, 2), read(9, 2)]
+    assert check(up, model=_Counter(), timeout=10).ok is True
+    assert check([add(1), add(2), read(5, 3)], model=_Counter(), timeout=10).ok is False
+
+
 def _brute_force(history: list[Operation]) -> bool:
     """Linearizable by exhaustive search: some subset of the unknown
     operations plus every ok one, in some order that respects real time,

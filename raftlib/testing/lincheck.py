@@ -63,11 +63,14 @@ With unknown operations the search runs in up to three passes, each sound
 in the direction it answers. First a cheap exact one: unknown operations
 are tried only where they let a waiting ``ok`` operation go next, and one
 unknown bitset is kept per configuration; a linearization it finds is
-real, and a dead end is a proof only if it pruned nothing. Then a relaxed
-one, where unknown operations that do the same thing are interchangeable
-and may be reused: a dead end there is a proof, and a linearization is
-accepted once it is checked to use no class more often than it has
-members. Only if that check fails does the full exact search run.
+real, and a dead end is a proof only if it pruned nothing. Then, for the
+register model, a relaxed one, where unknown operations that do the same
+thing are interchangeable and may be reused: a dead end there is a proof,
+and a linearization is accepted once it is checked to use no class more
+often than it has members. Only if that check fails does the full exact
+search run. Other models go from the first search straight to the full
+exact one: reusing their operations could reach new states without end
+(a counter's increments add up), where a register's puts cannot.
 
 When no linearization exists, the explanation is taken at the deepest dead
 end of the search: the longest linearizable prefix found, the model state
@@ -531,10 +534,17 @@ def _check_key(key: Any, ops: list[Operation], model: Model, init_state: Any, de
         else:
             # Unknown operations: a cheap exact search first, then the
             # relaxed one, then the full exact one (see the docstring).
+            # The relaxed search may repeat an unknown operation without
+            # end: only the register is known to reach no new states that
+            # way (a put or cas again changes nothing); a custom model's
+            # operations may add up (a counter), so it gets the exact one.
             ok = search.run(deadline, exact=True, limit=_ANTICHAIN_LIMIT, eager=True)
             if ok is False and not search.complete:
-                ok = search.run(deadline, exact=False)
-                if ok and not search.witness_fits():
+                if type(model) is RegisterModel:
+                    ok = search.run(deadline, exact=False)
+                    if ok and not search.witness_fits():
+                        ok = search.run(deadline, exact=True)
+                else:
                     ok = search.run(deadline, exact=True)
     except TypeError as exc:
         if "unhashable" not in str(exc):
