@@ -628,7 +628,7 @@ class Peer:
                     return await self._forward(leader, op, {**args, "hops": hops + 1, "timeout": within}, within)
                 except (NotLeader, LeadershipLost, ProposalDropped, Unavailable, ConnectionLost) as exc:
                     unknown = isinstance(exc, (LeadershipLost, ConnectionLost))
-                    if unknown and maybe_applied is None:
+                    if unknown and maybe_applied is None and op != "read":  # a read applies nothing
                         maybe_applied = exc
                     if attempts >= _MAX_ATTEMPTS or (hops and isinstance(exc, NotLeader)) or (unknown and not idempotent):
                         raise

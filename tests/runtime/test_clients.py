@@ -195,6 +195,35 @@ async def test_a_forwarded_session_write_that_may_have_applied_is_not_reported_e
     assert attempts == 2
 
 
+
+async def test_a_forwarded_read_that_lost_its_connection_never_says_it_may_have_applied(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read changes nothing. A follower whose first forward of a read lost
+    its connection, and whose retries found no leader, ended the read with
+    OutcomeUnknown "an earlier attempt may have been applied": an error
+    Peer.read does not list, about an effect a read cannot have."""
+    peers = await cluster.start(3)
+    leader = await cluster.leader()
+    follower = next(p for p in peers.values() if p is not leader)
+    await eventually(lambda: follower.leader == leader.name)
+    attempts = 0
+
+    async def cut(to: str, op: str, args: dict[str, Any], within: float | None = None) -> Any:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise errors.ConnectionLost("the connection to the leader dropped")
+        raise errors.Unavailable("could not reach the leader")
+
+    monkeypatch.setattr(follower, "_forward", cut)
+    with pytest.raises((errors.NotLeader, errors.Unavailable, errors.Timeout)) as caught:
+        await follower.read(["get", "a"], timeout=1)
+    assert not isinstance(caught.value, errors.OutcomeUnknown), repr(caught.value)
+    assert "applied" not in str(caught.value)
+    assert attempts > 1  # a read is retried after a lost connection
+
+
 async def test_sessions_expire_by_log_time(tmp_path: Any) -> None:
     c = Cluster(tmp_path, config=dataclasses.replace(FAST, session_ttl=0.3))
     try:
