@@ -197,3 +197,22 @@ def test_members_serving_reads_without_the_leader_are_caught(tmp_path: Path) -> 
     assert "verdict: not linearizable" in done.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["clients"] == {"0": "leader", "1": "n1", "2": "leader", "3": "n2"}
+
+
+@pytest.mark.timeout(120)
+def test_keep_data_says_where_the_data_directories_are(tmp_path: Path) -> None:
+    # --keep-data kept the nodes' directories in a temporary directory whose
+    # name the run never printed: there was nothing to find them by.
+    work = tmp_path / "tmp"
+    work.mkdir()
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "raftlib.testing.jepsen", "--nodes", "3", "--clients", "2", "--time", "1",
+         "--nemesis", "pause", "--keep-data", "--out", str(out)],
+        capture_output=True, text=True, timeout=100, env={**os.environ, "TMPDIR": str(work)},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    kept = json.loads((out / "summary.json").read_text())["data_dir"]
+    assert kept in done.stdout
+    assert sorted(p.name for p in Path(kept).iterdir()) == ["n1", "n2", "n3"]
+    assert Path(kept).parent == work

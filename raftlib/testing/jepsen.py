@@ -484,12 +484,15 @@ async def run(cfg: JepsenConfig) -> tuple[Result, dict[str, Any]]:
             _kill(node)
         for proxy in proxies:
             await proxy.close()
-        if not cfg.keep_data:
+        if cfg.keep_data:
+            print(f"the nodes' data directories are kept in {work}", flush=True)
+        else:
             shutil.rmtree(work, ignore_errors=True)
     ops = state.history.operations()
     state.history.save(cfg.out / "history.jsonl")
     result = state.history.check(timeout=120.0)
     summary = _summary(state, ops, result, healed_at)
+    summary["data_dir"] = str(work) if cfg.keep_data else None
     (cfg.out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
     (cfg.out / "latency.svg").write_text(_plot(state, healed_at))
     return result, summary
