@@ -75,7 +75,7 @@ from .serving import RequestServer
 from .sessions import ClientEntry, Outcome, SessionOp, SessionTable
 from .snapshot import FileSnapshotStore, MemorySnapshotStore, SnapshotFile, SnapshotStore
 from .state_machine import StateMachine
-from .transport.framing import check_message, wire_problem
+from .transport.framing import MAX_WIRE_INT, check_message, wire_problem
 from .transport.tcp import Connection, Transport, parse_address
 from .types import Change, Entry, EntryKind, HardState, Membership, NodeId, SnapshotMeta
 
@@ -980,7 +980,8 @@ class Peer:
         at any peer) never applies it twice: a write already applied returns
         its first result. ``ack`` tells the cluster that the answers of every
         write up to that sequence number were received, so it can forget
-        them. Raises :class:`~raftlib.errors.SessionExpired` (not applied) if
+        them; ``seq`` is at most ``2**63 - 1`` (peers refuse larger numbers
+        on the wire). Raises :class:`~raftlib.errors.SessionExpired` (not applied) if
         the session is unknown, :class:`~raftlib.errors.CommandFailed` if
         ``handle_write`` raised, and the errors of :meth:`write`.
         """
@@ -988,6 +989,10 @@ class Peer:
         _check_client(client)
         if type(seq) is not int or seq <= 0 or type(ack) is not int or ack < 0:
             raise ConfigError("seq must be a positive int and ack a non-negative int")
+        if seq > MAX_WIRE_INT:
+            # Peers refuse an entry carrying it (check_message): appended, it
+            # could never be replicated, and nothing after it would commit.
+            raise ConfigError(f"seq ({seq}) must be at most 2**63-1")
         if ack >= seq:
             # The session would forget answers up to ack, this one's too, and
             # answer it as "applied and acknowledged before" without applying it.

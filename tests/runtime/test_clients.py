@@ -145,6 +145,32 @@ async def test_session_errors(cluster: Cluster) -> None:
     assert s1.state_machine.applied.count(["set", "d", 3]) == 1
 
 
+async def test_a_session_write_with_a_seq_peers_would_refuse_is_refused_and_the_cluster_keeps_committing(
+    cluster: Cluster,
+) -> None:
+    """Peers refuse a client-session entry whose seq or ack is above 2**63-1
+    (check_message). The leader must refuse such a request too: appended, the
+    entry could never be replicated and nothing after it would ever commit."""
+    from raftlib.rpc import RpcConnection
+
+    await cluster.start(3)
+    leader = await cluster.leader()
+    await leader.open_session("c")
+    for seq, ack in ((2**63, 0), (2**64 - 1, 0), (2**63 + 1, 2**63)):
+        with pytest.raises(errors.ConfigError, match="2\\*\\*63"):
+            await leader.session_write("c", seq, ["set", "big", 1], ack=ack, timeout=5)
+    conn = await RpcConnection.open(leader.address)
+    try:
+        with pytest.raises(errors.ConfigError, match="2\\*\\*63"):
+            await conn.call("session_write", {"client": "c", "seq": 2**63, "command": ["set", "big", 1], "timeout": 5})
+    finally:
+        await conn.close()
+    assert await leader.session_write("c", 2**63 - 1, ["set", "max", 1], timeout=5) == ["ok", "max", 1]
+    assert await leader.write(["set", "after", 1], timeout=5) == ["ok", "after", 1]
+    await eventually(lambda: all(p.state_machine.data.get("after") == 1 for p in cluster.live()))
+    assert all("big" not in p.state_machine.data for p in cluster.live())
+
+
 async def test_a_session_write_that_may_have_applied_is_never_reported_as_not_applied(cluster: Cluster) -> None:
     """The leader appends the write and loses its majority before it commits;
     the others elect a leader that commits it. The old leader, which then
