@@ -75,7 +75,7 @@ from .serving import RequestServer
 from .sessions import ClientEntry, Outcome, SessionOp, SessionTable
 from .snapshot import FileSnapshotStore, MemorySnapshotStore, SnapshotFile, SnapshotStore
 from .state_machine import StateMachine
-from .transport.framing import MAX_WIRE_INT, check_message, wire_problem
+from .transport.framing import MAX_NAME_LENGTH, MAX_WIRE_INT, check_message, wire_problem
 from .transport.tcp import Connection, Transport, parse_address
 from .types import Change, Entry, EntryKind, HardState, Membership, NodeId, SnapshotMeta
 
@@ -478,8 +478,7 @@ class Peer:
     # -- membership changes ------------------------------------------------------------
 
     async def _add_member(self, name: NodeId, address: str, *, voter: bool, timeout: float | None, hops: int) -> None:
-        if not isinstance(name, str) or not name:
-            raise ConfigError(f"a member name must be a non-empty string, got {name!r}")
+        _check_name(name)
         _check_member_address(name, address)
 
         def next_step(cur: Membership) -> Membership | None:
@@ -2180,6 +2179,16 @@ def _remaining_of(deadline: float | None) -> float | None:
     return None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
 
 
+def _check_name(name: Any, what: str = "a member name") -> None:
+    """Raise ConfigError unless ``name`` is a name peers accept on the wire
+    (check_message): a configuration naming anything else could never be
+    replicated, and nothing after it would commit."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{what} must be a non-empty string, got {name!r}")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ConfigError(f"{what} must have at most {MAX_NAME_LENGTH} characters, got {len(name)}")
+
+
 def _check_client(client: Any) -> str:
     if not isinstance(client, str) or not client or len(client) > 128:
         raise ConfigError(f"a client session id must be a non-empty str of at most 128 characters, got {client!r}")
@@ -2205,6 +2214,7 @@ def _check_members(members: Mapping[NodeId, str]) -> dict[NodeId, str]:
     for nid, addr in members.items():
         if not isinstance(nid, str) or not nid or not isinstance(addr, str):
             raise ConfigError(f"member names and addresses must be non-empty strings, got {nid!r}: {addr!r}")
+        _check_name(nid)
         _check_member_address(nid, addr)
         # Only one process can listen at an address: the others would never
         # be reached, and a cluster of them could not elect a leader.
@@ -2317,8 +2327,7 @@ async def start_peer(
     use the same kind (see :mod:`raftlib.security`). Connections that fail
     the handshake are logged and closed before they reach the Raft core.
     """
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"name must be a non-empty string, got {name!r}")
+    _check_name(name, "name")
     parse_address(address)
     if advertise is not None:
         parse_address(advertise)

@@ -338,6 +338,35 @@ async def test_a_member_address_with_port_0_is_refused(cluster: Cluster) -> None
         await fresh.stop()
 
 
+async def test_member_names_peers_would_refuse_are_refused_and_the_cluster_keeps_committing(
+    cluster: Cluster,
+) -> None:
+    """Peers refuse a configuration naming a member with more than 256
+    characters (check_message). Such a name must be refused before a
+    configuration entry is appended: once in the log, it could never be
+    replicated and nothing after it would ever commit."""
+    from raftlib.rpc import RpcConnection
+
+    await cluster.start(3)
+    leader = await cluster.leader()
+    long_name = "x" * 257
+    with pytest.raises(errors.ConfigError, match="256"):
+        await leader.add_member(long_name, "127.0.0.1:9", voter=False, timeout=5)
+    with pytest.raises(errors.ConfigError, match="256"):
+        await leader.set_configuration({**leader.membership.voters, long_name: "127.0.0.1:9"}, timeout=5)
+    conn = await RpcConnection.open(leader.address)
+    try:
+        with pytest.raises(errors.ConfigError, match="256"):
+            await conn.call("add_member", {"name": long_name, "address": "127.0.0.1:9", "voter": False, "timeout": 5})
+    finally:
+        await conn.close()
+    with pytest.raises(errors.ConfigError, match="256"):
+        await raftlib.start_peer(raftlib.StateMachine, name=long_name, address="127.0.0.1:0", storage=_memory())
+    assert await leader.write(["set", "after", 1], timeout=5) == ["ok", "after", 1]
+    await eventually(lambda: all(p.state_machine.data.get("after") == 1 for p in cluster.live()))
+    assert long_name not in leader.membership.members
+
+
 def _memory() -> Any:
     from storage_adapters import MemoryStorage
 
