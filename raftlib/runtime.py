@@ -34,7 +34,7 @@ import logging
 import os
 import random
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
 from . import codec
 from .config import Config, check_timeout
@@ -79,7 +79,11 @@ from .transport.framing import MAX_NAME_LENGTH, MAX_WIRE_INT, check_message, wir
 from .transport.tcp import Connection, Transport, parse_address
 from .types import Change, Entry, EntryKind, HardState, Membership, NodeId, SnapshotMeta
 
-from storage_adapters.protocol import LogStorage
+if TYPE_CHECKING:
+    # storage_adapters imports raftlib.types, which runs this package's
+    # __init__: importing the adapters' package here would be circular when a
+    # program imports storage_adapters first.
+    from storage_adapters.protocol import LogStorage
 
 logger = logging.getLogger("raftlib")
 

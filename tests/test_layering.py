@@ -106,3 +106,13 @@ def test_every_public_name_and_method_is_documented_and_typed() -> None:
                 untyped.append(qualname)
     assert undocumented == []
     assert untyped == []
+
+
+@pytest.mark.parametrize("module", ["storage_adapters", "storage_adapters.lmdb", "storage_adapters.memory", "raftlib"])
+def test_each_package_imports_on_its_own(module: str) -> None:
+    """A program may import a storage adapter before raftlib (to wrap one, say)."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
