@@ -23,7 +23,12 @@ The records of the current generation run from byte 4096 up to the first
 record whose length is zero, passes the end of the file or fails its CRC.
 A crash while a record was being written leaves it failing its CRC, so it
 and everything after it are ignored; it was never acknowledged, since a
-save returns only once its record is flushed. :meth:`WriteAheadFile.reset`
+save returns only once its record is flushed. Only the last record can be
+torn that way: one failing its CRC with an intact record of the same
+generation right after it was damaged after it was flushed, and raises
+:class:`~raftlib.errors.CorruptStorage`. (Appends made without a flush are
+the exception: after a crash of the machine, a later one may be on disk and
+an earlier one not, and this is reported too.) :meth:`WriteAheadFile.reset`
 empties the file by writing a header with the next generation: the older
 records it leaves behind fail their CRC under the new generation.
 """
@@ -122,11 +127,27 @@ class WriteAheadFile:
                 break
             payload = data[start : start + length]
             if zlib.crc32(payload, self._seed) != crc:
+                if self._intact_record_at(data, start + length):
+                    # Only the last record can be torn by a crash: this one was
+                    # flushed, and so acknowledged, before the next, then damaged.
+                    raise CorruptStorage(
+                        f"corrupt write-ahead file {self.path}: record {len(out) + 1} (at byte {offset}) "
+                        f"fails its checksum, but the record after it is intact, so it was not torn by a "
+                        f"crash: the saves from it on cannot be trusted; {self._advice}"
+                    )
                 break
             out.append(payload)
             offset = start + length
         self._offset = offset
         return out
+
+    def _intact_record_at(self, data: bytes, offset: int) -> bool:
+        """Whether a record of the current generation, passing its CRC, starts at ``offset``."""
+        if offset + _RECORD.size > len(data):
+            return False
+        length, crc = _RECORD.unpack_from(data, offset)
+        start = offset + _RECORD.size
+        return 0 < length <= len(data) - start and zlib.crc32(data[start : start + length], self._seed) == int(crc)
 
     @property
     def empty(self) -> bool:

@@ -165,6 +165,30 @@ def test_a_torn_last_record_is_dropped_and_the_rest_kept(tmp_path: Path) -> None
         final.close()
 
 
+def test_a_damaged_record_before_intact_ones_is_reported_not_taken_for_a_torn_one(tmp_path: Path) -> None:
+    """Only the last record can be torn by a crash: one that fails its CRC
+    with an intact record of the same generation after it was flushed and
+    acknowledged, then damaged on disk. Ending the replay there would drop
+    it and every save after it (entries and votes) without a word."""
+    path = tmp_path / "db"
+    storage = open_storage(path, wal_size=1 << 20)
+    active = storage._active
+    assert active is not None
+    storage.save(HardState(term=1), make_entries(1, 3))
+    second = active._offset
+    storage.save(HardState(term=2, vote="s2"), make_entries(3, 5, size=200))
+    storage.save(None, make_entries(5, 7))
+    crash(storage)
+    with open(active.path, "r+b") as f:
+        f.seek(second + 100)  # inside the second record's payload
+        byte = f.read(1)
+        f.seek(second + 100)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(CorruptStorage, match="record 2 .* fails its checksum") as caught:
+        open_storage(path)
+    assert active.path in str(caught.value) and "wipe its data directory" in str(caught.value)
+
+
 def test_a_damaged_header_is_reported_not_ignored(tmp_path: Path) -> None:
     path = tmp_path / "db"
     storage = open_storage(path)
