@@ -124,6 +124,25 @@ def _is_no_space(exc: BaseException) -> bool:
     return "No space left" in text or f"[Errno {errno.ENOSPC}]" in text or getattr(exc, "errno", None) == errno.ENOSPC
 
 
+_FULL_DEVICE_BYTES = 1 << 20
+"""Free space below which an I/O error of LMDB's is taken for a full device."""
+
+
+def _is_write_cut_short(exc: BaseException, path: str) -> bool:
+    """Whether an LMDB error is a write the file system cut short for want of
+    space. A file system with a few blocks left writes what fits and returns
+    a short count, which LMDB reports as EIO rather than ENOSPC; so an EIO
+    counts when the device has (almost) no space left for this process.
+    LMDB aborted the transaction: nothing of it was committed."""
+    if os.strerror(errno.EIO) not in str(exc) and getattr(exc, "errno", None) != errno.EIO:
+        return False
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < _FULL_DEVICE_BYTES
+
+
 _pack_plain = msgpack.Packer().pack
 """A packer reused for lists of ints, str, bytes and None only (entry
 bodies, hard states): the C packer packs those without running Python
@@ -667,7 +686,7 @@ class LMDBStorage:
                 f"{self._map_size} bytes; reopen it with a larger map_size"
             ) from exc
         except lmdb.Error as exc:
-            if _is_no_space(exc):
+            if _is_no_space(exc) or _is_write_cut_short(exc, self._path):
                 raise StorageFull(f"cannot {action}: no space left on the device of {self._path}") from exc
             raise StorageError(f"cannot {action}: LMDB error in {self._path}: {exc}") from exc
 

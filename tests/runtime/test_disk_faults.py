@@ -4,6 +4,9 @@ corruption on disk is found at start-up, naming the file and the entry."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +111,57 @@ async def test_lmdb_map_full_is_storage_full_and_stores_nothing(tmp_path: Path) 
         assert storage.last_index() == 2
     finally:
         storage.close()
+
+
+_SHORT_WRITE_SCRIPT = """
+import os, resource, signal, sys
+from storage_adapters import LMDBStorage
+from raftlib import errors
+from raftlib.types import Entry
+
+path, device_full = sys.argv[1], sys.argv[2] == "full"
+if device_full:
+    real_statvfs = os.statvfs
+
+    def statvfs(p):
+        st = real_statvfs(p)
+        return os.statvfs_result((st.f_bsize, st.f_frsize, st.f_blocks, 0, 0, st.f_files, st.f_ffree,
+                                  st.f_favail, st.f_flag, st.f_namemax))
+
+    os.statvfs = statvfs
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an over-long write then fails instead of killing
+storage = LMDBStorage(path, wal=False)
+storage.save(None, [Entry(1, i, data=b"x" * 100) for i in range(1, 10)])
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+# The file may grow by a little only: LMDB's next commit gets a short write,
+# as on a file system with a few blocks left, and LMDB reports it as EIO.
+resource.setrlimit(resource.RLIMIT_FSIZE, (os.path.getsize(os.path.join(path, "data.mdb")) + 6000, hard))
+big = [Entry(1, i, data=b"y" * 3000) for i in range(10, 200)]
+try:
+    storage.save(None, big)
+except errors.StorageError as exc:
+    print(type(exc).__name__)
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # space returns
+storage.save(None, big)
+storage.close()
+again = LMDBStorage(path, wal=False)
+assert again.last_index() == 199 and again.entries(150, 151)[0].data == b"y" * 3000
+again.close()
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "statvfs") or sys.platform != "linux", reason="RLIMIT_FSIZE short writes on Linux")
+@pytest.mark.parametrize("device, expected", [("full", "StorageFull"), ("roomy", "StorageError")])
+def test_an_lmdb_write_cut_short_on_a_full_disk_is_storage_full(tmp_path: Path, device: str, expected: str) -> None:
+    """A file system with a few blocks left cuts LMDB's write short, and LMDB
+    reports that as an I/O error (EIO), not ENOSPC. On a full device that is
+    StorageFull (nothing was committed; the peer waits for space), not a
+    fatal StorageError; with room left, an I/O error stays fatal."""
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", _SHORT_WRITE_SCRIPT, str(tmp_path / "db"), device],
+                          cwd=root, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [expected]
 
 
 async def test_a_flipped_byte_in_the_lmdb_log_stops_the_peer_at_start(tmp_path: Path) -> None:
