@@ -388,6 +388,10 @@ def make_certificates(
     for name in names:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name) or name == "ca":
             raise ConfigError(f"certificate name {name!r}: use letters, digits, '.', '_', '-' (and not 'ca')")
+        if name.endswith("-key"):
+            # NAME.pem would be the key file of the name before "-key" (ca-key.pem is the CA's).
+            raise ConfigError(f"certificate name {name!r}: a name may not end in '-key' "
+                              f"({name}.pem is where the key of {name[:-4]!r} goes)")
     try:
         addresses = [ipaddress.ip_address(ip) for ip in ips]
     except ValueError as exc:

@@ -421,6 +421,20 @@ def test_certs_command_makes_a_ca_and_reuses_it(tmp_path: Path) -> None:
     assert bad.exit_code != 0 and "certificate name" in bad.output
 
 
+def test_certs_refuses_names_whose_files_would_overwrite_keys(tmp_path: Path) -> None:
+    """NAME.pem of a name ending in -key is another name's key file: 'ca-key'
+    would overwrite the CA's private key with a certificate (the CA is lost),
+    and 's1-key' the key of s1."""
+    out = tmp_path / "certs"
+    assert cli("certs", "--out", str(out), "--names", "s1").exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    for names in ("ca-key", "s1-key", "s2,s2-key"):
+        bad = cli("certs", "--out", str(out), "--names", names)
+        assert bad.exit_code == 2 and "-key" in bad.output, bad.output
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert cli("certs", "--out", str(out), "--names", "s3").exit_code == 0  # the CA still works
+
+
 def test_cli_security_options_are_checked(tmp_path: Path) -> None:
     certs = make_certificates(tmp_path, ["client"])["client"]
     half = cli("kv", "get", "a", "--cluster", "127.0.0.1:1", "--cert", str(certs.cert))
