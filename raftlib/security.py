@@ -414,12 +414,22 @@ def make_certificates(
 
     ca_path, ca_key_path = os.path.join(out, "ca.pem"), os.path.join(out, "ca-key.pem")
     if os.path.exists(ca_path) and os.path.exists(ca_key_path):
-        with open(ca_path, "rb") as f:
-            ca_cert = x509.load_pem_x509_certificate(f.read())
-        with open(ca_key_path, "rb") as f:
-            loaded = serialization.load_pem_private_key(f.read(), password=None)
+        try:
+            with open(ca_path, "rb") as f:
+                ca_cert = x509.load_pem_x509_certificate(f.read())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot reuse the CA certificate {ca_path}: {exc}") from None
+        try:
+            with open(ca_key_path, "rb") as f:
+                loaded = serialization.load_pem_private_key(f.read(), password=None)
+        except (OSError, ValueError, TypeError) as exc:
+            raise ConfigError(f"cannot reuse the CA key {ca_key_path}: {exc}") from None
         if not isinstance(loaded, ec.EllipticCurvePrivateKey):
             raise ConfigError(f"{ca_key_path}: expected an EC private key")
+        spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        if loaded.public_key().public_bytes(*spki) != ca_cert.public_key().public_bytes(*spki):
+            # Certificates it signed would fail verification against ca.pem everywhere.
+            raise ConfigError(f"the CA key {ca_key_path} does not belong to the CA certificate {ca_path}")
         ca_key = loaded
     else:
         ca_key = ec.generate_private_key(ec.SECP256R1())

@@ -435,6 +435,21 @@ def test_certs_refuses_names_whose_files_would_overwrite_keys(tmp_path: Path) ->
     assert cli("certs", "--out", str(out), "--names", "s3").exit_code == 0  # the CA still works
 
 
+@pytest.mark.parametrize("damage", ["ca-key.pem", "ca.pem", "other-key"])
+def test_certs_with_an_unusable_ca_says_which_file(tmp_path: Path, damage: str) -> None:
+    out = tmp_path / "certs"
+    assert cli("certs", "--out", str(out), "--names", "s1").exit_code == 0
+    if damage == "other-key":  # a CA key that does not match ca.pem would sign certificates nobody trusts
+        make_certificates(tmp_path / "other", ["x"])
+        (out / "ca-key.pem").write_bytes((tmp_path / "other" / "ca-key.pem").read_bytes())
+        damage = "ca-key.pem"
+    else:
+        (out / damage).write_text("not a PEM file\n")
+    bad = cli("certs", "--out", str(out), "--names", "s2")
+    assert bad.exit_code == 2 and str(out / damage) in bad.output, bad.output
+    assert not (out / "s2.pem").exists()
+
+
 def test_cli_security_options_are_checked(tmp_path: Path) -> None:
     certs = make_certificates(tmp_path, ["client"])["client"]
     half = cli("kv", "get", "a", "--cluster", "127.0.0.1:1", "--cert", str(certs.cert))
