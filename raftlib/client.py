@@ -399,7 +399,11 @@ class Client:
                     knows = await self._learn_leader(conn, min(self._connect_timeout, max(0.05, deadline - loop.time())))
                 except (RaftError, OSError) as exc:
                     await conn.close()
-                    errors.append(f"{address} did not answer as a raftlib member: {exc}")
+                    if isinstance(exc, AuthenticationFailed):
+                        refused += 1
+                        errors.append(str(exc))
+                    else:
+                        errors.append(f"{address} did not answer as a raftlib member: {exc}")
                     continue
                 except BaseException:
                     await conn.close()

@@ -22,7 +22,7 @@ from typing import Any, AsyncIterator, Mapping
 from . import errors
 from .errors import ConnectionLost, ProtocolError, RaftError, Unavailable
 from .transport.framing import FrameDecoder, encode_frame
-from .security import Security
+from .security import AUTH_OK, CHALLENGE, Security
 from .transport.tcp import HELLO, connect_stream
 
 __all__ = ["REQUEST", "RESPONSE", "STREAM", "CANCEL", "RpcConnection", "error_to_wire", "error_from_wire", "check_request"]
@@ -187,6 +187,8 @@ class RpcConnection:
                     break
                 for type_name, body in self._decoder.feed(data):
                     self._on_frame(type_name, body)
+        except errors.AuthenticationFailed as exc:
+            reason = exc
         except ProtocolError as exc:
             reason = ConnectionLost(f"{self.address} sent a malformed frame: {exc}")
             _log.warning("closing the connection to %s: %s", self.address, exc)
@@ -217,6 +219,13 @@ class RpcConnection:
             elif queue is not None:
                 queue.put_nowait((True, body[1]))
             return
+        if type_name in (CHALLENGE, AUTH_OK):
+            # The handshake of a member secured with a shared secret, which
+            # this connection did not run (one that did never sees these).
+            raise errors.AuthenticationFailed(
+                f"{self.address} requires a shared secret and this connection has none "
+                f"(give secret=, or --secret-file on the command line)"
+            )
         if type_name != RESPONSE or type(body) is not list or len(body) != 3:
             raise ProtocolError(f"expected a Response [id, ok, payload] frame, got {type_name[:64]!r}")
         rid, ok, payload = body

@@ -2492,6 +2492,7 @@ async def _ask_to_join(peer: Peer, seeds: list[str], voter: bool, timeout: float
                 return
             except (NotLeader, Unavailable, ConnectionLost, LeadershipLost) as exc:
                 last_error = exc
+                refused += isinstance(exc, AuthenticationFailed)
                 if isinstance(exc, NotLeader) and exc.leader_address and exc.leader_address not in addresses:
                     addresses.insert(0, exc.leader_address)
             finally:

@@ -308,6 +308,23 @@ async def test_clients_with_a_wrong_secret_or_none_are_refused(secret_cluster: C
         await raftlib.connect(addresses, timeout=1.5)
 
 
+async def test_a_client_or_peer_without_a_secret_learns_that_the_cluster_requires_one(
+    secret_cluster: Cluster,
+) -> None:
+    """A member that requires a secret opens with a Challenge. A client or a
+    joining peer with no secret sees it: that is a refusal of its (missing)
+    credentials, to be reported as such at once rather than retried until
+    the timeout as a member that does not answer."""
+    peers = await secret_cluster.start(3)
+    addresses = [p.address for p in peers.values()]
+    with pytest.raises(errors.AuthenticationFailed, match="requires a shared secret"):
+        await raftlib.connect(addresses, timeout=10)
+    with pytest.raises(errors.AuthenticationFailed, match="requires a shared secret"):
+        await raftlib.join(KVStore, name="s4", address="127.0.0.1:0", seeds=addresses, storage=_memory(),
+                           config=FAST, timeout=10)
+    assert set((await secret_cluster.leader()).membership.members) == {"s1", "s2", "s3"}
+
+
 async def test_the_server_must_prove_it_knows_the_secret_too() -> None:
     """A server that does not know the secret cannot pass itself off as a member."""
 
