@@ -12,7 +12,11 @@ One LMDB environment lives in a directory and holds two sub-databases:
     ``b"snapshot"`` -> msgpack ``[index, term, voters, learners]``;
     ``b"boundary"`` -> msgpack ``[compacted_index, compacted_term]``, the last
     entry dropped by compaction (absent on a fresh log, meaning ``[0, 0]``);
+    ``b"wal_checkpointed"`` -> msgpack generation (see below);
     ``b"format"`` -> msgpack ``1``, the layout version.
+    Each record but ``format`` is stored as the byte ``0xc1`` (which msgpack
+    never uses), a 4-byte big-endian CRC32 of the msgpack, then the msgpack.
+    Records written without it (plain msgpack) are still read.
 
 The environment keeps LMDB's durable commits (``sync=True,
 metasync=True``): a commit flushes the new pages to disk, then writes and
@@ -116,6 +120,16 @@ RECOVERY_ADVICE = (
 
 _DECODE_ERRORS = (ValueError, TypeError, msgpack.UnpackException)
 """What msgpack and the record constructors raise on undecodable bytes."""
+
+
+_META_CRC_MARK = b"\xc1"
+"""First byte of a ``meta`` record that carries a CRC32: a byte msgpack never
+uses, so records written before they had one are told apart."""
+
+
+def _meta_value(packed: bytes) -> bytes:
+    """The stored form of a ``meta`` record: mark, CRC32, msgpack."""
+    return _META_CRC_MARK + _CRC.pack(zlib.crc32(packed)) + packed
 
 
 def _is_no_space(exc: BaseException) -> bool:
@@ -434,7 +448,7 @@ class LMDBStorage:
             with self._env.begin(write=True) as txn:
                 txn.drop(self._log_db, delete=False)
                 self._write_snapshot(txn, meta)
-                txn.put(_BOUNDARY, msgpack.packb([meta.index, meta.term]), db=self._meta_db)
+                txn.put(_BOUNDARY, _meta_value(msgpack.packb([meta.index, meta.term])), db=self._meta_db)
             self._first_index = meta.index + 1
             self._last_index = meta.index
             self._boundary_term = meta.term
@@ -464,7 +478,7 @@ class LMDBStorage:
                     # Big-endian keys compare like the indexes they encode.
                     while cursor.key() and cursor.key() <= limit:
                         cursor.delete()
-                    txn.put(_BOUNDARY, msgpack.packb([index, boundary_term]), db=self._meta_db)
+                    txn.put(_BOUNDARY, _meta_value(msgpack.packb([index, boundary_term])), db=self._meta_db)
                 self._write_snapshot(txn, meta)
             if boundary_term is not None:
                 self._first_index = index + 1
@@ -543,9 +557,9 @@ class LMDBStorage:
                     cursor.putmulti(zip(keys, chunk), append=True)
                 if hard_state is not None:
                     packed = msgpack.packb([hard_state.term, hard_state.vote, hard_state.commit])
-                    txn.put(_HARD_STATE, packed, db=self._meta_db)
+                    txn.put(_HARD_STATE, _meta_value(packed), db=self._meta_db)
                 if generation:
-                    txn.put(_CHECKPOINTED, msgpack.packb(generation), db=self._meta_db)
+                    txn.put(_CHECKPOINTED, _meta_value(msgpack.packb(generation)), db=self._meta_db)
 
     def _checkpoint(self, hard_state: HardState | None = None, entries: Sequence[Entry] = ()) -> None:
         """Commit the tail, then ``hard_state`` and ``entries`` (a save), to
@@ -781,6 +795,17 @@ class LMDBStorage:
         raw = txn.get(key, db=self._meta_db)
         if raw is None:
             return None
+        if raw[:1] == _META_CRC_MARK:
+            what = f"meta record {key.decode()}"
+            if len(raw) < 1 + _CRC.size:
+                raise self._corrupt(what, f"is {len(raw)} bytes long, too short for its checksum")
+            (stored,) = _CRC.unpack_from(raw, 1)
+            raw = raw[1 + _CRC.size :]
+            computed = zlib.crc32(raw)
+            if computed != stored:
+                raise self._corrupt(
+                    what, f"failed its checksum (stored CRC32 {stored:#010x}, computed {computed:#010x})"
+                )
         try:
             return msgpack.unpackb(raw, raw=False)
         except _DECODE_ERRORS as exc:
@@ -829,7 +854,7 @@ class LMDBStorage:
         """Store ``meta`` as the latest snapshot."""
         membership = meta.membership
         record = [meta.index, meta.term, dict(membership.voters), dict(membership.learners)]
-        txn.put(_SNAPSHOT, msgpack.packb(record), db=self._meta_db)
+        txn.put(_SNAPSHOT, _meta_value(msgpack.packb(record)), db=self._meta_db)
 
     def _check_format(self, txn: lmdb.Transaction) -> bool:
         """Record the layout version in a new database (and return False);

@@ -185,3 +185,53 @@ async def test_a_flipped_byte_in_the_lmdb_log_stops_the_peer_at_start(tmp_path: 
     text = str(info.value)
     assert str(data_dir) in text and "log entry" in text and "checksum" in text
     assert "wipe its data directory" in text
+
+
+async def test_a_flipped_byte_in_the_stored_vote_stops_the_peer_at_start(tmp_path: Path) -> None:
+    """The hard state holds the vote: read back changed, this member could
+    vote twice in one term. It is checksummed like the log entries."""
+    data_dir = tmp_path / "s1"
+    peer = await raftlib.start_peer(KVStore, name="s1", address="127.0.0.1:0", data_dir=data_dir, config=FAST)
+    try:
+        await peer.set_configuration({"s1": peer.address})
+        await peer.wait_for_leader(timeout=5)
+        await peer.write(["set", "a", 1])
+    finally:
+        await peer.stop()
+    mdb = data_dir / "data.mdb"
+    raw = bytearray(mdb.read_bytes())
+    flipped = 0
+    at = raw.find(b"hard_state")
+    while at >= 0:  # LMDB may keep older copies of the page: change each
+        vote = raw.find(b"\xa2s1", at, at + 40)  # msgpack of the vote "s1"
+        if vote > 0:
+            raw[vote + 2] = ord("9")
+            flipped += 1
+        at = raw.find(b"hard_state", at + 1)
+    assert flipped
+    mdb.write_bytes(bytes(raw))
+    with pytest.raises(errors.CorruptStorage) as info:
+        again = await raftlib.start_peer(KVStore, name="s1", address="127.0.0.1:0", data_dir=data_dir, config=FAST)
+        await again.stop()
+    text = str(info.value)
+    assert str(data_dir) in text and "hard_state" in text and "checksum" in text
+
+
+def test_meta_records_written_without_a_checksum_are_still_read(tmp_path: Path) -> None:
+    import lmdb
+    import msgpack
+
+    from raftlib.types import Entry, HardState
+
+    storage = LMDBStorage(tmp_path / "db", wal=False)
+    storage.save(HardState(term=3, vote="s2", commit=1), [Entry(3, 1, data=b"x")])
+    storage.close()
+    env = lmdb.open(str(tmp_path / "db"), max_dbs=4)
+    with env.begin(write=True) as txn:  # as an earlier release stored it
+        txn.put(b"hard_state", msgpack.packb([3, "s2", 1]), db=env.open_db(b"meta", txn=txn))
+    env.close()
+    again = LMDBStorage(tmp_path / "db", wal=False)
+    try:
+        assert again.load()[0] == HardState(term=3, vote="s2", commit=1)
+    finally:
+        again.close()
