@@ -10,8 +10,9 @@ write, or dropped from a full outbox, are lost; Raft tolerates that.
 
 Inbound, every accepted connection must start with ``Hello [name, address]``;
 then Raft messages go to ``on_message`` and other frame types to ``on_frame``.
-A connection that sends anything malformed is logged once and closed; the
-transport keeps serving all other connections. Strangers are bounded too: at
+A connection that sends anything malformed is logged and closed (a warning
+at most every :data:`REFUSAL_LOG_INTERVAL` seconds per remote host, the
+rest at debug level); the transport keeps serving all other connections. Strangers are bounded too: at
 most ``max_inbound_connections`` are served at once, and a connection must
 complete its Hello, at most :data:`HELLO_MAX_FRAME_SIZE` bytes, within
 ``hello_timeout`` seconds. Every Raft message passes
@@ -848,7 +849,8 @@ class Transport:
                 await self._read_frames(reader, conn)
         except ProtocolError as exc:
             self.stats["protocol_errors"] += 1
-            self.log.warning("%s: closing connection from %s: %s", self.name, conn.remote, exc)
+            # Keyed by host alone: the reasons of garbage vary with the garbage.
+            self._warn_per_host(conn.remote, "protocol", f"closing connection from {conn.remote}: {exc}")
         except OSError as exc:
             self.log.debug("%s: connection from %s failed: %r", self.name, conn.remote, exc)
         except asyncio.CancelledError:
@@ -894,18 +896,24 @@ class Transport:
         most every :data:`REFUSAL_LOG_INTERVAL` seconds (a misconfigured peer
         retries every second), the others at debug level."""
         self.stats["refused"] += 1
-        key = f"{remote.rpartition(':')[0] or remote} {why}"
+        self._warn_per_host(remote, why, f"refused the connection from {remote}: {why}")
+
+    def _warn_per_host(self, remote: str, kind: str, text: str) -> None:
+        """Log ``text`` as a warning at most every :data:`REFUSAL_LOG_INTERVAL`
+        seconds per remote host and ``kind``, the others at debug level; a
+        stranger opening connection after connection must not flood the log."""
+        key = f"{remote.rpartition(':')[0] or remote} {kind}"
         now = asyncio.get_running_loop().time()
         last, suppressed = self._refusals.get(key, (float("-inf"), 0))
         if now - last < REFUSAL_LOG_INTERVAL:
             self._refusals[key] = (last, suppressed + 1)
-            self.log.debug("%s: refused the connection from %s: %s", self.name, remote, why)
+            self.log.debug("%s: %s", self.name, text)
             return
         if len(self._refusals) >= 1024:
             self._refusals.clear()
         self._refusals[key] = (now, 0)
         more = f" ({suppressed} more like it from this host since the last warning)" if suppressed else ""
-        self.log.warning("%s: refused the connection from %s: %s%s", self.name, remote, why, more)
+        self.log.warning("%s: %s%s", self.name, text, more)
 
     def _refuse_over_capacity(self, writer: asyncio.StreamWriter) -> None:
         """Count (and log, a warning at most once a second) a connection

@@ -551,6 +551,32 @@ async def test_misbehaving_connection_is_closed_and_others_keep_working(
     assert a.inbox[-1] == TimeoutNow(2, "b", "a")
 
 
+async def test_a_flood_of_misbehaving_connections_logs_a_warning_per_host_not_per_connection(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Anyone who can reach the port can open thousands of garbage
+    connections a second; a warning for each would flood the log (and the
+    disk it is on). As for refused handshakes, one warning per host at most
+    every REFUSAL_LOG_INTERVAL, the rest at debug level, and the next
+    warning counts them."""
+    a, b = await connect_pair(make_node, max_frame_size=1 << 20)
+    cases = sorted(MISBEHAVIOURS)
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        for i, case in enumerate(cases):
+            raw = await RawClient.connect(a.address)
+            try:
+                await raw.send(MISBEHAVIOURS[case][0])
+                await raw.wait_disconnected()
+                await wait_until(lambda: a.transport.stats["protocol_errors"] == i + 1)
+            finally:
+                await raw.close()
+    closing = [r for r in caplog.records if "closing connection from 127.0.0.1:" in r.getMessage()]
+    assert len(closing) == len(cases)  # each is still logged, with its reason
+    warnings = [r for r in closing if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    await exchange(a, b, 1)
+
+
 async def test_on_frame_receives_other_types_and_can_reply(make_node: MakeNode) -> None:
     seen: list[tuple[str, Any, str | None]] = []
 
