@@ -86,8 +86,11 @@ class RpcConnection:
     """One connection to a peer for :data:`REQUEST` calls. Open it with :meth:`open`."""
 
     def __init__(self, address: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 max_frame_size: int) -> None:
+                 max_frame_size: int, secured: bool = False) -> None:
         self.address = address
+        self._secured = secured
+        self._answered = False
+        """Whether the peer sent any frame on this connection."""
         self._reader = reader
         self._writer = writer
         self._ids = itertools.count(1)
@@ -110,7 +113,7 @@ class RpcConnection:
         except (OSError, asyncio.TimeoutError) as exc:
             raise Unavailable(f"cannot connect to {address}: {exc!r}") from None
         writer.write(encode_frame(HELLO, [name or f"client-{os.getpid()}-{id(writer):x}", ""]))
-        return cls(address, reader, writer, max_frame_size)
+        return cls(address, reader, writer, max_frame_size, secured=security is not None)
 
     @property
     def closed(self) -> bool:
@@ -186,7 +189,15 @@ class RpcConnection:
                 if not data:
                     break
                 for type_name, body in self._decoder.feed(data):
+                    self._answered = True
                     self._on_frame(type_name, body)
+            if not self._answered and not self._secured:
+                # A member secured with TLS cannot answer a plaintext connection:
+                # it closes it without a word.
+                reason = ConnectionLost(
+                    f"{self.address} closed the connection without answering (a member secured with TLS "
+                    f"does that to connections without it: give tls=, or --cert/--key/--ca on the command line)"
+                )
         except errors.AuthenticationFailed as exc:
             reason = exc
         except ProtocolError as exc:

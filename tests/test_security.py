@@ -162,6 +162,15 @@ async def test_a_peer_without_tls_is_refused(tls_cluster: Cluster, caplog: pytes
     assert set(leader.membership.members) == {"s1", "s2", "s3"}
 
 
+async def test_a_client_without_tls_is_told_that_the_members_may_require_it(tls_cluster: Cluster) -> None:
+    """A TLS member closes a plaintext connection without a word (it cannot
+    answer in plaintext on a TLS port); the client's error should point at
+    the likely cause, not only say the member did not answer."""
+    peers = await tls_cluster.start(3)
+    with pytest.raises(errors.Unavailable, match="give tls="):
+        await raftlib.connect([p.address for p in peers.values()], timeout=2)
+
+
 async def test_raft_messages_from_refused_peers_never_reach_the_core(
     tls_cluster: Cluster, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
