@@ -12,6 +12,10 @@ ENTRIES_PER_MESSAGE_LIMIT = 65_536
 ceiling of ``Config.max_entries_per_message``."""
 
 
+_MESSAGE_FRAMING = 4096
+"""Bytes a Raft message's frame holds besides its entries: the envelope,
+the type name, two node names of up to 256 characters, and the ints."""
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """Settings for the Raft core and its runtime. Every field has a default.
@@ -122,6 +126,17 @@ class Config:
             raise ConfigError("Config.snapshot_chunk_size must be smaller than max_frame_size")
         if self.max_command_size >= self.max_frame_size:
             raise ConfigError("Config.max_command_size must be smaller than max_frame_size")
+        # An AppendEntries carries up to max_bytes_per_message of entries as
+        # Entry.size() counts them (at most a byte short per entry on the
+        # wire), plus its names and ints: a batch that cannot fit a frame
+        # would be refused by every peer and resent forever.
+        most = self.max_frame_size - self.max_entries_per_message - _MESSAGE_FRAMING
+        if self.max_bytes_per_message > most:
+            raise ConfigError(
+                f"Config.max_bytes_per_message ({self.max_bytes_per_message}) must fit a frame with its "
+                f"framing: at most {most} with max_frame_size {self.max_frame_size} (peers refuse larger "
+                f"frames); lower it with max_frame_size"
+            )
         if self.max_entries_per_message > ENTRIES_PER_MESSAGE_LIMIT:
             raise ConfigError(
                 f"Config.max_entries_per_message must be at most {ENTRIES_PER_MESSAGE_LIMIT} "

@@ -400,7 +400,7 @@ async def test_a_command_too_large_for_a_frame_is_refused_before_it_is_sent(tmp_
     A client sent such a command anyway, again at each retry, and reported
     after its whole timeout that it might have been applied."""
     async with one_member_and_a_client(tmp_path, max_command_size=1000, max_frame_size=100_000,
-                                       snapshot_chunk_size=50_000) as (leader, _):
+                                       snapshot_chunk_size=50_000, max_bytes_per_message=50_000) as (leader, _):
         client = await raftlib.connect([leader.address], timeout=5, max_frame_size=100_000)
         try:
             loop = asyncio.get_running_loop()

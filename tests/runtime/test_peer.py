@@ -256,6 +256,32 @@ async def test_start_peer_validates_arguments(tmp_path: Any) -> None:
         await raftlib.start_peer(dict, name="x", address="127.0.0.1:0", storage=MemoryStorage())  # type: ignore[arg-type]
 
 
+async def test_batches_that_would_not_fit_a_frame_are_refused_at_start(tmp_path: Any) -> None:
+    """An AppendEntries carries up to max_bytes_per_message of entries (and
+    a little framing), and peers close a connection that sends a frame above
+    max_frame_size. A batch limit that does not fit a frame would make the
+    leader send the same refused batch forever: nothing after it commits.
+    Lowering max_frame_size (as docs/robustness.md suggests for untrusted
+    networks) must therefore fail at start, not wedge the cluster later."""
+    import dataclasses
+
+    small = dataclasses.replace(FAST, max_frame_size=1 << 20, max_command_size=64 * 1024)
+    with pytest.raises(errors.ConfigError, match="max_bytes_per_message"):
+        small.validate()
+    with pytest.raises(errors.ConfigError, match="max_bytes_per_message"):
+        await raftlib.start_peer(KVStore, name="x", address="127.0.0.1:0", storage=MemoryStorage(), config=small)
+    fits = dataclasses.replace(small, max_bytes_per_message=512 * 1024)
+    cluster = Cluster(tmp_path, config=fits)
+    try:
+        await cluster.start(3)
+        leader = await cluster.leader()
+        results = await asyncio.gather(*(leader.write(["set", f"k{i}", "x" * 60_000], timeout=10) for i in range(40)))
+        assert all(r[0] == "ok" for r in results)
+        await eventually(lambda: all(len(p.state_machine.data) == 40 for p in cluster.live()))
+    finally:
+        await cluster.close()
+
+
 class FailingStorage(MemoryStorage):
     """Memory storage whose saves fail once ``broken`` is set (a dead disk)."""
 
