@@ -324,13 +324,14 @@ class Client:
 
     def _follow(self, exc: BaseException, conn: RpcConnection | None) -> None:
         """After a NotLeader naming the leader, talk to it directly next time.
-        If member ``conn`` knows no leader, cannot reach it or is stopping,
-        try the other members first."""
+        If member ``conn`` knows no leader, cannot reach it, is stopping or
+        has a full disk (it has stopped leading, and the others elect a
+        leader), try the other members first."""
         if isinstance(exc, NotLeader) and exc.leader_address:
             if exc.leader_address != self._preferred:
                 self._preferred = exc.leader_address
                 self._conn_to_replace = True
-        elif isinstance(exc, (NotLeader, Unavailable, PeerStopped)) and conn is not None and conn is self._conn:
+        elif isinstance(exc, (NotLeader, Unavailable, PeerStopped, StorageFull)) and conn is not None and conn is self._conn:
             self._avoid = conn.address
             if self._preferred == conn.address:
                 self._preferred = None

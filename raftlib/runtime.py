@@ -335,8 +335,9 @@ class Peer:
         """This peer's view of the cluster, as a plain dict.
 
         Keys: ``name``, ``address``, ``role`` (``leader``, ``follower``,
-        ``candidate`` or ``pre-candidate``), ``term``, ``leader``,
-        ``commit_index``, ``applied_index``, ``last_index``,
+        ``candidate`` or ``pre-candidate``), ``term``, ``leader`` (the
+        leader this peer knows of; not itself while its disk is full, since
+        it has stopped leading), ``commit_index``, ``applied_index``, ``last_index``,
         ``snapshot_index``, ``storage_full`` (the disk is full: requests are
         refused until space returns), ``removed_at`` (``None``, or the index
         of the configuration that removed this peer, as its own committed log
@@ -372,7 +373,9 @@ class Peer:
             "address": self.address,
             "role": core.role,
             "term": core.term,
-            "leader": core.leader,
+            # A leader whose disk is full has stopped leading (no heartbeats;
+            # the others elect a leader): it must not send clients back to itself.
+            "leader": None if core.leader == self.name and not self.is_leader else core.leader,
             "commit_index": core.commit_index,
             "applied_index": self._applied,
             "last_index": last_index,

@@ -73,6 +73,31 @@ async def test_a_leader_whose_disk_fills_stops_taking_writes_and_the_others_go_o
         await c.close()
 
 
+async def test_a_client_finds_the_new_leader_while_the_old_ones_disk_is_full(tmp_path: Path) -> None:
+    """The old leader refuses requests with StorageFull and the others elect
+    a leader; a client that tries the full member first must move on to
+    that leader, not retry the full one until its timeout."""
+    c = Cluster(tmp_path)
+    disks = {f"s{i}": FillableDisk() for i in (1, 2, 3)}
+    try:
+        await start(c, disks)
+        old = await c.leader()
+        disks[old.name].full = True
+        with pytest.raises((errors.OutcomeUnknown, errors.StorageFull)):
+            await old.write(["set", "during", 1], timeout=5)
+        new = await eventually(lambda: next((p for p in c.live() if p.is_leader and p is not old), None))
+        others = [p.address for p in c.live() if p is not old]
+        client = await raftlib.connect([old.address, *others], timeout=10)
+        try:
+            assert await client.write(["set", "via-client", 1]) == ["ok", "via-client", 1]
+            assert client.leader_address == new.address
+        finally:
+            await client.close()
+        assert old.status()["leader"] != old.name  # it does not claim to lead while it cannot
+    finally:
+        await c.close()
+
+
 async def test_every_disk_full_stops_writes_and_the_cluster_recovers(tmp_path: Path) -> None:
     c = Cluster(tmp_path)
     disks = {f"s{i}": FillableDisk() for i in (1, 2, 3)}
