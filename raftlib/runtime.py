@@ -193,7 +193,7 @@ class Peer:
         self._transfers: dict[NodeId, asyncio.Task[None]] = {}
         self._transfer_failures: dict[NodeId, int] = {}
         self._receiving = snapshotting.SnapshotReceiving(
-            name, snapshots, lambda: self._core.term, self._on_message, log
+            name, snapshots, lambda: self._core.term, self._on_message, log, self._prune_received
         )
         self._requests = RequestServer(self, log)
         self._rpc: dict[str, RpcConnection] = {}
@@ -1167,6 +1167,17 @@ class Peer:
             self._last_contact[msg.src] = asyncio.get_running_loop().time()
         self._inbox.append(msg)
         self._wake.set()
+
+    async def _prune_received(self) -> None:
+        """Keep the snapshot files to the newest few after one was received,
+        as after a snapshot of this peer's own: one the core does not install
+        (older than the log, or offered by a connection that is no leader)
+        would stay, and offers could fill the disk. The one just received is
+        the newest a leader sends, so it stays for the core to install."""
+        try:
+            await self._snapshots.prune(keep=_SNAPSHOTS_KEPT, protect=self._recorded_snapshot)
+        except StorageError as exc:
+            self._log.warning("%s: could not delete old snapshot files: %s", self.name, exc)
 
     def _snapshot_stored(self, msg: InstallSnapshot) -> bool:
         """Whether ``msg`` describes a well-formed snapshot this peer has stored

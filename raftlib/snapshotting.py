@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from .core.messages import InstallSnapshot
 from .errors import ProtocolError, RaftError, StorageError
@@ -132,8 +132,11 @@ class SnapshotReceiving:
     """The follower side: handles ``SnapshotOffer``/``SnapshotChunk`` frames.
 
     ``current_term`` reads the core's term (offers from older terms are
-    refused); ``deliver`` steps the finished ``InstallSnapshot`` into the core.
-    One transfer at a time: a new offer supersedes an unfinished one.
+    refused); ``deliver`` steps the finished ``InstallSnapshot`` into the core;
+    ``after_store``, if given, runs once it has (the runtime prunes old
+    snapshot files there: a snapshot the core does not install would
+    otherwise stay on disk). One transfer at a time: a new offer supersedes
+    an unfinished one.
     """
 
     def __init__(
@@ -143,12 +146,14 @@ class SnapshotReceiving:
         current_term: Callable[[], int],
         deliver: Callable[[InstallSnapshot], None],
         log: logging.Logger,
+        after_store: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.name = name
         self.store = store
         self.current_term = current_term
         self.deliver = deliver
         self.log = log
+        self.after_store = after_store
         self._active: _Transfer | None = None
 
     async def on_frame(self, type_name: str, body: Any, conn: Connection) -> None:
@@ -229,6 +234,8 @@ class SnapshotReceiving:
             return
         self.log.info("%s: snapshot %d/%d stored (%d bytes)", self.name, snap.meta.term, snap.meta.index, snap.size)
         self.deliver(transfer.offer)
+        if self.after_store is not None:
+            await self.after_store()
         await transfer.conn.send_frame(DONE, [True, ""])
 
     async def _drop_active(self, why: str) -> None:

@@ -407,3 +407,46 @@ async def test_a_follower_out_of_disk_space_tells_the_leader_and_resumes_later(
         sent = await send_snapshot(t.msg, t.snap, t.leader_store, **t.kw)
         assert sent == 1024  # only the chunk that did not fit
         assert t.delivered == [t.msg]
+
+
+async def test_snapshots_received_and_never_installed_do_not_pile_up(tmp_path: Path) -> None:
+    """A snapshot the core does not install (older than the log, or offered
+    by a connection that is no leader) stayed on disk. Anyone who can reach
+    the port could so fill the member's disk with complete snapshot files;
+    received files are pruned like the member's own."""
+    import zlib
+
+    from raftlib.transport.framing import FrameDecoder, encode_frame
+
+    cluster = Cluster(tmp_path, storage="lmdb")
+    try:
+        await cluster.start(3)
+        leader = await cluster.leader()
+        await write_many(leader, 60)
+        follower = next(p for p in cluster.live() if p is not leader)
+        await eventually(lambda: follower.status()["commit_index"] > 50)
+        host, port = follower.address.rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(encode_frame("Hello", ["stranger", ""]))
+            term, membership = follower.status()["term"], leader.membership.encode()
+            for index in range(2, 42):
+                data = b"not a state machine's snapshot %d" % index
+                writer.write(encode_frame("SnapshotOffer", [term, "stranger", index, 1, membership, len(data),
+                                                            zlib.crc32(data)]))
+                writer.write(encode_frame("SnapshotChunk", [0, data]))
+            await writer.drain()
+            decoder, done = FrameDecoder(1 << 20), 0
+            while done < 40:  # each one stored, and answered
+                data = await asyncio.wait_for(reader.read(65536), 10)
+                assert data, "the member closed the connection"
+                done += sum(1 for kind, _ in decoder.feed(data) if kind == "SnapshotDone")
+        finally:
+            writer.close()
+        snapshots = tmp_path / follower.name / "snapshots"
+        assert len(list(snapshots.glob("*.snap"))) <= 3
+        assert await leader.write(["set", "after", 1]) == ["ok", "after", 1]
+        await eventually(lambda: follower.state_machine.data.get("after") == 1)
+        assert follower._fatal is None
+    finally:
+        await cluster.close()
