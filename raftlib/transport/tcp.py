@@ -1015,11 +1015,13 @@ class Transport:
             self.log.exception("%s: on_message failed for %s", self.name, msg.describe())
 
     async def _call_on_frame(self, conn: Connection, type_name: str, body: Any) -> None:
-        """Await ``on_frame``; a ProtocolError it raises closes the connection, others are logged."""
+        """Await ``on_frame``; a ProtocolError it raises closes the connection, and
+        so does a ConnectionError (the far end went away while it answered);
+        others are logged."""
         assert self._on_frame is not None
         try:
             await self._on_frame(type_name, body, conn)
-        except (ProtocolError, asyncio.CancelledError):
+        except (ProtocolError, ConnectionError, asyncio.CancelledError):
             raise
         except Exception:
             self.log.exception("%s: on_frame failed for a %s frame from %s", self.name, type_name[:64], conn.remote)

@@ -600,6 +600,30 @@ async def test_on_frame_receives_other_types_and_can_reply(make_node: MakeNode) 
         await raw.close()
 
 
+async def test_a_handler_whose_answer_finds_the_connection_gone_logs_no_error(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A far end that hangs up while an on_frame handler answers it (a
+    snapshot sender that stops mid-offer, a client that gives up) is the
+    connection ending, not a failure of this peer: no ERROR and traceback."""
+    handled = asyncio.Event()
+
+    async def on_frame(type_name: str, body: Any, conn: Connection) -> None:
+        handled.set()
+        raise ConnectionResetError("Connection lost")  # what send_frame raises then
+
+    a = await make_node("a", on_frame=on_frame)
+    raw = await RawClient.connect(a.address)
+    try:
+        with caplog.at_level(logging.DEBUG, logger=LOGGER):
+            await raw.send(encode_frame("Hello", ["client", ""]) + encode_frame("Ping", [1]))
+            await asyncio.wait_for(handled.wait(), 5)
+            await raw.wait_disconnected()
+        assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    finally:
+        await raw.close()
+
+
 # --------------------------------------------------------------------------- closing
 
 
