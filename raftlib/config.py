@@ -122,10 +122,17 @@ class Config:
             )
         if self.snapshot_keep_entries < 0:
             raise ConfigError("Config.snapshot_keep_entries must be 0 or more")
-        if self.snapshot_chunk_size >= self.max_frame_size:
-            raise ConfigError("Config.snapshot_chunk_size must be smaller than max_frame_size")
-        if self.max_command_size >= self.max_frame_size:
-            raise ConfigError("Config.max_command_size must be smaller than max_frame_size")
+        # A command travels as an entry of an AppendEntries, a chunk in a
+        # SnapshotChunk: each frame also holds their framing.
+        room = self.max_frame_size - _MESSAGE_FRAMING
+        if self.snapshot_chunk_size > room:
+            raise ConfigError(
+                f"Config.snapshot_chunk_size must leave room for its framing in max_frame_size: at most {room}"
+            )
+        if self.max_command_size > room:
+            raise ConfigError(
+                f"Config.max_command_size must leave room for its framing in max_frame_size: at most {room}"
+            )
         # An AppendEntries carries up to max_bytes_per_message of entries as
         # Entry.size() counts them (at most a byte short per entry on the
         # wire), plus its names and ints: a batch that cannot fit a frame

@@ -282,6 +282,22 @@ async def test_batches_that_would_not_fit_a_frame_are_refused_at_start(tmp_path:
         await cluster.close()
 
 
+def test_a_command_or_snapshot_chunk_that_fills_a_frame_leaves_no_room_for_its_framing() -> None:
+    """An entry of max_command_size bytes travels in an AppendEntries, and a
+    chunk of snapshot_chunk_size in a SnapshotChunk, each with some framing.
+    Just under max_frame_size, the frame exceeded it: followers refused the
+    AppendEntries forever and nothing after the command committed."""
+    import dataclasses
+
+    base = dataclasses.replace(FAST, max_frame_size=100_000, max_command_size=1000, max_bytes_per_message=50_000,
+                               snapshot_chunk_size=50_000)
+    base.validate()
+    with pytest.raises(errors.ConfigError, match="max_command_size"):
+        dataclasses.replace(base, max_command_size=99_999).validate()
+    with pytest.raises(errors.ConfigError, match="snapshot_chunk_size"):
+        dataclasses.replace(base, snapshot_chunk_size=99_999).validate()
+
+
 class FailingStorage(MemoryStorage):
     """Memory storage whose saves fail once ``broken`` is set (a dead disk)."""
 
