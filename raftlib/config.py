@@ -64,7 +64,8 @@ class Config:
     adding a member never stalls writes while it copies the log."""
     session_ttl: float = 3600.0
     """Seconds of log time (the leader's clock, stamped into the log) after
-    which an idle client session is forgotten; its retries then fail with
+    which an idle client session is forgotten (within a sixteenth more: the
+    table is swept at that interval); its retries then fail with
     ``SessionExpired`` instead of risking a second application."""
     listen_backlog: int = 10_000
     """Applied writes kept in memory (command and result) for ``listen`` to

@@ -893,7 +893,8 @@ class Peer:
         leader (unless ``forward=False``). Raises :class:`ConfigError` for
         an unknown consistency, :class:`TypeError` for a query msgpack cannot
         encode, :class:`NotLeader` when no leader can be found,
-        :class:`~raftlib.errors.Overloaded` when the leader has
+        :class:`~raftlib.errors.Unavailable` when the leader it knows
+        cannot be reached, :class:`~raftlib.errors.Overloaded` when the leader has
         ``Config.max_pending_reads`` reads pending (retry later) and
         :class:`raftlib.errors.Timeout` after ``timeout`` seconds.
         """

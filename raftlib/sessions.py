@@ -11,7 +11,9 @@ acknowledges them.
 
 Sessions expire by *log time*: the leader stamps each session entry with its
 clock (never going backwards), and a session unused for ``ttl`` seconds of
-that time is dropped when a later session entry is applied. Expiry is thus
+that time is dropped when a later session entry is applied (the table is
+swept every ``ttl / 16`` of log time, so a session may outlive ``ttl`` by up
+to that much). Expiry is thus
 decided by the log, identically on every peer, not by each peer's clock.
 """
 
