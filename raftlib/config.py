@@ -85,8 +85,11 @@ class Config:
     """Bytes of messages queued for one peer; beyond it the oldest are dropped
     (as they are beyond 10,000 messages). The newest message is always kept."""
     max_inbound_connections: int = 1024
-    """Connections accepted at once (peers, clients, snapshot transfers);
-    further ones are closed at once, with a log line."""
+    """Connections accepted at once (peers, clients, snapshot transfers).
+    Beyond it a new connection takes the place of the one idle longest
+    among those past their Hello, except each member's Raft link (clients
+    of ``raftlib.connect`` reconnect by themselves); if there is none, the
+    new one is closed at once. Both are logged."""
     hello_timeout: float = 5.0
     """Seconds an accepted connection has to send its first frame (``Hello``)
     before it is closed. Until then a frame may hold at most 64 KiB."""

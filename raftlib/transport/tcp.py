@@ -15,7 +15,11 @@ at most every :data:`REFUSAL_LOG_INTERVAL` seconds per remote host, the
 rest at debug level); the transport keeps serving all other connections. Strangers are bounded too: at
 most ``max_inbound_connections`` are served at once, and a connection must
 complete its Hello, at most :data:`HELLO_MAX_FRAME_SIZE` bytes, within
-``hello_timeout`` seconds. Every Raft message passes
+``hello_timeout`` seconds. When every slot is taken, a new connection takes
+the place of the one idle longest (no frame in or out) among those past
+their Hello, except the Raft link of each member of the configuration: a
+stranger that introduces itself on every slot and goes silent cannot lock
+out clients or members. Every Raft message passes
 :func:`~raftlib.transport.framing.decode_message` (types) and
 :func:`~raftlib.transport.framing.check_message` (values) before ``on_message``.
 
@@ -366,6 +370,8 @@ class Connection:
         self.peer_address: str | None = None
         self.on_close: list[Callable[[], Awaitable[None]]] = []
         """Cleanups an ``on_frame`` handler registers; run once when the connection ends."""
+        self._active_at = asyncio.get_running_loop().time()
+        """When a frame last came in or went out (read or written), for eviction."""
 
     @property
     def closed(self) -> bool:
@@ -380,6 +386,7 @@ class Connection:
         if self._writer.is_closing():
             raise ConnectionResetError(f"connection to {self.remote} is closed")
         self._writer.write(encode_frame(type_name, body))
+        self._active_at = asyncio.get_running_loop().time()
         await self._writer.drain()
 
     def close(self) -> None:
@@ -483,8 +490,12 @@ class Transport:
         max_outbox: frames queued per destination before the oldest are dropped.
         max_outbox_bytes: bytes queued per destination before the oldest
             frames are dropped (the newest frame is always queued).
-        max_inbound_connections: connections served at once; more are closed
-            as they arrive (with a warning at most once a second).
+        max_inbound_connections: connections served at once. Beyond it a new
+            connection takes the place of the one idle longest among those
+            past their Hello, the Raft link of each peer :meth:`set_address`
+            named excepted (with a warning at most every
+            :data:`REFUSAL_LOG_INTERVAL` seconds per remote host); if there is
+            none, it is closed as it arrives (with a warning at most once a second).
         hello_timeout: seconds an accepted connection has to complete its
             Hello frame (of at most :data:`HELLO_MAX_FRAME_SIZE` bytes).
         connect_timeout: seconds allowed for one connection attempt.
@@ -553,6 +564,7 @@ class Transport:
             "dropped": 0,
             "protocol_errors": 0,
             "over_capacity": 0,
+            "evicted": 0,
             "connect_failures": 0,
             "refused": 0,
         }
@@ -562,7 +574,12 @@ class Transport:
         """Names in ``_addresses`` only because of a Hello, oldest first."""
         self._outboxes: dict[str, _Outbox] = {}
         self._server: asyncio.Server | None = None
-        self._inbound: set[asyncio.Task[Any]] = set()
+        self._inbound: dict[asyncio.Task[Any], Connection] = {}
+        """The connections served, counted against ``max_inbound_connections``."""
+        self._evicted: set[asyncio.Task[Any]] = set()
+        """Tasks of connections closed to make room, until they end."""
+        self._raft_links: dict[str, Connection] = {}
+        """Name -> the connection that delivered the latest Raft message from it."""
         self._unix_path: str | None = None
         self._unix_inode: tuple[int, int] | None = None
         self._closed = False
@@ -666,7 +683,7 @@ class Transport:
 
     def _all_tasks(self) -> list[asyncio.Task[Any]]:
         tasks = [o.task for o in self._outboxes.values() if o.task is not None]
-        return tasks + list(self._inbound)
+        return tasks + list(self._inbound) + list(self._evicted)
 
     def _remove_unix_socket(self) -> None:
         """Unlink the socket file this transport created, if it is still ours."""
@@ -837,13 +854,13 @@ class Transport:
         """Handle one accepted connection until it closes or misbehaves."""
         task = asyncio.current_task()
         assert task is not None
-        if len(self._inbound) >= self.max_inbound_connections:
+        if len(self._inbound) >= self.max_inbound_connections and not self._evict_idlest():
             self._refuse_over_capacity(writer)
             with contextlib.suppress(asyncio.CancelledError):
                 await _close_writer(writer)
             return
-        self._inbound.add(task)
         conn = Connection(writer, _remote_of(writer))
+        self._inbound[task] = conn
         try:
             if not self._closed and await self._admit(reader, writer, conn):
                 await self._read_frames(reader, conn)
@@ -870,7 +887,10 @@ class Transport:
             # task is ending anyway and must end normally, as above.
             with contextlib.suppress(asyncio.CancelledError):
                 await _close_writer(writer)
-            self._inbound.discard(task)
+            self._inbound.pop(task, None)
+            self._evicted.discard(task)
+            if conn.peer_name is not None and self._raft_links.get(conn.peer_name) is conn:
+                del self._raft_links[conn.peer_name]
 
     async def _admit(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: Connection) -> bool:
         """Run the security handshake on an accepted connection; False (logged) if it fails."""
@@ -915,6 +935,39 @@ class Transport:
         more = f" ({suppressed} more like it from this host since the last warning)" if suppressed else ""
         self.log.warning("%s: %s%s", self.name, text, more)
 
+    def _evict_idlest(self) -> bool:
+        """Close the connection idle longest among those past their Hello, to
+        make room for a new one; False if there is none.
+
+        The Raft link of a member (the connection its latest Raft message
+        came on, for a name :meth:`set_address` gave) is never closed, so
+        strangers cannot cut members off. A client closed here reconnects
+        (``raftlib.connect`` does so by itself); connections still in their
+        handshake or Hello are bounded by their timeouts instead.
+        """
+        victim: tuple[asyncio.Task[Any], Connection] | None = None
+        for task, conn in self._inbound.items():
+            name = conn.peer_name
+            if name is None or (self._raft_links.get(name) is conn and name in self._addresses
+                                and name not in self._learned):
+                continue
+            if victim is None or conn._active_at < victim[1]._active_at:
+                victim = (task, conn)
+        if victim is None:
+            return False
+        task, conn = victim
+        del self._inbound[task]
+        self._evicted.add(task)
+        conn._writer.transport.abort()  # its task sees the end of the stream and cleans up
+        self.stats["evicted"] += 1
+        idle = asyncio.get_running_loop().time() - conn._active_at
+        self._warn_per_host(
+            conn.remote, "evicted",
+            f"closed the connection of {conn.peer_name!r} from {conn.remote}, idle for {idle:.1f} s, to make "
+            f"room for a new one ({len(self._inbound) + 1} connections open, max_inbound_connections)",
+        )
+        return True
+
     def _refuse_over_capacity(self, writer: asyncio.StreamWriter) -> None:
         """Count (and log, a warning at most once a second) a connection
         closed because ``max_inbound_connections`` are open."""
@@ -948,6 +1001,7 @@ class Transport:
                 data = await reader.read(READ_SIZE)
             if not data:
                 return
+            conn._active_at = loop.time()
             for type_name, body in decoder.feed(data):
                 self.stats["frames_received"] += 1
                 await self._dispatch(conn, type_name, body)
@@ -1005,6 +1059,8 @@ class Transport:
         """Hand a decoded message to ``on_message``; its exceptions are only logged."""
         if msg.src != conn.peer_name:
             raise ProtocolError(f"message from {msg.src[:64]!r} on the connection of {conn.peer_name!r}")
+        if self._raft_links.get(msg.src) is not conn:
+            self._raft_links[msg.src] = conn
         if msg.dst != self.name:
             self.stats["dropped"] += 1
             self.log.debug("%s: dropping %s addressed to %s", self.name, type(msg).__name__, msg.dst)

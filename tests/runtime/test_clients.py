@@ -864,6 +864,7 @@ async def test_a_client_feed_leaves_a_member_cut_off_from_the_cluster(cluster: C
     try:
         await client.write(["set", "k", 0])
         await eventually(lambda: seen == [["set", "k", 0]])
+        idle_connection = client._conn
         cluster.isolate(old.name)  # the feed is read from it (the leader, first in the list)
         new = await eventually(lambda: next((p for p in others if p.is_leader), None))
         await new.write(["set", "k", 1])
@@ -1136,3 +1137,70 @@ async def test_a_lease_read_on_a_late_clock_takes_a_heartbeat_round(cluster: Clu
     leader._last_tick_at -= 10.0  # as if the loop had been blocked for 10 s
     assert await leader.read(["get", "a"], consistency="lease") == ["ok", 1]
     assert rounds, "a lease read trusted a stale clock"
+
+
+# -- connection limits --------------------------------------------------------------------
+
+
+async def test_idle_strangers_holding_every_slot_lock_out_neither_clients_nor_members(tmp_path: Any) -> None:
+    """A stranger that introduces itself on every connection slot of every
+    member and goes silent: a new client is served, a member that restarts
+    is heard by the leader again, and a client idle since before (its change
+    feed included) goes on, reconnecting if its connection made room."""
+    from raftlib.transport.framing import encode_frame
+
+    limit = 6
+    cluster = Cluster(tmp_path, config=dataclasses.replace(FAST, max_inbound_connections=limit))
+    strangers: list[asyncio.StreamWriter] = []
+    clients: list[raftlib.Client] = []
+    seen: list[Any] = []
+    feed: asyncio.Future[None] | None = None
+    try:
+        peers = await cluster.start(3)
+        leader = await cluster.leader()
+        client = await raftlib.connect([p.address for p in peers.values()], timeout=10)
+        clients.append(client)
+
+        async def consume() -> None:
+            async for change in client.listen():
+                seen.append(change.command)
+
+        feed = asyncio.ensure_future(consume())
+        await client.write(["set", "k", 0])
+        await eventually(lambda: seen == [["set", "k", 0]])
+        idle_connection = client._conn
+
+        for peer in peers.values():
+            host, port = peer.address.rsplit(":", 1)
+            for i in range(limit + 2):
+                reader, writer = await asyncio.open_connection(host, int(port))
+                strangers.append(writer)
+                writer.write(encode_frame("Hello", [f"idle{i}", ""]) + encode_frame("Request", [1, "status", {}]))
+                with contextlib.suppress(ConnectionError):
+                    await reader.read(1)  # answered (it holds a slot) or closed (refused); then silent
+
+        newcomer = await raftlib.connect([p.address for p in peers.values()], timeout=5)
+        clients.append(newcomer)
+        assert await newcomer.write(["set", "new", 1]) == ["ok", "new", 1]
+
+        await client.write(["set", "k", 1])
+        await eventually(lambda: seen == [["set", "k", 0], ["set", "new", 1], ["set", "k", 1]])  # no gap, no repeat
+        assert client._conn is not idle_connection  # it made room, and the client reconnected
+
+        follower = next(p for p in peers.values() if p is not leader)
+        await follower.stop()
+        restarted = await raftlib.start_peer(KVStore, name=follower.name, address=follower.address,
+                                             storage=follower._storage, config=cluster.config)
+        cluster.peers[follower.name] = restarted
+        await leader.write(["set", "after", 1])
+        last = leader.status()["last_index"]
+        await eventually(lambda: leader.status()["members"][follower.name].get("match_index") == last)
+    finally:
+        if feed is not None:
+            feed.cancel()
+            await asyncio.gather(feed, return_exceptions=True)
+        for c in clients:
+            await c.close()
+        for writer in strangers:
+            writer.close()
+        await cluster.close()

@@ -681,3 +681,68 @@ async def test_close_before_start() -> None:
     await transport.close()
     with pytest.raises(RuntimeError):
         await transport.start()
+
+
+# --------------------------------------------------------------------------- idle connections at the limit
+
+
+async def introduce(address: str, name: str, then: bytes = b"") -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Open a connection to ``address``, send a Hello as ``name`` (and ``then``)."""
+    host, port = address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(encode_frame("Hello", [name, ""]) + then)
+    await writer.drain()
+    return reader, writer
+
+
+async def test_idle_strangers_holding_every_slot_make_room_for_clients_and_members(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    frames: list[tuple[str | None, str]] = []
+
+    async def on_frame(type_name: str, body: Any, conn: Connection) -> None:
+        frames.append((conn.peer_name, type_name))
+
+    a = await make_node("a", max_inbound_connections=4, on_frame=on_frame)
+    a.transport.set_address("m", "127.0.0.1:1")  # a member of a's configuration
+    opened: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    try:
+        for i in range(4):  # a stranger introduces itself on every slot, then goes silent
+            opened.append(await introduce(a.address, f"idle{i}"))
+        await wait_until(lambda: a.transport.stats["frames_received"] == 4, what="the strangers' Hellos")
+        with caplog.at_level(logging.WARNING, logger=LOGGER):
+            opened.append(await introduce(a.address, "client", encode_frame("Ping", [1])))
+            await wait_until(lambda: frames == [("client", "Ping")], what="the new client's frame")
+            opened.append(await introduce(a.address, "m", encode_message(append("m", "a"))))
+            await wait_until(lambda: len(a.inbox) == 1, what="the reconnecting member's message")
+        # The two connections idle longest made room, each closed.
+        for reader, _ in opened[:2]:
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+        assert a.transport.stats["evicted"] == 2
+        assert a.transport.stats["over_capacity"] == 0
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len([w for w in warnings if "idle" in w and "max_inbound_connections" in w]) == 1  # one per host
+    finally:
+        for _, writer in opened:
+            writer.close()
+
+
+async def test_a_members_idle_raft_link_is_kept_when_strangers_need_room(make_node: MakeNode) -> None:
+    a = await make_node("a", max_inbound_connections=3)
+    a.transport.set_address("m", "127.0.0.1:1")
+    opened: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    try:
+        opened.append(await introduce(a.address, "m", encode_message(append("m", "a"))))
+        await wait_until(lambda: len(a.inbox) == 1, what="the member's first message")
+        for i in range(4):  # each beyond the limit takes the place of an idle stranger, never the member's
+            opened.append(await introduce(a.address, f"idle{i}"))
+            await wait_until(lambda: a.transport.stats["frames_received"] == 2 + i, what="a stranger's Hello")
+        assert a.transport.stats["evicted"] == 2
+        for reader, _ in opened[1:3]:
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+        _, member = opened[0]
+        member.write(encode_message(append("m", "a", term=2)))
+        await wait_until(lambda: len(a.inbox) == 2, what="the member's second message")
+    finally:
+        for _, writer in opened:
+            writer.close()
