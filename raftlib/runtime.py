@@ -41,7 +41,7 @@ from .config import Config, check_timeout
 from . import snapshotting
 from .core.messages import InstallSnapshot, Message
 from .core.progress import ProgressState
-from .core.raft import LEADER, Raft
+from .core.raft import INPUT_WARNING, LEADER, Raft
 from .core.ready import Ready
 from .core.membership import plan_steps, with_member, without_member
 from .errors import (
@@ -120,7 +120,11 @@ class Peer:
             hello_timeout=config.hello_timeout,
         )
         rng = random.Random(config.seed if config.seed is not None else os.urandom(16))
-        self._core = Raft(name, storage, config, rng, log.getChild("core"))
+        core_log = log.getChild("core")
+        for logger_ in (log, core_log):
+            if not any(isinstance(f, _InputWarningLimit) for f in logger_.filters):
+                logger_.addFilter(_InputWarningLimit())
+        self._core = Raft(name, storage, config, rng, core_log)
 
         self._inbox: list[Message] = []
         self._proposals: list[tuple[EntryKind, bytes, asyncio.Future[Any]]] = []
@@ -1188,10 +1192,11 @@ class Peer:
             check_message(msg)
             stored = self._snapshots.find(msg.index, msg.snapshot_term) is not None
         except RaftError as exc:
-            self._log.warning("%s: dropping %s: %s", self.name, msg.describe(), exc)
+            self._log.warning("%s: dropping %s: %s", self.name, msg.describe(), exc, extra=INPUT_WARNING)
             return False
         if not stored:
-            self._log.warning("%s: dropping %s: no such snapshot was received", self.name, msg.describe())
+            self._log.warning("%s: dropping %s: no such snapshot was received", self.name, msg.describe(),
+                              extra=INPUT_WARNING)
         return stored
 
     async def _tick_forever(self) -> None:
@@ -2183,6 +2188,39 @@ def _pack_query(query: Any, consistency: str, limit: int) -> bytes:
 
 _SNAPSHOTS_KEPT = 2
 """Snapshot files kept on disk (the newest), after a snapshot of a peer's own or one installed from the leader."""
+
+
+INPUT_WARNING_INTERVAL = 10.0
+"""Seconds between two warnings of one kind about other peers' messages (the
+ones logged with :data:`raftlib.core.raft.INPUT_WARNING`)."""
+
+
+class _InputWarningLimit(logging.Filter):
+    """Lets a warning about another peer's message through at most once per
+    :data:`INPUT_WARNING_INTERVAL` for each kind (format string); the next
+    one to pass says how many were held back. A peer, or a stranger on an
+    unsecured port, can send messages that are dropped as fast as it likes,
+    and one line each would flood the log."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: dict[str, tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "raftlib_input", False):
+            return True
+        key = str(record.msg)
+        now = time.monotonic()
+        last, held = self._seen.get(key, (float("-inf"), 0))
+        if now - last < INPUT_WARNING_INTERVAL:
+            self._seen[key] = (last, held + 1)
+            return False
+        if len(self._seen) >= 64:
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        if held:
+            record.msg = f"{record.msg} ({held} more like it held back)"
+        return True
 
 
 def _check_forwardable(what: str, data: bytes) -> None:

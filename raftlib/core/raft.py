@@ -55,6 +55,10 @@ LEADER = "leader"
 
 _NULL_LOGGER = logging.getLogger("raftlib.core")
 
+INPUT_WARNING = {"raftlib_input": True}
+"""``extra`` of a warning about another peer's message: one peer can send
+such messages as fast as it likes, so the runtime may hold repeats back."""
+
 
 class _ReadRound:
     __slots__ = ("ctx", "index", "request_ids")
@@ -187,7 +191,8 @@ class Raft:
             return
         problem = "it claims to come from this peer" if msg.src == self.id else _malformed(msg)
         if problem:
-            self.logger.warning("%s: dropping malformed message from %s: %s", self.id, msg.src, problem)
+            self.logger.warning("%s: dropping malformed message from %s: %s", self.id, msg.src, problem,
+                                extra=INPUT_WARNING)
             return
         if isinstance(msg, RequestVote):
             removed = self._removal_index(msg.src)
@@ -878,7 +883,7 @@ class Raft:
             skip = self.log.committed - msg.prev_log_index
             if skip <= len(msg.entries) and msg.entries[skip - 1].term != self.log.term(self.log.committed):
                 self.logger.warning("%s: %s sent an entry conflicting with our committed index %d; ignored",
-                                    self.id, msg.src, self.log.committed)
+                                    self.id, msg.src, self.log.committed, extra=INPUT_WARNING)
                 return
             entries = msg.entries[skip:]
             if not entries:
@@ -1068,14 +1073,17 @@ class Raft:
             if pr is None:
                 return
             if msg.success and msg.match_index > self.log.last_index():
-                self.logger.warning("%s: %s claims entries we never sent (match %d)", self.id, msg.src, msg.match_index)
+                self.logger.warning("%s: %s claims entries we never sent (match %d)", self.id, msg.src, msg.match_index,
+                                    extra=INPUT_WARNING)
                 return
             if not msg.success and msg.reject_index > self.log.last_index():
-                self.logger.warning("%s: %s rejects an index we never sent (%d)", self.id, msg.src, msg.reject_index)
+                self.logger.warning("%s: %s rejects an index we never sent (%d)", self.id, msg.src, msg.reject_index,
+                                    extra=INPUT_WARNING)
                 return
             if msg.read_ctx > self._read_seq:
                 # It would confirm reads this leader has not asked about yet.
-                self.logger.warning("%s: %s acknowledges read context %d we never sent", self.id, msg.src, msg.read_ctx)
+                self.logger.warning("%s: %s acknowledges read context %d we never sent", self.id, msg.src, msg.read_ctx,
+                                    extra=INPUT_WARNING)
                 return
             pr.recent_active = True
             pr.heard_at = self._now

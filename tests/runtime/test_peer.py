@@ -591,3 +591,45 @@ async def test_a_stalled_event_loop_counts_as_at_most_a_heartbeat_interval() -> 
         assert 1 <= len(ticks) <= cfg.heartbeat_ticks + 8  # and then the clock goes on as usual
     finally:
         await peer.stop()
+
+
+async def test_a_flood_of_dropped_messages_logs_a_few_warnings_not_one_each(cluster: Cluster) -> None:
+    """Every message the core or the runtime drops (malformed, or an
+    InstallSnapshot for a snapshot never received) was logged as a warning:
+    one connection sending them as fast as it could wrote thousands of
+    lines a second. Warnings about another peer's input are now held back
+    after the first, per kind, for a while; the next one says how many."""
+    import logging
+
+    from raftlib.core.messages import AppendEntries, InstallSnapshot
+    from raftlib.transport.framing import encode_frame, encode_message
+
+    await cluster.start(3)
+    leader = await cluster.leader()
+    follower = next(p for p in cluster.live() if p is not leader)
+    records: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.levelno >= logging.WARNING:
+                records.append(record)
+
+    handler = Collect()
+    logging.getLogger("raftlib").addHandler(handler)
+    host, port = follower.address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(encode_frame("Hello", ["stranger", ""]))
+        malformed = encode_message(AppendEntries(1, "stranger", follower.name, 5, 0, (), 0))  # prev index, no term
+        unknown = encode_message(InstallSnapshot(1, "stranger", follower.name, 7, 1, leader.membership.encode()))
+        for _ in range(300):
+            writer.write(malformed + unknown)
+        await writer.drain()
+        await eventually(lambda: len([r for r in records if "no such snapshot" in r.getMessage()]) >= 1)
+        await asyncio.sleep(0.3)  # the rest of the flood arrives
+    finally:
+        writer.close()
+        logging.getLogger("raftlib").removeHandler(handler)
+    dropped = [r for r in records if "dropping" in r.getMessage()]
+    assert 2 <= len(dropped) <= 6, [r.getMessage() for r in dropped]
+    assert await leader.write(["set", "after", 1], timeout=5) == ["ok", "after", 1]
