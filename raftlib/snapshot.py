@@ -113,8 +113,8 @@ _DECODE_ERRORS = (ValueError, TypeError, msgpack.UnpackException)
 """What msgpack raises on undecodable bytes."""
 
 _ADVICE = (
-    "move it away to fall back to an older snapshot, "
-    "or wipe the peer's data directory and let it rejoin the cluster"
+    "wipe the peer's data directory and let it rejoin the cluster (moving the file away falls back to an "
+    "older snapshot only if it is not the one the log was compacted to: start-up would then find that one missing)"
 )
 """What an operator can do about a corrupt snapshot file."""
 

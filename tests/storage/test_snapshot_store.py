@@ -550,7 +550,7 @@ async def test_a_corrupt_newest_snapshot_makes_latest_raise(
     reopened = FileSnapshotStore(directory)  # the scan itself does not raise
     with pytest.raises(CorruptStorage) as info:
         reopened.latest()
-    assert newest.path in str(info.value) and "move it away" in str(info.value)
+    assert newest.path in str(info.value) and "moving the file away" in str(info.value)
     with pytest.raises(CorruptStorage):
         reopened.find(2, 1)
     assert reopened.find(1, 1) == older
