@@ -141,6 +141,10 @@ class Peer:
         self._applied_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._waiter_ids = itertools.count()
         self._state_waiters: list[asyncio.Future[None]] = []
+        self._forwards: dict[NodeId, set[asyncio.Timeout]] = {}
+        """Requests forwarded and not yet answered, by the leader they went to (see :meth:`_forward`)."""
+        self._deposed_after = self.config.election_ticks * self.config.tick_interval
+        """How long a forward waits on a leader that this peer no longer follows."""
         self._removed_at = 0  # the core's removed_at as last reported
         self._membership = Membership()
         self._stopping = False
@@ -666,7 +670,9 @@ class Peer:
     async def _forward(self, leader: NodeId, op: str, args: dict[str, Any], within: float | None = None) -> Any:
         """Send a request to ``leader`` over a pooled connection and return
         its answer, within ``within`` seconds (``None``: no limit) even if
-        the leader never answers."""
+        the leader never answers. Raises :class:`LeadershipLost` once
+        ``leader`` has not been this peer's leader for an election timeout
+        without answering (it may be hung: its connection is dropped)."""
         address = self._core.membership.members.get(leader) or self._transport.addresses.get(leader)
         if address is None:
             raise NotLeader(leader)
@@ -688,7 +694,33 @@ class Peer:
                                 self._check_running()
                             self._rpc[address] = conn
                 sent = True
-                return await conn.call(op, args)
+                # A leader that hangs keeps its connections open and never
+                # answers: stop waiting once it has not been this peer's
+                # leader for an election timeout (see _watch_forwards).
+                loop = asyncio.get_running_loop()
+                deposed = asyncio.timeout_at(None if self._core.leader == leader else loop.time() + self._deposed_after)
+                watched = self._forwards.setdefault(leader, set())
+                try:
+                    async with deposed:
+                        watched.add(deposed)
+                        return await conn.call(op, args)  # cancelled, it sends Cancel
+                except TimeoutError:
+                    if not deposed.expired():
+                        raise
+                finally:
+                    watched.discard(deposed)
+                    if not watched and self._forwards.get(leader) is watched:
+                        del self._forwards[leader]
+                if self._rpc.get(address) is conn:
+                    # It may be hung or unreachable: connect afresh if it leads again.
+                    del self._rpc[address]
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self._deposed_after):
+                            await conn.close()
+                raise LeadershipLost(
+                    f"the leader {leader} at {address} did not answer the forwarded {op} and has not been "
+                    f"this peer's leader for an election timeout (it may be hung or cut off); outcome unknown"
+                )
         except TimeoutError:
             if not sent:
                 raise Unavailable(f"could not reach the leader {leader} at {address} in the time allowed") from None
@@ -696,6 +728,19 @@ class Peer:
                 raise WriteTimeout(f"the leader {leader} did not answer the forwarded write in the time allowed; "
                                    f"it may still be applied") from None
             raise Timeout(f"the leader {leader} did not answer the forwarded {op} in the time allowed") from None
+
+    def _watch_forwards(self, current: NodeId | None) -> None:
+        """The leader this peer knows is now ``current``: forwards waiting on
+        another one give up an election timeout from now unless it leads again."""
+        expire = self._loop.time() + self._deposed_after
+        for leader, watched in self._forwards.items():
+            for deposed in watched:
+                if deposed.expired():
+                    continue  # giving up already (reschedule would raise)
+                if leader == current:
+                    deposed.reschedule(None)
+                elif deposed.when() is None:
+                    deposed.reschedule(expire)
 
     async def wait_for_leader(self, timeout: float | None = None) -> NodeId:
         """Wait until a leader is known and return its name.
@@ -1667,6 +1712,7 @@ class Peer:
         for fut in waiters:
             if not fut.done():
                 fut.set_result(None)
+        self._watch_forwards(rd.soft_state.leader)
         if rd.soft_state.role != LEADER:
             self._fail_leader_work()
             for task in self._transfers.values():

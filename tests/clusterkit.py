@@ -151,6 +151,19 @@ class Cluster:
     def heal(self) -> None:
         self.cut.clear()
 
+    def hang(self, name: str) -> None:
+        """Make ``name`` look hung (a stopped process, a frozen machine): it is
+        cut off from the others (:meth:`isolate`) and takes requests on the
+        connections it keeps open without ever answering them."""
+        self.isolate(name)
+        requests = self.peers[name]._requests
+
+        async def swallow(body: Any, conn: Any) -> None:
+            pass
+
+        requests.on_request = swallow  # type: ignore[method-assign]
+        requests.on_cancel = swallow  # type: ignore[method-assign]
+
     async def join(self, name: str, seeds: list[str] | None = None, voter: bool = True, sm: Any = KVStore) -> raftlib.Peer:
         """Start ``name`` and add it to the running cluster with ``raftlib.join``."""
         peer = await raftlib.join(

@@ -1,0 +1,66 @@
+"""Requests a follower forwarded to a leader that hangs (a stopped process,
+a frozen machine: its connections stay open, nothing answers) end once the
+others have elected a new leader, instead of waiting on the old one forever."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import raftlib
+from raftlib import errors
+
+from clusterkit import Cluster, KVStore, eventually
+
+BOUND = 20.0
+"""Far more than an election takes: reaching it means the request was stuck."""
+
+
+async def hang_leader(cluster: Cluster) -> tuple[raftlib.Peer, raftlib.Peer]:
+    """Start three peers, open session "c1" and hang the leader; return it
+    and a follower that still names it as leader."""
+    peers = await cluster.start(3)
+    old = await cluster.leader()
+    await old.open_session("c1")
+    follower = next(p for p in peers.values() if p is not old)
+    await eventually(lambda: follower.leader == old.name)
+    cluster.hang(old.name)
+    return old, follower
+
+
+async def test_plain_write_forwarded_to_a_hung_leader_ends_outcome_unknown(cluster: Cluster) -> None:
+    old, follower = await hang_leader(cluster)
+    write = asyncio.ensure_future(follower.write(["set", "a", 1]))  # no timeout: it used to wait forever
+    with pytest.raises(errors.OutcomeUnknown):
+        # The hung leader may have appended it: it must not be reported as not applied.
+        await asyncio.wait_for(write, BOUND)
+    new = await cluster.leader()
+    assert new is not old
+    # The follower still works: a write now goes to the new leader.
+    assert await asyncio.wait_for(follower.write(["set", "b", 2]), BOUND) == ["ok", "b", 2]
+
+
+async def test_session_write_forwarded_to_a_hung_leader_is_retried_at_the_new_leader(cluster: Cluster) -> None:
+    old, follower = await hang_leader(cluster)
+    result = await asyncio.wait_for(follower.session_write("c1", 1, ["set", "a", 1]), BOUND)
+    assert result == ["ok", "a", 1]
+    new = await cluster.leader()
+    assert new is not old
+    sm = new.state_machine
+    assert isinstance(sm, KVStore)
+    await eventually(lambda: sm.applied.count(["set", "a", 1]) == 1)
+
+
+async def test_linearizable_read_forwarded_to_a_hung_leader_is_answered_by_the_new_leader(cluster: Cluster) -> None:
+    peers = await cluster.start(3)
+    old = await cluster.leader()
+    await old.write(["set", "k", "v"])
+    follower = next(p for p in peers.values() if p is not old)
+    await eventually(lambda: follower.leader == old.name)
+    cluster.hang(old.name)
+    # Several at once: they share the pooled connection to the hung leader.
+    reads = [follower.read(["get", "k"], consistency=c) for c in ("linearizable", "lease") for _ in range(3)]
+    answers = await asyncio.wait_for(asyncio.gather(*reads), BOUND)
+    assert answers == [["ok", "v"]] * 6
+    assert follower.leader != old.name
