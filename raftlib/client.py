@@ -72,11 +72,13 @@ class Client:
     """
 
     def __init__(self, addresses: Sequence[str], *, timeout: float, connect_timeout: float, max_frame_size: int,
-                 security: Security = None) -> None:
+                 security: Security = None, attempt_timeout: float = 5.0) -> None:
         self.addresses = list(addresses)
         self._security = security
         self.timeout = timeout
         """Default time allowed for each call (including its retries)."""
+        self._attempt_timeout = attempt_timeout
+        """Time one member has to answer one attempt of a write or read."""
         self._connect_timeout = connect_timeout
         self._max_frame_size = max_frame_size
         self._conn: RpcConnection | None = None
@@ -141,11 +143,15 @@ class Client:
                     left = deadline - loop.time()  # connecting took some of it
                     if left <= 0:
                         continue
+                    # A member that does not answer (a hung leader keeps its
+                    # connections open) is left after attempt_timeout: the
+                    # session makes the retry elsewhere safe.
+                    attempt = min(left, self._attempt_timeout)
                     result = await conn.call(
                         "session_write",
                         {"client": client, "seq": seq, "ack": self._ack if client == self.client_id else 0,
-                         "command": command, "timeout": left},
-                        timeout=left,
+                         "command": command, "timeout": attempt},
+                        timeout=attempt,
                     )
                     return result
                 except SessionExpired as exc:
@@ -165,6 +171,7 @@ class Client:
                 except _UNKNOWN as exc:
                     last = exc
                     maybe_applied = True
+                    self._leave(conn)
                     await self._drop_connection()
                 await asyncio.sleep(backoff)
                 backoff = min(0.5, backoff * 2)
@@ -205,12 +212,14 @@ class Client:
                 left = deadline - loop.time()  # connecting took some of it
                 if left <= 0:
                     continue
-                return await conn.call("read", {"query": query, "consistency": consistency, "timeout": left},
-                                       timeout=left)
+                attempt = min(left, self._attempt_timeout)  # as for writes
+                return await conn.call("read", {"query": query, "consistency": consistency, "timeout": attempt},
+                                       timeout=attempt)
             except _NOT_APPLIED + _UNKNOWN as exc:
                 last = exc
                 self._follow(exc, conn)
                 if isinstance(exc, _UNKNOWN):
+                    self._leave(conn)
                     await self._drop_connection()
             await asyncio.sleep(backoff)
             backoff = min(0.5, backoff * 2)
@@ -336,6 +345,14 @@ class Client:
             if self._preferred == conn.address:
                 self._preferred = None
             self._conn_to_replace = True
+
+    def _leave(self, conn: RpcConnection | None) -> None:
+        """Member ``conn`` did not answer in time, or its connection failed:
+        try the other members first when reconnecting."""
+        if conn is not None and conn is self._conn:
+            self._avoid = conn.address
+            if self._preferred == conn.address:
+                self._preferred = None
 
     async def _connection(self, within: float) -> RpcConnection:
         """The connection to use, opened if needed; raises PeerStopped once the client is closed."""
@@ -524,10 +541,16 @@ async def connect(
     max_frame_size: int = 64 * 1024 * 1024,
     tls: TLSConfig | None = None,
     secret: SharedSecret | bytes | str | None = None,
+    attempt_timeout: float = 5.0,
 ) -> Client:
     """Connect to the cluster through any of ``addresses`` and open a session.
 
     ``timeout`` is the default time each call may take, retries included.
+    ``attempt_timeout`` is the time one member has to answer one attempt of
+    a write or read: a member that does not (a leader that hangs keeps its
+    connections open) is left for the others, and the write is sent again
+    in its session, so it is still applied once. Keep it above the longest
+    a write may take to apply.
     ``max_frame_size`` is the largest frame the client accepts or sends;
     keep it equal to the members' ``Config.max_frame_size``, so that a
     command or query too large for them raises
@@ -546,13 +569,15 @@ async def connect(
         parse_address(address)
     check_timeout(timeout)
     check_timeout(connect_timeout, "connect_timeout")
-    if timeout is None or connect_timeout is None or timeout <= 0 or connect_timeout <= 0:
-        raise ConfigError("timeout and connect_timeout must be positive")
+    check_timeout(attempt_timeout, "attempt_timeout")
+    if (timeout is None or connect_timeout is None or attempt_timeout is None or timeout <= 0
+            or connect_timeout <= 0 or attempt_timeout <= 0):
+        raise ConfigError("timeout, connect_timeout and attempt_timeout must be positive")
     if type(max_frame_size) is not int or max_frame_size < _MIN_FRAME_SIZE:
         raise ConfigError(f"max_frame_size must be an int of at least {_MIN_FRAME_SIZE}, got {max_frame_size!r}")
     security = security_from(tls, secret)
     client = Client(addresses, timeout=timeout, connect_timeout=connect_timeout, max_frame_size=max_frame_size,
-                    security=security)
+                    security=security, attempt_timeout=attempt_timeout)
     loop = asyncio.get_running_loop()
     try:
         await client._reopen_session(loop.time() + timeout)

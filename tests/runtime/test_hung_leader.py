@@ -64,3 +64,25 @@ async def test_linearizable_read_forwarded_to_a_hung_leader_is_answered_by_the_n
     answers = await asyncio.wait_for(asyncio.gather(*reads), BOUND)
     assert answers == [["ok", "v"]] * 6
     assert follower.leader != old.name
+
+
+async def test_a_client_talking_to_a_hung_leader_moves_to_the_new_one(cluster: Cluster) -> None:
+    """A raftlib.connect client sent each attempt to the member it was
+    connected to and waited for the whole call's timeout (30 s by default):
+    with the leader hung, it never tried the new one. An attempt now waits at
+    most attempt_timeout (5 s by default); the session makes the retry
+    elsewhere safe, so the write is applied once."""
+    peers = await cluster.start(3)
+    old = await cluster.leader()
+    others = [p for p in peers.values() if p is not old]
+    client = await raftlib.connect([old.address] + [p.address for p in others], timeout=60)
+    try:
+        assert await client.write(["set", "a", 1]) == ["ok", "a", 1]
+        cluster.hang(old.name)
+        assert await asyncio.wait_for(client.write(["set", "b", 2]), BOUND) == ["ok", "b", 2]
+        assert await asyncio.wait_for(client.read(["get", "b"]), BOUND) == ["ok", 2]
+        new = await cluster.leader()
+        assert new is not old
+        assert new.state_machine.applied.count(["set", "b", 2]) == 1
+    finally:
+        await asyncio.wait_for(client.close(), BOUND)
