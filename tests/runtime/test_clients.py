@@ -35,6 +35,15 @@ class GatedKV(KVStore):
 # -- reads ------------------------------------------------------------------------------
 
 
+async def _leader_and_follower(cluster: Cluster, sm: Any = KVStore) -> tuple[raftlib.Peer, raftlib.Peer]:
+    """Start three peers; return the leader and a follower that knows it."""
+    peers = await cluster.start(3, sm=sm)
+    leader = await cluster.leader()
+    follower = next(p for p in peers.values() if p is not leader)
+    await eventually(lambda: follower.leader == leader.name)
+    return leader, follower
+
+
 async def test_consistency_levels_on_leader_and_follower(cluster: Cluster) -> None:
     peers = await cluster.start(3)
     leader = await cluster.leader()
@@ -199,10 +208,7 @@ async def test_a_forwarded_session_write_that_may_have_applied_is_not_reported_e
     If the session is gone by the retry (it expired meanwhile), the retry's
     SessionExpired said "not applied", though the first attempt may have
     been; a client then applied the command again in a new session."""
-    peers = await cluster.start(3)
-    leader = await cluster.leader()
-    follower = next(p for p in peers.values() if p is not leader)
-    await eventually(lambda: follower.leader == leader.name)
+    leader, follower = await _leader_and_follower(cluster)
     await follower.open_session("c", timeout=10)
     forward = follower._forward
     attempts = 0
@@ -221,7 +227,6 @@ async def test_a_forwarded_session_write_that_may_have_applied_is_not_reported_e
     assert attempts == 2
 
 
-
 async def test_a_forwarded_read_that_lost_its_connection_never_says_it_may_have_applied(
     cluster: Cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -229,10 +234,7 @@ async def test_a_forwarded_read_that_lost_its_connection_never_says_it_may_have_
     its connection, and whose retries found no leader, ended the read with
     OutcomeUnknown "an earlier attempt may have been applied": an error
     Peer.read does not list, about an effect a read cannot have."""
-    peers = await cluster.start(3)
-    leader = await cluster.leader()
-    follower = next(p for p in peers.values() if p is not leader)
-    await eventually(lambda: follower.leader == leader.name)
+    leader, follower = await _leader_and_follower(cluster)
     attempts = 0
 
     async def cut(to: str, op: str, args: dict[str, Any], within: float | None = None) -> Any:
@@ -456,7 +458,7 @@ async def test_commands_and_results_keyed_by_ints_cross_the_network(cluster: Clu
                 break
     finally:
         await client.close()
-    assert sum(p._transport.stats["protocol_errors"] for p in peers.values()) == 0
+    assert sum(p._transport.stats["protocol_errors"] for p in cluster.peers.values()) == 0
 
 
 async def test_a_follower_refuses_to_forward_map_keys_the_leader_would_refuse(cluster: Cluster) -> None:
@@ -465,10 +467,7 @@ async def test_a_follower_refuses_to_forward_map_keys_the_leader_would_refuse(cl
     forwarding one got ConnectionLost (outcome unknown, though nothing was
     applied), as did every other request in flight on its pooled
     connection, and a read was retried until its attempts ran out."""
-    peers = await cluster.start(3)
-    leader = await cluster.leader()
-    follower = next(p for p in peers.values() if p is not leader)
-    await eventually(lambda: follower.leader == leader.name)
+    leader, follower = await _leader_and_follower(cluster)
     await follower.open_session("c1", timeout=10)
     last = leader.status()["last_index"]
     with pytest.raises(TypeError, match="cannot be forwarded to the leader"):
@@ -481,7 +480,7 @@ async def test_a_follower_refuses_to_forward_map_keys_the_leader_would_refuse(cl
         await follower.read(["get", {(1, 2): "x"}], timeout=10)
     assert leader.status()["last_index"] == last
     assert await follower.write(["set", "t", {1: "x"}], timeout=10) == ["ok", "t", {1: "x"}]
-    assert sum(p._transport.stats["protocol_errors"] for p in peers.values()) == 0
+    assert sum(p._transport.stats["protocol_errors"] for p in cluster.peers.values()) == 0
 
 
 class TupleKeyedKV(KVStore):
@@ -503,10 +502,7 @@ async def test_a_result_that_cannot_cross_the_network_is_reported_as_such(cluste
     connection closed, a follower's caller got ConnectionLost, and a client
     retried until its timeout and reported the write's outcome unknown
     (it was applied)."""
-    peers = await cluster.start(3, sm=TupleKeyedKV)
-    leader = await cluster.leader()
-    follower = next(p for p in peers.values() if p is not leader)
-    await eventually(lambda: follower.leader == leader.name)
+    leader, follower = await _leader_and_follower(cluster, sm=TupleKeyedKV)
     assert await leader.write(["tuple", "l"]) == {(1, 2): "l"}
     with pytest.raises(errors.CommandFailed, match="cannot be sent back.*the write was applied"):
         await follower.write(["tuple", "f"], timeout=10)
@@ -525,7 +521,7 @@ async def test_a_result_that_cannot_cross_the_network_is_reported_as_such(cluste
     finally:
         await client.close()
     assert [c[1] for c in leader.state_machine.applied if c[0] == "tuple"] == ["l", "f", "c"]
-    assert sum(p._transport.stats["protocol_errors"] for p in peers.values()) == 0
+    assert sum(p._transport.stats["protocol_errors"] for p in cluster.peers.values()) == 0
 
 
 async def test_a_change_that_cannot_cross_the_network_ends_the_feed_with_an_error(cluster: Cluster) -> None:
@@ -721,10 +717,7 @@ async def test_a_client_that_cannot_reach_the_leader_stays_with_a_member_that_fo
     shorter call timeout)."""
     from raftlib.rpc import RpcConnection
 
-    peers = await cluster.start(3)
-    leader = await cluster.leader()
-    follower = next(p for p in peers.values() if p is not leader)
-    await eventually(lambda: follower.leader == leader.name)
+    leader, follower = await _leader_and_follower(cluster)
     real_open = RpcConnection.open.__func__  # type: ignore[attr-defined]
     tried: list[str] = []
 
@@ -1065,10 +1058,7 @@ async def test_a_forwarded_request_ends_at_its_timeout_when_the_leader_never_ans
     """A follower waited for the leader's answer to a forwarded request with
     no limit of its own, trusting the leader to answer within the timeout
     it passed on: a hung leader held the caller forever."""
-    peers = await cluster.start(3)
-    leader = await cluster.leader()
-    follower = next(p for p in peers.values() if p is not leader)
-    await eventually(lambda: follower.leader == leader.name)
+    leader, follower = await _leader_and_follower(cluster)
 
     async def hung(body: Any, conn: Any) -> None:
         return None  # read, never answered
@@ -1090,10 +1080,7 @@ async def test_a_forwarded_request_ends_at_its_timeout_when_the_leader_never_ans
 async def test_a_request_forwarded_too_often_is_refused(cluster: Cluster) -> None:
     from raftlib.rpc import RpcConnection
 
-    peers = await cluster.start(3)
-    leader = await cluster.leader()
-    follower = next(p for p in peers.values() if p is not leader)
-    await eventually(lambda: follower.leader == leader.name)
+    leader, follower = await _leader_and_follower(cluster)
     conn = await RpcConnection.open(follower.address)
     try:
         with pytest.raises(errors.NotLeader) as info:
@@ -1107,10 +1094,7 @@ async def test_a_request_forwarded_too_often_is_refused(cluster: Cluster) -> Non
 async def test_a_forwarded_request_with_a_nan_timeout_is_refused(cluster: Cluster) -> None:
     from raftlib.rpc import RpcConnection
 
-    peers = await cluster.start(3)
-    leader = await cluster.leader()
-    follower = next(p for p in peers.values() if p is not leader)
-    await eventually(lambda: follower.leader == leader.name)
+    leader, follower = await _leader_and_follower(cluster)
     last = leader.status()["last_index"]
     conn = await RpcConnection.open(follower.address)
     try:
