@@ -49,3 +49,18 @@ async def test_the_status_example_in_getting_started_shows_every_key(tmp_path: P
         await peer.stop()
     assert set(shown) == set(status)
     assert set(shown["members"]["s1"]) == set(status["members"]["s1"])
+
+
+def test_every_public_name_is_documented() -> None:
+    import raftlib
+    import storage_adapters
+
+    pages = [README, *sorted((README.parent / "docs").glob("*.md"))]
+    text = "\n".join(page.read_text() for page in pages)
+    names = [f"raftlib.{name}" for name in raftlib.__all__] + list(storage_adapters.__all__)
+    # A name counts as documented where it appears in code: `name`, `raftlib.errors.name`, `name(...)`, ...
+    undocumented = [
+        qualified for qualified in names
+        if not re.search(rf"`([\w.]+\.)?{re.escape(qualified.rpartition('.')[2])}[`(\[.]", text)
+    ]
+    assert undocumented == []
