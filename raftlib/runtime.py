@@ -832,9 +832,12 @@ class Peer:
         :func:`raftlib.transport.framing.unpack_wire`; nothing is appended);
         :class:`NotLeader` (no leader emerged within a few election timeouts,
         or ``forward=False`` on a follower), :class:`ProposalDropped`,
-        :class:`PeerStopped` or :class:`~raftlib.errors.Overloaded` (the
-        leader has ``Config.max_pending_writes`` writes pending: retry later,
-        with back-off) when the write certainly did not apply;
+        :class:`PeerStopped`, :class:`~raftlib.errors.Unavailable` (the
+        leader could not be reached), :class:`~raftlib.errors.Timeout` (not
+        a :class:`WriteTimeout`: ``timeout`` ran out before a leader took
+        the write) or :class:`~raftlib.errors.Overloaded` (the leader has
+        ``Config.max_pending_writes`` writes pending: retry later, with
+        back-off) when the write certainly did not apply;
         :class:`LeadershipLost`, :class:`WriteTimeout` or
         :class:`~raftlib.errors.ConnectionLost` (all :class:`OutcomeUnknown`)
         when its outcome is unknown. An exception raised by ``handle_write``

@@ -137,6 +137,12 @@ async def test_wait_for_leader_times_out_without_a_cluster(tmp_path: Any) -> Non
         with pytest.raises(errors.NotLeader) as info:
             await peer.write(["set", "a", 1])
         assert info.value.leader is None
+        # Given a timeout, a write that never reached a leader raises a plain
+        # Timeout: it certainly did not apply (docs/errors.md).
+        with pytest.raises(errors.Timeout) as timed_out:
+            await peer.write(["set", "a", 1], timeout=0.3)
+        assert not isinstance(timed_out.value, errors.OutcomeUnknown)
+        assert peer.status()["last_index"] == 0
     finally:
         await peer.stop()
 
