@@ -5,7 +5,11 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from clusterkit import free_port
 
@@ -64,3 +68,41 @@ def test_every_public_name_is_documented() -> None:
         if not re.search(rf"`([\w.]+\.)?{re.escape(qualified.rpartition('.')[2])}[`(\[.]", text)
     ]
     assert undocumented == []
+
+
+async def test_the_getting_started_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The state machine, the start-up and the write-and-read blocks, run in
+    order for three peers (each founding the cluster, as the page allows)."""
+    import raftlib
+
+    text = (README.parent / "docs" / "getting-started.md").read_text()
+    state_machine, start, write_read = re.findall(r"```python\n(.*?)```", text, re.S)[:3]
+    ports = {old: str(free_port()) for old in ("7001", "7002", "7003")}
+
+    def on_free_ports(source: str) -> str:
+        for old, new in ports.items():
+            source = source.replace(f"127.0.0.1:{old}", f"127.0.0.1:{new}")
+        return source
+
+    async def run_block(source: str, namespace: dict[str, Any]) -> None:
+        body = textwrap.indent(source, "    ")
+        exec(f"async def _block():\n{body}\n    globals().update(locals())\n", namespace)
+        await namespace["_block"]()
+
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, Any] = {"raftlib": raftlib}
+    exec(state_machine, namespace)
+    peers: dict[str, Any] = {}
+    try:
+        for name, port in (("s1", "7001"), ("s2", "7002"), ("s3", "7003")):
+            own = start.replace('name="s1"', f'name="{name}"').replace('data_dir="data/s1"', f'data_dir="data/{name}"')
+            own = own.replace('address="127.0.0.1:7001"', f'address="127.0.0.1:{port}"')
+            await run_block(on_free_ports(own), namespace)
+            peers[name] = namespace["peer"]
+        namespace["peer"], namespace["peers"] = peers["s1"], peers
+        await run_block(write_read, namespace)
+        assert namespace["result"] == 1 and namespace["value"] == 1
+        assert (tmp_path / "data" / "s1").is_dir()
+    finally:
+        for peer in peers.values():
+            await peer.stop()
