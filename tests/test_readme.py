@@ -106,3 +106,27 @@ async def test_the_getting_started_examples_run(tmp_path: Path, monkeypatch: pyt
     finally:
         for peer in peers.values():
             await peer.stop()
+
+
+def test_every_config_field_is_documented_with_its_default() -> None:
+    """Each ``Config`` field appears on some page, and every table row that
+    gives a field's default (``| `field` | default | ...``) gives the real one."""
+    import dataclasses
+
+    import raftlib
+
+    text = "\n".join(page.read_text() for page in [README, *sorted((README.parent / "docs").glob("*.md"))])
+    defaults = {f.name: getattr(raftlib.Config(), f.name) for f in dataclasses.fields(raftlib.Config)}
+    assert [name for name in defaults if f"`{name}`" not in text] == []
+    units = {"": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "s": 1, "messages": 1}
+    rows = re.findall(r"^\| `(?:Config\.)?(\w+)` \| (True|False|None|[\d.,]+)(?: (KiB|MiB|GiB|s|messages))?\b", text, re.M)
+    checked = set()
+    for name, value, unit in rows:
+        if name not in defaults:
+            continue
+        shown = {"True": True, "False": False, "None": None}.get(value, None)
+        if shown is None and value != "None":
+            shown = float(value.replace(",", "")) * units[unit]
+        assert shown == defaults[name], f"docs give {name} a default of {value} {unit}, Config has {defaults[name]!r}"
+        checked.add(name)
+    assert {"tick_interval", "snapshot_entries", "max_pending_reads"} <= checked
