@@ -130,3 +130,10 @@ def test_every_config_field_is_documented_with_its_default() -> None:
         assert shown == defaults[name], f"docs give {name} a default of {value} {unit}, Config has {defaults[name]!r}"
         checked.add(name)
     assert {"tick_interval", "snapshot_entries", "max_pending_reads"} <= checked
+
+
+def test_readme_and_the_docs_index_link_every_page() -> None:
+    docs = README.parent / "docs"
+    pages = {page.name for page in docs.glob("*.md")} - {"index.md"}
+    assert pages - set(re.findall(r"\]\(docs/([\w-]+\.md)", README.read_text())) == set()
+    assert pages - set(re.findall(r"\]\(([\w-]+\.md)", (docs / "index.md").read_text())) == set()
