@@ -63,11 +63,11 @@ from typing import Iterator, Sequence
 import lmdb
 import msgpack
 
-from raftlib.errors import CorruptStorage, StorageError, StorageFull
+from raftlib.errors import ConfigError, CorruptStorage, StorageError, StorageFull
 from raftlib.types import Entry, EntryKind, HardState, Membership, SnapshotMeta
 
 from .memory import check_append, check_compact, check_range, check_term_index, take_within
-from .wal import WriteAheadFile
+from .wal import HEADER_SIZE, WriteAheadFile
 
 FORMAT_VERSION = 1
 """The layout version stored under ``meta[b"format"]``."""
@@ -258,8 +258,10 @@ class LMDBStorage:
         wal_size: int = WAL_SIZE,
         checkpoint_entries: int = CHECKPOINT_ENTRIES,
     ) -> None:
-        if checkpoint_entries < 1:
-            raise ValueError(f"checkpoint_entries must be at least 1, not {checkpoint_entries}")
+        for name, value, least in (("map_size", map_size, 1), ("wal_size", wal_size, 2 * HEADER_SIZE),
+                                   ("checkpoint_entries", checkpoint_entries, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigError(f"LMDBStorage: {name} must be at least {least} (an int), got {value!r}")
         self._path = os.fspath(path)
         self._map_size = map_size
         self.sync_count = 0

@@ -26,7 +26,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raftlib.errors import CorruptStorage, LogCompacted, StorageError
+from raftlib.errors import ConfigError, CorruptStorage, LogCompacted, StorageError
 from raftlib.types import Entry, EntryKind, HardState, Membership, SnapshotMeta
 from storage_adapters import LMDBStorage, LogStorage, MemoryStorage
 
@@ -306,6 +306,16 @@ def test_a_second_lmdb_storage_on_an_open_directory_is_refused(tmp_path: Path) -
         assert whole_log(again) == make_entries(1, 3)
     finally:
         again.close()
+
+
+@pytest.mark.parametrize("argument, value", [
+    ("map_size", -5), ("map_size", 0), ("map_size", "8G"), ("wal_size", 10), ("wal_size", "x"),
+    ("checkpoint_entries", 0), ("checkpoint_entries", 2.5), ("checkpoint_entries", True),
+])
+def test_lmdb_names_an_invalid_argument_and_creates_nothing(tmp_path: Path, argument: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=f"{argument} must be"):
+        LMDBStorage(tmp_path / "db", **{argument: value})  # type: ignore[arg-type]
+    assert not (tmp_path / "db").exists()
 
 
 @pytest.mark.slow
