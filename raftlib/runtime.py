@@ -2438,6 +2438,13 @@ async def start_peer(
     if advertise is not None:
         parse_address(advertise)
     security = security_from(tls, secret)
+    if config is not None and not isinstance(config, Config):
+        raise ConfigError(f"config must be a raftlib.Config, got {type(config).__name__}")
+    if isinstance(storage, type):
+        raise ConfigError(f"storage= takes an adapter instance, got the class {storage.__name__}: "
+                          f"pass {storage.__name__}()")
+    if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
+        raise ConfigError(f"data_dir must be a path (str or os.PathLike), got {type(data_dir).__name__}")
     cfg = (config or Config()).validate()
     sm = _make_state_machine(state_machine)
     if storage is None:

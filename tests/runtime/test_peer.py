@@ -262,6 +262,21 @@ async def test_start_peer_validates_arguments(tmp_path: Any) -> None:
         await raftlib.start_peer(dict, name="x", address="127.0.0.1:0", storage=MemoryStorage())  # type: ignore[arg-type]
 
 
+async def test_start_peer_names_a_storage_class_a_config_dict_or_a_bad_data_dir(tmp_path: Any) -> None:
+    """Easy slips (``storage=MemoryStorage`` without the call, ``config`` as a
+    dict, a ``data_dir`` that is not a path) raise ConfigError saying what to pass."""
+    with pytest.raises(errors.ConfigError, match=r"storage=.*MemoryStorage\(\)"):
+        await raftlib.start_peer(KVStore, name="x", address="127.0.0.1:0", storage=MemoryStorage)  # type: ignore[arg-type]
+    with pytest.raises(errors.ConfigError, match="raftlib.Config"):
+        await raftlib.start_peer(KVStore, name="x", address="127.0.0.1:0", storage=MemoryStorage(),
+                                 config={"tick_interval": 0.01})  # type: ignore[arg-type]
+    with pytest.raises(errors.ConfigError, match="data_dir"):
+        await raftlib.start_peer(KVStore, name="x", address="127.0.0.1:0", data_dir=5)  # type: ignore[arg-type]
+    with pytest.raises(errors.ConfigError, match="raftlib.Config"):
+        await raftlib.join(KVStore, name="x", address="127.0.0.1:0", seeds=["127.0.0.1:1"], storage=MemoryStorage(),
+                           config={"tick_interval": 0.01})  # type: ignore[arg-type]
+
+
 async def test_batches_that_would_not_fit_a_frame_are_refused_at_start(tmp_path: Any) -> None:
     """An AppendEntries carries up to max_bytes_per_message of entries (and
     a little framing), and peers close a connection that sends a frame above
