@@ -137,3 +137,13 @@ def test_readme_and_the_docs_index_link_every_page() -> None:
     pages = {page.name for page in docs.glob("*.md")} - {"index.md"}
     assert pages - set(re.findall(r"\]\(docs/([\w-]+\.md)", README.read_text())) == set()
     assert pages - set(re.findall(r"\]\(([\w-]+\.md)", (docs / "index.md").read_text())) == set()
+
+
+def test_every_public_method_of_peer_and_client_is_documented() -> None:
+    import raftlib
+
+    text = "\n".join(page.read_text() for page in [README, *sorted((README.parent / "docs").glob("*.md"))])
+    public = {f"{cls.__name__}.{name}" for cls in (raftlib.Peer, raftlib.Client) for name in dir(cls)
+              if not name.startswith("_")}
+    undocumented = sorted(q for q in public if not re.search(rf"[`.]{q.partition('.')[2]}[`(]", text))
+    assert undocumented == []
