@@ -147,3 +147,20 @@ def test_every_public_method_of_peer_and_client_is_documented() -> None:
               if not name.startswith("_")}
     undocumented = sorted(q for q in public if not re.search(rf"[`.]{q.partition('.')[2]}[`(]", text))
     assert undocumented == []
+
+
+def test_the_class_relations_errors_md_states_hold() -> None:
+    """``X` (a `Y`)`` on the errors page means X derives from Y; and every class
+    in raftlib.errors is on the page."""
+    import builtins
+
+    from raftlib import errors
+
+    text = (README.parent / "docs" / "errors.md").read_text()
+    claims = re.findall(r"`(\w+)` \((?:a|an|also a) `(\w+)`\)", text)
+    assert len(claims) >= 8
+    for sub, base in claims:
+        assert issubclass(getattr(errors, sub), getattr(errors, base, None) or getattr(builtins, base)), (sub, base)
+    classes = [name for name, value in vars(errors).items() if isinstance(value, type) and issubclass(value, Exception)
+               and value.__module__ == errors.__name__]
+    assert [name for name in classes if f"`{name}`" not in text and f"`raftlib.errors.{name}`" not in text] == []
