@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -115,6 +116,8 @@ class Config:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"Config.{f.name} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise ConfigError(f"Config.{f.name} must be finite, got {value!r}")
             if value <= 0 and f.name != "snapshot_keep_entries":
                 raise ConfigError(f"Config.{f.name} must be positive, got {value!r}")
             if f.name not in ("tick_interval", "session_ttl", "hello_timeout", "max_batch_delay") and not isinstance(value, int):

@@ -258,6 +258,12 @@ async def test_start_peer_validates_arguments(tmp_path: Any) -> None:
         with pytest.raises(errors.ConfigError, match="max_batch_delay"):
             raftlib.Config(max_batch_delay=bad).validate()  # type: ignore[arg-type]
     assert raftlib.Config(max_batch_delay=0.0005).validate().max_batch_delay == 0.0005
+    # NaN passes every comparison and infinity never ticks: a peer with either
+    # as its tick_interval never elects a leader, silently.
+    for field in ("tick_interval", "max_batch_delay", "session_ttl", "hello_timeout"):
+        for bad in (float("nan"), float("inf")):
+            with pytest.raises(errors.ConfigError, match=f"Config.{field} must be finite"):
+                raftlib.Config(**{field: bad}).validate()
     with pytest.raises(errors.ConfigError, match="StateMachine"):
         await raftlib.start_peer(dict, name="x", address="127.0.0.1:0", storage=MemoryStorage())  # type: ignore[arg-type]
 
