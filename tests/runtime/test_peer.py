@@ -65,6 +65,29 @@ async def test_maps_with_tuple_keys_round_trip_and_the_leader_keeps_serving(clus
     assert changes[-1].result == expected
 
 
+class SetResult(KVStore):
+    """Applies the write, then answers with a set, which msgpack cannot encode."""
+
+    def handle_write(self, command: Any) -> Any:
+        super().handle_write(command)
+        return {1, 2}
+
+
+async def test_a_type_error_for_an_unencodable_result_comes_after_the_write_applied(cluster: Cluster) -> None:
+    """Unlike a TypeError for the command, this one is raised like any
+    exception of handle_write: on every peer, with the write applied
+    (docs/errors.md), and the cluster keeps serving."""
+    peers = await cluster.start(3, sm=SetResult)
+    leader = await cluster.leader()
+    with pytest.raises(TypeError, match="write result"):
+        await leader.write(["set", "k", 1])
+    follower = next(p for p in peers.values() if p is not leader)
+    with pytest.raises(errors.CommandFailed, match="write result"):
+        await follower.write(["set", "k2", 2])
+    for peer in peers.values():
+        await eventually(lambda: peer.state_machine.data == {"k": 1, "k2": 2})
+
+
 async def test_unencodable_command_raises_type_error_and_appends_nothing(cluster: Cluster) -> None:
     await cluster.start(3)
     leader = await cluster.leader()
