@@ -801,7 +801,8 @@ class Peer:
 
     def _successor(self) -> NodeId | None:
         """The voter a stopping leader hands over to: the most up-to-date of
-        those heard from within an election timeout (``None``: none was, and
+        those heard from within an election timeout, preferring those whose
+        connection here is still open (``None``: none was heard from, and
         the core chooses). The core's own choice counts every follower as
         active for a while after an election, when it may pick one that
         stopped long before and wait out the transfer."""
@@ -809,6 +810,8 @@ class Peer:
         window = self.config.election_ticks * self.config.tick_interval
         heard = sorted(v for v in self._core.membership.voters
                        if v != self.name and now - self._last_contact.get(v, float("-inf")) <= window)
+        # One whose connection here has closed has likely just stopped.
+        heard = [v for v in heard if self._transport.linked(v)] or heard
         if not heard:
             return None
         progress = self._core.progress

@@ -935,6 +935,12 @@ class Transport:
         more = f" ({suppressed} more like it from this host since the last warning)" if suppressed else ""
         self.log.warning("%s: %s%s", self.name, text, more)
 
+    def linked(self, name: str) -> bool:
+        """Whether the connection the latest Raft message from ``name`` came
+        on is still open (a peer that stopped has closed it)."""
+        conn = self._raft_links.get(name)
+        return conn is not None and not conn.closed
+
     def _evict_idlest(self) -> bool:
         """Close the connection idle longest among those past their Hello, to
         make room for a new one; False if there is none.

@@ -683,3 +683,22 @@ async def test_a_flood_of_dropped_messages_logs_a_few_warnings_not_one_each(clus
     dropped = [r for r in records if "dropping" in r.getMessage()]
     assert 2 <= len(dropped) <= 6, [r.getMessage() for r in dropped]
     assert await leader.write(["set", "after", 1], timeout=5) == ["ok", "after", 1]
+
+
+async def test_a_stopping_leader_skips_a_follower_that_just_stopped(
+        cluster: Cluster, caplog: pytest.LogCaptureFixture) -> None:
+    """A follower that stopped a moment before was still "heard from within
+    an election timeout", so the leader could hand over to it and wait out
+    the transfer (two election timeouts, then a warning). A follower whose
+    connection to the leader has closed is now passed over."""
+    peers = await cluster.start(3)
+    old = await cluster.leader()
+    dead, alive = sorted((p for p in peers.values() if p is not old), key=lambda p: p.name)
+    await old.write(["set", "a", 1])
+    await eventually(lambda: all(old._core.progress[p.name].match == old._core.log.last_index() for p in (dead, alive)))
+    await dead.stop()
+    await eventually(lambda: not old._transport.linked(dead.name))
+    with caplog.at_level("INFO", logger="raftlib"):
+        await old.stop()
+    assert f"handed leadership to {alive.name} before stopping" in caplog.text
+    assert "timed out" not in caplog.text
