@@ -14,6 +14,10 @@ from dataclasses import dataclass
 from ..config import Config
 
 
+_TYPES: dict[str, type | tuple[type, ...]] = {"int": int, "float": (int, float), "bool": bool, "None": type(None)}
+"""The field annotations SimConfig uses, as the types their values may have."""
+
+
 @dataclass(frozen=True, slots=True)
 class SimConfig:
     """Settings of one simulated run. The defaults turn every fault kind on."""
@@ -194,6 +198,11 @@ class SimConfig:
     slower, used by the determinism test and ``--seed`` replays."""
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            allowed = [_TYPES[t.strip()] for t in str(f.type).split("|")]
+            if isinstance(value, bool) and bool not in allowed or not isinstance(value, tuple(allowed)):
+                raise ValueError(f"SimConfig.{f.name} must be {f.type}, got {value!r}")
         for name in ("drop_rate", "duplicate_rate", "partition_rate", "oneway_fraction", "leader_isolation_rate",
                      "sync_delay_rate", "crash_rate", "write_rate", "read_rate", "transfer_rate", "membership_rate",
                      "snapshot_probability", "extra_snapshot_rate", "transfer_fail_rate", "snapshot_crash_rate",
@@ -223,6 +232,13 @@ class SimConfig:
             raise ValueError("SimConfig.max_snapshot_sends must be >= 1")
         if self.spare_peers < 0 or self.promote_lag < 0:
             raise ValueError("SimConfig: spare_peers and promote_lag must be >= 0")
+        if self.liveness_ticks is not None and self.liveness_ticks < 0:
+            raise ValueError("SimConfig.liveness_ticks must be >= 0 (or None)")
+        if self.max_down is not None and self.max_down < 0:
+            raise ValueError("SimConfig.max_down must be >= 0 (or None)")
+        # The core's own settings: fail here, naming the field, not when a
+        # Simulator builds its first core.
+        self.raft_config(bool(self.pre_vote), bool(self.check_quorum))
 
     # -- derived values ------------------------------------------------------------------------
 

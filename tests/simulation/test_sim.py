@@ -277,3 +277,32 @@ def test_cli_rejects_bad_settings() -> None:
     with pytest.raises(SystemExit) as info:
         _cli("--seeds", "3", "--set", "no_such_field=1")
     assert info.value.code == 2
+
+
+@pytest.mark.parametrize("setting", [
+    "election_ticks=0",          # rejected by the core's Config
+    "heartbeat_ticks=20",        # not below election_ticks
+    "pre_vote='yes'",            # not a bool
+    "clients='3'",               # a string for a number
+    "ticks=1.5",                 # a float for a count
+    "liveness_ticks=-3",
+    "max_down=-1",
+])
+def test_cli_rejects_bad_settings_as_a_usage_error(setting: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # Exit status 1 means "an invariant was violated"; a bad setting is a
+    # usage error (2) with a message naming the setting, not a traceback.
+    with pytest.raises(SystemExit) as info:
+        _cli("--seed", "1", "--set", setting)
+    assert info.value.code == 2
+    name = setting.partition("=")[0]
+    assert name in capsys.readouterr().err
+
+
+def test_config_rejects_core_settings_and_types_at_construction() -> None:
+    with pytest.raises(ValueError, match="election_ticks"):
+        SimConfig(election_ticks=0)
+    with pytest.raises(ValueError, match="clients"):
+        SimConfig(clients="3")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="liveness_ticks"):
+        SimConfig(liveness_ticks=-1)
+    SimConfig(max_delay=2, liveness_ticks=None, pre_vote=True)  # an int for a float, None where allowed
