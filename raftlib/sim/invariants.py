@@ -73,6 +73,7 @@ class InvariantViolation(Exception):
         time: float,
         peers: int,
         trace: Sequence[str] = (),
+        replay: str | None = None,
     ) -> None:
         self.invariant = invariant
         self.message = message
@@ -81,6 +82,9 @@ class InvariantViolation(Exception):
         self.time = time
         self.peers = peers
         self.trace = list(trace)
+        self.replay = replay or f"python -m raftlib.sim --seed {seed} --peers {peers}  (with the same SimConfig)"
+        """How to run it again: a command line, or a Python call when the run
+        had settings or factories the command line cannot express."""
         super().__init__(self.headline())
 
     def headline(self) -> str:
@@ -91,7 +95,7 @@ class InvariantViolation(Exception):
         """The headline, the replay command and the trace tail."""
         lines = [
             self.headline(),
-            f"replay: python -m raftlib.sim --seed {self.seed} --peers {self.peers}  (with the same SimConfig)",
+            f"replay: {self.replay}",
             f"last {len(self.trace)} events:",
         ]
         lines.extend("  " + t for t in self.trace)

@@ -64,6 +64,7 @@ for the peer the step touched; a violation raises :class:`InvariantViolation`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import heapq
@@ -439,8 +440,30 @@ class Simulator:
     def _violation(self, f: Failure) -> InvariantViolation:
         return InvariantViolation(
             f.invariant, f.message, seed=self.seed, step=self.step_count, time=self.now,
-            peers=len(self.founders), trace=self.trace_tail(),
+            peers=len(self.founders), trace=self.trace_tail(), replay=self.replay_command(),
         )
+
+    def replay_command(self) -> str:
+        """What runs this seed again: the command line with ``--set`` for
+        every setting that differs from the defaults, or, when the run uses
+        its own core or state machine, which only Python can pass, the
+        :func:`run_seed` call."""
+        default = SimConfig()
+        changed = [(f.name, getattr(self.config, f.name)) for f in dataclasses.fields(SimConfig)
+                   if f.name not in ("hash_trace", "trace_tail")
+                   and getattr(self.config, f.name) != getattr(default, f.name)]
+        peers = len(self.founders)
+        factories = [(name, f) for name, f, plain in (
+            ("core_factory", self.core_factory, Raft),
+            ("state_machine_factory", self.state_machine_factory, None),
+            ("command_factory", self.command_factory, _default_command),
+        ) if f is not plain]
+        if not factories:
+            sets = "".join(f" --set {name}={value!r}" for name, value in changed)
+            return f"python -m raftlib.sim --seed {self.seed} --peers {peers}{sets}"
+        config = "SimConfig(" + ", ".join(f"{name}={value!r}" for name, value in changed) + ")"
+        args = "".join(f", {name}={getattr(f, '__qualname__', None) or repr(f)}" for name, f in factories)
+        return f"run_seed({self.seed}, {peers}, {config}{args})  (in Python, with the same factories)"
 
     def trace_tail(self) -> list[str]:
         """The last ``SimConfig.trace_tail`` events, formatted."""

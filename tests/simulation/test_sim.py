@@ -117,7 +117,7 @@ def test_violation_carries_seed_step_and_trace() -> None:
     assert v.invariant in {"leader-completeness", "log-matching", "state-machine-safety", "core-error"}
     assert 0 < len(v.trace) <= 50
     text = str(v)
-    assert "seed 0" in text and "python -m raftlib.sim --seed 0 --peers 3" in text
+    assert "seed 0" in text and "run_seed(0, 3, SimConfig(), core_factory=VoteWithoutUpToDateCheck)" in text
     assert any("RequestVote" in line or "AppendEntries" in line for line in v.trace)
     # The failure replays exactly.
     with pytest.raises(InvariantViolation) as again:
@@ -306,3 +306,25 @@ def test_config_rejects_core_settings_and_types_at_construction() -> None:
     with pytest.raises(ValueError, match="liveness_ticks"):
         SimConfig(liveness_ticks=-1)
     SimConfig(max_delay=2, liveness_ticks=None, pre_vote=True)  # an int for a float, None where allowed
+
+
+def test_the_replay_command_of_a_cli_run_carries_its_settings() -> None:
+    # A violation found with --set must print a command that replays it:
+    # without the settings the seed runs differently and may pass.
+    rc, text = _cli("--seeds", "3", "--set", "liveness_ticks=5", "--pipeline", "off")
+    assert rc == 1
+    replay = next(line for line in text.splitlines() if line.startswith("replay: "))
+    assert "--set liveness_ticks=5" in replay and "--set pipeline=False" in replay
+    args = replay.removeprefix("replay: ").split("  (")[0].split()[3:]   # after "python -m raftlib.sim"
+    rc2, text2 = _cli(*args)
+    assert rc2 == 1 and text.splitlines()[0] in text2
+
+
+def test_the_replay_of_a_user_state_machine_names_the_python_call() -> None:
+    # The command line cannot run the user's machine: replaying there passes.
+    with pytest.raises(InvariantViolation) as info:
+        run_seed(3, 3, SimConfig(ticks=50), state_machine_factory=Nondeterministic, command_factory=kv_command)
+    text = str(info.value)
+    assert "python -m raftlib.sim" not in text
+    assert ("run_seed(3, 3, SimConfig(ticks=50), state_machine_factory=Nondeterministic, "
+            "command_factory=kv_command)") in text
