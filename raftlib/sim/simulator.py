@@ -975,7 +975,7 @@ class Simulator:
             result: Any = machine.handle_write(unpack(e.data))
             if inspect.iscoroutine(result):
                 result = _run_coroutine(result)
-            outcome: Any = ("ok", _canonical(result))
+            outcome: Any = ("ok", _canonical(result))  # TypeError if unencodable, as in the runtime
         except HandlerSuspended:
             raise
         except Exception as exc:  # a deterministic exception is a result too
@@ -2234,10 +2234,9 @@ def _can_snapshot(machine: StateMachine) -> bool:
 
 
 def _canonical(value: Any) -> Any:
-    try:
-        return pack(value)
-    except TypeError:
-        return repr(value)
+    """A result as the writer would get it: packed, as the runtime packs it
+    (a result msgpack cannot encode raises the TypeError the writer gets)."""
+    return pack(value, "write result")
 
 
 class HandlerSuspended(RuntimeError):

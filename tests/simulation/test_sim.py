@@ -328,3 +328,21 @@ def test_the_replay_of_a_user_state_machine_names_the_python_call() -> None:
     assert "python -m raftlib.sim" not in text
     assert ("run_seed(3, 3, SimConfig(ticks=50), state_machine_factory=Nondeterministic, "
             "command_factory=kv_command)") in text
+
+
+class Opaque:
+    """A result msgpack cannot encode; its repr names its address."""
+
+
+class ReturnsOpaque(KV):
+    def handle_write(self, command: Any) -> Any:
+        super().handle_write(command)
+        return Opaque()
+
+
+def test_an_unencodable_result_is_the_error_the_writer_gets_not_nondeterminism() -> None:
+    # The runtime answers such a write with the TypeError codec.pack raises,
+    # the same on every peer; comparing reprs made each peer's result differ.
+    result = run_many(range(5), 3, SimConfig(ticks=50), state_machine_factory=ReturnsOpaque,
+                      command_factory=kv_command)
+    assert result.violation is None, result.violation.format()
