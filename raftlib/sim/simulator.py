@@ -2244,10 +2244,21 @@ class HandlerSuspended(RuntimeError):
     simulator has no event loop, so it can only run handlers that do not."""
 
 
+_MAX_BARE_YIELDS = 10_000
+"""Bare yields (``asyncio.sleep(0)``) an async handler may make; more is a
+handler waiting for something, which no event loop here will bring."""
+
+
 def _run_coroutine(coro: Any) -> Any:
-    """Run an ``async def`` handler that never suspends (no event loop here)."""
+    """Run an ``async def`` handler that never waits (no event loop here).
+
+    A bare yield, what ``asyncio.sleep(0)`` does, only hands the loop a
+    turn: the handler is resumed at once. Yielding a future means waiting
+    for it, which is not possible here."""
     try:
-        coro.send(None)
+        for _ in range(_MAX_BARE_YIELDS):
+            if coro.send(None) is not None:
+                break
     except StopIteration as stop:
         return stop.value
     coro.close()

@@ -346,3 +346,21 @@ def test_an_unencodable_result_is_the_error_the_writer_gets_not_nondeterminism()
     result = run_many(range(5), 3, SimConfig(ticks=50), state_machine_factory=ReturnsOpaque,
                       command_factory=kv_command)
     assert result.violation is None, result.violation.format()
+
+
+class YieldingKV(KV):
+    """An async handler that yields to the event loop once, as cooperative
+    code does (``asyncio.sleep(0)`` suspends without waiting for anything)."""
+
+    async def handle_write(self, command: Any) -> Any:  # type: ignore[override]
+        import asyncio
+
+        await asyncio.sleep(0)
+        return super().handle_write(command)
+
+
+def test_an_async_handler_that_only_yields_runs_to_completion() -> None:
+    result = run_many(range(3), 3, SimConfig(ticks=50), state_machine_factory=YieldingKV,
+                      command_factory=kv_command)
+    assert result.violation is None, result.violation.format()
+    assert result.writes_acked > 0
