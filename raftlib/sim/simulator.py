@@ -1949,6 +1949,9 @@ class Simulator:
                 snap = _snapshot_bytes(p.machine.snapshot())
             except NotImplementedError:
                 return
+            except Exception as exc:
+                raise self._violation(Failure(
+                    "state-machine-snapshot", f"{p.id}: snapshot() raised {type(exc).__name__}: {exc}")) from exc
             first = by_applied.setdefault(p.applied, (p.id, snap))
             if first[1] != snap:
                 raise self._violation(Failure(
@@ -2222,6 +2225,8 @@ def _snapshot_bytes(snap: Any) -> bytes:
     if hasattr(snap, "read"):
         data: bytes = snap.read()
         return data
+    if isinstance(snap, str):
+        raise TypeError("snapshot() must return bytes, a binary file or an iterable of bytes, not str")
     return b"".join(snap)
 
 

@@ -364,3 +364,24 @@ def test_an_async_handler_that_only_yields_runs_to_completion() -> None:
                       command_factory=kv_command)
     assert result.violation is None, result.violation.format()
     assert result.writes_acked > 0
+
+
+class SnapshotRaises(KV):
+    def snapshot(self) -> bytes:
+        raise RuntimeError("disk full")
+
+
+class SnapshotReturnsText(KV):
+    def snapshot(self) -> bytes:
+        return "not bytes"  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("machine", [SnapshotRaises, SnapshotReturnsText])
+def test_a_failing_snapshot_at_the_final_comparison_is_a_violation(machine: type[KV]) -> None:
+    # Such a machine cannot restore, so it never snapshots during the run;
+    # the comparison after the liveness phase still calls snapshot(). Its
+    # failure must be reported with the seed, not escape and end run_many.
+    result = run_many(range(2), 3, SimConfig(ticks=30), state_machine_factory=machine, command_factory=kv_command)
+    assert result.violation is not None and result.violation.seed == 0
+    assert result.violation.invariant == "state-machine-snapshot"
+    assert "snapshot()" in result.violation.message
