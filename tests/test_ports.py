@@ -58,3 +58,26 @@ def test_the_range_comes_from_proc_or_defaults_to_ianas(monkeypatch: pytest.Monk
     f.write_text("garbage\n")
     monkeypatch.setattr(ports, "_RANGE_FILE", str(f))
     assert ports.ephemeral_range() == (49152, 65535)
+
+
+def _ipv6_loopback() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback")
+def test_a_port_on_the_ipv6_loopback() -> None:
+    # raftlib peers listen on [::1]:port too; free_port("::1") used an IPv4
+    # socket, failed every bind and raised "Address family ... not supported".
+    port = free_port("::1")
+    low, _ = ports.ephemeral_range()
+    if low - ports._FLOOR >= 1000:
+        assert ports._FLOOR <= port < low
+    with socket.socket(socket.AF_INET6) as s:
+        s.bind(("::1", port))

@@ -37,8 +37,9 @@ def ephemeral_range() -> tuple[int, int]:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on ``host`` that nothing listens on now, drawn below the
-    ephemeral range, and never one this process was given before.
+    """A TCP port on ``host`` (an IPv4 or IPv6 address, such as ``"::1"``)
+    that nothing listens on now, drawn below the ephemeral range, and never
+    one this process was given before.
 
     Checked by binding it; the caller's peer binds it later, so another
     program could still take it in between, but no outbound connection of
@@ -46,20 +47,21 @@ def free_port(host: str = "127.0.0.1") -> int:
     range below the ephemeral one is too small or full.
     """
     low, _ = ephemeral_range()
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # "::1" as well as "127.0.0.1"
     with _lock:
         if low - _FLOOR >= 1000:
             for _ in range(200):
                 port = _rng.randrange(_FLOOR, low)
                 if port in _issued:
                     continue
-                with socket.socket() as s:
+                with socket.socket(family) as s:
                     try:
                         s.bind((host, port))
                     except OSError:
                         continue
                 _issued.add(port)
                 return port
-        with socket.socket() as s:
+        with socket.socket(family) as s:
             s.bind((host, 0))
             port = int(s.getsockname()[1])
         _issued.add(port)
