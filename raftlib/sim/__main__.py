@@ -120,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.peers < 1:
         parser.error("--peers must be at least 1")
+    if (args.seed if args.seed is not None else args.start) < 0:
+        parser.error("a seed must be >= 0 (a negative seed runs the same as its absolute value)")
     try:
         overrides = _parse_overrides(args.set)
         if args.ticks is not None:

@@ -323,6 +323,9 @@ class Simulator:
     ) -> None:
         if peers < 1:
             raise ValueError("a cluster needs at least one peer")
+        if seed < 0:
+            # random.Random(-n) is random.Random(n): a negative seed would only repeat another.
+            raise ValueError(f"a seed must be >= 0, got {seed}")
         self.seed = seed
         self.config = cfg = config or SimConfig()
         self.manual = manual

@@ -385,3 +385,14 @@ def test_a_failing_snapshot_at_the_final_comparison_is_a_violation(machine: type
     assert result.violation is not None and result.violation.seed == 0
     assert result.violation.invariant == "state-machine-snapshot"
     assert "snapshot()" in result.violation.message
+
+
+@pytest.mark.parametrize("args", [("--seed", "-1"), ("--seeds", "3", "--start", "-2")])
+def test_cli_rejects_negative_seeds(args: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
+    # random.Random(-n) is random.Random(n): seed -1 ran seed 1 again, so
+    # "--seeds 10 --start -5" covered fewer distinct runs than it said.
+    with pytest.raises(SystemExit) as info:
+        _cli(*args)
+    assert info.value.code == 2 and "seed" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="seed"):
+        Simulator(-1, 3)
