@@ -2222,15 +2222,21 @@ def _links_text(links: Iterable[tuple[NodeId, NodeId]]) -> str:
 
 
 def _snapshot_bytes(snap: Any) -> bytes:
-    """A machine's snapshot (bytes, a binary file or an iterable of chunks) as bytes."""
+    """A machine's snapshot (bytes, a binary file or an iterable of chunks)
+    as bytes; a file or generator is closed, as the runtime closes it."""
     if isinstance(snap, (bytes, bytearray, memoryview)):
         return bytes(snap)
-    if hasattr(snap, "read"):
-        data: bytes = snap.read()
-        return data
     if isinstance(snap, str):
         raise TypeError("snapshot() must return bytes, a binary file or an iterable of bytes, not str")
-    return b"".join(snap)
+    try:
+        if hasattr(snap, "read"):
+            data: bytes = snap.read()
+            return data
+        return b"".join(snap)
+    finally:
+        close = getattr(snap, "close", None)
+        if close is not None:
+            close()
 
 
 def _can_snapshot(machine: StateMachine) -> bool:

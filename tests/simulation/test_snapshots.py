@@ -439,3 +439,26 @@ def test_a_caught_up_follower_needs_one_snapshot_even_on_a_reordering_network() 
         sends = sim._sends_after_heal
         assert sends is not None and max(sends.values()) == 1, (seed, dict(sends or {}))
         assert sim.snap_stats["installed"] >= 1 and sim.snap_stats["taken"] > 100
+
+
+_opened: list[Any] = []
+
+
+class FileSnapshotKV(KV):
+    """snapshot() returns a binary file, as the StateMachine docs allow."""
+
+    def snapshot(self) -> Any:
+        import io
+
+        f = io.BytesIO(super().snapshot())
+        _opened.append(f)
+        return f
+
+
+def test_a_snapshot_file_is_closed_once_read() -> None:
+    # StateMachine.snapshot: "raftlib closes a returned file or generator
+    # once it is written"; the simulator left every one open.
+    _opened.clear()
+    result = run_many(range(3), 3, SNAPPY, state_machine_factory=FileSnapshotKV, command_factory=kv_command)
+    assert result.violation is None, result.violation.format()
+    assert _opened and all(f.closed for f in _opened)
