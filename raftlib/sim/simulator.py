@@ -2294,6 +2294,10 @@ class ManyResult:
     elapsed: float = 0.0
     faults: Counter[str] = field(default_factory=Counter)
     violation: InvariantViolation | None = None
+    """The first violation found."""
+    failed_seeds: list[int] = field(default_factory=list)
+    """Every seed that violated an invariant (more than one only with
+    ``stop_on_violation=False``)."""
     first_seed: int | None = None
     seeds_with_snapshots: int = 0
     snapshot_stats: Counter[str] = field(default_factory=Counter)
@@ -2316,6 +2320,10 @@ class ManyResult:
     def verdict(self) -> str:
         if self.violation is not None:
             v = self.violation
+            if len(self.failed_seeds) > 1:
+                seeds = ", ".join(map(str, self.failed_seeds))
+                return (f"FAIL: {len(self.failed_seeds)} of {self.seeds_run} seeds violated an invariant "
+                        f"(seeds {seeds}); the first: {v.headline()}")
             return f"FAIL: {v.headline()}"
         return f"OK: {self.seeds_run} seeds, {self.peers} peers, no invariant violated"
 
@@ -2362,7 +2370,8 @@ def run_many(
     **kwargs: Any,
 ) -> ManyResult:
     """Run ``seeds`` one after another; stop at the first violation (kept in
-    ``ManyResult.violation``) unless ``stop_on_violation`` is false.
+    ``ManyResult.violation``) unless ``stop_on_violation`` is false (every
+    failing seed is listed in ``ManyResult.failed_seeds``).
     ``on_result(seed, result)`` is called after each seed (``None`` on failure)."""
     out = ManyResult(peers=peers)
     start = _time.perf_counter()
@@ -2373,6 +2382,7 @@ def run_many(
             res = run_seed(seed, peers, config, **kwargs)
         except InvariantViolation as v:
             out.seeds_run += 1
+            out.failed_seeds.append(seed)
             if out.violation is None:
                 out.violation = v
             if on_result is not None:

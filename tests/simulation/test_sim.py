@@ -396,3 +396,17 @@ def test_cli_rejects_negative_seeds(args: tuple[str, ...], capsys: pytest.Captur
     assert info.value.code == 2 and "seed" in capsys.readouterr().err
     with pytest.raises(ValueError, match="seed"):
         Simulator(-1, 3)
+
+
+def test_a_sweep_that_goes_on_after_a_violation_names_every_failed_seed() -> None:
+    result = run_many(range(6), 3, SimConfig(ticks=100), stop_on_violation=False, core_factory=VoteWithoutUpToDateCheck)
+    failed = []
+    for seed in range(6):
+        try:
+            run_seed(seed, 3, SimConfig(ticks=100), core_factory=VoteWithoutUpToDateCheck)
+        except InvariantViolation:
+            failed.append(seed)
+    assert len(failed) >= 2 and result.seeds_run == 6
+    assert result.failed_seeds == failed
+    assert result.violation is not None and result.violation.seed == failed[0]
+    assert f"{len(failed)} of 6 seeds" in result.verdict()
