@@ -323,6 +323,9 @@ class Simulator:
     ) -> None:
         if peers < 1:
             raise ValueError("a cluster needs at least one peer")
+        if command_factory is not None and state_machine_factory is None:
+            raise ValueError("command_factory needs a state_machine_factory: without a state machine the "
+                             "clients write b'c<n>' and the commands would never be used")
         if seed < 0:
             # random.Random(-n) is random.Random(n): a negative seed would only repeat another.
             raise ValueError(f"a seed must be >= 0, got {seed}")

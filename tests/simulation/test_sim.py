@@ -410,3 +410,10 @@ def test_a_sweep_that_goes_on_after_a_violation_names_every_failed_seed() -> Non
     assert result.failed_seeds == failed
     assert result.violation is not None and result.violation.seed == failed[0]
     assert f"{len(failed)} of 6 seeds" in result.verdict()
+
+
+def test_a_command_factory_without_a_state_machine_is_refused() -> None:
+    # Without a machine the clients write b"c<n>"; the user's commands
+    # were silently never used.
+    with pytest.raises(ValueError, match="state_machine_factory"):
+        Simulator(1, 3, command_factory=kv_command)
