@@ -2243,33 +2243,40 @@ _SNAPSHOTS_KEPT = 2
 
 
 INPUT_WARNING_INTERVAL = 10.0
-"""Seconds between two warnings of one kind about other peers' messages (the
-ones logged with :data:`raftlib.core.raft.INPUT_WARNING`)."""
+INPUT_WARNING_BURST = 5
+"""At most this many warnings of one kind about other peers' messages (the
+ones logged with :data:`raftlib.core.raft.INPUT_WARNING`) per
+:data:`INPUT_WARNING_INTERVAL` seconds."""
 
 
 class _InputWarningLimit(logging.Filter):
-    """Lets a warning about another peer's message through at most once per
-    :data:`INPUT_WARNING_INTERVAL` for each kind (format string); the next
-    one to pass says how many were held back. A peer, or a stranger on an
-    unsecured port, can send messages that are dropped as fast as it likes,
-    and one line each would flood the log."""
+    """Lets warnings about other peers' messages through at most
+    :data:`INPUT_WARNING_BURST` times per :data:`INPUT_WARNING_INTERVAL` for
+    each kind (format string); the first after a pause says how many were
+    held back. A peer, or a stranger on an unsecured port, can send messages
+    that are dropped as fast as it likes, and one line each would flood the
+    log."""
 
     def __init__(self) -> None:
         super().__init__()
-        self._seen: dict[str, tuple[float, int]] = {}
+        self._seen: dict[str, tuple[float, int, int]] = {}
+        """Kind -> (start of its current interval, warnings let through in it, held back)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not getattr(record, "raftlib_input", False):
             return True
         key = str(record.msg)
         now = time.monotonic()
-        last, held = self._seen.get(key, (float("-inf"), 0))
-        if now - last < INPUT_WARNING_INTERVAL:
-            self._seen[key] = (last, held + 1)
-            return False
+        start, passed, held = self._seen.get(key, (float("-inf"), 0, 0))
+        if now - start < INPUT_WARNING_INTERVAL:
+            if passed >= INPUT_WARNING_BURST:
+                self._seen[key] = (start, passed, held + 1)
+                return False
+            self._seen[key] = (start, passed + 1, held)
+            return True
         if len(self._seen) >= 64:
             self._seen.clear()
-        self._seen[key] = (now, 0)
+        self._seen[key] = (now, 1, 0)
         if held:
             record.msg = f"{record.msg} ({held} more like it held back)"
         return True

@@ -648,7 +648,7 @@ async def test_a_flood_of_dropped_messages_logs_a_few_warnings_not_one_each(clus
     InstallSnapshot for a snapshot never received) was logged as a warning:
     one connection sending them as fast as it could wrote thousands of
     lines a second. Warnings about another peer's input are now held back
-    after the first, per kind, for a while; the next one says how many."""
+    after a few, per kind, for a while; the next one says how many."""
     import logging
 
     from raftlib.core.messages import AppendEntries, InstallSnapshot
@@ -681,7 +681,7 @@ async def test_a_flood_of_dropped_messages_logs_a_few_warnings_not_one_each(clus
         writer.close()
         logging.getLogger("raftlib").removeHandler(handler)
     dropped = [r for r in records if "dropping" in r.getMessage()]
-    assert 2 <= len(dropped) <= 6, [r.getMessage() for r in dropped]
+    assert 2 <= len(dropped) <= 2 * 5, [r.getMessage() for r in dropped]  # two kinds, a burst of 5 each
     assert await leader.write(["set", "after", 1], timeout=5) == ["ok", "after", 1]
 
 
