@@ -341,9 +341,7 @@ class Client:
                 self._preferred = exc.leader_address
                 self._conn_to_replace = True
         elif isinstance(exc, (NotLeader, Unavailable, PeerStopped, StorageFull)) and conn is not None and conn is self._conn:
-            self._avoid = conn.address
-            if self._preferred == conn.address:
-                self._preferred = None
+            self._leave(conn)
             self._conn_to_replace = True
 
     def _leave(self, conn: RpcConnection | None) -> None:

@@ -201,7 +201,7 @@ class Peer:
         self._transfers: dict[NodeId, asyncio.Task[None]] = {}
         self._transfer_failures: dict[NodeId, int] = {}
         self._receiving = snapshotting.SnapshotReceiving(
-            name, snapshots, lambda: self._core.term, self._on_message, log, self._prune_received
+            name, snapshots, lambda: self._core.term, self._on_message, log, self._prune_snapshots
         )
         self._requests = RequestServer(self, log)
         self._rpc: dict[str, RpcConnection] = {}
@@ -507,8 +507,7 @@ class Peer:
                               lambda deadline: self._change_until(next_step, deadline), timeout, hops)
 
     async def _remove_member(self, name: NodeId, *, timeout: float | None, hops: int) -> bool:
-        if not isinstance(name, str) or not name:
-            raise ConfigError(f"a member name must be a non-empty string, got {name!r}")
+        _check_name(name)
         if set(self._core.membership.voters) == {name}:
             raise ConfigError(f"{name} is the only voter; a cluster cannot lose its last voter")
 
@@ -746,7 +745,7 @@ class Peer:
         """Wait until a leader is known and return its name.
 
         Raises :class:`raftlib.errors.Timeout` after ``timeout`` seconds, and
-        :class:`~raftlib.errors.NotMember` once a member says this peer was
+        :class:`~raftlib.errors.NotMember` once this peer knows it was
         removed from the cluster.
         """
         check_timeout(timeout)
@@ -1224,12 +1223,13 @@ class Peer:
         self._inbox.append(msg)
         self._wake.set()
 
-    async def _prune_received(self) -> None:
-        """Keep the snapshot files to the newest few after one was received,
-        as after a snapshot of this peer's own: one the core does not install
-        (older than the log, or offered by a connection that is no leader)
-        would stay, and offers could fill the disk. The one just received is
-        the newest a leader sends, so it stays for the core to install."""
+    async def _prune_snapshots(self) -> None:
+        """Keep the snapshot files to the newest few (and the recorded one),
+        after one was received or installed; a failure is only logged.
+        Pruned after receiving too: one the core does not install (older
+        than the log, or offered by a connection that is no leader) would
+        stay, and offers could fill the disk. The one just received is the
+        newest a leader sends, so it stays for the core to install."""
         try:
             await self._snapshots.prune(keep=_SNAPSHOTS_KEPT, protect=self._recorded_snapshot)
         except StorageError as exc:
@@ -1780,10 +1780,7 @@ class Peer:
                 self._snapshot_index = batch.meta.index
                 self._bytes_since_snapshot = 0
                 self._wake_applied_waiters()
-                try:  # as after a snapshot of this peer's own
-                    await self._snapshots.prune(keep=_SNAPSHOTS_KEPT, protect=self._recorded_snapshot)
-                except StorageError as exc:
-                    self._log.warning("%s: could not delete old snapshot files: %s", self.name, exc)
+                await self._prune_snapshots()  # as after a snapshot of this peer's own
                 continue
             pending_writes = self._pending_writes
             unpack, feed = codec.unpack, self._feed_append
@@ -2328,8 +2325,6 @@ def _check_members(members: Mapping[NodeId, str]) -> dict[NodeId, str]:
         raise ConfigError("a configuration needs a non-empty mapping of member name to address")
     owners: dict[str, NodeId] = {}
     for nid, addr in members.items():
-        if not isinstance(nid, str) or not nid or not isinstance(addr, str):
-            raise ConfigError(f"member names and addresses must be non-empty strings, got {nid!r}: {addr!r}")
         _check_name(nid)
         _check_member_address(nid, addr)
         # Only one process can listen at an address: the others would never

@@ -127,8 +127,9 @@ _META_CRC_MARK = b"\xc1"
 uses, so records written before they had one are told apart."""
 
 
-def _meta_value(packed: bytes) -> bytes:
-    """The stored form of a ``meta`` record: mark, CRC32, msgpack."""
+def _meta_value(value: object) -> bytes:
+    """The stored form of ``meta`` record ``value``: mark, CRC32, msgpack."""
+    packed: bytes = msgpack.packb(value)
     return _META_CRC_MARK + _CRC.pack(zlib.crc32(packed)) + packed
 
 
@@ -450,7 +451,7 @@ class LMDBStorage:
             with self._env.begin(write=True) as txn:
                 txn.drop(self._log_db, delete=False)
                 self._write_snapshot(txn, meta)
-                txn.put(_BOUNDARY, _meta_value(msgpack.packb([meta.index, meta.term])), db=self._meta_db)
+                txn.put(_BOUNDARY, _meta_value([meta.index, meta.term]), db=self._meta_db)
             self._first_index = meta.index + 1
             self._last_index = meta.index
             self._boundary_term = meta.term
@@ -480,7 +481,7 @@ class LMDBStorage:
                     # Big-endian keys compare like the indexes they encode.
                     while cursor.key() and cursor.key() <= limit:
                         cursor.delete()
-                    txn.put(_BOUNDARY, _meta_value(msgpack.packb([index, boundary_term])), db=self._meta_db)
+                    txn.put(_BOUNDARY, _meta_value([index, boundary_term]), db=self._meta_db)
                 self._write_snapshot(txn, meta)
             if boundary_term is not None:
                 self._first_index = index + 1
@@ -558,10 +559,10 @@ class LMDBStorage:
                     keys = map(_KEY.pack, range(start + i, start + i + len(chunk)))
                     cursor.putmulti(zip(keys, chunk), append=True)
                 if hard_state is not None:
-                    packed = msgpack.packb([hard_state.term, hard_state.vote, hard_state.commit])
-                    txn.put(_HARD_STATE, _meta_value(packed), db=self._meta_db)
+                    hs = [hard_state.term, hard_state.vote, hard_state.commit]
+                    txn.put(_HARD_STATE, _meta_value(hs), db=self._meta_db)
                 if generation:
-                    txn.put(_CHECKPOINTED, _meta_value(msgpack.packb(generation)), db=self._meta_db)
+                    txn.put(_CHECKPOINTED, _meta_value(generation), db=self._meta_db)
 
     def _checkpoint(self, hard_state: HardState | None = None, entries: Sequence[Entry] = ()) -> None:
         """Commit the tail, then ``hard_state`` and ``entries`` (a save), to
@@ -856,7 +857,7 @@ class LMDBStorage:
         """Store ``meta`` as the latest snapshot."""
         membership = meta.membership
         record = [meta.index, meta.term, dict(membership.voters), dict(membership.learners)]
-        txn.put(_SNAPSHOT, _meta_value(msgpack.packb(record)), db=self._meta_db)
+        txn.put(_SNAPSHOT, _meta_value(record), db=self._meta_db)
 
     def _check_format(self, txn: lmdb.Transaction) -> bool:
         """Record the layout version in a new database (and return False);
