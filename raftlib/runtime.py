@@ -446,7 +446,8 @@ class Peer:
         Works on any member (a follower forwards to the leader) and returns
         once the change has committed.
 
-        Raises :class:`ConfigError` for a bad name or address; :class:`Timeout`
+        Raises :class:`ConfigError` for a bad name or address, or an address
+        another member (voter or learner) has; :class:`Timeout`
         if the new member makes no progress catching up (is it running?) or
         ``timeout`` passes, leaving it a learner; :class:`NotLeader` if no
         leader emerges.
@@ -499,6 +500,7 @@ class Peer:
         def next_step(cur: Membership) -> Membership | None:
             if (cur.voters if voter else cur.learners).get(name) == address:
                 return None
+            _check_address_free(cur, name, address)
             if voter and name not in cur.voters and cur.learners.get(name) != address:
                 return with_member(cur, name, address, voter=False)  # catch up as a learner first
             return with_member(cur, name, address, voter=voter)
@@ -2335,6 +2337,19 @@ def _check_members(members: Mapping[NodeId, str]) -> dict[NodeId, str]:
     return dict(members)
 
 
+def _check_address_free(current: Membership, name: NodeId, address: str) -> None:
+    """Raise ConfigError if another member than ``name`` has ``address`` in
+    ``current``: as in :func:`_check_members`, only one of them could be
+    reached there (and a mistyped name would add a second member)."""
+    for owner, addr in current.members.items():
+        if addr == address and owner != name:
+            role = "voter" if owner in current.voters else "learner"
+            raise ConfigError(
+                f"{address} is the address of {owner}, a {role} of this cluster: {name} cannot have it too "
+                f"(each member needs its own address). To put {name} in its place, remove {owner} first"
+            )
+
+
 def _check_member_address(name: NodeId, address: str) -> None:
     """Raise ConfigError unless ``address`` is one the others can reach ``name`` at."""
     if not isinstance(address, str):
@@ -2512,7 +2527,8 @@ async def join(
     a ``data_dir`` where it is already a member just starts, unless it is a
     learner asking to be a voter or its address changed: then that change
     is made as for a new member (a voter is never made a learner). A new
-    peer (empty log) may not take the name of a voter at another address.
+    peer (empty log) may not take the name of a voter at another address,
+    and no peer the address of another member.
 
     The other arguments are those of :func:`start_peer`. Raises
     :class:`ConfigError` for bad arguments, :class:`Unavailable` if no seed

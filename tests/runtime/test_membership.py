@@ -537,3 +537,71 @@ async def test_a_forwarded_change_given_up_by_its_caller_does_not_undo_a_later_o
     await eventually(lambda: s4.state_machine.data.get("after") == 1)  # caught up at its real address
     await asyncio.sleep(20 * cluster.config.heartbeat_ticks * cluster.config.tick_interval)
     assert leader.membership.learners.get("s4") == s4.address
+
+
+async def test_adding_a_member_at_an_address_another_member_has_is_refused(cluster: Cluster) -> None:
+    """Only one process listens at an address: a second name there (a typo
+    of the name, say) would never be reached, or be sent the other's
+    traffic. Refused naming the member at that address, on the leader and
+    through a follower; the same member again at its own address is fine."""
+    from raftlib.testing import free_port
+
+    await cluster.start(3)
+    leader = await cluster.leader()
+    follower = next(p for p in cluster.live() if not p.is_leader)
+    learner_address = f"127.0.0.1:{free_port()}"
+    await leader.add_member("r1", learner_address, voter=False)
+    before = leader.membership
+    s2 = cluster.addresses["s2"]
+    for peer in (leader, follower):
+        for voter in (True, False):
+            with pytest.raises(errors.ConfigError, match=f"{s2} is the address of s2, a voter"):
+                await peer.add_member("s9", s2, voter=voter, timeout=10)
+            with pytest.raises(errors.ConfigError, match=f"{learner_address} is the address of r1, a learner"):
+                await peer.add_member("r2", learner_address, voter=voter, timeout=10)
+        # An existing member moved onto another's address is refused too.
+        with pytest.raises(errors.ConfigError, match="s3"):
+            await peer.add_member("s2", cluster.addresses["s3"], timeout=10)
+        with pytest.raises(errors.ConfigError, match="s2"):
+            await peer.add_member("r1", s2, voter=False, timeout=10)
+    assert leader.membership == before
+    # The same name at the same address again changes nothing, as before.
+    await follower.add_member("s2", s2)
+    await follower.add_member("r1", learner_address, voter=False)
+    assert leader.membership == before
+    # Two names on one address in set_configuration are refused as well.
+    with pytest.raises(errors.ConfigError, match="same address"):
+        await follower.set_configuration({**before.voters, "s9": s2}, timeout=10)
+    assert leader.membership == before
+    assert await leader.write(["set", "after", 1], timeout=5) == ["ok", "after", 1]
+
+
+async def test_joining_at_the_address_of_a_stopped_member_is_refused(cluster: Cluster) -> None:
+    """A new peer taking over a stopped member's address under another name
+    (a typo, or a replacement not removed first) would leave two members on
+    one address: join says which member has it, and stops the new peer."""
+    await cluster.start(3)
+    leader = await cluster.leader()
+    victim = next(p for p in cluster.live() if p is not leader)
+    await victim.stop(transfer_leadership=False)
+    before = leader.membership
+    with pytest.raises(errors.ConfigError, match=f"{victim.address} is the address of {victim.name}"):
+        await raftlib.join(KVStore, name="s9", address=victim.address, seeds=[leader.address],
+                           storage=_memory(), config=cluster.config, timeout=10)
+    assert leader.membership == before
+
+
+async def test_members_add_on_the_command_line_refuses_an_address_in_use(cluster: Cluster) -> None:
+    from click.testing import CliRunner
+
+    from raftlib.cli import main
+
+    await cluster.start(3)
+    leader = await cluster.leader()
+    before = leader.membership
+    s3 = cluster.addresses["s3"]
+    args = ["members", "add", "s9", s3, "--cluster", cluster.addresses["s2"], "--timeout", "10"]
+    result = await asyncio.to_thread(CliRunner().invoke, main, args)
+    assert result.exit_code == 1
+    assert f"ConfigError: {s3} is the address of s3" in result.output
+    assert leader.membership == before
