@@ -472,24 +472,47 @@ class Peer:
         """Remove this peer from the cluster, then stop it.
 
         A leader first hands leadership over, so the cluster does not wait
-        out an election timeout. A peer that has not learned the
-        configuration yet (it joined moments ago) asks the leader all the
-        same. Raises :class:`ConfigError` on the last voter, and what
-        :meth:`remove_member` raises (the peer then keeps running).
+        out an election timeout; if the handover fails by itself (within two
+        maximum election timeouts) it leaves without one. A peer that has
+        not learned the configuration yet (it joined moments ago) asks the
+        leader all the same. ``timeout`` bounds the handover and the removal
+        together (not the stop that follows).
+
+        Raises :class:`ConfigError` on the last voter, :class:`Timeout` if
+        ``timeout`` passes first (a handover still under way is abandoned
+        as :meth:`transfer_leadership` abandons one: this peer leads on and
+        takes writes again), and what :meth:`remove_member` raises; in each
+        case the peer keeps running.
         """
         check_timeout(timeout)
         self._check_running()
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         membership = self._core.membership
         if self.name in membership.members or not membership.members:
             if set(membership.voters) == {self.name}:
                 raise ConfigError(f"{self.name} is the only voter; a cluster cannot lose its last voter")
             if self.is_leader and self.name in membership.voters:
-                try:
-                    await self.transfer_leadership()
-                except RaftError as exc:
-                    self._log.info("%s: leaving without a leadership transfer: %s", self.name, exc)
-            await self.remove_member(self.name, timeout=timeout)
+                await self._hand_over_before_leaving(deadline)
+            await self.remove_member(self.name, timeout=_remaining(loop, deadline))
         await self.stop(transfer_leadership=False)
+
+    async def _hand_over_before_leaving(self, deadline: float | None) -> None:
+        """Transfer leadership for :meth:`leave`; raise Timeout if ``deadline``
+        passes first. A transfer that fails within its own limit is logged:
+        the leader then removes itself without one."""
+        loop = asyncio.get_running_loop()
+        limit = self._transfer_limit()
+        remaining = _remaining(loop, deadline)
+        try:
+            await self.transfer_leadership(timeout=_min_timeout(limit, remaining))
+        except Timeout as exc:
+            if remaining is not None and remaining <= limit:
+                raise Timeout(f"{self.name} could not leave within the time allowed ({exc}); it is still "
+                              f"a member and keeps running") from None
+            self._log.info("%s: leaving without a leadership transfer: %s", self.name, exc)
+        except RaftError as exc:
+            self._log.info("%s: leaving without a leadership transfer: %s", self.name, exc)
 
     # -- membership changes ------------------------------------------------------------
 
@@ -786,7 +809,7 @@ class Peer:
                 raise ConfigError(str(exc)) from None
 
         target = await self._call_in_driver(start)
-        limit = timeout if timeout is not None else 4 * self.config.election_ticks * self.config.tick_interval
+        limit = timeout if timeout is not None else self._transfer_limit()
         try:
             async with asyncio.timeout(limit):
                 await self._wait_until(lambda: self._core.leader not in (None, self.name))
@@ -799,6 +822,12 @@ class Peer:
         leader = self._core.leader
         assert leader is not None
         return leader
+
+    def _transfer_limit(self) -> float:
+        """Seconds :meth:`transfer_leadership` waits by default: two maximum
+        election timeouts (an election timeout is drawn from 1 to 2 times
+        ``election_ticks``)."""
+        return 4 * self.config.election_ticks * self.config.tick_interval
 
     def _successor(self) -> NodeId | None:
         """The voter a stopping leader hands over to: the most up-to-date of

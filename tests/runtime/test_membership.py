@@ -605,3 +605,37 @@ async def test_members_add_on_the_command_line_refuses_an_address_in_use(cluster
     assert result.exit_code == 1
     assert f"ConfigError: {s3} is the address of s3" in result.output
     assert leader.membership == before
+
+
+async def test_leave_on_a_leader_whose_handover_stalls_gives_up_within_its_timeout(tmp_path: Any) -> None:
+    """``timeout`` bounds the whole of leave(), the leadership transfer it
+    starts included (which on its own waits up to two maximum election
+    timeouts). When it runs out during the transfer, the transfer is
+    abandoned: the peer keeps leading, stays a member and takes writes."""
+    from raftlib.config import Config
+    from raftlib.core.messages import TimeoutNow
+
+    cluster = Cluster(tmp_path, config=Config(tick_interval=0.02, election_ticks=20, heartbeat_ticks=2))
+    try:
+        await cluster.start(3)
+        leader = await cluster.leader()
+        held = True
+        for peer in cluster.live():
+            deliver = peer._transport._on_message
+
+            def on_message(msg: Any, deliver: Any = deliver) -> None:
+                if not (held and isinstance(msg, TimeoutNow)):
+                    deliver(msg)
+
+            peer._transport._on_message = on_message
+        with pytest.raises(errors.Timeout, match="leave"):
+            await leader.leave(timeout=0.3)
+        assert not leader._stopping and leader.name in leader.membership.voters
+        await eventually(lambda: leader.is_leader)
+        assert await leader.write(["set", "after", 1], timeout=5) == ["ok", "after", 1]
+        held = False
+        await leader.leave(timeout=30)
+        new = await cluster.leader()
+        assert set(new.membership.voters) == set(cluster.addresses) - {leader.name}
+    finally:
+        await cluster.close()
