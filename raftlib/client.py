@@ -111,7 +111,8 @@ class Client:
 
         Retries (at other members, after leader changes) until ``timeout``
         (default: the client's). Raises :class:`~raftlib.errors.CommandFailed`
-        if ``handle_write`` raised (the command counts as applied);
+        if ``handle_write`` raised (the command counts as applied) or
+        returned a result that cannot be encoded or sent (the write applied);
         :class:`~raftlib.errors.WriteTimeout` (an ``OutcomeUnknown``) if some
         attempt may have applied it and none could confirm;
         :class:`~raftlib.errors.Unavailable` or another not-applied error if

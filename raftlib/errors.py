@@ -134,8 +134,12 @@ class SessionExpired(RaftError):
 
 class CommandFailed(RaftError):
     """``handle_write`` raised for this command on the cluster: the command
-    counts as applied (every peer raised the same way). Also raised for a
-    read answered by another peer (forwarded, or through a client) whose
+    counts as applied (every peer raised the same way; whatever it changed
+    before raising stays changed). Also raised when ``handle_write``
+    returned a result that cannot be encoded (or, for a writer elsewhere,
+    cannot cross the network): the write took effect on every peer and
+    only its result is lost; the message says so. Also raised for a read
+    answered by another peer (forwarded, or through a client) whose
     ``handle_read`` raised; the read changed nothing. The message names the
     original exception."""
 

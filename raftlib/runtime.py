@@ -875,7 +875,9 @@ class Peer:
         :class:`~raftlib.errors.ConnectionLost` (all :class:`OutcomeUnknown`)
         when its outcome is unknown. An exception raised by ``handle_write``
         is raised as it is here (as :class:`~raftlib.errors.CommandFailed`
-        when forwarded); the command counts as applied.
+        when forwarded); the command counts as applied. A result msgpack
+        cannot encode raises :class:`~raftlib.errors.CommandFailed` (here
+        and forwarded): the write took effect, only its result is lost.
         """
         check_timeout(timeout)
         self._check_running()
@@ -1987,24 +1989,41 @@ class Peer:
         an awaitable, a coroutine that finishes the job and returns the same."""
         try:
             result = sm.handle_write(codec.unpack(data))
-            if type(result) not in _PLAIN_TYPES and inspect.isawaitable(result):
-                return self._finish_command(result, index)
-            return True, result, codec.pack(result, "write result")
         except Exception as exc:
             return self._command_failed(exc, index)
+        if type(result) not in _PLAIN_TYPES and inspect.isawaitable(result):
+            return self._finish_command(result, index)
+        try:
+            return True, result, codec.pack(result, "write result")
+        except Exception as exc:
+            return self._result_unencodable(exc, index)
 
     async def _finish_command(self, pending: Awaitable[Any], index: int) -> tuple[bool, Any, bytes]:
         try:
             result = await pending
-            return True, result, codec.pack(result, "write result")
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             return self._command_failed(exc, index)
+        try:
+            return True, result, codec.pack(result, "write result")
+        except Exception as exc:
+            return self._result_unencodable(exc, index)
 
     def _command_failed(self, exc: Exception, index: int) -> tuple[bool, Any, bytes]:
         self._log.info("%s: handle_write raised for entry %d: %r", self.name, index, exc)
         return False, exc, f"{type(exc).__name__}: {exc}".encode()
+
+    def _result_unencodable(self, exc: Exception, index: int) -> tuple[bool, Any, bytes]:
+        """``handle_write`` returned, so the write took effect, but its result
+        cannot be packed: every writer gets the same CommandFailed. The text
+        depends only on the result, so that every peer records (in client
+        sessions) and feeds the same one."""
+        detail = str(exc) if type(exc) is TypeError else f"{type(exc).__name__}: {exc}"
+        text = (f"the result of handle_write could not be encoded ({detail}); the write was applied "
+                f"on every peer, only its result cannot be returned")
+        self._log.warning("%s: entry %d: %s", self.name, index, text)
+        return False, CommandFailed(text), text.encode()
 
     async def _execute(self, sm: StateMachine, data: bytes, index: int, decode: bool = True) -> tuple[bool, Any, bytes]:
         """:meth:`_run_command`, awaited; the result is given as a caller

@@ -19,7 +19,9 @@ class StateMachine:
     queries as msgpack decodes them (tuples arrive as lists, for example).
 
     An exception raised by :meth:`handle_write` is raised to the writer; the
-    entry still counts as applied, so raise only deterministically.
+    entry still counts as applied, so raise only deterministically. A result
+    msgpack cannot encode reaches the writer as
+    :class:`~raftlib.errors.CommandFailed`; the write took effect.
     """
 
     def handle_write(self, command: Any) -> Any:

@@ -34,7 +34,8 @@ class EntryKind(enum.IntEnum):
 class Change:
     """One applied write, as :meth:`raftlib.Peer.listen` reports it: its log
     ``index`` and ``term``, the ``command`` and what ``handle_write`` returned
-    (``result``; ``None`` with ``error`` set if it raised)."""
+    (``result``; ``None`` with ``error`` set if it raised, or returned a
+    result msgpack cannot encode)."""
 
     index: int
     term: int

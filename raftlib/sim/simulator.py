@@ -981,7 +981,7 @@ class Simulator:
             result: Any = machine.handle_write(unpack(e.data))
             if inspect.iscoroutine(result):
                 result = _run_coroutine(result)
-            outcome: Any = ("ok", _canonical(result))  # TypeError if unencodable, as in the runtime
+            outcome: Any = ("ok", _canonical(result))  # unencodable: fails alike on every peer
         except HandlerSuspended:
             raise
         except Exception as exc:  # a deterministic exception is a result too
@@ -2252,7 +2252,8 @@ def _can_snapshot(machine: StateMachine) -> bool:
 
 def _canonical(value: Any) -> Any:
     """A result as the writer would get it: packed, as the runtime packs it
-    (a result msgpack cannot encode raises the TypeError the writer gets)."""
+    (a result msgpack cannot encode raises TypeError, recorded as a failed
+    write; the runtime answers the writer CommandFailed then)."""
     return pack(value, "write result")
 
 

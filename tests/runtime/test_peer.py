@@ -73,19 +73,59 @@ class SetResult(KVStore):
         return {1, 2}
 
 
-async def test_a_type_error_for_an_unencodable_result_comes_after_the_write_applied(cluster: Cluster) -> None:
-    """Unlike a TypeError for the command, this one is raised like any
-    exception of handle_write: on every peer, with the write applied
-    (docs/errors.md), and the cluster keeps serving."""
+async def test_an_unencodable_result_raises_command_failed_saying_the_write_applied(cluster: Cluster) -> None:
+    """handle_write ran (on every peer) and returned a value msgpack cannot
+    encode: every writer gets the same CommandFailed saying the write
+    applied, whether it wrote at the leader, through a follower, in a
+    session or through raftlib.connect, and the change feed says the
+    same. The cluster keeps serving."""
     peers = await cluster.start(3, sm=SetResult)
     leader = await cluster.leader()
-    with pytest.raises(TypeError, match="write result"):
-        await leader.write(["set", "k", 1])
     follower = next(p for p in peers.values() if p is not leader)
-    with pytest.raises(errors.CommandFailed, match="write result"):
+    await eventually(lambda: follower.leader == leader.name)
+    said = "could not be encoded.*the write was applied"
+    with pytest.raises(errors.CommandFailed, match=said):
+        await leader.write(["set", "k", 1])
+    with pytest.raises(errors.CommandFailed, match=said):
         await follower.write(["set", "k2", 2])
+    await leader.open_session("c")
+    with pytest.raises(errors.CommandFailed, match=said):
+        await leader.session_write("c", 1, ["set", "k3", 3])
+    with pytest.raises(errors.CommandFailed, match=said):
+        await follower.session_write("c", 1, ["set", "k3", 3])  # the same answer, not applied again
+    client = await raftlib.connect([follower.address], timeout=10)
+    try:
+        with pytest.raises(errors.CommandFailed, match=said):
+            await client.write(["set", "k4", 4])
+    finally:
+        await client.close()
+    expected = {"k": 1, "k2": 2, "k3": 3, "k4": 4}
     for peer in peers.values():
-        await eventually(lambda: peer.state_machine.data == {"k": 1, "k2": 2})
+        await eventually(lambda: peer.state_machine.data == expected)
+        assert peer.state_machine.applied.count(["set", "k3", 3]) == 1
+    errors_fed = []
+    async for change in follower.listen(0):
+        errors_fed.append(change.error)
+        if change.command == ["set", "k4", 4]:
+            break
+    assert len(errors_fed) == 4
+    assert all(e is not None and "could not be encoded" in e and "the write was applied" in e for e in errors_fed)
+    assert leader._fatal is None and await leader.read(["get", "k4"]) == ["ok", 4]
+
+
+class AsyncSetResult(KVStore):
+    async def handle_write(self, command: Any) -> Any:
+        super().handle_write(command)
+        await asyncio.sleep(0)
+        return {1, 2}
+
+
+async def test_an_unencodable_result_of_an_async_handle_write_raises_command_failed(cluster: Cluster) -> None:
+    await cluster.start(1, sm=AsyncSetResult)
+    leader = await cluster.leader()
+    with pytest.raises(errors.CommandFailed, match="could not be encoded.*the write was applied"):
+        await leader.write(["set", "k", 1])
+    assert leader.state_machine.data == {"k": 1}
 
 
 async def test_unencodable_command_raises_type_error_and_appends_nothing(cluster: Cluster) -> None:
