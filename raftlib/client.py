@@ -228,10 +228,11 @@ class Client:
             raise Unavailable("the read was not sent: its timeout ran out first")
         raise Unavailable(f"the read got no answer in time (last error: {last})")
 
-    async def listen(self, from_index: int = 0) -> AsyncIterator[Change]:
+    async def listen(self, from_index: int = 0, *, reaching: int | None = None) -> AsyncIterator[Change]:
         """Yield every write the cluster applies, in log order, from
-        ``from_index`` on (see :meth:`raftlib.Peer.listen`), following the
-        cluster across members and leader changes without gaps or repeats.
+        ``from_index`` on (see :meth:`raftlib.Peer.listen`, also for
+        ``reaching``), following the cluster across members and leader
+        changes without gaps or repeats.
 
         A reader that falls far behind is resumed where it stopped reading.
         Raises :class:`~raftlib.errors.LogCompacted` if the members no
@@ -249,10 +250,14 @@ class Client:
             try:
                 conn = await self._connection(self.timeout)
                 lost_since = None  # connected again: the clock of a new loss starts afresh
-                async for index, term, command, result, error in conn.stream("listen", {"from_index": next_index}):
+                request: dict[str, Any] = {"from_index": next_index}
+                if reaching is not None:
+                    request["reaching"] = reaching
+                async for index, term, command, result, error in conn.stream("listen", request):
                     if index < next_index:
                         continue
                     next_index = index + 1
+                    reaching = None  # found: a feed resumed elsewhere starts at next_index
                     yield Change(index, term, command, result, error)
                 return
             except LogCompacted:

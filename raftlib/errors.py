@@ -85,7 +85,9 @@ class StorageError(RaftError):
 
 
 class LogCompacted(StorageError):
-    """The requested log index was discarded by compaction (it lies in a snapshot)."""
+    """The requested log index was discarded by compaction (it lies in a
+    snapshot), or a change feed or watch asked for changes its member no
+    longer keeps; the message names where to start instead."""
 
 
 class CorruptStorage(StorageError):

@@ -34,9 +34,15 @@ into :class:`KVEvent` objects. To start "now" it asks a member for its
 applied log index *A*, then reads the current revision *R* linearizably
 (after *A* was applied, so every change after *R* lies after *A*), listens
 from *A* + 1 and skips changes of revision *R* or less. To resume from a
-revision it listens from the oldest change the member keeps and skips the
-older ones. Either way it checks Rule 2 on every change it reads, so a gap
-is raised, never silently skipped.
+revision *r* it asks the member for its applied index *A*, then for its own
+current revision *R* (a local read, answered after *A*). If *r* > *R*, every
+change it wants lies after *A*: it listens from *A* + 1. Otherwise the
+change of revision *r* lies at or before the member's applied index *A'*,
+asked again after that read: it listens from the oldest change the member
+keeps, ``reaching`` *A'*, so that a member that keeps nothing that old (it
+restarted from a snapshot, say) says so at once instead of waiting for the
+next write, and skips the changes older than *r*. Either way it checks
+Rule 2 on every change it reads, so a gap is raised, never silently skipped.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ import asyncio
 import builtins
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Protocol, Sequence
 
 from . import codec
 from .client import Client, connect
@@ -579,8 +585,8 @@ class KVClient:
             applied: int = (await client.status())["applied_index"]
             return applied
 
-        async def read_revision() -> int:
-            revision: int = await client.read(["revision"])
+        async def read_revision(consistency: str) -> int:
+            revision: int = await client.read(["revision"], consistency=consistency)
             return revision
 
         return KVWatch(client.listen, position, read_revision, scope, key_prefix, from_revision)
@@ -636,11 +642,17 @@ def watch_peer(peer: Peer, scope: str | None = DEFAULT_SCOPE, key_prefix: str = 
         applied: int = peer.status()["applied_index"]
         return applied
 
-    async def read_revision() -> int:
-        revision: int = await peer.read(["revision"])
+    async def read_revision(consistency: str) -> int:
+        revision: int = await peer.read(["revision"], consistency=consistency)
         return revision
 
     return KVWatch(peer.listen, position, read_revision, scope, key_prefix, from_revision)
+
+
+class _Listen(Protocol):
+    """A change feed: :meth:`raftlib.Client.listen` or :meth:`raftlib.Peer.listen`."""
+
+    def __call__(self, from_index: int, *, reaching: int | None = None) -> AsyncIterator[Change]: ...
 
 
 class KVWatch:
@@ -653,15 +665,18 @@ class KVWatch:
     leave the ``async with`` block) to stop the feed on the member.
 
     Raises :class:`~raftlib.errors.LogCompacted` if it must start at a
-    revision the members no longer keep, or falls behind what they keep
-    (the message names the revision), :class:`~raftlib.errors.KVError`
+    revision the members no longer keep (the message names the oldest one
+    it can start at), or falls behind what they keep (the message names the
+    revision), :class:`~raftlib.errors.KVError`
     if the feed skipped a change (it never should), and the errors of the
     underlying ``listen``.
     """
 
-    def __init__(self, listen: Callable[[int], AsyncIterator[Change]], position: Callable[[], Awaitable[int]],
-                 read_revision: Callable[[], Awaitable[int]], scope: str | None, key_prefix: str,
+    def __init__(self, listen: _Listen, position: Callable[[], Awaitable[int]],
+                 read_revision: Callable[[str], Awaitable[int]], scope: str | None, key_prefix: str,
                  from_revision: int | None) -> None:
+        """``position()`` is the member's applied index; ``read_revision(consistency)``
+        the store revision, read ``"linearizable"`` or ``"stale"`` (on the member)."""
         if scope is not None:
             _check_request_names(scope)
         if not isinstance(key_prefix, str):
@@ -689,15 +704,23 @@ class KVWatch:
                 raise KVError("this watch is closed")
             if self._events is not None:
                 return
+            applied = await self._position()
+            member_revision = None
             if self.first_revision is None:
-                applied = await self._position()
-                revision = await self._read_revision()
+                revision = await self._read_revision("linearizable")
                 # Every change of revision > `revision` has a log index > `applied`.
                 self.first_revision = revision + 1
-                from_index = applied + 1
+                changes = self._listen(applied + 1)
             else:
-                from_index = 0  # the oldest change kept; older revisions are skipped
-            self._events = _events(self._listen(from_index), self.scope, self.key_prefix, self.first_revision)
+                revision = await self._read_revision("stale")  # the member's own, after `applied`
+                if self.first_revision > revision:
+                    changes = self._listen(applied + 1)  # as above
+                else:
+                    # The change of revision first_revision is applied there by now: the
+                    # feed must reach back to it (or say at once that it cannot).
+                    member_revision = revision
+                    changes = self._listen(0, reaching=max(1, await self._position()))
+            self._events = _events(changes, self.scope, self.key_prefix, self.first_revision, member_revision)
 
     def __aiter__(self) -> KVWatch:
         return self
@@ -740,9 +763,12 @@ class KVWatch:
 
 
 async def _events(changes: AsyncIterator[Change], scope: str | None, prefix: str,
-                  first_revision: int) -> AsyncGenerator[KVEvent, None]:
+                  first_revision: int, member_revision: int | None = None) -> AsyncGenerator[KVEvent, None]:
     """The events of ``scope``/``prefix`` in ``changes`` from ``first_revision`` on,
-    checking that no change is missing (Rule 2 of the module docs)."""
+    checking that no change is missing (Rule 2 of the module docs).
+    ``member_revision`` is the member's revision when the feed was asked
+    for, if known: a feed that keeps nothing that old has dropped the
+    changes up to it."""
     last: int | None = None
     """The store revision after the last change read."""
     try:
@@ -753,6 +779,8 @@ async def _events(changes: AsyncIterator[Change], scope: str | None, prefix: str
                 return
             except LogCompacted as exc:
                 # The feed's message names log indexes and Peer.listen: say it in revisions.
+                if last is None and member_revision is not None and member_revision >= first_revision:
+                    raise _compacted(first_revision, member_revision) from exc
                 where = f"from revision {first_revision} on" if last is None else f"after revision {last}"
                 raise LogCompacted(
                     f"changes {where} are no longer kept by the member this watch reads from (it fell more than "
@@ -766,10 +794,7 @@ async def _events(changes: AsyncIterator[Change], scope: str | None, prefix: str
             changed = result.get("changed") is True and "error" not in result
             before = revision - 1 if changed else revision
             if last is None and before >= first_revision:
-                raise LogCompacted(
-                    f"changes from revision {first_revision} to {before} are no longer kept by the members; "
-                    f"read the current state (KVClient.items) and watch from its revision + 1"
-                )
+                raise _compacted(first_revision, before)
             if last is not None and before != last:
                 raise KVError(f"the change feed skipped revisions {last + 1} to {before} (at log index {change.index})")
             last = revision
@@ -779,6 +804,15 @@ async def _events(changes: AsyncIterator[Change], scope: str | None, prefix: str
                     yield event
     finally:
         await _aclose(changes)
+
+
+def _compacted(first_revision: int, last_dropped: int) -> LogCompacted:
+    return LogCompacted(
+        f"changes from revision {first_revision} to {last_dropped} are no longer kept by the member this watch "
+        f"reads from (it restarted from a snapshot, installed one, or dropped them from its Config.listen_backlog); "
+        f"the oldest revision a watch can start at there is {last_dropped + 1}: read the current state "
+        f"(KVClient.items) and watch from its revision + 1"
+    )
 
 
 _KINDS = {"put": "put", "cas": "put", "delete": "delete", "create_scope": "scope_created",

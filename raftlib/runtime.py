@@ -1114,7 +1114,8 @@ class Peer:
 
     # -- change feed ------------------------------------------------------------------
 
-    async def listen(self, from_index: int = 0, *, require_leader: bool = False) -> AsyncIterator[Change]:
+    async def listen(self, from_index: int = 0, *, require_leader: bool = False,
+                     reaching: int | None = None) -> AsyncIterator[Change]:
         """Yield every write this peer applies, in log order, as :class:`Change`
         objects (index, term, command, result), forever.
 
@@ -1127,6 +1128,12 @@ class Peer:
         :class:`PeerStopped` when the peer stops. Writes applied more than
         once by a retry (client sessions) appear once.
 
+        ``reaching=i`` (with ``from_index=0``) is for a reader that needs a
+        change at or before index ``i``: once this peer has applied ``i``,
+        the feed raises :class:`~raftlib.errors.LogCompacted` if it keeps no
+        change that old (a restart from a snapshot, a snapshot installed or
+        the backlog dropped them) instead of waiting for the next write.
+
         A peer cut off from the others applies nothing more, so by default
         its feed just waits. With ``require_leader``, a feed that is waiting
         raises :class:`~raftlib.errors.Unavailable` once this peer has known
@@ -1136,6 +1143,10 @@ class Peer:
         """
         if type(from_index) is not int or from_index < 0:
             raise ConfigError(f"from_index must be a non-negative int, got {from_index!r}")
+        if reaching is not None:
+            if type(reaching) is not int or reaching < 1 or from_index != 0:
+                raise ConfigError(f"reaching must be None or a positive int, with from_index=0; got {reaching!r}")
+            await self._wait_applied(reaching, require_leader)
         next_index = max(from_index, 1)
         while True:
             self._check_running()
@@ -1147,6 +1158,14 @@ class Peer:
                 )
             from_index = -1  # only the first position may start at the oldest change kept
             pos = bisect.bisect_left(feed, next_index, lo=self._feed_start, key=_item_index)
+            if reaching is not None:
+                if self._feed_base and (pos == len(feed) or feed[pos][0] > reaching):
+                    raise LogCompacted(
+                        f"no change at or before index {reaching} is kept on {self.name} (changes up to index "
+                        f"{self._feed_base} are no longer kept); listen from {self._feed_base + 1} "
+                        f"(after reading the current state)"
+                    )
+                reaching = None
             if pos < len(feed):
                 index, term, data, ok, payload = feed[pos]
                 next_index = index + 1
@@ -2076,11 +2095,15 @@ class Peer:
             else:
                 fut.set_result(outcome)
 
-    async def _wait_applied(self, index: int) -> None:
+    async def _wait_applied(self, index: int, require_leader: bool = False) -> None:
+        """Wait until this peer has applied ``index``; with ``require_leader``,
+        raise Unavailable as :meth:`_wait_with_leader` does."""
         if self._applied >= index:
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._applied_waiters, (index, next(self._waiter_ids), fut))
+        if require_leader:
+            await self._wait_with_leader(fut)
         await fut
 
     def _wake_applied_waiters(self) -> None:

@@ -208,7 +208,8 @@ class RequestServer:
     async def _listen(self, args: dict[str, Any]) -> AsyncIterator[Any]:
         # A member cut off from the others would stall its listeners without
         # a word: the stream ends instead, and the client resumes elsewhere.
-        async for change in self._peer.listen(arg(args, "from_index", int, 0), require_leader=True):
+        reaching = arg(args, "reaching", (int, type(None)), None)
+        async for change in self._peer.listen(arg(args, "from_index", int, 0), require_leader=True, reaching=reaching):
             item = [change.index, change.term, change.command, change.result, change.error]
             if type(change.command) in (list, dict) or type(change.result) in (list, dict):
                 # The listener would refuse the frame and close the connection

@@ -328,7 +328,7 @@ def feed_of(commands: list[Any]) -> tuple[KVStateMachine, list[Change]]:
 
 def make_watch(changes: list[Change], scope: str | None = "default", prefix: str = "",
                from_revision: int | None = None, applied_index: int = 0, revision: int = 0) -> KVWatch:
-    async def listen(from_index: int) -> AsyncIterator[Change]:
+    async def listen(from_index: int, *, reaching: int | None = None) -> AsyncIterator[Change]:
         for change in changes:
             if change.index >= from_index:
                 yield change
@@ -336,7 +336,7 @@ def make_watch(changes: list[Change], scope: str | None = "default", prefix: str
     async def position() -> int:
         return applied_index
 
-    async def read_revision() -> int:
+    async def read_revision(consistency: str) -> int:
         return revision
 
     return KVWatch(listen, position, read_revision, scope, prefix, from_revision)
@@ -395,20 +395,57 @@ async def test_watch_raises_when_the_feed_no_longer_reaches_back_or_has_a_gap() 
         await drain(make_watch(gap, None, from_revision=1))
 
 
+async def test_a_watch_from_a_revision_asks_for_a_feed_that_says_at_once_if_it_cannot_reach_it() -> None:
+    """The member has applied index 4, at revision 4. A newer revision is
+    read from index 5 on; an older one from the oldest change kept, with the
+    feed made to reach back to index 4, so that a member that keeps nothing
+    that old (restarted from a snapshot) raises instead of waiting for the
+    next write, naming the oldest revision a watch can start at."""
+    _, changes = feed_of(COMMANDS)
+    asked: list[tuple[int, int | None, str]] = []
+
+    def member(kept: list[Change]) -> tuple[Any, Any, Any]:
+        async def listen(from_index: int, *, reaching: int | None = None) -> AsyncIterator[Change]:
+            asked.append((from_index, reaching, consistency[-1]))
+            if reaching is not None and not any(c.index <= reaching for c in kept):
+                raise errors.LogCompacted(f"no change at or before index {reaching} is kept on s1; listen from 11")
+            for change in kept:
+                if change.index >= from_index:
+                    yield change
+
+        consistency: list[str] = []
+
+        async def position() -> int:
+            return 4
+
+        async def read_revision(how: str) -> int:
+            consistency.append(how)
+            return 4
+
+        return listen, position, read_revision
+
+    assert [e.version for e in await drain(KVWatch(*member(changes), None, "", 6))] == [6, 7]
+    assert [e.version for e in await drain(KVWatch(*member(changes), None, "", 2))] == [2, 3, 4, 5, 6, 7]
+    assert asked == [(5, None, "stale"), (0, 4, "stale")]
+    with pytest.raises(errors.LogCompacted, match="revision 2 to 4 .*the oldest revision .* is 5") as raised:
+        await drain(KVWatch(*member([]), None, "", 2))
+    assert "index" not in str(raised.value)
+
+
 async def test_a_watch_that_falls_behind_what_members_keep_says_so_in_revisions() -> None:
     """The feed's LogCompacted names log indexes and Peer.listen; a watch's
     reader needs the revision to resume from and how."""
     _, changes = feed_of(COMMANDS)
 
     def listen_then_compacted(kept: list[Change]) -> Any:
-        async def listen(from_index: int) -> AsyncIterator[Change]:
+        async def listen(from_index: int, *, reaching: int | None = None) -> AsyncIterator[Change]:
             for change in kept:
                 yield change
             raise errors.LogCompacted("changes up to index 40 are no longer kept on s1; listen from 41")
 
         return listen
 
-    async def zero() -> int:
+    async def zero(*_: Any) -> int:
         return 0
 
     watch = KVWatch(listen_then_compacted(changes[:4]), zero, zero, None, "", 1)
@@ -436,7 +473,7 @@ async def test_watch_ignores_changes_whose_handler_raised_and_checks_its_argumen
 async def test_a_closed_watch_stops_its_feed() -> None:
     closed = asyncio.Event()
 
-    async def listen(from_index: int) -> AsyncIterator[Change]:
+    async def listen(from_index: int, *, reaching: int | None = None) -> AsyncIterator[Change]:
         try:
             _, changes = feed_of(COMMANDS)
             for change in changes:
@@ -445,7 +482,7 @@ async def test_a_closed_watch_stops_its_feed() -> None:
         finally:
             closed.set()
 
-    async def zero() -> int:
+    async def zero(*_: Any) -> int:
         return 0
 
     async with KVWatch(listen, zero, zero, "default", "", None) as watch:
@@ -461,7 +498,7 @@ async def test_a_watch_closed_by_another_task_stops_at_the_next_event_or_on_canc
     closed = asyncio.Event()
     _, changes = feed_of(COMMANDS[:2])
 
-    async def listen(from_index: int) -> AsyncIterator[Change]:
+    async def listen(from_index: int, *, reaching: int | None = None) -> AsyncIterator[Change]:
         try:
             yield changes[0]
             await release.wait()
@@ -470,7 +507,7 @@ async def test_a_watch_closed_by_another_task_stops_at_the_next_event_or_on_canc
         finally:
             closed.set()
 
-    async def zero() -> int:
+    async def zero(*_: Any) -> int:
         return 0
 
     watch = KVWatch(listen, zero, zero, None, "", 1)

@@ -341,6 +341,38 @@ async def test_listen_from_before_the_kept_changes_is_refused(tmp_path: Any) -> 
         await c.close()
 
 
+async def test_listen_after_a_restart_from_a_snapshot_can_say_at_once_that_it_cannot_reach_back(
+        lmdb_cluster: Cluster) -> None:
+    """A restarted peer keeps changes from its snapshot on. An older index is
+    refused at once, as for a backlog that dropped it; ``reaching`` makes a
+    feed from the oldest change kept refuse too, instead of waiting for the
+    next write, when it keeps none that old (here, none at all)."""
+    s1 = (await lmdb_cluster.start(1))["s1"]
+    for i in range(5):
+        await s1.write(["set", "k", i])
+    snap = await s1.snapshot()
+    await s1.stop()
+    s1 = await lmdb_cluster.start_peer("s1")
+    await lmdb_cluster.leader()
+    client = await raftlib.connect([s1.address], timeout=10)
+    try:
+        with pytest.raises(errors.LogCompacted, match=f"listen from {snap.index + 1}"):
+            await asyncio.wait_for(anext(aiter(s1.listen(1))), 10)
+        for feed in (s1.listen(0, reaching=snap.index), client.listen(0, reaching=snap.index)):
+            with pytest.raises(errors.LogCompacted, match=f"no change at or before index {snap.index} is kept"):
+                await asyncio.wait_for(anext(aiter(feed)), 10)
+        with pytest.raises(errors.ConfigError):
+            await anext(aiter(s1.listen(3, reaching=snap.index)))
+        await s1.write(["set", "k", 5])
+        at = s1.status()["applied_index"]
+        for feed in (s1.listen(0, reaching=at), client.listen(0, reaching=at)):
+            change = await asyncio.wait_for(anext(aiter(feed)), 10)
+            assert change.command == ["set", "k", 5] and change.index > snap.index
+            await feed.aclose()  # type: ignore[attr-defined]
+    finally:
+        await client.close()
+
+
 # -- raftlib.connect --------------------------------------------------------------------------
 
 
