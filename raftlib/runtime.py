@@ -1446,6 +1446,17 @@ class Peer:
         if core.membership is not self._membership:
             self._sync_addresses()  # a new member must be reachable by this Ready's messages
         send = self._transport.send
+        hard_state = rd.hard_state if rd.hard_state is not None else self._unsaved_hard
+        self._unsaved_hard = None
+        if hard_state is not None and not rd.entries and rd.snapshot is None and self._commit_moved_only(hard_state):
+            self._unsaved_hard = hard_state
+            hard_state = None
+        queue = not rd.persist_before_step and (
+            hard_state is not None or rd.entries or rd.messages_after_persist or self._writes_queued > self._writes_done
+        )
+        if queue and not self._save_inline:
+            # Before the messages: the I/O thread wakes up while they go out.
+            self._queue_write(rd, hard_state)
         for m in rd.messages:
             if isinstance(m, InstallSnapshot):
                 self._start_transfer(m)
@@ -1459,12 +1470,11 @@ class Peer:
                 if fut is not None and not fut.done():
                     fut.set_result(rs.index)
         core.accept(rd)
-        hard_state = rd.hard_state if rd.hard_state is not None else self._unsaved_hard
-        self._unsaved_hard = None
-        if hard_state is not None and not rd.entries and rd.snapshot is None and self._commit_moved_only(hard_state):
-            self._unsaved_hard = hard_state
-            hard_state = None
-        if rd.persist_before_step:
+        if queue:
+            if self._save_inline:
+                # Written at once: its acknowledgements go out after the messages.
+                self._queue_write(rd, hard_state)
+        elif rd.persist_before_step:
             await self._drain()
             if rd.snapshot is not None:
                 if self._compacting:
@@ -1481,17 +1491,19 @@ class Peer:
             for m in rd.messages_after_persist:
                 send(m)
             core.persisted(rd)
-        elif hard_state is not None or rd.entries or rd.messages_after_persist or self._writes_queued > self._writes_done:
-            self._writes.append(_Write(rd, hard_state))
-            self._writes_queued += 1
-            if self._saving is None:
-                self._start_save()
         else:
             core.persisted(rd)
         if rd.soft_state is not None:
             self._on_soft_state(rd)
         if core.membership is not self._membership:
             self._sync_addresses()
+
+    def _queue_write(self, rd: Ready, hard_state: HardState | None) -> None:
+        """Queue ``rd``'s save; it starts now if no save is in flight."""
+        self._writes.append(_Write(rd, hard_state))
+        self._writes_queued += 1
+        if self._saving is None:
+            self._start_save()
 
     def _report_written(self) -> None:
         """Tell the core which Readies the writer has put on disk, in order."""
@@ -1556,16 +1568,20 @@ class Peer:
             return
         if hard_state is not None:
             self._hard_on_disk = hard_state
+        self._written.extend(w.ready for w in batch)
+        self._writes_done += len(batch)
+        self._end_save(None)
+        inline = self._save_inline
+        if self._writes and not inline:
+            # Before the acknowledgements: the I/O thread wakes up while they go out.
+            self._start_save()
         send = self._transport.send
         for w in batch:
             for m in w.ready.messages_after_persist:
                 send(m)
-            self._written.append(w.ready)
-        self._writes_done += len(batch)
-        self._end_save(None)
         self._wake.set()
-        if self._writes:
-            self._start_save()
+        if self._writes and inline:
+            self._start_save()  # written at once: after this batch's acknowledgements
 
     def _write_failed(self, exc: BaseException) -> None:
         if not isinstance(exc, StorageError):
