@@ -1337,9 +1337,9 @@ class Peer:
                     # A full disk stops this peer until its writes get through
                     # (no ticks, no heartbeats).
                     await self._drain()
+                self._report_written()
                 if self._compactions:
                     self._compact()
-                self._report_written()
                 done = self._take_input()
                 while self._core.has_ready():
                     await self._handle_ready(self._core.ready())
@@ -1463,7 +1463,8 @@ class Peer:
             else:
                 send(m)
         if rd.committed_entries:
-            self._apply_queue.put_nowait(rd.committed_entries)  # already on disk here
+            # On this peer's disk, or (a leader's) on a quorum's: see Raft.ready.
+            self._apply_queue.put_nowait(rd.committed_entries)
         for rs in rd.read_states:
             for rid in rs.request_ids:
                 fut = self._pending_reads.pop(rid, None)
@@ -1674,11 +1675,17 @@ class Peer:
     def _compact(self) -> None:
         """Record snapshots taken by the applier in the core, and compact
         storage on the I/O thread, after the saves queued before, while the
-        driver goes on."""
+        driver goes on. A leader may have applied entries that its own save
+        has not finished writing (see :meth:`Raft.ready`): a snapshot that
+        covers them waits until they are on disk, so that storage never
+        records a snapshot past the end of its log."""
         compactions, self._compactions = self._compactions, []
         core = self._core
+        stable = core.log.stable_last_index()
         for meta, fut in compactions:
-            if meta.index >= self._storage.first_index() - 1 and (
+            if meta.index > stable:
+                self._compactions.append((meta, fut))  # again once the saves ahead of it are done
+            elif meta.index >= self._storage.first_index() - 1 and (
                 self._recorded_snapshot is None or meta.index >= self._recorded_snapshot.index
             ):
                 core.snapshot_taken(meta)

@@ -250,16 +250,21 @@ class RaftLog:
             return True
         return False
 
-    def has_next_committed(self) -> bool:
+    def has_next_committed(self, unstable: bool = False) -> bool:
         """Whether :meth:`next_committed` would return anything (reads no entries)."""
-        return min(self.committed, self.stable_last_index()) > self.applied
+        return self._appliable(unstable) > self.applied
 
-    def next_committed(self, max_bytes: int | None = None) -> list[Entry]:
-        """Committed entries not yet handed out for applying, only those already on disk."""
-        hi = min(self.committed, self.stable_last_index())
+    def next_committed(self, max_bytes: int | None = None, unstable: bool = False) -> list[Entry]:
+        """Committed entries not yet handed out for applying: only those
+        already on this peer's disk, or with ``unstable`` also those still
+        on their way to it (see :meth:`Raft.ready`)."""
+        hi = self._appliable(unstable)
         if hi <= self.applied:
             return []
         return self.entries(self.applied + 1, hi + 1, max_bytes)
+
+    def _appliable(self, unstable: bool) -> int:
+        return self.committed if unstable else min(self.committed, self.stable_last_index())
 
     def restore(self, meta: SnapshotMeta) -> None:
         """Replace the whole log with a snapshot received from the leader."""

@@ -474,11 +474,17 @@ class Raft:
             or self._snapshot_to_install
             or self._hard_state() != self._prev_hard
             or self._soft_state() != self._prev_soft
-            or self.log.has_next_committed()
+            or self.log.has_next_committed(self.role == LEADER)
         )
 
     def ready(self) -> Ready:
-        """Collect the outstanding work; see :mod:`raftlib.core.ready` for the contract."""
+        """Collect the outstanding work; see :mod:`raftlib.core.ready` for the contract.
+
+        A leader hands out committed entries for applying even before its
+        own save of them is done (thesis §10.2.1): the quorum that committed
+        them holds them on disk, so every later leader has them, and waiting
+        for this disk too would put its slowest save on every write's path.
+        A follower applies only what its own disk holds."""
         if self.role == LEADER and self._bcast_needed:
             self._bcast_needed = False
             self._bcast_append()
@@ -491,7 +497,7 @@ class Raft:
             entries=self.log.take_unpersisted(),
             messages=self._msgs,
             messages_after_persist=self._msgs_after_persist,
-            committed_entries=self.log.next_committed(self.config.max_bytes_per_message),
+            committed_entries=self.log.next_committed(self.config.max_bytes_per_message, self.role == LEADER),
             read_states=self._read_states,
             soft_state=soft if soft != self._prev_soft else None,
             snapshot=self._snapshot_to_install,

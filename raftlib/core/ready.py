@@ -4,8 +4,12 @@ The contract, in order (see docs/architecture.md):
 
 1. Send ``messages`` at once (a leader's AppendEntries may go out while its
    own copy of the entries is still being written, thesis §10.2.1).
-2. Hand ``committed_entries`` to the state machine, to be applied in order
-   (they are already on this peer's disk), and call ``Raft.accept(ready)``.
+2. Hand ``committed_entries`` to the state machine, to be applied in order,
+   and call ``Raft.accept(ready)``. A follower's are already on its disk; a
+   leader's may still be on their way there (a majority of the other voters
+   holds them, thesis §10.2.1), so a snapshot of the state machine that
+   covers them must not be recorded, nor the log compacted up to it, before
+   the Readies holding them are persisted.
    Answer ``read_states`` once the applied index reaches their ``index``.
 3. If ``snapshot`` is set (a follower received one), restore the state
    machine from it and record it with ``LogStorage.install_snapshot``. Then

@@ -27,8 +27,10 @@ write, which wait behind the saves ahead of them. After a Ready with
 ``persist_before_step`` (a term or vote change, a snapshot to install) the
 peer holds every input (messages, ticks, snapshot reports, compactions; client
 requests are refused) until that Ready is persisted. A crash throws away the
-whole FIFO. The committed entries a Ready hands out must already be on the
-peer's disk (``apply-durability``).
+whole FIFO. The committed entries a Ready hands out must already be on a
+follower's disk, and on the disks of a majority of a leader's voters
+(``apply-durability``); a snapshot is recorded and the log compacted only
+once the peer's disk holds the snapshot's index.
 
 Membership changes (``SimConfig.membership_rate``): now and then the leader
 is asked for one random single-server change, among the founding peers and
@@ -80,6 +82,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..codec import pack, unpack
+from ..core import quorum
 from ..core.messages import AppendEntriesResponse, InstallSnapshot, Message, RequestVoteResponse
 from ..core.raft import LEADER, Raft
 from ..core.ready import Ready
@@ -673,7 +676,7 @@ class Simulator:
         self._finish_ready(p, rd)
         if p.core is None:
             return
-        while p.compactions and p.pending is None:
+        while p.compactions and p.pending is None and self._compactable(p, p.compactions[0]):
             self._compact(p, p.compactions.pop(0))
         while p.snap_inbox and p.pending is None and p.up:
             self._step_snapshot(p, *p.snap_inbox.pop(0))
@@ -774,10 +777,7 @@ class Simulator:
             self._note("%s: now %s in term %d (leader %s)", p.id, s.role, s.term, s.leader)
         if rd.committed_entries:
             last = rd.committed_entries[-1]
-            if not _durably_holds(p, last.index, last.term):
-                fail("apply-durability",
-                     f"{p.id}'s Ready hands out {last.term}/{last.index} for applying, but its disk does not hold it "
-                     f"(committed entries must already be persisted; disk ends at {p.disk.last_index()})")
+            self._check_apply_durability(p, core, last)
             for e in rd.committed_entries:
                 self._apply(p, e)
             self._note("%s: applied %d..%d", p.id, rd.committed_entries[0].index, last.index)
@@ -791,6 +791,24 @@ class Simulator:
         self._queue_save(p, rd, sync_now)
         if p.core is core:
             self._maybe_snapshot(p, rd)
+
+    def _check_apply_durability(self, p: SimPeer, core: Raft, last: Entry) -> None:
+        """Entries handed out for applying are on disk: a follower's on its
+        own, a leader's at least on a quorum of its voters (its own save
+        may still be running, see ``Raft.ready``)."""
+        if _durably_holds(p, last.index, last.term):
+            return
+        if core.role == LEADER:
+            voters = core.membership.voters
+            holders = [v for v in sorted(voters) if v in self.peers and _durably_holds(self.peers[v], last.index, last.term)]
+            if quorum.has_quorum(voters, holders):
+                return
+            fail("apply-durability",
+                 f"leader {p.id}'s Ready hands out {last.term}/{last.index} for applying, but only "
+                 f"{holders or 'nobody'} of the voters {sorted(voters)} hold it on disk")
+        fail("apply-durability",
+             f"{p.id}'s Ready hands out {last.term}/{last.index} for applying, but its disk does not hold it "
+             f"(a follower's committed entries must already be persisted; disk ends at {p.disk.last_index()})")
 
     def _queue_save(self, p: SimPeer, rd: Ready, sync_now: bool) -> None:
         """Put ``rd``'s save at the end of ``p``'s FIFO (a Ready with nothing to
@@ -926,7 +944,7 @@ class Simulator:
         """Saves completed: deferred compactions and snapshots, the Ready
         loop, and the inputs held during a barrier."""
         core = p.core
-        while p.compactions and not p.barrier and p.core is core:
+        while p.compactions and not p.barrier and p.core is core and self._compactable(p, p.compactions[0]):
             self._compact(p, p.compactions.pop(0))
         if p.core is not core:
             return
@@ -1043,7 +1061,10 @@ class Simulator:
         p.snapshots[(meta.index, meta.term)] = w.data
         w.durable = True
         if self.manual:
-            self._compact(p, w)
+            if self._compactable(p, w):
+                self._compact(p, w)
+            else:
+                p.compactions.append(w)
             return
         delay = self.rng.uniform(0.0, self.config.max_compact_delay)
         self._schedule(self.now + delay, _SNAP_COMPACT, p.id, (p.sync_token, w))
@@ -1052,13 +1073,21 @@ class Simulator:
     def _snapshot_compact(self, p: SimPeer, w: SnapshotWrite) -> None:
         if self._maybe_crash(p, "before-compact"):
             return
-        if p.pending is not None or p.barrier:
-            p.compactions.append(w)  # the runtime compacts between Readies only (pipelined: not in a barrier)
+        if p.pending is not None or p.barrier or p.compactions or not self._compactable(p, w):
+            # The runtime compacts between Readies only (pipelined: not in a
+            # barrier), in order, and only once its disk holds the snapshot's
+            # index (a leader may apply before its own save is done).
+            p.compactions.append(w)
             return
         self._compact(p, w)
         if self._maybe_crash(p, "after-compact"):
             return
         self.checker.observe(p)
+
+    @staticmethod
+    def _compactable(p: SimPeer, w: SnapshotWrite) -> bool:
+        """Whether ``p``'s disk holds the index ``w`` snapshots (the runtime's ``_compact`` waits for it)."""
+        return _durably_holds(p, w.meta.index, w.meta.term)
 
     def _compact(self, p: SimPeer, w: SnapshotWrite) -> None:
         """``snapshot_taken`` and ``LogStorage.compact``, as the runtime's ``_compact`` does."""

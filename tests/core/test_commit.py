@@ -232,3 +232,42 @@ def test_commit_index_never_decreases_on_leader() -> None:
     assert seen == sorted(seen) and seen[-1] == 7
     rd = a.ready()
     assert of_type(AppendEntries, rd.messages) == [] or all(not m.entries for m in of_type(AppendEntries, rd.messages))
+
+
+def test_leader_applies_what_a_quorum_of_followers_holds_before_its_own_save() -> None:
+    """Thesis §10.2.1: the leader's own copy need not be on its disk for an
+    entry to commit, when a quorum of followers has it; the leader hands it
+    out for applying at once. A follower applies only what its own disk
+    holds, even when the leader says it is committed."""
+    net = Network(["a", "b", "c"])
+    net.elect("a")
+    a, b = net.nodes["a"], net.nodes["b"]
+    first = a.log.last_index() + 1
+    a.propose_batch([b"x"])
+    rd = a.ready()  # the leader's save of x starts, and does not finish
+    assert [e.index for e in rd.entries] == [first]
+    a.accept(rd)
+    for m in rd.messages:
+        net.nodes[m.dst].step(m)
+    net.process()  # both followers save x and acknowledge it
+    for m in [m for m in net.inflight if m.dst == "a"]:
+        a.step(m)
+    net.inflight = [m for m in net.inflight if m.dst != "a"]
+    assert a.log.stable_last_index() < first
+    assert a.commit_index == first
+    assert a.has_ready()
+    applied = a.ready()
+    assert [e.data for e in applied.committed_entries] == [b"x"]
+    a.accept(applied)
+    # A follower told that its newest entry is committed applies it only
+    # once its own save of it is done.
+    term = a.term
+    b.step(AppendEntries(term, "a", "b", first, term, (Entry(term, first + 1, data=b"y"),), first + 1))
+    follower_rd = b.ready()
+    assert [e.data for e in follower_rd.entries] == [b"y"]
+    assert b.commit_index == first + 1
+    assert all(e.index <= first for e in follower_rd.committed_entries)
+    b.accept(follower_rd)
+    assert not b.log.has_next_committed()
+    b.persisted(follower_rd)
+    assert [e.data for e in b.ready().committed_entries] == [b"y"]

@@ -124,23 +124,62 @@ async def test_a_write_waits_for_the_leaders_save_at_most_max_batch_delay(
 ) -> None:
     """Writes arriving while the leader's save is in flight gather behind
     it, for at most ``Config.max_batch_delay``; then they go to the
-    followers even though the leader's disk is still busy. The leader still
-    answers only once its own disk has them."""
+    followers even though the leader's disk is still busy. Once both
+    followers have a write on disk it is committed, and the leader answers
+    without waiting for its own disk (thesis §10.2.1)."""
     peers, disks = await start(config=dataclasses.replace(FAST, max_batch_delay=delay))
     leader = peers["s1"]
     try:
         disks["s1"].gate.clear()  # the leader's disk stalls
         first = leader.status()["last_index"] + 1
         a = asyncio.ensure_future(leader.write(["set", "a", 1]))  # no save in flight: out at once
-        for name in ("s2", "s3"):
-            await eventually(lambda name=name: any(first in save for save in disks[name].saves))
+        assert await asyncio.wait_for(a, 10) == ["ok", "a", 1]
+        assert all(first in save for name in ("s2", "s3") for save in disks[name].saves[-1:])
         b = asyncio.ensure_future(leader.write(["set", "b", 2]))  # behind the leader's stalled save
         await asyncio.sleep(0.5)
         followers_have_b = [any(first + 1 in save for save in disks[name].saves) for name in ("s2", "s3")]
         assert followers_have_b == [sent_during_the_save] * 2
-        assert not a.done() and not b.done()  # not on the leader's disk yet
+        assert b.done() == sent_during_the_save
+        assert not any(i >= first for save in disks["s1"].saves for i in save)  # the leader's disk has neither
         disks["s1"].gate.set()
-        assert await asyncio.wait_for(asyncio.gather(a, b), 10) == [["ok", "a", 1], ["ok", "b", 2]]
+        assert await asyncio.wait_for(b, 10) == ["ok", "b", 2]
+        await eventually(lambda: any(first + 1 in save for save in disks["s1"].saves))
+    finally:
+        await stop(peers, disks)
+
+
+async def test_a_snapshot_past_the_leaders_disk_waits_for_its_save_before_compacting() -> None:
+    """A leader applies what its followers committed while its own save is
+    still running; a snapshot taken then is recorded in storage, and the log
+    compacted, only once that save is done: storage never holds a snapshot
+    past the end of its log."""
+    peers, disks = await start()
+    leader = peers["s1"]
+    disk = disks["s1"]
+    compactions: list[tuple[int, int]] = []
+    compact = disk.compact
+
+    def recording_compact(upto: int, meta: Any = None) -> None:
+        compactions.append((meta.index if meta is not None else upto, disk.last_index()))
+        compact(upto, meta)
+
+    disk.compact = recording_compact  # type: ignore[method-assign]
+    try:
+        disk.gate.clear()
+        first = leader.status()["last_index"] + 1
+        for i in range(3):
+            assert await asyncio.wait_for(leader.write(["set", f"k{i}", i]), 10) == ["ok", f"k{i}", i]
+        assert disk.last_index() < first
+        snapshot = asyncio.ensure_future(leader.snapshot())
+        await asyncio.sleep(0.3)
+        assert not snapshot.done()
+        assert compactions == []
+        disk.gate.set()
+        meta = await asyncio.wait_for(snapshot, 10)
+        assert meta.index >= first + 2
+        assert compactions and all(index <= last for index, last in compactions), compactions
+        assert disk.load()[1] == meta
+        assert await leader.write(["set", "after", 1]) == ["ok", "after", 1]
     finally:
         await stop(peers, disks)
 

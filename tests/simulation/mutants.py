@@ -25,7 +25,7 @@ from raftlib.core.messages import (
 from raftlib.core.raft import LEADER, Raft
 from raftlib.core.ready import ReadState, Ready
 from raftlib.errors import MembershipChangePending, NotLeader, ProposalDropped
-from raftlib.sim.node import SimPeer
+from raftlib.sim.node import SimPeer, SnapshotWrite
 from raftlib.sim.simulator import Simulator
 from raftlib.types import Entry, EntryKind, Membership
 
@@ -256,8 +256,19 @@ class EarlyPersistedRuntime(Simulator):
         pass  # reported already
 
 
+class EagerCompactionRuntime(Simulator):
+    """Records a snapshot and compacts the log as soon as the snapshot file
+    is durable, even when the snapshot covers entries a leader applied
+    before its own save of them was done."""
+
+    @staticmethod
+    def _compactable(p: SimPeer, w: SnapshotWrite) -> bool:
+        return True
+
+
 RUNTIME_MUTANTS: dict[str, type[Simulator]] = {
     "eager-acks": EagerAcksRuntime,
     "no-term-barrier": NoTermBarrierRuntime,
     "early-persisted": EarlyPersistedRuntime,
+    "eager-compaction": EagerCompactionRuntime,
 }

@@ -30,6 +30,7 @@ from raftlib.sim.__main__ import main as cli_main
 from .mutants import (
     AcksAfterPersist,
     EagerAcksRuntime,
+    EagerCompactionRuntime,
     EarlyPersistedRuntime,
     NoTermBarrierRuntime,
 )
@@ -186,6 +187,11 @@ def test_cli_pipeline_flag() -> None:
 CRASHY_DISKS = PIPELINED.replace(sync_delay_rate=0.9, max_sync_delay=5.0, crash_rate=0.1, min_downtime=1.0,
                                  max_downtime=10.0)
 
+SLOW_LEADER_SAVES = PIPELINED.replace(snapshots=True, write_latency=3.0, sync_delay_rate=0.3, max_sync_delay=8.0,
+                                      extra_snapshot_rate=0.2)
+"""Saves slower than a round trip to the followers: leaders often apply,
+and snapshot, entries their own disk does not hold yet."""
+
 RUNTIME_CASES = [
     # name, runtime, core, config, peers, invariants expected
     ("eager-acks", EagerAcksRuntime, AcksAfterPersist, CRASHY_DISKS, 3, {"commit-quorum", "ack-durability"}),
@@ -193,6 +199,7 @@ RUNTIME_CASES = [
     ("early-persisted", EarlyPersistedRuntime, Raft, PIPELINED, 3, {"apply-durability", "commit-quorum"}),
     ("early-persisted", EarlyPersistedRuntime, Raft, PIPELINED, 5, {"apply-durability", "commit-quorum"}),
     ("no-term-barrier", NoTermBarrierRuntime, Raft, CRASHY_DISKS, 3, {"ack-durability"}),
+    ("eager-compaction", EagerCompactionRuntime, Raft, SLOW_LEADER_SAVES, 3, {"core-error"}),
 ]
 
 RUNTIME_SEED_BUDGET = 60
@@ -200,7 +207,8 @@ RUNTIME_SEED_BUDGET = 60
 the first catch came at window offset: eager-acks 0 (every window, 3 and 5
 peers), early-persisted 0 (every window), no-term-barrier at most 24 (3
 peers, crashy disks). From seed 0 on, the catches are at seed 0, 0, 0, 0
-and 5 respectively.
+and 5 respectively; eager-compaction is caught at seed 0 (LogStorage.compact
+refuses to compact past the end of the log).
 
 A runtime that skips the barrier for a snapshot to install is no longer in
 this list: the core itself holds back every acknowledgement while a received
