@@ -263,11 +263,7 @@ class Peer:
             await self._stopped.wait()
             return
         if transfer_leadership and self._fatal is None and self.is_leader and len(self._core.membership.voters) > 1:
-            try:
-                new = await self.transfer_leadership(self._successor())
-                self._log.info("%s: handed leadership to %s before stopping", self.name, new)
-            except RaftError as exc:
-                self._log.info("%s: stopping without a leadership transfer: %s", self.name, exc)
+            await self._hand_over("stopping", deadline=None)
         if self._stopping:
             await self._stopped.wait()
             return
@@ -471,9 +467,11 @@ class Peer:
     async def leave(self, timeout: float | None = None) -> None:
         """Remove this peer from the cluster, then stop it.
 
-        A leader first hands leadership over, so the cluster does not wait
-        out an election timeout; if the handover fails by itself (within two
-        maximum election timeouts) it leaves without one. A peer that has
+        A leader first hands leadership over (as :meth:`stop` does, to the
+        most up-to-date follower heard from within an election timeout), so
+        the cluster does not wait out an election timeout; if the handover
+        fails by itself (within two maximum election timeouts) it leaves
+        without one. A peer that has
         not learned the configuration yet (it joined moments ago) asks the
         leader all the same. ``timeout`` bounds the handover and the removal
         together (not the stop that follows).
@@ -493,26 +491,29 @@ class Peer:
             if set(membership.voters) == {self.name}:
                 raise ConfigError(f"{self.name} is the only voter; a cluster cannot lose its last voter")
             if self.is_leader and self.name in membership.voters:
-                await self._hand_over_before_leaving(deadline)
+                await self._hand_over("leaving", deadline)
             await self.remove_member(self.name, timeout=_remaining(loop, deadline))
         await self.stop(transfer_leadership=False)
 
-    async def _hand_over_before_leaving(self, deadline: float | None) -> None:
-        """Transfer leadership for :meth:`leave`; raise Timeout if ``deadline``
-        passes first. A transfer that fails within its own limit is logged:
-        the leader then removes itself without one."""
+    async def _hand_over(self, doing: str, deadline: float | None) -> None:
+        """Transfer leadership before :meth:`stop` or :meth:`leave` (``doing``
+        says which, for the log) to :meth:`_successor`. A transfer that fails
+        within its own limit is logged: the peer then goes on without one.
+        Raises Timeout (for :meth:`leave`) if ``deadline`` passes first."""
         loop = asyncio.get_running_loop()
         limit = self._transfer_limit()
         remaining = _remaining(loop, deadline)
         try:
-            await self.transfer_leadership(timeout=_min_timeout(limit, remaining))
+            new = await self.transfer_leadership(self._successor(), timeout=_min_timeout(limit, remaining))
         except Timeout as exc:
             if remaining is not None and remaining <= limit:
                 raise Timeout(f"{self.name} could not leave within the time allowed ({exc}); it is still "
                               f"a member and keeps running") from None
-            self._log.info("%s: leaving without a leadership transfer: %s", self.name, exc)
+            self._log.info("%s: %s without a leadership transfer: %s", self.name, doing, exc)
         except RaftError as exc:
-            self._log.info("%s: leaving without a leadership transfer: %s", self.name, exc)
+            self._log.info("%s: %s without a leadership transfer: %s", self.name, doing, exc)
+        else:
+            self._log.info("%s: handed leadership to %s before %s", self.name, new, doing)
 
     # -- membership changes ------------------------------------------------------------
 
@@ -830,10 +831,10 @@ class Peer:
         return 4 * self.config.election_ticks * self.config.tick_interval
 
     def _successor(self) -> NodeId | None:
-        """The voter a stopping leader hands over to: the most up-to-date of
-        those heard from within an election timeout, preferring those whose
-        connection here is still open (``None``: none was heard from, and
-        the core chooses). The core's own choice counts every follower as
+        """The voter a leader hands over to when it stops or leaves: the
+        most up-to-date of those heard from within an election timeout,
+        preferring those whose connection here is still open (``None``: none
+        was heard from, and the core chooses). The core's own choice counts every follower as
         active for a while after an election, when it may pick one that
         stopped long before and wait out the transfer."""
         now = self._loop.time()

@@ -217,6 +217,20 @@ class Cluster:
     async def stop(self, name: str) -> None:
         await self.peers[name].stop()
 
+    async def stop_a_follower_the_leader_would_pick(self, leader: raftlib.Peer) -> tuple[raftlib.Peer, raftlib.Peer]:
+        """In a cluster of three, stop a follower of ``leader`` and let an
+        election timeout pass; then make ``leader``'s core see both followers
+        as it does right after an election: active and equally up to date.
+        The core's own transfer target is then the stopped one (its name
+        sorts first). Returns the stopped follower and the running one."""
+        dead, alive = sorted((p for p in self.peers.values() if p is not leader), key=lambda p: p.name)
+        await dead.stop()
+        await asyncio.sleep(2 * self.config.election_ticks * self.config.tick_interval)
+        for p in (alive, dead):
+            leader._core.progress[p.name].recent_active = True
+            leader._core.progress[p.name].match = leader._core.progress[alive.name].match
+        return dead, alive
+
     async def close(self) -> None:
         for p in self.peers.values():
             await p.stop(transfer_leadership=False)

@@ -639,3 +639,36 @@ async def test_leave_on_a_leader_whose_handover_stalls_gives_up_within_its_timeo
         assert set(new.membership.voters) == set(cluster.addresses) - {leader.name}
     finally:
         await cluster.close()
+
+
+async def test_a_leaving_leader_hands_over_to_a_follower_it_hears_from(lmdb_cluster: Cluster) -> None:
+    """leave() on a leader soon after a follower stopped hands over to the
+    follower still running, not to the stopped one the core would pick."""
+    cluster = lmdb_cluster
+    await cluster.start(3)
+    old = await cluster.leader()
+    await old.write(["set", "a", 1])
+    dead, alive = await cluster.stop_a_follower_the_leader_would_pick(old)
+    targets: list[str] = []
+    start_transfer = old._core.transfer_leadership
+
+    def spy(target: str | None = None) -> str:
+        targets.append(start_transfer(target))
+        return targets[-1]
+
+    old._core.transfer_leadership = spy  # type: ignore[method-assign]
+    leaving = asyncio.ensure_future(old.leave(timeout=30))
+    try:
+        await eventually(lambda: targets)
+        assert targets == [alive.name]
+        # With the stopped follower back, the two remaining voters commit the removal.
+        await eventually(lambda: alive.is_leader)
+        await cluster.start_peer(dead.name)
+        await leaving
+    finally:
+        leaving.cancel()
+        await asyncio.gather(leaving, return_exceptions=True)
+    assert targets == [alive.name] and old._stopping
+    new = await cluster.leader()
+    assert set(new.membership.voters) == {alive.name, dead.name}
+    assert await new.read(["get", "a"]) == ["ok", 1]
