@@ -7,7 +7,7 @@
     python -m raftlib.sim --seeds 1000 --pipeline on          # pipelined persistence in every seed
 
 Exit status: 0 when every seed passed, 1 on an invariant violation, 2 on a
-usage error.
+usage error, 130 when interrupted (Ctrl-C) before any seed failed.
 """
 
 from __future__ import annotations
@@ -89,15 +89,25 @@ def _many(start: int, count: int, peers: int, config: SimConfig, progress: bool,
         if bar is not None:
             bar.update()
 
+    summary = ManyResult(peers=peers)
+    interrupted = False
     try:
-        summary: ManyResult = run_many(range(start, start + count), peers, config, on_result=on_result)
+        run_many(range(start, start + count), peers, config, on_result=on_result, into=summary)
+    except KeyboardInterrupt:
+        interrupted = True
     finally:
         if bar is not None:
             bar.close()
     if summary.violation is not None:
         out.write(summary.violation.format() + "\n\n")
     out.write(summary.report() + "\n")
-    return 1 if summary.violation is not None else 0
+    if interrupted:
+        done = summary.seeds_run
+        out.write(f"interrupted after {done} of {count} seeds (--start {start + done} --seeds {count - done} "
+                  f"runs the rest)\n")
+    if summary.violation is not None:
+        return 1  # a violation found matters most, interrupted or not
+    return 130 if interrupted else 0  # 130 = 128 + SIGINT, as a shell reports a program Ctrl-C ended
 
 
 def main(argv: Sequence[str] | None = None) -> int:

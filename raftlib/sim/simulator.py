@@ -2400,44 +2400,55 @@ def run_many(
     *,
     on_result: Callable[[int, SimResult | None], None] | None = None,
     stop_on_violation: bool = True,
+    into: ManyResult | None = None,
     **kwargs: Any,
 ) -> ManyResult:
     """Run ``seeds`` one after another; stop at the first violation (kept in
     ``ManyResult.violation``) unless ``stop_on_violation`` is false (every
     failing seed is listed in ``ManyResult.failed_seeds``).
-    ``on_result(seed, result)`` is called after each seed (``None`` on failure)."""
-    out = ManyResult(peers=peers)
-    start = _time.perf_counter()
-    for seed in seeds:
-        if out.first_seed is None:
-            out.first_seed = seed
-        try:
-            res = run_seed(seed, peers, config, **kwargs)
-        except InvariantViolation as v:
-            out.seeds_run += 1
-            out.failed_seeds.append(seed)
-            if out.violation is None:
-                out.violation = v
-            if on_result is not None:
-                on_result(seed, None)
-            if stop_on_violation:
-                break
-            continue
-        out.seeds_run += 1
-        out.ticks += res.ticks
-        out.steps += res.steps
-        out.writes_acked += res.writes_acked
-        out.faults.update(res.faults)
-        out.seeds_with_snapshots += res.snapshots
-        out.snapshot_stats.update(res.snapshot_stats)
-        out.membership_stats.update(res.membership_stats)
-        out.seeds_with_changes += res.membership_stats.get("committed", 0) > 0
-        out.seeds_with_pipeline += res.pipeline
-        depth = max(out.pipeline_stats["max_depth"], res.pipeline_stats.get("max_depth", 0))
-        out.pipeline_stats.update(res.pipeline_stats)
-        out.pipeline_stats["max_depth"] = depth
-        if on_result is not None:
-            on_result(seed, res)
-    out.elapsed = _time.perf_counter() - start
-    return out
+    ``on_result(seed, result)`` is called after each seed (``None`` on failure).
 
+    The results are added to ``into`` (a new ``ManyResult(peers=peers)`` by
+    default) as each seed ends, so that a caller that passes its own still
+    has those of the seeds that completed if the run is interrupted (an
+    exception from ``on_result``, or ``KeyboardInterrupt``, which propagates).
+    Raises ``ValueError`` if ``into`` is for another number of peers.
+    """
+    if into is not None and into.peers != peers:
+        raise ValueError(f"into= is a ManyResult for {into.peers} peers, not {peers}")
+    out = into if into is not None else ManyResult(peers=peers)
+    start = _time.perf_counter()
+    try:
+        for seed in seeds:
+            if out.first_seed is None:
+                out.first_seed = seed
+            try:
+                res = run_seed(seed, peers, config, **kwargs)
+            except InvariantViolation as v:
+                out.seeds_run += 1
+                out.failed_seeds.append(seed)
+                if out.violation is None:
+                    out.violation = v
+                if on_result is not None:
+                    on_result(seed, None)
+                if stop_on_violation:
+                    break
+                continue
+            out.seeds_run += 1
+            out.ticks += res.ticks
+            out.steps += res.steps
+            out.writes_acked += res.writes_acked
+            out.faults.update(res.faults)
+            out.seeds_with_snapshots += res.snapshots
+            out.snapshot_stats.update(res.snapshot_stats)
+            out.membership_stats.update(res.membership_stats)
+            out.seeds_with_changes += res.membership_stats.get("committed", 0) > 0
+            out.seeds_with_pipeline += res.pipeline
+            depth = max(out.pipeline_stats["max_depth"], res.pipeline_stats.get("max_depth", 0))
+            out.pipeline_stats.update(res.pipeline_stats)
+            out.pipeline_stats["max_depth"] = depth
+            if on_result is not None:
+                on_result(seed, res)
+    finally:
+        out.elapsed = _time.perf_counter() - start
+    return out

@@ -273,6 +273,61 @@ def test_cli_exit_code_on_violation(monkeypatch: pytest.MonkeyPatch) -> None:
     assert rc == 1 and "FAIL: seed 0" in text
 
 
+def test_cli_interrupted_reports_the_seeds_that_completed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ctrl-C during a sweep prints the summary of the seeds that completed,
+    # says where to resume, and exits with 130 (128 + SIGINT).
+    from raftlib.sim import simulator
+
+    real_run_seed = simulator.run_seed
+
+    def run_seed(seed: int, *args: Any, **kwargs: Any) -> Any:
+        if seed == 13:
+            raise KeyboardInterrupt
+        return real_run_seed(seed, *args, **kwargs)
+
+    monkeypatch.setattr(simulator, "run_seed", run_seed)
+    rc, text = _cli("--seeds", "10", "--start", "10", "--set", "ticks=50")
+    assert rc == 130
+    assert "ran 3 seeds (3 peers)" in text and "OK: 3 seeds" in text
+    assert "interrupted after 3 of 10 seeds" in text and "--start 13 --seeds 7" in text
+
+
+def test_cli_interrupted_after_a_violation_reports_it_and_exits_with_1(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A failed seed outweighs the interruption: exit status 1, and its
+    # replay line is printed as in a run that was not interrupted.
+    import functools
+
+    import raftlib.sim.__main__ as cli
+    from raftlib.sim import simulator
+
+    monkeypatch.setattr(simulator, "run_seed",
+                        functools.partial(simulator.run_seed, core_factory=VoteWithoutUpToDateCheck))
+
+    def interrupt(self: Any, n: int = 1) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli.ProgressBar, "update", interrupt)  # Ctrl-C in the on_result hook of seed 0
+    rc, text = _cli("--seeds", "20", "--progress")
+    assert rc == 1
+    assert "FAIL: seed 0" in text and "replay: run_seed(0, 3, SimConfig(), core_factory=" in text
+    assert "interrupted after 1 of 20 seeds" in text
+
+
+def test_run_many_into_keeps_the_seeds_that_completed_when_interrupted() -> None:
+    from raftlib.sim import ManyResult
+
+    def on_result(seed: int, result: Any) -> None:
+        if seed == 2:
+            raise KeyboardInterrupt
+
+    summary = ManyResult(peers=3)
+    with pytest.raises(KeyboardInterrupt):
+        run_many(range(5), 3, SimConfig(ticks=50), on_result=on_result, into=summary)
+    assert summary.seeds_run == 3 and summary.first_seed == 0 and summary.ticks > 0 and summary.elapsed > 0
+    with pytest.raises(ValueError, match="5 peers"):
+        run_many(range(1), 3, into=ManyResult(peers=5))
+
+
 def test_cli_rejects_bad_settings() -> None:
     with pytest.raises(SystemExit) as info:
         _cli("--seeds", "3", "--set", "no_such_field=1")
