@@ -878,13 +878,16 @@ class Transport:
         except Exception:
             self.log.exception("%s: closing connection from %s after an unexpected error", self.name, conn.remote)
         finally:
+            # close() may cancel us here too (the remote had just hung up): the
+            # task is ending anyway and must end normally, as above, and still
+            # release the socket.
             for cleanup in conn.on_close:
                 try:
                     await cleanup()
+                except asyncio.CancelledError:
+                    pass
                 except Exception:
                     self.log.exception("%s: cleanup for the connection from %s failed", self.name, conn.remote)
-            # close() may cancel us here too (the remote had just hung up): the
-            # task is ending anyway and must end normally, as above.
             with contextlib.suppress(asyncio.CancelledError):
                 await _close_writer(writer)
             self._inbound.pop(task, None)

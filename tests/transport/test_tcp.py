@@ -676,6 +676,29 @@ async def test_close_closes_a_connection_accepted_just_before() -> None:
         client.close()
 
 
+async def test_close_closes_a_connection_whose_cleanup_is_still_running(make_node: MakeNode) -> None:
+    """close() cancels the task of a connection that ended while it awaits a
+    cleanup (on_close) of an on_frame handler: the socket is closed all the same."""
+    entered = asyncio.Event()
+    conns: list[Connection] = []
+
+    async def slow_cleanup() -> None:
+        entered.set()
+        await asyncio.Event().wait()  # until cancelled
+
+    async def on_frame(type_name: str, body: Any, conn: Connection) -> None:
+        conns.append(conn)
+        conn.on_close.append(slow_cleanup)
+
+    a = await make_node("a", on_frame=on_frame)
+    _, writer = await introduce(a.address, "client", encode_frame("Ping", [1]))
+    await wait_until(lambda: bool(conns), what="the client's frame")
+    writer.close()  # the connection ends; its cleanup starts and waits
+    await asyncio.wait_for(entered.wait(), 5)
+    await a.transport.close()
+    assert conns[0].closed
+
+
 async def test_close_before_start() -> None:
     transport = Transport("a", "127.0.0.1:0", on_message=lambda msg: None)
     await transport.close()
