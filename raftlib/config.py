@@ -89,8 +89,9 @@ class Config:
     """Connections accepted at once (peers, clients, snapshot transfers).
     Beyond it a new connection takes the place of the one idle longest
     among those past their Hello, except each member's Raft link (clients
-    of ``raftlib.connect`` reconnect by themselves); if there is none, the
-    new one is closed at once. Both are logged."""
+    of ``raftlib.connect`` reconnect by themselves): first among those with
+    no request or change feed in progress, and only if all have one, among
+    all. If there is none, the new one is closed at once. Both are logged."""
     hello_timeout: float = 5.0
     """Seconds an accepted connection has to send its first frame (``Hello``)
     before it is closed. Until then a frame may hold at most 64 KiB."""

@@ -86,6 +86,7 @@ class RequestServer:
             return
         task = asyncio.get_running_loop().create_task(self._serve(rid, op, args, conn), name=f"raftlib-request-{op[:32]}")
         mine[rid] = task
+        conn.track(task)  # a connection waiting for an answer, or with a stream open, is not idle
         self._tasks.add(task)
         task.add_done_callback(lambda _: mine.pop(rid, None))
         task.add_done_callback(self._tasks.discard)

@@ -19,7 +19,10 @@ complete its Hello, at most :data:`HELLO_MAX_FRAME_SIZE` bytes, within
 the place of the one idle longest (no frame in or out) among those past
 their Hello, except the Raft link of each member of the configuration: a
 stranger that introduces itself on every slot and goes silent cannot lock
-out clients or members. Every Raft message passes
+out clients or members. Connections with work in progress (``on_frame``
+running for one of their frames, or a task given to
+:meth:`Connection.track`: a request being answered, a stream open) make
+room only when all have some. Every Raft message passes
 :func:`~raftlib.transport.framing.decode_message` (types) and
 :func:`~raftlib.transport.framing.check_message` (values) before ``on_message``.
 
@@ -372,11 +375,33 @@ class Connection:
         """Cleanups an ``on_frame`` handler registers; run once when the connection ends."""
         self._active_at = asyncio.get_running_loop().time()
         """When a frame last came in or went out (read or written), for eviction."""
+        self._busy: set[asyncio.Task[Any]] = set()
+        """The unfinished tasks given to :meth:`track`, for eviction."""
+        self._handling = False
+        """Whether ``on_frame`` is running for a frame of this connection, for eviction."""
 
     @property
     def closed(self) -> bool:
         """Whether the connection is closed or closing."""
         return self._writer.is_closing()
+
+    def track(self, task: asyncio.Task[Any]) -> None:
+        """Count ``task`` as work in progress for this connection until it ends.
+
+        For an ``on_frame`` handler that answers in a task of its own (a
+        request waiting for a commit, a stream that may send nothing for a
+        long time): while such work is in progress the connection is not
+        idle, however long it has sent and received nothing: when the
+        transport must close a connection to make room
+        (``max_inbound_connections``), it closes one with nothing in
+        progress, and one with work in progress only if all have some. (The
+        connection counts as busy while ``on_frame`` runs for one of its
+        frames too.) The task is not cancelled here when the connection
+        closes; register that in :attr:`on_close`.
+        """
+        if not task.done():
+            self._busy.add(task)
+            task.add_done_callback(self._busy.discard)
 
     async def send_frame(self, type_name: str, body: Any) -> None:
         """Write one frame back to the peer and wait for buffer space.
@@ -492,8 +517,10 @@ class Transport:
             frames are dropped (the newest frame is always queued).
         max_inbound_connections: connections served at once. Beyond it a new
             connection takes the place of the one idle longest among those
-            past their Hello, the Raft link of each peer :meth:`set_address`
-            named excepted (with a warning at most every
+            past their Hello (first those with no work in progress: no
+            ``on_frame`` running for them, nothing :meth:`Connection.track`
+            counts), the Raft link of each peer
+            :meth:`set_address` named excepted (with a warning at most every
             :data:`REFUSAL_LOG_INTERVAL` seconds per remote host); if there is
             none, it is closed as it arrives (with a warning at most once a second).
         hello_timeout: seconds an accepted connection has to complete its
@@ -945,34 +972,44 @@ class Transport:
         return conn is not None and not conn.closed
 
     def _evict_idlest(self) -> bool:
-        """Close the connection idle longest among those past their Hello, to
-        make room for a new one; False if there is none.
+        """Close the connection idle longest among those past their Hello
+        with nothing in progress (no ``on_frame`` running for it, no task
+        given to :meth:`Connection.track` running), or if every one has
+        something in progress, the one idle longest of all, to make room for
+        a new one; False if there is none.
 
         The Raft link of a member (the connection its latest Raft message
         came on, for a name :meth:`set_address` gave) is never closed, so
-        strangers cannot cut members off. A client closed here reconnects
-        (``raftlib.connect`` does so by itself); connections still in their
-        handshake or Hello are bounded by their timeouts instead.
+        strangers cannot cut members off. A connection with work in progress
+        (a client waiting for a write, or with a change feed open) is closed
+        only when all are busy, so that work in progress cannot lock new
+        connections out. A client closed here reconnects (``raftlib.connect``
+        does so by itself); connections still in their handshake or Hello
+        are bounded by their timeouts instead.
         """
         victim: tuple[asyncio.Task[Any], Connection] | None = None
+        victim_key = (True, 0.0)
         for task, conn in self._inbound.items():
             name = conn.peer_name
             if name is None or (self._raft_links.get(name) is conn and name in self._addresses
                                 and name not in self._learned):
                 continue
-            if victim is None or conn._active_at < victim[1]._active_at:
-                victim = (task, conn)
+            key = (conn._handling or bool(conn._busy), conn._active_at)
+            if victim is None or key < victim_key:
+                victim, victim_key = (task, conn), key
         if victim is None:
             return False
         task, conn = victim
+        busy = len(conn._busy) + conn._handling
         del self._inbound[task]
         self._evicted.add(task)
         conn._writer.transport.abort()  # its task sees the end of the stream and cleans up
         self.stats["evicted"] += 1
         idle = asyncio.get_running_loop().time() - conn._active_at
+        doing = f" with {busy} request(s) in progress (as every connection it could close)" if busy else ""
         self._warn_per_host(
             conn.remote, "evicted",
-            f"closed the connection of {conn.peer_name!r} from {conn.remote}, idle for {idle:.1f} s, to make "
+            f"closed the connection of {conn.peer_name!r} from {conn.remote}, idle for {idle:.1f} s{doing}, to make "
             f"room for a new one ({len(self._inbound) + 1} connections open, max_inbound_connections)",
         )
         return True
@@ -1084,9 +1121,12 @@ class Transport:
         so does a ConnectionError (the far end went away while it answered);
         others are logged."""
         assert self._on_frame is not None
+        conn._handling = True  # work in progress, for eviction
         try:
             await self._on_frame(type_name, body, conn)
         except (ProtocolError, ConnectionError, asyncio.CancelledError):
             raise
         except Exception:
             self.log.exception("%s: on_frame failed for a %s frame from %s", self.name, type_name[:64], conn.remote)
+        finally:
+            conn._handling = False

@@ -12,6 +12,7 @@ import pytest
 
 import raftlib
 from raftlib import codec, errors
+from raftlib.transport.framing import encode_frame
 
 from clusterkit import FAST, Cluster, KVStore, eventually
 
@@ -1158,13 +1159,61 @@ async def test_a_lease_read_on_a_late_clock_takes_a_heartbeat_round(cluster: Clu
 # -- connection limits --------------------------------------------------------------------
 
 
+async def _stranger_holding_a_slot(address: str, name: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection that introduces itself as ``name``, asks for the status,
+    waits for the answer (it holds a slot) or for the connection to close
+    (refused), and goes silent."""
+    host, port = address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(encode_frame("Hello", [name, ""]) + encode_frame("Request", [1, "status", {}]))
+    with contextlib.suppress(ConnectionError):
+        await reader.read(1)
+    return reader, writer
+
+
+Streams = list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]
+
+
+@contextlib.asynccontextmanager
+async def _one_peer_and_a_client(tmp_path: Any, limit: int, sm: Any = KVStore) -> AsyncIterator[
+    tuple[raftlib.Peer, raftlib.Client, Streams]
+]:
+    """A one-member cluster serving ``limit`` connections, a client connected
+    to it, and a list for the strangers the test opens; all closed on exit."""
+    cluster = Cluster(tmp_path, config=dataclasses.replace(FAST, max_inbound_connections=limit))
+    strangers: Streams = []
+    client: raftlib.Client | None = None
+    try:
+        peer = (await cluster.start(1, sm=sm))["s1"]
+        client = await raftlib.connect([peer.address], timeout=10)
+        yield peer, client, strangers
+    finally:
+        if client is not None:
+            await client.close()
+        for _, writer in strangers:
+            writer.close()
+        await cluster.close()
+
+
+async def _collect_changes(client: raftlib.Client, seen: list[Any]) -> None:
+    """Append the command of every change ``client.listen()`` yields to ``seen``."""
+    async for change in client.listen():
+        seen.append(change.command)
+
+
+async def _fill_the_slots(peer: raftlib.Peer, count: int, strangers: Streams) -> None:
+    """``count`` silent strangers, one after the other, until the peer has evicted one connection."""
+    for i in range(count):
+        strangers.append(await _stranger_holding_a_slot(peer.address, f"idle{i}"))
+    await eventually(lambda: peer._transport.stats["evicted"] == 1)
+
+
 async def test_idle_strangers_holding_every_slot_lock_out_neither_clients_nor_members(tmp_path: Any) -> None:
     """A stranger that introduces itself on every connection slot of every
     member and goes silent: a new client is served, a member that restarts
-    is heard by the leader again, and a client idle since before (its change
-    feed included) goes on, reconnecting if its connection made room."""
-    from raftlib.transport.framing import encode_frame
-
+    is heard by the leader again, a client idle since before goes on,
+    reconnecting as its connection made room, and a client with a change
+    feed open keeps its connection (the feed is in progress)."""
     limit = 6
     cluster = Cluster(tmp_path, config=dataclasses.replace(FAST, max_inbound_connections=limit))
     strangers: list[asyncio.StreamWriter] = []
@@ -1176,6 +1225,10 @@ async def test_idle_strangers_holding_every_slot_lock_out_neither_clients_nor_me
         leader = await cluster.leader()
         client = await raftlib.connect([p.address for p in peers.values()], timeout=10)
         clients.append(client)
+        idler = await raftlib.connect([p.address for p in peers.values()], timeout=10)
+        clients.append(idler)
+        await idler.write(["set", "idle", 0])
+        idle_connection = idler._conn
 
         async def consume() -> None:
             async for change in client.listen():
@@ -1183,25 +1236,24 @@ async def test_idle_strangers_holding_every_slot_lock_out_neither_clients_nor_me
 
         feed = asyncio.ensure_future(consume())
         await client.write(["set", "k", 0])
-        await eventually(lambda: seen == [["set", "k", 0]])
-        idle_connection = client._conn
+        await eventually(lambda: seen == [["set", "idle", 0], ["set", "k", 0]])
+        feed_connection = client._conn
 
         for peer in peers.values():
-            host, port = peer.address.rsplit(":", 1)
             for i in range(limit + 2):
-                reader, writer = await asyncio.open_connection(host, int(port))
+                _, writer = await _stranger_holding_a_slot(peer.address, f"idle{i}")
                 strangers.append(writer)
-                writer.write(encode_frame("Hello", [f"idle{i}", ""]) + encode_frame("Request", [1, "status", {}]))
-                with contextlib.suppress(ConnectionError):
-                    await reader.read(1)  # answered (it holds a slot) or closed (refused); then silent
 
         newcomer = await raftlib.connect([p.address for p in peers.values()], timeout=5)
         clients.append(newcomer)
         assert await newcomer.write(["set", "new", 1]) == ["ok", "new", 1]
 
+        assert await idler.write(["set", "idle", 1]) == ["ok", "idle", 1]
+        assert idler._conn is not idle_connection  # it made room, and the client reconnected
         await client.write(["set", "k", 1])
-        await eventually(lambda: seen == [["set", "k", 0], ["set", "new", 1], ["set", "k", 1]])  # no gap, no repeat
-        assert client._conn is not idle_connection  # it made room, and the client reconnected
+        await eventually(lambda: seen == [["set", "idle", 0], ["set", "k", 0], ["set", "new", 1], ["set", "idle", 1],
+                                          ["set", "k", 1]])  # no gap, no repeat
+        assert client._conn is feed_connection  # strangers made room before it
 
         follower = next(p for p in peers.values() if p is not leader)
         await follower.stop()
@@ -1220,3 +1272,54 @@ async def test_idle_strangers_holding_every_slot_lock_out_neither_clients_nor_me
         for writer in strangers:
             writer.close()
         await cluster.close()
+
+
+async def test_a_client_with_an_open_change_feed_keeps_its_connection_when_strangers_need_room(tmp_path: Any) -> None:
+    """The feed has sent nothing for longer than any stranger, but it is in
+    progress: a stranger with nothing in progress makes room instead."""
+    limit = 3
+    seen: list[Any] = []
+    async with _one_peer_and_a_client(tmp_path, limit) as (peer, client, strangers):
+        feed = asyncio.ensure_future(_collect_changes(client, seen))
+        try:
+            await client.write(["set", "k", 0])
+            await eventually(lambda: seen == [["set", "k", 0]])
+            connection = client._conn
+            assert connection is not None
+
+            await _fill_the_slots(peer, limit, strangers)  # one more than the free slots
+            reader, _ = strangers[0]
+            await asyncio.wait_for(reader.read(), 5)  # the first stranger made room: its connection ends
+
+            await client.write(["set", "k", 1])
+            await eventually(lambda: seen == [["set", "k", 0], ["set", "k", 1]])
+            assert client._conn is connection and not connection.closed
+            assert peer._transport.stats["evicted"] == 1
+        finally:
+            feed.cancel()
+            await asyncio.gather(feed, return_exceptions=True)
+
+
+async def test_a_client_waiting_for_a_slow_write_keeps_its_connection_when_strangers_need_room(tmp_path: Any) -> None:
+    limit = 3
+    async with _one_peer_and_a_client(tmp_path, limit, sm=GatedKV) as (peer, client, strangers):
+        sm = peer.state_machine
+        assert isinstance(sm, GatedKV)
+        await client.write(["set", "k", 0])
+        connection = client._conn
+        assert connection is not None
+        write = asyncio.ensure_future(client.write(["slow", "k", 1]))
+        try:
+            await sm.entered.wait()
+            await _fill_the_slots(peer, limit, strangers)
+            reader, _ = strangers[0]
+            await asyncio.wait_for(reader.read(), 5)  # the first stranger made room: its connection ends
+
+            sm.gate.set()
+            assert await write == ["ok", "k", 1]
+            assert client._conn is connection and not connection.closed
+            assert peer._transport.stats["evicted"] == 1
+        finally:
+            sm.gate.set()
+            write.cancel()
+            await asyncio.gather(write, return_exceptions=True)

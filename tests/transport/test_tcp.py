@@ -750,6 +750,105 @@ async def test_idle_strangers_holding_every_slot_make_room_for_clients_and_membe
             writer.close()
 
 
+def holding_on_frame(held: dict[str, asyncio.Event]) -> Callable[[str, Any, Connection], Awaitable[None]]:
+    """An ``on_frame`` that, for a ``Hold`` frame, tracks a task on the
+    connection that runs until ``held[name].set()`` (or the connection ends)."""
+
+    async def on_frame(type_name: str, body: Any, conn: Connection) -> None:
+        assert conn.peer_name is not None
+        release = held.setdefault(conn.peer_name, asyncio.Event())
+        task = asyncio.get_running_loop().create_task(release.wait())
+
+        async def stop() -> None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+        conn.on_close.append(stop)
+        conn.track(task)
+
+    return on_frame
+
+
+async def test_a_connection_with_work_in_progress_is_evicted_after_those_without(make_node: MakeNode) -> None:
+    held: dict[str, asyncio.Event] = {}
+    a = await make_node("a", max_inbound_connections=3, on_frame=holding_on_frame(held))
+    opened: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    try:
+        opened.append(await introduce(a.address, "waiting", encode_frame("Hold", [])))  # silent longest, but busy
+        await wait_until(lambda: "waiting" in held, what="the first connection's work")
+        for i in range(4):
+            opened.append(await introduce(a.address, f"idle{i}"))
+            await wait_until(lambda: a.transport.stats["frames_received"] == 3 + i, what="a stranger's Hello")
+        assert a.transport.stats["evicted"] == 2
+        for reader, _ in opened[1:3]:  # the strangers idle longest
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+        assert not held["waiting"].is_set()
+        assert any(conn.peer_name == "waiting" for conn in a.transport._inbound.values())
+
+        held["waiting"].set()  # done: now it is the one idle longest with nothing in progress
+        await wait_until(lambda: all(not conn._busy for conn in a.transport._inbound.values()), what="the work's end")
+        opened.append(await introduce(a.address, "late"))
+        reader, _ = opened[0]
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        assert a.transport.stats["evicted"] == 3
+    finally:
+        for _, writer in opened:
+            writer.close()
+
+
+async def test_a_connection_whose_frame_is_being_handled_is_evicted_after_those_without(make_node: MakeNode) -> None:
+    """An ``on_frame`` that takes long (storing a snapshot, say) keeps its connection busy while it runs."""
+    release = asyncio.Event()
+    handling: list[str] = []
+
+    async def on_frame(type_name: str, body: Any, conn: Connection) -> None:
+        assert conn.peer_name is not None
+        handling.append(conn.peer_name)
+        await release.wait()
+
+    a = await make_node("a", max_inbound_connections=2, on_frame=on_frame)
+    opened: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    try:
+        opened.append(await introduce(a.address, "storing", encode_frame("Slow", [])))
+        await wait_until(lambda: handling == ["storing"], what="the first connection's frame")
+        for i in range(2):
+            opened.append(await introduce(a.address, f"idle{i}"))
+            await wait_until(lambda: a.transport.stats["frames_received"] == 3 + i, what="a stranger's Hello")
+        reader, _ = opened[1]
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        assert a.transport.stats["evicted"] == 1
+        assert sorted(conn.peer_name or "" for conn in a.transport._inbound.values()) == ["idle1", "storing"]
+    finally:
+        release.set()
+        for _, writer in opened:
+            writer.close()
+
+
+async def test_when_every_connection_has_work_in_progress_the_one_idle_longest_makes_room(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Work in progress must not let anyone lock new connections out."""
+    held: dict[str, asyncio.Event] = {}
+    a = await make_node("a", max_inbound_connections=3, on_frame=holding_on_frame(held))
+    opened: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    try:
+        for i in range(3):
+            opened.append(await introduce(a.address, f"busy{i}", encode_frame("Hold", [])))
+            await wait_until(lambda: len(held) == i + 1, what="a connection's work")
+        with caplog.at_level(logging.WARNING, logger=LOGGER):
+            opened.append(await introduce(a.address, "newcomer", encode_frame("Hold", [])))
+            await wait_until(lambda: "newcomer" in held, what="the newcomer's work")
+        reader, _ = opened[0]
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        assert a.transport.stats["evicted"] == 1
+        assert a.transport.stats["over_capacity"] == 0
+        assert sorted(conn.peer_name or "" for conn in a.transport._inbound.values()) == ["busy1", "busy2", "newcomer"]
+        assert any("1 request(s) in progress" in r.getMessage() for r in caplog.records)
+    finally:
+        for _, writer in opened:
+            writer.close()
+
+
 async def test_a_members_idle_raft_link_is_kept_when_strangers_need_room(make_node: MakeNode) -> None:
     a = await make_node("a", max_inbound_connections=3)
     a.transport.set_address("m", "127.0.0.1:1")
