@@ -8,6 +8,15 @@ for a failure ``{"error": <class name>, "message": str, ...}``, which
 :func:`error_from_wire` turns back into the :mod:`raftlib.errors` exception
 the peer raised. Peers use this to forward requests to their leader (and a
 joining peer to ask to be added); clients outside the cluster use it too.
+
+A streaming request (``listen``) is answered with any number of ``Stream
+[id, item]`` frames, then the ``Response`` that ends it; ``Cancel [id]``
+from the caller stops it. A request that carries ``"keepalive": seconds``
+among its args also gets ``Keepalive [id]`` frames while the stream has
+nothing to send, at least one in every two such intervals, so that the
+caller can tell a quiet stream from a hung peer (whose connection stays
+open, silent). Only callers that ask get them: a caller that knows no
+``Keepalive`` frame never sees one.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from .transport.framing import FrameDecoder, encode_frame
 from .security import AUTH_OK, CHALLENGE, Security
 from .transport.tcp import HELLO, connect_stream
 
-__all__ = ["REQUEST", "RESPONSE", "STREAM", "CANCEL", "RpcConnection", "error_to_wire", "error_from_wire", "check_request"]
+__all__ = ["REQUEST", "RESPONSE", "STREAM", "CANCEL", "KEEPALIVE", "RpcConnection", "error_to_wire", "error_from_wire", "check_request"]
 
 REQUEST = "Request"
 RESPONSE = "Response"
@@ -33,6 +42,14 @@ STREAM = "Stream"
 """One item of a streamed answer: ``[id, item]``; the final Response ends the stream."""
 CANCEL = "Cancel"
 """``[id]``: the caller no longer wants the answer (the peer stops the request or stream)."""
+KEEPALIVE = "Keepalive"
+"""``[id]``: stream ``id`` is alive and has had nothing to send; sent only on
+streams whose request asked for it with a ``"keepalive"`` interval."""
+
+KEEPALIVES_PER_SILENCE = 4
+"""A stream opened with ``idle_timeout=t`` asks for a keepalive every
+``t / 4`` seconds: a healthy peer then sends something at least every
+``t / 2`` (see :data:`KEEPALIVE`), which leaves the other half for delays."""
 
 STREAM_QUEUE_LIMIT = 10_000
 """Items of one stream received but not yet read; one more ends the stream
@@ -96,6 +113,8 @@ class RpcConnection:
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._streams: dict[int, asyncio.Queue[tuple[bool, Any]]] = {}
+        self._heard: dict[int, float] = {}
+        """For each stream opened with an idle_timeout, when a frame of it last came in."""
         self._decoder = FrameDecoder(max_frame_size)
         self._closed = False
         self._reading = asyncio.get_running_loop().create_task(self._read_loop(), name=f"raftlib-rpc-{address}")
@@ -148,7 +167,8 @@ class RpcConnection:
                 with contextlib.suppress(OSError, RuntimeError):
                     self._writer.write(encode_frame(CANCEL, [rid]))
 
-    async def stream(self, op: str, args: Mapping[str, Any]) -> AsyncIterator[Any]:
+    async def stream(self, op: str, args: Mapping[str, Any], *,
+                     idle_timeout: float | None = None) -> AsyncIterator[Any]:
         """Send a streaming request and yield each item the peer sends.
 
         Ends when the peer ends the stream; raises the peer's error,
@@ -156,6 +176,13 @@ class RpcConnection:
         :class:`~raftlib.errors.Overloaded` if the caller fell more than
         :data:`STREAM_QUEUE_LIMIT` items behind. Closing the generator early
         tells the peer to stop.
+
+        With ``idle_timeout``, the request asks the peer for keepalives (see
+        :data:`KEEPALIVE`), and the stream raises
+        :class:`~raftlib.errors.Timeout` once the peer has sent nothing for
+        it, neither an item nor a keepalive, for ``idle_timeout`` seconds:
+        the peer is hung, or the network to it is. (Items received but not
+        yet read count as sent.) Peers older than keepalives send none.
         """
         if self._closed:
             raise ConnectionLost(f"the connection to {self.address} is closed")
@@ -163,11 +190,18 @@ class RpcConnection:
         # One slot more than the items allowed, for the end of the stream.
         queue: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue(STREAM_QUEUE_LIMIT + 1)
         self._streams[rid] = queue
+        request = dict(args)
+        if idle_timeout is not None:
+            request["keepalive"] = idle_timeout / KEEPALIVES_PER_SILENCE
+            self._heard[rid] = asyncio.get_running_loop().time()
         finished = False
         try:
-            self._writer.write(encode_frame(REQUEST, [rid, op, dict(args)]))
+            self._writer.write(encode_frame(REQUEST, [rid, op, request]))
             while True:
-                more, item = await queue.get()
+                if idle_timeout is None or not queue.empty():
+                    more, item = await queue.get()
+                else:
+                    more, item = await self._next_within(queue, rid, idle_timeout)
                 if more:
                     yield item
                     continue
@@ -177,9 +211,27 @@ class RpcConnection:
                 return
         finally:
             self._streams.pop(rid, None)
+            self._heard.pop(rid, None)
             if not finished and not self._closed:
                 with contextlib.suppress(OSError, RuntimeError):
                     self._writer.write(encode_frame(CANCEL, [rid]))
+
+    async def _next_within(self, queue: asyncio.Queue[tuple[bool, Any]], rid: int,
+                           idle_timeout: float) -> tuple[bool, Any]:
+        """The next entry of stream ``rid``'s queue; raises :class:`~raftlib.errors.Timeout`
+        once its peer has sent nothing for it for ``idle_timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                async with asyncio.timeout_at(self._heard[rid] + idle_timeout):
+                    return await queue.get()
+            except TimeoutError:
+                # A keepalive that came meanwhile moved the deadline on.
+                if loop.time() >= self._heard[rid] + idle_timeout:
+                    raise errors.Timeout(
+                        f"{self.address} sent nothing on the stream for {idle_timeout:.3g} s, not even a "
+                        f"keepalive (the member or the network to it is hung)"
+                    ) from None
 
     async def _read_loop(self) -> None:
         reason: BaseException = ConnectionLost(f"{self.address} closed the connection")
@@ -215,6 +267,10 @@ class RpcConnection:
             self._writer.close()
 
     def _on_frame(self, type_name: str, body: Any) -> None:
+        if type_name == KEEPALIVE and type(body) is list and len(body) == 1 and type(body[0]) is int:
+            if body[0] in self._heard:
+                self._heard[body[0]] = asyncio.get_running_loop().time()
+            return
         if type_name == STREAM and type(body) is list and len(body) == 2:
             queue = self._streams.get(body[0]) if type(body[0]) is int else None
             if queue is not None and queue.qsize() >= STREAM_QUEUE_LIMIT:
@@ -229,6 +285,8 @@ class RpcConnection:
                     self._writer.write(encode_frame(CANCEL, [body[0]]))
             elif queue is not None:
                 queue.put_nowait((True, body[1]))
+                if body[0] in self._heard:
+                    self._heard[body[0]] = asyncio.get_running_loop().time()
             return
         if type_name in (CHALLENGE, AUTH_OK):
             # The handshake of a member secured with a shared secret, which

@@ -4,18 +4,24 @@ Each Request frame runs in its own task, so a slow request (a membership
 change waiting for a learner to catch up) does not hold up the others on the
 same connection; the answers go back as they finish. The tasks of a
 connection are cancelled when it closes, and all of them when the peer stops.
+
+A stream whose request asks for keepalives (``"keepalive": seconds``, see
+:data:`~raftlib.rpc.KEEPALIVE`) has one timer, which sends a keepalive at
+each tick that finds nothing sent since the one before; an item sent costs
+only a flag.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
 
 from . import codec
 from .config import check_timeout
 from .errors import CommandFailed, ConfigError, Overloaded, ProtocolError, RaftError
-from .rpc import CANCEL, RESPONSE, STREAM, check_request, error_to_wire
+from .rpc import CANCEL, KEEPALIVE, RESPONSE, STREAM, check_request, error_to_wire
 from .transport.framing import wire_problem
 from .transport.tcp import Connection
 
@@ -25,6 +31,9 @@ if TYPE_CHECKING:
 MAX_REQUESTS_PER_CONNECTION = 1024
 """Requests one connection may have outstanding; more are answered with
 :class:`~raftlib.errors.Overloaded` (not run)."""
+
+MIN_KEEPALIVE_INTERVAL = 0.02
+"""Shortest keepalive interval a stream may ask for; a shorter one gets this."""
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 StreamHandler = Callable[[dict[str, Any]], AsyncIterator[Any]]
@@ -112,8 +121,15 @@ class RequestServer:
         body: list[Any]
         try:
             if op in self.streams:
-                async for item in self.streams[op](args):
-                    await conn.send_frame(STREAM, [rid, item])
+                keepalive = _Keepalive.asked(args, conn, rid)
+                try:
+                    async for item in self.streams[op](args):
+                        if keepalive is not None:
+                            keepalive.sent = True
+                        await conn.send_frame(STREAM, [rid, item])
+                finally:
+                    if keepalive is not None:
+                        keepalive.stop()
                 body = [rid, True, None]
             elif handler is None:
                 raise ConfigError(f"unknown request {op[:64]!r}")
@@ -220,6 +236,44 @@ class RequestServer:
                     raise ProtocolError(f"the change at index {change.index} cannot be sent: {problem}; "
                                         f"listen from {change.index + 1} to go past it")
             yield item
+
+
+class _Keepalive:
+    """Sends ``Keepalive [id]`` on a stream at each tick of its timer that
+    finds nothing sent since the tick before: a stream that has nothing to
+    send is heard from at least every two intervals."""
+
+    __slots__ = ("sent", "_conn", "_rid", "_interval", "_timer")
+
+    def __init__(self, conn: Connection, rid: int, interval: float) -> None:
+        self.sent = False
+        """Whether the stream sent an item since the last tick."""
+        self._conn = conn
+        self._rid = rid
+        self._interval = interval
+        self._timer = asyncio.get_running_loop().call_later(interval, self._tick)
+
+    @classmethod
+    def asked(cls, args: dict[str, Any], conn: Connection, rid: int) -> _Keepalive | None:
+        """The keepalive timer the stream's request asked for, if any; raises
+        :class:`ConfigError` for an interval that is not a positive number."""
+        interval = arg(args, "keepalive", (int, float, type(None)), None)
+        if interval is None:
+            return None  # a caller that may not know Keepalive frames
+        if not (math.isfinite(interval) and interval > 0):
+            raise ConfigError(f"'keepalive' must be a positive number of seconds, got {interval!r}")
+        return cls(conn, rid, max(MIN_KEEPALIVE_INTERVAL, interval))
+
+    def _tick(self) -> None:
+        if self._conn.closed:
+            return
+        if not self.sent:
+            self._conn.try_send_frame(KEEPALIVE, [self._rid])
+        self.sent = False
+        self._timer = asyncio.get_running_loop().call_later(self._interval, self._tick)
+
+    def stop(self) -> None:
+        self._timer.cancel()
 
 
 _USER_RESULTS = {"write": "the write was applied", "session_write": "the write was applied",

@@ -414,6 +414,16 @@ class Connection:
         self._active_at = asyncio.get_running_loop().time()
         await self._writer.drain()
 
+    def try_send_frame(self, type_name: str, body: Any) -> bool:
+        """Write one small frame at once, from code that cannot wait (a timer),
+        unless the connection is closed or still has data to send (the peer
+        then has that to read first); return whether it was written. Such a
+        frame does not count as activity for eviction."""
+        if self._writer.is_closing() or self._writer.transport.get_write_buffer_size():
+            return False
+        self._writer.write(encode_frame(type_name, body))
+        return True
+
     def close(self) -> None:
         """Close the connection (the socket is released on the next loop iteration)."""
         self._writer.close()

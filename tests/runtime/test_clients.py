@@ -374,6 +374,44 @@ async def test_listen_after_a_restart_from_a_snapshot_can_say_at_once_that_it_ca
         await client.close()
 
 
+async def test_a_member_sends_keepalives_on_a_quiet_feed_only_when_asked(cluster: Cluster) -> None:
+    """A caller that does not ask (one that knows no Keepalive frame, which
+    would close its connection) gets none; one that asks gets them while the
+    feed has nothing to send; an interval that is not a positive number is refused."""
+    from raftlib.rpc import KEEPALIVE, RpcConnection
+
+    await cluster.start(3)
+    leader = await cluster.leader()
+    await leader.write(["set", "a", 1])
+    start = leader.status()["applied_index"] + 1
+    conn = await RpcConnection.open(leader.address)
+    frames: list[tuple[str, Any]] = []
+    on_frame = conn._on_frame
+    conn._on_frame = lambda t, b: (frames.append((t, b)), on_frame(t, b))[1]  # type: ignore[method-assign]
+    feeds: list[AsyncIterator[Any]] = []
+    try:
+        for bad in (0, -1.0, float("inf"), "1"):
+            with pytest.raises(errors.ConfigError, match="keepalive"):
+                await anext(aiter(conn.stream("listen", {"from_index": start, "keepalive": bad})))
+        feeds = [conn.stream("listen", {"from_index": start}), conn.stream("listen", {"from_index": start}),
+                 conn.stream("listen", {"from_index": start, "keepalive": 0.02})]
+        waiting: list[asyncio.Future[Any]] = []
+        for feed in feeds:
+            waiting.append(asyncio.ensure_future(anext(feed)))
+            await eventually(lambda: len(conn._streams) == len(waiting))
+            if len(waiting) == 2:
+                plain = set(conn._streams)
+        await eventually(lambda: sum(t == KEEPALIVE for t, _ in frames) >= 5)
+        assert {b[0] for t, b in frames if t == KEEPALIVE}.isdisjoint(plain)
+        await leader.write(["set", "b", 2])
+        for task in waiting:
+            assert (await asyncio.wait_for(task, 10))[2] == ["set", "b", 2]
+    finally:
+        for feed in feeds:
+            await feed.aclose()  # type: ignore[attr-defined]
+        await conn.close()
+
+
 # -- raftlib.connect --------------------------------------------------------------------------
 
 
