@@ -235,6 +235,10 @@ class Client:
         changes without gaps or repeats.
 
         A reader that falls far behind is resumed where it stopped reading.
+        A member that hangs (its connection stays open, silent) is left once
+        the feed has brought neither a change nor one of the keepalives
+        members send on a quiet feed for ``attempt_timeout``, and the feed
+        resumes at another member the same way.
         Raises :class:`~raftlib.errors.LogCompacted` if the members no
         longer keep changes that old, :class:`~raftlib.errors.Unavailable`
         if no member can be reached for the client's timeout, and
@@ -247,13 +251,17 @@ class Client:
         loop = asyncio.get_running_loop()
         lost_since: float | None = None
         while True:
+            conn: RpcConnection | None = None
             try:
                 conn = await self._connection(self.timeout)
                 lost_since = None  # connected again: the clock of a new loss starts afresh
                 request: dict[str, Any] = {"from_index": next_index}
                 if reaching is not None:
                     request["reaching"] = reaching
-                async for index, term, command, result, error in conn.stream("listen", request):
+                # The member sends keepalives while it has nothing to send: a
+                # feed silent for attempt_timeout is from a hung member.
+                stream = conn.stream("listen", request, idle_timeout=self._attempt_timeout)
+                async for index, term, command, result, error in stream:
                     if index < next_index:
                         continue
                     next_index = index + 1
@@ -271,8 +279,10 @@ class Client:
                 # pause that spares a member already overloaded.
                 await asyncio.sleep(0.05)
                 continue
-            except (ConnectionLost, Unavailable, PeerStopped) as exc:
+            except (ConnectionLost, Unavailable, PeerStopped, Timeout) as exc:
                 self._check_open()
+                if isinstance(exc, Timeout):
+                    self._leave(conn)  # hung: try the other members first
                 await self._drop_connection()
                 lost_since = lost_since or loop.time()
                 if loop.time() - lost_since > self.timeout:
@@ -554,7 +564,9 @@ async def connect(
     a write or read: a member that does not (a leader that hangs keeps its
     connections open) is left for the others, and the write is sent again
     in its session, so it is still applied once. Keep it above the longest
-    a write may take to apply.
+    a write may take to apply. A change feed (:meth:`Client.listen`) leaves
+    a member that sent it nothing for ``attempt_timeout``: members send
+    keepalives on a quiet feed, every ``attempt_timeout / 4``.
     ``max_frame_size`` is the largest frame the client accepts or sends;
     keep it equal to the members' ``Config.max_frame_size``, so that a
     command or query too large for them raises

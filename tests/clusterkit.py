@@ -153,9 +153,13 @@ class Cluster:
 
     def hang(self, name: str) -> None:
         """Make ``name`` look hung (a stopped process, a frozen machine): it is
-        cut off from the others (:meth:`isolate`) and takes requests on the
-        connections it keeps open without ever answering them."""
+        cut off from the others (:meth:`isolate`), takes requests on the
+        connections it keeps open without ever answering them, and sends
+        nothing more on the connections open to it (no answer, stream item
+        or end of stream)."""
         self.isolate(name)
+        for conn in self.peers[name]._transport._inbound.values():
+            conn._writer.write = lambda data: None  # type: ignore[method-assign]
         requests = self.peers[name]._requests
 
         async def swallow(body: Any, conn: Any) -> None:
