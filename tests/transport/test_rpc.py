@@ -80,7 +80,7 @@ async def test_keepalives_keep_a_quiet_stream_open() -> None:
                 if type_name == REQUEST:
                     requests.append(body)
         rid, _, args = requests[0]
-        for _ in range(32):  # 0.8 s, eight times the idle_timeout
+        for _ in range(12):  # 0.9 s, three times the idle_timeout
             writer.write(encode_frame(KEEPALIVE, [rid]))
             await asyncio.sleep(args["keepalive"])  # type: ignore[index]
         writer.write(encode_frame(STREAM, [rid, "item"]) + encode_frame(RESPONSE, [rid, True, None]))
@@ -90,8 +90,8 @@ async def test_keepalives_keep_a_quiet_stream_open() -> None:
     async with fake_server(quiet) as address:
         conn = await RpcConnection.open(address)
         try:
-            items = [item async for item in conn.stream("listen", {"from_index": 3}, idle_timeout=0.1)]
+            items = [item async for item in conn.stream("listen", {"from_index": 3}, idle_timeout=0.3)]
             assert items == ["item"]
-            assert requests[0][1:] == ["listen", {"from_index": 3, "keepalive": 0.025}]
+            assert requests[0][1:] == ["listen", {"from_index": 3, "keepalive": 0.075}]
         finally:
             await conn.close()
