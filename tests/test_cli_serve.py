@@ -316,3 +316,40 @@ def test_members_commands_move_on_from_a_member_that_does_not_answer(single: Nod
         silent.close()
         for conn in accepted:
             conn.close()
+
+
+
+def test_a_watch_leaves_a_member_stopped_with_sigstop(nodes: dict[str, Node]) -> None:
+    """A stopped process keeps its connections open and sends nothing: a KV
+    watch reading from it waited forever, as if nothing were written. It
+    now resumes at another member, missing and repeating nothing."""
+    import asyncio
+
+    from raftlib.kv import KVClient
+
+    addresses = [n.address for n in nodes.values()]
+    wait_for(lambda: leader_of(",".join(addresses)))
+    stopped: list[Node] = []
+
+    async def watch() -> None:
+        async with await KVClient.connect(addresses, timeout=60, attempt_timeout=1.0) as kv:
+            await kv.put("k", 0)
+            async with kv.watch(from_revision=1) as changes:
+                assert (await asyncio.wait_for(anext(changes), 20)).value == 0
+                assert kv.client._conn is not None
+                stopped.append(next(n for n in nodes.values() if n.address == kv.client._conn.address))
+                assert stopped[0].proc is not None
+                stopped[0].proc.send_signal(signal.SIGSTOP)
+                others = [a for a in addresses if a != stopped[0].address]
+                async with await KVClient.connect(others, timeout=60) as writer:
+                    for i in (1, 2):
+                        await writer.put("k", i)
+                events = [await asyncio.wait_for(anext(changes), 30) for _ in (1, 2)]
+                assert [(e.value, e.prev_version) for e in events] == [(1, 1), (2, events[0].version)]
+
+    try:
+        asyncio.run(watch())
+    finally:
+        for node in stopped:
+            assert node.proc is not None
+            node.proc.send_signal(signal.SIGCONT)
