@@ -182,8 +182,8 @@ class KVStateMachine(StateMachine):
     the store revision. A refused read returns an error dict as above.
 
     Keys and scope names are non-empty ``str``. A stored value may nest
-    lists and maps at most 1020 levels deep (a snapshot holds it 4 levels
-    down, and msgpack encodes 1024).
+    lists and maps at most 1018 levels deep (an ``items`` answer sent to a
+    client holds it 6 levels down, and msgpack decodes 1024).
     """
 
     def __init__(self) -> None:
@@ -380,23 +380,29 @@ def _check_name(name: Any, what: str) -> None:
         raise _Refused(BAD_REQUEST, f"a {what} must be a non-empty str, got {_short(name)}")
 
 
-_SNAPSHOT_NESTING = 4
-"""How many containers :meth:`KVStateMachine.snapshot` puts around a value."""
+_VALUE_NESTING = 6
+"""The most containers a value is sent or stored in: an ``items`` answer
+(``[revision, [[key, value, version]]]``) in the 3 levels of a frame. A
+snapshot puts a value 4 levels down, a change sent to a watch 5."""
+
+_MAX_VALUE_DEPTH = 1024 - _VALUE_NESTING
+"""How deep a stored value may nest lists and maps."""
 
 
 def _check_storable(value: Any) -> None:
-    """Refuse a value that a snapshot could not hold: msgpack encodes at most
-    1024 levels of lists and maps, and a snapshot puts each value 4 levels
-    down, so a value accepted here would make every later snapshot fail."""
+    """Refuse a value that could not be stored or sent back: msgpack decodes
+    at most 1024 levels of lists and maps, and a reply, a change sent to a
+    watch and a snapshot put the value up to 6 levels down. A value accepted
+    deeper would make reads, watches or every later snapshot fail."""
     if isinstance(value, (list, tuple, dict)):
         wrapped = value
-        for _ in range(_SNAPSHOT_NESTING):
+        for _ in range(_VALUE_NESTING):
             wrapped = [wrapped]
         try:
             codec.pack(wrapped, "value")
         except TypeError:
-            raise _Refused(BAD_REQUEST, "the value is nested too deeply to be stored (a value may nest lists "
-                                        "and maps 1020 levels deep)") from None
+            raise _Refused(BAD_REQUEST, f"the value is nested too deeply to be stored (a value may nest lists "
+                                        f"and maps {_MAX_VALUE_DEPTH} levels deep)") from None
 
 
 def _check_prefix(prefix: Any) -> None:

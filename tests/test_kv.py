@@ -113,9 +113,10 @@ def test_cas_by_value_compares_deeply_nested_values_without_raising() -> None:
     assert read(sm, ["get", "default", "k"]) == ["y", 2]
 
 
-def test_a_value_too_deep_for_a_snapshot_is_refused() -> None:
-    """A snapshot holds each value 4 levels down, and msgpack encodes at most
-    1024: a value nested deeper than 1020 would make every later snapshot fail."""
+def test_a_value_too_deep_to_be_stored_and_sent_back_is_refused() -> None:
+    """An items answer to a client holds each value 6 levels down, and msgpack
+    decodes at most 1024: a value nested deeper than 1018 could not be read
+    back (nor, deeper still, watched or snapshotted)."""
 
     def nested(depth: int) -> Any:
         value: Any = 0
@@ -124,8 +125,8 @@ def test_a_value_too_deep_for_a_snapshot_is_refused() -> None:
         return value
 
     sm = KVStateMachine()
-    assert applied(sm, ["put", "default", "ok", nested(1020)])["changed"] is True
-    for command in (["put", "default", "deep", nested(1021)], ["cas", "default", "deep", None, 0, nested(1023)]):
+    assert applied(sm, ["put", "default", "ok", nested(1018)])["changed"] is True
+    for command in (["put", "default", "deep", nested(1019)], ["cas", "default", "deep", None, 0, nested(1023)]):
         result = applied(sm, command)
         assert result["error"] == "bad_request" and "nested" in result["message"], result
     assert read(sm, ["get", "default", "deep"]) is None and sm.revision == 1

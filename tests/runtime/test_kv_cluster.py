@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 import raftlib
-from raftlib import errors
+from raftlib import codec, errors
 from raftlib.kv import KVClient, KVEvent, KVItem, KVStateMachine, KVWatch, watch_peer
 
 from clusterkit import FAST, Cluster, eventually
@@ -89,6 +89,37 @@ async def test_the_client_api_through_a_follower(cluster: Cluster) -> None:
         await eventually(lambda: len({p.state_machine.snapshot() for p in peers.values()}) == 1)
     with pytest.raises(errors.PeerStopped):
         await kv.put("after", 1)
+
+
+async def test_the_deepest_value_the_store_takes_can_be_read_and_watched_through_a_client(cluster: Cluster) -> None:
+    """A value within the documented nesting limit (1018 levels) is served by
+    every read and by a watch: the answers and the change feed nest it a few
+    levels down in frames that msgpack decodes at most 1024 levels deep."""
+
+    def nested(depth: int) -> Any:
+        value: Any = 0
+        for _ in range(depth):
+            value = [value]
+        return value
+
+    peers = await cluster.start(1, sm=KVStateMachine)
+    peer = next(iter(peers.values()))
+    depth = 1018
+    while "error" not in (await peer.write(["put", "default", "probe", nested(depth + 1)])):
+        depth += 1  # the store takes deeper values than documented: they must work too
+    refused = await peer.write(["put", "default", "probe", nested(depth + 1)])
+    assert refused["error"] == "bad_request" and f"{depth} levels" in refused["message"], refused
+    await peer.write(["delete", "default", "probe"])
+    async with await KVClient.connect([peer.address], timeout=10) as kv:
+        async with kv.watch() as changes:
+            await peer.write(["put", "default", "deep", nested(depth)])
+            event = await asyncio.wait_for(anext(changes), 10)
+        expected = codec.pack(nested(depth))  # compared encoded: == recurses deeper than Python allows
+        assert event.key == "deep" and codec.pack(event.value) == expected
+        assert codec.pack(await kv.get("deep")) == expected
+        revision, items = await kv.items()
+        assert (revision, list(items), items["deep"].version) == (event.version, ["deep"], event.version)
+        assert codec.pack(items["deep"].value) == expected
 
 
 @pytest.mark.parametrize("mode", ["version", "value"])
