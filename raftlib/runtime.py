@@ -1189,18 +1189,22 @@ class Peer:
         limit = 2 * cfg.election_ticks * cfg.tick_interval
         loop = self._loop
         since: float | None = None
-        while not waiter.done():
-            if self._core.leader is not None:
-                since = None
-            elif since is None:
-                since = loop.time()
-            elif loop.time() - since >= limit:
-                waiter.cancel()
-                raise Unavailable(
-                    f"{self.name} knows no leader: it has heard from none for {limit:g} s (cut off from the "
-                    f"others, or removed from the cluster); go on listening at another member"
-                )
-            await asyncio.wait([waiter], timeout=limit / 4)
+        try:
+            while not waiter.done():
+                if self._core.leader is not None:
+                    since = None
+                elif since is None:
+                    since = loop.time()
+                elif loop.time() - since >= limit:
+                    raise Unavailable(
+                        f"{self.name} knows no leader: it has heard from none for {limit:g} s (cut off from the "
+                        f"others, or removed from the cluster); go on listening at another member"
+                    )
+                await asyncio.wait([waiter], timeout=limit / 4)
+        finally:
+            # Cancelled or given up: stop() must not fail a waiter nobody awaits.
+            waiter.cancel()
+        waiter.result()  # PeerStopped when stop() failed it, as `await waiter` would raise
 
     def _feed_append(self, item: _FeedItem) -> None:
         feed = self._feed

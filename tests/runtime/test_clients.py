@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 from typing import Any, AsyncIterator
 
 import pytest
@@ -961,6 +962,47 @@ async def test_peer_listen_can_require_a_leader(cluster: Cluster) -> None:
     assert not patient.done()
     patient.cancel()
     await asyncio.gather(patient, return_exceptions=True)
+
+
+@pytest.mark.parametrize("cancelled", [False, True], ids=["waiting", "cancelled"])
+@pytest.mark.parametrize("require_leader", [True, False])
+async def test_a_listener_of_a_peer_that_stops_leaves_nothing_unretrieved(
+    cluster: Cluster, require_leader: bool, cancelled: bool
+) -> None:
+    """A feed waiting for the next change when its peer stops ends with
+    PeerStopped; one cancelled while it waited (as a member's stream to a
+    closed watch is) is gone. Either way stop() leaves no "Future exception
+    was never retrieved" behind."""
+    peers = await cluster.start(1)
+    peer = next(iter(peers.values()))
+    await cluster.leader()
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    try:
+        seen: list[Any] = []
+
+        async def drain() -> None:
+            async for change in peer.listen(require_leader=require_leader):
+                seen.append(change.command)
+
+        task = asyncio.ensure_future(drain())
+        await peer.write(["set", "k", 0])
+        await eventually(lambda: len(seen) == 1)
+        if cancelled:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await peer.stop()
+        if not cancelled:
+            with pytest.raises(errors.PeerStopped):
+                await task
+        del task
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(previous)
+    assert [c.get("message") for c in reported] == []
 
 
 async def test_a_client_listener_that_falls_far_behind_resumes_where_it_stopped(
