@@ -576,7 +576,8 @@ class KVClient:
         """Follow the committed changes of ``scope`` (every scope if ``None``) to keys
         starting with ``key_prefix``, as :class:`KVEvent` objects in revision order.
 
-        Scope events are delivered whatever the prefix. Without
+        Scope events are delivered whatever the prefix. ``scope`` need not
+        exist: the watch then reports its creation and what follows. Without
         ``from_revision`` the watch starts with the first change after it is
         started (``await w.start()``, ``async with``, or the first
         iteration); with it, at that revision (``event.version + 1`` resumes

@@ -33,6 +33,21 @@ def test_readme_example_runs(tmp_path: Path) -> None:
     assert (tmp_path / "data" / "s1").is_dir()
 
 
+def test_the_kv_example_runs_and_prints_what_the_page_says(tmp_path: Path) -> None:
+    text = (README.parent / "docs" / "kv.md").read_text()
+    source = re.findall(r"```python\n(.*?)```", text, re.S)[0]
+    printed = re.findall(r"print\(.*?# (?:e\.g\. )?(.*)", source)
+    assert len(printed) == 2
+    for port in ("7001", "7002", "7003"):
+        source = source.replace(f"127.0.0.1:{port}", f"127.0.0.1:{free_port()}")
+    script = tmp_path / "kv_example.py"
+    script.write_text(source)
+    out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == printed
+    assert "never retrieved" not in out.stderr, out.stderr
+
+
 async def test_the_status_example_in_getting_started_shows_every_key(tmp_path: Path) -> None:
     import ast
 
