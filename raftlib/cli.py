@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import functools
 import json
@@ -15,7 +16,7 @@ import signal
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import click
 
@@ -273,8 +274,10 @@ def _run(coro: Any) -> Any:
 
 def _to_jsonable(value: Any) -> Any:
     """``value`` as standard JSON can show it: bytes as text (or ``base64:...``),
-    map keys as strings, and NaN and the infinities as ``"NaN"``, ``"Infinity"``
-    and ``"-Infinity"`` (JSON has no literal for them)."""
+    map keys as strings (those that are not text as JSON writes them:
+    ``"null"``, ``"true"``, ``"1.5"``), and NaN and the infinities as
+    ``"NaN"``, ``"Infinity"`` and ``"-Infinity"`` (JSON has no literal for
+    them). Call it within :func:`_deep_enough` for values nested deeply."""
     if isinstance(value, bytes):
         try:
             return value.decode()
@@ -283,15 +286,39 @@ def _to_jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return json.dumps(value)
     if isinstance(value, dict):
-        return {(k if isinstance(k, str) else str(_to_jsonable(k))): _to_jsonable(v) for k, v in value.items()}
+        return {_json_key(k): _to_jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_to_jsonable(v) for v in value]
     return value
 
 
+def _json_key(key: Any) -> str:
+    shown = _to_jsonable(key)
+    return shown if isinstance(shown, str) else json.dumps(shown)
+
+
+@contextlib.contextmanager
+def _deep_enough() -> Iterator[None]:
+    """Room on the stack for values nested as deep as msgpack allows (1,024
+    levels: each takes two frames of :func:`_to_jsonable` and one of the
+    JSON encoder), more than Python's default recursion limit."""
+    previous = sys.getrecursionlimit()
+    sys.setrecursionlimit(previous + 4 * 1024)
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(previous)
+
+
+def _json_text(value: Any) -> str:
+    """``value`` (a result or an event) as one line of standard JSON."""
+    with _deep_enough():
+        return json.dumps(_to_jsonable(value), sort_keys=True)
+
+
 def _echo(value: Any, as_json: bool) -> None:
     if as_json or not isinstance(value, str):
-        click.echo(json.dumps(_to_jsonable(value), sort_keys=True))
+        click.echo(_json_text(value))
     else:
         click.echo(value)
 
@@ -640,7 +667,8 @@ def kv_watch(prefix: str, count: int | None, from_revision: int | None, scope: s
     async def follow(client: Any) -> None:
         seen = 0
         async for event in client.watch(scope, prefix, from_revision=from_revision):
-            click.echo(json.dumps(_to_jsonable(dataclasses.asdict(event)), sort_keys=True))
+            # Not dataclasses.asdict: it copies the value recursively.
+            click.echo(_json_text({f.name: getattr(event, f.name) for f in dataclasses.fields(event)}))
             seen += 1
             if count is not None and seen >= count:
                 return

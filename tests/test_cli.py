@@ -158,6 +158,23 @@ def test_json_output_is_standard_json_for_every_value(capsys: pytest.CaptureFixt
         assert strict(capsys.readouterr().out) == shown
 
 
+def test_json_output_shows_map_keys_as_json_would_and_values_as_deep_as_the_store_takes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Keys that are not text read as their JSON text (``null``, ``true``, as
+    json.dumps writes them), and a value nested as deep as the key-value
+    store takes (1018 levels) is printed, not a RecursionError."""
+    from raftlib.cli import _echo
+
+    _echo({None: 1, True: 2, False: 3, 1.5: 4, 7: 5, b"b": 6}, True)
+    assert json.loads(capsys.readouterr().out) == {"null": 1, "true": 2, "false": 3, "1.5": 4, "7": 5, "b": 6}
+    deep: object = b"leaf"
+    for _ in range(1018):
+        deep = [deep]
+    _echo(deep, True)
+    assert capsys.readouterr().out == "[" * 1018 + '"leaf"' + "]" * 1018 + "\n"
+
+
 def test_a_nan_timeout_is_a_usage_error() -> None:
     # click's FloatRange lets NaN through (every comparison with it is false); a
     # deadline of NaN then ended every command with a misleading "Unavailable".

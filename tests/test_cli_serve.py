@@ -353,3 +353,43 @@ def test_a_watch_leaves_a_member_stopped_with_sigstop(nodes: dict[str, Node]) ->
         for node in stopped:
             assert node.proc is not None
             node.proc.send_signal(signal.SIGCONT)
+
+
+def test_kv_get_and_watch_over_a_unix_socket_print_values_as_deep_as_the_store_takes() -> None:
+    """Through a member listening on a Unix socket, `kv get` and `kv watch`
+    print a value nested as deep as the store takes as JSON (not a
+    RecursionError), and the socket file goes away with the member."""
+    import asyncio
+    import shutil
+    import tempfile
+
+    from raftlib.kv import KVClient
+
+    directory = Path(tempfile.mkdtemp(prefix="rl", dir="/tmp"))  # short: socket paths are limited
+    address = f"unix:{directory}/s1.sock"
+    node = Node("s1", 0, directory / "s1", ["--initial-cluster", f"s1={address}"])
+    node.address = address
+    deep: object = "leaf"
+    for _ in range(1018):
+        deep = [deep]
+    shown = "[" * 1018 + '"leaf"' + "]" * 1018
+
+    async def put() -> None:
+        async with await KVClient.connect([address], timeout=10) as kv:
+            await kv.put("deep", deep)
+
+    node.start()
+    try:
+        wait_for(lambda: leader_of(address))
+        asyncio.run(put())
+        got = cli("kv", "get", "deep", "--cluster", address)
+        assert got.exit_code == 0 and got.output == shown + "\n", got.output[-300:]
+        watched = cli("kv", "watch", "--from-revision", "1", "--count", "1", "--cluster", address)
+        assert watched.exit_code == 0, watched.output[-300:]
+        assert '"key": "deep", "kind": "put"' in watched.output and f'"value": {shown}' in watched.output
+        assert node.stop()[0] == 0
+        assert not (directory / "s1.sock").exists()
+    finally:
+        if node.proc is not None and node.proc.poll() is None:
+            node.stop(signal.SIGKILL)
+        shutil.rmtree(directory, ignore_errors=True)
