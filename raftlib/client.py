@@ -579,8 +579,10 @@ async def connect(
     within ``timeout`` (also when every member refused this client's
     credentials).
     """
-    if isinstance(addresses, str) or not addresses:
-        raise ConfigError("connect needs a non-empty list of member addresses")
+    if isinstance(addresses, str):
+        raise ConfigError(f"connect takes a list of member addresses, not a str: [{addresses!r}]")
+    if not addresses:
+        raise ConfigError("connect needs at least one member address")
     for address in addresses:
         parse_address(address)
     check_timeout(timeout)

@@ -1403,3 +1403,11 @@ async def test_a_client_waiting_for_a_slow_write_keeps_its_connection_when_stran
             sm.gate.set()
             write.cancel()
             await asyncio.gather(write, return_exceptions=True)
+
+
+async def test_connect_with_one_address_as_a_str_says_to_pass_a_list() -> None:
+    """A str is a sequence of characters, not of addresses: the error says what to pass."""
+    with pytest.raises(errors.ConfigError, match=r"a list of member addresses, not a str: \['127.0.0.1:1'\]"):
+        await raftlib.connect("127.0.0.1:1")  # type: ignore[arg-type]
+    with pytest.raises(errors.ConfigError, match="at least one member address"):
+        await raftlib.connect([])
