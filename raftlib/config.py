@@ -13,9 +13,11 @@ ENTRIES_PER_MESSAGE_LIMIT = 65_536
 ceiling of ``Config.max_entries_per_message``."""
 
 
-_MESSAGE_FRAMING = 4096
+MESSAGE_FRAMING = 4096
 """Bytes a Raft message's frame holds besides its entries: the envelope,
-the type name, two node names of up to 256 characters, and the ints."""
+the type name, two node names of up to 256 characters, and the ints. A
+command, a snapshot chunk or a request's answer may take the rest of
+``Config.max_frame_size``."""
 
 @dataclass(frozen=True, slots=True)
 class Config:
@@ -132,7 +134,7 @@ class Config:
             raise ConfigError("Config.snapshot_keep_entries must be 0 or more")
         # A command travels as an entry of an AppendEntries, a chunk in a
         # SnapshotChunk: each frame also holds their framing.
-        room = self.max_frame_size - _MESSAGE_FRAMING
+        room = self.max_frame_size - MESSAGE_FRAMING
         if self.snapshot_chunk_size > room:
             raise ConfigError(
                 f"Config.snapshot_chunk_size must leave room for its framing in max_frame_size: at most {room}"
@@ -145,7 +147,7 @@ class Config:
         # Entry.size() counts them (at most a byte short per entry on the
         # wire), plus its names and ints: a batch that cannot fit a frame
         # would be refused by every peer and resent forever.
-        most = self.max_frame_size - self.max_entries_per_message - _MESSAGE_FRAMING
+        most = self.max_frame_size - self.max_entries_per_message - MESSAGE_FRAMING
         if self.max_bytes_per_message > most:
             raise ConfigError(
                 f"Config.max_bytes_per_message ({self.max_bytes_per_message}) must fit a frame with its "

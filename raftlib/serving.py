@@ -19,7 +19,7 @@ import math
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
 
 from . import codec
-from .config import check_timeout
+from .config import MESSAGE_FRAMING, check_timeout
 from .errors import CommandFailed, ConfigError, Overloaded, ProtocolError, RaftError
 from .rpc import CANCEL, KEEPALIVE, RESPONSE, STREAM, check_request, error_to_wire
 from .transport.framing import wire_problem
@@ -135,8 +135,8 @@ class RequestServer:
                 raise ConfigError(f"unknown request {op[:64]!r}")
             else:
                 result = await handler(args)
-                if type(result) in (list, dict) and op in _USER_RESULTS:
-                    _check_result(op, result)
+                if op in _USER_RESULTS:
+                    _check_result(op, result, self._peer.config.max_frame_size)
                 body = [rid, True, result]
         except RaftError as exc:
             body = [rid, False, error_to_wire(exc)]
@@ -281,11 +281,24 @@ _USER_RESULTS = {"write": "the write was applied", "session_write": "the write w
 """The requests that answer with a value of the state machine's, and what an error answer means for them."""
 
 
-def _check_result(op: str, result: Any) -> None:
-    """Raise CommandFailed if the caller would refuse an answer carrying ``result``."""
-    problem = wire_problem(codec.pack(result, "result"))
-    if problem:
-        raise CommandFailed(f"the result cannot be sent back: {problem}; {_USER_RESULTS[op]}")
+def _check_result(op: str, result: Any, max_frame_size: int) -> None:
+    """Raise CommandFailed if the caller would refuse an answer carrying
+    ``result``: one it cannot decode, or one larger than a frame (the caller
+    would close the connection, and a client retry to the same end)."""
+    kind = type(result)
+    if kind in (list, dict):
+        data = codec.pack(result, "result")
+        problem = wire_problem(data)
+        if problem:
+            raise CommandFailed(f"the result cannot be sent back: {problem}; {_USER_RESULTS[op]}")
+    elif kind in (bytes, str) and len(result) * 4 > max_frame_size - MESSAGE_FRAMING:  # 4: the most bytes of a char
+        data = codec.pack(result, "result")
+    else:
+        return
+    if len(data) > max_frame_size - MESSAGE_FRAMING:
+        raise CommandFailed(f"the result cannot be sent back: it is {len(data)} bytes encoded, more than a frame "
+                            f"carries (Config.max_frame_size, {max_frame_size}, less {MESSAGE_FRAMING} bytes of framing); "
+                            f"{_USER_RESULTS[op]}")
 
 
 def _timeout(args: dict[str, Any]) -> float | None:

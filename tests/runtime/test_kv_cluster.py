@@ -348,3 +348,27 @@ async def test_a_watch_from_before_a_restart_from_a_snapshot_fails_at_once(lmdb_
 
 def test_raftlib_exports_kv() -> None:
     assert raftlib.kv.KVClient is KVClient and "kv" in raftlib.__all__
+
+
+async def test_an_answer_larger_than_a_frame_is_refused_at_once_naming_the_limit() -> None:
+    """Each value fits a command, but items() of several is more than a
+    frame carries: the client gets CommandFailed naming Config.max_frame_size
+    (the read changed nothing), not a connection closed on every retry and
+    Unavailable once its timeout runs out."""
+    from storage_adapters import MemoryStorage
+
+    frame = 1 << 20
+    config = dataclasses.replace(FAST, max_frame_size=frame, max_command_size=frame // 2,
+                                 max_bytes_per_message=frame // 2, snapshot_chunk_size=frame // 2)
+    peer = await raftlib.start_peer(KVStateMachine, name="s1", address="127.0.0.1:0", storage=MemoryStorage(),
+                                    config=config)
+    try:
+        await peer.set_configuration({"s1": peer.address})
+        async with await KVClient.connect([peer.address], timeout=10, max_frame_size=frame) as kv:
+            for i in range(3):
+                await kv.put(f"v{i}", b"x" * (frame // 3))
+            with pytest.raises(errors.CommandFailed, match=r"Config\.max_frame_size.*the read changed nothing"):
+                await kv.items()
+            assert len(await kv.get("v0")) == frame // 3  # the connection still serves
+    finally:
+        await peer.stop()
