@@ -226,15 +226,20 @@ class RequestServer:
         # A member cut off from the others would stall its listeners without
         # a word: the stream ends instead, and the client resumes elsewhere.
         reaching = arg(args, "reaching", (int, type(None)), None)
+        room = self._peer.config.max_frame_size - MESSAGE_FRAMING
         async for change in self._peer.listen(arg(args, "from_index", int, 0), require_leader=True, reaching=reaching):
             item = [change.index, change.term, change.command, change.result, change.error]
+            # The listener would refuse the frame and close the connection
+            # (failing every other request on it), then resume here again.
+            problem = None
             if type(change.command) in (list, dict) or type(change.result) in (list, dict):
-                # The listener would refuse the frame and close the connection
-                # (failing every other request on it), then resume here again.
-                problem = wire_problem(codec.pack(item, "change"))
-                if problem:
-                    raise ProtocolError(f"the change at index {change.index} cannot be sent: {problem}; "
-                                        f"listen from {change.index + 1} to go past it")
+                data = codec.pack(item, "change")
+                problem = wire_problem(data) or _too_large(len(data), room)
+            elif sum(len(v) for v in item[2:] if type(v) in (bytes, str)) * 4 > room:  # 4: the most bytes of a char
+                problem = _too_large(len(codec.pack(item, "change")), room)
+            if problem:
+                raise ProtocolError(f"the change at index {change.index} cannot be sent: {problem}; "
+                                    f"listen from {change.index + 1} to go past it")
             yield item
 
 
@@ -295,10 +300,17 @@ def _check_result(op: str, result: Any, max_frame_size: int) -> None:
         data = codec.pack(result, "result")
     else:
         return
-    if len(data) > max_frame_size - MESSAGE_FRAMING:
-        raise CommandFailed(f"the result cannot be sent back: it is {len(data)} bytes encoded, more than a frame "
-                            f"carries (Config.max_frame_size, {max_frame_size}, less {MESSAGE_FRAMING} bytes of framing); "
-                            f"{_USER_RESULTS[op]}")
+    problem = _too_large(len(data), max_frame_size - MESSAGE_FRAMING)
+    if problem:
+        raise CommandFailed(f"the result cannot be sent back: {problem}; {_USER_RESULTS[op]}")
+
+
+def _too_large(size: int, room: int) -> str | None:
+    """Why a value of ``size`` bytes cannot be sent in a frame with ``room`` for it, or ``None``."""
+    if size <= room:
+        return None
+    return (f"it is {size} bytes encoded, more than a frame carries (Config.max_frame_size less "
+            f"{MESSAGE_FRAMING} bytes of framing: {room})")
 
 
 def _timeout(args: dict[str, Any]) -> float | None:

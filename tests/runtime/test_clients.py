@@ -1411,3 +1411,41 @@ async def test_connect_with_one_address_as_a_str_says_to_pass_a_list() -> None:
         await raftlib.connect("127.0.0.1:1")  # type: ignore[arg-type]
     with pytest.raises(errors.ConfigError, match="at least one member address"):
         await raftlib.connect([])
+
+
+async def test_a_change_larger_than_a_frame_ends_a_client_feed_naming_the_index_to_go_past() -> None:
+    """A result that fits its own answer can still make its change (command
+    and result together) larger than a frame: the feed ends there with
+    ProtocolError, as for a change too deep, instead of the client
+    reconnecting to the same change over and over."""
+    from storage_adapters import MemoryStorage
+
+    frame = 1 << 20
+
+    class Echo(raftlib.StateMachine):
+        def handle_write(self, command: Any) -> Any:
+            return command
+
+        def handle_read(self, query: Any) -> Any:
+            return None
+
+    config = dataclasses.replace(FAST, max_frame_size=frame, max_command_size=frame // 2,
+                                 max_bytes_per_message=frame // 2, snapshot_chunk_size=frame // 2)
+    peer = await raftlib.start_peer(Echo, name="s1", address="127.0.0.1:0", storage=MemoryStorage(), config=config)
+    try:
+        await peer.set_configuration({"s1": peer.address})
+        async with await raftlib.connect([peer.address], timeout=10, max_frame_size=frame) as client:
+            big = b"x" * (frame // 2 - 64)
+            assert await client.write(big) == big
+            index = peer.status()["applied_index"]
+            await client.write(b"small")
+            with pytest.raises(errors.ProtocolError, match=rf"index {index} .*max_frame_size.*listen from {index + 1}"):
+                async for _ in client.listen():
+                    pass
+            seen = []
+            async for change in client.listen(index + 1):
+                seen.append(change.command)
+                break
+            assert seen == [b"small"]
+    finally:
+        await peer.stop()
