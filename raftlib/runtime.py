@@ -253,7 +253,8 @@ class Peer:
         hands leadership to the most up-to-date follower heard from within
         an election timeout, so a planned stop costs no election timeout; if
         that fails within two election timeouts it stops anyway and the
-        others elect a leader.
+        others elect a leader. With no such follower still connected (they
+        stopped too) it stops at once, without trying.
 
         Writes still in flight fail with :class:`LeadershipLost` (outcome
         unknown); queued writes not yet in the log fail with :class:`PeerStopped`.
@@ -503,8 +504,15 @@ class Peer:
         loop = asyncio.get_running_loop()
         limit = self._transfer_limit()
         remaining = _remaining(loop, deadline)
+        target = self._successor()
+        if target is not None and not self._transport.linked(target):
+            # Every follower heard from lately has closed its connection here:
+            # they stopped (a whole cluster stopped in turn, say), and a
+            # handover would only wait out its limit.
+            self._log.info("%s: %s without a leadership transfer: no follower is connected", self.name, doing)
+            return
         try:
-            new = await self.transfer_leadership(self._successor(), timeout=_min_timeout(limit, remaining))
+            new = await self.transfer_leadership(target, timeout=_min_timeout(limit, remaining))
         except Timeout as exc:
             if remaining is not None and remaining <= limit:
                 raise Timeout(f"{self.name} could not leave within the time allowed ({exc}); it is still "

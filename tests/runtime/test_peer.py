@@ -734,3 +734,30 @@ async def test_a_stopping_leader_skips_a_follower_that_just_stopped(
         await old.stop()
     assert f"handed leadership to {alive.name} before stopping" in caplog.text
     assert "timed out" not in caplog.text
+
+
+async def test_a_leader_whose_followers_all_stopped_stops_without_trying_a_handover(
+        cluster: Cluster, caplog: pytest.LogCaptureFixture) -> None:
+    """Stopping a whole cluster in turn leaves its leader last, with every
+    follower heard from a moment ago: it used to hand over to one of them
+    and wait out the transfer (two election timeouts, then a warning). With
+    no follower's connection open it stops at once."""
+    peers = await cluster.start(3)
+    old = await cluster.leader()
+    followers = [p for p in peers.values() if p is not old]
+    await old.write(["set", "a", 1])
+    for p in followers:
+        await p.stop()
+    await eventually(lambda: not any(old._transport.linked(p.name) for p in followers))
+    tried: list[Any] = []
+    transfer = old.transfer_leadership
+
+    async def spy(*args: Any, **kwargs: Any) -> Any:
+        tried.append(args)
+        return await transfer(*args, **kwargs)
+
+    old.transfer_leadership = spy  # type: ignore[method-assign]
+    with caplog.at_level("INFO", logger="raftlib"):
+        await old.stop()
+    assert tried == []
+    assert "stopping without a leadership transfer: no follower is connected" in caplog.text
