@@ -1,7 +1,7 @@
 """A Jepsen-style fault test of real ``raftlib serve`` processes.
 
     python -m raftlib.testing.jepsen --nodes 5 --time 60 --clients 10 \\
-        --nemesis kill,pause,partition --seed 1
+        --nemesis kill,pause,partition,isolate-leader --seed 1
 
 Theory of operation. The harness starts ``--nodes`` processes of the
 built-in key-value service on loopback, each behind a :class:`Proxy`
@@ -19,7 +19,11 @@ draws faults from ``--nemesis`` with the seeded generator:
 * ``kill``: ``kill -9`` a node, restart it on the same data directory later;
 * ``pause``: SIGSTOP a node, SIGCONT it later;
 * ``partition``: cut the peers into a majority and a minority, or two halves
-  joined by one bridge node, then heal.
+  joined by one bridge node, then heal;
+* ``isolate-leader``: find the leader (``status``), cut it off from the
+  other peers but not from its clients, and stop it while the others elect
+  a new leader; resume it still cut off, so that it believes it leads,
+  for a few election timeouts; then heal.
 
 At the end everything is healed and restarted, the clients run a little
 longer (to see the cluster recover), and the history is checked with
@@ -31,10 +35,12 @@ is reported as a crash, and so is a client that stops on an unexpected
 exception. The exit status is 0 only if the history is linearizable and
 nothing crashed.
 
-``--broken stale-reads`` is the self-check: gets are then served by
-whichever node the client picked from its local state (``consistency=
-"stale"``, no forwarding), which is not linearizable under faults; the
-checker must say so.
+``--broken`` runs a deliberately broken cluster, as a self-check; the
+checker must say it is not linearizable. ``stale-reads``: gets are served
+by whichever node the client picked from its local state (``consistency=
+"stale"``, no forwarding). ``leader-reads``: the nodes are started through
+:mod:`raftlib.testing._broken`, whose leader answers linearizable reads
+without the ReadIndex round (only ``isolate-leader`` catches it reliably).
 """
 
 from __future__ import annotations
@@ -59,13 +65,15 @@ from ..errors import (
     KVError, NotLeader, OutcomeUnknown, Overloaded, PeerStopped, ProposalDropped, RaftError, StorageFull, Unavailable,
 )
 from ..rpc import RpcConnection
+from . import _broken
 from .lincheck import History, Result
 from .netproxy import Partitioner, Proxy
 from .ports import free_port
 
 __all__ = ["JepsenConfig", "run", "main"]
 
-NEMESES = ("kill", "pause", "partition")
+NEMESES = ("kill", "pause", "partition", "isolate-leader")
+BROKEN = ("stale-reads", "leader-reads")
 
 
 @dataclass
@@ -96,6 +104,8 @@ class _Node:
     data_dir: Path
     log_path: Path
     election_ms: int = 200
+    broken: str | None = None
+    """A defect of :mod:`raftlib.testing._broken` to start the process with."""
     proc: subprocess.Popen[bytes] | None = None
     paused: bool = False
 
@@ -135,9 +145,10 @@ class _Run:
 
 def _start_node(node: _Node, initial: str) -> None:
     log = open(node.log_path, "ab")
+    program = ["raftlib"] if node.broken is None else ["raftlib.testing._broken", node.broken]
     try:
         node.proc = subprocess.Popen(
-            [sys.executable, "-m", "raftlib", "serve", "--name", node.name,
+            [sys.executable, "-m", *program, "serve", "--name", node.name,
              "--listen", f"127.0.0.1:{node.port}", "--advertise", node.address,
              "--data-dir", str(node.data_dir), "--initial-cluster", initial,
              "--election-timeout-ms", str(node.election_ms), "--log-level", "warning"],
@@ -378,6 +389,8 @@ async def _nemesis(run: _Run, partitioner: Partitioner, initial: str, stop: asyn
             if victim.proc is not None and victim.proc.poll() is None:
                 victim.proc.send_signal(signal.SIGCONT)
             victim.paused = False
+        elif kind == "isolate-leader":
+            await _isolate_leader(run, partitioner, fault, duration, stop)
         else:
             shuffled = names[:]
             rng.shuffle(shuffled)
@@ -397,6 +410,43 @@ async def _nemesis(run: _Run, partitioner: Partitioner, initial: str, stop: asyn
         print(f"  {fault.start:6.1f}-{fault.end:6.1f} s  {fault.detail}", flush=True)
 
 
+async def _isolate_leader(run: _Run, partitioner: Partitioner, fault: _Fault, duration: float,
+                          stop: asyncio.Event) -> None:
+    """Cut the leader off from the other peers and stop it, then let it run,
+    still cut off, for a few election timeouts; then heal.
+
+    Only links between peers are cut: the clients keep reaching the old
+    leader. Cut off alone, it would step down (CheckQuorum) before the
+    others could elect a new leader; stopped as well, as in a long garbage
+    collection or a frozen VM, it comes back believing it still leads while
+    the others have elected a new leader and taken writes. Until it notices,
+    it must refuse to answer reads it cannot confirm. It stays stopped for
+    ``duration``, and longer than the clients' operation timeout: the
+    requests pending when it stopped time out, and its clients' next ones,
+    sent after the new leader's writes, wait for it to resume.
+    """
+    leader = await _find_leader(run)
+    if leader is None or leader.proc is None:
+        fault.detail = "isolate-leader: no node said it leads; nothing cut"
+        await _sleep_unless(stop, duration)
+        return
+    names = [n.name for n in run.nodes]
+    others = [n for n in names if n != leader.name]
+    partitioner.split([leader.name], others)
+    leader.proc.send_signal(signal.SIGSTOP)
+    leader.paused = True
+    await _sleep_unless(stop, max(duration, run.cfg.op_timeout + 0.5))
+    if leader.proc is not None and leader.proc.poll() is None:
+        leader.proc.send_signal(signal.SIGCONT)
+    leader.paused = False
+    resumed = time.monotonic() - run.t0
+    # CheckQuorum makes it step down within an election timeout of running.
+    await _sleep_unless(stop, 3 * run.cfg.election_timeout_ms / 1000)
+    partitioner.heal()
+    fault.detail = (f"isolate leader {leader.name} from {others}, stopped until {resumed:.1f} s"
+                    f" and cut off after that")
+
+
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
     try:
         await asyncio.wait_for(stop.wait(), seconds)
@@ -411,6 +461,8 @@ async def run(cfg: JepsenConfig) -> tuple[Result, dict[str, Any]]:
     """Run one fault test; return the checker's result and the summary."""
     if not cfg.nemesis or any(n not in NEMESES for n in cfg.nemesis):
         raise ValueError(f"--nemesis takes a comma-separated subset of {','.join(NEMESES)}")
+    if cfg.broken is not None and cfg.broken not in BROKEN:
+        raise ValueError(f"--broken takes one of {', '.join(BROKEN)}, not {cfg.broken!r}")
     if cfg.nodes < 1 or cfg.clients < 1 or not 0 < cfg.time < math.inf or cfg.keys < 1:
         raise ValueError("--nodes, --clients, --keys and --time must be positive")
     if not 0 < cfg.op_timeout < math.inf:
@@ -425,7 +477,8 @@ async def run(cfg: JepsenConfig) -> tuple[Result, dict[str, Any]]:
     partitioner = Partitioner(names)
     proxies: list[Proxy] = []
     for name in names:
-        node = _Node(name, free_port(), free_port(), work / name, cfg.out / f"{name}.log", cfg.election_timeout_ms)
+        node = _Node(name, free_port(), free_port(), work / name, cfg.out / f"{name}.log", cfg.election_timeout_ms,
+                     broken=cfg.broken if cfg.broken in _broken.DEFECTS else None)
         node.log_path.write_bytes(b"")
         state.nodes.append(node)
     initial = ",".join(f"{n.name}={n.address}" for n in state.nodes)
@@ -498,19 +551,34 @@ async def run(cfg: JepsenConfig) -> tuple[Result, dict[str, Any]]:
     return result, summary
 
 
+async def _status(node: _Node) -> dict[str, Any] | None:
+    """``node``'s status, or None if it does not answer within half a second."""
+    if node.proc is None or node.paused:
+        return None
+    try:
+        conn = await RpcConnection.open(node.address, timeout=0.5)
+        try:
+            status: dict[str, Any] = await conn.call("status", {}, timeout=0.5)
+        finally:
+            await conn.close()
+    except RaftError:
+        return None
+    return status
+
+
+async def _find_leader(state: _Run) -> _Node | None:
+    """The node that says it leads, in the highest term any node says so; None if none does."""
+    statuses = await asyncio.gather(*[_status(node) for node in state.nodes])
+    leaders = [(s["term"], node) for node, s in zip(state.nodes, statuses) if s is not None and s["role"] == "leader"]
+    return max(leaders, key=lambda found: found[0])[1] if leaders else None
+
+
 async def _wait_for_leader(state: _Run, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for node in state.nodes:
-            try:
-                conn = await RpcConnection.open(node.address, timeout=0.5)
-                try:
-                    status = await conn.call("status", {}, timeout=0.5)
-                finally:
-                    await conn.close()
-            except RaftError:
-                continue
-            if status.get("leader"):
+            status = await _status(node)
+            if status is not None and status.get("leader"):
                 return
         await asyncio.sleep(0.1)
     raise RaftError(f"no leader was elected within {timeout} s; see the node logs in {state.cfg.out}")
@@ -545,7 +613,7 @@ def _plot(state: _Run, healed_at: float) -> str:
     t_max = max([healed_at + state.cfg.recovery] + [t for t, _, _ in points]) or 1.0
     l_max = max([0.01] + [lat for _, lat, _ in points])
     colors = {"get": "#1f77b4", "put": "#2ca02c", "cas": "#d62728"}
-    shade = {"kill": "#ff000022", "pause": "#ffa50033", "partition": "#0000ff1f"}
+    shade = {"kill": "#ff000022", "pause": "#ffa50033", "partition": "#0000ff1f", "isolate-leader": "#8000ff26"}
 
     def x(t: float) -> float:
         return pad + (width - 2 * pad) * t / t_max
@@ -565,7 +633,7 @@ def _plot(state: _Run, healed_at: float) -> str:
     parts.append(f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="black"/>')
     parts.append(f'<text x="{width / 2:.0f}" y="{height - 15}" text-anchor="middle">time (s), 0-{t_max:.1f}</text>')
     parts.append(f'<text x="10" y="{pad - 15}">latency (s), max {l_max:.3f}; blue get, green put, red cas; '
-                 f'shaded: red kill, orange pause, blue partition</text>')
+                 f'shaded: red kill, orange pause, blue partition, purple isolate-leader</text>')
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
 
@@ -576,12 +644,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=5)
     parser.add_argument("--time", type=float, default=60.0, help="seconds of faults")
     parser.add_argument("--clients", type=int, default=10)
-    parser.add_argument("--nemesis", default=",".join(NEMESES), help="comma-separated: kill,pause,partition")
+    parser.add_argument("--nemesis", default=",".join(NEMESES), help=f"comma-separated: {','.join(NEMESES)}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keys", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: jepsen-results/<time>)")
-    parser.add_argument("--broken", choices=["stale-reads"], default=None,
-                        help="self-check: serve gets from any node's local state (must be caught)")
+    parser.add_argument("--broken", choices=BROKEN, default=None,
+                        help="self-check (must be caught): stale-reads serves gets from any node's local state;"
+                             " leader-reads runs nodes whose leader answers reads without ReadIndex")
     parser.add_argument("--op-timeout", type=float, default=2.0)
     parser.add_argument("--election-timeout-ms", type=int, default=200)
     parser.add_argument("--keep-data", action="store_true", help="keep the nodes' data directories")
