@@ -796,8 +796,10 @@ class Peer:
         return leader
 
     async def transfer_leadership(self, to: NodeId | None = None, timeout: float | None = None) -> NodeId:
-        """Hand leadership to ``to`` (by default the most up-to-date voter) and
-        return the new leader's name.
+        """Hand leadership to ``to`` and return the new leader's name. By
+        default the target is the most up-to-date voter heard from within an
+        election timeout whose connection here is still open (as for
+        :meth:`stop`), else the most up-to-date voter.
 
         The leader stops accepting writes (they raise
         :class:`ProposalDropped`), waits until the target has every entry,
@@ -810,6 +812,8 @@ class Peer:
         check_timeout(timeout)
         self._check_running()
         self._check_leader()
+        if to is None:
+            to = self._successor()
 
         def start() -> NodeId:
             try:

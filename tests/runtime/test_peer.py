@@ -550,6 +550,19 @@ async def test_a_stopping_leader_hands_over_to_a_follower_it_hears_from(
     assert await alive.read(["get", "a"], consistency="stale") == ["ok", 1]
 
 
+async def test_transfer_leadership_without_a_target_picks_a_follower_it_hears_from(cluster: Cluster) -> None:
+    """With no target, the core picked the most up-to-date voter it counted
+    as active, which right after an election may be a follower that stopped
+    long before: the transfer then waited out its timeout. It now goes to a
+    follower heard from lately, as a stopping leader's does."""
+    await cluster.start(3)
+    old = await cluster.leader()
+    await old.write(["set", "a", 1])
+    dead, alive = await cluster.stop_a_follower_the_leader_would_pick(old)
+    assert await old.transfer_leadership(timeout=10) == alive.name
+    assert alive.is_leader
+
+
 async def test_peers_on_unix_sockets(tmp_path: Any) -> None:
     addresses = {f"s{i}": f"unix:{tmp_path}/s{i}.sock" for i in range(1, 4)}
     peers = {
