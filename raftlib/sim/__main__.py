@@ -76,6 +76,10 @@ def _replay(seed: int, peers: int, config: SimConfig, out: TextIO) -> int:
         out.write(v.format() + "\n")
         out.write("\nstate of the peers:\n" + sim.status() + "\n")
         return 1
+    except KeyboardInterrupt:
+        out.write(f"seed {seed}: interrupted at t={sim.now:.3f} after {sim.step_count} steps; no invariant was violated "
+                  f"until then\n\nstate of the peers:\n{sim.status()}\n")
+        return 130
     elapsed = time.perf_counter() - start
     out.write(result.summary() + "\n")
     out.write(f"  wall time {elapsed:.3f} s\nOK: no invariant violated\n")

@@ -292,6 +292,28 @@ def test_cli_interrupted_reports_the_seeds_that_completed(monkeypatch: pytest.Mo
     assert "interrupted after 3 of 10 seeds" in text and "--start 13 --seeds 7" in text
 
 
+def test_cli_replay_interrupted_says_how_far_it_got(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ctrl-C while one seed is replayed: no traceback, how far it got and
+    # the peers' state, exit status 130.
+    from raftlib.sim.simulator import Simulator
+
+    real_tick = Simulator._tick_peer
+    calls = 0
+
+    def tick(self: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 50:
+            raise KeyboardInterrupt
+        return real_tick(self, *args, **kwargs)
+
+    monkeypatch.setattr(Simulator, "_tick_peer", tick)
+    rc, text = _cli("--seed", "3", "--set", "ticks=60")
+    assert rc == 130, text
+    assert "seed 3: interrupted at t=" in text and "no invariant was violated until then" in text
+    assert "state of the peers:" in text
+
+
 def test_cli_interrupted_after_a_violation_reports_it_and_exits_with_1(monkeypatch: pytest.MonkeyPatch) -> None:
     # A failed seed outweighs the interruption: exit status 1, and its
     # replay line is printed as in a run that was not interrupted.
