@@ -930,7 +930,7 @@ class Peer:
         encoded = data
         return await self._on_leader(
             "write", {"command": command},
-            lambda deadline: self._submit(EntryKind.NORMAL, encoded, _remaining_of(deadline)),
+            lambda deadline: self._submit(EntryKind.NORMAL, encoded, _remaining(self._loop, deadline)),
             timeout, hops, idempotent=False, payload=payload,
         )
 
@@ -1017,7 +1017,7 @@ class Peer:
             return await self._answer(data)
         return await self._on_leader(
             "read", {"query": query, "consistency": consistency},
-            lambda deadline: self._read_local(data, consistency, _remaining_of(deadline)),
+            lambda deadline: self._read_local(data, consistency, _remaining(self._loop, deadline)),
             timeout, hops, idempotent=True, payload=("query", data),
         )
 
@@ -1123,7 +1123,7 @@ class Peer:
             stamp = max(time.time(), self._last_stamp, self._sessions.clock)
             self._last_stamp = stamp
             entry = dataclasses.replace(entry, stamp=stamp)
-        return await self._submit(EntryKind.CLIENT, entry.encode(), _remaining_of(deadline))
+        return await self._submit(EntryKind.CLIENT, entry.encode(), _remaining(self._loop, deadline))
 
     # -- change feed ------------------------------------------------------------------
 
@@ -2399,10 +2399,6 @@ def _check_forwardable(what: str, data: bytes) -> None:
     if problem:
         raise TypeError(f"the {what} cannot be forwarded to the leader: {problem}; send it to the leader, "
                         f"or use such keys")
-
-
-def _remaining_of(deadline: float | None) -> float | None:
-    return None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
 
 
 def _check_name(name: Any, what: str = "a member name") -> None:
