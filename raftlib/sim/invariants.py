@@ -41,13 +41,13 @@ whole logs.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NoReturn
 
 from ..core import quorum
 from ..core.raft import LEADER
-from ..types import Entry, EntryKind, Membership, SnapshotMeta
+from ..types import Entry, EntryKind, Membership, NodeId, SnapshotMeta
 from .node import GENESIS, SnapshotData, chain_step
 
 if TYPE_CHECKING:
@@ -307,7 +307,7 @@ class InvariantChecker:
         core = peer.raft
         term = core.log.term(commit)
         voters = core.membership.voters
-        holders = [v for v in sorted(voters) if v in self.peers and _durably_holds(self.peers[v], commit, term)]
+        holders = durable_holders(self.peers, voters, commit, term)
         if not quorum.has_quorum(voters, holders):
             fail("commit-quorum",
                  f"{peer.id} (leader of term {core.term}) committed {term}/{commit}, but only {holders or 'nobody'} "
@@ -500,6 +500,11 @@ def members_text(m: Membership) -> str:
     if m.learners:
         text += ", learners " + ",".join(sorted(m.learners))
     return text
+
+
+def durable_holders(peers: Mapping[NodeId, SimPeer], voters: Iterable[NodeId], index: int, term: int) -> list[NodeId]:
+    """The ``voters`` (sorted) whose disk holds the entry (index, term), or a snapshot covering it."""
+    return [v for v in sorted(voters) if v in peers and _durably_holds(peers[v], index, term)]
 
 
 def _durably_holds(p: SimPeer, index: int, term: int) -> bool:

@@ -91,7 +91,9 @@ from ..errors import LogCompacted, MembershipChangePending, NotLeader, ProposalD
 from ..state_machine import StateMachine
 from ..types import Entry, EntryKind, HardState, Membership, NodeId, SnapshotMeta
 from .config import SimConfig
-from .invariants import Failure, InvariantChecker, InvariantViolation, _durably_holds, fail, members_text
+from .invariants import (
+    Failure, InvariantChecker, InvariantViolation, _durably_holds, durable_holders, fail, members_text,
+)
 from .node import CoreFactory, PendingRead, PendingWrite, Save, SimPeer, SnapshotData, SnapshotWrite
 
 # Event kinds (kept as small ints: the heap holds (time, seq, kind, a, b)).
@@ -800,7 +802,7 @@ class Simulator:
             return
         if core.role == LEADER:
             voters = core.membership.voters
-            holders = [v for v in sorted(voters) if v in self.peers and _durably_holds(self.peers[v], last.index, last.term)]
+            holders = durable_holders(self.peers, voters, last.index, last.term)
             if quorum.has_quorum(voters, holders):
                 return
             fail("apply-durability",
