@@ -48,16 +48,16 @@ import argparse
 import asyncio
 import functools
 import gc
+import itertools
 import logging
 import os
-import resource
-import statistics
 import sys
 import time
 from typing import Any, Awaitable, Callable
 
 import raftlib
-from benchmarks._snapshot_peer import LOG_FORMAT, emit, serve
+from benchmarks import _common
+from benchmarks._common import LOG_FORMAT, PeerCommands, emit, memory_kib, percentiles, serve
 from raftlib.cli import DemoKV
 from raftlib.errors import RaftError
 from raftlib.loop import run
@@ -67,96 +67,13 @@ Op = Callable[[int], Awaitable[Any]]
 """One operation of a loop: ``op(i)`` for the ``i``-th operation started."""
 
 
-def percentiles(latencies: list[float]) -> dict[str, float | None]:
-    """p50, p99, p999, max and mean of ``latencies`` (seconds), in ms."""
-    if not latencies:
-        return {"p50": None, "p99": None, "p999": None, "max": None, "mean": None}
-    s = sorted(latencies)
-
-    def at(q: float) -> float:
-        return s[min(len(s) - 1, int(q * len(s)))] * 1000.0
-
-    return {"p50": at(0.50), "p99": at(0.99), "p999": at(0.999), "max": s[-1] * 1000.0,
-            "mean": statistics.fmean(s) * 1000.0}
-
-
-def memory_kib() -> dict[str, int]:
-    """Peak (``VmHWM``) and current (``VmRSS``) resident set size from
-    /proc, and ``ru_maxrss``, all in KiB."""
-    found: dict[str, int] = {"ru_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
-    wanted = {"VmHWM:": "vmhwm_kib", "VmRSS:": "vmrss_kib"}
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                parts = line.split()
-                if parts and parts[0] in wanted:
-                    found[wanted[parts[0]]] = int(parts[1])
-    except OSError:
-        pass
-    return found
-
-
 async def closed_loop(op: Op, concurrency: int, seconds: float, warmup: float,
                       yield_each: bool = False) -> dict[str, Any]:
-    """Run ``concurrency`` workers, each calling ``op`` again as soon as its
-    previous call returned, for ``warmup + seconds``; count what completes in
-    the last ``seconds``.
-
-    With ``yield_each`` a worker yields to the event loop after every
-    operation (a stale read never suspends, so a loop of them would
-    otherwise starve the peer). A failed operation is counted by exception
-    type and retried after 1 ms. Operations still in flight at the end are
-    allowed to finish (up to 30 s), not cancelled.
-    """
-    latencies: list[float] = []
-    errors: dict[str, int] = {}
-    counting = False
-    stopping = False
-    started_ops = 0
-    clock = time.perf_counter
-
-    async def worker() -> None:
-        nonlocal started_ops
-        while not stopping:
-            i = started_ops
-            started_ops += 1
-            t = clock()
-            try:
-                await op(i)
-            except RaftError as exc:
-                name = type(exc).__name__
-                errors[name] = errors.get(name, 0) + 1
-                await asyncio.sleep(0.001)
-                continue
-            if counting:
-                latencies.append(clock() - t)
-            if yield_each:
-                await asyncio.sleep(0)
-
-    tasks = [asyncio.ensure_future(worker()) for _ in range(concurrency)]
-    try:
-        await asyncio.sleep(warmup)
-        warmup_errors = dict(errors)
-        errors.clear()
-        counting = True
-        t0 = clock()
-        await asyncio.sleep(seconds)
-        counting = False
-        elapsed = clock() - t0
-        ops = len(latencies)
-        stopping = True
-        done, pending = await asyncio.wait(tasks, timeout=30.0)
-        for t in done:
-            t.result()
-        if pending:
-            errors["still_running_30s_after_the_end"] = len(pending)
-    finally:
-        stopping = True
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    return {"ops": ops, "seconds": elapsed, "ops_per_s": ops / elapsed, "latency_ms": percentiles(latencies),
-            "errors": errors, "warmup_errors": warmup_errors}
+    """:func:`benchmarks._common.closed_loop` with ``op(i)`` for the ``i``-th
+    operation started, by any worker, retries included."""
+    started = itertools.count()
+    return await _common.closed_loop(lambda w, n: op(next(started)), concurrency, seconds, warmup,
+                                     yield_each=yield_each)
 
 
 TICK = 0.001
@@ -234,14 +151,13 @@ async def open_loop(start: Callable[[int], "asyncio.Future[Any]"], rate: float, 
             "start_delay_ms": percentiles(late), "errors": errors}
 
 
-class ClusterPeer:
+class ClusterPeer(PeerCommands):
     """The peer and the command handlers."""
 
     def __init__(self, peer: raftlib.Peer, storage: str) -> None:
-        self.peer = peer
+        super().__init__(peer)
         self.storage = storage
-        self.stopped = asyncio.Event()
-        self.handlers: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
+        self.handlers = {
             "configure": self.configure,
             "leader": self.leader,
             "closed": self.closed,
@@ -252,17 +168,6 @@ class ClusterPeer:
             "status": self.status,
             "stop": self.stop,
         }
-
-    async def configure(self, req: dict[str, Any]) -> dict[str, Any]:
-        await self.peer.set_configuration(req["members"])
-        return {}
-
-    async def leader(self, req: dict[str, Any]) -> dict[str, Any]:
-        return {"leader": await self.peer.wait_for_leader(timeout=req.get("within", 30.0))}
-
-    def role(self) -> dict[str, Any]:
-        s = self.peer.status()
-        return {"role": s["role"], "term": s["term"], "leader": s["leader"]}
 
     def write_op(self, value_size: int, keys: int) -> Op:
         peer = self.peer
@@ -310,15 +215,6 @@ class ClusterPeer:
                                    for j in range(start, min(keys, start + 256))))
         return {"commit_index": self.peer.status()["commit_index"]}
 
-    async def wait_applied(self, req: dict[str, Any]) -> dict[str, Any]:
-        index: int = req["index"]
-        deadline = time.monotonic() + req.get("within", 60.0)
-        while self.peer.status()["applied_index"] < index:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"applied index {self.peer.status()['applied_index']} < {index}")
-            await asyncio.sleep(0.005)
-        return {}
-
     async def watch_leader(self, req: dict[str, Any]) -> dict[str, Any]:
         old: str = req["old"]
         deadline = time.monotonic() + req.get("within", 30.0)
@@ -333,14 +229,7 @@ class ClusterPeer:
             await asyncio.sleep(0.001)
 
     async def status(self, req: dict[str, Any]) -> dict[str, Any]:
-        status = self.peer.status()
-        status.pop("members", None)
-        return {**status, "storage": self.storage, "pid": os.getpid(), **memory_kib()}
-
-    async def stop(self, req: dict[str, Any]) -> dict[str, Any]:
-        await self.peer.stop(transfer_leadership=False)
-        self.stopped.set()
-        return {}
+        return {**await super().status(req), "storage": self.storage, "pid": os.getpid(), **memory_kib()}
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -358,7 +247,7 @@ async def main(args: argparse.Namespace) -> None:
         gc.freeze()
     try:
         emit({"event": "ready", "pid": os.getpid(), "startup_seconds": time.time() - started})
-        await serve(cp)  # type: ignore[arg-type]  # duck-typed: handlers and stopped
+        await serve(cp)
     finally:
         await peer.stop(transfer_leadership=False)
 

@@ -66,7 +66,7 @@ from pysyncobj.journal import FileJournal
 from pysyncobj.transport import TCPTransport
 from pysyncobj.version import VERSION as PYSYNCOBJ_VERSION
 
-from benchmarks._cluster_peer import memory_kib, percentiles
+from benchmarks._common import LOG_FORMAT, failed, memory_kib, percentiles
 
 _emit_lock = threading.Lock()
 
@@ -242,8 +242,7 @@ def main(args: argparse.Namespace) -> None:
             reply = node.handlers[req["cmd"]](req)
             emit({"id": req["id"], "ok": True, **reply})
         except Exception as exc:
-            logging.getLogger("bench").warning("command %s failed: %r", req.get("cmd"), exc, exc_info=True)
-            emit({"id": req.get("id"), "ok": False, "error": f"{type(exc).__name__}: {exc}"})
+            emit(failed(req, exc))
 
     threads: list[threading.Thread] = []
     try:
@@ -272,6 +271,5 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(created).3f %(name)s %(levelname)s %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
     main(parse_args())

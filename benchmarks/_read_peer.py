@@ -40,100 +40,30 @@ import argparse
 import asyncio
 import logging
 import os
-import statistics
 import sys
 import time
 from typing import Any, Awaitable, Callable
 
 import raftlib
-from benchmarks._snapshot_peer import LOG_FORMAT, emit, serve
+from benchmarks import _common
+from benchmarks._common import LOG_FORMAT, STILL_RUNNING, PeerCommands, WorkerOp, emit, serve
 from raftlib.cli import DemoKV
-from raftlib.errors import RaftError
-
-Op = Callable[[int, int], Awaitable[Any]]
-"""One operation of a closed loop: ``op(worker, n)`` for the worker's ``n``-th call."""
 
 
-def percentile(sorted_values: list[float], q: float) -> float | None:
-    if not sorted_values:
-        return None
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
-
-
-async def closed_loop(op: Op, check: Callable[[Any], bool], concurrency: int, seconds: float,
+async def closed_loop(op: WorkerOp, check: Callable[[Any], bool], concurrency: int, seconds: float,
                       warmup: float) -> dict[str, Any]:
-    """Run ``concurrency`` workers, each calling ``op`` again as soon as the
-    previous call returned, for ``warmup + seconds``; count what completes in
-    the last ``seconds``.
-
-    Each worker yields to the event loop after every operation
-    (``asyncio.sleep(0)``), as a server answering requests would: a stale
-    read is answered without suspending, so a loop of them would otherwise
-    hold the event loop and starve the peer's own tasks. A failed operation
-    is counted by exception type and retried after 1 ms; a result for which
-    ``check`` is false counts as ``unexpected_result``.
-    """
-    latencies: list[float] = []
-    errors: dict[str, int] = {}
-    counting = False
-    stopping = False
-
-    async def worker(w: int) -> None:
-        n = 0
-        while not stopping:
-            started = time.perf_counter()
-            try:
-                result = await op(w, n)
-            except RaftError as exc:
-                name = type(exc).__name__
-                errors[name] = errors.get(name, 0) + 1
-                await asyncio.sleep(0.001)
-                continue
-            n += 1
-            if not check(result):
-                errors["unexpected_result"] = errors.get("unexpected_result", 0) + 1
-            elif counting:
-                latencies.append(time.perf_counter() - started)
-            await asyncio.sleep(0)
-
-    tasks = [asyncio.create_task(worker(w)) for w in range(concurrency)]
-    try:
-        await asyncio.sleep(warmup)
-        warmup_errors = dict(errors)
-        errors.clear()
-        counting = True
-        t0 = time.perf_counter()
-        await asyncio.sleep(seconds)
-        counting = False
-        elapsed = time.perf_counter() - t0
-        ops = len(latencies)
-        stopping = True
-        # Let every operation in flight finish rather than cancel it.
-        done, pending = await asyncio.wait(tasks, timeout=30.0)
-        for t in done:
-            t.result()
-        if pending:
-            errors["workers_still_running_30s_after_the_end"] = len(pending)
-    finally:
-        stopping = True
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    latencies.sort()
-    ms = 1000.0
-    return {
-        "ops": ops,
-        "seconds": elapsed,
-        "ops_per_s": ops / elapsed,
-        "latency_ms": {
-            "p50": (percentile(latencies, 0.50) or 0.0) * ms,
-            "p99": (percentile(latencies, 0.99) or 0.0) * ms,
-            "max": (latencies[-1] if latencies else 0.0) * ms,
-            "mean": (statistics.fmean(latencies) if latencies else 0.0) * ms,
-        },
-        "errors": errors,
-        "warmup_errors": warmup_errors,
-    }
+    """:func:`benchmarks._common.closed_loop`, each worker yielding to the
+    event loop after every operation, a result for which ``check`` is false
+    counted as ``unexpected_result``; latency as p50, p99, max and mean (0.0
+    when nothing completed), and the workers still running 30 s after the end
+    counted as ``workers_still_running_30s_after_the_end``."""
+    result = await _common.closed_loop(op, concurrency, seconds, warmup, yield_each=True, check=check)
+    lat = result["latency_ms"]
+    result["latency_ms"] = {k: lat[k] or 0.0 for k in ("p50", "p99", "max", "mean")}
+    errors = result["errors"]
+    if STILL_RUNNING in errors:
+        errors[f"workers_{STILL_RUNNING}"] = errors.pop(STILL_RUNNING)
+    return result
 
 
 def read_ok(result: Any) -> bool:
@@ -144,13 +74,12 @@ def write_ok(result: Any) -> bool:
     return isinstance(result, list) and len(result) == 3 and result[0] == "ok"
 
 
-class ReadPeer:
+class ReadPeer(PeerCommands):
     """The peer and the command handlers."""
 
     def __init__(self, peer: raftlib.Peer) -> None:
-        self.peer = peer
-        self.stopped = asyncio.Event()
-        self.handlers: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
+        super().__init__(peer)
+        self.handlers = {
             "configure": self.configure,
             "leader": self.leader,
             "preload": self.preload,
@@ -160,13 +89,6 @@ class ReadPeer:
             "stop": self.stop,
         }
 
-    async def configure(self, req: dict[str, Any]) -> dict[str, Any]:
-        await self.peer.set_configuration(req["members"])
-        return {}
-
-    async def leader(self, req: dict[str, Any]) -> dict[str, Any]:
-        return {"leader": await self.peer.wait_for_leader(timeout=req.get("within", 30.0))}
-
     async def preload(self, req: dict[str, Any]) -> dict[str, Any]:
         keys: int = req["keys"]
         outstanding: int = req.get("outstanding", 256)
@@ -175,26 +97,13 @@ class ReadPeer:
                                    for i in range(start, min(keys, start + outstanding))))
         return {"commit_index": self.peer.status()["commit_index"]}
 
-    async def wait_applied(self, req: dict[str, Any]) -> dict[str, Any]:
-        index: int = req["index"]
-        deadline = time.monotonic() + req.get("within", 60.0)
-        while self.peer.status()["applied_index"] < index:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"applied index {self.peer.status()['applied_index']} < {index}")
-            await asyncio.sleep(0.005)
-        return {}
-
-    def role(self) -> dict[str, Any]:
-        s = self.peer.status()
-        return {"role": s["role"], "term": s["term"], "leader": s["leader"]}
-
     async def load(self, req: dict[str, Any]) -> dict[str, Any]:
         peer = self.peer
         kind: str = req["kind"]
         consistency: str = req.get("consistency", "linearizable")
         forward: bool = req.get("forward", True)
         keys: int = req.get("keys", 1000)
-        op: Op
+        op: WorkerOp
         if kind == "read":
             queries = [["get", f"k{i}"] for i in range(keys)]
 
@@ -211,16 +120,6 @@ class ReadPeer:
         result = await closed_loop(op, check, req["concurrency"], req["seconds"], req.get("warmup", 0.5))
         return {**result, "before": before, "after": self.role()}
 
-    async def status(self, req: dict[str, Any]) -> dict[str, Any]:
-        status = self.peer.status()
-        status.pop("members", None)
-        return status
-
-    async def stop(self, req: dict[str, Any]) -> dict[str, Any]:
-        await self.peer.stop(transfer_leadership=False)
-        self.stopped.set()
-        return {}
-
 
 async def main(args: argparse.Namespace) -> None:
     started = time.time()
@@ -228,7 +127,7 @@ async def main(args: argparse.Namespace) -> None:
     rp = ReadPeer(peer)
     try:
         emit({"event": "ready", "pid": os.getpid(), "startup_seconds": time.time() - started})
-        await serve(rp)  # type: ignore[arg-type]  # duck-typed: handlers and stopped
+        await serve(rp)
     finally:
         await peer.stop(transfer_leadership=False)
 

@@ -35,22 +35,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
-import resource
 import sys
 import time
-from typing import Any, Awaitable, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 import msgpack
 
 import raftlib
+from benchmarks._common import LOG_FORMAT, PeerCommands, emit, maxrss_kib, proc_status_kib, serve
 from raftlib.errors import RaftError
 from storage_adapters.lmdb import LMDBStorage
-
-LOG_FORMAT = "%(created).3f %(name)s %(levelname)s %(message)s"
-"""Log line format; the orchestrator parses the leading ``time.time()`` stamp."""
 
 
 class KVStore(raftlib.StateMachine):
@@ -101,35 +97,19 @@ class KVStore(raftlib.StateMachine):
 def rss_kib() -> dict[str, int]:
     """This process's resident set size now (``VmRSS``) and its anonymous
     (heap) and file-backed (the LMDB map) parts, in KiB; empty without /proc."""
-    wanted = {"VmRSS:": "vmrss_kib", "RssAnon:": "rss_anon_kib", "RssFile:": "rss_file_kib"}
-    found: dict[str, int] = {}
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                parts = line.split()
-                if parts and parts[0] in wanted:
-                    found[wanted[parts[0]]] = int(parts[1])
-    except OSError:
-        pass
-    return found
+    return proc_status_kib({"VmRSS:": "vmrss_kib", "RssAnon:": "rss_anon_kib", "RssFile:": "rss_file_kib"})
 
 
-def maxrss_kib() -> int:
-    """This process's peak resident set size, in KiB on Linux."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
-class PeerProcess:
+class PeerProcess(PeerCommands):
     """The peer, its storage (kept to count log entries) and the command handlers."""
 
     def __init__(self, peer: raftlib.Peer, storage: LMDBStorage, kv: KVStore, started: float) -> None:
-        self.peer = peer
+        super().__init__(peer)
         self.storage = storage
         self.kv = kv
         self.started = started
         self.max_log_entries = self.log_entries()
-        self.stopped = asyncio.Event()
-        self.handlers: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
+        self.handlers = {
             "configure": self.configure,
             "leader": self.leader,
             "bench": self.bench,
@@ -146,13 +126,6 @@ class PeerProcess:
         while True:
             self.max_log_entries = max(self.max_log_entries, self.log_entries())
             await asyncio.sleep(interval)
-
-    async def configure(self, req: dict[str, Any]) -> dict[str, Any]:
-        await self.peer.set_configuration(req["members"])
-        return {}
-
-    async def leader(self, req: dict[str, Any]) -> dict[str, Any]:
-        return {"leader": await self.peer.wait_for_leader(timeout=req.get("within", 30.0))}
 
     async def bench(self, req: dict[str, Any]) -> dict[str, Any]:
         n: int = req["n"]
@@ -184,18 +157,12 @@ class PeerProcess:
         return {"n": n, "seconds": seconds, "ops_per_s": n / seconds, "errors": errors}
 
     async def wait_applied(self, req: dict[str, Any]) -> dict[str, Any]:
-        index: int = req["index"]
-        deadline = time.monotonic() + req.get("within", 600.0)
-        while self.peer.status()["applied_index"] < index:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"applied index {self.peer.status()['applied_index']} < {index}")
-            await asyncio.sleep(0.005)
+        await self.until_applied(req["index"], req.get("within", 600.0))
         now = time.time()
         return {"time": now, "seconds_since_start": now - self.started}
 
     async def status(self, req: dict[str, Any]) -> dict[str, Any]:
-        status = self.peer.status()
-        status.pop("members", None)
+        status = await super().status(req)
         self.max_log_entries = max(self.max_log_entries, self.log_entries())
         return {
             **status,
@@ -211,48 +178,9 @@ class PeerProcess:
         }
 
     async def stop(self, req: dict[str, Any]) -> dict[str, Any]:
-        await self.peer.stop()
+        await self.peer.stop()  # unlike the other peers, hands leadership over first
         self.stopped.set()
         return {}
-
-
-def emit(obj: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
-
-
-async def serve(pp: PeerProcess) -> None:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=1 << 20)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-
-    async def handle(req: dict[str, Any]) -> None:
-        try:
-            reply = await pp.handlers[req["cmd"]](req)
-            emit({"id": req["id"], "ok": True, **reply})
-        except Exception as exc:
-            logging.getLogger("bench").warning("command %s failed: %r", req.get("cmd"), exc, exc_info=True)
-            emit({"id": req.get("id"), "ok": False, "error": f"{type(exc).__name__}: {exc}"})
-
-    tasks: set[asyncio.Task[None]] = set()
-    stop_wait = asyncio.ensure_future(pp.stopped.wait())
-    try:
-        while not pp.stopped.is_set():
-            read = asyncio.ensure_future(reader.readline())
-            await asyncio.wait({read, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-            if not read.done():
-                read.cancel()
-                break
-            line = read.result()
-            if not line:  # the orchestrator went away
-                break
-            task = asyncio.ensure_future(handle(json.loads(line)))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        if tasks:
-            await asyncio.wait(tasks)
-    finally:
-        stop_wait.cancel()
 
 
 async def main(args: argparse.Namespace) -> None:
