@@ -78,9 +78,10 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Self
 
-from benchmarks.snapshots import PeerError, PeerProcess, read_log
+from benchmarks._common import CpuMeter, PeerError, PeerProcess, machine_busy_seconds, sum_counts
+from benchmarks.snapshots import read_log
 from raftlib.testing import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,51 +112,6 @@ LIVE: set[Proc] = set()
 # -- processes and clusters ----------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User plus system CPU time of ``pid`` so far (all its threads), or None."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_busy_seconds() -> float | None:
-    """CPU time the whole machine spent so far (all cores, not idle or waiting), or None."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:9]]
-    except OSError:
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-class CpuMeter:
-    """CPU use over an interval, in % of one core: of some processes, and of
-    everything else on the machine (``outside``: other processes, this one
-    included, and the kernel's own work)."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
-        self.t0 = time.perf_counter()
-        self.start = {n: cpu_seconds(p) for n, p in pids.items()}
-        self.machine_start = machine_busy_seconds()
-
-    def percent(self) -> dict[str, float | None]:
-        elapsed = time.perf_counter() - self.t0
-        out: dict[str, float | None] = {}
-        for name, pid in self.pids.items():
-            now, then = cpu_seconds(pid), self.start[name]
-            out[name] = None if now is None or then is None else round(100 * (now - then) / elapsed, 1)
-        machine_now = machine_busy_seconds()
-        if machine_now is not None and self.machine_start is not None and None not in out.values():
-            ours = sum(v for v in out.values() if v is not None)
-            out["outside"] = max(0.0, round(100 * (machine_now - self.machine_start) / elapsed - ours, 1))
-        return out
-
-
 def cpu_by_role(pct: dict[str, float | None], leader: str) -> dict[str, Any]:
     return {"leader": pct.get(leader), "followers": [v for n, v in pct.items() if n not in (leader, "outside")],
             "outside": pct.get("outside")}
@@ -171,20 +127,9 @@ class Proc(PeerProcess):
 
     @classmethod
     async def launch(cls, name: str, address: str, module: str, args: list[str], log_path: Path,
-                     data_dir: Path) -> Proc:
-        with open(log_path, "ab") as log:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", module, *args, cwd=ROOT,
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log, limit=1 << 20,
-            )
-        try:
-            peer = cls(name, address, data_dir, log_path, proc, asyncio.get_running_loop().create_future())
-            LIVE.add(peer)
-            peer.reader = asyncio.create_task(peer._read_replies())
-        except BaseException:
-            proc.kill()
-            await proc.wait()
-            raise
+                     data_dir: Path, cwd: Path | None = ROOT) -> Self:
+        peer = await super().launch(name, address, module, args, log_path, data_dir, cwd)
+        LIVE.add(peer)
         return peer
 
     @property
@@ -196,14 +141,7 @@ class Proc(PeerProcess):
         LIVE.discard(self)
 
     async def sigkill(self) -> None:
-        if self.alive:
-            self.proc.send_signal(signal.SIGKILL)
-        await self.proc.wait()
-        if self.reader is not None:
-            try:
-                await asyncio.wait_for(self.reader, 5.0)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
-                self.reader.cancel()
+        await self.kill()
         LIVE.discard(self)
 
 
@@ -692,11 +630,7 @@ def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
     out["cpu_leader_pct"] = statistics.median(leader_cpu) if leader_cpu else None
     out["cpu_outside_pct"] = statistics.median(outside) if outside else None
     out["cpu_busiest_follower_pct"] = statistics.median(follower_cpu) if follower_cpu else None
-    errors: dict[str, int] = {}
-    for s in samples:
-        for k, v in s.get("errors", {}).items():
-            errors[k] = errors.get(k, 0) + v
-    out["errors"] = errors
+    out["errors"] = sum_counts(s.get("errors", {}) for s in samples)
     if "offered_per_s" in samples[0]:
         out["offered_per_s"] = samples[0]["offered_per_s"]
     return out

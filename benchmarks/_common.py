@@ -1,10 +1,15 @@
-"""What the benchmarks share inside a peer process.
+"""What the benchmarks share: the inside of a peer process, and the driver's handle on one.
 
-``benchmarks._cluster_peer``, ``_read_peer`` and ``_snapshot_peer`` (and,
-for the latency and memory helpers, ``_pysyncobj_peer``): the JSON-lines
-protocol (:func:`emit`, :func:`serve`, the commands every raftlib peer
-answers in :class:`PeerCommands`), the closed loop (:func:`closed_loop`),
-latency percentiles and memory from /proc.
+Inside a peer process (``benchmarks._cluster_peer``, ``_read_peer``,
+``_snapshot_peer``; ``_pysyncobj_peer`` takes the latency and memory
+helpers): the JSON-lines protocol (:func:`emit`, :func:`serve`, the commands
+every raftlib peer answers in :class:`PeerCommands`), the closed loop
+(:func:`closed_loop`), latency percentiles and memory from /proc.
+
+In a driver (``python -m benchmarks``, ``benchmarks.reads``,
+``benchmarks.snapshots``): :class:`PeerProcess`, which launches one peer
+process, talks to it, stops and kills it, and CPU time from /proc
+(:class:`CpuMeter`).
 """
 
 from __future__ import annotations
@@ -12,11 +17,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import resource
 import statistics
 import sys
 import time
-from typing import Any, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Iterable, Self
 
 import raftlib
 from raftlib.errors import RaftError
@@ -236,3 +244,176 @@ async def serve(pp: PeerCommands) -> None:
             await asyncio.wait(tasks)
     finally:
         stop_wait.cancel()
+
+
+# -- in a driver ---------------------------------------------------------------------------
+
+
+class PeerError(RuntimeError):
+    """A peer process answered a request with an error, or died."""
+
+
+@dataclass
+class PeerProcess:
+    """The orchestrator's handle on one peer process (one JSON line per message)."""
+
+    name: str
+    address: str
+    data_dir: Path
+    log_path: Path
+    proc: asyncio.subprocess.Process
+    ready: asyncio.Future[dict[str, Any]]
+    replies: dict[int, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
+    next_id: int = 0
+    reader: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def launch(cls, name: str, address: str, module: str, args: list[str], log_path: Path,
+                     data_dir: Path, cwd: Path | None = None) -> Self:
+        """Start ``python -m module *args`` (in ``cwd``), its stderr appended to ``log_path``."""
+        with open(log_path, "ab") as log:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", module, *args, cwd=cwd,
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log, limit=1 << 20,
+            )
+        try:
+            peer = cls(name, address, data_dir, log_path, proc, asyncio.get_running_loop().create_future())
+            peer.reader = asyncio.create_task(peer._read_replies())
+        except BaseException:
+            proc.kill()
+            await proc.wait()
+            raise
+        return peer
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    async def wait_ready(self, timeout: float = 60.0) -> dict[str, Any]:
+        return await asyncio.wait_for(asyncio.shield(self.ready), timeout)
+
+    async def request(self, cmd: str, timeout: float | None = 60.0, **fields: Any) -> dict[str, Any]:
+        """Send one command and wait for its reply; raise :class:`PeerError` on failure."""
+        assert self.proc.stdin is not None
+        self.next_id += 1
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.replies[self.next_id] = fut
+        self.proc.stdin.write(json.dumps({"id": self.next_id, "cmd": cmd, **fields}).encode() + b"\n")
+        await self.proc.stdin.drain()
+        reply = await asyncio.wait_for(fut, timeout)
+        if not reply["ok"]:
+            raise PeerError(f"{self.name}: {cmd} failed: {reply['error']} (log: {self.log_path})")
+        return reply
+
+    async def _read_replies(self) -> None:
+        assert self.proc.stdout is not None
+        while line := await self.proc.stdout.readline():
+            msg = json.loads(line)
+            if msg.get("event") == "ready":
+                if not self.ready.done():
+                    self.ready.set_result(msg)
+            elif (fut := self.replies.pop(msg.get("id"), None)) is not None and not fut.done():
+                fut.set_result(msg)
+        code = await self.proc.wait()
+        gone = PeerError(f"{self.name} exited with code {code} (log: {self.log_path})")
+        for fut in [self.ready, *self.replies.values()]:
+            if not fut.done():
+                fut.set_exception(gone)
+        self.replies.clear()
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Ask the peer to stop and wait for the process to exit; kill it if it does not."""
+        if self.proc.returncode is None:
+            try:
+                await self.request("stop", timeout=timeout)
+                await asyncio.wait_for(self.proc.wait(), timeout)
+            except (PeerError, asyncio.TimeoutError, ConnectionError):
+                pass
+        await self.kill()
+
+    async def kill(self) -> None:
+        """SIGKILL the process if it is still running, and wait for it and for its last replies."""
+        if self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+        if self.reader is not None:
+            try:
+                await asyncio.wait_for(self.reader, 5.0)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                self.reader.cancel()
+
+
+async def stop_all(peers: Iterable[PeerProcess]) -> None:
+    """Stop every peer at once, then kill whatever :meth:`PeerProcess.stop` could not end."""
+    peers = list(peers)
+    await asyncio.gather(*(p.stop() for p in peers), return_exceptions=True)
+    for p in peers:
+        await p.kill()
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU time of process ``pid`` so far (all its threads), or None without /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds(interrupts: bool = True) -> float | None:
+    """CPU time the whole machine spent so far (all cores, not idle or
+    waiting for I/O; time stolen by the hypervisor included), or None without
+    /proc. Without ``interrupts``, interrupt time is left out: it is not
+    charged to any process, and loopback traffic would put the benchmark's
+    own there."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:9]]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    busy = user + nice + system + steal + (irq + softirq if interrupts else 0)
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU use over an interval, in % of one core: of some processes, and of
+    everything else on the machine (``outside``: other processes, this one
+    included unless it is named, and with ``interrupts`` the kernel's
+    interrupt work)."""
+
+    def __init__(self, pids: dict[str, int], interrupts: bool = True) -> None:
+        self.pids = pids
+        self.interrupts = interrupts
+        self.t0 = time.perf_counter()
+        self.start = {n: cpu_seconds(p) for n, p in pids.items()}
+        self.machine_start = machine_busy_seconds(interrupts)
+
+    def percent(self) -> dict[str, float | None]:
+        """Each process by name, and ``outside`` if every figure could be read."""
+        elapsed = time.perf_counter() - self.t0
+        out: dict[str, float | None] = {}
+        for name, pid in self.pids.items():
+            now, then = cpu_seconds(pid), self.start[name]
+            out[name] = None if now is None or then is None else round(100 * (now - then) / elapsed, 1)
+        machine_now = machine_busy_seconds(self.interrupts)
+        if machine_now is not None and self.machine_start is not None and None not in out.values():
+            ours = sum(v for v in out.values() if v is not None)
+            out["outside"] = max(0.0, round(100 * (machine_now - self.machine_start) / elapsed - ours, 1))
+        return out
+
+
+def sum_counts(counts: Iterable[dict[str, int]]) -> dict[str, int]:
+    """The counts (of errors, by kind) of several runs added up."""
+    total: dict[str, int] = {}
+    for c in counts:
+        for k, v in c.items():
+            total[k] = total.get(k, 0) + v
+    return total
+
+
+def write_json(path: Path, results: dict[str, Any]) -> None:
+    """Write a results file (its directory made if need be)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1))

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import shutil
@@ -55,8 +54,10 @@ from pathlib import Path
 from typing import Any, Awaitable
 
 import raftlib
+from benchmarks._common import CpuMeter, PeerError, PeerProcess, stop_all, sum_counts, write_json
 from benchmarks._read_peer import closed_loop, read_ok, write_ok
-from benchmarks.snapshots import PeerError, PeerProcess, free_port, log_summary, read_log
+from benchmarks.snapshots import log_summary, read_log
+from raftlib.testing import free_port
 
 NAMES = ("s1", "s2", "s3")
 RESULTS = Path("bench-results/reads.json")
@@ -92,83 +93,34 @@ FIGURES = (
 )
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User plus system CPU time of process ``pid`` so far, or None without /proc."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def cpu_meter(cluster: Cluster) -> CpuMeter:
+    """CPU use of each peer process, of this process (``client``) and of
+    everything else on the machine (``outside``), interrupt time left out:
+    it is not charged to any process, and loopback traffic would put the
+    benchmark's own there."""
+    return CpuMeter({**{n: p.pid for n, p in cluster.peers.items()}, "client": os.getpid()}, interrupts=False)
 
 
-def machine_busy_seconds() -> float | None:
-    """CPU time the whole machine spent in processes so far (user, nice and
-    system time of all cores, plus time stolen by the hypervisor), or None
-    without /proc. Interrupt time is left out: it is not charged to any
-    process, and loopback traffic would put the benchmark's own there."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:9]]
-    except OSError:
-        return None
-    user, nice, system, _idle, _iowait, _irq, _softirq, steal = fields
-    return (user + nice + system + steal) / os.sysconf("SC_CLK_TCK")
-
-
-class CpuMeter:
-    """CPU use over an interval, in % of one core: of each peer process, of
-    this process, and of everything else on the machine (``outside``)."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = {**pids, "client": os.getpid()}
-        self.t0 = time.perf_counter()
-        self.start = {n: cpu_seconds(p) for n, p in self.pids.items()}
-        self.machine_start = machine_busy_seconds()
-
-    def percent(self, roles: dict[str, str]) -> dict[str, float | None]:
-        """By role: ``roles`` maps a role (leader, follower, other) to a peer's name."""
-        elapsed = time.perf_counter() - self.t0
-        out: dict[str, float | None] = {}
-        for name, pid in self.pids.items():
-            now, then = cpu_seconds(pid), self.start[name]
-            out[name] = None if now is None or then is None else round(100 * (now - then) / elapsed, 1)
-        outside = None
-        machine_now = machine_busy_seconds()
-        if machine_now is not None and self.machine_start is not None and None not in out.values():
-            ours = sum(v for v in out.values() if v is not None)
-            outside = max(0.0, round(100 * (machine_now - self.machine_start) / elapsed - ours, 1))
-        return {**{role: out[name] for role, name in roles.items()}, "client": out["client"], "outside": outside}
-
-
-class ReadPeerProcess(PeerProcess):
-    """A :class:`benchmarks.snapshots.PeerProcess` running ``benchmarks._read_peer``."""
-
-    @classmethod
-    async def spawn_read_peer(cls, name: str, address: str, data_dir: Path, log_path: Path) -> ReadPeerProcess:
-        with open(log_path, "ab") as log:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "benchmarks._read_peer", "--name", name, "--address", address,
-                "--data-dir", str(data_dir),
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log, limit=1 << 20,
-            )
-        peer = cls(name, address, data_dir, log_path, proc, asyncio.get_running_loop().create_future())
-        peer.reader = asyncio.create_task(peer._read_replies())
-        return peer
+def by_role(pct: dict[str, float | None], roles: dict[str, str]) -> dict[str, float | None]:
+    """``pct`` by role: ``roles`` maps a role (leader, follower, other) to a peer's name."""
+    return {**{role: pct[name] for role, name in roles.items()}, "client": pct["client"], "outside": pct.get("outside")}
 
 
 @dataclass
 class Cluster:
     root: Path
     log_dir: Path
-    peers: dict[str, ReadPeerProcess] = field(default_factory=dict)
+    peers: dict[str, PeerProcess] = field(default_factory=dict)
     addresses: dict[str, str] = field(default_factory=dict)
 
     async def start(self) -> None:
         self.addresses = {name: f"127.0.0.1:{free_port()}" for name in NAMES}
         for name in NAMES:
-            self.peers[name] = await ReadPeerProcess.spawn_read_peer(
-                name, self.addresses[name], self.root / name, self.log_dir / f"{name}.log")
+            address, data_dir = self.addresses[name], self.root / name
+            self.peers[name] = await PeerProcess.launch(
+                name, address, "benchmarks._read_peer",
+                ["--name", name, "--address", address, "--data-dir", str(data_dir)], self.log_dir / f"{name}.log",
+                data_dir)
         await asyncio.gather(*(p.wait_ready() for p in self.peers.values()))
         await asyncio.gather(*(p.request("configure", members=self.addresses) for p in self.peers.values()))
 
@@ -181,9 +133,7 @@ class Cluster:
         await asyncio.gather(*(p.request("wait_applied", index=commit) for p in self.peers.values()))
 
     async def close(self) -> None:
-        await asyncio.gather(*(p.stop() for p in self.peers.values()), return_exceptions=True)
-        for p in self.peers.values():  # whatever stop() could not end
-            await p.kill()
+        await stop_all(self.peers.values())
 
 
 async def client_load(client: raftlib.Client, fig: Figure, args: argparse.Namespace) -> dict[str, Any]:
@@ -222,11 +172,11 @@ async def one_run(args: argparse.Namespace, run_no: int) -> dict[str, Any]:
                 if fig.via == "client":
                     continue
                 target = cluster.peers[leader if fig.via == "leader" else follower]
-                cpu = CpuMeter({n: p.pid for n, p in cluster.peers.items()})
+                cpu = cpu_meter(cluster)
                 r = await target.request("load", timeout=budget, kind=fig.kind, consistency=fig.consistency,
                                          forward=True, concurrency=args.concurrency, seconds=args.seconds,
                                          warmup=WARMUP, keys=args.keys)
-                r["cpu_percent"] = cpu.percent(roles)
+                r["cpu_percent"] = by_role(cpu.percent(), roles)
                 r["served_by"] = follower if fig.key == "follower_read_stale" else leader
                 result["figures"][fig.key] = r
                 report_line(run_no, fig, r)
@@ -238,9 +188,9 @@ async def one_run(args: argparse.Namespace, run_no: int) -> dict[str, Any]:
                     if fig.via != "client":
                         continue
                     before = await cluster.peers[leader].request("status")
-                    cpu = CpuMeter({n: p.pid for n, p in cluster.peers.items()})
+                    cpu = cpu_meter(cluster)
                     r = await asyncio.wait_for(client_load(client, fig, args), budget)
-                    r["cpu_percent"] = cpu.percent(roles)
+                    r["cpu_percent"] = by_role(cpu.percent(), roles)
                     after = await cluster.peers[leader].request("status")
                     r["before"] = {k: before[k] for k in ("role", "term", "leader")}
                     r["after"] = {k: after[k] for k in ("role", "term", "leader")}
@@ -284,10 +234,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             continue
         rates = [r["ops_per_s"] for r in rs]
         mid = sorted(rs, key=lambda r: r["ops_per_s"])[(len(rs) - 1) // 2]
-        errors: dict[str, int] = {}
-        for r in rs:
-            for k, v in r["errors"].items():
-                errors[k] = errors.get(k, 0) + v
+        errors = sum_counts(r["errors"] for r in rs)
         summary[fig.key] = {
             "what": fig.what, "via": fig.via, "kind": fig.kind, "consistency": fig.consistency,
             "ops_per_s_median": statistics.median(rates), "ops_per_s_runs": rates,
@@ -362,8 +309,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         results["runs"].append(await one_run(args, run_no))
     results["machine"]["loadavg_at_end"] = os.getloadavg()
     results["summary"] = summarize(results["runs"])
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=1))
+    write_json(RESULTS, results)
     report(results)
     return results
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import re
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import raftlib
+from benchmarks._common import PeerProcess, proc_status_kib, stop_all, write_json
 from raftlib.testing import free_port
 
 NAMES = ("s1", "s2", "s3")
@@ -56,102 +56,7 @@ MIB = 1024 * 1024
 
 def vmrss_kib(pid: int) -> int | None:
     """Current resident set size of ``pid`` in KiB, or None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-class PeerError(RuntimeError):
-    """A peer process answered a request with an error, or died."""
-
-
-@dataclass
-class PeerProcess:
-    """The orchestrator's handle on one peer process (one JSON line per message)."""
-
-    name: str
-    address: str
-    data_dir: Path
-    log_path: Path
-    proc: asyncio.subprocess.Process
-    ready: asyncio.Future[dict[str, Any]]
-    replies: dict[int, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
-    next_id: int = 0
-    reader: asyncio.Task[None] | None = None
-
-    @classmethod
-    async def spawn(cls, name: str, address: str, data_dir: Path, log_path: Path,
-                    snapshot_entries: int, keep: int) -> PeerProcess:
-        with open(log_path, "ab") as log:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "benchmarks._snapshot_peer", "--name", name, "--address", address,
-                "--data-dir", str(data_dir), "--snapshot-entries", str(snapshot_entries), "--keep", str(keep),
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log, limit=1 << 20,
-            )
-        peer = cls(name, address, data_dir, log_path, proc, asyncio.get_running_loop().create_future())
-        peer.reader = asyncio.create_task(peer._read_replies())
-        return peer
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    async def wait_ready(self, timeout: float = 60.0) -> dict[str, Any]:
-        return await asyncio.wait_for(asyncio.shield(self.ready), timeout)
-
-    async def request(self, cmd: str, timeout: float | None = 60.0, **fields: Any) -> dict[str, Any]:
-        """Send one command and wait for its reply; raise :class:`PeerError` on failure."""
-        assert self.proc.stdin is not None
-        self.next_id += 1
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self.replies[self.next_id] = fut
-        self.proc.stdin.write(json.dumps({"id": self.next_id, "cmd": cmd, **fields}).encode() + b"\n")
-        await self.proc.stdin.drain()
-        reply = await asyncio.wait_for(fut, timeout)
-        if not reply["ok"]:
-            raise PeerError(f"{self.name}: {cmd} failed: {reply['error']} (log: {self.log_path})")
-        return reply
-
-    async def _read_replies(self) -> None:
-        assert self.proc.stdout is not None
-        while line := await self.proc.stdout.readline():
-            msg = json.loads(line)
-            if msg.get("event") == "ready":
-                if not self.ready.done():
-                    self.ready.set_result(msg)
-            elif (fut := self.replies.pop(msg.get("id"), None)) is not None and not fut.done():
-                fut.set_result(msg)
-        code = await self.proc.wait()
-        gone = PeerError(f"{self.name} exited with code {code} (log: {self.log_path})")
-        for fut in [self.ready, *self.replies.values()]:
-            if not fut.done():
-                fut.set_exception(gone)
-        self.replies.clear()
-
-    async def stop(self, timeout: float = 30.0) -> None:
-        """Ask the peer to stop and wait for the process to exit; kill it if it does not."""
-        if self.proc.returncode is None:
-            try:
-                await self.request("stop", timeout=timeout)
-                await asyncio.wait_for(self.proc.wait(), timeout)
-            except (PeerError, asyncio.TimeoutError, ConnectionError):
-                pass
-        await self.kill()
-
-    async def kill(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.kill()
-            await self.proc.wait()
-        if self.reader is not None:
-            try:
-                await asyncio.wait_for(self.reader, 5.0)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
-                self.reader.cancel()
+    return proc_status_kib({"VmRSS:": "vmrss_kib"}, pid).get("vmrss_kib")
 
 
 class RssSampler:
@@ -251,8 +156,12 @@ class Cluster:
         return self.log_dir / f"{name}.log"
 
     async def spawn(self, name: str) -> PeerProcess:
-        peer = await PeerProcess.spawn(name, self.addresses[name], self.root / name, self.log_path(name),
-                                       self.snapshot_entries, self.args.keep)
+        address, data_dir = self.addresses[name], self.root / name
+        peer = await PeerProcess.launch(
+            name, address, "benchmarks._snapshot_peer",
+            ["--name", name, "--address", address, "--data-dir", str(data_dir),
+             "--snapshot-entries", str(self.snapshot_entries), "--keep", str(self.args.keep)],
+            self.log_path(name), data_dir)
         self.peers[name] = peer
         return peer
 
@@ -277,9 +186,7 @@ class Cluster:
         return {p.name: s for p, s in zip(running, statuses)}
 
     async def close(self) -> None:
-        await asyncio.gather(*(p.stop() for p in self.peers.values()), return_exceptions=True)
-        for p in self.peers.values():  # whatever stop() could not end
-            await p.kill()
+        await stop_all(self.peers.values())
 
 
 async def measure_throughput(leader: PeerProcess, n: int, outstanding: int) -> dict[str, Any]:
@@ -506,8 +413,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     }
     for snapshots in (False, True):
         results["runs"].append(await run(args, snapshots))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=1))
+    write_json(RESULTS, results)
     report(results)
     return results
 
