@@ -823,21 +823,17 @@ async def _at_or_after(listen: _Listen, index: int) -> AsyncGenerator[Change, No
     though the watch positioned itself on another member), from the oldest
     change it keeps; the reader checks that it missed none."""
     changes = listen(index)
-    started = False
     try:
-        while True:
-            try:
-                change = await anext(changes)
-            except StopAsyncIteration:
-                return
-            except LogCompacted:
-                if started:
-                    raise
-                started = True
-                await _aclose(changes)
-                changes = listen(0)
-                continue
-            started = True
+        try:
+            first = await anext(changes)
+        except StopAsyncIteration:
+            return
+        except LogCompacted:
+            await _aclose(changes)
+            changes = listen(0)
+        else:
+            yield first
+        async for change in changes:
             yield change
     finally:
         await _aclose(changes)
