@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from typing import Any, AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence, TypeVar
 
 from . import codec
 from .config import check_timeout
@@ -62,6 +62,14 @@ _NOT_APPLIED = (NotLeader, ProposalDropped, PeerStopped, Unavailable, Overloaded
 """Errors after which a request certainly did not take effect (retried with back-off)."""
 _UNKNOWN = (OutcomeUnknown, Timeout)
 """Errors after which it may have."""
+
+_T = TypeVar("_T")
+_Call = Callable[[str, dict[str, Any]], Awaitable[Any]]
+"""``call(op, args)``: make one request to a member and return its answer."""
+
+
+class _OutOfTime(Exception):
+    """The time allowed ran out between two requests of :meth:`Client._on_one_member`."""
 
 
 class Client:
@@ -200,33 +208,8 @@ class Client:
         self._check_open()
         check_timeout(timeout)
         _check_sendable(codec.pack(query, "query"), "query", self._max_frame_size)  # before anything is sent
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + (self.timeout if timeout is None else timeout)
-        last: BaseException | None = None
-        backoff = 0.01
-        while loop.time() < deadline:
-            self._check_open()
-            remaining = deadline - loop.time()
-            conn: RpcConnection | None = None
-            try:
-                conn = await self._connection(remaining)
-                left = deadline - loop.time()  # connecting took some of it
-                if left <= 0:
-                    continue
-                attempt = min(left, self._attempt_timeout)  # as for writes
-                return await conn.call("read", {"query": query, "consistency": consistency, "timeout": attempt},
-                                       timeout=attempt)
-            except _NOT_APPLIED + _UNKNOWN as exc:
-                last = exc
-                self._follow(exc, conn)
-                if isinstance(exc, _UNKNOWN):
-                    self._leave(conn)
-                    await self._drop_connection()
-            await asyncio.sleep(backoff)
-            backoff = min(0.5, backoff * 2)
-        if last is None:
-            raise Unavailable("the read was not sent: its timeout ran out first")
-        raise Unavailable(f"the read got no answer in time (last error: {last})")
+        request = {"query": query, "consistency": consistency}
+        return await self._on_one_member(lambda call: call("read", request), "the read", timeout)
 
     async def listen(self, from_index: int = 0, *, reaching: int | None = None) -> AsyncIterator[Change]:
         """Yield every write the cluster applies, in log order, from
@@ -367,6 +350,50 @@ class Client:
             self._avoid = conn.address
             if self._preferred == conn.address:
                 self._preferred = None
+
+    async def _on_one_member(self, calls: Callable[[_Call], Awaitable[_T]], what: str,
+                             timeout: float | None = None) -> _T:
+        """Return ``await calls(call)``, where ``call(op, args)`` makes request
+        ``op`` and returns its answer, every one of them to the same member.
+
+        When a request fails without taking effect, or gets no answer in
+        time (requests made this way must change nothing), ``calls`` starts
+        over, at another member if this one is left, until ``timeout``
+        (default: the client's) runs out; raises
+        :class:`~raftlib.errors.Unavailable` naming ``what`` then. One
+        member answers each request within ``attempt_timeout``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.timeout if timeout is None else timeout)
+        last: BaseException | None = None
+        backoff = 0.01
+        while loop.time() < deadline:
+            self._check_open()
+            conn: RpcConnection | None = None
+            try:
+                conn = await self._connection(deadline - loop.time())
+                member = conn
+
+                async def call(op: str, args: dict[str, Any]) -> Any:
+                    left = deadline - loop.time()  # connecting and earlier requests took some of it
+                    if left <= 0:
+                        raise _OutOfTime
+                    attempt = min(left, self._attempt_timeout)  # as for writes
+                    return await member.call(op, {**args, "timeout": attempt}, timeout=attempt)
+
+                return await calls(call)
+            except _OutOfTime:
+                break
+            except _NOT_APPLIED + _UNKNOWN as exc:
+                last = exc
+                self._follow(exc, conn)
+                if isinstance(exc, _UNKNOWN):
+                    self._leave(conn)
+                    await self._drop_connection()
+            await asyncio.sleep(backoff)
+            backoff = min(0.5, backoff * 2)
+        if last is None:
+            raise Unavailable(f"{what} was not sent: its timeout ran out first")
+        raise Unavailable(f"{what} got no answer in time (last error: {last})")
 
     async def _connection(self, within: float) -> RpcConnection:
         """The connection to use, opened if needed; raises PeerStopped once the client is closed."""

@@ -43,6 +43,13 @@ keeps, ``reaching`` *A'*, so that a member that keeps nothing that old (it
 restarted from a snapshot, say) says so at once instead of waiting for the
 next write, and skips the changes older than *r*. Either way it checks
 Rule 2 on every change it reads, so a gap is raised, never silently skipped.
+
+*A* and *R* (and *A'*) must come from one member: a client that moves to
+another member between these requests starts them over there. The feed
+itself may land on yet another member, which may keep nothing as old as
+*A* + 1 (it restarted from a later snapshot): *A* + 1 is only the earliest
+index the watch needs, so it then reads from the oldest change that member
+keeps, and Rule 2 tells whether it missed one.
 """
 
 from __future__ import annotations
@@ -586,17 +593,9 @@ class KVClient:
         across members and leader changes without losing or repeating a
         change; see :class:`KVWatch`.
         """
-        client = self.client
-
-        async def position() -> int:
-            applied: int = (await client.status())["applied_index"]
-            return applied
-
-        async def read_revision(consistency: str) -> int:
-            revision: int = await client.read(["revision"], consistency=consistency)
-            return revision
-
-        return KVWatch(client.listen, position, read_revision, scope, key_prefix, from_revision)
+        member = _OneMember(self.client)
+        return KVWatch(self.client.listen, member.position, member.read_revision, scope, key_prefix, from_revision,
+                       one_member=member.run)
 
     # -- internals ----------------------------------------------------------------------
 
@@ -656,6 +655,46 @@ def watch_peer(peer: Peer, scope: str | None = DEFAULT_SCOPE, key_prefix: str = 
     return KVWatch(peer.listen, position, read_revision, scope, key_prefix, from_revision)
 
 
+class _OneMember:
+    """The requests that start a watch through a client, all made to one
+    member: an applied index and a revision from two members say nothing
+    about each other. If one fails, they start over (at another member if
+    need be)."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._call: Callable[[str, dict[str, Any]], Awaitable[Any]] | None = None
+
+    async def run(self, start: Callable[[], Awaitable[_Start]]) -> _Start:
+        async def calls(call: Callable[[str, dict[str, Any]], Awaitable[Any]]) -> _Start:
+            self._call = call
+            try:
+                return await start()
+            finally:
+                self._call = None
+
+        return await self._client._on_one_member(calls, "the start of the watch")
+
+    async def position(self) -> int:
+        assert self._call is not None, "only while run() runs"
+        applied: int = (await self._call("status", {}))["applied_index"]
+        return applied
+
+    async def read_revision(self, consistency: str) -> int:
+        assert self._call is not None, "only while run() runs"
+        revision: Any = await self._call("read", {"query": ["revision"], "consistency": consistency})
+        _raise_refused(revision)
+        if type(revision) is not int:
+            raise KVError(f"the cluster does not run KVStateMachine (it answered {_short(revision)})")
+        return revision
+
+
+_Start = tuple[int, int, int | None, int | None]
+"""Where a watch starts: its first revision, the log index to listen from,
+the ``reaching`` index (with listening from 0), and the member's revision
+if the watch asked it for older changes."""
+
+
 class _Listen(Protocol):
     """A change feed: :meth:`raftlib.Client.listen` or :meth:`raftlib.Peer.listen`."""
 
@@ -681,9 +720,13 @@ class KVWatch:
 
     def __init__(self, listen: _Listen, position: Callable[[], Awaitable[int]],
                  read_revision: Callable[[str], Awaitable[int]], scope: str | None, key_prefix: str,
-                 from_revision: int | None) -> None:
+                 from_revision: int | None, *,
+                 one_member: Callable[[Callable[[], Awaitable[_Start]]], Awaitable[_Start]] | None = None) -> None:
         """``position()`` is the member's applied index; ``read_revision(consistency)``
-        the store revision, read ``"linearizable"`` or ``"stale"`` (on the member)."""
+        the store revision, read ``"linearizable"`` or ``"stale"`` (on the member).
+        ``one_member(start)`` returns ``await start()``, making sure that the
+        calls of ``position`` and ``read_revision`` in it all reach one member
+        (by default they do: one peer's)."""
         if scope is not None:
             _check_request_names(scope)
         if not isinstance(key_prefix, str):
@@ -697,6 +740,7 @@ class KVWatch:
         self._listen = listen
         self._position = position
         self._read_revision = read_revision
+        self._one_member = one_member
         self._events: AsyncGenerator[KVEvent, None] | None = None
         self._starting = asyncio.Lock()
         self._waiting = False
@@ -711,23 +755,26 @@ class KVWatch:
                 raise KVError("this watch is closed")
             if self._events is not None:
                 return
-            applied = await self._position()
-            member_revision = None
-            if self.first_revision is None:
-                revision = await self._read_revision("linearizable")
-                # Every change of revision > `revision` has a log index > `applied`.
-                self.first_revision = revision + 1
-                changes = self._listen(applied + 1)
-            else:
-                revision = await self._read_revision("stale")  # the member's own, after `applied`
-                if self.first_revision > revision:
-                    changes = self._listen(applied + 1)  # as above
-                else:
-                    # The change of revision first_revision is applied there by now: the
-                    # feed must reach back to it (or say at once that it cannot).
-                    member_revision = revision
-                    changes = self._listen(0, reaching=max(1, await self._position()))
+            start = self._locate() if self._one_member is None else self._one_member(self._locate)
+            self.first_revision, from_index, reaching, member_revision = await start
+            changes: AsyncIterator[Change] = (
+                _at_or_after(self._listen, from_index) if reaching is None else self._listen(0, reaching=reaching)
+            )
             self._events = _events(changes, self.scope, self.key_prefix, self.first_revision, member_revision)
+
+    async def _locate(self) -> _Start:
+        """Where to start (see the module docs), from one member's answers."""
+        applied = await self._position()
+        if self.first_revision is None:
+            revision = await self._read_revision("linearizable")
+            # Every change of revision > `revision` has a log index > `applied`.
+            return revision + 1, applied + 1, None, None
+        revision = await self._read_revision("stale")  # the member's own, after `applied`
+        if self.first_revision > revision:
+            return self.first_revision, applied + 1, None, None  # as above
+        # The change of revision first_revision is applied there by now: the
+        # feed must reach back to it (or say at once that it cannot).
+        return self.first_revision, 0, max(1, await self._position()), revision
 
     def __aiter__(self) -> KVWatch:
         return self
@@ -767,6 +814,29 @@ class KVWatch:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+async def _at_or_after(listen: _Listen, index: int) -> AsyncGenerator[Change, None]:
+    """The change feed from log ``index`` on, where ``index`` is only the
+    earliest a reader needs: if the member the feed reaches keeps nothing
+    that old (it restarted from a snapshot taken after ``index``, say,
+    though the watch positioned itself on another member), from the oldest
+    change it keeps; the reader checks that it missed none."""
+    changes = listen(index)
+    try:
+        try:
+            first = await anext(changes)
+        except StopAsyncIteration:
+            return
+        except LogCompacted:
+            await _aclose(changes)
+            changes = listen(0)
+        else:
+            yield first
+        async for change in changes:
+            yield change
+    finally:
+        await _aclose(changes)
 
 
 async def _events(changes: AsyncIterator[Change], scope: str | None, prefix: str,

@@ -457,10 +457,17 @@ class Peer:
 
         Returns once the change has committed: ``True``, or ``False`` if
         ``name`` was not a member and nothing changed (also when a retry
-        after a lost leader finds the first attempt's removal done). A leader that removes itself keeps leading until the change
-        commits, then steps down and hands over to the most up-to-date voter.
-        The removed peer keeps running (stop it, or use :meth:`leave`).
-        Raises :class:`ConfigError` when removing the last voter.
+        after a lost leader finds the first attempt's removal done). A
+        leader that removes itself first hands leadership over, as
+        :meth:`stop` does (to the most up-to-date follower heard from within
+        an election timeout), and the new leader removes it; if the handover
+        fails within two maximum election timeouts, it removes itself,
+        leads until the change commits, then steps down and tells the most
+        up-to-date voter to campaign. The removed peer keeps running (stop
+        it, or use :meth:`leave`).
+        Raises :class:`ConfigError` when removing the last voter, and
+        :class:`Timeout` if ``timeout`` passes first (a handover still under
+        way is abandoned: this peer leads on and is still a member).
         """
         check_timeout(timeout)
         return await self._remove_member(name, timeout=timeout, hops=0)
@@ -492,15 +499,17 @@ class Peer:
             if set(membership.voters) == {self.name}:
                 raise ConfigError(f"{self.name} is the only voter; a cluster cannot lose its last voter")
             if self.is_leader and self.name in membership.voters:
-                await self._hand_over("leaving", deadline)
-            await self.remove_member(self.name, timeout=_remaining(loop, deadline))
+                await self._hand_over("leaving", deadline, "leave")
+            # Handed over, or tried to: the removal must not try again.
+            await self._remove_member(self.name, timeout=_remaining(loop, deadline), hops=0, hand_over=False)
         await self.stop(transfer_leadership=False)
 
-    async def _hand_over(self, doing: str, deadline: float | None) -> None:
-        """Transfer leadership before :meth:`stop` or :meth:`leave` (``doing``
-        says which, for the log) to :meth:`_successor`. A transfer that fails
-        within its own limit is logged: the peer then goes on without one.
-        Raises Timeout (for :meth:`leave`) if ``deadline`` passes first."""
+    async def _hand_over(self, doing: str, deadline: float | None, goal: str = "stop") -> None:
+        """Transfer leadership to :meth:`_successor` before :meth:`stop`,
+        :meth:`leave` or removing this peer (``doing`` says which, for the
+        log). A transfer that fails within its own limit is logged: the peer
+        then goes on without one. Raises Timeout saying this peer could not
+        ``goal`` if ``deadline`` passes first."""
         loop = asyncio.get_running_loop()
         limit = self._transfer_limit()
         remaining = _remaining(loop, deadline)
@@ -515,7 +524,7 @@ class Peer:
             new = await self.transfer_leadership(target, timeout=_min_timeout(limit, remaining))
         except Timeout as exc:
             if remaining is not None and remaining <= limit:
-                raise Timeout(f"{self.name} could not leave within the time allowed ({exc}); it is still "
+                raise Timeout(f"{self.name} could not {goal} within the time allowed ({exc}); it is still "
                               f"a member and keeps running") from None
             self._log.info("%s: %s without a leadership transfer: %s", self.name, doing, exc)
         except RaftError as exc:
@@ -540,7 +549,7 @@ class Peer:
         await self._on_leader("add_member", {"name": name, "address": address, "voter": voter},
                               lambda deadline: self._change_until(next_step, deadline), timeout, hops)
 
-    async def _remove_member(self, name: NodeId, *, timeout: float | None, hops: int) -> bool:
+    async def _remove_member(self, name: NodeId, *, timeout: float | None, hops: int, hand_over: bool = True) -> bool:
         _check_name(name)
         if set(self._core.membership.voters) == {name}:
             raise ConfigError(f"{name} is the only voter; a cluster cannot lose its last voter")
@@ -548,8 +557,9 @@ class Peer:
         def next_step(cur: Membership) -> Membership | None:
             return without_member(cur, name) if name in cur.members else None
 
-        changed: bool = await self._on_leader("remove_member", {"name": name},
-                                              lambda deadline: self._change_until(next_step, deadline), timeout, hops)
+        changed: bool = await self._on_leader(
+            "remove_member", {"name": name},
+            lambda deadline: self._change_until(next_step, deadline, hand_over=hand_over), timeout, hops)
         return changed
 
     async def _reconfigure_to(self, members: Mapping[NodeId, str], *, timeout: float | None, hops: int) -> None:
@@ -562,15 +572,28 @@ class Peer:
         await self._on_leader("set_configuration", {"members": target},
                               lambda deadline: self._change_until(next_step, deadline), timeout, hops)
 
-    async def _change_until(self, next_step: Callable[[Membership], Membership | None], deadline: float | None) -> bool:
+    async def _change_until(self, next_step: Callable[[Membership], Membership | None], deadline: float | None,
+                            *, hand_over: bool = True) -> bool:
         """On the leader: propose ``next_step(current)`` until it returns ``None``,
         waiting for each step to commit and for learners to catch up before
         they are promoted; return whether any step was proposed. Each step is
         computed from the membership in force when it is proposed, so
-        concurrent changes compose."""
+        concurrent changes compose.
+
+        Before a step that takes this leader's vote away, it first hands
+        leadership over (if ``hand_over``) as :meth:`stop` does, to a
+        follower it hears from: the propose then raises :class:`NotLeader`
+        and :meth:`_on_leader` takes the change to the new leader. Left to
+        itself, the core would step down once the change commits and tell
+        the first up-to-date voter by name to campaign, which may be one
+        that stopped just after it received the change."""
         loop = asyncio.get_running_loop()
         core = self._core
         pause = self.config.heartbeat_ticks * self.config.tick_interval
+
+        def demotes_me(cur: Membership) -> bool:
+            step = next_step(cur)
+            return step is not None and self.name in cur.voters and self.name not in step.voters
 
         def propose() -> tuple[asyncio.Future[None], Membership] | NodeId | None:
             current = core.membership
@@ -590,6 +613,9 @@ class Peer:
 
         changed = False
         while True:
+            if hand_over and self.is_leader and demotes_me(core.membership):
+                hand_over = False  # once: if it fails, the core's own step-down follows the change
+                await self._hand_over("removing itself", deadline, "remove itself")
             try:
                 out = await self._call_in_driver(propose)
             except MembershipChangePending:

@@ -433,6 +433,37 @@ async def test_a_watch_from_a_revision_asks_for_a_feed_that_says_at_once_if_it_c
     assert "index" not in str(raised.value)
 
 
+async def test_a_watch_whose_feed_lands_on_a_member_that_keeps_less_starts_from_what_it_keeps() -> None:
+    """The watch positioned itself on a member that had applied index 4 (at
+    revision 4), then its feed reached a member that restarted from a
+    snapshot at index 6: the feed from index 5 is compacted there, but the
+    changes the watch wants (from revision 8, or from "now") are kept. It
+    starts from the oldest change that member keeps; one it does not keep
+    is still refused."""
+    _, changes = feed_of([["put", "default", "k", i] for i in range(10)])  # revision i + 1 at index i + 1
+    asked: list[int] = []
+
+    async def listen(from_index: int, *, reaching: int | None = None) -> AsyncIterator[Change]:
+        asked.append(from_index)
+        if 0 < from_index <= 6:
+            raise errors.LogCompacted("changes up to index 6 are no longer kept on s2; listen from 7")
+        for change in changes[6:]:
+            if change.index >= from_index:
+                yield change
+
+    async def four(*_: Any) -> int:
+        return 4
+
+    assert [e.version for e in await drain(KVWatch(listen, four, four, None, "", 8))] == [8, 9, 10]
+    assert asked == [5, 0]
+    now = KVWatch(listen, four, four, None, "", None)
+    await now.start()
+    with pytest.raises(errors.LogCompacted, match="revision 5 to 6"):
+        await drain(now)
+    with pytest.raises(errors.LogCompacted, match="revision 6 to 6"):
+        await drain(KVWatch(listen, four, four, None, "", 6))
+
+
 async def test_a_watch_that_falls_behind_what_members_keep_says_so_in_revisions() -> None:
     """The feed's LogCompacted names log indexes and Peer.listen; a watch's
     reader needs the revision to resume from and how."""

@@ -85,6 +85,45 @@ async def impersonate(tmp_path: Path, cluster: Cluster, **security: Any) -> None
         await evil.close()
 
 
+# --------------------------------------------------------------------------- no security
+
+
+@pytest.mark.parametrize("term", [2**63 - 1, 2**62, 2**40])
+async def test_a_stranger_s_absurd_term_does_not_wedge_an_unsecured_cluster(
+        cluster: Cluster, term: int, caplog: pytest.LogCaptureFixture) -> None:
+    """An unsecured cluster takes Raft messages from anyone. A heartbeat of a
+    term near 2**63 made every peer adopt that term, and the next election
+    needed a term no peer accepts (above 2**63-1), so none ever succeeded.
+    Terms grow by one per election: a message that far ahead is dropped with
+    a warning and raises the term by a bounded step only; the peers keep
+    serving and electing."""
+    from raftlib.core.messages import AppendEntries, AppendEntriesResponse
+    from raftlib.core.raft import MAX_TERM_STEP
+
+    await cluster.start(3)
+    leader = await cluster.leader()
+    follower = next(p for p in cluster.live() if p is not leader)
+    assert await leader.write(["set", "before", 1]) == ["ok", "before", 1]
+    before = leader.status()["term"]
+    stranger = Transport("intruder", "127.0.0.1:0", on_message=lambda m: None)
+    await stranger.start()
+    try:
+        for peer in cluster.live():
+            stranger.set_address(peer.name, peer.address)
+        stranger.send(AppendEntries(term, "intruder", follower.name, 0, 0, (), 0))
+        stranger.send(AppendEntriesResponse(term, "intruder", leader.name, True, 0))
+        await eventually(lambda: follower.status()["term"] > before and leader.status()["term"] > before)
+    finally:
+        await stranger.close()
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "intruder" in r.getMessage()]
+    assert warned and all(f"more than {MAX_TERM_STEP} above ours" in m for m in warned)
+    await (await cluster.leader()).stop()
+    new = await cluster.leader()
+    assert new.status()["term"] < before + 3 * MAX_TERM_STEP
+    assert await new.write(["set", "after", 1], timeout=10) == ["ok", "after", 1]
+    assert await new.read(["get", "before"]) == ["ok", 1]
+
+
 # --------------------------------------------------------------------------- mutual TLS
 
 

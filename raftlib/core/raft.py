@@ -59,6 +59,15 @@ INPUT_WARNING = {"raftlib_input": True}
 """``extra`` of a warning about another peer's message: one peer can send
 such messages as fast as it likes, so the runtime may hold repeats back."""
 
+MAX_TERM_STEP = 2**24
+"""The most one message raises this peer's term by. Terms grow by one per
+election, so no correct peer is this far ahead of another (it would take
+some 16 million elections). A message further ahead raises the term by this
+much and is dropped: a stray message whose term is near the largest the
+wire carries (2**63-1) cannot leave the cluster without a term to elect in
+(a stranger would need some 2**39 messages to get there), while a peer that
+is really that far behind still catches up, by this much per message."""
+
 
 class _ReadRound:
     __slots__ = ("ctx", "index", "request_ids")
@@ -222,6 +231,15 @@ class Raft:
                 pass  # a pre-vote never changes our term
             elif isinstance(msg, RequestVoteResponse) and msg.pre_vote and msg.granted:
                 pass  # granted pre-votes carry the term we would campaign in
+            elif msg.term - self.term > MAX_TERM_STEP:
+                # No correct peer is that far ahead; one that claims to be
+                # must not take this peer near the largest term the wire
+                # carries, past which no election could succeed.
+                step = self.term + MAX_TERM_STEP
+                self.logger.warning("%s: dropping %s: its term is more than %d above ours; raising ours to %d only",
+                                    self.id, msg.describe(), MAX_TERM_STEP, step, extra=INPUT_WARNING)
+                self._become_follower(step, None)
+                return
             else:
                 leader = msg.src if isinstance(msg, (AppendEntries, TimeoutNow)) else None
                 self._become_follower(msg.term, leader)

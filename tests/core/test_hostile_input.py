@@ -14,7 +14,7 @@ from raftlib.core.messages import (
     RequestVoteResponse,
     TimeoutNow,
 )
-from raftlib.core.raft import LEADER, _malformed
+from raftlib.core.raft import LEADER, MAX_TERM_STEP, _malformed
 from raftlib.types import Entry, EntryKind, Membership
 
 from .network import Network
@@ -147,3 +147,36 @@ def test_a_snapshot_at_index_zero_changes_nothing() -> None:
     b.step(InstallSnapshot(b.term, "a", "b", 0, 0, MS))
     assert not b.has_ready()
     assert state(net, "b") == before
+
+
+def test_a_term_far_ahead_raises_ours_by_a_bounded_step_only() -> None:
+    """A message whose term is near the largest the wire carries made a
+    peer adopt it, and no election could then find a term to campaign in.
+    One more than MAX_TERM_STEP ahead is dropped and raises the term by
+    MAX_TERM_STEP; a leader that far ahead still gets its follower back,
+    one step per message."""
+    net = Network(["a", "b", "c"])
+    net.elect("a")
+    a, b = net.nodes["a"], net.nodes["b"]
+    start = b.term
+    b.step(AppendEntries(HUGE - 1, "intruder", "b", 0, 0, (), 0))
+    assert (b.term, b.leader, b.vote) == (start + MAX_TERM_STEP, None, None)
+    b.step(AppendEntries(b.term + MAX_TERM_STEP, "intruder", "b", 0, 0, (), 0))  # as far as one step goes
+    assert (b.term, b.leader) == (start + 2 * MAX_TERM_STEP, "intruder")
+    a.step(AppendEntriesResponse(HUGE - 1, "intruder", "a", True, 0))
+    assert a.role != LEADER and a.term == start + MAX_TERM_STEP
+    # Two steps ahead of c, the others elect a leader and c catches up.
+    for _ in range(100):
+        leaders = [n for n in net.nodes.values() if n.role == LEADER]
+        if leaders and all(n.term == leaders[0].term for n in net.nodes.values()):
+            break
+        for i in net.ids:
+            net.tick(i)
+        net.stabilize()
+    leader = leaders[0]
+    assert start + 2 * MAX_TERM_STEP < leader.term < start + 2 * MAX_TERM_STEP + 10
+    assert leader.propose(b"after")[1] == leader.log.last_index()
+    net.stabilize()
+    net.tick(leader.id, net.config.heartbeat_ticks)  # the followers learn the commit
+    net.stabilize()
+    assert all(n.log.committed == leader.log.last_index() for n in net.nodes.values())

@@ -372,3 +372,40 @@ async def test_an_answer_larger_than_a_frame_is_refused_at_once_naming_the_limit
             assert len(await kv.get("v0")) == frame // 3  # the connection still serves
     finally:
         await peer.stop()
+
+
+async def test_a_watch_from_a_revision_starts_right_when_its_client_moves_to_a_member_behind(
+        cluster: Cluster) -> None:
+    """Starting a watch takes several requests (the member's applied index,
+    its revision, the feed). The client's member stopped between the first
+    two, so the revision came from a member that was behind: the watch took
+    it for the first member's, listened from after that member's applied
+    index, found the changes it wanted were before it and raised
+    LogCompacted, though the member it had landed on keeps them all."""
+    peers = await cluster.start(3, sm=KVStateMachine)
+    ahead = await cluster.leader()
+    behind = min((p for p in peers.values() if p is not ahead), key=lambda p: p.name)
+    async with await KVClient.connect([p.address for p in peers.values()], timeout=10) as writer:
+        for i in (1, 2):
+            await writer.put("k", i)
+        await eventually(lambda: behind.state_machine.revision == 2)
+        cluster.isolate(behind.name)
+        for i in (3, 4, 5):
+            await writer.put("k", i)
+        # The watcher talks to `ahead` (the leader), then to `behind` once `ahead` is gone.
+        async with await KVClient.connect([ahead.address, behind.address], timeout=10) as watcher:
+            assert (await watcher.client.status())["name"] == ahead.name
+            read = ahead._requests.handlers["read"]
+
+            async def stop_on_read(args: dict[str, Any]) -> Any:
+                ahead._requests.handlers["read"] = read
+                asyncio.get_running_loop().create_task(ahead.stop())
+                raise errors.PeerStopped(f"peer {ahead.name} is stopping")
+
+            ahead._requests.handlers["read"] = stop_on_read
+            async with watcher.watch(from_revision=4) as watch:
+                assert ahead._stopping
+                cluster.heal()
+                await writer.put("k", 6)
+                events = [await asyncio.wait_for(anext(watch), 10) for _ in range(3)]
+            assert [(e.value, e.version) for e in events] == [(4, 4), (5, 5), (6, 6)]

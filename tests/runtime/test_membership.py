@@ -607,11 +607,13 @@ async def test_members_add_on_the_command_line_refuses_an_address_in_use(cluster
     assert leader.membership == before
 
 
-async def test_leave_on_a_leader_whose_handover_stalls_gives_up_within_its_timeout(tmp_path: Any) -> None:
-    """``timeout`` bounds the whole of leave(), the leadership transfer it
-    starts included (which on its own waits up to two maximum election
-    timeouts). When it runs out during the transfer, the transfer is
-    abandoned: the peer keeps leading, stays a member and takes writes."""
+@pytest.mark.parametrize("how", ["leave", "remove itself"])
+async def test_leave_on_a_leader_whose_handover_stalls_gives_up_within_its_timeout(tmp_path: Any, how: str) -> None:
+    """``timeout`` bounds the whole of leave() (and of a leader's
+    remove_member of itself), the leadership transfer it starts included
+    (which on its own waits up to two maximum election timeouts). When it
+    runs out during the transfer, the transfer is abandoned: the peer keeps
+    leading, stays a member and takes writes."""
     from raftlib.config import Config
     from raftlib.core.messages import TimeoutNow
 
@@ -628,13 +630,20 @@ async def test_leave_on_a_leader_whose_handover_stalls_gives_up_within_its_timeo
                     deliver(msg)
 
             peer._transport._on_message = on_message
-        with pytest.raises(errors.Timeout, match="leave"):
-            await leader.leave(timeout=0.3)
+
+        async def go(timeout: float) -> None:
+            if how == "leave":
+                await leader.leave(timeout=timeout)
+            else:
+                assert await leader.remove_member(leader.name, timeout=timeout)
+
+        with pytest.raises(errors.Timeout, match=how):
+            await go(0.3)
         assert not leader._stopping and leader.name in leader.membership.voters
         await eventually(lambda: leader.is_leader)
         assert await leader.write(["set", "after", 1], timeout=5) == ["ok", "after", 1]
         held = False
-        await leader.leave(timeout=30)
+        await go(30)
         new = await cluster.leader()
         assert set(new.membership.voters) == set(cluster.addresses) - {leader.name}
     finally:
@@ -672,3 +681,55 @@ async def test_a_leaving_leader_hands_over_to_a_follower_it_hears_from(lmdb_clus
     new = await cluster.leader()
     assert set(new.membership.voters) == {alive.name, dead.name}
     assert await new.read(["get", "a"]) == ["ok", 1]
+
+
+async def test_a_leader_removing_itself_hands_over_to_a_follower_still_running(cluster: Cluster) -> None:
+    """A leader removing itself stepped down once the change committed and
+    told the first up-to-date voter in name order to campaign, even if that
+    follower had stopped after receiving the change: the others then waited
+    out their election timeouts. Here they would wait far longer than the
+    test (their election timeout is huge), so a leader is elected only if
+    the handover goes to a follower still running."""
+    from dataclasses import replace
+
+    from raftlib.config import Config
+    from raftlib.core.messages import AppendEntriesResponse
+
+    patient = Config(tick_interval=FAST.tick_interval, election_ticks=100_000, heartbeat_ticks=FAST.heartbeat_ticks)
+    for name in ("s1", "s2", "s3", "s4"):
+        cluster.config = patient if name in ("s2", "s3") else FAST
+        await cluster.start_peer(name)
+    cluster.config = FAST
+    await cluster.peers["s1"].set_configuration(dict(cluster.addresses))
+    if (await cluster.leader()).name != "s4":
+        await (await cluster.leader()).transfer_leadership("s4")
+    leader = await cluster.leader()
+    assert leader.name == "s4"
+    await leader.write(["set", "a", 1])
+    first = cluster.peers["s1"]
+    await eventually(lambda: all(p._core.log.last_index() == leader._core.log.last_index() for p in cluster.live()))
+    # s2 and s3 acknowledge nothing new to s4 until s1 has stopped: s1 alone
+    # holds the entry removing s4 when it stops, and the change commits after.
+    base = leader._core.log.last_index()
+    held = True
+    deliver = leader._transport._on_message
+
+    def on_message(msg: Any) -> None:
+        if held and isinstance(msg, AppendEntriesResponse) and msg.src in ("s2", "s3") and msg.match_index > base:
+            msg = replace(msg, match_index=base)
+        deliver(msg)
+
+    leader._transport._on_message = on_message
+    removing = asyncio.ensure_future(leader.remove_member("s4", timeout=30))
+    try:
+        await eventually(lambda: "s4" not in first.membership.voters)
+        await first.stop()
+        held = False
+        new = await eventually(lambda: next((p for p in cluster.live() if p.is_leader and p.name != "s4"), None))
+        assert new.name in ("s2", "s3") and new is await cluster.leader()
+        assert await new.write(["set", "b", 2], timeout=10) == ["ok", "b", 2]
+        await removing
+    finally:
+        removing.cancel()
+        await asyncio.gather(removing, return_exceptions=True)
+    assert set(new.membership.voters) == {"s1", "s2", "s3"}
