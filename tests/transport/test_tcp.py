@@ -18,7 +18,7 @@ import msgpack
 import pytest
 
 from raftlib.core.messages import AppendEntries, RequestVote, TimeoutNow
-from raftlib.errors import ConfigError
+from raftlib.errors import AddressInUse, ConfigError
 from raftlib.transport.framing import FrameDecoder, encode_frame, encode_message
 from raftlib.transport import tcp
 from raftlib.transport.tcp import Connection, Endpoint, Transport, parse_address
@@ -290,6 +290,64 @@ async def test_a_unix_socket_bound_by_another_process_during_the_start_is_not_ta
         await transport.close()
         other.close()
         path.unlink(missing_ok=True)
+
+
+async def test_two_starts_on_one_stale_unix_socket_leave_one_owner(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two transports started at once on the path of a socket a killed
+    process left behind: both find it stale before either binds. One must
+    fail at once, naming the path and saying that another process holds it;
+    the other serves on the socket file at the path."""
+    path = tmp_path / "s.sock"
+    with socket.socket(socket.AF_UNIX) as crashed:
+        crashed.bind(str(path))  # what a killed process leaves
+    real_check = tcp._refuse_live_unix_socket
+    both_checked = asyncio.Event()
+    checked = 0
+
+    async def check_then_wait_for_the_other(where: str, *args: Any) -> Any:
+        nonlocal checked
+        result = await real_check(where, *args)
+        checked += 1
+        if checked == 2:
+            both_checked.set()
+        await both_checked.wait()
+        return result
+
+    # Between the other's bind() and listen(), a connection to the path is
+    # refused: the quick re-check before unlinking cannot see the other one.
+    monkeypatch.setattr(tcp, "_refuse_live_unix_socket", check_then_wait_for_the_other)
+    monkeypatch.setattr(tcp, "_nothing_listens", lambda where: True)
+    inboxes: dict[str, list[Any]] = {"a": [], "b": []}
+    transports = {name: Transport(name, f"unix:{path}", on_message=inboxes[name].append) for name in inboxes}
+
+    async def start(transport: Transport) -> None:
+        try:
+            await transport.start()
+        finally:
+            both_checked.set()  # one that fails before its check must not hold up the other
+
+    try:
+        results = await asyncio.gather(*(start(t) for t in transports.values()), return_exceptions=True)
+        failed = [name for name, result in zip(transports, results) if result is not None]
+        assert len(failed) == 1, results
+        error = results[list(transports).index(failed[0])]
+        assert isinstance(error, AddressInUse) and isinstance(error, OSError), error
+        assert error.errno == errno.EADDRINUSE
+        assert str(path) in str(error) and "another process" in str(error)
+        (winner,) = set(transports) - set(failed)
+        sender = Transport("c", "127.0.0.1:0", on_message=lambda msg: None)
+        try:
+            sender.set_address(winner, f"unix:{path}")
+            message = append("c", winner)
+            sender.send(message)
+            await wait_until(lambda: message in inboxes[winner], what="a message through the socket file")
+        finally:
+            await sender.close()
+    finally:
+        for transport in transports.values():
+            await transport.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("case", ["missing directory", "not a directory", "not a socket", "not writable"])
