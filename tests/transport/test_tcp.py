@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import struct
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -348,6 +349,77 @@ async def test_two_starts_on_one_stale_unix_socket_leave_one_owner(
         for transport in transports.values():
             await transport.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_unix_lock_file_replaced_before_it_was_locked_is_not_kept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process opens the lock file just before its holder stops (removing
+    it) and locks it just after: that lock is on a file no one else will
+    open, so it must take the one at the path instead."""
+    import fcntl
+
+    path = str(tmp_path / "s.sock")
+    holder = tcp._lock_unix_path(path)
+    real_flock = fcntl.flock
+
+    def holder_stops_first(fd: int, operation: int) -> None:
+        nonlocal holder
+        if holder >= 0:
+            tcp._unlock_unix_path(path, holder)
+            holder = -1
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", holder_stops_first)
+    taken = tcp._lock_unix_path(path)
+    monkeypatch.undo()
+    try:
+        with pytest.raises(AddressInUse, match="s.sock"):
+            tcp._lock_unix_path(path)  # a third process
+    finally:
+        tcp._unlock_unix_path(path, taken)
+    assert list(tmp_path.iterdir()) == []
+
+
+LISTEN_AND_WAIT = """
+import asyncio, sys
+from raftlib.transport.tcp import Transport
+
+async def main():
+    transport = Transport("other", sys.argv[1], on_message=lambda msg: None)
+    await transport.start()
+    print("listening", flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_unix_socket_of_a_live_process_is_refused_and_freed_when_it_is_killed(tmp_path: Path) -> None:
+    path = tmp_path / "s.sock"
+    child = await asyncio.create_subprocess_exec(sys.executable, "-c", LISTEN_AND_WAIT, f"unix:{path}",
+                                                 stdout=asyncio.subprocess.PIPE)
+    transport = Transport("a", f"unix:{path}", on_message=lambda msg: None)
+    try:
+        assert child.stdout is not None
+        assert await child.stdout.readline() == b"listening\n"
+        with pytest.raises(AddressInUse) as info:
+            await transport.start()
+        assert str(path) in str(info.value) and f"pid {child.pid}" in str(info.value)
+        _, writer = await asyncio.open_unix_connection(str(path))  # still the other process's
+        writer.close()
+        child.kill()  # leaves its socket file and its lock file behind
+        await child.wait()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["s.sock", "s.sock.lock"]
+        transport = Transport("a", f"unix:{path}", on_message=lambda msg: None)
+        await transport.start()
+        _, writer = await asyncio.open_unix_connection(str(path))
+        writer.close()
+    finally:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+        await transport.close()
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("case", ["missing directory", "not a directory", "not a socket", "not writable"])
