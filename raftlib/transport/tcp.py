@@ -246,17 +246,22 @@ def _lock_unix_path(path: str) -> int:
     lock = path + LOCK_SUFFIX
     for _ in range(_LOCK_ATTEMPTS):
         try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            # Not following a symlink: in a shared directory it may point anywhere.
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
         except OSError as exc:
             raise _unix_lock_error(path, lock, exc) from None
         try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise _unix_lock_error(path, lock, OSError(errno.EISDIR, "not a regular file"))
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             # Its last holder unlinks the file before letting go of it (see
             # _unlock_unix_path): a lock on a file no longer at the path
             # keeps nobody out, so open the one there now and try again.
             if _same_file(fd, lock):
-                os.ftruncate(fd, 0)
-                os.write(fd, f"{os.getpid()}\n".encode())
+                if st.st_nlink == 1 and st.st_uid == os.geteuid():  # not a hard link to some other file
+                    os.ftruncate(fd, 0)
+                    os.write(fd, f"{os.getpid()}\n".encode())
                 return fd
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip()

@@ -380,6 +380,22 @@ def test_a_unix_lock_file_replaced_before_it_was_locked_is_not_kept(
     assert list(tmp_path.iterdir()) == []
 
 
+async def test_a_unix_lock_file_that_is_a_symlink_is_not_followed(tmp_path: Path) -> None:
+    """In a shared directory another user may put a symlink where the lock
+    file goes: opening it must not create or truncate the file it points to."""
+    target = tmp_path / "precious"
+    target.write_text("keep me")
+    path = tmp_path / "s.sock"
+    (tmp_path / "s.sock.lock").symlink_to(target)
+    transport = Transport("a", f"unix:{path}", on_message=lambda msg: None)
+    try:
+        with pytest.raises(OSError, match=r"s\.sock\.lock.* not a regular file"):
+            await transport.start()
+    finally:
+        await transport.close()
+    assert target.read_text() == "keep me" and not path.exists()
+
+
 LISTEN_AND_WAIT = """
 import asyncio, sys
 from raftlib.transport.tcp import Transport
