@@ -396,6 +396,28 @@ async def test_a_unix_lock_file_that_is_a_symlink_is_not_followed(tmp_path: Path
     assert target.read_text() == "keep me" and not path.exists()
 
 
+async def test_a_unix_lock_file_of_another_user_is_named_in_the_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "s.sock"
+    lock = tmp_path / "s.sock.lock"
+    lock.write_text("")  # left by another user's process, mode 0644: not writable here
+    real_open = os.open
+
+    def open_without_permission(where: Any, *args: Any, **kwargs: Any) -> int:
+        if str(where) == str(lock):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_open(where, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_without_permission)
+    transport = Transport("a", f"unix:{path}", on_message=lambda msg: None)
+    try:
+        with pytest.raises(PermissionError, match=r"s\.sock\.lock.*another user"):
+            await transport.start()
+    finally:
+        await transport.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.sock.lock"]
+
+
 LISTEN_AND_WAIT = """
 import asyncio, sys
 from raftlib.transport.tcp import Transport
