@@ -225,8 +225,14 @@ async def test_unix_sockets(make_node: MakeNode, tmp_path: Path) -> None:
     a.transport.set_address("b", b.address)
     b.transport.set_address("a", a.address)
     await exchange(a, b, 1)
+    with pytest.raises(AddressInUse, match="a.sock"):
+        await make_node("a2", f"unix:{tmp_path}/a.sock")
     await a.transport.close()
-    assert not (tmp_path / "a.sock").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.sock", "b.sock.lock"]
+    again = await make_node("a", f"unix:{tmp_path}/a.sock")  # closing released the path
+    again.transport.set_address("b", b.address)
+    b.transport.set_address("a", again.address)
+    await exchange(again, b, 2)
 
 
 async def test_a_unix_socket_this_process_may_not_connect_to_is_not_taken(
