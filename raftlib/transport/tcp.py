@@ -762,8 +762,8 @@ class Transport:
                         os.unlink(path)
                     raise
             except BaseException:
-                self._unix_lock, lock = None, self._unix_lock
-                _unlock_unix_path(path, lock)
+                _unlock_unix_path(path, self._unix_lock)
+                self._unix_lock = None
                 raise
             self._unix_path, self._unix_inode = path, (st.st_dev, st.st_ino)
             self._address = self.listen
@@ -834,8 +834,8 @@ class Transport:
                 os.unlink(path)
         self._unix_inode = None
         if self._unix_lock is not None:
-            self._unix_lock, lock = None, self._unix_lock
-            _unlock_unix_path(path, lock)
+            _unlock_unix_path(path, self._unix_lock)
+            self._unix_lock = None
 
     # ------------------------------------------------------------------ address book
 
