@@ -259,7 +259,7 @@ def _lock_unix_path(path: str) -> int:
             # _unlock_unix_path): a lock on a file no longer at the path
             # keeps nobody out, so open the one there now and try again.
             if _same_file(fd, lock):
-                if st.st_nlink == 1 and st.st_uid == os.geteuid():  # not a hard link to some other file
+                if st.st_nlink == 1:  # not a hard link to some other file
                     os.ftruncate(fd, 0)
                     os.write(fd, f"{os.getpid()}\n".encode())
                 return fd
@@ -306,7 +306,7 @@ def _unix_lock_error(path: str, lock: str, exc: OSError) -> OSError:
     if exc.errno in (errno.EACCES, errno.EPERM) and os.path.lexists(lock):
         return OSError(exc.errno, f"cannot listen on unix socket {path!r}: no permission to open its lock "
                                   f"file {lock!r} (another user's?); remove it if nothing uses the socket")
-    if exc.errno in (errno.EISDIR, errno.ELOOP):
+    if exc.errno in (errno.EISDIR, errno.ELOOP, errno.EMLINK):  # EMLINK: a symlink, on FreeBSD
         return OSError(exc.errno, f"cannot listen on unix socket {path!r}: its lock file {lock!r} is not a "
                                   f"regular file; remove it or choose another path")
     return _unix_bind_error(path, exc)
