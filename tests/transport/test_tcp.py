@@ -386,6 +386,16 @@ def test_a_unix_lock_file_replaced_before_it_was_locked_is_not_kept(
     assert list(tmp_path.iterdir()) == []
 
 
+async def fails_to_listen(path: Path, error: type[BaseException], match: str) -> None:
+    """Starting a transport on the Unix socket ``path`` raises ``error`` matching ``match``."""
+    transport = Transport("a", f"unix:{path}", on_message=lambda msg: None)
+    try:
+        with pytest.raises(error, match=match):
+            await transport.start()
+    finally:
+        await transport.close()
+
+
 async def test_a_unix_lock_file_that_is_a_symlink_is_not_followed(tmp_path: Path) -> None:
     """In a shared directory another user may put a symlink where the lock
     file goes: opening it must not create or truncate the file it points to."""
@@ -393,12 +403,7 @@ async def test_a_unix_lock_file_that_is_a_symlink_is_not_followed(tmp_path: Path
     target.write_text("keep me")
     path = tmp_path / "s.sock"
     (tmp_path / "s.sock.lock").symlink_to(target)
-    transport = Transport("a", f"unix:{path}", on_message=lambda msg: None)
-    try:
-        with pytest.raises(OSError, match=r"s\.sock\.lock.* not a regular file"):
-            await transport.start()
-    finally:
-        await transport.close()
+    await fails_to_listen(path, OSError, r"s\.sock\.lock.* not a regular file")
     assert target.read_text() == "keep me" and not path.exists()
 
 
@@ -415,12 +420,7 @@ async def test_a_unix_lock_file_of_another_user_is_named_in_the_error(
         return real_open(where, *args, **kwargs)
 
     monkeypatch.setattr(os, "open", open_without_permission)
-    transport = Transport("a", f"unix:{path}", on_message=lambda msg: None)
-    try:
-        with pytest.raises(PermissionError, match=r"s\.sock\.lock.*another user"):
-            await transport.start()
-    finally:
-        await transport.close()
+    await fails_to_listen(path, PermissionError, r"s\.sock\.lock.*another user")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.sock.lock"]
 
 
