@@ -143,6 +143,9 @@ def parse_address(addr: str) -> Endpoint:
         path = addr[len("unix:") :]
         if not path or "\0" in path:
             raise ConfigError(f"address {addr!r}: unix socket path is empty or contains NUL")
+        if path.endswith("/"):
+            raise ConfigError(f"address {addr!r}: unix socket path ends with '/'; it must name a file, "
+                              f"as in 'unix:/run/raftlib/s1.sock'")
         size = len(os.fsencode(path))
         if size > MAX_UNIX_PATH:
             raise ConfigError(

@@ -126,6 +126,7 @@ def test_parse_address(text: str, expected: Endpoint) -> None:
         ("[nothex]:80", "not an IPv6"),
         ("unix:", "empty"),
         ("unix:/" + "p" * 107, "108 bytes, the system allows 107"),  # bind() would fail with no path named
+        ("unix:/run/raft/", "ends with '/'"),  # bind() would fail saying the directory /run does not exist
         ("my host:80", "host"),
         (None, "must be a str"),
     ],
