@@ -788,6 +788,19 @@ class Transport:
         if self._closed:
             return
         self._closed = True
+        try:
+            await self._close()
+        finally:
+            # Even if cancelled part way: a second close() does nothing, and
+            # the path must not stay locked for as long as this process lives.
+            if self._server is not None:
+                self._server.close()
+            self._remove_unix_socket()
+        for outbox in self._outboxes.values():
+            outbox.take_all()
+
+    async def _close(self) -> None:
+        """What :meth:`close` awaits: stop accepting, end every task, let the server close."""
         if self._server is not None:
             loop = asyncio.get_running_loop()
             if isinstance(loop, BaseSelectorEventLoop):
@@ -817,9 +830,6 @@ class Transport:
                     task.exception()  # retrieved, as gather(return_exceptions=True) would
         if self._server is not None:
             await self._server.wait_closed()
-        self._remove_unix_socket()
-        for outbox in self._outboxes.values():
-            outbox.take_all()
 
     def _all_tasks(self) -> list[asyncio.Task[Any]]:
         tasks = [o.task for o in self._outboxes.values() if o.task is not None]

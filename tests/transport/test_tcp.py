@@ -425,6 +425,27 @@ async def test_a_unix_lock_file_of_another_user_is_named_in_the_error(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.sock.lock"]
 
 
+async def test_a_cancelled_close_still_frees_the_unix_socket_path(tmp_path: Path) -> None:
+    """close() is idempotent, so once it has begun a second call does nothing:
+    a close cancelled part way must still remove the socket and lock files
+    and release the lock, or nothing in this process could listen there again."""
+    path = tmp_path / "s.sock"
+    transport = Transport("a", f"unix:{path}", on_message=lambda msg: None)
+    await transport.start()
+    closing = asyncio.create_task(transport.close())
+    await asyncio.sleep(0)  # close() is under way
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    await transport.close()
+    assert list(tmp_path.iterdir()) == []
+    again = Transport("b", f"unix:{path}", on_message=lambda msg: None)
+    try:
+        await again.start()
+    finally:
+        await again.close()
+
+
 LISTEN_AND_WAIT = """
 import asyncio, sys
 from raftlib.transport.tcp import Transport
