@@ -248,11 +248,7 @@ def _lock_unix_path(path: str) -> int:
 
     lock = path + LOCK_SUFFIX
     for _ in range(_LOCK_ATTEMPTS):
-        try:
-            # Not following a symlink: in a shared directory it may point anywhere.
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
-        except OSError as exc:
-            raise _unix_lock_error(path, lock, exc) from None
+        fd, writable = _open_lock_file(path, lock)
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
@@ -262,14 +258,14 @@ def _lock_unix_path(path: str) -> int:
             # _unlock_unix_path): a lock on a file no longer at the path
             # keeps nobody out, so open the one there now and try again.
             if _same_file(fd, lock):
-                if st.st_nlink == 1:  # not a hard link to some other file
+                if writable and st.st_nlink == 1:  # not a hard link to some other file
                     os.ftruncate(fd, 0)
                     os.write(fd, f"{os.getpid()}\n".encode())
                 return fd
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
             os.close(fd)
-            pid = f" (pid {holder})" if holder.isdigit() else ""
+            pid = f" (pid {holder})" if _is_running(holder) else ""
             raise AddressInUse(
                 errno.EADDRINUSE,
                 f"unix socket {path!r} is held by another process{pid}, starting or serving there (it holds the "
@@ -281,6 +277,38 @@ def _lock_unix_path(path: str) -> int:
         os.close(fd)
     raise AddressInUse(errno.EADDRINUSE, f"unix socket {path!r}: its lock file {lock!r} keeps being "
                                          f"replaced by other processes starting there; try again")
+
+
+def _open_lock_file(path: str, lock: str) -> tuple[int, bool]:
+    """Open (or create) ``lock``, the lock file of the Unix socket ``path``,
+    and say whether it is open for writing. Another user's lock file, left
+    by a process of theirs, is opened for reading if it cannot be written:
+    its lock still tells whether that process is running."""
+    # Not following a symlink: in a shared directory it may point anywhere.
+    flags = os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+    try:
+        return os.open(lock, flags | os.O_RDWR | os.O_CREAT, 0o666), True
+    except PermissionError as exc:
+        with contextlib.suppress(OSError):
+            return os.open(lock, flags | os.O_RDONLY), False
+        raise _unix_lock_error(path, lock, exc) from None
+    except OSError as exc:
+        raise _unix_lock_error(path, lock, exc) from None
+
+
+def _is_running(pid: str) -> bool:
+    """Whether ``pid`` (text from a lock file) is the ID of a running process.
+    The file may still hold the ID of a process that died: a holder that
+    may not write it (another user's file) leaves it as it was."""
+    if not pid.isdigit() or int(pid) == 0:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except PermissionError:
+        return True  # running, as another user
+    except (OSError, OverflowError):
+        return False
+    return True
 
 
 def _same_file(fd: int, path: str) -> bool:

@@ -408,21 +408,52 @@ async def test_a_unix_lock_file_that_is_a_symlink_is_not_followed(tmp_path: Path
     assert target.read_text() == "keep me" and not path.exists()
 
 
-async def test_a_unix_lock_file_of_another_user_is_named_in_the_error(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("readable", [False, True], ids=["mode 0600", "mode 0644"])
+async def test_a_unix_lock_file_of_another_user(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, readable: bool) -> None:
+    """Another user's lock file cannot be opened for writing. If it can be
+    read, its lock still tells whether that user's process is running
+    there; if not, the error names the lock file."""
     path = tmp_path / "s.sock"
     lock = tmp_path / "s.sock.lock"
-    lock.write_text("")  # left by another user's process, mode 0644: not writable here
+    others = tcp._lock_unix_path(str(path))  # the other user's process, running
     real_open = os.open
 
-    def open_without_permission(where: Any, *args: Any, **kwargs: Any) -> int:
-        if str(where) == str(lock):
+    def open_as_another_user(where: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if str(where) == str(lock) and (flags & os.O_ACCMODE != os.O_RDONLY or not readable):
             raise PermissionError(errno.EACCES, "Permission denied")
-        return real_open(where, *args, **kwargs)
+        return real_open(where, flags, *args, **kwargs)
 
-    monkeypatch.setattr(os, "open", open_without_permission)
-    await fails_to_listen(path, PermissionError, r"s\.sock\.lock.*another user")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.sock.lock"]
+    monkeypatch.setattr(os, "open", open_as_another_user)
+    try:
+        if readable:
+            await fails_to_listen(path, AddressInUse, rf"s\.sock' is held by another process \(pid {os.getpid()}\)")
+        else:
+            await fails_to_listen(path, PermissionError, r"s\.sock\.lock.*another user")
+    finally:
+        tcp._unlock_unix_path(str(path), others)
+    if readable:  # the other user's process has died, leaving its lock file: the path is free
+        lock.write_text("")
+        transport = Transport("a", f"unix:{path}", on_message=lambda msg: None)
+        try:
+            await transport.start()
+        finally:
+            await transport.close()
+    assert not path.exists()
+
+
+async def test_a_unix_lock_file_naming_a_dead_process_does_not_name_it(tmp_path: Path) -> None:
+    """A holder that may not write the lock file (another user's) leaves in it
+    the ID of the process before, which may be dead: not one to name."""
+    path = tmp_path / "s.sock"
+    holder = tcp._lock_unix_path(str(path))
+    gone = await asyncio.create_subprocess_exec(sys.executable, "-c", "")
+    await gone.wait()
+    os.pwrite(holder, f"{gone.pid}\n".encode(), 0)
+    try:
+        await fails_to_listen(path, AddressInUse, r"s\.sock' is held by another process, starting")
+    finally:
+        tcp._unlock_unix_path(str(path), holder)
 
 
 async def test_a_cancelled_close_still_frees_the_unix_socket_path(tmp_path: Path) -> None:
