@@ -502,12 +502,13 @@ async def test_a_unix_socket_of_a_live_process_is_refused_and_freed_when_it_is_k
         with pytest.raises(AddressInUse) as info:
             await transport.start()
         assert str(path) in str(info.value) and f"pid {child.pid}" in str(info.value)
+        await transport.close()
         _, writer = await asyncio.open_unix_connection(str(path))  # still the other process's
         writer.close()
         child.kill()  # leaves its socket file and its lock file behind
         await child.wait()
         assert sorted(p.name for p in tmp_path.iterdir()) == ["s.sock", "s.sock.lock"]
-        transport = Transport("a", f"unix:{path}", on_message=lambda msg: None)
+        transport = Transport("a", f"unix:{path}", on_message=lambda msg: None)  # the same start again
         await transport.start()
         _, writer = await asyncio.open_unix_connection(str(path))
         writer.close()
