@@ -79,6 +79,14 @@ class ConfigError(RaftError, ValueError):
     """An option passed to raftlib is invalid; the message names it."""
 
 
+class AddressInUse(RaftError, OSError):
+    """The address to listen on is taken: another process serves on it, or
+    (for a Unix socket) holds its lock file, ``<path>.lock``, because it is
+    starting or running there. Nothing was started. The message names the
+    address; stop that process or choose another address. It is also an
+    ``OSError`` with ``errno.EADDRINUSE``."""
+
+
 class StorageError(RaftError):
     """The storage adapter failed to read or write; the message names the
     file and what went wrong. A peer that hits this on a sync stops."""

@@ -393,3 +393,41 @@ def test_kv_get_and_watch_over_a_unix_socket_print_values_as_deep_as_the_store_t
         if node.proc is not None and node.proc.poll() is None:
             node.stop(signal.SIGKILL)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_serve_on_a_unix_socket_refuses_a_second_process_and_restarts_after_kill_9() -> None:
+    """A second `serve` on the socket path of a running member exits at once
+    naming the path, and the member keeps serving; after `kill -9` the same
+    command line starts the member again on the files it left behind."""
+    import shutil
+    import tempfile
+
+    directory = Path(tempfile.mkdtemp(prefix="rl", dir="/tmp"))  # short: socket paths are limited
+    address = f"unix:{directory}/s1.sock"
+    member = Node("s1", 0, directory / "s1", ["--initial-cluster", f"s1={address}"])
+    second = Node("s2", 0, directory / "s2", ["--initial-cluster", f"s2={address}"])
+    member.address = second.address = address
+    try:
+        member.start()
+        wait_for(lambda: leader_of(address))
+        assert cli("kv", "put", "a", "1", "--cluster", address).exit_code == 0
+        second.start()
+        assert second.proc is not None
+        try:
+            _, err = second.proc.communicate(timeout=30)  # it ends on its own
+        except subprocess.TimeoutExpired:
+            raise AssertionError("a second member serves on the same socket path") from None
+        assert second.proc.returncode == 1 and "AddressInUse" in err and f"{directory}/s1.sock" in err, err
+        assert cli("kv", "get", "a", "--cluster", address).output.strip() == "1"
+        member.stop(signal.SIGKILL)
+        assert sorted(p.name for p in directory.glob("s1.sock*")) == ["s1.sock", "s1.sock.lock"]
+        member.start()
+        wait_for(lambda: leader_of(address))
+        assert cli("kv", "get", "a", "--cluster", address).output.strip() == "1"
+        assert member.stop()[0] == 0
+        assert not any(directory.glob("s1.sock*"))
+    finally:
+        for node in (member, second):
+            if node.proc is not None and node.proc.poll() is None:
+                node.stop(signal.SIGKILL)
+        shutil.rmtree(directory, ignore_errors=True)

@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Literal, Mapping, NamedTuple
 
 from ..core.messages import Message
-from ..errors import AuthenticationFailed, ConfigError, ProtocolError
+from ..errors import AddressInUse, AuthenticationFailed, ConfigError, ProtocolError
 from ..security import HANDSHAKE_TIMEOUT, Security, TLSConfig, accept, authenticate
 from .framing import (
     MAX_NAME_LENGTH,
@@ -143,6 +143,9 @@ def parse_address(addr: str) -> Endpoint:
         path = addr[len("unix:") :]
         if not path or "\0" in path:
             raise ConfigError(f"address {addr!r}: unix socket path is empty or contains NUL")
+        if path.endswith("/"):
+            raise ConfigError(f"address {addr!r}: unix socket path ends with '/'; it must name a file, "
+                              f"as in 'unix:/run/raftlib/s1.sock'")
         size = len(os.fsencode(path))
         if size > MAX_UNIX_PATH:
             raise ConfigError(
@@ -220,14 +223,132 @@ async def _refuse_live_unix_socket(path: str, timeout: float = 1.0) -> bool:
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
-    raise OSError(errno.EADDRINUSE, f"unix socket {path!r} is in use by a running process")
+    raise AddressInUse(errno.EADDRINUSE, f"unix socket {path!r} is in use by a running process")
+
+
+LOCK_SUFFIX = ".lock"
+"""A transport listening on the Unix socket ``path`` holds ``path + LOCK_SUFFIX``."""
+_LOCK_ATTEMPTS = 5
+
+
+def _lock_unix_path(path: str) -> int:
+    """Take the lock file of the Unix socket ``path`` (absolute) and return
+    its descriptor, to be held for as long as the socket is served and given
+    to :func:`_unlock_unix_path`.
+
+    Of the processes that start on one path at the same time only one gets
+    it; the others raise :class:`~raftlib.errors.AddressInUse` at once,
+    before they look at the socket file, so no two of them can both find a
+    stale file and replace it. The lock is ``flock()``: the kernel drops it
+    when its holder dies, however it dies, and a lock file left behind is
+    simply taken again. Raises ``OSError`` naming the path if the lock file
+    cannot be opened.
+    """
+    import fcntl  # POSIX only, as Unix socket servers are in asyncio
+
+    lock = path + LOCK_SUFFIX
+    for _ in range(_LOCK_ATTEMPTS):
+        fd, writable = _open_lock_file(path, lock)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise _unix_lock_error(path, lock, OSError(errno.EISDIR, "not a regular file"))
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # Its last holder unlinks the file before letting go of it (see
+            # _unlock_unix_path): a lock on a file no longer at the path
+            # keeps nobody out, so open the one there now and try again.
+            if _same_file(fd, lock):
+                if writable and st.st_nlink == 1:  # not a hard link to some other file
+                    os.ftruncate(fd, 0)
+                    os.write(fd, f"{os.getpid()}\n".encode())
+                return fd
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            pid = f" (pid {holder})" if _is_running(holder) else ""
+            raise AddressInUse(
+                errno.EADDRINUSE,
+                f"unix socket {path!r} is held by another process{pid}, starting or serving there (it holds the "
+                f"lock file {lock!r}); stop that process or choose another path",
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    raise AddressInUse(errno.EADDRINUSE, f"unix socket {path!r}: its lock file {lock!r} keeps being "
+                                         f"replaced by other processes starting there; try again")
+
+
+def _open_lock_file(path: str, lock: str) -> tuple[int, bool]:
+    """Open (or create) ``lock``, the lock file of the Unix socket ``path``,
+    and say whether it is open for writing. Another user's lock file, left
+    by a process of theirs, is opened for reading if it cannot be written:
+    its lock still tells whether that process is running."""
+    # Not following a symlink: in a shared directory it may point anywhere.
+    flags = os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+    try:
+        return os.open(lock, flags | os.O_RDWR | os.O_CREAT, 0o666), True
+    except PermissionError as exc:
+        with contextlib.suppress(OSError):
+            return os.open(lock, flags | os.O_RDONLY), False
+        raise _unix_lock_error(path, lock, exc) from None
+    except OSError as exc:
+        raise _unix_lock_error(path, lock, exc) from None
+
+
+def _is_running(pid: str) -> bool:
+    """Whether ``pid`` (text from a lock file) is the ID of a running process.
+    The file may still hold the ID of a process that died: a holder that
+    may not write it (another user's file) leaves it as it was."""
+    if not pid.isdigit() or int(pid) == 0:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except PermissionError:
+        return True  # running, as another user
+    except (OSError, OverflowError):
+        return False
+    return True
+
+
+def _same_file(fd: int, path: str) -> bool:
+    """Whether the file open as ``fd`` is the one at ``path``."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def _unlock_unix_path(path: str, fd: int) -> None:
+    """Remove the lock file of the Unix socket ``path`` taken by
+    :func:`_lock_unix_path` as ``fd``, and release it. Removed first, while
+    still held, so that a process that opened it meanwhile sees that it was
+    replaced (:func:`_same_file`) rather than holding a lock nobody else can see."""
+    try:
+        with contextlib.suppress(OSError):
+            if _same_file(fd, path + LOCK_SUFFIX):
+                os.unlink(path + LOCK_SUFFIX)
+    finally:
+        os.close(fd)
+
+
+def _unix_lock_error(path: str, lock: str, exc: OSError) -> OSError:
+    """``exc`` (from opening ``lock``, the lock file of ``path``) with a message that names the path."""
+    if exc.errno in (errno.EACCES, errno.EPERM) and os.path.lexists(lock):
+        return OSError(exc.errno, f"cannot listen on unix socket {path!r}: no permission to open its lock "
+                                  f"file {lock!r} (another user's?); remove it if nothing uses the socket")
+    if exc.errno in (errno.EISDIR, errno.ELOOP, errno.EMLINK):  # EMLINK: a symlink, on FreeBSD
+        return OSError(exc.errno, f"cannot listen on unix socket {path!r}: its lock file {lock!r} is not a "
+                                  f"regular file; remove it or choose another path")
+    return _unix_bind_error(path, exc)
 
 
 def _bind_unix_socket(path: str, stale: bool) -> socket.socket:
     """A Unix stream socket bound to ``path``, in place of the socket file
     there if it is ``stale`` (:func:`_refuse_live_unix_socket` found nothing
-    listening on it) and still is. Another process that started at the same
-    time may have bound the path since: ``bind()`` then fails rather than
+    listening on it) and still is. A raftlib process holds the path's lock
+    file (:func:`_lock_unix_path`) meanwhile, but a process that does not
+    take it may have bound the path since: ``bind()`` then fails rather than
     its socket being unlinked. Raises ``OSError`` naming the path and what
     is wrong."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -269,7 +390,7 @@ def _unix_bind_error(path: str, exc: OSError) -> OSError:
     elif exc.errno == errno.EADDRINUSE and not stat.S_ISSOCK(_mode(path)):
         why = "a file that is not a socket is in the way (remove it or choose another path)"
     elif exc.errno == errno.EADDRINUSE:
-        why = "another process has just bound it"
+        return AddressInUse(exc.errno, f"cannot listen on unix socket {path!r}: another process has just bound it")
     else:
         why = exc.strerror or str(exc)
     return OSError(exc.errno, f"cannot listen on unix socket {path!r}: {why}")
@@ -619,6 +740,8 @@ class Transport:
         """Name -> the connection that delivered the latest Raft message from it."""
         self._unix_path: str | None = None
         self._unix_inode: tuple[int, int] | None = None
+        self._unix_lock: int | None = None
+        """Descriptor of the socket's lock file, held while listening on a Unix socket."""
         self._closed = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -649,21 +772,29 @@ class Transport:
             return protocol(asyncio.StreamReader(loop=loop), self._serve_inbound, loop=loop)
 
         if endpoint.kind == "unix":
+            # Absolute: close() removes these files even if the working directory changed.
+            path = os.path.abspath(endpoint.host)
             # A socket file already at the path is replaced only if nothing
             # listens there: one left by a crashed process, not the address
-            # of a process still running. The socket is bound here rather
+            # of a process still running. Both are decided holding the lock
+            # file, so that of two processes starting at once on a stale
+            # file only one replaces it. The socket is bound here rather
             # than by asyncio, so that what goes wrong names the path.
-            stale = await _refuse_live_unix_socket(endpoint.host)
-            sock = _bind_unix_socket(endpoint.host, stale)
-            # Absolute: close() removes this file even if the working directory changed.
-            path = os.path.abspath(endpoint.host)
+            self._unix_lock = _lock_unix_path(path)
             try:
-                st = os.stat(path)
-                self._server = await loop.create_unix_server(accepted, sock=sock)
+                stale = await _refuse_live_unix_socket(endpoint.host)
+                sock = _bind_unix_socket(endpoint.host, stale)
+                try:
+                    st = os.stat(path)
+                    self._server = await loop.create_unix_server(accepted, sock=sock)
+                except BaseException:
+                    sock.close()
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+                    raise
             except BaseException:
-                sock.close()
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
+                _unlock_unix_path(path, self._unix_lock)
+                self._unix_lock = None
                 raise
             self._unix_path, self._unix_inode = path, (st.st_dev, st.st_ino)
             self._address = self.listen
@@ -685,6 +816,19 @@ class Transport:
         if self._closed:
             return
         self._closed = True
+        try:
+            await self._close()
+        finally:
+            # Even if cancelled part way: a second close() does nothing, and
+            # the path must not stay locked for as long as this process lives.
+            if self._server is not None:
+                self._server.close()
+            self._remove_unix_socket()
+        for outbox in self._outboxes.values():
+            outbox.take_all()
+
+    async def _close(self) -> None:
+        """What :meth:`close` awaits: stop accepting, end every task, let the server close."""
         if self._server is not None:
             loop = asyncio.get_running_loop()
             if isinstance(loop, BaseSelectorEventLoop):
@@ -714,16 +858,14 @@ class Transport:
                     task.exception()  # retrieved, as gather(return_exceptions=True) would
         if self._server is not None:
             await self._server.wait_closed()
-        self._remove_unix_socket()
-        for outbox in self._outboxes.values():
-            outbox.take_all()
 
     def _all_tasks(self) -> list[asyncio.Task[Any]]:
         tasks = [o.task for o in self._outboxes.values() if o.task is not None]
         return tasks + list(self._inbound) + list(self._evicted)
 
     def _remove_unix_socket(self) -> None:
-        """Unlink the socket file this transport created, if it is still ours."""
+        """Unlink the socket file this transport created, if it is still
+        ours, then remove and release its lock file."""
         if self._unix_inode is None or self._unix_path is None:
             return
         path = self._unix_path
@@ -732,6 +874,9 @@ class Transport:
             if stat.S_ISSOCK(st.st_mode) and (st.st_dev, st.st_ino) == self._unix_inode:
                 os.unlink(path)
         self._unix_inode = None
+        if self._unix_lock is not None:
+            _unlock_unix_path(path, self._unix_lock)
+            self._unix_lock = None
 
     # ------------------------------------------------------------------ address book
 

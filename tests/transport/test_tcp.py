@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import struct
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ import msgpack
 import pytest
 
 from raftlib.core.messages import AppendEntries, RequestVote, TimeoutNow
-from raftlib.errors import ConfigError
+from raftlib.errors import AddressInUse, ConfigError
 from raftlib.transport.framing import FrameDecoder, encode_frame, encode_message
 from raftlib.transport import tcp
 from raftlib.transport.tcp import Connection, Endpoint, Transport, parse_address
@@ -125,6 +126,7 @@ def test_parse_address(text: str, expected: Endpoint) -> None:
         ("[nothex]:80", "not an IPv6"),
         ("unix:", "empty"),
         ("unix:/" + "p" * 107, "108 bytes, the system allows 107"),  # bind() would fail with no path named
+        ("unix:/run/raft/", "ends with '/'"),  # bind() would fail saying the directory /run does not exist
         ("my host:80", "host"),
         (None, "must be a str"),
     ],
@@ -224,8 +226,14 @@ async def test_unix_sockets(make_node: MakeNode, tmp_path: Path) -> None:
     a.transport.set_address("b", b.address)
     b.transport.set_address("a", a.address)
     await exchange(a, b, 1)
+    with pytest.raises(AddressInUse, match="a.sock"):
+        await make_node("a2", f"unix:{tmp_path}/a.sock")
     await a.transport.close()
-    assert not (tmp_path / "a.sock").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.sock", "b.sock.lock"]
+    again = await make_node("a", f"unix:{tmp_path}/a.sock")  # closing released the path
+    again.transport.set_address("b", b.address)
+    b.transport.set_address("a", again.address)
+    await exchange(again, b, 2)
 
 
 async def test_a_unix_socket_this_process_may_not_connect_to_is_not_taken(
@@ -290,6 +298,226 @@ async def test_a_unix_socket_bound_by_another_process_during_the_start_is_not_ta
         await transport.close()
         other.close()
         path.unlink(missing_ok=True)
+
+
+async def test_two_starts_on_one_stale_unix_socket_leave_one_owner(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two transports started at once on the path of a socket a killed
+    process left behind: both find it stale before either binds. One must
+    fail at once, naming the path and saying that another process holds it;
+    the other serves on the socket file at the path."""
+    path = tmp_path / "s.sock"
+    with socket.socket(socket.AF_UNIX) as crashed:
+        crashed.bind(str(path))  # what a killed process leaves
+    real_check = tcp._refuse_live_unix_socket
+    both_checked = asyncio.Event()
+    checked = 0
+
+    async def check_then_wait_for_the_other(where: str, *args: Any) -> Any:
+        nonlocal checked
+        result = await real_check(where, *args)
+        checked += 1
+        if checked == 2:
+            both_checked.set()
+        await both_checked.wait()
+        return result
+
+    # Between the other's bind() and listen(), a connection to the path is
+    # refused: the quick re-check before unlinking cannot see the other one.
+    monkeypatch.setattr(tcp, "_refuse_live_unix_socket", check_then_wait_for_the_other)
+    monkeypatch.setattr(tcp, "_nothing_listens", lambda where: True)
+    inboxes: dict[str, list[Any]] = {"a": [], "b": []}
+    transports = {name: Transport(name, f"unix:{path}", on_message=inboxes[name].append) for name in inboxes}
+
+    async def start(transport: Transport) -> None:
+        try:
+            await transport.start()
+        finally:
+            both_checked.set()  # one that fails before its check must not hold up the other
+
+    try:
+        results = await asyncio.gather(*(start(t) for t in transports.values()), return_exceptions=True)
+        failed = [name for name, result in zip(transports, results) if result is not None]
+        assert len(failed) == 1, results
+        error = results[list(transports).index(failed[0])]
+        assert isinstance(error, AddressInUse) and isinstance(error, OSError), error
+        assert error.errno == errno.EADDRINUSE
+        assert str(path) in str(error) and "another process" in str(error)
+        (winner,) = set(transports) - set(failed)
+        sender = Transport("c", "127.0.0.1:0", on_message=lambda msg: None)
+        try:
+            sender.set_address(winner, f"unix:{path}")
+            message = append("c", winner)
+            sender.send(message)
+            await wait_until(lambda: message in inboxes[winner], what="a message through the socket file")
+        finally:
+            await sender.close()
+    finally:
+        for transport in transports.values():
+            await transport.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_unix_lock_file_replaced_before_it_was_locked_is_not_kept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process opens the lock file just before its holder stops (removing
+    it) and locks it just after: that lock is on a file no one else will
+    open, so it must take the one at the path instead."""
+    import fcntl
+
+    path = str(tmp_path / "s.sock")
+    holder = tcp._lock_unix_path(path)
+    real_flock = fcntl.flock
+
+    def holder_stops_first(fd: int, operation: int) -> None:
+        nonlocal holder
+        if holder >= 0:
+            tcp._unlock_unix_path(path, holder)
+            holder = -1
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", holder_stops_first)
+    taken = tcp._lock_unix_path(path)
+    monkeypatch.undo()
+    try:
+        with pytest.raises(AddressInUse, match="s.sock"):
+            tcp._lock_unix_path(path)  # a third process
+    finally:
+        tcp._unlock_unix_path(path, taken)
+    assert list(tmp_path.iterdir()) == []
+
+
+async def fails_to_listen(path: Path, error: type[BaseException], match: str) -> None:
+    """Starting a transport on the Unix socket ``path`` raises ``error`` matching ``match``."""
+    transport = Transport("a", f"unix:{path}", on_message=lambda msg: None)
+    try:
+        with pytest.raises(error, match=match):
+            await transport.start()
+    finally:
+        await transport.close()
+
+
+async def test_a_unix_lock_file_that_is_a_symlink_is_not_followed(tmp_path: Path) -> None:
+    """In a shared directory another user may put a symlink where the lock
+    file goes: opening it must not create or truncate the file it points to."""
+    target = tmp_path / "precious"
+    target.write_text("keep me")
+    path = tmp_path / "s.sock"
+    (tmp_path / "s.sock.lock").symlink_to(target)
+    await fails_to_listen(path, OSError, r"s\.sock\.lock.* not a regular file")
+    assert target.read_text() == "keep me" and not path.exists()
+
+
+@pytest.mark.parametrize("readable", [False, True], ids=["mode 0600", "mode 0644"])
+async def test_a_unix_lock_file_of_another_user(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, readable: bool) -> None:
+    """Another user's lock file cannot be opened for writing. If it can be
+    read, its lock still tells whether that user's process is running
+    there; if not, the error names the lock file."""
+    path = tmp_path / "s.sock"
+    lock = tmp_path / "s.sock.lock"
+    others = tcp._lock_unix_path(str(path))  # the other user's process, running
+    real_open = os.open
+
+    def open_as_another_user(where: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if str(where) == str(lock) and (flags & os.O_ACCMODE != os.O_RDONLY or not readable):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_open(where, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_as_another_user)
+    try:
+        if readable:
+            await fails_to_listen(path, AddressInUse, rf"s\.sock' is held by another process \(pid {os.getpid()}\)")
+        else:
+            await fails_to_listen(path, PermissionError, r"s\.sock\.lock.*another user")
+    finally:
+        tcp._unlock_unix_path(str(path), others)
+    if readable:  # the other user's process has died, leaving its lock file: the path is free
+        lock.write_text("")
+        transport = Transport("a", f"unix:{path}", on_message=lambda msg: None)
+        try:
+            await transport.start()
+        finally:
+            await transport.close()
+    assert not path.exists()
+
+
+async def test_a_unix_lock_file_naming_a_dead_process_does_not_name_it(tmp_path: Path) -> None:
+    """A holder that may not write the lock file (another user's) leaves in it
+    the ID of the process before, which may be dead: not one to name."""
+    path = tmp_path / "s.sock"
+    holder = tcp._lock_unix_path(str(path))
+    gone = await asyncio.create_subprocess_exec(sys.executable, "-c", "")
+    await gone.wait()
+    os.pwrite(holder, f"{gone.pid}\n".encode(), 0)
+    try:
+        await fails_to_listen(path, AddressInUse, r"s\.sock' is held by another process, starting")
+    finally:
+        tcp._unlock_unix_path(str(path), holder)
+
+
+async def test_a_cancelled_close_still_frees_the_unix_socket_path(tmp_path: Path) -> None:
+    """close() is idempotent, so once it has begun a second call does nothing:
+    a close cancelled part way must still remove the socket and lock files
+    and release the lock, or nothing in this process could listen there again."""
+    path = tmp_path / "s.sock"
+    transport = Transport("a", f"unix:{path}", on_message=lambda msg: None)
+    await transport.start()
+    closing = asyncio.create_task(transport.close())
+    await asyncio.sleep(0)  # close() is under way
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    await transport.close()
+    assert list(tmp_path.iterdir()) == []
+    again = Transport("b", f"unix:{path}", on_message=lambda msg: None)
+    try:
+        await again.start()
+    finally:
+        await again.close()
+
+
+LISTEN_AND_WAIT = """
+import asyncio, sys
+from raftlib.transport.tcp import Transport
+
+async def main():
+    transport = Transport("other", sys.argv[1], on_message=lambda msg: None)
+    await transport.start()
+    print("listening", flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_unix_socket_of_a_live_process_is_refused_and_freed_when_it_is_killed(tmp_path: Path) -> None:
+    path = tmp_path / "s.sock"
+    child = await asyncio.create_subprocess_exec(sys.executable, "-c", LISTEN_AND_WAIT, f"unix:{path}",
+                                                 stdout=asyncio.subprocess.PIPE)
+    transport = Transport("a", f"unix:{path}", on_message=lambda msg: None)
+    try:
+        assert child.stdout is not None
+        assert await child.stdout.readline() == b"listening\n"
+        with pytest.raises(AddressInUse) as info:
+            await transport.start()
+        assert str(path) in str(info.value) and f"pid {child.pid}" in str(info.value)
+        await transport.close()
+        _, writer = await asyncio.open_unix_connection(str(path))  # still the other process's
+        writer.close()
+        child.kill()  # leaves its socket file and its lock file behind
+        await child.wait()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["s.sock", "s.sock.lock"]
+        transport = Transport("a", f"unix:{path}", on_message=lambda msg: None)  # the same start again
+        await transport.start()
+        _, writer = await asyncio.open_unix_connection(str(path))
+        writer.close()
+    finally:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+        await transport.close()
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("case", ["missing directory", "not a directory", "not a socket", "not writable"])
