@@ -868,17 +868,19 @@ def members_remove(name: str, cluster: str, timeout: float) -> None:
 def members_transfer(to: str | None, cluster: str, timeout: float) -> None:
     """Hand leadership to another voter without an election timeout."""
 
-    async def transfer() -> Any:
+    async def transfer() -> tuple[Any, bool]:
         rows = await _statuses(_addresses(cluster), min(timeout, 3.0))
         leader = next((s for _, s, _ in rows if s is not None and s["role"] == "leader"), None)
         if leader is None:
             from .errors import NotLeader
 
             raise NotLeader(None)
-        return await _call_any([leader["address"]], "transfer_leadership", {"to": to}, timeout)
+        if to is not None and to == leader["name"]:
+            return to, False  # what was asked for holds already
+        return await _call_any([leader["address"]], "transfer_leadership", {"to": to}, timeout), True
 
-    new = _run(transfer())
-    click.echo(f"leader is now {new}")
+    new, moved = _run(transfer())
+    click.echo(f"leader is now {new}" if moved else f"{new} is already the leader; nothing changed")
 
 
 # -- certs ---------------------------------------------------------------------------------------

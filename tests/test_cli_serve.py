@@ -224,6 +224,17 @@ def test_removing_a_non_member_says_nothing_changed(single: Node) -> None:
     assert [(r["name"], r["member"]) for r in rows] == [("s1", "voter")]
 
 
+def test_transferring_to_the_member_that_leads_says_nothing_changed(single: Node) -> None:
+    """`members transfer-leader --to s3` before maintenance elsewhere: if s3
+    already leads, what was asked for holds, as with `members remove` of a
+    non-member."""
+    wait_for(lambda: leader_of(single.address))
+    result = cli("members", "transfer-leader", "--to", "s1", "--cluster", single.address)
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "s1 is already the leader; nothing changed"
+    assert leader_of(single.address) == "s1"
+
+
 def test_join_through_unreachable_seeds_says_so_and_gives_up_after_join_timeout(tmp_path: Path) -> None:
     seed = f"127.0.0.1:{free_port()}"  # bound and closed: nothing listens there
     node = Node("s9", free_port(), tmp_path / "s9", ["--join", seed, "--join-timeout", "1"])
