@@ -873,15 +873,27 @@ def members_transfer(to: str | None, cluster: str, timeout: float) -> None:
     """Hand leadership to another voter without an election timeout."""
 
     async def transfer() -> tuple[Any, bool]:
-        rows = await _statuses(_addresses(cluster), min(timeout, 3.0))
-        leader = next((s for _, s, _ in rows if s is not None and s["role"] == "leader"), None)
-        if leader is None:
-            from .errors import NotLeader
+        from .errors import NotLeader
 
-            raise NotLeader(None)
-        if to is not None and to == leader["name"]:
-            return to, False  # what was asked for holds already
-        return await _call_any([leader["address"]], "transfer_leadership", {"to": to}, timeout), True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            # During an election no member leads, or one that just lost leading
+            # still says it does: ask again until the timeout, as other commands retry.
+            left = deadline - loop.time()
+            rows = await _statuses(_addresses(cluster), max(min(left, 3.0), 0.1))
+            leader = next((s for _, s, _ in rows if s is not None and s["role"] == "leader"), None)
+            try:
+                if leader is None:
+                    raise NotLeader(None)
+                if to is not None and to == leader["name"]:
+                    return to, False  # what was asked for holds already
+                left = max(deadline - loop.time(), 0.1)
+                return await _call_any([leader["address"]], "transfer_leadership", {"to": to}, left), True
+            except NotLeader:
+                if loop.time() + 0.1 >= deadline:
+                    raise
+                await asyncio.sleep(0.1)
 
     new, moved = _run(transfer())
     click.echo(f"leader is now {new}" if moved else f"{new} is already the leader; nothing changed")
