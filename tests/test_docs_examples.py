@@ -569,3 +569,24 @@ def test_every_option_a_page_gives_a_command_exists() -> None:
         wrong += [(page, "", option) for option in sorted(named - set().union(*(options[t] for t in tools)))]
     assert wrong == []
     assert {"raftlib.sim", "raftlib.testing.jepsen", "raftlib.testing.lincheck", "benchmarks"} <= set(modules)
+
+
+def test_operations_md_lists_the_commands_that_take_json() -> None:
+    import click
+
+    from raftlib.cli import main
+
+    text = (DOCS / "operations.md").read_text()
+    listed = re.search(r"on the commands that print a result \((.*?)\)", text, re.S)
+    assert listed is not None
+    named, group = set(), ""
+    for words in re.findall(r"`([\w ]+)`", listed.group(1)):
+        group = words.split()[0] if " " in words else group  # `kv put`, `get`: the kv commands
+        named.add(words if " " in words or words == "status" else f"{group} {words}")
+
+    def taking_json(command: click.Command, path: str) -> set[str]:
+        if isinstance(command, click.Group):
+            return set().union(*(taking_json(sub, f"{path} {name}".strip()) for name, sub in command.commands.items()))
+        return {path} if any("--json" in param.opts for param in command.params) else set()
+
+    assert named == taking_json(main, "")
