@@ -22,9 +22,10 @@ import pytest
 
 import raftlib
 from raftlib.kv import KVClient, KVItem, KVStateMachine
+from raftlib.testing import free_port
 from storage_adapters import MemoryStorage
 
-from clusterkit import FAST, free_port
+from clusterkit import FAST
 from docblocks import DOCS, code_blocks, first_iteration_only, run_block
 
 
@@ -257,7 +258,7 @@ async def test_snapshots_md_state_machine_snapshots_and_restores_from_its_file(
     exec(machine, ns)
     restored_from: list[Any] = []
 
-    class KVStore(ns["KVStore"]):  # type: ignore[misc]
+    class KVStore(ns["KVStore"]):  # type: ignore[misc, valid-type]
         """The page's snapshot side, with the writes and reads it leaves out."""
 
         def __init__(self) -> None:
