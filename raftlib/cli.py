@@ -63,7 +63,7 @@ def main() -> None:
 @click.option("--graceful", is_flag=True,
               help="Stop the leader with a leadership transfer instead of abruptly (as if it crashed).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="warning",
-              show_default=True)
+              show_default=True, help="How much the peers log (on stderr).")
 def demo(data_dir: str | None, memory: bool, writes: int, graceful: bool, log_level: str) -> None:
     """Run a 3-peer cluster in this process: elect, write, stop the leader,
     watch the re-election, and check that every write survived."""
@@ -385,7 +385,8 @@ def _initial_cluster(text: str) -> dict[str, str]:
               metavar="SECONDS", help="With --join: give up if not a member after this long.")
 @click.option("--election-timeout-ms", type=click.IntRange(20, 60_000), default=None,
               help="Minimum election timeout (default 400 ms with 10 ms ticks).")
-@click.option("--log-level", type=_LOG_LEVELS, default="info", show_default=True)
+@click.option("--log-level", type=_LOG_LEVELS, default="info", show_default=True,
+              help="How much to log (on stderr).")
 @_security_options
 def serve(name: str, listen: str, advertise: str | None, data_dir: str | None, memory: bool, initial_cluster: str | None,
           join_seeds: str | None, learner: bool, join_timeout: float, election_timeout_ms: int | None,
@@ -837,7 +838,8 @@ async def _call_any(addresses: list[str], op: str, args: dict[str, Any], timeout
 @click.option("--learner", is_flag=True, help="Add a learner (a non-voting member).")
 @_cluster_option
 @_security_options
-@click.option("--timeout", type=_Seconds(min=0.1), default=60.0, show_default=True)
+@click.option("--timeout", type=_Seconds(min=0.1), default=60.0, show_default=True,
+              help="Seconds allowed for the change to commit (a new voter catches up as a learner first).")
 def members_add(name: str, address: str, learner: bool, cluster: str, timeout: float) -> None:
     """Add NAME at ADDRESS (it must be running: `raftlib serve` without --initial-cluster)."""
     _addresses(address)
@@ -850,7 +852,8 @@ def members_add(name: str, address: str, learner: bool, cluster: str, timeout: f
 @click.argument("name", callback=_utf8)
 @_cluster_option
 @_security_options
-@click.option("--timeout", type=_Seconds(min=0.1), default=30.0, show_default=True)
+@click.option("--timeout", type=_Seconds(min=0.1), default=30.0, show_default=True,
+              help="Seconds allowed for the removal to commit.")
 def members_remove(name: str, cluster: str, timeout: float) -> None:
     """Remove NAME from the cluster (stop its process afterwards). Removing a
     name that is not a member changes nothing."""
@@ -864,21 +867,36 @@ def members_remove(name: str, cluster: str, timeout: float) -> None:
 @click.option("--to", "to", default=None, help="The member to hand over to (default: the most up-to-date one).")
 @_cluster_option
 @_security_options
-@click.option("--timeout", type=_Seconds(min=0.1), default=10.0, show_default=True)
+@click.option("--timeout", type=_Seconds(min=0.1), default=10.0, show_default=True,
+              help="Seconds allowed for the new leader to take over.")
 def members_transfer(to: str | None, cluster: str, timeout: float) -> None:
     """Hand leadership to another voter without an election timeout."""
 
-    async def transfer() -> Any:
-        rows = await _statuses(_addresses(cluster), min(timeout, 3.0))
-        leader = next((s for _, s, _ in rows if s is not None and s["role"] == "leader"), None)
-        if leader is None:
-            from .errors import NotLeader
+    async def transfer() -> tuple[Any, bool]:
+        from .errors import NotLeader
 
-            raise NotLeader(None)
-        return await _call_any([leader["address"]], "transfer_leadership", {"to": to}, timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            # During an election no member leads, or one that just lost leading
+            # still says it does: ask again until the timeout, as other commands retry.
+            left = deadline - loop.time()
+            rows = await _statuses(_addresses(cluster), max(min(left, 3.0), 0.1))
+            leader = next((s for _, s, _ in rows if s is not None and s["role"] == "leader"), None)
+            try:
+                if leader is None:
+                    raise NotLeader(None)
+                if to is not None and to == leader["name"]:
+                    return to, False  # what was asked for holds already
+                left = max(deadline - loop.time(), 0.1)
+                return await _call_any([leader["address"]], "transfer_leadership", {"to": to}, left), True
+            except NotLeader:
+                if loop.time() + 0.1 >= deadline:
+                    raise
+                await asyncio.sleep(0.1)
 
-    new = _run(transfer())
-    click.echo(f"leader is now {new}")
+    new, moved = _run(transfer())
+    click.echo(f"leader is now {new}" if moved else f"{new} is already the leader; nothing changed")
 
 
 # -- certs ---------------------------------------------------------------------------------------

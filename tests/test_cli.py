@@ -75,6 +75,22 @@ def test_help_is_plain_text_without_markup() -> None:
         assert not re.search(r":[a-z]+:`", result.output), (path, result.output)
 
 
+def test_every_option_says_what_it_does() -> None:
+    """`--help` of every command explains each option (docs/operations.md sends readers there)."""
+    import click
+
+    def options(command: click.Command, path: str) -> list[tuple[str, click.Parameter]]:
+        own = [(path, param) for param in command.params if isinstance(param, click.Option)]
+        if isinstance(command, click.Group):
+            for name, sub in command.commands.items():
+                own += options(sub, f"{path} {name}")
+        return own
+
+    every = options(main, "raftlib")
+    assert len(every) > 50
+    assert [(path, param.opts) for path, param in every if not getattr(param, "help", None)] == []
+
+
 def test_certs_into_a_directory_that_cannot_be_made_is_a_one_line_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")

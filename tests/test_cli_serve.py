@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -222,6 +223,44 @@ def test_removing_a_non_member_says_nothing_changed(single: Node) -> None:
     assert result.output.strip() == "ghost is not a member; nothing changed"
     rows = json.loads(cli("status", "--cluster", single.address, "--json").output)
     assert [(r["name"], r["member"]) for r in rows] == [("s1", "voter")]
+
+
+def test_transferring_to_the_member_that_leads_says_nothing_changed(single: Node) -> None:
+    """`members transfer-leader --to s3` before maintenance elsewhere: if s3
+    already leads, what was asked for holds, as with `members remove` of a
+    non-member."""
+    wait_for(lambda: leader_of(single.address))
+    result = cli("members", "transfer-leader", "--to", "s1", "--cluster", single.address)
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "s1 is already the leader; nothing changed"
+    assert leader_of(single.address) == "s1"
+
+
+def test_transfer_leader_waits_within_its_timeout_for_a_leader(tmp_path: Path) -> None:
+    """Like every client command, `members transfer-leader` retries within
+    --timeout: run during an election (here: before a majority is up), it
+    hands over once a leader is elected instead of failing with NotLeader."""
+    import threading
+
+    ports = {"s1": free_port(), "s2": free_port()}
+    initial = ",".join(f"{n}=127.0.0.1:{p}" for n, p in ports.items())
+    s1, s2 = (Node(n, p, tmp_path / n, ["--initial-cluster", initial]) for n, p in ports.items())
+    s1.start()
+    try:
+        results: list[Result] = []
+        command = threading.Thread(target=lambda: results.append(
+            cli("members", "transfer-leader", "--cluster", s1.address, "--timeout", "30")))
+        command.start()
+        time.sleep(0.5)  # the command's first attempt finds no leader
+        s2.start()
+        command.join()
+        [result] = results
+        assert result.exit_code == 0, result.output
+        assert re.fullmatch(r"(leader is now|s[12] is already the leader).*", result.output.strip()), result.output
+    finally:
+        for node in (s1, s2):
+            if node.proc is not None:
+                node.stop(signal.SIGKILL)
 
 
 def test_join_through_unreachable_seeds_says_so_and_gives_up_after_join_timeout(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -66,6 +67,23 @@ def test_isolating_the_leader_catches_a_leader_that_skips_read_index(tmp_path: P
         assert len(isolated) >= 2 and {f["kind"] for f in summary["faults"]} == {"isolate-leader"}
         verdicts[broken] = result.verdict
     assert verdicts == {"leader-reads": "not linearizable", None: "linearizable"}
+
+
+def test_every_option_says_what_it_does_and_its_default(capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/testing.md names --nodes, --clients, --keys, --seed and --op-timeout; --help explains them."""
+    from raftlib.testing.jepsen import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    lines = capsys.readouterr().out.splitlines()
+    bare = [line.split()[0] for i, line in enumerate(lines) if line.startswith("  --")
+            and len(line.split("  ")) < 3 and not lines[i + 1].startswith(" " * 8)]
+    assert bare == []
+    # Each default is shown, except where no value is taken.
+    text = "\n".join(lines)
+    for option, default in (("--nodes", "5"), ("--clients", "10"), ("--seed", "0"), ("--keys", "3"),
+                            ("--op-timeout", "2.0"), ("--election-timeout-ms", "200"), ("--time", "60.0")):
+        assert re.search(rf"{option} \S+\s+[^-]*?\(default {re.escape(default)}\)", text), option
 
 
 def test_bad_arguments_exit_2(tmp_path: Path) -> None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from clusterkit import free_port
+from docblocks import code_blocks, run_block
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -90,19 +90,13 @@ async def test_the_getting_started_examples_run(tmp_path: Path, monkeypatch: pyt
     order for three peers (each founding the cluster, as the page allows)."""
     import raftlib
 
-    text = (README.parent / "docs" / "getting-started.md").read_text()
-    state_machine, start, write_read = re.findall(r"```python\n(.*?)```", text, re.S)[:3]
+    state_machine, start, write_read = code_blocks("getting-started.md")[:3]
     ports = {old: str(free_port()) for old in ("7001", "7002", "7003")}
 
     def on_free_ports(source: str) -> str:
         for old, new in ports.items():
             source = source.replace(f"127.0.0.1:{old}", f"127.0.0.1:{new}")
         return source
-
-    async def run_block(source: str, namespace: dict[str, Any]) -> None:
-        body = textwrap.indent(source, "    ")
-        exec(f"async def _block():\n{body}\n    globals().update(locals())\n", namespace)
-        await namespace["_block"]()
 
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, Any] = {"raftlib": raftlib}

@@ -641,18 +641,22 @@ def _plot(state: _Run, healed_at: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m raftlib.testing.jepsen", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--nodes", type=int, default=5)
-    parser.add_argument("--time", type=float, default=60.0, help="seconds of faults")
-    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--nodes", type=int, default=5, help="`raftlib serve` processes (default 5)")
+    parser.add_argument("--time", type=float, default=60.0, help="seconds of faults (default 60.0)")
+    parser.add_argument("--clients", type=int, default=10,
+                        help="concurrent clients: even ones follow the leader, odd ones keep to one node"
+                             " (default 10)")
     parser.add_argument("--nemesis", default=",".join(NEMESES), help=f"comma-separated: {','.join(NEMESES)}")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--keys", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fault schedule (default 0)")
+    parser.add_argument("--keys", type=int, default=3, help="keys the clients share (default 3)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: jepsen-results/<time>)")
     parser.add_argument("--broken", choices=BROKEN, default=None,
                         help="self-check (must be caught): stale-reads serves gets from any node's local state;"
                              " leader-reads runs nodes whose leader answers reads without ReadIndex")
-    parser.add_argument("--op-timeout", type=float, default=2.0)
-    parser.add_argument("--election-timeout-ms", type=int, default=200)
+    parser.add_argument("--op-timeout", type=float, default=2.0,
+                        help="seconds a client waits for one operation (default 2.0)")
+    parser.add_argument("--election-timeout-ms", type=int, default=200,
+                        help="the nodes' minimum election timeout (default 200)")
     parser.add_argument("--keep-data", action="store_true", help="keep the nodes' data directories")
     args = parser.parse_args(argv)
     out = args.out or Path("jepsen-results") / time.strftime("%Y%m%d-%H%M%S")

@@ -421,12 +421,14 @@ def check_message(msg: Message) -> Message:
 
 
 _SCALAR_KEYS = frozenset({str, bytes, int, float, bool, type(None)})
+_DECODED_AS: dict[type, str] = {list: "a list or tuple"}
+"""What the caller wrote, for a key msgpack decodes as a list: a tuple is encoded as one too."""
 
 
 def _map_with_scalar_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
     for key, _ in pairs:
         if type(key) not in _SCALAR_KEYS:
-            raise ValueError(f"a map key may not be a {type(key).__name__}")
+            raise ValueError(f"a map key may not be {_DECODED_AS.get(type(key), f'a {type(key).__name__}')}")
     return dict(pairs)
 
 
