@@ -191,6 +191,14 @@ def _cluster_option(fn: Any) -> Any:
     )(fn)
 
 
+def _force_option(fn: Any) -> Any:
+    return click.option(
+        "--force", is_flag=True,
+        help="Make the change even if the leader has not heard lately from a majority of the voters it leaves "
+             "(the cluster then commits nothing until enough of them are back).",
+    )(fn)
+
+
 def _json_option(fn: Any) -> Any:
     return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")(fn)
 
@@ -836,28 +844,30 @@ async def _call_any(addresses: list[str], op: str, args: dict[str, Any], timeout
 @click.argument("name", callback=_utf8)
 @click.argument("address")
 @click.option("--learner", is_flag=True, help="Add a learner (a non-voting member).")
+@_force_option
 @_cluster_option
 @_security_options
 @click.option("--timeout", type=_Seconds(min=0.1), default=60.0, show_default=True,
               help="Seconds allowed for the change to commit (a new voter catches up as a learner first).")
-def members_add(name: str, address: str, learner: bool, cluster: str, timeout: float) -> None:
+def members_add(name: str, address: str, learner: bool, force: bool, cluster: str, timeout: float) -> None:
     """Add NAME at ADDRESS (it must be running: `raftlib serve` without --initial-cluster)."""
     _addresses(address)
-    _run(_call_any(_addresses(cluster), "add_member", {"name": name, "address": address, "voter": not learner},
-                   timeout))
+    _run(_call_any(_addresses(cluster), "add_member",
+                   {"name": name, "address": address, "voter": not learner, "force": force}, timeout))
     click.echo(f"added {name} as a {'learner' if learner else 'voter'}")
 
 
 @members.command("remove")
 @click.argument("name", callback=_utf8)
+@_force_option
 @_cluster_option
 @_security_options
 @click.option("--timeout", type=_Seconds(min=0.1), default=30.0, show_default=True,
               help="Seconds allowed for the removal to commit.")
-def members_remove(name: str, cluster: str, timeout: float) -> None:
+def members_remove(name: str, force: bool, cluster: str, timeout: float) -> None:
     """Remove NAME from the cluster (stop its process afterwards). Removing a
     name that is not a member changes nothing."""
-    if _run(_call_any(_addresses(cluster), "remove_member", {"name": name}, timeout)):
+    if _run(_call_any(_addresses(cluster), "remove_member", {"name": name, "force": force}, timeout)):
         click.echo(f"removed {name}")
     else:
         click.echo(f"{name} is not a member; nothing changed")

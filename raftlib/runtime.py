@@ -395,7 +395,8 @@ class Peer:
         """The configuration in force on this peer (voters and learners)."""
         return self._core.membership
 
-    async def set_configuration(self, members: Mapping[NodeId, str], timeout: float | None = None) -> None:
+    async def set_configuration(self, members: Mapping[NodeId, str], timeout: float | None = None, *,
+                                force: bool = False) -> None:
         """Found a new cluster, or move a running one to exactly ``members``.
 
         ``members`` maps each voter's name to its address. On a brand-new
@@ -410,7 +411,10 @@ class Peer:
         matching are left alone, so calling it again is harmless.
 
         Raises :class:`ConfigError` for a malformed mapping (two members
-        with the same address included); :class:`Timeout`
+        with the same address included), or if a step would leave a
+        configuration whose voters this leader has heard from lately are no
+        majority of it (unless ``force``: see :meth:`remove_member`);
+        :class:`Timeout`
         if a new member does not catch up (it stays a learner) or the change
         does not finish within ``timeout`` seconds; :class:`NotLeader` if no
         leader emerges to take it.
@@ -430,9 +434,10 @@ class Peer:
             await self._call_in_driver(bootstrap)
             if self._core.membership.members == target or self._core.log.last_index() == 1:
                 return
-        await self._reconfigure_to(target, timeout=timeout, hops=0)
+        await self._reconfigure_to(target, timeout=timeout, hops=0, force=force)
 
-    async def add_member(self, name: NodeId, address: str, *, voter: bool = True, timeout: float | None = None) -> None:
+    async def add_member(self, name: NodeId, address: str, *, voter: bool = True, timeout: float | None = None,
+                         force: bool = False) -> None:
         """Add ``name`` (listening at ``address``) to the running cluster.
 
         A voter first joins as a learner and is promoted once it has caught
@@ -443,16 +448,18 @@ class Peer:
         Works on any member (a follower forwards to the leader) and returns
         once the change has committed.
 
-        Raises :class:`ConfigError` for a bad name or address, or an address
-        another member (voter or learner) has; :class:`Timeout`
+        Raises :class:`ConfigError` for a bad name or address, an address
+        another member (voter or learner) has, or a promotion that would
+        leave no live majority (unless ``force``: see :meth:`remove_member`);
+        :class:`Timeout`
         if the new member makes no progress catching up (is it running?) or
         ``timeout`` passes, leaving it a learner; :class:`NotLeader` if no
         leader emerges.
         """
         check_timeout(timeout)
-        await self._add_member(name, address, voter=voter, timeout=timeout, hops=0)
+        await self._add_member(name, address, voter=voter, timeout=timeout, hops=0, force=force)
 
-    async def remove_member(self, name: NodeId, *, timeout: float | None = None) -> bool:
+    async def remove_member(self, name: NodeId, *, timeout: float | None = None, force: bool = False) -> bool:
         """Remove ``name`` from the running cluster (voter or learner).
 
         Returns once the change has committed: ``True``, or ``False`` if
@@ -465,14 +472,19 @@ class Peer:
         leads until the change commits, then steps down and tells the most
         up-to-date voter to campaign. The removed peer keeps running (stop
         it, or use :meth:`leave`).
-        Raises :class:`ConfigError` when removing the last voter, and
+        Raises :class:`ConfigError` when removing the last voter, or when
+        the leader has heard from too few voters of the new configuration
+        within an election timeout for it to commit anything (one voter of
+        three down, and a running one removed): nothing is changed then.
+        ``force=True`` makes such a change all the same; the cluster then
+        commits nothing until enough of those voters are back. Raises
         :class:`Timeout` if ``timeout`` passes first (a handover still under
         way is abandoned: this peer leads on and is still a member).
         """
         check_timeout(timeout)
-        return await self._remove_member(name, timeout=timeout, hops=0)
+        return await self._remove_member(name, timeout=timeout, hops=0, force=force)
 
-    async def leave(self, timeout: float | None = None) -> None:
+    async def leave(self, timeout: float | None = None, *, force: bool = False) -> None:
         """Remove this peer from the cluster, then stop it.
 
         A leader first hands leadership over (as :meth:`stop` does, to the
@@ -484,7 +496,9 @@ class Peer:
         leader all the same. ``timeout`` bounds the handover and the removal
         together (not the stop that follows).
 
-        Raises :class:`ConfigError` on the last voter, :class:`Timeout` if
+        Raises :class:`ConfigError` on the last voter, or if the others
+        have no live majority without this peer (before any handover;
+        ``force`` as for :meth:`remove_member`), :class:`Timeout` if
         ``timeout`` passes first (a handover still under way is abandoned
         as :meth:`transfer_leadership` abandons one: this peer leads on and
         takes writes again), and what :meth:`remove_member` raises; in each
@@ -499,9 +513,11 @@ class Peer:
             if set(membership.voters) == {self.name}:
                 raise ConfigError(f"{self.name} is the only voter; a cluster cannot lose its last voter")
             if self.is_leader and self.name in membership.voters:
+                self._refuse_without_live_majority([membership, without_member(membership, self.name)], force=force)
                 await self._hand_over("leaving", deadline, "leave")
             # Handed over, or tried to: the removal must not try again.
-            await self._remove_member(self.name, timeout=_remaining(loop, deadline), hops=0, hand_over=False)
+            await self._remove_member(self.name, timeout=_remaining(loop, deadline), hops=0, hand_over=False,
+                                      force=force)
         await self.stop(transfer_leadership=False)
 
     async def _hand_over(self, doing: str, deadline: float | None, goal: str = "stop") -> None:
@@ -534,7 +550,8 @@ class Peer:
 
     # -- membership changes ------------------------------------------------------------
 
-    async def _add_member(self, name: NodeId, address: str, *, voter: bool, timeout: float | None, hops: int) -> None:
+    async def _add_member(self, name: NodeId, address: str, *, voter: bool, timeout: float | None, hops: int,
+                          force: bool = False) -> None:
         _check_name(name)
         _check_member_address(name, address)
 
@@ -546,10 +563,11 @@ class Peer:
                 return with_member(cur, name, address, voter=False)  # catch up as a learner first
             return with_member(cur, name, address, voter=voter)
 
-        await self._on_leader("add_member", {"name": name, "address": address, "voter": voter},
-                              lambda deadline: self._change_until(next_step, deadline), timeout, hops)
+        await self._on_leader("add_member", {"name": name, "address": address, "voter": voter, "force": force},
+                              lambda deadline: self._change_until(next_step, deadline, force=force), timeout, hops)
 
-    async def _remove_member(self, name: NodeId, *, timeout: float | None, hops: int, hand_over: bool = True) -> bool:
+    async def _remove_member(self, name: NodeId, *, timeout: float | None, hops: int, hand_over: bool = True,
+                             force: bool = False) -> bool:
         _check_name(name)
         if set(self._core.membership.voters) == {name}:
             raise ConfigError(f"{name} is the only voter; a cluster cannot lose its last voter")
@@ -557,23 +575,72 @@ class Peer:
         def next_step(cur: Membership) -> Membership | None:
             return without_member(cur, name) if name in cur.members else None
 
-        changed: bool = await self._on_leader(
-            "remove_member", {"name": name},
-            lambda deadline: self._change_until(next_step, deadline, hand_over=hand_over), timeout, hops)
+        async def remove(deadline: float | None) -> bool:
+            self._refuse_without_live_majority(self._plan(next_step), force=force)  # before any handover
+            return await self._change_until(next_step, deadline, hand_over=hand_over, force=force)
+
+        changed: bool = await self._on_leader("remove_member", {"name": name, "force": force}, remove, timeout, hops)
         return changed
 
-    async def _reconfigure_to(self, members: Mapping[NodeId, str], *, timeout: float | None, hops: int) -> None:
+    async def _reconfigure_to(self, members: Mapping[NodeId, str], *, timeout: float | None, hops: int,
+                              force: bool = False) -> None:
         target = _check_members(members)
 
         def next_step(cur: Membership) -> Membership | None:
             steps = plan_steps(cur, target, last=self.name)
             return steps[0] if steps else None
 
-        await self._on_leader("set_configuration", {"members": target},
-                              lambda deadline: self._change_until(next_step, deadline), timeout, hops)
+        async def reconfigure(deadline: float | None) -> None:
+            self._refuse_without_live_majority(self._plan(next_step), force=force)  # before the first step
+            await self._change_until(next_step, deadline, force=force)
+
+        await self._on_leader("set_configuration", {"members": target, "force": force}, reconfigure, timeout, hops)
+
+    def _plan(self, next_step: Callable[[Membership], Membership | None]) -> list[Membership]:
+        """The configuration in force, then each one ``next_step`` leads to
+        from it (were nothing else to change meanwhile)."""
+        plan = [self._core.membership]
+        while (step := next_step(plan[-1])) is not None:
+            plan.append(step)
+        return plan
+
+    def _refuse_without_live_majority(self, plan: Sequence[Membership], *, force: bool, wait: bool = False) -> None:
+        """On the leader, before it moves through ``plan`` (the configuration
+        in force, then each one to propose): raise :class:`ConfigError` if
+        the voters of one of them that this leader has heard from within an
+        election timeout (itself included) are no majority of it, since the
+        cluster could commit nothing then, that change included, until
+        enough of them are back. A learner promoted counts as live (it is
+        promoted once caught up); a step that keeps the voters is never
+        refused. A leader too new to tell raises
+        :class:`MembershipChangePending` if ``wait``, else lets it pass.
+        Does nothing if ``force`` (etcd's ``--strict-reconfig-check`` off)."""
+        heard, unsure = self._core.recent_contact()
+        if force or not heard:  # not the leader: the core refuses the change itself
+            return
+        for cur, step in itertools.pairwise(plan):
+            voters = set(step.voters)
+            live = voters & (heard | set(cur.learners))
+            need = len(voters) // 2 + 1
+            if voters == set(cur.voters) or len(live) >= need:
+                continue
+            if voters & unsure:
+                if not wait:
+                    return
+                raise MembershipChangePending(f"{self.name} has led for less than an election timeout and not "
+                                              f"heard from {', '.join(sorted(voters & unsure))} yet")
+            down = sorted(voters - live)
+            raise ConfigError(
+                f"refusing to make the voters {', '.join(sorted(voters))}: the leader {self.name} has heard from "
+                f"{len(live)} of its voters within an election timeout, and it needs {need} to commit anything, "
+                f"this change included; {', '.join(down)} {'is' if len(down) == 1 else 'are'} down or cut off. "
+                f"Start {'it' if len(down) == 1 else 'them'} again first, or first remove what is down "
+                f"({', then '.join(f'remove_member({n!r})' for n in down)}); or pass force=True (--force on the "
+                f"command line) to make the change anyway, and the cluster commits nothing until enough "
+                f"voters are back")
 
     async def _change_until(self, next_step: Callable[[Membership], Membership | None], deadline: float | None,
-                            *, hand_over: bool = True) -> bool:
+                            *, hand_over: bool = True, force: bool = False) -> bool:
         """On the leader: propose ``next_step(current)`` until it returns ``None``,
         waiting for each step to commit and for learners to catch up before
         they are promoted; return whether any step was proposed. Each step is
@@ -603,6 +670,7 @@ class Peer:
             for name in sorted(step.voters):
                 if name in current.learners and not core.caught_up(name, self.config.catch_up_lag):
                     return name
+            self._refuse_without_live_majority([current, step], force=force, wait=True)
             try:
                 term, index = core.propose_membership(step)
             except ValueError as exc:

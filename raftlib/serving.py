@@ -175,19 +175,19 @@ class RequestServer:
     async def _add_member(self, args: dict[str, Any]) -> Any:
         await self._peer._add_member(
             arg(args, "name", str), arg(args, "address", str), voter=arg(args, "voter", bool, True),
-            timeout=_timeout(args), hops=hops_of(args),
+            timeout=_timeout(args), hops=hops_of(args), force=arg(args, "force", bool, False),
         )
         return None
 
     async def _remove_member(self, args: dict[str, Any]) -> Any:
         return await self._peer._remove_member(
-            arg(args, "name", str), timeout=_timeout(args), hops=hops_of(args)
+            arg(args, "name", str), timeout=_timeout(args), hops=hops_of(args), force=arg(args, "force", bool, False)
         )
 
     async def _set_configuration(self, args: dict[str, Any]) -> Any:
         members = arg(args, "members", dict)
         await self._peer._reconfigure_to(
-            members, timeout=_timeout(args), hops=hops_of(args)
+            members, timeout=_timeout(args), hops=hops_of(args), force=arg(args, "force", bool, False)
         )
         return None
 

@@ -145,6 +145,8 @@ class Raft:
         self._read_seq = 0
         self._now = 0
         """Ticks since this core was created (the leader lease's clock)."""
+        self._led_since = 0
+        """Leader: the tick at which this peer became leader."""
         self._seq_ticks: dict[int, int] = {}
         """Leader: for recent read contexts, the tick at which each came into use."""
         self._open_round: _ReadRound | None = None
@@ -327,6 +329,24 @@ class Raft:
             and pr.state is ProgressState.REPLICATE
             and self.log.last_index() - pr.match <= max_lag
         )
+
+    def recent_contact(self) -> tuple[frozenset[NodeId], frozenset[NodeId]]:
+        """Leader only: ``(heard, unsure)``. ``heard`` is this leader and the
+        members that answered it within the last election timeout (the
+        activity CheckQuorum relies on); ``unsure``, those it has not heard
+        from in its term while it has led for less than an election timeout
+        (their first answers may be on the way). Both are empty on a
+        non-leader."""
+        if self.role != LEADER:
+            return frozenset(), frozenset()
+        window = self.config.election_ticks
+        heard, unsure = {self.id}, set()
+        for nid, pr in self._followers():
+            if pr.heard_at is not None and self._now - pr.heard_at < window:
+                heard.add(nid)
+            elif pr.heard_at is None and self._now - self._led_since < window:
+                unsure.add(nid)
+        return frozenset(heard), frozenset(unsure)
 
     def read_index(self, request_id: int) -> None:
         """Ask for a linearizable read point (ReadIndex, thesis §6.4).
@@ -797,6 +817,7 @@ class Raft:
         me = self.progress.setdefault(self.id, Progress(last + 1))
         me.maybe_update(self.log.stable_last_index())
         me.become_replicate()
+        self._led_since = self._now
         self.logger.info("%s: became leader in term %d", self.id, term)
         # §5.4.2 / §8: a no-op of the new term lets earlier entries commit and
         # gives ReadIndex a commit point of this term.

@@ -453,3 +453,25 @@ def test_a_new_member_is_brought_up_to_date_through_a_snapshot() -> None:
     assert net.nodes["a"].caught_up("d", max_lag=0)
     assert len([e for e in net.log("d")]) <= 2  # the rest came as the snapshot
     assert of_type(AppendEntries, sent)
+
+
+def test_recent_contact_is_what_a_leader_heard_within_an_election_timeout() -> None:
+    """What the runtime counts before a change that could leave no live
+    majority: members heard from lately, and, while a new leader has led
+    for less than an election timeout, those it could not have heard yet."""
+    net = Network(["a", "b", "c"])
+    ticks = net.config.election_ticks
+    net.elect("a")
+    assert net.nodes["a"].recent_contact() == ({"a", "b", "c"}, set())
+    assert net.nodes["b"].recent_contact() == (set(), set())  # not the leader
+    net.isolate("c")
+    for _ in range(ticks):
+        net.tick("a")
+        net.stabilize()
+    assert net.nodes["a"].recent_contact() == ({"a", "b"}, set())
+    net.elect("b")  # c is still cut off: the new leader cannot tell yet
+    assert net.nodes["b"].recent_contact() == ({"a", "b"}, {"c"})
+    for _ in range(ticks):
+        net.tick("b")
+        net.stabilize()
+    assert net.nodes["b"].recent_contact() == ({"a", "b"}, set())

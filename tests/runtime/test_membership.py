@@ -666,7 +666,9 @@ async def test_a_leaving_leader_hands_over_to_a_follower_it_hears_from(lmdb_clus
         return targets[-1]
 
     old._core.transfer_leadership = spy  # type: ignore[method-assign]
-    leaving = asyncio.ensure_future(old.leave(timeout=30))
+    # Without the stopped follower the remaining two have no live majority:
+    # the leader would refuse to leave, unless forced.
+    leaving = asyncio.ensure_future(old.leave(timeout=30, force=True))
     try:
         await eventually(lambda: targets)
         assert targets == [alive.name]
@@ -733,3 +735,117 @@ async def test_a_leader_removing_itself_hands_over_to_a_follower_still_running(c
         removing.cancel()
         await asyncio.gather(removing, return_exceptions=True)
     assert set(new.membership.voters) == {"s1", "s2", "s3"}
+
+
+# -- changes that would leave no live majority -------------------------------------
+
+
+async def _one_follower_down(cluster: Cluster) -> tuple[raftlib.Peer, raftlib.Peer, raftlib.Peer]:
+    """Three voters; stop one follower and wait until the leader has not
+    heard from it for more than an election timeout. Returns the leader,
+    the stopped follower and the running one."""
+    await cluster.start(3)
+    leader = await cluster.leader()
+    dead, alive = sorted((p for p in cluster.live() if p is not leader), key=lambda p: p.name)
+    await dead.stop()
+    await asyncio.sleep(3 * cluster.config.election_ticks * cluster.config.tick_interval)
+    return leader, dead, alive
+
+
+async def test_removing_a_running_voter_while_another_is_down_is_refused(cluster: Cluster) -> None:
+    """Three voters, one down: removing a running one left two voters, one of
+    them down, and nothing (the removal included) committed until the
+    stopped one came back. The leader now refuses the change at once,
+    saying how many voters of the new configuration it hears from and how
+    many it needs, whoever asks (through a follower, or a leader removing
+    itself or leaving, which hands over nothing first); the cluster goes on
+    as before."""
+    leader, dead, alive = await _one_follower_down(cluster)
+    before, term = leader.membership, leader.status()["term"]
+    attempts = [
+        lambda: leader.remove_member(alive.name, timeout=5),
+        lambda: alive.remove_member(alive.name, timeout=5),  # forwarded
+        lambda: leader.remove_member(leader.name, timeout=5),
+        lambda: leader.leave(timeout=5),
+        lambda: alive.leave(timeout=5),
+    ]
+    for attempt in attempts:
+        with pytest.raises(errors.ConfigError) as info:
+            await attempt()
+        message = str(info.value)
+        assert "heard from 1 of its voters within an election timeout, and it needs 2" in message
+        assert dead.name in message and f"remove_member({dead.name!r})" in message and "force=True" in message
+        assert leader.membership == before and alive.membership == before
+        assert leader.is_leader and leader.status()["term"] == term
+        assert not leader._stopping and not alive._stopping
+    assert await leader.write(["set", "after", 1], timeout=5) == ["ok", "after", 1]
+    assert await alive.write(["set", "after", 2], timeout=5) == ["ok", "after", 2]
+
+
+async def test_removing_the_voter_that_is_down_is_allowed(cluster: Cluster) -> None:
+    leader, dead, alive = await _one_follower_down(cluster)
+    assert await alive.remove_member(dead.name, timeout=10) is True
+    await eventually(lambda: voters_everywhere(cluster, {leader.name, alive.name}))
+    assert await leader.write(["set", "after", 1], timeout=5) == ["ok", "after", 1]
+
+
+async def test_set_configuration_without_a_live_majority_is_refused(cluster: Cluster) -> None:
+    """A target whose running voters are no majority is refused before any
+    step is taken (no new member is even added as a learner); one that
+    replaces the stopped voter by a new member is fine."""
+    leader, dead, alive = await _one_follower_down(cluster)
+    before = leader.membership
+    extra = await cluster.start_peer("s4")  # running, not a member yet
+    addresses = cluster.addresses
+    for target in ({leader.name: addresses[leader.name], dead.name: addresses[dead.name]},
+                   {dead.name: addresses[dead.name], "s4": extra.address}):
+        for peer in (leader, alive):
+            with pytest.raises(errors.ConfigError, match="and it needs 2"):
+                await peer.set_configuration(target, timeout=5)
+            assert leader.membership == before
+    await alive.set_configuration({leader.name: addresses[leader.name], alive.name: addresses[alive.name],
+                                   "s4": extra.address}, timeout=20)
+    await eventually(lambda: voters_everywhere(cluster, {leader.name, alive.name, "s4"}))
+    assert await extra.write(["set", "after", 1], timeout=5) == ["ok", "after", 1]
+
+
+async def test_a_forced_change_without_a_live_majority_waits_for_the_stopped_voter(lmdb_cluster: Cluster) -> None:
+    """``--force`` (``force=True``) makes the change all the same, through a
+    follower too: it commits once the stopped voter is back."""
+    from click.testing import CliRunner
+
+    from raftlib.cli import main
+
+    cluster = lmdb_cluster
+    leader, dead, alive = await _one_follower_down(cluster)
+    args = ["members", "remove", alive.name, "--cluster", alive.address, "--timeout", "30"]
+    refused = await asyncio.to_thread(CliRunner().invoke, main, args)
+    assert refused.exit_code == 1 and "ConfigError" in refused.output and "--force" in refused.output
+    forced = asyncio.ensure_future(asyncio.to_thread(CliRunner().invoke, main, [*args, "--force"]))
+    try:
+        await eventually(lambda: alive.name not in leader.membership.voters)
+        await cluster.start_peer(dead.name)
+        result = await forced
+    finally:
+        await asyncio.gather(forced, return_exceptions=True)
+    assert result.exit_code == 0, result.output
+    await alive.stop(transfer_leadership=False)
+    await eventually(lambda: voters_everywhere(cluster, {leader.name, dead.name}))
+    new = await cluster.leader()
+    assert await new.write(["set", "after", 1], timeout=5) == ["ok", "after", 1]
+
+
+async def test_a_new_leader_refuses_a_change_without_a_live_majority_too(cluster: Cluster) -> None:
+    """Right after an election the new leader has heard nothing yet in its
+    term from the stopped old leader: it waits until it could have, then
+    refuses, rather than taking the change on trust."""
+    await cluster.start(3)
+    old = await cluster.leader()
+    await old.stop(transfer_leadership=False)
+    new = await cluster.leader()
+    other = next(p for p in cluster.live() if p is not new)
+    before = new.membership
+    with pytest.raises(errors.ConfigError, match=f"heard from 1 of its voters .* {old.name} is down"):
+        await new.remove_member(other.name, timeout=5)
+    assert new.membership == before and new.is_leader
+    assert await other.write(["set", "after", 1], timeout=5) == ["ok", "after", 1]
