@@ -610,17 +610,19 @@ class Peer:
         the voters of one of them that this leader has heard from within an
         election timeout (itself included) are no majority of it, since the
         cluster could commit nothing then, that change included, until
-        enough of them are back. A learner promoted counts as live (it is
-        promoted once caught up); a step that keeps the voters is never
+        enough of them are back. A learner promoted counts as live, in that
+        step and the plan's later ones (it is promoted once caught up); a step that keeps the voters is never
         refused. A leader too new to tell raises
         :class:`MembershipChangePending` if ``wait``, else lets it pass.
         Does nothing if ``force`` (etcd's ``--strict-reconfig-check`` off)."""
         heard, unsure = self._core.recent_contact()
         if force or not heard:  # not the leader: the core refuses the change itself
             return
+        promoted: set[NodeId] = set()  # learners of the plan: each is promoted once caught up
         for cur, step in itertools.pairwise(plan):
+            promoted.update(cur.learners)
             voters = set(step.voters)
-            live = voters & (heard | set(cur.learners))
+            live = voters & (heard | promoted)
             need = len(voters) // 2 + 1
             if voters == set(cur.voters) or len(live) >= need:
                 continue

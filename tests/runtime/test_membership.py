@@ -849,3 +849,17 @@ async def test_a_new_leader_refuses_a_change_without_a_live_majority_too(cluster
         await new.remove_member(other.name, timeout=5)
     assert new.membership == before and new.is_leader
     assert await other.write(["set", "after", 1], timeout=5) == ["ok", "after", 1]
+
+
+async def test_set_configuration_replacing_most_voters_by_new_members_is_not_refused(cluster: Cluster) -> None:
+    """The check of a whole plan counts a new member as live in the steps
+    after its promotion (it is promoted only once caught up): moving a
+    healthy cluster to a set made mostly of new members works."""
+    await cluster.start(3)
+    leader = await cluster.leader()
+    new = [await cluster.start_peer(name) for name in ("s4", "s5", "s6")]
+    target = {leader.name: leader.address, **{p.name: p.address for p in new}}
+    await leader.set_configuration(target, timeout=30)
+    await eventually(lambda: voters_everywhere(cluster, set(target)))
+    now = await cluster.leader()
+    assert await now.write(["set", "after", 1], timeout=5) == ["ok", "after", 1]
