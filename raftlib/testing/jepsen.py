@@ -26,7 +26,9 @@ draws faults from ``--nemesis`` with the seeded generator:
   for a few election timeouts; then heal;
 * ``membership``: remove a node (sometimes the leader) with ``raftlib
   members remove``, stop it, wipe its data directory and bring it back
-  empty, by ``raftlib serve --join`` or by ``raftlib members add``;
+  empty, by ``raftlib serve --join`` or by ``raftlib members add``; or
+  remove it while it is down and restart it on its old disk, where it must
+  learn it was removed before it is added back;
 * ``transfer``: ask the leader to hand leadership over, to a random node or
   the one it picks, again and again.
 
@@ -70,7 +72,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import (
     KVError, NotLeader, OutcomeUnknown, Overloaded, PeerStopped, ProposalDropped, RaftError, StorageFull, Unavailable,
@@ -493,71 +495,96 @@ async def _isolate_leader(run: _Run, partitioner: Partitioner, fault: _Fault, du
 
 
 async def _membership(run: _Run, initial: str, fault: _Fault) -> None:
-    """Remove a node (the leader, two times in five), stop it, wipe its data
-    directory and add it back with an empty disk, as docs/operations.md says
-    to recover a member that lost its data: ``raftlib members remove``, then
-    ``raftlib serve --join``, or a plain ``raftlib serve`` added with
-    ``raftlib members add``. The fault is not cut short by the end of the
-    run: it ends with every node a member again.
+    """Take a node (the leader, two times in five) out of the cluster and
+    add it back, in one of two ways.
 
-    The removal must have committed before the directory is wiped: a voter
-    that comes back with an empty disk while it still counts for a quorum
-    could lose acknowledged writes.
+    Two times in three, as docs/operations.md says to recover a member that
+    lost its data: ``raftlib members remove``, stop it (SIGTERM or kill -9),
+    wipe its data directory, then ``raftlib serve --join``, or a plain
+    ``raftlib serve`` added with ``raftlib members add``. The removal must
+    have committed before the directory is wiped: a voter that comes back
+    with an empty disk while it still counts for a quorum could lose
+    acknowledged writes.
+
+    Otherwise ``kill -9`` it, remove it while it is down and restart it on
+    its old disk, whose configuration still names it: it must learn from the
+    others that it was removed (``removed_at`` in its status) before
+    ``raftlib members add`` brings it back (docs/membership.md).
+
+    The fault is not cut short by the end of the run: it ends with the node
+    a voter again.
     """
     rng = run.rng
+    # As many draws whatever the cluster answers, so that the seed fixes the faults that follow.
+    the_leader, victim = rng.random() < 0.4, rng.choice(run.nodes)
     leader = await _find_leader(run)
-    if leader is not None and rng.random() < 0.4:
+    if the_leader and leader is not None:
         victim = leader
-    else:
-        victim = rng.choice(run.nodes)
-    others = [n.address for n in run.nodes if n is not victim]
+    others = ",".join(n.address for n in run.nodes if n is not victim)
     what = f"{victim.name}{' (the leader)' if victim is leader else ''}"
-    removed = None
-    for _ in range(3):
-        code, said = await _cli(run, "members", "remove", victim.name, "--cluster", ",".join(others),
-                                "--timeout", "10")
-        if code == 0:
-            removed = said
-            break
-    if removed is None or "not a member" in removed:
-        # A first attempt that ran out of time may have left the removal
-        # uncommitted; then "not a member" does not say it committed.
-        fault.done = False
-        fault.detail = f"membership: could not remove {what} ({said}); left as it was"
-        return
-    if rng.random() < 0.5:
-        how = "SIGTERM"
-        await _stop(run, victim)
-    else:
-        how = "kill -9"
+    while_down = rng.random() < 1 / 3
+    if while_down:
         _kill(victim)
-    shutil.rmtree(victim.data_dir, ignore_errors=True)
-    victim.rejoin = True
-    removed_at = time.monotonic() - run.t0
-    if rng.random() < 0.5:
+    code, said = 1, ""
+    for _ in range(3):
+        # Asked again after a Timeout, a removal already in force waits for
+        # it to commit: "not a member" then means it is out for good.
+        code, said = await _cli(run, "members", "remove", victim.name, "--cluster", others, "--timeout", "10")
+        if code == 0:
+            break
+    if code != 0:
+        fault.done = False
+        fault.detail = f"membership: could not remove {what} ({said}); adding it back as it is"
+        if victim.proc is None:
+            _start_node(victim, initial)
+        await _cli(run, "members", "add", victim.name, victim.address, "--cluster", others, "--timeout", "30")
+        return
+    out_at = time.monotonic() - run.t0
+    if while_down:
+        _start_node(victim, initial, found=False)
+        how = "while down (kill -9), restart on its old disk"
+        learned = await _wait_for_status(victim, lambda status: status.get("removed_at") is not None, 20.0)
+        if not learned:
+            run.nemesis_errors.append(f"{victim.name}, removed while down and restarted at {out_at:.1f} s, did not"
+                                      f" learn it was removed within 20 s; see {victim.log_path}")
+        how += ", it learned it was out" if learned else ", it NEVER LEARNED it was out"
+    else:
+        if rng.random() < 0.5:
+            how = "SIGTERM"
+            await _stop(run, victim)
+        else:
+            how = "kill -9"
+            _kill(victim)
+        shutil.rmtree(victim.data_dir, ignore_errors=True)
+        victim.rejoin = True
+        how += ", wipe"
+    if not while_down and rng.random() < 0.5:
         _start_node(victim, initial)
         back = "serve --join"
-        added = await _wait_until_voter(run, victim, 60.0)
+        added = await _wait_until_voter(victim, 60.0)
     else:
-        _start_node(victim, initial, found=False)
+        if not while_down:
+            _start_node(victim, initial, found=False)
         back = "members add"
-        code, said = await _cli(run, "members", "add", victim.name, victim.address, "--cluster", ",".join(others),
+        code, said = await _cli(run, "members", "add", victim.name, victim.address, "--cluster", others,
                                 "--timeout", "60")
-        added = code == 0 and await _wait_until_voter(run, victim, 10.0)
+        added = code == 0 and await _wait_until_voter(victim, 10.0)
     if not added:
         fault.done = False
-        run.nemesis_errors.append(f"{victim.name}, removed and wiped at {removed_at:.1f} s, was not a voter again"
-                                  f" after {back}; see {victim.log_path}")
-    fault.detail = (f"membership: remove {what}, {how}, wipe, {back}"
-                    f" (out {removed_at - fault.start:.1f}-{time.monotonic() - run.t0 - fault.start:.1f} s"
+        run.nemesis_errors.append(f"{victim.name}, out of the cluster at {out_at:.1f} s, was not a voter again"
+                                  f" after {back} ({said}); see {victim.log_path}")
+    fault.detail = (f"membership: remove {what}, {how}, {back}"
+                    f" (out {out_at - fault.start:.1f}-{time.monotonic() - run.t0 - fault.start:.1f} s"
                     f" into the fault){'' if added else '; NOT ADDED BACK'}")
 
 
 async def _transfer(run: _Run, fault: _Fault, duration: float, stop: asyncio.Event) -> None:
     """Ask the leader to hand leadership over (the request ``raftlib members
     transfer-leader`` sends), to a random voter or to the one it picks,
-    again and again for ``duration``."""
-    rng = run.rng
+    again and again for ``duration``. How many that is depends on how fast
+    the cluster answers: they draw from a generator of their own, so that
+    the seed still fixes the faults that follow."""
+    rng = random.Random(run.rng.random())
     deadline = time.monotonic() + duration
     moved: list[str] = []
     refused: dict[str, int] = {}
@@ -622,12 +649,19 @@ async def _stop(run: _Run, node: _Node) -> None:
     node.paused = False
 
 
-async def _wait_until_voter(run: _Run, node: _Node, timeout: float) -> bool:
+async def _wait_until_voter(node: _Node, timeout: float) -> bool:
     """Whether ``node`` says, within ``timeout``, that it is a voter that knows the leader."""
+    return await _wait_for_status(
+        node, lambda status: bool(status.get("leader")) and status["members"].get(node.name, {}).get("voter", False),
+        timeout)
+
+
+async def _wait_for_status(node: _Node, holds: Callable[[dict[str, Any]], bool], timeout: float) -> bool:
+    """Whether ``node``'s status, asked every 0.1 s, satisfies ``holds`` within ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = await _status(node)
-        if status is not None and status.get("leader") and status["members"].get(node.name, {}).get("voter"):
+        if status is not None and holds(status):
             return True
         await asyncio.sleep(0.1)
     return False
