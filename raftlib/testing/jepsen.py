@@ -1,7 +1,7 @@
 """A Jepsen-style fault test of real ``raftlib serve`` processes.
 
     python -m raftlib.testing.jepsen --nodes 5 --time 60 --clients 10 \\
-        --nemesis kill,pause,partition,isolate-leader --seed 1
+        --nemesis kill,pause,partition,isolate-leader,membership,transfer --seed 1
 
 Theory of operation. The harness starts ``--nodes`` processes of the
 built-in key-value service on loopback, each behind a :class:`Proxy`
@@ -32,8 +32,7 @@ draws faults from ``--nemesis`` with the seeded generator:
 * ``transfer``: ask the leader to hand leadership over, to a random node or
   the one it picks, again and again.
 
-The default is the first four; ``membership`` and ``transfer`` are asked
-for by name. A fault that could not take effect counts as not done
+The default is all six. A fault that could not take effect counts as not done
 (``fault_counts`` in the summary); a node that does not stop on SIGTERM or
 does not become a voter again after its re-add fails the run
 (``nemesis_errors``), as does a client stuck in a call at the end.
@@ -86,7 +85,6 @@ from .ports import free_port
 __all__ = ["JepsenConfig", "run", "main"]
 
 NEMESES = ("kill", "pause", "partition", "isolate-leader", "membership", "transfer")
-DEFAULT_NEMESES = ("kill", "pause", "partition", "isolate-leader")
 BROKEN = ("stale-reads", "leader-reads")
 
 
@@ -97,7 +95,7 @@ class JepsenConfig:
     nodes: int = 5
     time: float = 60.0
     clients: int = 10
-    nemesis: tuple[str, ...] = DEFAULT_NEMESES
+    nemesis: tuple[str, ...] = NEMESES
     seed: int = 0
     keys: int = 3
     out: Path = Path("jepsen-results")
@@ -877,8 +875,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=5)
     parser.add_argument("--time", type=float, default=60.0, help="seconds of faults")
     parser.add_argument("--clients", type=int, default=10)
-    parser.add_argument("--nemesis", default=",".join(DEFAULT_NEMESES),
-                        help=f"comma-separated: {','.join(NEMESES)} (default: {','.join(DEFAULT_NEMESES)})")
+    parser.add_argument("--nemesis", default=",".join(NEMESES), help=f"comma-separated: {','.join(NEMESES)}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keys", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: jepsen-results/<time>)")
