@@ -527,15 +527,16 @@ async def _membership(run: _Run, initial: str, fault: _Fault) -> None:
     for _ in range(3):
         # Asked again after a Timeout, a removal already in force waits for
         # it to commit: "not a member" then means it is out for good.
-        code, said = await _cli(run, "members", "remove", victim.name, "--cluster", others, "--timeout", "10")
+        code, said = await _cli("members", "remove", victim.name, "--cluster", others, "--timeout", "10")
         if code == 0:
             break
     if code != 0:
         fault.done = False
         fault.detail = f"membership: could not remove {what} ({said}); adding it back as it is"
+        run.nemesis_errors.append(f"{victim.name} could not be removed in three tries of 10 s: {said}")
         if victim.proc is None:
             _start_node(victim, initial)
-        await _cli(run, "members", "add", victim.name, victim.address, "--cluster", others, "--timeout", "30")
+        await _cli("members", "add", victim.name, victim.address, "--cluster", others, "--timeout", "30")
         return
     out_at = time.monotonic() - run.t0
     if while_down:
@@ -564,7 +565,7 @@ async def _membership(run: _Run, initial: str, fault: _Fault) -> None:
         if not while_down:
             _start_node(victim, initial, found=False)
         back = "members add"
-        code, said = await _cli(run, "members", "add", victim.name, victim.address, "--cluster", others,
+        code, said = await _cli("members", "add", victim.name, victim.address, "--cluster", others,
                                 "--timeout", "60")
         added = code == 0 and await _wait_until_voter(victim, 10.0)
     if not added:
@@ -608,7 +609,7 @@ async def _transfer(run: _Run, fault: _Fault, duration: float, stop: asyncio.Eve
                     + "".join(f"; {n} refused ({error})" for error, n in sorted(refused.items())))
 
 
-async def _cli(run: _Run, *args: str) -> tuple[int, str]:
+async def _cli(*args: str) -> tuple[int, str]:
     """Run ``raftlib ARGS`` (the command an operator would type); return its
     exit status and the last line it printed."""
     proc = await asyncio.create_subprocess_exec(
