@@ -444,7 +444,8 @@ class Peer:
         up (see ``Config.catch_up_lag``), so adding a member never stalls
         writes. ``voter=False`` adds a learner: it receives the log but does
         not vote or count for quorum. Adding an existing member changes its
-        address or role to the ones given; the same again does nothing.
+        address or role to the ones given; the same again does nothing
+        (once the configuration in force has committed).
         Works on any member (a follower forwards to the leader) and returns
         once the change has committed.
 
@@ -464,14 +465,15 @@ class Peer:
 
         Returns once the change has committed: ``True``, or ``False`` if
         ``name`` was not a member and nothing changed (also when a retry
-        after a lost leader finds the first attempt's removal done). A
-        leader that removes itself first hands leadership over, as
-        :meth:`stop` does (to the most up-to-date follower heard from within
-        an election timeout), and the new leader removes it; if the handover
-        fails within two maximum election timeouts, it removes itself,
-        leads until the change commits, then steps down and tells the most
-        up-to-date voter to campaign. The removed peer keeps running (stop
-        it, or use :meth:`leave`).
+        after a lost leader or a :class:`Timeout` finds the first attempt's
+        removal done: it then waits for that removal to commit, since until
+        then a new leader may drop it). A leader that removes itself first
+        hands leadership over, as :meth:`stop` does (to the most up-to-date
+        follower heard from within an election timeout), and the new leader
+        removes it; if the handover fails within two maximum election
+        timeouts, it removes itself, leads until the change commits, then
+        steps down and tells the most up-to-date voter to campaign. The
+        removed peer keeps running (stop it, or use :meth:`leave`).
         Raises :class:`ConfigError` when removing the last voter, or when
         the leader has heard from too few voters of the new configuration
         within an election timeout for it to commit anything (one voter of
@@ -647,7 +649,9 @@ class Peer:
         waiting for each step to commit and for learners to catch up before
         they are promoted; return whether any step was proposed. Each step is
         computed from the membership in force when it is proposed, so
-        concurrent changes compose.
+        concurrent changes compose. Nothing left to do is only reported once
+        the membership in force has committed: a change proposed earlier
+        (by a call that timed out) may still be dropped by a new leader.
 
         Before a step that takes this leader's vote away, it first hands
         leadership over (if ``hand_over``) as :meth:`stop` does, to a
@@ -664,11 +668,11 @@ class Peer:
             step = next_step(cur)
             return step is not None and self.name in cur.voters and self.name not in step.voters
 
-        def propose() -> tuple[asyncio.Future[None], Membership] | NodeId | None:
+        def propose() -> tuple[asyncio.Future[None], Membership] | NodeId | int | None:
             current = core.membership
             step = next_step(current)
             if step is None:
-                return None
+                return core.pending_membership_index() or None
             for name in sorted(step.voters):
                 if name in current.learners and not core.caught_up(name, self.config.catch_up_lag):
                     return name
@@ -697,12 +701,19 @@ class Peer:
             if isinstance(out, str):
                 await self._wait_caught_up(out, deadline)
                 continue
+            if isinstance(out, int):
+                self._check_leader()
+                _check_deadline(loop, deadline, f"the membership change at index {out} committing")
+                await asyncio.sleep(pause)
+                continue
             committed, step = out
             changed = True
             try:
                 async with asyncio.timeout_at(deadline):
                     await asyncio.shield(committed)
             except TimeoutError:
+                # Whoever asks again waits for it (see above); its outcome is not ours to report.
+                committed.add_done_callback(lambda f: f.cancelled() or f.exception())
                 raise Timeout("the membership change did not commit in time; it may still commit") from None
             self._log.info("%s: membership now %s", self.name, _describe_membership(step))
 

@@ -86,6 +86,31 @@ def test_every_option_says_what_it_does_and_its_default(capsys: pytest.CaptureFi
         assert re.search(rf"{option} \S+\s+[^-]*?\(default {re.escape(default)}\)", text), option
 
 
+@pytest.mark.timeout(120)
+def test_membership_changes_and_leadership_transfers_under_load_are_linearizable(tmp_path: Path) -> None:
+    # Members removed (the leader among them), wiped and added back with an
+    # empty disk, and leadership handed over again and again, while clients
+    # bound to those members keep sending requests.
+    import asyncio
+
+    from raftlib.testing.jepsen import JepsenConfig, run
+
+    # Seed 5 draws transfers, a node wiped that joins again, then a node
+    # (the leader) removed while down and restarted on its old disk.
+    cfg = JepsenConfig(nodes=3, clients=6, time=12, nemesis=("membership", "transfer"), seed=5,
+                       out=tmp_path, fault_interval=(0.3, 0.8), fault_duration=(0.5, 1.5), recovery=1.0)
+    result, summary = asyncio.run(run(cfg))
+    assert result.verdict == "linearizable", result.explain()
+    assert not summary["crashes"] and not summary["client_errors"] and not summary["nemesis_errors"], summary
+    assert summary["fault_counts"]["membership"] > 0 and summary["fault_counts"]["transfer"] > 0, summary["faults"]
+    details = " ".join(f["detail"] for f in summary["faults"])
+    assert "wipe" in details and "learned it was out" in details, details
+    moved = [f["detail"] for f in summary["faults"] if f["kind"] == "transfer" and f["done"]]
+    assert all("->" in detail for detail in moved)
+    ok_writes = summary["by_kind"]["put"]["ok"] + summary["by_kind"]["cas"]["ok"]
+    assert ok_writes > 50
+
+
 def test_bad_arguments_exit_2(tmp_path: Path) -> None:
     done = jepsen(tmp_path, "--nemesis", "earthquake", "--time", "1")
     assert done.returncode == 2 and "nemesis" in done.stderr

@@ -1,7 +1,7 @@
 """A Jepsen-style fault test of real ``raftlib serve`` processes.
 
     python -m raftlib.testing.jepsen --nodes 5 --time 60 --clients 10 \\
-        --nemesis kill,pause,partition,isolate-leader --seed 1
+        --nemesis kill,pause,partition,isolate-leader,membership,transfer --seed 1
 
 Theory of operation. The harness starts ``--nodes`` processes of the
 built-in key-value service on loopback, each behind a :class:`Proxy`
@@ -23,7 +23,19 @@ draws faults from ``--nemesis`` with the seeded generator:
 * ``isolate-leader``: find the leader (``status``), cut it off from the
   other peers but not from its clients, and stop it while the others elect
   a new leader; resume it still cut off, so that it believes it leads,
-  for a few election timeouts; then heal.
+  for a few election timeouts; then heal;
+* ``membership``: remove a node (sometimes the leader) with ``raftlib
+  members remove``, stop it, wipe its data directory and bring it back
+  empty, by ``raftlib serve --join`` or by ``raftlib members add``; or
+  remove it while it is down and restart it on its old disk, where it must
+  learn it was removed before it is added back;
+* ``transfer``: ask the leader to hand leadership over, to a random node or
+  the one it picks, again and again.
+
+The default is all six. A fault that could not take effect counts as not done
+(``fault_counts`` in the summary); a node that does not stop on SIGTERM or
+does not become a voter again after its re-add fails the run
+(``nemesis_errors``), as does a client stuck in a call at the end.
 
 At the end everything is healed and restarted, the clients run a little
 longer (to see the cluster recover), and the history is checked with
@@ -59,7 +71,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import (
     KVError, NotLeader, OutcomeUnknown, Overloaded, PeerStopped, ProposalDropped, RaftError, StorageFull, Unavailable,
@@ -72,7 +84,7 @@ from .ports import free_port
 
 __all__ = ["JepsenConfig", "run", "main"]
 
-NEMESES = ("kill", "pause", "partition", "isolate-leader")
+NEMESES = ("kill", "pause", "partition", "isolate-leader", "membership", "transfer")
 BROKEN = ("stale-reads", "leader-reads")
 
 
@@ -108,6 +120,9 @@ class _Node:
     """A defect of :mod:`raftlib.testing._broken` to start the process with."""
     proc: subprocess.Popen[bytes] | None = None
     paused: bool = False
+    rejoin: bool = False
+    """Its data directory was wiped after its removal: every later start joins
+    through the others (``--join``) instead of founding a cluster."""
 
     @property
     def address(self) -> str:
@@ -120,6 +135,9 @@ class _Fault:
     start: float
     end: float | None = None
     detail: str = ""
+    done: bool = True
+    """Whether the fault took effect (a membership change that committed, a
+    transfer that moved leadership, a leader found to isolate)."""
 
 
 @dataclass
@@ -134,6 +152,11 @@ class _Run:
     """Nodes that exited without the harness killing them: (name, exit status, time)."""
     client_errors: list[str] = field(default_factory=list)
     """Clients that stopped on an unexpected exception, which ended their part of the history."""
+    errors: dict[str, int] = field(default_factory=dict)
+    """How many operations failed or ended unknown, by "kind outcome error"."""
+    nemesis_errors: list[str] = field(default_factory=list)
+    """Steps of a fault that the cluster should have taken and did not: a
+    stop that hung, a removed member that could not be added back."""
     t0: float = 0.0
     next_value: int = 0
     last_seen: dict[str, Any] = field(default_factory=dict)
@@ -143,14 +166,24 @@ class _Run:
 # -- nodes ------------------------------------------------------------------------------------
 
 
-def _start_node(node: _Node, initial: str) -> None:
+def _start_node(node: _Node, initial: str, *, found: bool = True) -> None:
+    """Start ``node``: founding the cluster of ``initial`` (ignored once it
+    has a log), or, after its data directory was wiped, joining it through
+    the other members. With ``found=False`` a wiped node waits to be added."""
     log = open(node.log_path, "ab")
     program = ["raftlib"] if node.broken is None else ["raftlib.testing._broken", node.broken]
+    if not node.rejoin:
+        how = ["--initial-cluster", initial]
+    elif found:
+        seeds = [member.split("=", 1)[1] for member in initial.split(",") if not member.startswith(node.name + "=")]
+        how = ["--join", ",".join(seeds), "--join-timeout", "60"]
+    else:
+        how = []
     try:
         node.proc = subprocess.Popen(
             [sys.executable, "-m", *program, "serve", "--name", node.name,
              "--listen", f"127.0.0.1:{node.port}", "--advertise", node.address,
-             "--data-dir", str(node.data_dir), "--initial-cluster", initial,
+             "--data-dir", str(node.data_dir), *how,
              "--election-timeout-ms", str(node.election_ms), "--log-level", "warning"],
             stdout=log, stderr=log, start_new_session=True,
         )
@@ -232,6 +265,13 @@ async def _client(run: _Run, process: int, stop: asyncio.Event) -> None:
         await kv.close()
 
 
+def _failed(run: _Run, handle: int, status: str, exc: BaseException) -> None:
+    """Complete ``handle`` as ``status`` ("fail" or "unknown"), counting the error that made it so."""
+    op = run.history.complete(handle, status)
+    key = f"{op.kind} {status} {type(exc).__name__}"
+    run.errors[key] = run.errors.get(key, 0) + 1
+
+
 # Errors after which a write forwarded by a member certainly did not apply.
 _NOT_APPLIED = (NotLeader, ProposalDropped, PeerStopped, Unavailable, Overloaded, StorageFull, KVError)
 
@@ -265,8 +305,8 @@ async def _bound_client(run: _Run, process: int, node: _Node, stop: asyncio.Even
                     item = await conn.call("read", {"query": ["get", "default", key], "consistency": consistency,
                                                     "timeout": cfg.op_timeout}, timeout=cfg.op_timeout)
                     _raise_refused(item)
-                except (RaftError, OSError):
-                    run.history.complete(handle, "fail")  # a read has no effect
+                except (RaftError, OSError) as exc:
+                    _failed(run, handle, "fail", exc)  # a read has no effect
                     await asyncio.sleep(0.05)  # the node may be down: do not spin
                     continue
                 value = None if item is None else item[0]
@@ -285,14 +325,14 @@ async def _bound_client(run: _Run, process: int, node: _Node, stop: asyncio.Even
                     result = await conn.call("write", {"command": command, "timeout": cfg.op_timeout},
                                              timeout=cfg.op_timeout)
                     _raise_refused(result)
-                except _NOT_APPLIED:
-                    run.history.complete(handle, "fail")
+                except _NOT_APPLIED as exc:
+                    _failed(run, handle, "fail", exc)
                     await asyncio.sleep(0.05)
                     continue
-                except (RaftError, OSError):
+                except (RaftError, OSError) as exc:
                     # A plain write is not retried in a session: a lost
                     # answer or a timeout leaves its outcome unknown.
-                    run.history.complete(handle, "unknown")
+                    _failed(run, handle, "unknown", exc)
                     await asyncio.sleep(0.05)
                     continue
                 output = None if kind == "put" else bool(result["changed"])
@@ -328,8 +368,8 @@ async def _get(run: _Run, kv: Any, stale: RpcConnection | None, process: int, ke
             value = None if item is None else item[0]
         else:
             value = await kv.get(key)
-    except (RaftError, OSError):
-        run.history.complete(handle, "fail")  # a read has no effect: a failed one constrains nothing
+    except (RaftError, OSError) as exc:
+        _failed(run, handle, "fail", exc)  # a read has no effect: a failed one constrains nothing
         return
     run.history.complete(handle, "ok", value)
     run.last_seen[key] = value
@@ -345,11 +385,11 @@ async def _write(run: _Run, kv: Any, process: int, kind: str, key: str, value: i
             output: Any = None
         else:
             output = await kv.cas(key, expected, value)
-    except OutcomeUnknown:
-        run.history.complete(handle, "unknown")
+    except OutcomeUnknown as exc:
+        _failed(run, handle, "unknown", exc)
         return
-    except (KVError, RaftError, OSError):
-        run.history.complete(handle, "fail")
+    except (KVError, RaftError, OSError) as exc:
+        _failed(run, handle, "fail", exc)
         return
     run.history.complete(handle, "ok", output)
     if kind == "put" or output is True:
@@ -391,6 +431,10 @@ async def _nemesis(run: _Run, partitioner: Partitioner, initial: str, stop: asyn
             victim.paused = False
         elif kind == "isolate-leader":
             await _isolate_leader(run, partitioner, fault, duration, stop)
+        elif kind == "membership":
+            await _membership(run, initial, fault)
+        elif kind == "transfer":
+            await _transfer(run, fault, duration, stop)
         else:
             shuffled = names[:]
             rng.shuffle(shuffled)
@@ -428,6 +472,7 @@ async def _isolate_leader(run: _Run, partitioner: Partitioner, fault: _Fault, du
     leader = await _find_leader(run)
     if leader is None or leader.proc is None:
         fault.detail = "isolate-leader: no node said it leads; nothing cut"
+        fault.done = False
         await _sleep_unless(stop, duration)
         return
     names = [n.name for n in run.nodes]
@@ -445,6 +490,198 @@ async def _isolate_leader(run: _Run, partitioner: Partitioner, fault: _Fault, du
     partitioner.heal()
     fault.detail = (f"isolate leader {leader.name} from {others}, stopped until {resumed:.1f} s"
                     f" and cut off after that")
+
+
+async def _membership(run: _Run, initial: str, fault: _Fault) -> None:
+    """Take a node (the leader, two times in five) out of the cluster and
+    add it back, in one of two ways.
+
+    Two times in three, as docs/operations.md says to recover a member that
+    lost its data: ``raftlib members remove``, stop it (SIGTERM or kill -9),
+    wipe its data directory, then ``raftlib serve --join``, or a plain
+    ``raftlib serve`` added with ``raftlib members add``. The removal must
+    have committed before the directory is wiped: a voter that comes back
+    with an empty disk while it still counts for a quorum could lose
+    acknowledged writes.
+
+    Otherwise ``kill -9`` it, remove it while it is down and restart it on
+    its old disk, whose configuration still names it: it must learn from the
+    others that it was removed (``removed_at`` in its status) before
+    ``raftlib members add`` brings it back (docs/membership.md).
+
+    The fault is not cut short by the end of the run: it ends with the node
+    a voter again.
+    """
+    rng = run.rng
+    # As many draws whatever the cluster answers, so that the seed fixes the faults that follow.
+    the_leader, victim = rng.random() < 0.4, rng.choice(run.nodes)
+    leader = await _find_leader(run)
+    if the_leader and leader is not None:
+        victim = leader
+    others = ",".join(n.address for n in run.nodes if n is not victim)
+    what = f"{victim.name}{' (the leader)' if victim is leader else ''}"
+    while_down = rng.random() < 1 / 3
+    if while_down:
+        _kill(victim)
+    code, said = 1, ""
+    for _ in range(3):
+        # Asked again after a Timeout, a removal already in force waits for
+        # it to commit: "not a member" then means it is out for good.
+        code, said = await _change("members", "remove", victim.name, "--cluster", others, "--timeout", "10")
+        if code == 0 or _REFUSED in said:
+            break
+    if code != 0:
+        fault.done = False
+        fault.detail = f"membership: could not remove {what} ({said}); adding it back as it is"
+        if _REFUSED not in said:  # a refusal is right while other faults keep voters down
+            run.nemesis_errors.append(f"{victim.name} could not be removed in three tries of 10 s: {said}")
+        if victim.proc is None:
+            _start_node(victim, initial)
+        await _change("members", "add", victim.name, victim.address, "--cluster", others, "--timeout", "30")
+        return
+    out_at = time.monotonic() - run.t0
+    if while_down:
+        _start_node(victim, initial, found=False)
+        how = "while down (kill -9), restart on its old disk"
+        learned = await _wait_for_status(victim, lambda status: status.get("removed_at") is not None, 20.0)
+        if not learned:
+            run.nemesis_errors.append(f"{victim.name}, removed while down and restarted at {out_at:.1f} s, did not"
+                                      f" learn it was removed within 20 s; see {victim.log_path}")
+        how += ", it learned it was out" if learned else ", it NEVER LEARNED it was out"
+    else:
+        if rng.random() < 0.5:
+            how = "SIGTERM"
+            await _stop(run, victim)
+        else:
+            how = "kill -9"
+            _kill(victim)
+        shutil.rmtree(victim.data_dir, ignore_errors=True)
+        victim.rejoin = True
+        how += ", wipe"
+    if not while_down and rng.random() < 0.5:
+        _start_node(victim, initial)
+        back = "serve --join"
+        added = await _wait_until_voter(victim, 60.0)
+    else:
+        if not while_down:
+            _start_node(victim, initial, found=False)
+        back = "members add"
+        code, said = await _change("members", "add", victim.name, victim.address, "--cluster", others,
+                                   "--timeout", "60")
+        added = code == 0 and await _wait_until_voter(victim, 10.0)
+    if not added:
+        fault.done = False
+        run.nemesis_errors.append(f"{victim.name}, out of the cluster at {out_at:.1f} s, was not a voter again"
+                                  f" after {back} ({said}); see {victim.log_path}")
+    fault.detail = (f"membership: remove {what}, {how}, {back}"
+                    f" (out {out_at - fault.start:.1f}-{time.monotonic() - run.t0 - fault.start:.1f} s"
+                    f" into the fault){'' if added else '; NOT ADDED BACK'}")
+
+
+async def _transfer(run: _Run, fault: _Fault, duration: float, stop: asyncio.Event) -> None:
+    """Ask the leader to hand leadership over (the request ``raftlib members
+    transfer-leader`` sends), to a random voter or to the one it picks,
+    again and again for ``duration``. How many that is depends on how fast
+    the cluster answers: they draw from a generator of their own, so that
+    the seed still fixes the faults that follow."""
+    rng = random.Random(run.rng.random())
+    deadline = time.monotonic() + duration
+    moved: list[str] = []
+    refused: dict[str, int] = {}
+    while time.monotonic() < deadline and not stop.is_set():
+        leader = await _find_leader(run)
+        if leader is None:
+            refused["no leader"] = refused.get("no leader", 0) + 1
+        else:
+            to = rng.choice([n.name for n in run.nodes if n is not leader]) if rng.random() < 0.5 else None
+            try:
+                conn = await RpcConnection.open(leader.address, timeout=0.5)
+                try:
+                    new = await conn.call("transfer_leadership", {"to": to, "timeout": 5.0}, timeout=6.0)
+                finally:
+                    await conn.close()
+                moved.append(f"{leader.name}->{new}" + ("" if to is None else f" (asked {to})"))
+            except RaftError as exc:
+                error = type(exc).__name__
+                refused[error] = refused.get(error, 0) + 1
+        await _sleep_unless(stop, rng.uniform(0.1, 0.5))
+    fault.done = bool(moved)
+    fault.detail = (f"transfer leadership: {', '.join(moved) or 'never moved'}"
+                    + "".join(f"; {n} refused ({error})" for error, n in sorted(refused.items())))
+
+
+_REFUSED = "refusing to make the voters"
+"""What a membership change refused for want of a live majority says (see docs/membership.md)."""
+
+
+async def _change(*args: str, within: float = 30.0) -> tuple[int, str]:
+    """:func:`_cli` for a membership change, asked again for up to ``within``
+    seconds while the cluster refuses it because too few voters of the new
+    configuration are running (another fault has one down): that refusal is
+    right, and the change goes through once the voter is back."""
+    deadline = time.monotonic() + within
+    while True:
+        code, said = await _cli(*args)
+        if code == 0 or _REFUSED not in said or time.monotonic() >= deadline:
+            return code, said
+        await asyncio.sleep(0.5)
+
+
+async def _cli(*args: str) -> tuple[int, str]:
+    """Run ``raftlib ARGS`` (the command an operator would type); return its
+    exit status and the last line it printed."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "raftlib", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 120.0)
+    except BaseException:
+        proc.kill()
+        await proc.wait()
+        raise
+    lines = out.decode(errors="replace").strip().splitlines()
+    assert proc.returncode is not None
+    return proc.returncode, lines[-1] if lines else ""
+
+
+async def _stop(run: _Run, node: _Node) -> None:
+    """Stop ``node`` with SIGTERM, as an operator would; a node that has not
+    stopped within 20 s is killed and counted as a nemesis error."""
+    if node.proc is None or node.proc.poll() is not None:
+        return
+    proc = node.proc
+    node.proc = None  # stopped on purpose: _watch does not count it as a crash
+    if node.paused:
+        proc.send_signal(signal.SIGCONT)
+    proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 20.0
+    while proc.poll() is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    if proc.poll() is None:
+        run.nemesis_errors.append(f"{node.name} did not stop within 20 s of SIGTERM; see {node.log_path}")
+        proc.kill()
+        proc.wait()
+    elif proc.returncode != 0:
+        run.nemesis_errors.append(f"{node.name} exited with status {proc.returncode} on SIGTERM; see {node.log_path}")
+    node.paused = False
+
+
+async def _wait_until_voter(node: _Node, timeout: float) -> bool:
+    """Whether ``node`` says, within ``timeout``, that it is a voter that knows the leader."""
+    return await _wait_for_status(
+        node, lambda status: bool(status.get("leader")) and status["members"].get(node.name, {}).get("voter", False),
+        timeout)
+
+
+async def _wait_for_status(node: _Node, holds: Callable[[dict[str, Any]], bool], timeout: float) -> bool:
+    """Whether ``node``'s status, asked every 0.1 s, satisfies ``holds`` within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = await _status(node)
+        if status is not None and holds(status):
+            return True
+        await asyncio.sleep(0.1)
+    return False
 
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
@@ -521,8 +758,16 @@ async def run(cfg: JepsenConfig) -> tuple[Result, dict[str, Any]]:
         healed_at = time.monotonic() - state.t0
         await asyncio.sleep(cfg.recovery)
         stop_clients.set()
-        for process, outcome in enumerate(await asyncio.gather(*clients, return_exceptions=True)):
-            if isinstance(outcome, Exception):
+        # Every operation is bounded by --op-timeout: a client still running
+        # well after that is stuck in a call that never returns.
+        await asyncio.wait(clients, timeout=2 * cfg.op_timeout + 5)
+        for process, client in enumerate(clients):
+            if not client.done():
+                state.client_errors.append(f"client {process}: stuck in an operation {2 * cfg.op_timeout + 5:g} s"
+                                           f" after the clients were told to stop")
+                client.cancel()
+            elif not client.cancelled() and isinstance(client.exception(), Exception):
+                outcome = client.exception()
                 state.client_errors.append(f"client {process}: {type(outcome).__name__}: {outcome}")
     finally:
         for signum in (signal.SIGTERM, signal.SIGHUP):
@@ -595,11 +840,14 @@ def _summary(state: _Run, ops: list[Any], result: Result, healed_at: float) -> d
         "operations": total,
         "by_kind": counts,
         "availability": round(ok / total, 4) if total else 0.0,
-        "faults": [{"kind": f.kind, "start": round(f.start, 3), "end": round(f.end or 0, 3), "detail": f.detail}
-                   for f in state.faults],
+        "faults": [{"kind": f.kind, "start": round(f.start, 3), "end": round(f.end or 0, 3), "detail": f.detail,
+                    "done": f.done} for f in state.faults],
         "healed_at": round(healed_at, 3),
         "crashes": [{"node": name, "status": status, "at": round(at, 3)} for name, status, at in state.crashes],
         "client_errors": state.client_errors,
+        "nemesis_errors": state.nemesis_errors,
+        "errors": dict(sorted(state.errors.items())),
+        "fault_counts": {kind: sum(1 for f in state.faults if f.kind == kind and f.done) for kind in state.cfg.nemesis},
         "clients": {str(p): (n.name if (n := _bound_node(state, p)) else "leader") for p in range(state.cfg.clients)},
         "verdict": result.verdict,
         "explanation": result.explain() if result.ok is not True else "",
@@ -613,7 +861,8 @@ def _plot(state: _Run, healed_at: float) -> str:
     t_max = max([healed_at + state.cfg.recovery] + [t for t, _, _ in points]) or 1.0
     l_max = max([0.01] + [lat for _, lat, _ in points])
     colors = {"get": "#1f77b4", "put": "#2ca02c", "cas": "#d62728"}
-    shade = {"kill": "#ff000022", "pause": "#ffa50033", "partition": "#0000ff1f", "isolate-leader": "#8000ff26"}
+    shade = {"kill": "#ff000022", "pause": "#ffa50033", "partition": "#0000ff1f", "isolate-leader": "#8000ff26",
+             "membership": "#00800026", "transfer": "#80808033"}
 
     def x(t: float) -> float:
         return pad + (width - 2 * pad) * t / t_max
@@ -633,7 +882,8 @@ def _plot(state: _Run, healed_at: float) -> str:
     parts.append(f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="black"/>')
     parts.append(f'<text x="{width / 2:.0f}" y="{height - 15}" text-anchor="middle">time (s), 0-{t_max:.1f}</text>')
     parts.append(f'<text x="10" y="{pad - 15}">latency (s), max {l_max:.3f}; blue get, green put, red cas; '
-                 f'shaded: red kill, orange pause, blue partition, purple isolate-leader</text>')
+                 f'shaded: red kill, orange pause, blue partition, purple isolate-leader, green membership, '
+                 f'grey transfer</text>')
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
 
@@ -677,7 +927,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"operations: {summary['operations']}")
     for kind, c in sorted(summary["by_kind"].items()):
         print(f"  {kind:4}  ok {c['ok']:6}  fail {c['fail']:5}  unknown {c['unknown']:5}")
-    print(f"faults: {len(summary['faults'])}; availability {summary['availability'] * 100:.1f} % of operations ok")
+    done = ", ".join(f"{kind} {n}" for kind, n in summary["fault_counts"].items())
+    print(f"faults: {len(summary['faults'])} ({done} took effect);"
+          f" availability {summary['availability'] * 100:.1f} % of operations ok")
     print(f"verdict: {result.verdict}")
     if result.ok is not True:
         print(result.explain())
@@ -686,8 +938,11 @@ def main(argv: list[str] | None = None) -> int:
               f" see {out / (crash['node'] + '.log')}")
     for error in summary["client_errors"]:
         print(f"FAILED: {error} (it stopped there; its operations are missing from the history)")
+    for error in summary["nemesis_errors"]:
+        print(f"FAILED: {error}")
     print(f"history, summary and latency plot in {out}")
-    return 0 if result.ok is True and not summary["crashes"] and not summary["client_errors"] else 1
+    clean = not summary["crashes"] and not summary["client_errors"] and not summary["nemesis_errors"]
+    return 0 if result.ok is True and clean else 1
 
 
 if __name__ == "__main__":

@@ -863,3 +863,34 @@ async def test_set_configuration_replacing_most_voters_by_new_members_is_not_ref
     await eventually(lambda: voters_everywhere(cluster, set(target)))
     now = await cluster.leader()
     assert await now.write(["set", "after", 1], timeout=5) == ["ok", "after", 1]
+
+
+async def test_removing_a_member_again_waits_for_the_first_removal_to_commit(cluster: Cluster) -> None:
+    # A removal that timed out may still be uncommitted: a new leader can
+    # drop it, and the member is a voter again. Asked again, remove_member
+    # said at once that there was nothing to do (False), and a caller that
+    # then stopped the member and wiped its disk took a voter's data away.
+    await cluster.start(3)
+    leader = await cluster.leader()
+    victim = next(p for p in cluster.live() if p is not leader)
+    stalled = [True]
+    for follower in cluster.live():
+        if follower is not leader:
+            deliver = follower._transport._on_message
+
+            def drop_entries(msg: Any, deliver: Any = deliver) -> None:
+                if not (stalled[0] and getattr(msg, "entries", None)):  # heartbeats still arrive
+                    deliver(msg)
+
+            follower._transport._on_message = drop_entries
+    with pytest.raises(errors.Timeout, match="may still commit"):
+        await leader.remove_member(victim.name, timeout=0.3)
+    assert victim.name not in leader.membership.members and leader.is_leader  # in force, not committed
+    with pytest.raises(errors.Timeout):
+        await leader.remove_member(victim.name, timeout=0.3)
+    with pytest.raises(errors.Timeout):
+        await leader.add_member(victim.name, victim.address, timeout=0.3)
+    stalled[0] = False
+    assert await leader.remove_member(victim.name, timeout=10) is False  # removed by the first call
+    assert leader._core.pending_membership_index() == 0
+    assert victim.name not in leader.membership.members
