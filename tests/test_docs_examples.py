@@ -495,7 +495,7 @@ COMMAND = re.compile(r"(?:^|`|\$ |# |replay: )((?:raftlib (?:serve|kv|scope|stat
 
 TOOLS = {"getting-started.md": ["raftlib"], "operations.md": ["raftlib"], "security.md": ["raftlib"],
          "simulation.md": ["raftlib.sim", "benchmarks.sim_throughput"],
-         "testing.md": ["raftlib.testing.jepsen", "raftlib.testing.lincheck"]}
+         "testing.md": ["raftlib.testing.jepsen", "raftlib.testing.lincheck", "raftlib"]}
 """The command line tools each page documents: any ``--option`` it names is one of theirs."""
 
 
