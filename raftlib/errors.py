@@ -80,11 +80,11 @@ class ConfigError(RaftError, ValueError):
 
 
 class AddressInUse(RaftError, OSError):
-    """The address to listen on is taken: another process serves on it, or
-    (for a Unix socket) holds its lock file, ``<path>.lock``, because it is
-    starting or running there. Nothing was started. The message names the
-    address; stop that process or choose another address. It is also an
-    ``OSError`` with ``errno.EADDRINUSE``."""
+    """The address to listen on is taken: another process listens on the
+    TCP port or serves on the Unix socket, or holds the socket's lock file,
+    ``<path>.lock``, because it is starting or running there. Nothing was
+    started. The message names the address; stop that process or choose
+    another address. It is also an ``OSError`` with ``errno.EADDRINUSE``."""
 
 
 class StorageError(RaftError):

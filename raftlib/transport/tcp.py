@@ -799,8 +799,14 @@ class Transport:
             self._unix_path, self._unix_inode = path, (st.st_dev, st.st_ino)
             self._address = self.listen
         else:
-            self._server = await loop.create_server(accepted, host=endpoint.host, port=endpoint.port,
-                                                    reuse_address=True)
+            try:
+                self._server = await loop.create_server(accepted, host=endpoint.host, port=endpoint.port,
+                                                        reuse_address=True)
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                raise AddressInUse(errno.EADDRINUSE, f"cannot listen on {self.listen}: another process is "
+                                                     f"listening there; stop it or choose another port") from None
             self._address = self._bound_address(endpoint)
         self.log.debug("%s listening on %s", self.name, self._address)
 

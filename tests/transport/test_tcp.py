@@ -236,6 +236,21 @@ async def test_unix_sockets(make_node: MakeNode, tmp_path: Path) -> None:
     await exchange(again, b, 2)
 
 
+async def test_a_tcp_port_another_process_listens_on_raises_address_in_use(make_node: MakeNode) -> None:
+    """As for a Unix socket: AddressInUse (an OSError with EADDRINUSE) naming the address."""
+    taken = socket.socket()
+    try:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        with pytest.raises(AddressInUse) as info:
+            await make_node("a", address)
+        assert info.value.errno == errno.EADDRINUSE and isinstance(info.value, OSError)
+        assert address in str(info.value) and "another process" in str(info.value)
+    finally:
+        taken.close()
+
+
 async def test_a_unix_socket_this_process_may_not_connect_to_is_not_taken(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A live socket of another user's process, with no write permission for
