@@ -79,6 +79,16 @@ class ConfigError(RaftError, ValueError):
     """An option passed to raftlib is invalid; the message names it."""
 
 
+class NoLiveMajority(ConfigError):
+    """A membership change the leader refused: of the voters of a
+    configuration it would make, it has heard from too few within an
+    election timeout for that configuration to commit anything, this change
+    included. Nothing changed. The message names the voters that are down:
+    start them again (the same change then succeeds, so it is worth asking
+    again, as :func:`raftlib.join` does until its timeout), or remove them
+    first; or pass ``force=True`` (``--force``) to make the change anyway."""
+
+
 class AddressInUse(RaftError, OSError):
     """The address to listen on is taken: another process listens on the
     TCP port or serves on the Unix socket, or holds the socket's lock file,

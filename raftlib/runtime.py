@@ -53,6 +53,7 @@ from .errors import (
     LeadershipLost,
     LogCompacted,
     MembershipChangePending,
+    NoLiveMajority,
     NotLeader,
     NotMember,
     OutcomeUnknown,
@@ -411,9 +412,10 @@ class Peer:
         matching are left alone, so calling it again is harmless.
 
         Raises :class:`ConfigError` for a malformed mapping (two members
-        with the same address included), or if a step would leave a
-        configuration whose voters this leader has heard from lately are no
-        majority of it (unless ``force``: see :meth:`remove_member`);
+        with the same address included); :class:`NoLiveMajority` (a
+        ``ConfigError``) if a step would leave a configuration whose voters
+        this leader has heard from lately are no majority of it (unless
+        ``force``: see :meth:`remove_member`);
         :class:`Timeout`
         if a new member does not catch up (it stays a learner) or the change
         does not finish within ``timeout`` seconds; :class:`NotLeader` if no
@@ -450,8 +452,9 @@ class Peer:
         once the change has committed.
 
         Raises :class:`ConfigError` for a bad name or address, an address
-        another member (voter or learner) has, or a promotion that would
-        leave no live majority (unless ``force``: see :meth:`remove_member`);
+        another member (voter or learner) has; :class:`NoLiveMajority` for
+        a promotion that would leave no live majority (unless ``force``:
+        see :meth:`remove_member`);
         :class:`Timeout`
         if the new member makes no progress catching up (is it running?) or
         ``timeout`` passes, leaving it a learner; :class:`NotLeader` if no
@@ -474,7 +477,8 @@ class Peer:
         timeouts, it removes itself, leads until the change commits, then
         steps down and tells the most up-to-date voter to campaign. The
         removed peer keeps running (stop it, or use :meth:`leave`).
-        Raises :class:`ConfigError` when removing the last voter, or when
+        Raises :class:`ConfigError` when removing the last voter, or
+        :class:`NoLiveMajority` (a ``ConfigError``) when
         the leader has heard from too few voters of the new configuration
         within an election timeout for it to commit anything (one voter of
         three down, and a running one removed): nothing is changed then.
@@ -498,7 +502,8 @@ class Peer:
         leader all the same. ``timeout`` bounds the handover and the removal
         together (not the stop that follows).
 
-        Raises :class:`ConfigError` on the last voter, or if the others
+        Raises :class:`ConfigError` on the last voter, or
+        :class:`NoLiveMajority` if the others
         have no live majority without this peer (before any handover;
         ``force`` as for :meth:`remove_member`), :class:`Timeout` if
         ``timeout`` passes first (a handover still under way is abandoned
@@ -608,7 +613,7 @@ class Peer:
 
     def _refuse_without_live_majority(self, plan: Sequence[Membership], *, force: bool, wait: bool = False) -> None:
         """On the leader, before it moves through ``plan`` (the configuration
-        in force, then each one to propose): raise :class:`ConfigError` if
+        in force, then each one to propose): raise :class:`NoLiveMajority` if
         the voters of one of them that this leader has heard from within an
         election timeout (itself included) are no majority of it, since the
         cluster could commit nothing then, that change included, until
@@ -634,14 +639,13 @@ class Peer:
                 raise MembershipChangePending(f"{self.name} has led for less than an election timeout and not "
                                               f"heard from {', '.join(sorted(voters & unsure))} yet")
             down = sorted(voters - live)
-            raise ConfigError(
+            them = "it" if len(down) == 1 else "them"
+            raise NoLiveMajority(
                 f"refusing to make the voters {', '.join(sorted(voters))}: the leader {self.name} has heard from "
-                f"{len(live)} of its voters within an election timeout, and it needs {need} to commit anything, "
-                f"this change included; {', '.join(down)} {'is' if len(down) == 1 else 'are'} down or cut off. "
-                f"Start {'it' if len(down) == 1 else 'them'} again first, or first remove what is down "
-                f"({', then '.join(f'remove_member({n!r})' for n in down)}); or pass force=True (--force on the "
-                f"command line) to make the change anyway, and the cluster commits nothing until enough "
-                f"voters are back")
+                f"{len(live)} of them within an election timeout and needs {need} to commit anything, this "
+                f"change included; {', '.join(down)} {'is' if len(down) == 1 else 'are'} down or cut off. "
+                f"Start {them} again or remove {them} first, or force the change (force=True, or --force on the "
+                f"command line): the cluster then commits nothing until enough voters are back")
 
     async def _change_until(self, next_step: Callable[[Membership], Membership | None], deadline: float | None,
                             *, hand_over: bool = True, force: bool = False) -> bool:
@@ -2744,7 +2748,10 @@ async def join(
     peer (empty log) may not take the name of a voter at another address,
     and no peer the address of another member.
 
-    The other arguments are those of :func:`start_peer`. Raises
+    A refusal for want of a live majority (:class:`NoLiveMajority`: voters
+    of the cluster are down) is asked again until ``timeout``, then raised:
+    the cluster may be restarting a member. The other arguments are those
+    of :func:`start_peer`. Raises
     :class:`ConfigError` for bad arguments, :class:`Unavailable` if no seed
     can be reached (:class:`~raftlib.errors.AuthenticationFailed` if every
     seed refused this peer's ``tls``/``secret`` credentials), and
@@ -2834,6 +2841,11 @@ async def _ask_to_join(peer: Peer, seeds: list[str], voter: bool, timeout: float
                                 timeout=_remaining(loop, deadline))
                 peer._log.info("%s: joined the cluster through %s", peer.name, address)
                 return
+            except NoLiveMajority as exc:
+                # The leader answered: asking through another seed gets the same answer.
+                # Once a stopped voter is back, it is a yes.
+                last_error = exc
+                break
             except (NotLeader, Unavailable, ConnectionLost, LeadershipLost) as exc:
                 last_error = exc
                 refused += isinstance(exc, AuthenticationFailed)
@@ -2846,6 +2858,9 @@ async def _ask_to_join(peer: Peer, seeds: list[str], voter: bool, timeout: float
         if deadline is not None and loop.time() + backoff >= deadline:
             if isinstance(last_error, Unavailable):
                 raise Unavailable(f"{peer.name} could not reach any of {seeds} to join: {last_error}")
+            if isinstance(last_error, NoLiveMajority):
+                raise NoLiveMajority(f"{peer.name} did not become a {'voter' if voter else 'member'} within "
+                                     f"{timeout:g} s: {last_error}")
             raise Timeout(f"{peer.name} did not become a member within {timeout} s (last error: {last_error})")
         if warned_at is not None:
             warn_at = warned_at + _JOIN_WARNING_INTERVAL

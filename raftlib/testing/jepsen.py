@@ -610,8 +610,9 @@ async def _transfer(run: _Run, fault: _Fault, duration: float, stop: asyncio.Eve
                     + "".join(f"; {n} refused ({error})" for error, n in sorted(refused.items())))
 
 
-_REFUSED = "refusing to make the voters"
-"""What a membership change refused for want of a live majority says (see docs/membership.md)."""
+_REFUSED = "NoLiveMajority: "
+"""How the command line names a membership change refused for want of a
+live majority (the exception's class; see docs/membership.md)."""
 
 
 async def _change(*args: str, within: float = 30.0) -> tuple[int, str]:
