@@ -433,7 +433,6 @@ def serve(name: str, listen: str, advertise: str | None, data_dir: str | None, m
 async def _serve(name: str, listen: str, advertise: str | None, data_dir: str | None,
                  members: dict[str, str] | None, seeds: list[str] | None, voter: bool, join_timeout: float,
                  config: Config) -> None:
-    from . import join
     from .kv import KVStateMachine
     from storage_adapters import MemoryStorage
 
@@ -447,16 +446,19 @@ async def _serve(name: str, listen: str, advertise: str | None, data_dir: str | 
         loop.add_signal_handler(sig, stop.set)
     if isinstance(security, TLSConfig):
         loop.add_signal_handler(signal.SIGHUP, _reload_tls, security, name)
+    starting = functools.partial(start_peer, KVStateMachine, name=name, address=listen, data_dir=data_dir,
+                                 storage=storage, config=config, advertise=advertise, **_security_kwargs(security))
     if seeds:
-        click.echo(f"{name} joining the cluster through {', '.join(seeds)} "
-                   f"(giving up after {join_timeout:g} s)", err=True)
-        starting = join(KVStateMachine, name=name, address=listen, seeds=seeds, data_dir=data_dir,
-                        storage=storage, config=config, voter=voter, advertise=advertise, timeout=join_timeout,
-                        **_security_kwargs(security))
-    else:
-        starting = start_peer(KVStateMachine, name=name, address=listen, data_dir=data_dir, storage=storage,
-                              config=config, advertise=advertise, **_security_kwargs(security))
-    peer = await _unless_stopped(starting, stop)
+        def announce(asking: bool) -> None:
+            if asking:
+                click.echo(f"{name} joining the cluster through {', '.join(seeds)} "
+                           f"(giving up after {join_timeout:g} s)", err=True)
+            else:
+                click.echo(f"{name} restarting as a member of its cluster (its data directory says so); "
+                           f"not joining again", err=True)
+
+        starting = functools.partial(_join_after, starting, seeds, voter, join_timeout, announce)
+    peer = await _unless_stopped(starting(), stop)
     if peer is None:  # join and start_peer stop the peer they started when cancelled
         click.echo(f"{name} stopped", err=True)
         return
@@ -477,6 +479,16 @@ async def _serve(name: str, listen: str, advertise: str | None, data_dir: str | 
     finally:
         await peer.stop()
         click.echo(f"{name} stopped", err=True)
+
+
+async def _join_after(start: Any, seeds: list[str], voter: bool, timeout: float, announce: Any) -> Any:
+    """``raftlib.join`` for the peer ``start()`` starts, saying first whether
+    it joins or restarts a member."""
+    from .runtime import _join_started
+
+    peer = await start()
+    await _join_started(peer, seeds, voter, timeout, announce)
+    return peer
 
 
 async def _unless_stopped(starting: Any, stop: asyncio.Event) -> Any:

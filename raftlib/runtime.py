@@ -2765,20 +2765,31 @@ async def join(
         parse_address(seed)
     peer = await start_peer(state_machine, name=name, address=address, data_dir=data_dir, storage=storage,
                             config=config, logger=logger, advertise=advertise, tls=tls, secret=secret)
+    await _join_started(peer, list(seeds), voter, timeout)
+    return peer
+
+
+async def _join_started(peer: Peer, seeds: list[str], voter: bool, timeout: float | None,
+                        announce: Callable[[bool], None] | None = None) -> None:
+    """What :func:`join` does once ``peer`` has started; stops it if that
+    fails. ``announce(asking)`` is told first whether it asks the cluster
+    to add it (``False``: a member restarted on its data directory)."""
     try:
         # A restart on a data_dir where it is a member just starts, unless the
         # change is unfinished: a learner that asks to vote (a join cut off
         # before its promotion) or a member now at another address. A voter
         # is never demoted here.
         membership = peer.membership
-        voter = voter or name in membership.voters
-        if (membership.voters if voter else membership.learners).get(name) != peer.address:
+        voter = voter or peer.name in membership.voters
+        asking = (membership.voters if voter else membership.learners).get(peer.name) != peer.address
+        if announce is not None:
+            announce(asking)
+        if asking:
             fresh = not membership.members and peer._core.log.last_index() == 0
-            await _ask_to_join(peer, list(seeds), voter, timeout, fresh)
+            await _ask_to_join(peer, seeds, voter, timeout, fresh)
     except BaseException:
         await peer.stop(transfer_leadership=False)
         raise
-    return peer
 
 
 def _check_name_free(peer: Peer, status: Any) -> None:

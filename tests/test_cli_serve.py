@@ -323,6 +323,27 @@ def test_a_restart_with_initial_cluster_keeps_the_members_changed_since(single: 
         s2.stop()
 
 
+def test_a_restart_with_join_says_it_restarts_as_a_member(single: Node, tmp_path: Path) -> None:
+    """The same `serve --join` command line again, on the data directory of
+    a member: it asks nobody to add it, and says so instead of 'joining'."""
+    wait_for(lambda: leader_of(single.address))
+    s2 = Node("s2", free_port(), tmp_path / "s2", ["--join", single.address])
+    s2.start()
+    try:
+        assert s2.proc is not None and s2.proc.stderr is not None
+        assert s2.proc.stderr.readline().startswith(f"s2 joining the cluster through {single.address}")
+        wait_for(lambda: "s2" in cli("status", "--cluster", single.address).output)
+        code, err = s2.stop(signal.SIGTERM)
+        assert code == 0, err
+        s2.start()
+        assert s2.proc is not None and s2.proc.stderr is not None
+        first = s2.proc.stderr.readline()
+        assert first.startswith("s2 restarting as a member of its cluster"), first
+        assert s2.proc.stderr.readline().startswith("s2 serving on")
+    finally:
+        s2.stop()
+
+
 def test_members_commands_move_on_from_a_member_that_does_not_answer(single: Node) -> None:
     """A paused member still accepts connections; the command must go on to
     the next address of --cluster instead of waiting out --timeout on it."""
