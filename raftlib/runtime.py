@@ -135,6 +135,11 @@ class Peer:
         self._wake = asyncio.Event()
 
         self._pending_writes: dict[int, tuple[int, asyncio.Future[Any]]] = {}
+        self._reconfiguring = asyncio.Lock()
+        """Held by the set_configuration this leader is carrying out: the
+        others wait their turn, so each moves the cluster from where the one
+        before left it, and none takes steps towards its own members in
+        between another's."""
         self._pending_reads: dict[int, asyncio.Future[int]] = {}
         self._read_ids = itertools.count(1)
         self._apply_queue: asyncio.Queue[list[Entry] | SnapshotFile] = asyncio.Queue()
@@ -409,7 +414,10 @@ class Peer:
         leader) the change is made in safe single steps: new members join as
         learners, are promoted once caught up, and old voters are removed one
         at a time, the leader last (it then steps down). Members already
-        matching are left alone, so calling it again is harmless.
+        matching are left alone, so calling it again is harmless. Calls made
+        at once run one after the other on the leader, each from where the
+        one before left the cluster; one waiting its turn counts towards its
+        ``timeout``.
 
         Raises :class:`ConfigError` for a malformed mapping (two members
         with the same address included); :class:`NoLiveMajority` (a
@@ -423,8 +431,8 @@ class Peer:
         """
         check_timeout(timeout)
         target = _check_members(members)
-        if self._core.membership == Membership(voters=target):
-            return
+        if self._core.membership == Membership(voters=target) and self._core.leader is None:
+            return  # no leader to ask (a cluster starting): nothing to do. A follower may be behind the leader
         if self._core.log.last_index() == 0 and self._core.term == 0 and not self._core.membership.members:
             if self.name not in target:
                 raise ConfigError(f"the configuration must include this peer ({self.name!r})")
@@ -598,8 +606,18 @@ class Peer:
             return steps[0] if steps else None
 
         async def reconfigure(deadline: float | None) -> None:
-            self._refuse_without_live_majority(self._plan(next_step), force=force)  # before the first step
-            await self._change_until(next_step, deadline, force=force)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._reconfiguring.acquire()
+            except TimeoutError:
+                raise Timeout("another set_configuration was still under way on the leader when the timeout ran "
+                              "out; nothing changed") from None
+            try:
+                self._check_leader()
+                self._refuse_without_live_majority(self._plan(next_step), force=force)  # before the first step
+                await self._change_until(next_step, deadline, force=force)
+            finally:
+                self._reconfiguring.release()
 
         await self._on_leader("set_configuration", {"members": target, "force": force}, reconfigure, timeout, hops)
 

@@ -943,3 +943,70 @@ async def test_join_asks_again_while_the_leader_refuses_for_want_of_a_live_major
         assert "s4" in leader.membership.voters and "s4" in peer.membership.voters
     finally:
         await cluster.close()
+
+
+def _configurations_since(peer: raftlib.Peer, index: int) -> list[raftlib.Membership]:
+    """The configurations ``peer``'s log took after ``index``, in order."""
+    log = peer._core.log
+    return [raftlib.Membership.decode(e.data) for e in log.entries(index + 1, log.last_index() + 1)
+            if e.kind is raftlib.EntryKind.CONFIG]
+
+
+async def test_concurrent_set_configurations_run_one_after_the_other(cluster: Cluster) -> None:
+    """A second set_configuration, asked while a first waits for its new
+    member to catch up, took steps of its own in between: the cluster went
+    through configurations neither asked for (five voters), the second
+    dropped the first's learner, and the first then timed out waiting for
+    it. The leader now runs them one after the other, in the order they
+    reach it: the second starts from the members the first left."""
+    from raftlib.core.membership import plan_steps
+    from raftlib.testing import free_port
+
+    await cluster.start(3)
+    leader = await cluster.leader()
+    follower = next(p for p in cluster.live() if p is not leader)
+    s5 = await cluster.start_peer("s5")
+    cluster.addresses["s4"] = f"127.0.0.1:{free_port()}"  # started later: the first call waits for it
+    base = {n: cluster.addresses[n] for n in ("s1", "s2", "s3")}
+    a = {**base, "s4": cluster.addresses["s4"]}
+    b = {**base, "s5": s5.address}
+    since, before = leader._core.log.last_index(), leader.membership
+    first = asyncio.ensure_future(leader.set_configuration(a, timeout=30))
+    second: asyncio.Future[None] | None = None
+    try:
+        await eventually(lambda: "s4" in leader.membership.learners)
+        second = asyncio.ensure_future(follower.set_configuration(b, timeout=30))
+        # Room for the second to take steps of its own, were it to.
+        await asyncio.sleep(4 * cluster.config.election_ticks * cluster.config.tick_interval)
+        await cluster.start_peer("s4")
+        await first
+        await second
+    finally:
+        await asyncio.gather(first, *([second] if second else []), return_exceptions=True)
+    expected = plan_steps(before, a, last=leader.name) + plan_steps(raftlib.Membership(voters=a), b, last=leader.name)
+    assert _configurations_since(leader, since) == expected
+    assert leader.membership == raftlib.Membership(voters=b)
+
+
+async def test_set_configuration_on_a_follower_behind_asks_the_leader(cluster: Cluster) -> None:
+    """A follower that has not yet received the last change took its own,
+    older configuration for the one in force: asked to move the cluster
+    back to it, it said at once that nothing needed doing, and the cluster
+    stayed as it was. It now asks the leader."""
+    await cluster.start(3)
+    leader = await cluster.leader()
+    behind = next(p for p in cluster.live() if p is not leader)
+    deliver = behind._transport._on_message
+
+    def drop_entries(msg: Any) -> None:
+        if not getattr(msg, "entries", None):  # heartbeats still arrive: it knows the leader
+            deliver(msg)
+
+    behind._transport._on_message = drop_entries
+    original = dict(cluster.addresses)
+    s4 = await cluster.start_peer("s4")
+    await leader.set_configuration({**original, "s4": s4.address}, timeout=20)
+    assert behind.membership == raftlib.Membership(voters=original)  # it missed the change
+    await behind.set_configuration(original, timeout=20)
+    assert leader.membership == raftlib.Membership(voters=original)
+
