@@ -740,7 +740,8 @@ class Peer:
             self._log.info("%s: membership now %s", self.name, _describe_membership(step))
 
     async def _wait_caught_up(self, name: NodeId, deadline: float | None) -> None:
-        """Leader: wait until learner ``name`` is close enough to be promoted."""
+        """Leader: wait until learner ``name`` is close enough to be promoted,
+        or is no learner any more (another change removed or promoted it)."""
         loop = asyncio.get_running_loop()
         cfg = self.config
         stall_limit = max(2.0, 20 * cfg.election_ticks * cfg.tick_interval)
@@ -748,6 +749,8 @@ class Peer:
         while not self._core.caught_up(name, cfg.catch_up_lag):
             self._check_running()
             self._check_leader()
+            if name not in self._core.membership.learners:
+                return
             pr = self._core.progress.get(name)
             match = pr.match if pr is not None else -1
             if match > best or (pr is not None and pr.state is ProgressState.SNAPSHOT):

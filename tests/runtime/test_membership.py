@@ -1010,3 +1010,25 @@ async def test_set_configuration_on_a_follower_behind_asks_the_leader(cluster: C
     await behind.set_configuration(original, timeout=20)
     assert leader.membership == raftlib.Membership(voters=original)
 
+
+async def test_a_learner_removed_while_being_caught_up_is_added_again(cluster: Cluster) -> None:
+    """remove_member took out a learner that set_configuration was waiting
+    on to catch up: set_configuration waited on, and gave up with a Timeout
+    saying the learner 'at None' made no progress. It now sees that the
+    learner is gone and adds it again, as from the start."""
+    from raftlib.testing import free_port
+
+    await cluster.start(3)
+    leader = await cluster.leader()
+    cluster.addresses["s4"] = f"127.0.0.1:{free_port()}"  # started later
+    target = {**cluster.addresses}
+    moving = asyncio.ensure_future(leader.set_configuration(target, timeout=30))
+    try:
+        await eventually(lambda: "s4" in leader.membership.learners)
+        assert await leader.remove_member("s4", timeout=10) is True
+        await eventually(lambda: "s4" in leader.membership.learners)  # added again
+        await cluster.start_peer("s4")
+        await moving
+    finally:
+        await asyncio.gather(moving, return_exceptions=True)
+    assert leader.membership == raftlib.Membership(voters=target)
