@@ -71,7 +71,7 @@ from .errors import (
 from .io_thread import IOThread
 from .rpc import CANCEL, REQUEST, RpcConnection
 from .security import Security, SharedSecret, TLSConfig, security_from
-from .serving import RequestServer
+from .serving import RequestServer, read_failed
 from .sessions import ClientEntry, Outcome, SessionOp, SessionTable
 from .snapshot import FileSnapshotStore, MemorySnapshotStore, SnapshotFile, SnapshotStore
 from .state_machine import StateMachine
@@ -1164,9 +1164,16 @@ class Peer:
             raise Timeout(f"the read did not finish within {timeout} s") from None
 
     async def _answer(self, data: bytes) -> Any:
-        result = self.state_machine.handle_read(codec.unpack(data))
-        if inspect.isawaitable(result):
-            result = await result
+        try:
+            result = self.state_machine.handle_read(codec.unpack(data))
+            if inspect.isawaitable(result):
+                result = await result
+        except asyncio.CancelledError as exc:
+            if _being_cancelled():
+                raise
+            # The handler's own: raised as it is, it would read as the
+            # reader's cancellation (and end a forwarded read's server unanswered).
+            raise read_failed(exc) from exc
         return codec.roundtrip(result, "read result")
 
     # -- client sessions -----------------------------------------------------------
@@ -2155,7 +2162,7 @@ class Peer:
         an awaitable, a coroutine that finishes the job and returns the same."""
         try:
             result = sm.handle_write(codec.unpack(data))
-        except Exception as exc:
+        except (Exception, asyncio.CancelledError) as exc:  # nothing awaited: the handler's own
             return self._command_failed(exc, index)
         if type(result) not in _PLAIN_TYPES and inspect.isawaitable(result):
             return self._finish_command(result, index)
@@ -2167,8 +2174,10 @@ class Peer:
     async def _finish_command(self, pending: Awaitable[Any], index: int) -> tuple[bool, Any, bytes]:
         try:
             result = await pending
-        except asyncio.CancelledError:
-            raise
+        except asyncio.CancelledError as exc:
+            if _being_cancelled():
+                raise
+            return self._command_failed(exc, index)  # the handler's own, as any exception
         except Exception as exc:
             return self._command_failed(exc, index)
         try:
@@ -2176,9 +2185,13 @@ class Peer:
         except Exception as exc:
             return self._result_unencodable(exc, index)
 
-    def _command_failed(self, exc: Exception, index: int) -> tuple[bool, Any, bytes]:
+    def _command_failed(self, exc: BaseException, index: int) -> tuple[bool, Any, bytes]:
         self._log.info("%s: handle_write raised for entry %d: %r", self.name, index, exc)
-        return False, exc, f"{type(exc).__name__}: {exc}".encode()
+        text = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, asyncio.CancelledError):
+            # Raised as it is, it would read as the writer's own cancellation.
+            exc = CommandFailed(f"handle_write raised {text.rstrip(': ')}; the write counts as applied")
+        return False, exc, text.encode()
 
     def _result_unencodable(self, exc: Exception, index: int) -> tuple[bool, Any, bytes]:
         """``handle_write`` returned, so the write took effect, but its result
@@ -2356,6 +2369,13 @@ def _splice(entries: list[Entry], more: Sequence[Entry]) -> None:
         if cut < len(entries):
             del entries[max(cut, 0):]
     entries.extend(more)
+
+
+def _being_cancelled() -> bool:
+    """Whether the running task has been asked to cancel, which tells its own
+    cancellation from a CancelledError that code it awaited raised."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _retrieve(fut: asyncio.Future[Any]) -> None:
