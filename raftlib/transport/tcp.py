@@ -804,7 +804,9 @@ class Transport:
                                                         reuse_address=True)
             except OSError as exc:
                 if exc.errno != errno.EADDRINUSE:
-                    raise
+                    # Of the same class and errno (a gaierror for a host name
+                    # that does not resolve), naming the address.
+                    raise type(exc)(exc.errno, f"cannot listen on {self.listen}: {exc.strerror or exc}") from exc
                 raise AddressInUse(errno.EADDRINUSE, f"cannot listen on {self.listen}: another process is "
                                                      f"listening there; stop it or choose another port") from None
             self._address = self._bound_address(endpoint)

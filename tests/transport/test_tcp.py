@@ -251,6 +251,22 @@ async def test_a_tcp_port_another_process_listens_on_raises_address_in_use(make_
         taken.close()
 
 
+@pytest.mark.parametrize("address, kind", [
+    ("nonexistent.invalid:0", socket.gaierror),  # a mistyped host name (.invalid never resolves)
+    ("192.0.2.1:0", OSError),  # an address of no interface here (TEST-NET-1)
+])
+async def test_a_tcp_address_that_cannot_be_listened_on_is_named(
+        make_node: MakeNode, address: str, kind: type[OSError]) -> None:
+    """Such a name once raised asyncio's bare ``gaierror: Name or service not
+    known``, which did not say which address (of several a program may
+    configure) was wrong. The class and errno stay those of the failure."""
+    with pytest.raises(kind) as info:
+        await make_node("a", address)
+    assert not isinstance(info.value, AddressInUse)
+    assert info.value.errno is not None and info.value.errno != errno.EADDRINUSE
+    assert f"cannot listen on {address}:" in str(info.value)
+
+
 async def test_a_unix_socket_this_process_may_not_connect_to_is_not_taken(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A live socket of another user's process, with no write permission for
