@@ -153,6 +153,10 @@ def parse_address(addr: str) -> Endpoint:
                 f"(use a shorter or relative path)"
             )
         return Endpoint("unix", path, None)
+    scheme, sep, _ = addr.partition("://")
+    if sep and scheme.isalpha():
+        raise ConfigError(f"address {addr!r}: expected 'host:port' without a scheme ({scheme + sep!r}), "
+                          f"'[ipv6]:port' or 'unix:/path'")
     if addr.startswith("["):
         host, sep, port_text = addr[1:].partition("]:")
         if not sep:

@@ -128,6 +128,8 @@ def test_parse_address(text: str, expected: Endpoint) -> None:
         ("unix:/" + "p" * 107, "108 bytes, the system allows 107"),  # bind() would fail with no path named
         ("unix:/run/raft/", "ends with '/'"),  # bind() would fail saying the directory /run does not exist
         ("my host:80", "host"),
+        ("http://127.0.0.1:80", r"without a scheme \('http://'\)"),  # not 'IPv6 addresses must be in brackets'
+        ("tcp://[::1]:80", r"without a scheme \('tcp://'\)"),
         (None, "must be a str"),
     ],
 )
