@@ -333,8 +333,10 @@ class Peer:
 
     @property
     def is_leader(self) -> bool:
-        """Whether this peer is the leader (never after :meth:`stop`)."""
-        return not self._stopping and self._storage_full is None and self._core.role == LEADER
+        """Whether this peer is the leader (never after :meth:`stop`, nor once
+        the event loop it was started in has closed)."""
+        return (not self._stopping and self._storage_full is None and self._core.role == LEADER
+                and not self._loop.is_closed())
 
     def status(self) -> dict[str, Any]:
         """This peer's view of the cluster, as a plain dict.
@@ -2280,6 +2282,11 @@ class Peer:
             raise PeerStopped(f"peer {self.name} stopped after a fatal error: {self._fatal}")
         if self._stopping:
             raise PeerStopped(f"peer {self.name} has stopped")
+        if self._loop.is_closed():
+            # Its tasks were cancelled with the loop (asyncio.run ends them all).
+            raise PeerStopped(f"peer {self.name} no longer runs: the event loop it was started in has closed. "
+                              f"Start peers and use them in one event loop (one asyncio.run); "
+                              f"call stop() to release this one")
 
     def _check_storage(self) -> None:
         """Refuse a request while the disk is full (not applied: retry elsewhere or later)."""

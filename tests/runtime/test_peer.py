@@ -303,6 +303,44 @@ async def test_cancelled_write_does_not_break_the_peer(cluster: Cluster) -> None
     assert await leader.write(["set", "z", 0]) == ["ok", "z", 0]
 
 
+def test_a_peer_used_after_its_event_loop_closed_raises_peer_stopped(
+        tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A peer started in one ``asyncio.run`` and used in the next one (a
+    script or notebook running each step in its own) lost its tasks when the
+    first loop closed. A write then failed with asyncio's 'attached to a
+    different loop' and left a 'Future exception was never retrieved' behind;
+    it is refused as PeerStopped saying why, and stop() still releases it."""
+
+    async def start() -> raftlib.Peer:
+        peer = await raftlib.start_peer(KVStore, name="s1", address="127.0.0.1:0", data_dir=tmp_path / "s1",
+                                        config=FAST)
+        await peer.set_configuration({"s1": peer.address})
+        await peer.write(["set", "a", 1])
+        await peer.wait_for_leader(timeout=10)
+        return peer
+
+    peer = asyncio.run(start())
+
+    async def use() -> None:
+        said = "event loop it was started in has closed"
+        with pytest.raises(errors.PeerStopped, match=said):
+            await peer.write(["set", "a", 1], timeout=5)
+        with pytest.raises(errors.PeerStopped, match=said):
+            peer.submit(["set", "a", 1])
+        with pytest.raises(errors.PeerStopped, match=said):
+            await peer.read(["get", "a"], timeout=5)
+        with pytest.raises(errors.PeerStopped, match=said):
+            await peer.wait_for_leader(timeout=5)
+        assert not peer.is_leader
+        await peer.stop()
+        again = await start()  # its data directory was released
+        assert await again.read(["get", "a"]) == ["ok", 1]
+        await again.stop()
+
+    asyncio.run(use())
+    assert "never retrieved" not in caplog.text
+
+
 async def test_single_peer_cluster(cluster: Cluster) -> None:
     await cluster.start(1)
     leader = await cluster.leader()
