@@ -2623,13 +2623,22 @@ def _describe_membership(m: Membership) -> str:
 
 def _make_state_machine(state_machine: StateMachine | type[StateMachine] | StateMachineFactory) -> StateMachine:
     if isinstance(state_machine, StateMachine):
-        return state_machine
-    if callable(state_machine):
+        sm = state_machine
+    elif callable(state_machine):
         sm = state_machine()
         if not isinstance(sm, StateMachine):
             raise ConfigError(f"{state_machine!r}() returned {type(sm).__name__}, not a raftlib.StateMachine")
-        return sm
-    raise ConfigError("state_machine must be a raftlib.StateMachine subclass, instance or factory")
+    else:
+        raise ConfigError("state_machine must be a raftlib.StateMachine subclass, instance or factory")
+    cls = type(sm)
+    if (cls.snapshot is not StateMachine.snapshot and cls.restore is StateMachine.restore
+            and cls.restore_from_file is StateMachine.restore_from_file):
+        # Else the log is compacted into snapshots that only a restart, or a
+        # follower sent one, would find it cannot load.
+        raise ConfigError(f"{cls.__name__} implements snapshot() but not restore(data) (or "
+                          f"restore_from_file(file)), so no peer could load its snapshots: implement "
+                          f"restore too, or drop snapshot() to keep the whole log")
+    return sm
 
 
 def _snapshot_dir(
