@@ -2715,6 +2715,8 @@ async def start_peer(
                           f"pass {storage.__name__}()")
     if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
         raise ConfigError(f"data_dir must be a path (str or os.PathLike), got {type(data_dir).__name__}")
+    if data_dir is not None and not os.fspath(data_dir):
+        raise ConfigError("data_dir is empty: give the directory for this peer's log, such as 'data/s1'")
     cfg = (config or Config()).validate()
     sm = _make_state_machine(state_machine)
     if storage is None:

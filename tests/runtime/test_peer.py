@@ -433,6 +433,9 @@ async def test_start_peer_names_a_storage_class_a_config_dict_or_a_bad_data_dir(
                                  config={"tick_interval": 0.01})  # type: ignore[arg-type]
     with pytest.raises(errors.ConfigError, match="data_dir"):
         await raftlib.start_peer(KVStore, name="x", address="127.0.0.1:0", data_dir=5)  # type: ignore[arg-type]
+    # Not StorageError "cannot create the LMDB directory : No such file or directory: ''":
+    with pytest.raises(errors.ConfigError, match="data_dir is empty"):
+        await raftlib.start_peer(KVStore, name="x", address="127.0.0.1:0", data_dir="")
     with pytest.raises(errors.ConfigError, match="raftlib.Config"):
         await raftlib.join(KVStore, name="x", address="127.0.0.1:0", seeds=["127.0.0.1:1"], storage=MemoryStorage(),
                            config={"tick_interval": 0.01})  # type: ignore[arg-type]
