@@ -72,7 +72,7 @@ from .errors import (
 from .io_thread import IOThread
 from .rpc import CANCEL, REQUEST, RpcConnection
 from .security import Security, SharedSecret, TLSConfig, security_from
-from .serving import RequestServer
+from .serving import RequestServer, read_failed
 from .sessions import ClientEntry, Outcome, SessionOp, SessionTable
 from .snapshot import FileSnapshotStore, MemorySnapshotStore, SnapshotFile, SnapshotStore
 from .state_machine import StateMachine
@@ -339,8 +339,10 @@ class Peer:
 
     @property
     def is_leader(self) -> bool:
-        """Whether this peer is the leader (never after :meth:`stop`)."""
-        return not self._stopping and self._storage_full is None and self._core.role == LEADER
+        """Whether this peer is the leader (never after :meth:`stop`, nor once
+        the event loop it was started in has closed)."""
+        return (not self._stopping and self._storage_full is None and self._core.role == LEADER
+                and not self._loop.is_closed())
 
     def status(self) -> dict[str, Any]:
         """This peer's view of the cluster, as a plain dict.
@@ -1189,9 +1191,16 @@ class Peer:
             raise Timeout(f"the read did not finish within {timeout} s") from None
 
     async def _answer(self, data: bytes) -> Any:
-        result = self.state_machine.handle_read(codec.unpack(data))
-        if inspect.isawaitable(result):
-            result = await result
+        try:
+            result = self.state_machine.handle_read(codec.unpack(data))
+            if inspect.isawaitable(result):
+                result = await result
+        except asyncio.CancelledError as exc:
+            if _being_cancelled():
+                raise
+            # The handler's own: raised as it is, it would read as the
+            # reader's cancellation (and end a forwarded read's server unanswered).
+            raise read_failed(exc) from exc
         return codec.roundtrip(result, "read result")
 
     # -- client sessions -----------------------------------------------------------
@@ -2180,7 +2189,7 @@ class Peer:
         an awaitable, a coroutine that finishes the job and returns the same."""
         try:
             result = sm.handle_write(codec.unpack(data))
-        except Exception as exc:
+        except (Exception, asyncio.CancelledError) as exc:  # nothing awaited: the handler's own
             return self._command_failed(exc, index)
         if type(result) not in _PLAIN_TYPES and inspect.isawaitable(result):
             return self._finish_command(result, index)
@@ -2192,8 +2201,10 @@ class Peer:
     async def _finish_command(self, pending: Awaitable[Any], index: int) -> tuple[bool, Any, bytes]:
         try:
             result = await pending
-        except asyncio.CancelledError:
-            raise
+        except asyncio.CancelledError as exc:
+            if _being_cancelled():
+                raise
+            return self._command_failed(exc, index)  # the handler's own, as any exception
         except Exception as exc:
             return self._command_failed(exc, index)
         try:
@@ -2201,9 +2212,13 @@ class Peer:
         except Exception as exc:
             return self._result_unencodable(exc, index)
 
-    def _command_failed(self, exc: Exception, index: int) -> tuple[bool, Any, bytes]:
+    def _command_failed(self, exc: BaseException, index: int) -> tuple[bool, Any, bytes]:
         self._log.info("%s: handle_write raised for entry %d: %r", self.name, index, exc)
-        return False, exc, f"{type(exc).__name__}: {exc}".encode()
+        text = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, asyncio.CancelledError):
+            # Raised as it is, it would read as the writer's own cancellation.
+            exc = CommandFailed(f"handle_write raised {text.rstrip(': ')}; the write counts as applied")
+        return False, exc, text.encode()
 
     def _result_unencodable(self, exc: Exception, index: int) -> tuple[bool, Any, bytes]:
         """``handle_write`` returned, so the write took effect, but its result
@@ -2292,6 +2307,11 @@ class Peer:
             raise PeerStopped(f"peer {self.name} stopped after a fatal error: {self._fatal}")
         if self._stopping:
             raise PeerStopped(f"peer {self.name} has stopped")
+        if self._loop.is_closed():
+            # Its tasks were cancelled with the loop (asyncio.run ends them all).
+            raise PeerStopped(f"peer {self.name} no longer runs: the event loop it was started in has closed. "
+                              f"Start peers and use them in one event loop (one asyncio.run); "
+                              f"call stop() to release this one")
 
     def _check_storage(self) -> None:
         """Refuse a request while the disk is full (not applied: retry elsewhere or later)."""
@@ -2381,6 +2401,13 @@ def _splice(entries: list[Entry], more: Sequence[Entry]) -> None:
         if cut < len(entries):
             del entries[max(cut, 0):]
     entries.extend(more)
+
+
+def _being_cancelled() -> bool:
+    """Whether the running task has been asked to cancel, which tells its own
+    cancellation from a CancelledError that code it awaited raised."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _retrieve(fut: asyncio.Future[Any]) -> None:
@@ -2621,13 +2648,22 @@ def _describe_membership(m: Membership) -> str:
 
 def _make_state_machine(state_machine: StateMachine | type[StateMachine] | StateMachineFactory) -> StateMachine:
     if isinstance(state_machine, StateMachine):
-        return state_machine
-    if callable(state_machine):
+        sm = state_machine
+    elif callable(state_machine):
         sm = state_machine()
         if not isinstance(sm, StateMachine):
             raise ConfigError(f"{state_machine!r}() returned {type(sm).__name__}, not a raftlib.StateMachine")
-        return sm
-    raise ConfigError("state_machine must be a raftlib.StateMachine subclass, instance or factory")
+    else:
+        raise ConfigError("state_machine must be a raftlib.StateMachine subclass, instance or factory")
+    cls = type(sm)
+    if (cls.snapshot is not StateMachine.snapshot and cls.restore is StateMachine.restore
+            and cls.restore_from_file is StateMachine.restore_from_file):
+        # Else the log is compacted into snapshots that only a restart, or a
+        # follower sent one, would find it cannot load.
+        raise ConfigError(f"{cls.__name__} implements snapshot() but not restore(data) (or "
+                          f"restore_from_file(file)), so no peer could load its snapshots: implement "
+                          f"restore too, or drop snapshot() to keep the whole log")
+    return sm
 
 
 def _snapshot_dir(
@@ -2704,6 +2740,8 @@ async def start_peer(
                           f"pass {storage.__name__}()")
     if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
         raise ConfigError(f"data_dir must be a path (str or os.PathLike), got {type(data_dir).__name__}")
+    if data_dir is not None and not os.fspath(data_dir):
+        raise ConfigError("data_dir is empty: give the directory for this peer's log, such as 'data/s1'")
     cfg = (config or Config()).validate()
     sm = _make_state_machine(state_machine)
     if storage is None:

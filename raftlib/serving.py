@@ -51,6 +51,11 @@ def arg(args: dict[str, Any], key: str, kind: type | tuple[type, ...], default: 
     return value
 
 
+def read_failed(exc: BaseException) -> CommandFailed:
+    """What a reader gets when ``handle_read`` raised ``exc``."""
+    return CommandFailed(f"handle_read raised {type(exc).__name__}: {exc} (the read changed nothing)")
+
+
 def hops_of(args: dict[str, Any]) -> int:
     """How many times a request was forwarded already."""
     hops: int = arg(args, "hops", int, 0)
@@ -149,7 +154,7 @@ class RequestServer:
             # An exception from the user's handle_write (the command counts as
             # applied) or handle_read (nothing changed).
             if op == "read":
-                failed = CommandFailed(f"handle_read raised {type(exc).__name__}: {exc} (the read changed nothing)")
+                failed = read_failed(exc)
             else:
                 failed = CommandFailed(f"{type(exc).__name__}: {exc}")
             body = [rid, False, error_to_wire(failed)]

@@ -40,7 +40,9 @@ class StateMachine:
         bounded memory); raftlib closes a returned file or generator once
         it is written. raftlib calls it in a worker thread, never on the
         event loop, while no command is being applied; reads may still run.
-        A state machine that does not override it never compacts its log.
+        A state machine that does not override it never compacts its log;
+        one that does must override :meth:`restore` or
+        :meth:`restore_from_file` too.
         """
         raise NotImplementedError(f"{type(self).__name__} does not implement snapshot()")
 

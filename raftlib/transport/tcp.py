@@ -153,6 +153,10 @@ def parse_address(addr: str) -> Endpoint:
                 f"(use a shorter or relative path)"
             )
         return Endpoint("unix", path, None)
+    scheme, sep, _ = addr.partition("://")
+    if sep and scheme.isalpha():
+        raise ConfigError(f"address {addr!r}: expected 'host:port' without a scheme ({scheme + sep!r}), "
+                          f"'[ipv6]:port' or 'unix:/path'")
     if addr.startswith("["):
         host, sep, port_text = addr[1:].partition("]:")
         if not sep:
@@ -804,7 +808,9 @@ class Transport:
                                                         reuse_address=True)
             except OSError as exc:
                 if exc.errno != errno.EADDRINUSE:
-                    raise
+                    # Of the same class and errno (a gaierror for a host name
+                    # that does not resolve), naming the address.
+                    raise type(exc)(exc.errno, f"cannot listen on {self.listen}: {exc.strerror or exc}") from exc
                 raise AddressInUse(errno.EADDRINUSE, f"cannot listen on {self.listen}: another process is "
                                                      f"listening there; stop it or choose another port") from None
             self._address = self._bound_address(endpoint)

@@ -128,6 +128,60 @@ async def test_an_unencodable_result_of_an_async_handle_write_raises_command_fai
     assert leader.state_machine.data == {"k": 1}
 
 
+class AwaitsACancelledTask(KVStore):
+    """Async handlers that await a task someone else cancelled, which raises
+    CancelledError in them although nobody cancelled the handler."""
+
+    async def _cancelled_task(self) -> None:
+        task = asyncio.ensure_future(asyncio.sleep(3600))
+        task.cancel()
+        await task
+
+    async def handle_write(self, command: Any) -> Any:
+        if command[0] == "cancelled":
+            self.applied.append(command)
+            await self._cancelled_task()
+        if command[0] == "raise-cancelled":  # raised at once, with no await before it
+            self.applied.append(command)
+            raise asyncio.CancelledError("gave up")
+        return super().handle_write(command)
+
+    async def handle_read(self, query: Any) -> Any:
+        if query[0] == "cancelled":
+            await self._cancelled_task()
+        return super().handle_read(query)
+
+
+async def test_a_cancelled_error_from_a_handler_fails_that_request_only(cluster: Cluster) -> None:
+    """A CancelledError raised by handle_write (not a cancellation of the
+    peer) once ended the task applying entries, on every peer: the cluster
+    silently applied nothing more and every later write hung. And one from
+    handle_read reached a local reader as its own cancellation and left a
+    forwarded read without an answer. It is the handler's exception like
+    any other: CommandFailed naming it, the write counts as applied, and
+    the cluster keeps serving."""
+    peers = await cluster.start(3, sm=AwaitsACancelledTask)
+    leader = await cluster.leader()
+    follower = next(p for p in peers.values() if p is not leader)
+    await eventually(lambda: follower.leader == leader.name)
+    with pytest.raises(errors.CommandFailed, match="CancelledError"):
+        await leader.write(["cancelled", "k"], timeout=10)
+    with pytest.raises(errors.CommandFailed, match="CancelledError: gave up"):
+        await follower.write(["raise-cancelled", "k"], timeout=10)
+    await leader.open_session("c")
+    with pytest.raises(errors.CommandFailed, match="CancelledError"):
+        await follower.session_write("c", 1, ["cancelled", "k"], timeout=10)
+    assert await follower.write(["set", "after", 1], timeout=10) == ["ok", "after", 1]
+    for peer in peers.values():
+        await eventually(lambda: peer.state_machine.data.get("after") == 1)
+        assert [c[0] for c in peer.state_machine.applied] == ["cancelled", "raise-cancelled", "cancelled", "set"]
+    for reader in (leader, follower):
+        with pytest.raises(errors.CommandFailed, match="handle_read raised CancelledError.*changed nothing"):
+            await reader.read(["cancelled", "k"], timeout=10)
+        assert await reader.read(["get", "after"], timeout=10) == ["ok", 1]
+    assert all(p._fatal is None for p in peers.values())
+
+
 async def test_unencodable_command_raises_type_error_and_appends_nothing(cluster: Cluster) -> None:
     await cluster.start(3)
     leader = await cluster.leader()
@@ -249,6 +303,44 @@ async def test_cancelled_write_does_not_break_the_peer(cluster: Cluster) -> None
     assert await leader.write(["set", "z", 0]) == ["ok", "z", 0]
 
 
+def test_a_peer_used_after_its_event_loop_closed_raises_peer_stopped(
+        tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A peer started in one ``asyncio.run`` and used in the next one (a
+    script or notebook running each step in its own) lost its tasks when the
+    first loop closed. A write then failed with asyncio's 'attached to a
+    different loop' and left a 'Future exception was never retrieved' behind;
+    it is refused as PeerStopped saying why, and stop() still releases it."""
+
+    async def start() -> raftlib.Peer:
+        peer = await raftlib.start_peer(KVStore, name="s1", address="127.0.0.1:0", data_dir=tmp_path / "s1",
+                                        config=FAST)
+        await peer.set_configuration({"s1": peer.address})
+        await peer.write(["set", "a", 1])
+        await peer.wait_for_leader(timeout=10)
+        return peer
+
+    peer = asyncio.run(start())
+
+    async def use() -> None:
+        said = "event loop it was started in has closed"
+        with pytest.raises(errors.PeerStopped, match=said):
+            await peer.write(["set", "a", 1], timeout=5)
+        with pytest.raises(errors.PeerStopped, match=said):
+            peer.submit(["set", "a", 1])
+        with pytest.raises(errors.PeerStopped, match=said):
+            await peer.read(["get", "a"], timeout=5)
+        with pytest.raises(errors.PeerStopped, match=said):
+            await peer.wait_for_leader(timeout=5)
+        assert not peer.is_leader
+        await peer.stop()
+        again = await start()  # its data directory was released
+        assert await again.read(["get", "a"]) == ["ok", 1]
+        await again.stop()
+
+    asyncio.run(use())
+    assert "never retrieved" not in caplog.text
+
+
 async def test_single_peer_cluster(cluster: Cluster) -> None:
     await cluster.start(1)
     leader = await cluster.leader()
@@ -341,6 +433,9 @@ async def test_start_peer_names_a_storage_class_a_config_dict_or_a_bad_data_dir(
                                  config={"tick_interval": 0.01})  # type: ignore[arg-type]
     with pytest.raises(errors.ConfigError, match="data_dir"):
         await raftlib.start_peer(KVStore, name="x", address="127.0.0.1:0", data_dir=5)  # type: ignore[arg-type]
+    # Not StorageError "cannot create the LMDB directory : No such file or directory: ''":
+    with pytest.raises(errors.ConfigError, match="data_dir is empty"):
+        await raftlib.start_peer(KVStore, name="x", address="127.0.0.1:0", data_dir="")
     with pytest.raises(errors.ConfigError, match="raftlib.Config"):
         await raftlib.join(KVStore, name="x", address="127.0.0.1:0", seeds=["127.0.0.1:1"], storage=MemoryStorage(),
                            config={"tick_interval": 0.01})  # type: ignore[arg-type]

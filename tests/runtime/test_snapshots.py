@@ -154,6 +154,34 @@ async def test_state_machine_without_snapshot_never_compacts(tmp_path: Path) -> 
         await peer.stop()
 
 
+async def test_a_state_machine_that_snapshots_but_cannot_restore_is_refused_at_start(tmp_path: Path) -> None:
+    """It used to run: its log was compacted into snapshots, and the first
+    restart, or follower sent a snapshot, then failed on restore(), which
+    raised NotImplementedError. A mistake only a later restart would show."""
+
+    class NoRestore(raftlib.StateMachine):
+        def handle_write(self, command: Any) -> Any:
+            return command
+
+        def snapshot(self) -> bytes:
+            return b""
+
+    for storage in ({"storage": MemoryStorage()}, {"data_dir": tmp_path / "s1"}):
+        with pytest.raises(errors.ConfigError, match=r"NoRestore implements snapshot\(\) but not restore"):
+            await raftlib.start_peer(NoRestore, name="s1", address="127.0.0.1:0", config=SNAP, **storage)
+    with pytest.raises(errors.ConfigError, match="not restore"):
+        await raftlib.join(NoRestore, name="s1", address="127.0.0.1:0", seeds=["127.0.0.1:1"],
+                           storage=MemoryStorage(), config=SNAP)
+
+    class FromFile(NoRestore):
+        def restore_from_file(self, file: Any) -> None:
+            file.read()
+
+    peer = await raftlib.start_peer(FromFile, name="s1", address="127.0.0.1:0", data_dir=tmp_path / "s1",
+                                    config=SNAP)
+    await peer.stop()
+
+
 async def test_a_failing_snapshot_is_retried_after_a_delay_not_after_every_batch(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     class Flaky(raftlib.StateMachine):

@@ -128,6 +128,8 @@ def test_parse_address(text: str, expected: Endpoint) -> None:
         ("unix:/" + "p" * 107, "108 bytes, the system allows 107"),  # bind() would fail with no path named
         ("unix:/run/raft/", "ends with '/'"),  # bind() would fail saying the directory /run does not exist
         ("my host:80", "host"),
+        ("http://127.0.0.1:80", r"without a scheme \('http://'\)"),  # not 'IPv6 addresses must be in brackets'
+        ("tcp://[::1]:80", r"without a scheme \('tcp://'\)"),
         (None, "must be a str"),
     ],
 )
@@ -249,6 +251,22 @@ async def test_a_tcp_port_another_process_listens_on_raises_address_in_use(make_
         assert address in str(info.value) and "another process" in str(info.value)
     finally:
         taken.close()
+
+
+@pytest.mark.parametrize("address, kind", [
+    ("nonexistent.invalid:0", socket.gaierror),  # a mistyped host name (.invalid never resolves)
+    ("192.0.2.1:0", OSError),  # an address of no interface here (TEST-NET-1)
+])
+async def test_a_tcp_address_that_cannot_be_listened_on_is_named(
+        make_node: MakeNode, address: str, kind: type[OSError]) -> None:
+    """Such a name once raised asyncio's bare ``gaierror: Name or service not
+    known``, which did not say which address (of several a program may
+    configure) was wrong. The class and errno stay those of the failure."""
+    with pytest.raises(kind) as info:
+        await make_node("a", address)
+    assert not isinstance(info.value, AddressInUse)
+    assert info.value.errno is not None and info.value.errno != errno.EADDRINUSE
+    assert f"cannot listen on {address}:" in str(info.value)
 
 
 async def test_a_unix_socket_this_process_may_not_connect_to_is_not_taken(
