@@ -1303,7 +1303,7 @@ def _bad_membership(data: bytes) -> str | None:
     """Why ``data`` is not a configuration a correct peer could have written, or ``None``."""
     try:
         membership = Membership.decode(data)
-    except Exception:  # ValueError, or TypeError for learners that are not a map
+    except ValueError:
         return "not an encoded Membership"
     if not membership.voters:
         return "a configuration without voters"

@@ -554,3 +554,34 @@ async def test_a_member_restoring_a_snapshot_stops_when_asked(tmp_path: Path) ->
     finally:
         release.set()
         await cluster.close()
+
+
+async def test_an_offer_with_a_malformed_membership_is_a_protocol_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A SnapshotOffer whose membership had learners that are not a map
+    raised TypeError, which the member logged as an unexpected error, with
+    its traceback, for every such frame anyone sent: it is a malformed
+    frame, which closes the connection (a warning, limited per host)."""
+    import msgpack
+
+    from raftlib.transport.framing import encode_frame
+
+    cluster = Cluster(tmp_path)
+    try:
+        await cluster.start(3)
+        leader = await cluster.leader()
+        host, port = leader.address.rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            membership = msgpack.packb({"voters": {"s1": leader.address}, "learners": ["s9"]})
+            writer.write(encode_frame("Hello", ["stranger", ""]))
+            writer.write(encode_frame("SnapshotOffer", [leader.status()["term"], "stranger", 50, 1, membership, 1, 0]))
+            await writer.drain()
+            assert await asyncio.wait_for(reader.read(), 10) == b""  # closed
+        finally:
+            writer.close()
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert await leader.write(["set", "after", 1]) == ["ok", "after", 1]
+    finally:
+        await cluster.close()

@@ -370,6 +370,19 @@ def test_request_bodies_and_error_payloads(body: Any, payload: Any) -> None:
     assert isinstance(error_from_wire(wire_payload), RaftError)
 
 
+@FUZZ
+@given(memberships | st.fixed_dictionaries({"voters": st.dictionaries(st.text(max_size=3), msgpack_values,
+                                                                      max_size=2),
+                                            "learners": msgpack_values}).map(msgpack.packb))
+def test_membership_decode_raises_only_value_error(data: bytes) -> None:
+    """Whoever decodes a configuration from the wire catches ValueError only
+    (learners that are not a map raised TypeError)."""
+    try:
+        Membership.decode(data)
+    except ValueError:
+        pass
+
+
 # --------------------------------------------------------------------------- the core's message handlers
 
 ROLES = ["fresh", "follower", "compacted-follower", PRE_CANDIDATE, CANDIDATE, LEADER, "compacted-leader"]
