@@ -500,6 +500,8 @@ class Connection:
         """The unfinished tasks given to :meth:`track`, for eviction."""
         self._handling = False
         """Whether ``on_frame`` is running for a frame of this connection, for eviction."""
+        self._sending = asyncio.Lock()
+        """Held by :meth:`send_frame` while it waits for room and writes."""
 
     @property
     def closed(self) -> bool:
@@ -525,15 +527,22 @@ class Connection:
             task.add_done_callback(self._busy.discard)
 
     async def send_frame(self, type_name: str, body: Any) -> None:
-        """Write one frame back to the peer and wait for buffer space.
+        """Wait for buffer space, then write one frame back to the peer.
+
+        One frame at a time, each once what is buffered has drained below
+        the transport's high-water mark: however many tasks answer on this
+        connection, a far end that reads nothing makes this peer buffer
+        that much and one frame, not a frame for each of them.
 
         Raises :class:`ConnectionError` if the connection is closed.
         """
-        if self._writer.is_closing():
-            raise ConnectionResetError(f"connection to {self.remote} is closed")
-        self._writer.write(encode_frame(type_name, body))
-        self._active_at = asyncio.get_running_loop().time()
-        await self._writer.drain()
+        async with self._sending:
+            if not self._writer.is_closing():
+                await self._writer.drain()
+            if self._writer.is_closing():
+                raise ConnectionResetError(f"connection to {self.remote} is closed")
+            self._writer.write(encode_frame(type_name, body))
+            self._active_at = asyncio.get_running_loop().time()
 
     def try_send_frame(self, type_name: str, body: Any) -> bool:
         """Write one small frame at once, from code that cannot wait (a timer),
