@@ -95,7 +95,9 @@ class Config:
     member's Raft link (clients
     of ``raftlib.connect`` reconnect by themselves): first among those with
     no request or change feed in progress, and only if all have one, among
-    all. If there is none, the new one is closed at once. Both are logged."""
+    all. If there is none, the new one is closed at once. Both are logged.
+    A peer raises its process's soft limit on open files to fit this many
+    and 256 more, as far as the hard limit allows (a warning if it cannot)."""
     hello_timeout: float = 5.0
     """Seconds an accepted connection has to send its first frame (``Hello``)
     before it is closed. Until then a frame may hold at most 64 KiB."""

@@ -99,6 +99,10 @@ REFUSAL_LOG_INTERVAL = 30.0
 """Seconds between two warnings about connections refused from the same host."""
 MAX_ADDRESS_LENGTH = 1024
 """Longest address a Hello may give."""
+FILES_RESERVED = 256
+"""Open files a listening transport wants beside ``max_inbound_connections``
+(its peers, snapshot files, the storage): at start it raises the process's
+soft limit on open files to fit both, as far as the hard limit allows."""
 MAX_LEARNED_ADDRESSES = 1024
 """Addresses kept from Hello frames of peers with no address set by
 :meth:`Transport.set_address`; beyond it the oldest learned one is forgotten."""
@@ -780,6 +784,7 @@ class Transport:
             raise RuntimeError("transport is closed")
         if self._server is not None:
             return
+        self._make_room_for_files()
         endpoint = self._listen_endpoint
         loop = asyncio.get_running_loop()
         protocol = _HeldProtocol if isinstance(self.security, TLSConfig) else asyncio.StreamReaderProtocol
@@ -825,6 +830,39 @@ class Transport:
                                                      f"listening there; stop it or choose another port") from None
             self._address = self._bound_address(endpoint)
         self.log.debug("%s listening on %s", self.name, self._address)
+
+    def _make_room_for_files(self) -> None:
+        """Raise the process's soft limit on open files to fit
+        ``max_inbound_connections`` and :data:`FILES_RESERVED` more, as far
+        as the hard limit allows; warn if that is not enough. Below it, the
+        limit on connections protects nothing: a stranger opening
+        connections would take the last file descriptors first, and this
+        peer could open none for its peers, its snapshots or its clients."""
+        try:
+            import resource
+        except ImportError:  # not POSIX
+            return
+        needed = self.max_inbound_connections + FILES_RESERVED
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY or soft >= needed:
+            return
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        if target > soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            except (OSError, ValueError) as exc:
+                self.log.debug("%s: cannot raise the limit on open files to %d: %s", self.name, target, exc)
+            else:
+                self.log.info("%s: raised the limit on open files from %d to %d (max_inbound_connections "
+                              "and %d more)", self.name, soft, target, FILES_RESERVED)
+                soft = target
+        if soft < needed:
+            self.log.warning(
+                "%s: this process may open %d files (ulimit -n; its hard limit is %d), fewer than "
+                "max_inbound_connections (%d) and %d more: strangers opening connections could leave it none "
+                "for its peers; raise the limit or lower max_inbound_connections",
+                self.name, soft, hard, self.max_inbound_connections, FILES_RESERVED,
+            )
 
     def _bound_address(self, endpoint: Endpoint) -> str:
         """The ``host:port`` actually bound, for an address given with port 0."""

@@ -506,6 +506,48 @@ asyncio.run(main())
 """
 
 
+START_UNDER_A_FILE_LIMIT = """
+import asyncio, logging, resource, sys
+from raftlib.transport.tcp import Transport
+
+soft, hard = int(sys.argv[1]), int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+
+async def main():
+    transport = Transport("a", "127.0.0.1:0", on_message=lambda msg: None, max_inbound_connections=300)
+    await transport.start()
+    print("soft limit", resource.getrlimit(resource.RLIMIT_NOFILE)[0], flush=True)
+    await transport.close()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX file limits")
+@pytest.mark.parametrize("hard", [2048, 200])
+async def test_a_file_limit_below_max_inbound_connections_is_raised_or_named(hard: int) -> None:
+    """A process allowed fewer open files than max_inbound_connections (the
+    usual soft limit is 1,024, the default max_inbound_connections too) ran
+    out of them first: a stranger opening connections left the member none
+    for its peers, its snapshots, or its clients, and asyncio logged an error
+    for every connection it could not accept. The member raises its soft
+    limit to make room, as far as the hard limit allows, and says so if that
+    is not enough."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", START_UNDER_A_FILE_LIMIT, "128", str(hard),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(child.communicate(), 30)
+    assert child.returncode == 0, err.decode()
+    limit = int(out.decode().split()[-1])
+    if hard == 2048:
+        assert limit >= 300 + tcp.FILES_RESERVED
+        assert b"WARNING" not in err
+    else:
+        assert limit == hard
+        assert b"max_inbound_connections" in err and b"ulimit -n" in err
+
+
 async def test_a_unix_socket_of_a_live_process_is_refused_and_freed_when_it_is_killed(tmp_path: Path) -> None:
     path = tmp_path / "s.sock"
     child = await asyncio.create_subprocess_exec(sys.executable, "-c", LISTEN_AND_WAIT, f"unix:{path}",
