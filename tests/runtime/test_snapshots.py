@@ -483,42 +483,38 @@ async def _offer_snapshot(address: str, sender: str, term: int, index: int, memb
 
 @pytest.mark.parametrize("sender", ["stranger", "leader"])
 async def test_a_snapshot_the_state_machine_cannot_restore_is_refused(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, sender: str
+    snap_cluster: Cluster, caplog: pytest.LogCaptureFixture, sender: str
 ) -> None:
     """A snapshot past the commit index that the state machine cannot
     restore (offered by a stranger, on a cluster without TLS or a secret,
     under its own name or the leader's) stopped the member, and the log had
     been replaced by it first: on disk too, so a restart could not bring the
     writes back. It is refused now; the log and the state stay."""
-    cluster = Cluster(tmp_path, storage="lmdb")
-    try:
-        await cluster.start(3)
-        leader = await cluster.leader()
-        await write_many(leader, 20)
-        follower = next(p for p in cluster.live() if p is not leader)
-        await eventually(lambda: follower.status()["applied_index"] == leader.status()["applied_index"])
-        before = follower.status()
-        name = leader.name if sender == "leader" else sender
-        offer = (follower.address, name, before["term"], before["commit_index"] + 100, leader.membership.encode(),
-                 b"not a snapshot of this state machine")
-        await _offer_snapshot(*offer)
-        await eventually(lambda: any("could not restore" in r.getMessage() for r in caplog.records))
-        # Offered again, it is refused at once, and logged no more.
-        assert (await _offer_snapshot(*offer))[0] is False
-        assert follower._fatal is None
-        after = follower.status()
-        assert after["last_index"] < before["commit_index"] + 100
-        assert after["commit_index"] >= before["commit_index"]
-        assert follower.state_machine.data == {f"k{i}": i for i in range(20)}
-        assert await leader.write(["set", "after", 1]) == ["ok", "after", 1]
-        await eventually(lambda: follower.state_machine.data.get("after") == 1)
-        assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 1
-        await cluster.stop(follower.name)  # and what is on disk is whole
-        back = await cluster.start_peer(follower.name)
-        await eventually(lambda: back.state_machine.data.get("after") == 1)
-        assert back.state_machine.data == leader.state_machine.data
-    finally:
-        await cluster.close()
+    await snap_cluster.start(3)
+    leader = await snap_cluster.leader()
+    await write_many(leader, 20)
+    follower = next(p for p in snap_cluster.live() if p is not leader)
+    await eventually(lambda: follower.status()["applied_index"] == leader.status()["applied_index"])
+    before = follower.status()
+    name = leader.name if sender == "leader" else sender
+    offer = (follower.address, name, before["term"], before["commit_index"] + 100, leader.membership.encode(),
+             b"not a snapshot of this state machine")
+    await _offer_snapshot(*offer)
+    await eventually(lambda: any("could not restore" in r.getMessage() for r in caplog.records))
+    # Offered again, it is refused at once, and logged no more.
+    assert (await _offer_snapshot(*offer))[0] is False
+    assert follower._fatal is None
+    after = follower.status()
+    assert after["last_index"] < before["commit_index"] + 100
+    assert after["commit_index"] >= before["commit_index"]
+    assert follower.state_machine.data == {f"k{i}": i for i in range(20)}
+    assert await leader.write(["set", "after", 1]) == ["ok", "after", 1]
+    await eventually(lambda: follower.state_machine.data.get("after") == 1)
+    assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 1
+    await snap_cluster.stop(follower.name)  # and what is on disk is whole
+    back = await snap_cluster.start_peer(follower.name)
+    await eventually(lambda: back.state_machine.data.get("after") == 1)
+    assert back.state_machine.data == leader.state_machine.data
 
 
 async def test_a_member_restoring_a_snapshot_stops_when_asked(tmp_path: Path) -> None:
