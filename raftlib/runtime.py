@@ -202,6 +202,8 @@ class Peer:
         """An InstallSnapshot at the head of the inbox, whose snapshot the
         state machine must restore before the core may take it (see
         :meth:`_restore_then_install`)."""
+        self._restored: SnapshotMeta | None = None
+        """The snapshot from the leader the state machine restored last."""
         self._unrestorable: dict[tuple[int, int, int, int], str] = {}
         """Snapshots the state machine could not restore, as (index, term,
         size, crc), newest last, with why: offered again, they are refused at once."""
@@ -1805,7 +1807,7 @@ class Peer:
     async def _install_snapshot(self, meta: SnapshotMeta) -> None:
         """A follower took the leader's snapshot, which the state machine
         has restored already (see :meth:`_restore_then_install`): record it."""
-        assert (meta.index, meta.term) == (self._applied, self._applied_term), (meta, self._applied)
+        assert self._restored is not None and (meta.index, meta.term) == (self._restored.index, self._restored.term)
         await self._storage_call(self._storage.install_snapshot, meta)
         self._recorded_snapshot = meta
 
@@ -2203,6 +2205,7 @@ class Peer:
             if not item.done.done():
                 item.done.set_result(exc)
             return
+        self._restored = snap.meta
         self._feed_drop_through(snap.meta.index)  # the writes it covers were never applied here
         self._applied, self._applied_term = snap.meta.index, snap.meta.term
         self._snapshot_index = snap.meta.index
