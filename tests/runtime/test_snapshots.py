@@ -304,9 +304,15 @@ async def test_a_follower_keeps_only_the_two_newest_snapshots_it_received(snap_c
     directory = snap_cluster.tmp_path / follower.name / "snapshots"
     for round in range(1, 5):
         snap_cluster.isolate(follower.name)
+        behind = follower.status()["last_index"]
         await write_many(leader, 120, prefix=f"r{round}-")
+        # The leader compacts in the background: the follower must need a snapshot when it is back.
+        await eventually(lambda: leader._storage.first_index() > behind + 1)
         snap_cluster.heal()
         await eventually(lambda: follower.state_machine.restores == round, timeout=20)
+        # Restored before it is installed: the leader learns of it from the acknowledgement that follows.
+        installed = follower.status()["snapshot_index"]
+        await eventually(lambda: leader._core.progress[follower.name].match >= installed)
         await eventually(lambda: len(list(directory.glob("*.snap"))) <= 2)
     await leader.write(["set", "after", 1])
     await eventually(lambda: follower.state_machine.data.get("after") == 1)
