@@ -89,11 +89,15 @@ class Config:
     (as they are beyond 10,000 messages). The newest message is always kept."""
     max_inbound_connections: int = 1024
     """Connections accepted at once (peers, clients, snapshot transfers).
-    Beyond it a new connection takes the place of the one idle longest
-    among those past their Hello, except each member's Raft link (clients
+    Beyond it a new connection takes the place of the one open longest
+    among those that have not sent their Hello, or if there is none, of
+    the one idle longest among those past their Hello, except each
+    member's Raft link (clients
     of ``raftlib.connect`` reconnect by themselves): first among those with
     no request or change feed in progress, and only if all have one, among
-    all. If there is none, the new one is closed at once. Both are logged."""
+    all. If there is none, the new one is closed at once. Both are logged.
+    A peer raises its process's soft limit on open files to fit this many
+    and 256 more, as far as the hard limit allows (a warning if it cannot)."""
     hello_timeout: float = 5.0
     """Seconds an accepted connection has to send its first frame (``Hello``)
     before it is closed. Until then a frame may hold at most 64 KiB."""

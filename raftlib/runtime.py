@@ -34,7 +34,7 @@ import logging
 import os
 import random
 import time
-from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Mapping, NamedTuple, Sequence
 
 from . import codec
 from .config import Config, check_timeout
@@ -142,7 +142,7 @@ class Peer:
         between another's."""
         self._pending_reads: dict[int, asyncio.Future[int]] = {}
         self._read_ids = itertools.count(1)
-        self._apply_queue: asyncio.Queue[list[Entry] | SnapshotFile] = asyncio.Queue()
+        self._apply_queue: asyncio.Queue[list[Entry] | _Restore] = asyncio.Queue()
         self._applied = self._core.applied_index
         self._applied_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._waiter_ids = itertools.count()
@@ -204,10 +204,20 @@ class Peer:
         self._compacting: set[asyncio.Task[None]] = set()
         self._compactions: list[tuple[SnapshotMeta, asyncio.Future[None]]] = []
         self._snapshot_reports: list[tuple[NodeId, bool]] = []
+        self._snapshot_first: InstallSnapshot | None = None
+        """An InstallSnapshot at the head of the inbox, whose snapshot the
+        state machine must restore before the core may take it (see
+        :meth:`_restore_then_install`)."""
+        self._restored: SnapshotMeta | None = None
+        """The snapshot from the leader the state machine restored last."""
+        self._unrestorable: dict[tuple[int, int, int, int], str] = {}
+        """Snapshots the state machine could not restore, as (index, term,
+        size, crc), newest last, with why: offered again, they are refused at once."""
         self._transfers: dict[NodeId, asyncio.Task[None]] = {}
         self._transfer_failures: dict[NodeId, int] = {}
         self._receiving = snapshotting.SnapshotReceiving(
-            name, snapshots, lambda: self._core.term, self._on_message, log, self._prune_snapshots
+            name, snapshots, lambda: self._core.term, self._on_message, log, self._prune_snapshots,
+            refuse=self._unrestorable_reason,
         )
         self._requests = RequestServer(self, log)
         self._rpc: dict[str, RpcConnection] = {}
@@ -241,7 +251,7 @@ class Peer:
                     f"rejoin as a new member"
                 )
             await self._snapshots.verify(found)
-            await asyncio.to_thread(self._restore_state_machine, found)
+            self._sessions = await asyncio.to_thread(self._restore_state_machine, found)
         self._sync_addresses()
         await self._transport.start()
         loop = asyncio.get_running_loop()
@@ -1501,6 +1511,8 @@ class Peer:
                 done = self._take_input()
                 while self._core.has_ready():
                     await self._handle_ready(self._core.ready())
+                if self._snapshot_first is not None:
+                    await self._restore_then_install()
                 if done:
                     await self._drain()  # the callers wait for the effects to be on disk
                 for fut, result in done:
@@ -1528,7 +1540,12 @@ class Peer:
         for node_id, ok in reports:
             core.report_snapshot(node_id, ok)
         inbox, self._inbox = self._inbox, []
-        for msg in inbox:
+        for i, msg in enumerate(inbox):
+            if type(msg) is InstallSnapshot and core.installs_snapshot(msg):
+                # The state machine restores it first; the rest waits.
+                self._snapshot_first = msg
+                self._inbox[:0] = inbox[i:]
+                break
             core.step(msg)
         # Messages first, then at most a heartbeat interval of ticks: if this
         # process was stalled, the time it could not observe must not count
@@ -1822,13 +1839,78 @@ class Peer:
                 fut.set_result(None)
 
     async def _install_snapshot(self, meta: SnapshotMeta) -> None:
-        """A follower took the leader's snapshot: record it, restore the state machine."""
-        found = self._snapshots.find(meta.index, meta.term)
-        if found is None:
-            raise StorageError(f"peer {self.name}: the received snapshot {meta.term}/{meta.index} is not in the store")
+        """A follower took the leader's snapshot, which the state machine
+        has restored already (see :meth:`_restore_then_install`): record it."""
+        assert self._restored is not None and (meta.index, meta.term) == (self._restored.index, self._restored.term)
         await self._storage_call(self._storage.install_snapshot, meta)
         self._recorded_snapshot = meta
-        self._apply_queue.put_nowait(found)  # restored in order with the entries
+
+    async def _restore_then_install(self) -> None:
+        """Restore the state machine from the snapshot of the InstallSnapshot
+        at the head of the inbox, after the entries already committed, then
+        step the message into the core, which takes the snapshot in place of
+        the log. If the state machine cannot restore it (a member running
+        another state machine, or a stranger's snapshot on a cluster without
+        TLS or a secret), the message is dropped: the log and the state stay
+        as they were, this peer goes on serving, and the snapshot is refused
+        when offered again (an error is logged once).
+
+        Nothing steps the core meanwhile, so it still takes the snapshot:
+        the state machine and the log never disagree."""
+        msg, self._snapshot_first = self._snapshot_first, None
+        assert msg is not None and self._inbox[0] is msg
+        self._wake.set()  # for the rest of the inbox
+        await self._drain()  # a leader's own entries on disk: its snapshots can compact (see _compact)
+        core = self._core
+        if not core.installs_snapshot(msg):  # reporting the writes moved the commit index past it
+            return  # stepped as any other message, next
+        del self._inbox[0]
+        snap = self._snapshots.find(msg.index, msg.snapshot_term)
+        if snap is None:  # replaced by a newer one meanwhile, which the leader offers next
+            self._log.warning("%s: dropping %s: its snapshot is no longer stored", self.name, msg.describe(),
+                              extra=INPUT_WARNING)
+            return
+        key = (snap.meta.index, snap.meta.term, snap.size, snap.crc)
+        if key in self._unrestorable:
+            return
+        restored: asyncio.Future[BaseException | None] = self._loop.create_future()
+        self._apply_queue.put_nowait(_Restore(snap, restored))
+        while not restored.done():
+            if self._stopping:
+                return  # the applier is cancelled: nothing more to wait for
+            # The applier may be writing a snapshot of its own, which waits for the driver to compact.
+            self._wake.clear()
+            woken: asyncio.Future[Any] = self._loop.create_task(self._wake.wait())
+            try:
+                await asyncio.wait([restored, woken], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                woken.cancel()
+            if self._compactions:
+                self._compact()
+        self._wake.set()
+        failure = restored.result()
+        if failure is not None:
+            self._refuse_snapshot(key, msg, failure)
+            return
+        core.step(msg)
+        assert core.has_ready()
+
+    def _refuse_snapshot(self, key: tuple[int, int, int, int], msg: InstallSnapshot, exc: BaseException) -> None:
+        """Remember a snapshot the state machine could not restore, and log why (an error, once)."""
+        cause = exc.__cause__ if isinstance(exc, StorageError) and exc.__cause__ is not None else exc
+        why = f"{type(self.state_machine).__name__} could not restore it: {cause!r}"
+        while len(self._unrestorable) >= _UNRESTORABLE_KEPT:
+            del self._unrestorable[next(iter(self._unrestorable))]
+        self._unrestorable[key] = why
+        self._log.error(
+            "%s: refused the snapshot %d/%d (%d bytes) from %s: %s; the log and the state stay as they were. "
+            "A member must run the same state machine as the others (and a cluster others can reach must "
+            "use TLS or a shared secret)", self.name, msg.snapshot_term, msg.index, key[2], msg.src, why,
+        )
+
+    def _unrestorable_reason(self, meta: SnapshotMeta, size: int, crc: int) -> str | None:
+        """Why an offered snapshot is refused before it is received, or ``None``."""
+        return self._unrestorable.get((meta.index, meta.term, size, crc))
 
     def _compact(self) -> None:
         """Record snapshots taken by the applier in the core, and compact
@@ -2006,14 +2088,8 @@ class Peer:
         sm = self.state_machine
         while True:
             batch = await self._apply_queue.get()
-            if isinstance(batch, SnapshotFile):
-                await asyncio.to_thread(self._restore_state_machine, batch)
-                self._feed_drop_through(batch.meta.index)  # the writes it covers were never applied here
-                self._applied, self._applied_term = batch.meta.index, batch.meta.term
-                self._snapshot_index = batch.meta.index
-                self._bytes_since_snapshot = 0
-                self._wake_applied_waiters()
-                await self._prune_snapshots()  # as after a snapshot of this peer's own
+            if isinstance(batch, _Restore):
+                await self._restore(batch)
                 continue
             pending_writes = self._pending_writes
             unpack, feed = codec.unpack, self._feed_append
@@ -2153,12 +2229,37 @@ class Peer:
             if not req.done():
                 req.set_exception(exc)
 
-    def _restore_state_machine(self, snap: SnapshotFile) -> None:
-        """Load ``snap`` into the state machine (runs in a worker thread)."""
+    async def _restore(self, item: _Restore) -> None:
+        """Restore the state machine from a snapshot the leader sent (in the
+        applier, in order with the entries); tell the driver how it went."""
+        snap = item.snap
+        try:
+            self._sessions = await asyncio.to_thread(self._restore_state_machine, snap)
+        except Exception as exc:
+            if not item.done.done():
+                item.done.set_result(exc)
+            return
+        self._restored = snap.meta
+        self._feed_drop_through(snap.meta.index)  # the writes it covers were never applied here
+        self._applied, self._applied_term = snap.meta.index, snap.meta.term
+        self._snapshot_index = snap.meta.index
+        self._bytes_since_snapshot = 0
+        if not item.done.done():
+            item.done.set_result(None)
+        self._wake_applied_waiters()
+        await self._prune_snapshots()  # as after a snapshot of this peer's own
+
+    def _restore_state_machine(self, snap: SnapshotFile) -> SessionTable:
+        """Load ``snap`` into the state machine (runs in a worker thread) and
+        return its table of client sessions. If it raises, neither changed
+        (as long as the state machine's ``restore`` raises before it changes
+        anything, as it must)."""
+        sessions = SessionTable(self.config.session_ttl)
         with self._snapshots.open(snap) as f:
             header = _read_header(f, snap)
             try:
-                self._sessions.restore(header if header is not None else SessionTable(0).encode())
+                if header is not None:
+                    sessions.restore(header)
             except ValueError as exc:
                 raise CorruptStorage(f"snapshot {snap.meta.term}/{snap.meta.index}: {exc}") from None
             try:
@@ -2170,6 +2271,7 @@ class Peer:
                     f"{exc!r}; if the data directory belongs to another state machine, start the peer with that "
                     f"one; otherwise fix restore(), or wipe the data directory and rejoin as a new member"
                 ) from exc
+        return sessions
 
     def _claim(self, entry: Entry, pending: tuple[int, asyncio.Future[Any]] | None) -> asyncio.Future[Any] | None:
         """The writer's future for ``entry``, or ``None`` if another leader's
@@ -2509,6 +2611,17 @@ def _pack_query(query: Any, consistency: str, limit: int) -> bytes:
 
 _SNAPSHOTS_KEPT = 2
 """Snapshot files kept on disk (the newest), after a snapshot of a peer's own or one installed from the leader."""
+
+_UNRESTORABLE_KEPT = 16
+"""Snapshots the state machine could not restore that a peer remembers, to refuse them when offered again."""
+
+
+class _Restore(NamedTuple):
+    """For the applier: restore the state machine from ``snap``, then set
+    ``done`` to ``None``, or to the exception that made it fail."""
+
+    snap: SnapshotFile
+    done: asyncio.Future[BaseException | None]
 
 
 INPUT_WARNING_INTERVAL = 10.0

@@ -135,8 +135,11 @@ class SnapshotReceiving:
     refused); ``deliver`` steps the finished ``InstallSnapshot`` into the core;
     ``after_store``, if given, runs once it has (the runtime prunes old
     snapshot files there: a snapshot the core does not install would
-    otherwise stay on disk). One transfer at a time: a new offer supersedes
-    an unfinished one.
+    otherwise stay on disk). ``refuse``, if given, says why an offered
+    snapshot (its metadata, size and crc) is refused before any of it is
+    received, or ``None`` (the runtime refuses those its state machine could
+    not restore). One transfer at a time: a new offer supersedes an
+    unfinished one.
     """
 
     def __init__(
@@ -147,6 +150,7 @@ class SnapshotReceiving:
         deliver: Callable[[InstallSnapshot], None],
         log: logging.Logger,
         after_store: Callable[[], Awaitable[None]] | None = None,
+        refuse: Callable[[SnapshotMeta, int, int], str | None] | None = None,
     ) -> None:
         self.name = name
         self.store = store
@@ -154,6 +158,7 @@ class SnapshotReceiving:
         self.deliver = deliver
         self.log = log
         self.after_store = after_store
+        self.refuse = refuse
         self._active: _Transfer | None = None
 
     async def on_frame(self, type_name: str, body: Any, conn: Connection) -> None:
@@ -181,8 +186,12 @@ class SnapshotReceiving:
         if term < self.current_term():
             await conn.send_frame(DONE, [False, f"stale term {term} < {self.current_term()}"])
             return
-        await self._drop_active("superseded by a new offer")
         meta = SnapshotMeta(index, snap_term, members)
+        refusal = self.refuse(meta, size, crc) if self.refuse is not None else None
+        if refusal is not None:
+            await conn.send_frame(DONE, [False, f"snapshot {snap_term}/{index} refused: {refusal}"])
+            return
+        await self._drop_active("superseded by a new offer")
         receiver = self.store.receiver(meta, size, crc)
         offer = InstallSnapshot(term, leader, self.name, index, snap_term, membership)
         transfer = _Transfer(conn, receiver, offer, size)

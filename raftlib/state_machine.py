@@ -50,7 +50,10 @@ class StateMachine:
         """Replace the whole state with one produced by :meth:`snapshot`.
 
         Called in a worker thread, at start-up (from the latest snapshot on
-        disk) and when a follower installs a snapshot sent by the leader.
+        disk) and when a follower installs a snapshot sent by the leader. If
+        it raises, it must leave the state as it was (decode everything,
+        then replace the state): a follower then refuses the snapshot and
+        keeps its log and its state.
         """
         raise NotImplementedError(f"{type(self).__name__} does not implement restore(data)")
 

@@ -136,10 +136,13 @@ class Membership:
             raise ValueError(f"not an encoded Membership: {exc}") from None
         if not isinstance(raw, dict) or not isinstance(raw.get("voters"), dict):
             raise ValueError("not an encoded Membership")
-        members = {**raw["voters"], **(raw.get("learners") or {})}
+        learners = raw.get("learners") or {}
+        if not isinstance(learners, dict):
+            raise ValueError("not an encoded Membership: learners must be a map")
+        members = {**raw["voters"], **learners}
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in members.items()):
             raise ValueError("not an encoded Membership: names and addresses must be strings")
-        return cls(voters=raw["voters"], learners=raw.get("learners") or {})
+        return cls(voters=raw["voters"], learners=learners)
 
 
 @dataclass(frozen=True, slots=True)

@@ -984,11 +984,33 @@ class Raft:
                 AppendEntriesResponse(self.term, self.id, msg.src, True, match, read_ctx=msg.read_ctx)
             )
 
+    def installs_snapshot(self, msg: InstallSnapshot) -> bool:
+        """Whether :meth:`step` would now replace the log with ``msg``'s snapshot.
+
+        The runtime asks before it steps an ``InstallSnapshot`` in, and
+        restores the state machine from the snapshot first: one the state
+        machine cannot restore is then dropped, and the log and the state
+        stay as they were. Nothing but :meth:`step` may change the answer.
+        """
+        if msg.dst != self.id or msg.src == self.id or _malformed(msg):
+            return False
+        if msg.term < self.term or msg.term - self.term > MAX_TERM_STEP:
+            return False  # stale, or dropped (see step)
+        if msg.term == self.term and self.role == LEADER:
+            return False  # a leader ignores another's snapshot of its own term
+        return self._snapshot_replaces_log(msg)
+
+    def _snapshot_replaces_log(self, msg: InstallSnapshot) -> bool:
+        """Whether the log neither holds all of ``msg``'s snapshot committed
+        nor its last entry (it then takes the snapshot in place of the log)."""
+        return msg.index > self.log.committed and not self.log.matches(msg.index, msg.snapshot_term)
+
     def _handle_snapshot(self, msg: InstallSnapshot) -> None:
-        """§7: take the leader's snapshot (its data is already stored by the runtime)."""
+        """§7: take the leader's snapshot (its data is already stored by the
+        runtime, and restored into the state machine: see :meth:`installs_snapshot`)."""
         if msg.index <= self.log.committed:
             match = self.log.committed  # we have all of it already
-        elif self.log.matches(msg.index, msg.snapshot_term):
+        elif not self._snapshot_replaces_log(msg):
             # Our log holds the snapshot's last entry, so (Log Matching) all
             # entries before it too: keep the log, just learn the commit index.
             self.log.commit_to(msg.index)
@@ -1281,7 +1303,7 @@ def _bad_membership(data: bytes) -> str | None:
     """Why ``data`` is not a configuration a correct peer could have written, or ``None``."""
     try:
         membership = Membership.decode(data)
-    except Exception:  # ValueError, or TypeError for learners that are not a map
+    except ValueError:
         return "not an encoded Membership"
     if not membership.voters:
         return "a configuration without voters"

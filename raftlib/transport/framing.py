@@ -326,7 +326,7 @@ def _check_membership(where: str, data: bytes) -> None:
 
     try:
         membership = Membership.decode(data)
-    except Exception:  # ValueError, or TypeError for learners that are not a map
+    except ValueError:
         raise ProtocolError(f"{where}: not an encoded Membership") from None
     if not membership.voters:
         raise ProtocolError(f"{where}: a configuration without voters")

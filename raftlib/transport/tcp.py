@@ -16,7 +16,8 @@ rest at debug level); the transport keeps serving all other connections. Strange
 most ``max_inbound_connections`` are served at once, and a connection must
 complete its Hello, at most :data:`HELLO_MAX_FRAME_SIZE` bytes, within
 ``hello_timeout`` seconds. When every slot is taken, a new connection takes
-the place of the one idle longest (no frame in or out) among those past
+the place of the one open longest among those not yet past their Hello, or
+if there is none, of the one idle longest (no frame in or out) among those past
 their Hello, except the Raft link of each member of the configuration: a
 stranger that introduces itself on every slot and goes silent cannot lock
 out clients or members. Connections with work in progress (``on_frame``
@@ -98,6 +99,10 @@ REFUSAL_LOG_INTERVAL = 30.0
 """Seconds between two warnings about connections refused from the same host."""
 MAX_ADDRESS_LENGTH = 1024
 """Longest address a Hello may give."""
+FILES_RESERVED = 256
+"""Open files a listening transport wants beside ``max_inbound_connections``
+(its peers, snapshot files, the storage): at start it raises the process's
+soft limit on open files to fit both, as far as the hard limit allows."""
 MAX_LEARNED_ADDRESSES = 1024
 """Addresses kept from Hello frames of peers with no address set by
 :meth:`Transport.set_address`; beyond it the oldest learned one is forgotten."""
@@ -498,12 +503,18 @@ class Connection:
         self.peer_address: str | None = None
         self.on_close: list[Callable[[], Awaitable[None]]] = []
         """Cleanups an ``on_frame`` handler registers; run once when the connection ends."""
-        self._active_at = asyncio.get_running_loop().time()
+        self._opened_at = asyncio.get_running_loop().time()
+        """When the connection was accepted, for eviction before its Hello."""
+        self._admitted = False
+        """Whether it passed the security handshake (if the transport has security), for eviction."""
+        self._active_at = self._opened_at
         """When a frame last came in or went out (read or written), for eviction."""
         self._busy: set[asyncio.Task[Any]] = set()
         """The unfinished tasks given to :meth:`track`, for eviction."""
         self._handling = False
         """Whether ``on_frame`` is running for a frame of this connection, for eviction."""
+        self._sending = asyncio.Lock()
+        """Held by :meth:`send_frame` while it waits for room and writes."""
 
     @property
     def closed(self) -> bool:
@@ -529,15 +540,22 @@ class Connection:
             task.add_done_callback(self._busy.discard)
 
     async def send_frame(self, type_name: str, body: Any) -> None:
-        """Write one frame back to the peer and wait for buffer space.
+        """Wait for buffer space, then write one frame back to the peer.
+
+        One frame at a time, each once what is buffered has drained below
+        the transport's high-water mark: however many tasks answer on this
+        connection, a far end that reads nothing makes this peer buffer
+        that much and one frame, not a frame for each of them.
 
         Raises :class:`ConnectionError` if the connection is closed.
         """
-        if self._writer.is_closing():
-            raise ConnectionResetError(f"connection to {self.remote} is closed")
-        self._writer.write(encode_frame(type_name, body))
-        self._active_at = asyncio.get_running_loop().time()
-        await self._writer.drain()
+        async with self._sending:
+            if not self._writer.is_closing():
+                await self._writer.drain()
+            if self._writer.is_closing():
+                raise ConnectionResetError(f"connection to {self.remote} is closed")
+            self._writer.write(encode_frame(type_name, body))
+            self._active_at = asyncio.get_running_loop().time()
 
     def try_send_frame(self, type_name: str, body: Any) -> bool:
         """Write one small frame at once, from code that cannot wait (a timer),
@@ -651,7 +669,9 @@ class Transport:
         max_outbox_bytes: bytes queued per destination before the oldest
             frames are dropped (the newest frame is always queued).
         max_inbound_connections: connections served at once. Beyond it a new
-            connection takes the place of the one idle longest among those
+            connection takes the place of the one open longest among those
+            not yet past their Hello (those that passed the security
+            handshake last), or of the one idle longest among those
             past their Hello (first those with no work in progress: no
             ``on_frame`` running for them, nothing :meth:`Connection.track`
             counts), the Raft link of each peer
@@ -768,6 +788,7 @@ class Transport:
             raise RuntimeError("transport is closed")
         if self._server is not None:
             return
+        self._make_room_for_files()
         endpoint = self._listen_endpoint
         loop = asyncio.get_running_loop()
         protocol = _HeldProtocol if isinstance(self.security, TLSConfig) else asyncio.StreamReaderProtocol
@@ -815,6 +836,39 @@ class Transport:
                                                      f"listening there; stop it or choose another port") from None
             self._address = self._bound_address(endpoint)
         self.log.debug("%s listening on %s", self.name, self._address)
+
+    def _make_room_for_files(self) -> None:
+        """Raise the process's soft limit on open files to fit
+        ``max_inbound_connections`` and :data:`FILES_RESERVED` more, as far
+        as the hard limit allows; warn if that is not enough. Below it, the
+        limit on connections protects nothing: a stranger opening
+        connections would take the last file descriptors first, and this
+        peer could open none for its peers, its snapshots or its clients."""
+        try:
+            import resource
+        except ImportError:  # not POSIX
+            return
+        needed = self.max_inbound_connections + FILES_RESERVED
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY or soft >= needed:
+            return
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        if target > soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            except (OSError, ValueError) as exc:
+                self.log.debug("%s: cannot raise the limit on open files to %d: %s", self.name, target, exc)
+            else:
+                self.log.info("%s: raised the limit on open files from %d to %d (max_inbound_connections "
+                              "and %d more)", self.name, soft, target, FILES_RESERVED)
+                soft = target
+        if soft < needed:
+            self.log.warning(
+                "%s: this process may open %d files (ulimit -n; its hard limit is %d), fewer than "
+                "max_inbound_connections (%d) and %d more: strangers opening connections could leave it none "
+                "for its peers; raise the limit or lower max_inbound_connections",
+                self.name, soft, hard, self.max_inbound_connections, FILES_RESERVED,
+            )
 
     def _bound_address(self, endpoint: Endpoint) -> str:
         """The ``host:port`` actually bound, for an address given with port 0."""
@@ -1057,6 +1111,7 @@ class Transport:
         self._inbound[task] = conn
         try:
             if not self._closed and await self._admit(reader, writer, conn):
+                conn._admitted = self.security is not None
                 await self._read_frames(reader, conn)
         except ProtocolError as exc:
             self.stats["protocol_errors"] += 1
@@ -1139,11 +1194,18 @@ class Transport:
         return conn is not None and not conn.closed
 
     def _evict_idlest(self) -> bool:
-        """Close the connection idle longest among those past their Hello
+        """Close a connection to make room for a new one: the one open
+        longest among those still in their security handshake or Hello;
+        if there is none, the one idle longest among those past their Hello
         with nothing in progress (no ``on_frame`` running for it, no task
         given to :meth:`Connection.track` running), or if every one has
-        something in progress, the one idle longest of all, to make room for
-        a new one; False if there is none.
+        something in progress, the one idle longest of all. False if there
+        is none.
+
+        A connection that has not introduced itself has shown nothing: a
+        correct peer or client sends its Hello at once. Were such
+        connections kept until their timeouts, a stranger that opened them
+        on every slot, again as each was closed, would lock everyone out.
 
         The Raft link of a member (the connection its latest Raft message
         came on, for a name :meth:`set_address` gave) is never closed, so
@@ -1151,17 +1213,18 @@ class Transport:
         (a client waiting for a write, or with a change feed open) is closed
         only when all are busy, so that work in progress cannot lock new
         connections out. A client closed here reconnects (``raftlib.connect``
-        does so by itself); connections still in their handshake or Hello
-        are bounded by their timeouts instead.
+        does so by itself).
         """
         victim: tuple[asyncio.Task[Any], Connection] | None = None
-        victim_key = (True, 0.0)
+        victim_key = (0, False, 0.0)
         for task, conn in self._inbound.items():
             name = conn.peer_name
-            if name is None or (self._raft_links.get(name) is conn and name in self._addresses
-                                and name not in self._learned):
+            if name is None:  # those that passed the security handshake after those that did not
+                key = (0, conn._admitted, conn._opened_at)
+            elif self._raft_links.get(name) is conn and name in self._addresses and name not in self._learned:
                 continue
-            key = (conn._handling or bool(conn._busy), conn._active_at)
+            else:
+                key = (1, conn._handling or bool(conn._busy), conn._active_at)
             if victim is None or key < victim_key:
                 victim, victim_key = (task, conn), key
         if victim is None:
@@ -1172,13 +1235,16 @@ class Transport:
         self._evicted.add(task)
         conn._writer.transport.abort()  # its task sees the end of the stream and cleans up
         self.stats["evicted"] += 1
-        idle = asyncio.get_running_loop().time() - conn._active_at
-        doing = f" with {busy} request(s) in progress (as every connection it could close)" if busy else ""
-        self._warn_per_host(
-            conn.remote, "evicted",
-            f"closed the connection of {conn.peer_name!r} from {conn.remote}, idle for {idle:.1f} s{doing}, to make "
-            f"room for a new one ({len(self._inbound) + 1} connections open, max_inbound_connections)",
-        )
+        now = asyncio.get_running_loop().time()
+        room = f"to make room for a new one ({len(self._inbound) + 1} connections open, max_inbound_connections)"
+        if conn.peer_name is None:
+            what = (f"closed a connection from {conn.remote} that had not introduced itself after "
+                    f"{now - conn._opened_at:.1f} s, {room}")
+        else:
+            doing = f" with {busy} request(s) in progress (as every connection it could close)" if busy else ""
+            what = (f"closed the connection of {conn.peer_name!r} from {conn.remote}, idle for "
+                    f"{now - conn._active_at:.1f} s{doing}, {room}")
+        self._warn_per_host(conn.remote, "evicted", what)
         return True
 
     def _refuse_over_capacity(self, writer: asyncio.StreamWriter) -> None:

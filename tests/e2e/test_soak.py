@@ -509,13 +509,21 @@ async def test_the_outbox_is_bounded_in_bytes(tmp_path: Path) -> None:
 
 
 async def test_connections_beyond_the_limit_are_refused_with_a_log_line(caplog: pytest.LogCaptureFixture) -> None:
-    transport = Transport("a", "127.0.0.1:0", on_message=lambda m: None, max_inbound_connections=5)
+    """When every slot holds a member's Raft link, none of which makes
+    room, new connections are closed as they arrive."""
+    received: list[Any] = []
+    transport = Transport("a", "127.0.0.1:0", on_message=received.append, max_inbound_connections=5)
     await transport.start()
     host, port = transport.address.rsplit(":", 1)
     opened: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     try:
+        for i in range(5):
+            transport.set_address(f"m{i}", "127.0.0.1:1")
+            opened.append(await asyncio.open_connection(host, int(port)))
+            opened[-1][1].write(encode_frame("Hello", [f"m{i}", ""]) + encode_message(TimeoutNow(1, f"m{i}", "a")))
+        await eventually(lambda: len(received) == 5)
         with caplog.at_level(logging.WARNING, logger="raftlib.transport"):
-            for _ in range(8):
+            for _ in range(3):
                 opened.append(await asyncio.open_connection(host, int(port)))
             for reader, _ in opened[5:]:
                 assert await asyncio.wait_for(reader.read(), 5) == b""  # closed at once
@@ -534,6 +542,50 @@ async def test_connections_beyond_the_limit_are_refused_with_a_log_line(caplog: 
         for _, writer in opened:
             writer.close()
         await transport.close()
+
+
+async def test_a_stranger_holding_every_slot_silently_cannot_stop_an_election(tmp_path: Path) -> None:
+    """A stranger that opened connections on every slot of every member,
+    sent nothing on them and opened another as soon as one was closed, left
+    no member able to reach another: once the leader stopped, no election
+    could succeed. Connections that have not introduced themselves now make
+    room first."""
+    slots = 16
+    config = dataclasses.replace(FAST, max_inbound_connections=slots, hello_timeout=60.0)
+    cluster = Cluster(tmp_path, config=config)
+    holders: list[asyncio.Task[None]] = []
+
+    async def hold(address: str) -> None:
+        host, port = address.rsplit(":", 1)
+        while True:
+            try:
+                reader, writer = await asyncio.open_connection(host, int(port))
+            except OSError:
+                await asyncio.sleep(0.01)
+                continue
+            try:
+                await reader.read()  # until the member closes it
+            except OSError:
+                pass
+            finally:
+                writer.close()
+
+    try:
+        await cluster.start(3)
+        leader = await cluster.leader()
+        assert await leader.write(["set", "before", 1]) == ["ok", "before", 1]
+        holders = [asyncio.ensure_future(hold(p.address)) for p in cluster.live() for _ in range(slots)]
+        await eventually(lambda: all(len(p._transport._inbound) == slots for p in cluster.live()))
+        await cluster.stop(leader.name)
+        new = await cluster.leader()
+        assert await new.write(["set", "after", 1]) == ["ok", "after", 1]
+        for p in cluster.live():
+            await eventually(lambda p=p: p.state_machine.data == {"before": 1, "after": 1})
+    finally:
+        for task in holders:
+            task.cancel()
+        await asyncio.gather(*holders, return_exceptions=True)
+        await cluster.close()
 
 
 @pytest.mark.parametrize(

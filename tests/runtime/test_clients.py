@@ -1450,3 +1450,41 @@ async def test_a_change_larger_than_a_frame_ends_a_client_feed_naming_the_index_
             assert seen == [b"small"]
     finally:
         await peer.stop()
+
+
+async def test_a_client_that_never_reads_its_answers_holds_little_of_the_members_memory(cluster: Cluster) -> None:
+    """Each request on a connection wrote its answer to the connection's
+    buffer before waiting for room: a client sending requests and reading
+    nothing made the member buffer an answer for every request it allows
+    outstanding (MAX_REQUESTS_PER_CONNECTION, each up to a frame), some
+    100 MiB for reads of a 100 KiB value, on each of its connections. The
+    answers now wait for room before they are written."""
+    import socket
+
+    from raftlib import serving
+
+    peers = await cluster.start(1)
+    s1 = peers["s1"]
+    value = "v" * 16 * 1024
+    await s1.write(["set", "big", value])
+    host, port = s1.address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        writer.transport.pause_reading()  # type: ignore[attr-defined]
+        writer.write(encode_frame("Hello", ["reads-nothing", ""]))
+        [conn] = await eventually(
+            lambda: [c for c in s1._transport._inbound.values() if c.peer_name == "reads-nothing"])
+        # A small kernel buffer, which otherwise takes in megabytes of answers.
+        conn._writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        for rid in range(serving.MAX_REQUESTS_PER_CONNECTION + 1000):
+            writer.write(encode_frame("Request", [rid, "read", {"query": ["get", "big"]}]))
+        # Hundreds of answers are waiting to go out.
+        await eventually(lambda: len(getattr(conn, "_raftlib_requests", ())) > 500)
+        await asyncio.sleep(0.2)  # time to write what they would
+        buffered = conn._writer.transport.get_write_buffer_size()
+        assert buffered < 8 * len(value), buffered  # a few answers, not a thousand
+        assert await s1.read(["get", "big"]) == ["ok", value]  # the member serves the others
+    finally:
+        writer.close()
+    await eventually(lambda: not s1._requests._tasks)  # and lets go of them all when it goes

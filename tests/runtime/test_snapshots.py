@@ -332,9 +332,15 @@ async def test_a_follower_keeps_only_the_two_newest_snapshots_it_received(snap_c
     directory = snap_cluster.tmp_path / follower.name / "snapshots"
     for round in range(1, 5):
         snap_cluster.isolate(follower.name)
+        behind = follower.status()["last_index"]
         await write_many(leader, 120, prefix=f"r{round}-")
+        # The leader compacts in the background: the follower must need a snapshot when it is back.
+        await eventually(lambda: leader._storage.first_index() > behind + 1)
         snap_cluster.heal()
         await eventually(lambda: follower.state_machine.restores == round, timeout=20)
+        # Restored before it is installed: the leader learns of it from the acknowledgement that follows.
+        installed = follower.status()["snapshot_index"]
+        await eventually(lambda: leader._core.progress[follower.name].match >= installed)
         await eventually(lambda: len(list(directory.glob("*.snap"))) <= 2)
     await leader.write(["set", "after", 1])
     await eventually(lambda: follower.state_machine.data.get("after") == 1)
@@ -476,5 +482,136 @@ async def test_snapshots_received_and_never_installed_do_not_pile_up(tmp_path: P
         assert await leader.write(["set", "after", 1]) == ["ok", "after", 1]
         await eventually(lambda: follower.state_machine.data.get("after") == 1)
         assert follower._fatal is None
+    finally:
+        await cluster.close()
+
+
+async def _offer_snapshot(address: str, sender: str, term: int, index: int, membership: bytes,
+                          data: bytes) -> list[Any]:
+    """Offer a snapshot of ``data`` at ``index`` to the member at ``address``,
+    as ``sender`` in ``term``, as a leader does; return its SnapshotDone body."""
+    import zlib
+
+    from raftlib.transport.framing import FrameDecoder, encode_frame
+
+    host, port = address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(encode_frame("Hello", [sender, ""]))
+        writer.write(encode_frame("SnapshotOffer", [term, sender, index, term, membership, len(data),
+                                                    zlib.crc32(data)]))
+        writer.write(encode_frame("SnapshotChunk", [0, data]))
+        await writer.drain()
+        decoder = FrameDecoder(1 << 20)
+        while True:
+            received = await asyncio.wait_for(reader.read(65536), 10)
+            assert received, "the member closed the connection"
+            for kind, body in decoder.feed(received):
+                if kind == "SnapshotDone":
+                    return list(body)
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+@pytest.mark.parametrize("sender", ["stranger", "leader"])
+async def test_a_snapshot_the_state_machine_cannot_restore_is_refused(
+    snap_cluster: Cluster, caplog: pytest.LogCaptureFixture, sender: str
+) -> None:
+    """A snapshot past the commit index that the state machine cannot
+    restore (offered by a stranger, on a cluster without TLS or a secret,
+    under its own name or the leader's) stopped the member, and the log had
+    been replaced by it first: on disk too, so a restart could not bring the
+    writes back. It is refused now; the log and the state stay."""
+    await snap_cluster.start(3)
+    leader = await snap_cluster.leader()
+    await write_many(leader, 20)
+    follower = next(p for p in snap_cluster.live() if p is not leader)
+    await eventually(lambda: follower.status()["applied_index"] == leader.status()["applied_index"])
+    before = follower.status()
+    name = leader.name if sender == "leader" else sender
+    offer = (follower.address, name, before["term"], before["commit_index"] + 100, leader.membership.encode(),
+             b"not a snapshot of this state machine")
+    await _offer_snapshot(*offer)
+    await eventually(lambda: any("could not restore" in r.getMessage() for r in caplog.records))
+    # Offered again, it is refused at once, and logged no more.
+    assert (await _offer_snapshot(*offer))[0] is False
+    assert follower._fatal is None
+    after = follower.status()
+    assert after["last_index"] < before["commit_index"] + 100
+    assert after["commit_index"] >= before["commit_index"]
+    assert follower.state_machine.data == {f"k{i}": i for i in range(20)}
+    assert await leader.write(["set", "after", 1]) == ["ok", "after", 1]
+    await eventually(lambda: follower.state_machine.data.get("after") == 1)
+    assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 1
+    await snap_cluster.stop(follower.name)  # and what is on disk is whole
+    back = await snap_cluster.start_peer(follower.name)
+    await eventually(lambda: back.state_machine.data.get("after") == 1)
+    assert back.state_machine.data == leader.state_machine.data
+
+
+async def test_a_member_restoring_a_snapshot_stops_when_asked(tmp_path: Path) -> None:
+    """The member restores a snapshot before its core takes it, and its
+    driver waits for that: stopping meanwhile must not wait for it forever."""
+    import threading
+
+    release = threading.Event()
+    restoring = threading.Event()
+
+    class SlowRestore(KVStore):
+        def restore(self, data: bytes) -> None:
+            restoring.set()
+            release.wait(10)
+            raise ValueError("not a snapshot of mine")
+
+    cluster = Cluster(tmp_path)
+    try:
+        await cluster.start(3, sm=SlowRestore)
+        leader = await cluster.leader()
+        await write_many(leader, 5)
+        follower = next(p for p in cluster.live() if p is not leader)
+        await eventually(lambda: follower.status()["commit_index"] >= 5)
+        st = follower.status()
+        offer = asyncio.ensure_future(_offer_snapshot(
+            follower.address, "stranger", st["term"], st["commit_index"] + 10, leader.membership.encode(), b"x"))
+        await eventually(restoring.is_set)
+        # Shielded: Peer.stop() would swallow the cancellation of a timeout.
+        await asyncio.wait_for(asyncio.shield(cluster.stop(follower.name)), 10)
+        release.set()
+        with contextlib.suppress(AssertionError, OSError):
+            await offer
+    finally:
+        release.set()
+        await cluster.close()
+
+
+async def test_an_offer_with_a_malformed_membership_is_a_protocol_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A SnapshotOffer whose membership had learners that are not a map
+    raised TypeError, which the member logged as an unexpected error, with
+    its traceback, for every such frame anyone sent: it is a malformed
+    frame, which closes the connection (a warning, limited per host)."""
+    import msgpack
+
+    from raftlib.transport.framing import encode_frame
+
+    cluster = Cluster(tmp_path)
+    try:
+        await cluster.start(3)
+        leader = await cluster.leader()
+        host, port = leader.address.rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            membership = msgpack.packb({"voters": {"s1": leader.address}, "learners": ["s9"]})
+            writer.write(encode_frame("Hello", ["stranger", ""]))
+            writer.write(encode_frame("SnapshotOffer", [leader.status()["term"], "stranger", 50, 1, membership, 1, 0]))
+            await writer.drain()
+            assert await asyncio.wait_for(reader.read(), 10) == b""  # closed
+        finally:
+            writer.close()
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert await leader.write(["set", "after", 1]) == ["ok", "after", 1]
     finally:
         await cluster.close()

@@ -59,7 +59,7 @@ from raftlib.core.messages import (
     RequestVoteResponse,
     TimeoutNow,
 )
-from raftlib.core.raft import CANDIDATE, FOLLOWER, LEADER, PRE_CANDIDATE, Raft
+from raftlib.core.raft import CANDIDATE, FOLLOWER, LEADER, MAX_TERM_STEP, PRE_CANDIDATE, Raft
 from raftlib.errors import FrameTooLarge, ProtocolError, RaftError
 from raftlib.rpc import check_request, error_from_wire
 from raftlib.sessions import ClientEntry, SessionOp
@@ -370,6 +370,19 @@ def test_request_bodies_and_error_payloads(body: Any, payload: Any) -> None:
     assert isinstance(error_from_wire(wire_payload), RaftError)
 
 
+@FUZZ
+@given(memberships | st.fixed_dictionaries({"voters": st.dictionaries(st.text(max_size=3), msgpack_values,
+                                                                      max_size=2),
+                                            "learners": msgpack_values}).map(msgpack.packb))
+def test_membership_decode_raises_only_value_error(data: bytes) -> None:
+    """Whoever decodes a configuration from the wire catches ValueError only
+    (learners that are not a map raised TypeError)."""
+    try:
+        Membership.decode(data)
+    except ValueError:
+        pass
+
+
 # --------------------------------------------------------------------------- the core's message handlers
 
 ROLES = ["fresh", "follower", "compacted-follower", PRE_CANDIDATE, CANDIDATE, LEADER, "compacted-leader"]
@@ -507,6 +520,44 @@ def test_step_never_raises_and_keeps_invariants(role: str, check_quorum: bool, d
             assert m.src == node.id
             [(name, body)] = FrameDecoder(1 << 24).feed(encode_message(m))
             assert decode_message(name, body) == m
+
+
+@st.composite
+def snapshots_for(draw: st.DrawFn, node: Raft) -> InstallSnapshot:
+    """An InstallSnapshot a leader of this or the next term could send ``node``, or one of a term it drops."""
+    term = draw(st.sampled_from([node.term, node.term, node.term + 1, max(1, node.term - 1),
+                                 node.term + MAX_TERM_STEP + 1]))
+    index = draw(st.integers(max(1, node.commit_index - 1), node.log.last_index() + 3))
+    members = node.membership if node.membership.voters else Membership({"a": "a:1", "b": "b:1", "c": "c:1"})
+    membership = draw(st.just(members.encode()) | memberships)
+    return InstallSnapshot(term, draw(st.sampled_from(["b", "c"])), node.id, index,
+                           draw(st.integers(1, max(1, term))), membership)
+
+
+@FUZZ
+@given(st.sampled_from(ROLES), st.booleans(), st.data())
+def test_installs_snapshot_says_what_step_does(role: str, check_quorum: bool, data: st.DataObject) -> None:
+    """The runtime restores the state machine from a snapshot before it
+    steps the InstallSnapshot in, only when ``installs_snapshot`` says the
+    core will take it: the two must agree on every message."""
+    node, storage = build(role, check_quorum)
+    for _ in range(data.draw(st.integers(1, 6), label="inputs")):
+        msg = data.draw(messages_for(node) | snapshots_for(node), label="message")
+        if not isinstance(msg, InstallSnapshot):
+            node.step(msg)
+            drive(node, storage)
+            continue
+        expected = node.installs_snapshot(msg)
+        node.step(msg)
+        installed = False
+        while node.has_ready():
+            rd = node.ready()
+            installed = installed or rd.snapshot is not None
+            if rd.snapshot is not None:
+                storage.install_snapshot(rd.snapshot)
+            storage.save(rd.hard_state, rd.entries, sync=True)
+            node.advance(rd)
+        assert installed == expected, msg.describe()
 
 
 # --------------------------------------------------------------------------- atheris

@@ -524,6 +524,48 @@ asyncio.run(main())
 """
 
 
+START_UNDER_A_FILE_LIMIT = """
+import asyncio, logging, resource, sys
+from raftlib.transport.tcp import Transport
+
+soft, hard = int(sys.argv[1]), int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+
+async def main():
+    transport = Transport("a", "127.0.0.1:0", on_message=lambda msg: None, max_inbound_connections=300)
+    await transport.start()
+    print("soft limit", resource.getrlimit(resource.RLIMIT_NOFILE)[0], flush=True)
+    await transport.close()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX file limits")
+@pytest.mark.parametrize("hard", [2048, 200])
+async def test_a_file_limit_below_max_inbound_connections_is_raised_or_named(hard: int) -> None:
+    """A process allowed fewer open files than max_inbound_connections (the
+    usual soft limit is 1,024, the default max_inbound_connections too) ran
+    out of them first: a stranger opening connections left the member none
+    for its peers, its snapshots, or its clients, and asyncio logged an error
+    for every connection it could not accept. The member raises its soft
+    limit to make room, as far as the hard limit allows, and says so if that
+    is not enough."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", START_UNDER_A_FILE_LIMIT, "128", str(hard),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(child.communicate(), 30)
+    assert child.returncode == 0, err.decode()
+    limit = int(out.decode().split()[-1])
+    if hard == 2048:
+        assert limit >= 300 + tcp.FILES_RESERVED
+        assert b"WARNING" not in err
+    else:
+        assert limit == hard
+        assert b"max_inbound_connections" in err and b"ulimit -n" in err
+
+
 async def test_a_unix_socket_of_a_live_process_is_refused_and_freed_when_it_is_killed(tmp_path: Path) -> None:
     path = tmp_path / "s.sock"
     child = await asyncio.create_subprocess_exec(sys.executable, "-c", LISTEN_AND_WAIT, f"unix:{path}",
@@ -1006,6 +1048,69 @@ async def test_idle_strangers_holding_every_slot_make_room_for_clients_and_membe
         assert a.transport.stats["over_capacity"] == 0
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert len([w for w in warnings if "idle" in w and "max_inbound_connections" in w]) == 1  # one per host
+    finally:
+        for _, writer in opened:
+            writer.close()
+
+
+async def test_silent_strangers_holding_every_slot_make_room_for_clients_and_members(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Connections that never send their Hello (nor finish a security
+    handshake) could not be closed to make room, only wait out their
+    hello_timeout: a stranger that kept every slot so, reconnecting as each
+    was closed, refused every new connection, and members could not reach
+    each other to elect a leader. Those open longest make room first now."""
+    frames: list[tuple[str | None, str]] = []
+
+    async def on_frame(type_name: str, body: Any, conn: Connection) -> None:
+        frames.append((conn.peer_name, type_name))
+
+    a = await make_node("a", max_inbound_connections=4, on_frame=on_frame, hello_timeout=60.0)
+    a.transport.set_address("m", "127.0.0.1:1")
+    host, port = a.address.rsplit(":", 1)
+    opened: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    try:
+        for _ in range(4):  # a stranger takes every slot and says nothing
+            opened.append(await asyncio.open_connection(host, int(port)))
+        await wait_until(lambda: len(a.transport._inbound) == 4, what="the strangers' connections")
+        with caplog.at_level(logging.WARNING, logger=LOGGER):
+            opened.append(await introduce(a.address, "m", encode_message(append("m", "a"))))
+            await wait_until(lambda: len(a.inbox) == 1, what="the member's message")
+            opened.append(await introduce(a.address, "client", encode_frame("Ping", [1])))
+            await wait_until(lambda: frames == [("client", "Ping")], what="the new client's frame")
+        for reader, _ in opened[:2]:  # the two open longest made room
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+        assert a.transport.stats["evicted"] == 2
+        assert a.transport.stats["over_capacity"] == 0
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len([w for w in warnings if "not introduced itself" in w]) == 1  # one per host
+    finally:
+        for _, writer in opened:
+            writer.close()
+
+
+async def test_a_connection_past_its_security_handshake_makes_room_after_those_in_it(make_node: MakeNode) -> None:
+    """On a secured member, a connection that has proved the secret makes
+    room only after those that have not: a stranger opening connection
+    after connection cannot close a member's while it has yet to send its Hello."""
+    from raftlib.security import SharedSecret
+
+    secret = SharedSecret(b"s" * 32)
+    a = await make_node("a", max_inbound_connections=3, security=secret, hello_timeout=60.0)
+    host, port = a.address.rsplit(":", 1)
+    opened: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    try:
+        opened.append(await tcp.connect_stream(a.address, secret))  # proves the secret, sends nothing yet
+        for _ in range(3):
+            opened.append(await asyncio.open_connection(host, int(port)))  # a stranger: no handshake
+            await wait_until(lambda: len(a.transport._inbound) == len(opened) - a.transport.stats["evicted"],
+                             what="the connection")
+        assert await asyncio.wait_for(opened[1][0].read(), 5) != b""  # the challenge ...
+        assert await asyncio.wait_for(opened[1][0].read(), 5) == b""  # ... then closed to make room
+        assert a.transport.stats["evicted"] == 1
+        opened[0][1].write(encode_frame("Hello", ["m", ""]) + encode_message(TimeoutNow(1, "m", "a")))  # still served
+        await wait_until(lambda: a.inbox == [TimeoutNow(1, "m", "a")], what="the member's message")
     finally:
         for _, writer in opened:
             writer.close()
