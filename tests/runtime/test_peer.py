@@ -774,3 +774,48 @@ async def test_a_leader_whose_followers_all_stopped_stops_without_trying_a_hando
         await old.stop()
     assert tried == []
     assert "stopping without a leadership transfer: no follower is connected" in caplog.text
+
+
+def _leftovers(name: str) -> list[str]:
+    """What of a peer called ``name`` still runs: its tasks and its I/O thread."""
+    tasks = [t.get_name() for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
+    threads = [t.name for t in threading.enumerate() if t.name == f"raftlib-io-{name}"]
+    return tasks + threads
+
+
+@pytest.mark.parametrize("again", [True, False], ids=["stop-again", "left-alone"])
+@pytest.mark.parametrize("kind", ["tcp", "unix"])
+async def test_a_cancelled_stop_still_releases_everything(tmp_path: Any, kind: str, again: bool) -> None:
+    """A stop cut short (``wait_for`` with a short timeout, Ctrl-C during
+    shutdown) still closes the listening socket, storage and I/O thread, and
+    leaves no task behind: a peer can start on the same address and data
+    directory in the same process. A second stop() waits for the first to
+    finish its cleanup."""
+    address = f"unix:{tmp_path}/p.sock" if kind == "unix" else "127.0.0.1:0"
+    data_dir = tmp_path / "data"
+    for delay in (0.0005, 0.002, 0.01, 0.05):
+        peer = await raftlib.start_peer(KVStore, name="p", address=address, data_dir=data_dir, config=FAST)
+        address = peer.address
+        await peer.set_configuration({"p": address})
+        await peer.write(["set", "k", delay])
+        writes = [asyncio.ensure_future(peer.write(["set", "k", i])) for i in range(5)]
+        await asyncio.sleep(0)
+        try:
+            await asyncio.wait_for(peer.stop(), delay)
+        except TimeoutError:
+            pass
+        if again:
+            await peer.stop()
+        # Every write has its answer (applied, or an error saying whether it may have been).
+        await eventually(lambda: all(w.done() for w in writes))
+        for w in writes:
+            assert w.exception() is None or isinstance(w.exception(), (errors.PeerStopped, errors.LeadershipLost))
+        await eventually(lambda: _leftovers("p") == [])
+        await peer.stop()  # a no-op by now
+    again_peer = await raftlib.start_peer(KVStore, name="p", address=address, data_dir=data_dir, config=FAST)
+    try:
+        await again_peer.set_configuration({"p": address})
+        assert (await again_peer.read(["get", "k"]))[0] == "ok"
+    finally:
+        await again_peer.stop()
+    assert _leftovers("p") == []
