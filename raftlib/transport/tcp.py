@@ -54,7 +54,9 @@ from typing import Any, Awaitable, Callable, Literal, Mapping, NamedTuple
 
 from ..core.messages import Message
 from ..errors import AddressInUse, AuthenticationFailed, ConfigError, ProtocolError
-from ..security import HANDSHAKE_TIMEOUT, Security, TLSConfig, accept, authenticate
+from ..security import (
+    HANDSHAKE_TIMEOUT, NO_TLS, TLS_NOT_USED, Security, TLSConfig, accept, authenticate, is_tls_hello,
+)
 from .framing import (
     MAX_NAME_LENGTH,
     FrameDecoder,
@@ -1197,6 +1199,7 @@ class Transport:
         decoder = FrameDecoder(self.max_frame_size, first_frame_size=HELLO_MAX_FRAME_SIZE)
         loop = asyncio.get_running_loop()
         hello_deadline = loop.time() + self.hello_timeout
+        first = True
         while True:
             if conn.peer_name is None:
                 try:
@@ -1208,6 +1211,10 @@ class Transport:
                 data = await reader.read(READ_SIZE)
             if not data:
                 return
+            if first and self.security is None and is_tls_hello(data):
+                conn._writer.write(encode_frame(TLS_NOT_USED, []))  # which its TLS handshake fails on at once
+                raise ProtocolError(f"got a TLS handshake: this member does not use TLS ({NO_TLS})")
+            first = False
             conn._active_at = loop.time()
             for type_name, body in decoder.feed(data):
                 self.stats["frames_received"] += 1
