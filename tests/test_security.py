@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -642,6 +643,36 @@ def test_serve_and_kv_over_tls_from_the_command_line(tmp_path: Path, served: Ser
     assert "requires TLS" in refused.output and "--cert/--key/--ca" in refused.output
     errs = served.stop()
     assert any("refused the connection from 127.0.0.1:" in e for e in errs)
+
+
+def test_sighup_reloads_the_tls_files_of_serve_and_logs_how_it_went(tmp_path: Path) -> None:
+    """A reload that worked is routine (INFO); one that failed is an ERROR
+    naming the reason, and the member keeps serving with the old files."""
+    out = tmp_path / "certs"
+    assert cli("certs", "--out", str(out), "--names", "s1,client").exit_code == 0
+    address = f"127.0.0.1:{free_port()}"
+    log = tmp_path / "serve.log"
+    tls = ["--cert", str(out / "client.pem"), "--key", str(out / "client-key.pem"), "--ca", str(out / "ca.pem")]
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "raftlib", "serve", "--memory", "--election-timeout-ms", "200", "--name", "s1",
+             "--listen", address, "--initial-cluster", f"s1={address}", "--log-level", "info",
+             "--cert", str(out / "s1.pem"), "--key", str(out / "s1-key.pem"), "--ca", str(out / "ca.pem")],
+            stdout=subprocess.DEVNULL, stderr=err, text=True,
+        )
+    try:
+        wait_for(lambda: cli("kv", "put", "a", "1", "--cluster", address, "--timeout", "2", *tls).exit_code == 0)
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "raftlib.cli INFO s1: TLS certificate, key and CA reloaded" in log.read_text())
+        (out / "s1-key.pem").write_text("not a key")
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "raftlib.cli ERROR s1: TLS files not reloaded" in log.read_text())
+        assert "cannot load the certificate" in log.read_text()
+        assert cli("kv", "get", "a", "--cluster", address, *tls).output.strip() == "1"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert "WARNING" not in log.read_text()
 
 
 @pytest.mark.slow
