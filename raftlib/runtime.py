@@ -34,6 +34,7 @@ import logging
 import os
 import random
 import time
+import weakref
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence, TypeVar
 
 from . import codec
@@ -151,6 +152,9 @@ class Peer:
         self._membership = Membership()
         self._stopping = False
         self._stopped = asyncio.Event()
+        self._forked = False
+        """Set in a child process forked from this peer's (see :func:`_after_fork_in_child`)."""
+        _PEERS.add(self)
         self._release: asyncio.Task[None] | None = None
         """Releases everything once :meth:`stop` has begun (see :meth:`_release_all`)."""
         self._release_reported = False
@@ -270,6 +274,8 @@ class Peer:
         and threads goes on to the end in a task of its own, and a later
         ``stop()`` waits for it. A cancelled handover is simply not made.
         """
+        if self._forked:
+            return  # the process that started it still runs it, and closes it
         if self._release is None:
             if transfer_leadership and self._fatal is None and self.is_leader and len(self._core.membership.voters) > 1:
                 await self._hand_over("stopping", deadline=None)
@@ -345,7 +351,21 @@ class Peer:
                     LeadershipLost(f"peer {self.name} stopped before the write's outcome was known"),
                 )
                 self._stopped.set()
+                _PEERS.discard(self)
                 self._log.info("%s: stopped", self.name)
+
+    def _after_fork_in_child(self) -> None:
+        """In a child forked from this peer's process (without exec): let go
+        of the locks and listening socket the child inherited, so that the
+        parent can stop the peer and start it again while the child lives,
+        and make :meth:`stop` in the child a no-op: the files and sockets are
+        still the parent's, which must be the only one to write or close them."""
+        self._forked = True
+        self._stopping = True
+        forget = getattr(self._storage, "_after_fork_in_child", None)
+        if callable(forget):
+            forget()
+        self._transport._after_fork_in_child()
 
     # -- public API ----------------------------------------------------------------
 
@@ -2386,6 +2406,19 @@ def _splice(entries: list[Entry], more: Sequence[Entry]) -> None:
     entries.extend(more)
 
 
+_PEERS: weakref.WeakSet[Peer] = weakref.WeakSet()
+"""The peers of this process not yet stopped."""
+
+
+def _after_fork_in_child() -> None:
+    for peer in list(_PEERS):
+        peer._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 async def _to_the_end(aw: Awaitable[_T]) -> _T:
     """Await ``aw`` until it is done, even if the calling task is cancelled
     meanwhile: such a cancellation is dropped. Only for cleanup that must
@@ -2710,6 +2743,13 @@ async def start_peer(
     every connection to and from this peer; every member and client must
     use the same kind (see :mod:`raftlib.security`). Connections that fail
     the handshake are logged and closed before they reach the Raft core.
+
+    The peer belongs to this process: fork worker processes before calling
+    ``start_peer``, or start them with ``exec``. A child forked after it
+    without ``exec`` gives up its copies of the data directory lock and
+    the listening socket at once, and :meth:`Peer.stop` there does nothing,
+    but it keeps the peer's open connections until it exits, and nothing
+    else of the peer may be used in it (see docs/operations.md).
     """
     _check_name(name, "name")
     parse_address(address)

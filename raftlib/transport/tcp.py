@@ -886,6 +886,25 @@ class Transport:
             _unlock_unix_path(path, self._unix_lock)
             self._unix_lock = None
 
+    def _after_fork_in_child(self) -> None:
+        """In a child forked without exec: give up the child's copies of the
+        listening socket and the Unix socket's lock, and never remove the
+        parent's socket file. The listening socket's descriptor is pointed at
+        ``/dev/null`` rather than closed, so that nothing here closes a number
+        the child may reuse."""
+        if self._server is not None:
+            devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                for sock in self._server.sockets:
+                    os.dup2(devnull, sock.fileno(), inheritable=False)
+            finally:
+                os.close(devnull)
+        if self._unix_lock is not None:
+            os.close(self._unix_lock)
+            self._unix_lock = None
+        self._unix_inode = None
+        self._closed = True
+
     # ------------------------------------------------------------------ address book
 
     def set_address(self, name: str, address: str) -> None:

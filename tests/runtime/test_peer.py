@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from typing import Any
@@ -819,3 +820,49 @@ async def test_a_cancelled_stop_still_releases_everything(tmp_path: Any, kind: s
     finally:
         await again_peer.stop()
     assert _leftovers("p") == []
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize("kind", ["tcp", "unix"])
+async def test_a_child_forked_without_exec_does_not_keep_the_peers_locks_or_address(
+    tmp_path: Any, kind: str
+) -> None:
+    """A child forked after start_peer inherits the peer's lock files and
+    listening socket. While it lives, the parent must still be able to stop
+    the peer and start it again on the same data directory and address; a
+    stop() in the child must not touch what the parent owns."""
+    address = f"unix:{tmp_path}/p.sock" if kind == "unix" else "127.0.0.1:0"
+    data_dir = tmp_path / "data"
+    peer = await raftlib.start_peer(KVStore, name="p", address=address, data_dir=data_dir, config=FAST)
+    address = peer.address
+    await peer.set_configuration({"p": address})
+    await peer.write(["set", "before", 1])
+    hold_r, hold_w = os.pipe()
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: stop its copy of the peer, then wait until told to exit
+        try:
+            os.close(hold_w)
+            asyncio.run(peer.stop())
+            os.write(done_w, b"stopped")
+            os.read(hold_r, 1)
+        finally:
+            os._exit(0)
+    os.close(hold_r)
+    os.close(done_w)
+    try:
+        loop = asyncio.get_running_loop()
+        assert await loop.run_in_executor(None, os.read, done_r, 16) == b"stopped"
+        await peer.write(["set", "after", 2])  # the child's stop() left the peer alone
+        await peer.stop()
+        again = await raftlib.start_peer(KVStore, name="p", address=address, data_dir=data_dir, config=FAST)
+        try:
+            await again.set_configuration({"p": address})
+            assert await again.read(["get", "before"]) == ["ok", 1]
+            assert await again.read(["get", "after"]) == ["ok", 2]
+        finally:
+            await again.stop()
+    finally:
+        os.close(hold_w)
+        os.close(done_r)
+        os.waitpid(pid, 0)
