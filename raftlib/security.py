@@ -304,6 +304,12 @@ async def _peek(writer: asyncio.StreamWriter) -> bytes:
     handshake to read; ``b""`` if it closed first. The stream must not be
     reading (see ``_HeldProtocol`` in :mod:`raftlib.transport.tcp`)."""
     loop = asyncio.get_running_loop()
+    transport = writer.transport
+    if transport.is_reading():  # type: ignore[attr-defined]
+        transport.pause_reading()  # type: ignore[attr-defined]
+    early = getattr(transport.get_protocol(), "early", b"")
+    if early:
+        return bytes(early)  # read already (uvloop): enough to tell plain text from TLS
     # A duplicate of the socket's descriptor: the event loop refuses to watch
     # the one its transport owns, even while the transport is not reading.
     fd = os.dup(writer.get_extra_info("socket").fileno())

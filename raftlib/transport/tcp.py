@@ -618,11 +618,21 @@ class _HeldProtocol(asyncio.StreamReaderProtocol):
     ``loop.start_tls`` resumes reading once its TLS protocol is in place.
     """
 
+    early = b""
+    """The first bytes read despite the pause. uvloop starts reading right
+    after ``connection_made`` whatever it did, so there reading is only
+    paused once the serving task runs (see ``_peek`` in :mod:`raftlib.security`)."""
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Not asserted to be an asyncio.ReadTransport: uvloop's transports
         # are not, and have pause_reading() all the same.
         transport.pause_reading()  # type: ignore[attr-defined]
         super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.early:
+            self.early = data[:16]
+        super().data_received(data)
 
 
 class _PeerClosed(ConnectionError):
