@@ -514,7 +514,7 @@ def _reload_tls(tls: TLSConfig, name: str) -> None:
     except RaftError as exc:
         log.error("%s: TLS files not reloaded, the old ones stay in use: %s", name, exc)
     else:
-        log.warning("%s: TLS certificate, key and CA reloaded", name)
+        log.info("%s: TLS certificate, key and CA reloaded", name)
 
 
 # -- kv and scope ----------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from typing import Any, AsyncIterator, Mapping
 from . import errors
 from .errors import ConnectionLost, ProtocolError, RaftError, Unavailable
 from .transport.framing import FrameDecoder, encode_frame
-from .security import AUTH_OK, CHALLENGE, Security
+from .security import AUTH_OK, CHALLENGE, NEEDS_TLS, TLS_REQUIRED, Security
 from .transport.tcp import HELLO, connect_stream
 
 __all__ = ["REQUEST", "RESPONSE", "STREAM", "CANCEL", "KEEPALIVE", "RpcConnection", "error_to_wire", "error_from_wire", "check_request"]
@@ -244,11 +244,11 @@ class RpcConnection:
                     self._answered = True
                     self._on_frame(type_name, body)
             if not self._answered and not self._secured:
-                # A member secured with TLS cannot answer a plaintext connection:
-                # it closes it without a word.
+                # Members that require TLS say so (TLSRequired); those of
+                # earlier versions close the connection without a word.
                 reason = ConnectionLost(
-                    f"{self.address} closed the connection without answering (a member secured with TLS "
-                    f"does that to connections without it: give tls=, or --cert/--key/--ca on the command line)"
+                    f"{self.address} closed the connection without answering (stopping, at its connection "
+                    f"limit, or a member of an earlier version secured with TLS: {NEEDS_TLS})"
                 )
         except errors.AuthenticationFailed as exc:
             reason = exc
@@ -295,6 +295,8 @@ class RpcConnection:
                 f"{self.address} requires a shared secret and this connection has none "
                 f"(give secret=, or --secret-file on the command line)"
             )
+        if type_name == TLS_REQUIRED:
+            raise errors.AuthenticationFailed(f"{self.address} requires TLS and this connection has none ({NEEDS_TLS})")
         if type_name != RESPONSE or type(body) is not list or len(body) != 3:
             raise ProtocolError(f"expected a Response [id, ok, payload] frame, got {type_name[:64]!r}")
         rid, ok, payload = body

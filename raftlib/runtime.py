@@ -34,7 +34,8 @@ import logging
 import os
 import random
 import time
-from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Mapping, NamedTuple, Sequence
+import weakref
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Mapping, NamedTuple, Sequence, TypeVar
 
 from . import codec
 from .config import Config, check_timeout
@@ -89,6 +90,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("raftlib")
 
 StateMachineFactory = Callable[[], StateMachine]
+
+_T = TypeVar("_T")
 
 
 class Peer:
@@ -155,6 +158,12 @@ class Peer:
         self._membership = Membership()
         self._stopping = False
         self._stopped = asyncio.Event()
+        self._forked = False
+        """Set in a child process forked from this peer's (see :func:`_after_fork_in_child`)."""
+        _PEERS.add(self)
+        self._release: asyncio.Task[None] | None = None
+        """Releases everything once :meth:`stop` has begun (see :meth:`_release_all`)."""
+        self._release_reported = False
         self._fatal: BaseException | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._save_inline = not getattr(storage, "save_blocks", True)
@@ -275,65 +284,104 @@ class Peer:
         Writes still in flight fail with :class:`LeadershipLost` (outcome
         unknown); queued writes not yet in the log fail with :class:`PeerStopped`.
         Idempotent.
+
+        Safe to cancel (``asyncio.wait_for(peer.stop(), t)``, Ctrl-C during
+        shutdown): once the handover is over, releasing the socket, storage
+        and threads goes on to the end in a task of its own, and a later
+        ``stop()`` waits for it. A cancelled handover is simply not made.
         """
-        if self._stopping:
-            await self._stopped.wait()
-            return
-        if transfer_leadership and self._fatal is None and self.is_leader and len(self._core.membership.voters) > 1:
-            await self._hand_over("stopping", deadline=None)
-        if self._stopping:
-            await self._stopped.wait()
-            return
-        self._stopping = True
-        if self._batch_timer is not None:
-            self._batch_timer.cancel()
-            self._batch_timer = None
-        self._wake.set()
+        if self._forked:
+            return  # the process that started it still runs it, and closes it
+        if self._release is None:
+            if transfer_leadership and self._fatal is None and self.is_leader and len(self._core.membership.voters) > 1:
+                await self._hand_over("stopping", deadline=None)
+        if self._release is None or self._release.cancelled():  # cancelled before it could begin: again
+            self._stopping = True
+            if self._batch_timer is not None:
+                self._batch_timer.cancel()
+                self._batch_timer = None
+            self._wake.set()
+            self._release = self._loop.create_task(self._release_all(), name=f"raftlib-release-{self.name}")
+            self._release.add_done_callback(_retrieve)
+        await asyncio.shield(self._release)
+        if not self._release_reported:
+            # A failure to close storage reaches the first stop() to see the end.
+            self._release_reported = True
+            self._release.result()
+
+    async def _release_all(self) -> None:
+        """The part of :meth:`stop` that must finish once begun: end the
+        tasks, write what is queued, close the network and storage, fail
+        what is still waiting. Each step runs to its end even if this task
+        is cancelled meanwhile (as ``asyncio.run`` does to every task left
+        when its main one returns)."""
         driver, *others = self._tasks
         if self._snapshot_writer is not None:
             others.append(self._snapshot_writer)  # its compaction would wait for the driver
         for t in others:
             t.cancel()
-        for t in (driver, *others):
-            try:
-                await t
-            except asyncio.CancelledError:
-                pass
-            except Exception:  # a crashed task was already logged by _fail
-                self._log.debug("task %s ended with an error", t.get_name(), exc_info=True)
-        await self._cancel_transfers()
-        # Let queued writes reach the disk before storage closes.
-        while self._saving is not None or (self._writes and self._writer_failed is None):
-            if self._saving is None:
-                self._start_save()
-                continue
-            await asyncio.wait([self._saving])
-        if self._compacting:
-            await asyncio.wait(list(self._compacting))
-        if self._unsaved_hard is not None and self._fatal is None:
-            # The latest commit index, so a restart re-applies without waiting for a leader.
-            try:
-                await asyncio.get_running_loop().run_in_executor(self._io, self._storage.save, self._unsaved_hard, [])
-            except Exception as exc:  # only a hint: stopping goes on
-                self._log.warning("%s: could not record the commit index on stop: %s", self.name, exc)
-        await self._requests.close()
-        rpc, self._rpc = self._rpc, {}
-        for conn in rpc.values():
-            await conn.close()
-        await self._receiving.close()
-        await self._transport.close()
         try:
-            # On the I/O thread: closing checkpoints what the write-ahead
-            # files hold (an LMDB commit), which must not stall the loop.
-            await asyncio.get_running_loop().run_in_executor(self._io, _close_stores, self._snapshots, self._storage)
+            for t in (driver, *others):
+                try:
+                    await _to_the_end(t)
+                except asyncio.CancelledError:
+                    pass
+                except Exception:  # a crashed task was already logged by _fail
+                    self._log.debug("task %s ended with an error", t.get_name(), exc_info=True)
+            await _to_the_end(self._cancel_transfers())
+            # Let queued writes reach the disk before storage closes.
+            while self._saving is not None or (self._writes and self._writer_failed is None):
+                if self._saving is None:
+                    self._start_save()
+                    continue
+                await _to_the_end(asyncio.wait([self._saving]))
+            if self._compacting:
+                await _to_the_end(asyncio.wait(list(self._compacting)))
+            if self._unsaved_hard is not None and self._fatal is None:
+                # The latest commit index, so a restart re-applies without waiting for a leader.
+                try:
+                    await _to_the_end(self._loop.run_in_executor(self._io, self._storage.save, self._unsaved_hard, []))
+                except Exception as exc:  # only a hint: stopping goes on
+                    self._log.warning("%s: could not record the commit index on stop: %s", self.name, exc)
         finally:
-            self._io.shutdown(wait=True)  # idle by now: the thread just ends
-            self._fail_everything(
-                PeerStopped(f"peer {self.name} has stopped"),
-                LeadershipLost(f"peer {self.name} stopped before the write's outcome was known"),
-            )
-            self._stopped.set()
-            self._log.info("%s: stopped", self.name)
+            await self._close_all()
+
+    async def _close_all(self) -> None:
+        """Close the network, then storage; each step even if one before failed."""
+        try:
+            await _to_the_end(self._requests.close())
+            rpc, self._rpc = self._rpc, {}
+            for conn in rpc.values():
+                await _to_the_end(conn.close())
+            await _to_the_end(self._receiving.close())
+        finally:
+            await _to_the_end(self._transport.close())
+            try:
+                # On the I/O thread: closing checkpoints what the write-ahead
+                # files hold (an LMDB commit), which must not stall the loop.
+                await _to_the_end(self._loop.run_in_executor(self._io, _close_stores, self._snapshots, self._storage))
+            finally:
+                self._io.shutdown(wait=True)  # idle by now: the thread just ends
+                self._fail_everything(
+                    PeerStopped(f"peer {self.name} has stopped"),
+                    LeadershipLost(f"peer {self.name} stopped before the write's outcome was known"),
+                )
+                self._stopped.set()
+                _PEERS.discard(self)
+                self._log.info("%s: stopped", self.name)
+
+    def _after_fork_in_child(self) -> None:
+        """In a child forked from this peer's process (without exec): let go
+        of the locks and listening socket the child inherited, so that the
+        parent can stop the peer and start it again while the child lives,
+        and make :meth:`stop` in the child a no-op: the files and sockets are
+        still the parent's, which must be the only one to write or close them."""
+        self._forked = True
+        self._stopping = True
+        forget = getattr(self._storage, "_after_fork_in_child", None)
+        if callable(forget):
+            forget()
+        self._transport._after_fork_in_child()
 
     # -- public API ----------------------------------------------------------------
 
@@ -2512,6 +2560,35 @@ def _being_cancelled() -> bool:
     return task is not None and task.cancelling() > 0
 
 
+_PEERS: weakref.WeakSet[Peer] = weakref.WeakSet()
+"""The peers of this process not yet stopped."""
+
+
+def _after_fork_in_child() -> None:
+    for peer in list(_PEERS):
+        peer._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+async def _to_the_end(aw: Awaitable[_T]) -> _T:
+    """Await ``aw`` until it is done, even if the calling task is cancelled
+    meanwhile: such a cancellation is dropped. Only for cleanup that must
+    not stop half way (see :meth:`Peer._release_all`)."""
+    fut = asyncio.ensure_future(aw)
+    while True:
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            if fut.done():
+                raise  # fut itself was cancelled
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+
+
 def _retrieve(fut: asyncio.Future[Any]) -> None:
     """Mark an abandoned future's exception as seen, so asyncio does not log it."""
     if not fut.cancelled():
@@ -2840,6 +2917,13 @@ async def start_peer(
     every connection to and from this peer; every member and client must
     use the same kind (see :mod:`raftlib.security`). Connections that fail
     the handshake are logged and closed before they reach the Raft core.
+
+    The peer belongs to this process: fork worker processes before calling
+    ``start_peer``, or start them with ``exec``. A child forked after it
+    without ``exec`` gives up its copies of the data directory lock and
+    the listening socket at once, and :meth:`Peer.stop` there does nothing,
+    but it keeps the peer's open connections until it exits, and nothing
+    else of the peer may be used in it (see docs/operations.md).
     """
     _check_name(name, "name")
     parse_address(address)

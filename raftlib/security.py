@@ -25,7 +25,14 @@ whether it was accepted::
             client -> Auth      [nonce_c, HMAC(secret, "raftlib-client" + nonce_s + nonce_c)]
             server -> AuthOk    [HMAC(secret, "raftlib-server" + nonce_c + nonce_s)]
 
-and then the client's usual ``Hello``. The ``AuthOk`` under TLS matters with
+and then the client's usual ``Hello``. A mismatch is answered in plain
+text, so that the other end learns why at once rather than at its timeout:
+a member secured with TLS answers a connection that does not open with a TLS
+handshake with ``TLSRequired []``, and a member without TLS answers a TLS
+ClientHello with ``TLSNotUsed []`` (a member with a secret with its
+``Challenge``), which the client's TLS handshake fails to read as TLS.
+
+The ``AuthOk`` under TLS matters with
 TLS 1.3: there a client finishes its handshake before the server has checked
 the client's certificate, and would otherwise learn of a refusal only when a
 later read fails. Nonces are 32 random bytes, so a recorded exchange cannot be
@@ -45,6 +52,7 @@ import asyncio
 import hmac
 import os
 import secrets
+import socket
 import ssl
 import struct
 from dataclasses import dataclass, field
@@ -70,6 +78,21 @@ HANDSHAKE_TIMEOUT = 5.0
 CHALLENGE = "Challenge"
 AUTH = "Auth"
 AUTH_OK = "AuthOk"
+TLS_REQUIRED = "TLSRequired"
+"""Sent in plain text by a member secured with TLS to a connection that did
+not open with a TLS handshake, just before closing it."""
+TLS_NOT_USED = "TLSNotUsed"
+"""Sent in plain text by a member without TLS to a connection that opened
+with a TLS handshake, just before closing it."""
+NEEDS_TLS = "give tls=, or --cert/--key/--ca on the command line"
+"""How a client or peer without TLS is told to connect to a member with it."""
+NO_TLS = "connect without tls= (--cert/--key/--ca), or secure the members with it"
+"""How a client or peer with TLS is told to connect to a member without it."""
+_TLS_RECORD_HANDSHAKE = 0x16
+"""The first byte of a TLS ClientHello (a handshake record). A raftlib frame
+starts with its length: a first byte of 0x16 would make it over 350 MB."""
+_NOT_TLS_REASONS = frozenset({"WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL"})
+"""What OpenSSL reports when the answer to a ClientHello is not TLS at all."""
 NONCE_SIZE = 32
 MIN_SECRET_SIZE = 16
 _MAX_HANDSHAKE_FRAME = 1024
@@ -271,9 +294,55 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def is_tls_hello(data: bytes) -> bool:
+    """Whether ``data``, the first bytes received on a connection, start a TLS handshake."""
+    return data[:1] == bytes([_TLS_RECORD_HANDSHAKE])
+
+
+async def _peek(writer: asyncio.StreamWriter) -> bytes:
+    """The first bytes the other end sent, left in the socket for the TLS
+    handshake to read; ``b""`` if it closed first. The stream must not be
+    reading (see ``_HeldProtocol`` in :mod:`raftlib.transport.tcp`)."""
+    loop = asyncio.get_running_loop()
+    transport = writer.transport
+    if transport.is_reading():  # type: ignore[attr-defined]
+        transport.pause_reading()  # type: ignore[attr-defined]
+    early = getattr(transport.get_protocol(), "early", b"")
+    if early:
+        return bytes(early)  # read already (uvloop): enough to tell plain text from TLS
+    # A duplicate of the socket's descriptor: the event loop refuses to watch
+    # the one its transport owns, even while the transport is not reading.
+    fd = os.dup(writer.get_extra_info("socket").fileno())
+    try:
+        sock = socket.socket(fileno=fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    with sock:
+        sock.setblocking(False)
+        while True:
+            try:
+                return sock.recv(16, socket.MSG_PEEK)
+            except BlockingIOError:
+                pass
+            readable: asyncio.Future[None] = loop.create_future()
+
+            def wake(readable: asyncio.Future[None] = readable) -> None:
+                if not readable.done():
+                    readable.set_result(None)
+
+            loop.add_reader(fd, wake)
+            try:
+                await readable
+            finally:
+                loop.remove_reader(fd)  # before the descriptor closes: epoll would go on watching it
+
+
 async def _read_frame(reader: asyncio.StreamReader, expected: str) -> Any:
     """Read exactly one small handshake frame of type ``expected``; return its body."""
     header = await reader.readexactly(HEADER_SIZE)
+    if is_tls_hello(header):
+        raise ProtocolError(f"expected {expected}, got a TLS handshake: this member does not use TLS ({NO_TLS})")
     (size,) = _HEADER.unpack(header)
     if size > _MAX_HANDSHAKE_FRAME:
         raise ProtocolError(f"expected {expected}, got a frame of {size} bytes (TLS or other traffic?)")
@@ -299,6 +368,14 @@ async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, sec
     """
     try:
         if isinstance(security, TLSConfig):
+            first = await _peek(writer)
+            if not first:
+                raise EOFError("closed before the handshake")
+            if not is_tls_hello(first):
+                writer.write(encode_frame(TLS_REQUIRED, []))
+                await writer.drain()
+                raise AuthenticationFailed(f"TLS handshake failed: the connection does not use TLS (a client or "
+                                           f"peer without it: {NEEDS_TLS})")
             await writer.start_tls(security.server_context())
             writer.write(encode_frame(AUTH_OK, []))
         elif isinstance(security, SharedSecret):
@@ -347,6 +424,12 @@ async def authenticate(
         raise AuthenticationFailed(
             "the server closed the connection during the handshake (does it refuse these credentials?)"
         ) from None
+    except ssl.SSLError as exc:
+        if exc.reason in _NOT_TLS_REASONS:
+            # It answered the ClientHello, in plain text: TLSNotUsed, or a Challenge.
+            raise AuthenticationFailed(f"the member does not use TLS (it answered the TLS handshake in plain "
+                                       f"text): {NO_TLS}") from None
+        raise AuthenticationFailed(_describe(exc)) from None
     except (OSError, ProtocolError) as exc:
         raise AuthenticationFailed(_describe(exc)) from None
 

@@ -509,6 +509,15 @@ class LMDBStorage:
             finally:
                 os.close(self._lock_fd)
 
+    def _after_fork_in_child(self) -> None:
+        """In a child forked without exec (called by the peer): release the
+        child's hold on the directory lock, and make :meth:`close` a no-op
+        there. The environment and the write-ahead files stay the parent's;
+        the child must not write or close them."""
+        if not self._closed:
+            self._closed = True
+            os.close(self._lock_fd)
+
     # -- the write-ahead files --------------------------------------------
     #
     # Saves append to the active file. When it fills up (or the tail passes

@@ -95,3 +95,31 @@ def test_a_cluster_on_each_loop_and_security(loop: str, security: str, tmp_path:
     name, written = raftlib.run(main(), use_uvloop=loop == "uvloop")
     assert name == loop
     assert written == [["ok", "f", 1], ["ok", 99]]
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_tls_mismatch_is_reported_at_once_on_each_loop(loop: str, tmp_path: Path) -> None:
+    """A member with TLS tells a plain client so, and a member without TLS
+    a TLS client, on either loop (uvloop reads an accepted connection before
+    the member can look at its first bytes)."""
+    certs = make_certificates(tmp_path / "certs", ["s1", "client"])
+
+    async def main() -> list[str]:
+        seen = []
+        for member, client in (({"tls": certs["s1"]}, {}), ({}, {"tls": certs["client"]})):
+            peer = await raftlib.start_peer(KVStore, name="s1", address="127.0.0.1:0", storage=MemoryStorage(),
+                                            config=FAST, **member)
+            try:
+                await peer.set_configuration({"s1": peer.address})
+                try:
+                    await raftlib.connect([peer.address], timeout=60, **client)
+                except raftlib.errors.AuthenticationFailed as exc:
+                    seen.append(str(exc))
+            finally:
+                await peer.stop()
+        return seen
+
+    seen = raftlib.run(main(), use_uvloop=loop == "uvloop")
+    assert len(seen) == 2
+    assert "requires TLS and this connection has none" in seen[0]
+    assert "does not use TLS" in seen[1]

@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -201,13 +202,55 @@ async def test_a_peer_without_tls_is_refused(tls_cluster: Cluster, caplog: pytes
     assert set(leader.membership.members) == {"s1", "s2", "s3"}
 
 
-async def test_a_client_without_tls_is_told_that_the_members_may_require_it(tls_cluster: Cluster) -> None:
-    """A TLS member closes a plaintext connection without a word (it cannot
-    answer in plaintext on a TLS port); the client's error should point at
-    the likely cause, not only say the member did not answer."""
+async def test_a_client_or_peer_without_tls_is_told_at_once_that_the_members_require_it(
+    tls_cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A TLS member answers a connection that opens without a TLS handshake
+    with a plain-text TLSRequired frame: the client or joining peer learns
+    why it is refused instead of retrying until its timeout."""
     peers = await tls_cluster.start(3)
-    with pytest.raises(errors.Unavailable, match="give tls="):
-        await raftlib.connect([p.address for p in peers.values()], timeout=2)
+    addresses = [p.address for p in peers.values()]
+    with pytest.raises(errors.AuthenticationFailed, match="requires TLS.*give tls=, or --cert/--key/--ca"):
+        await raftlib.connect(addresses, timeout=60)
+    with pytest.raises(errors.AuthenticationFailed, match="requires TLS"):
+        await raftlib.join(KVStore, name="s4", address="127.0.0.1:0", seeds=addresses[:1],
+                           storage=_memory(), config=FAST, timeout=60)
+    assert any("does not use TLS" in w for w in refusals(caplog))
+    assert set((await tls_cluster.leader()).membership.members) == {"s1", "s2", "s3"}
+
+
+@pytest.mark.parametrize("members", ["plain", "secret"])
+async def test_a_client_with_tls_is_told_at_once_that_the_members_do_not_use_it(
+    tmp_path: Path, members: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The reverse: a member without TLS answers a TLS ClientHello in plain
+    text (TLSNotUsed, or a secret member's Challenge), which the client's
+    TLS handshake cannot read; the client says so rather than blaming its certificate."""
+    cluster = Cluster(tmp_path, secret=SECRET if members == "secret" else None)
+    try:
+        peers = await cluster.start(1)
+        tls = make_certificates(tmp_path / "certs", ["client"])["client"]
+        with pytest.raises(errors.AuthenticationFailed, match="does not use TLS.*without tls="):
+            await raftlib.connect([p.address for p in peers.values()], tls=tls, timeout=60)
+        if members == "plain":
+            assert any("a TLS handshake" in r.getMessage() and "does not use TLS" in r.getMessage()
+                       for r in caplog.records if r.levelno == logging.WARNING)
+    finally:
+        await cluster.close()
+
+
+async def test_a_member_closing_connections_is_not_taken_for_a_tls_one() -> None:
+    """Connections closed without a word (a member crashing, or at its
+    connection limit) are retried until the timeout, and not reported as a
+    security mismatch."""
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    async with fake_server(hang_up) as address:
+        with pytest.raises(errors.Unavailable) as info:
+            await raftlib.connect([address], timeout=0.5)
+        assert not isinstance(info.value, errors.AuthenticationFailed)
 
 
 async def test_raft_messages_from_refused_peers_never_reach_the_core(
@@ -595,9 +638,41 @@ def test_serve_and_kv_over_tls_from_the_command_line(tmp_path: Path, served: Ser
     status = cli("status", "--cluster", cluster, "--json", env=env)
     assert status.exit_code == 0 and status.output.count('"role": "leader"') == 1
     refused = cli("kv", "get", "a", "--cluster", cluster, "--timeout", "1")
-    assert refused.exit_code == 1 and "Unavailable" in refused.output
+    # Without the certificates: refused at once, told what to give.
+    assert refused.exit_code == 1 and "AuthenticationFailed" in refused.output
+    assert "requires TLS" in refused.output and "--cert/--key/--ca" in refused.output
     errs = served.stop()
     assert any("refused the connection from 127.0.0.1:" in e for e in errs)
+
+
+def test_sighup_reloads_the_tls_files_of_serve_and_logs_how_it_went(tmp_path: Path) -> None:
+    """A reload that worked is routine (INFO); one that failed is an ERROR
+    naming the reason, and the member keeps serving with the old files."""
+    out = tmp_path / "certs"
+    assert cli("certs", "--out", str(out), "--names", "s1,client").exit_code == 0
+    address = f"127.0.0.1:{free_port()}"
+    log = tmp_path / "serve.log"
+    tls = ["--cert", str(out / "client.pem"), "--key", str(out / "client-key.pem"), "--ca", str(out / "ca.pem")]
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "raftlib", "serve", "--memory", "--election-timeout-ms", "200", "--name", "s1",
+             "--listen", address, "--initial-cluster", f"s1={address}", "--log-level", "info",
+             "--cert", str(out / "s1.pem"), "--key", str(out / "s1-key.pem"), "--ca", str(out / "ca.pem")],
+            stdout=subprocess.DEVNULL, stderr=err, text=True,
+        )
+    try:
+        wait_for(lambda: cli("kv", "put", "a", "1", "--cluster", address, "--timeout", "2", *tls).exit_code == 0)
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "raftlib.cli INFO s1: TLS certificate, key and CA reloaded" in log.read_text())
+        (out / "s1-key.pem").write_text("not a key")
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "raftlib.cli ERROR s1: TLS files not reloaded" in log.read_text())
+        assert "cannot load the certificate" in log.read_text()
+        assert cli("kv", "get", "a", "--cluster", address, *tls).output.strip() == "1"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert "WARNING" not in log.read_text()
 
 
 @pytest.mark.slow

@@ -55,7 +55,9 @@ from typing import Any, Awaitable, Callable, Literal, Mapping, NamedTuple
 
 from ..core.messages import Message
 from ..errors import AddressInUse, AuthenticationFailed, ConfigError, ProtocolError
-from ..security import HANDSHAKE_TIMEOUT, Security, TLSConfig, accept, authenticate
+from ..security import (
+    HANDSHAKE_TIMEOUT, NO_TLS, TLS_NOT_USED, Security, TLSConfig, accept, authenticate, is_tls_hello,
+)
 from .framing import (
     MAX_NAME_LENGTH,
     FrameDecoder,
@@ -638,11 +640,21 @@ class _HeldProtocol(asyncio.StreamReaderProtocol):
     ``loop.start_tls`` resumes reading once its TLS protocol is in place.
     """
 
+    early = b""
+    """The first bytes read despite the pause. uvloop starts reading right
+    after ``connection_made`` whatever it did, so there reading is only
+    paused once the serving task runs (see ``_peek`` in :mod:`raftlib.security`)."""
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Not asserted to be an asyncio.ReadTransport: uvloop's transports
         # are not, and have pause_reading() all the same.
         transport.pause_reading()  # type: ignore[attr-defined]
         super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.early:
+            self.early = data[:16]
+        super().data_received(data)
 
 
 class _PeerClosed(ConnectionError):
@@ -943,6 +955,25 @@ class Transport:
         if self._unix_lock is not None:
             _unlock_unix_path(path, self._unix_lock)
             self._unix_lock = None
+
+    def _after_fork_in_child(self) -> None:
+        """In a child forked without exec: give up the child's copies of the
+        listening socket and the Unix socket's lock, and never remove the
+        parent's socket file. The listening socket's descriptor is pointed at
+        ``/dev/null`` rather than closed, so that nothing here closes a number
+        the child may reuse."""
+        if self._server is not None:
+            devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                for sock in self._server.sockets:
+                    os.dup2(devnull, sock.fileno(), inheritable=False)
+            finally:
+                os.close(devnull)
+        if self._unix_lock is not None:
+            os.close(self._unix_lock)
+            self._unix_lock = None
+        self._unix_inode = None
+        self._closed = True
 
     # ------------------------------------------------------------------ address book
 
@@ -1269,6 +1300,7 @@ class Transport:
         decoder = FrameDecoder(self.max_frame_size, first_frame_size=HELLO_MAX_FRAME_SIZE)
         loop = asyncio.get_running_loop()
         hello_deadline = loop.time() + self.hello_timeout
+        first = True
         while True:
             if conn.peer_name is None:
                 try:
@@ -1280,6 +1312,10 @@ class Transport:
                 data = await reader.read(READ_SIZE)
             if not data:
                 return
+            if first and self.security is None and is_tls_hello(data):
+                conn._writer.write(encode_frame(TLS_NOT_USED, []))  # which its TLS handshake fails on at once
+                raise ProtocolError(f"got a TLS handshake: this member does not use TLS ({NO_TLS})")
+            first = False
             conn._active_at = loop.time()
             for type_name, body in decoder.feed(data):
                 self.stats["frames_received"] += 1

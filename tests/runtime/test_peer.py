@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from typing import Any
@@ -869,3 +870,94 @@ async def test_a_leader_whose_followers_all_stopped_stops_without_trying_a_hando
         await old.stop()
     assert tried == []
     assert "stopping without a leadership transfer: no follower is connected" in caplog.text
+
+
+def _leftovers(name: str) -> list[str]:
+    """What of a peer called ``name`` still runs: its tasks and its I/O thread."""
+    tasks = [t.get_name() for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
+    threads = [t.name for t in threading.enumerate() if t.name == f"raftlib-io-{name}"]
+    return tasks + threads
+
+
+@pytest.mark.parametrize("again", [True, False], ids=["stop-again", "left-alone"])
+@pytest.mark.parametrize("kind", ["tcp", "unix"])
+async def test_a_cancelled_stop_still_releases_everything(tmp_path: Any, kind: str, again: bool) -> None:
+    """A stop cut short (``wait_for`` with a short timeout, Ctrl-C during
+    shutdown) still closes the listening socket, storage and I/O thread, and
+    leaves no task behind: a peer can start on the same address and data
+    directory in the same process. A second stop() waits for the first to
+    finish its cleanup."""
+    address = f"unix:{tmp_path}/p.sock" if kind == "unix" else "127.0.0.1:0"
+    data_dir = tmp_path / "data"
+    for delay in (0.0005, 0.002, 0.01, 0.05):
+        peer = await raftlib.start_peer(KVStore, name="p", address=address, data_dir=data_dir, config=FAST)
+        address = peer.address
+        await peer.set_configuration({"p": address})
+        await peer.write(["set", "k", delay])
+        writes = [asyncio.ensure_future(peer.write(["set", "k", i])) for i in range(5)]
+        await asyncio.sleep(0)
+        try:
+            await asyncio.wait_for(peer.stop(), delay)
+        except TimeoutError:
+            pass
+        if again:
+            await peer.stop()
+        # Every write has its answer (applied, or an error saying whether it may have been).
+        await eventually(lambda: all(w.done() for w in writes))
+        for w in writes:
+            assert w.exception() is None or isinstance(w.exception(), (errors.PeerStopped, errors.LeadershipLost))
+        await eventually(lambda: _leftovers("p") == [])
+        await peer.stop()  # a no-op by now
+    again_peer = await raftlib.start_peer(KVStore, name="p", address=address, data_dir=data_dir, config=FAST)
+    try:
+        await again_peer.set_configuration({"p": address})
+        assert (await again_peer.read(["get", "k"]))[0] == "ok"
+    finally:
+        await again_peer.stop()
+    assert _leftovers("p") == []
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize("kind", ["tcp", "unix"])
+async def test_a_child_forked_without_exec_does_not_keep_the_peers_locks_or_address(
+    tmp_path: Any, kind: str
+) -> None:
+    """A child forked after start_peer inherits the peer's lock files and
+    listening socket. While it lives, the parent must still be able to stop
+    the peer and start it again on the same data directory and address; a
+    stop() in the child must not touch what the parent owns."""
+    address = f"unix:{tmp_path}/p.sock" if kind == "unix" else "127.0.0.1:0"
+    data_dir = tmp_path / "data"
+    peer = await raftlib.start_peer(KVStore, name="p", address=address, data_dir=data_dir, config=FAST)
+    address = peer.address
+    await peer.set_configuration({"p": address})
+    await peer.write(["set", "before", 1])
+    hold_r, hold_w = os.pipe()
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: stop its copy of the peer, then wait until told to exit
+        try:
+            os.close(hold_w)
+            asyncio.run(peer.stop())
+            os.write(done_w, b"stopped")
+            os.read(hold_r, 1)
+        finally:
+            os._exit(0)
+    os.close(hold_r)
+    os.close(done_w)
+    try:
+        loop = asyncio.get_running_loop()
+        assert await loop.run_in_executor(None, os.read, done_r, 16) == b"stopped"
+        await peer.write(["set", "after", 2])  # the child's stop() left the peer alone
+        await peer.stop()
+        again = await raftlib.start_peer(KVStore, name="p", address=address, data_dir=data_dir, config=FAST)
+        try:
+            await again.set_configuration({"p": address})
+            assert await again.read(["get", "before"]) == ["ok", 1]
+            assert await again.read(["get", "after"]) == ["ok", 2]
+        finally:
+            await again.stop()
+    finally:
+        os.close(hold_w)
+        os.close(done_r)
+        os.waitpid(pid, 0)
