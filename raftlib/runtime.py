@@ -301,7 +301,9 @@ class Peer:
                 self._batch_timer.cancel()
                 self._batch_timer = None
             self._wake.set()
-            self._release = self._loop.create_task(self._release_all(), name=f"raftlib-release-{self.name}")
+            # The running loop: the one the peer started in may have closed (see _check_running).
+            self._release = asyncio.get_running_loop().create_task(self._release_all(),
+                                                                   name=f"raftlib-release-{self.name}")
             self._release.add_done_callback(_retrieve)
         await asyncio.shield(self._release)
         if not self._release_reported:
@@ -340,7 +342,8 @@ class Peer:
             if self._unsaved_hard is not None and self._fatal is None:
                 # The latest commit index, so a restart re-applies without waiting for a leader.
                 try:
-                    await _to_the_end(self._loop.run_in_executor(self._io, self._storage.save, self._unsaved_hard, []))
+                    await _to_the_end(asyncio.get_running_loop().run_in_executor(
+                        self._io, self._storage.save, self._unsaved_hard, []))
                 except Exception as exc:  # only a hint: stopping goes on
                     self._log.warning("%s: could not record the commit index on stop: %s", self.name, exc)
         finally:
@@ -359,7 +362,8 @@ class Peer:
             try:
                 # On the I/O thread: closing checkpoints what the write-ahead
                 # files hold (an LMDB commit), which must not stall the loop.
-                await _to_the_end(self._loop.run_in_executor(self._io, _close_stores, self._snapshots, self._storage))
+                await _to_the_end(asyncio.get_running_loop().run_in_executor(
+                    self._io, _close_stores, self._snapshots, self._storage))
             finally:
                 self._io.shutdown(wait=True)  # idle by now: the thread just ends
                 self._fail_everything(
