@@ -128,8 +128,12 @@ class Proxy:
             pass
         finally:
             self._links.pop(task, None)
+            # Both closed before waiting: a second cancellation (the link cut,
+            # then the proxy closed) may end the wait, and must not leave
+            # the connection to the target open.
+            writer.close()
+            up_writer.close()
             for w in (writer, up_writer):
-                w.close()
                 with contextlib.suppress(Exception):
                     await w.wait_closed()
 
