@@ -20,9 +20,10 @@ from typing import Any, Iterator
 
 import click
 
-from . import Config, StateMachine, start_peer
+from . import Config, Peer, StateMachine, start_peer
 from .errors import RaftError
 from .security import Security, SharedSecret, TLSConfig, security_from
+from .runtime import _join_started
 
 
 class DemoKV(StateMachine):
@@ -446,18 +447,22 @@ async def _serve(name: str, listen: str, advertise: str | None, data_dir: str | 
         loop.add_signal_handler(sig, stop.set)
     if isinstance(security, TLSConfig):
         loop.add_signal_handler(signal.SIGHUP, _reload_tls, security, name)
-    starting = functools.partial(start_peer, KVStateMachine, name=name, address=listen, data_dir=data_dir,
-                                 storage=storage, config=config, advertise=advertise, **_security_kwargs(security))
-    if seeds:
-        def announce(asking: bool) -> None:
-            if asking:
-                click.echo(f"{name} joining the cluster through {', '.join(seeds)} "
-                           f"(giving up after {join_timeout:g} s)", err=True)
-            else:
-                click.echo(f"{name} restarting as a member of its cluster (its data directory says so); "
-                           f"not joining again", err=True)
+    def announce(asking: bool) -> None:
+        if asking:
+            click.echo(f"{name} joining the cluster through {', '.join(seeds or [])} "
+                       f"(giving up after {join_timeout:g} s)", err=True)
+        else:
+            click.echo(f"{name} restarting as a member of its cluster (its data directory says so); "
+                       f"not joining again", err=True)
 
-        starting = functools.partial(_join_after, starting, seeds, voter, join_timeout, announce)
+    async def starting() -> Peer:
+        """start_peer, then with --join what raftlib.join does once started."""
+        peer = await start_peer(KVStateMachine, name=name, address=listen, data_dir=data_dir, storage=storage,
+                                config=config, advertise=advertise, **_security_kwargs(security))
+        if seeds:
+            await _join_started(peer, seeds, voter, join_timeout, announce)
+        return peer
+
     peer = await _unless_stopped(starting(), stop)
     if peer is None:  # join and start_peer stop the peer they started when cancelled
         click.echo(f"{name} stopped", err=True)
@@ -479,16 +484,6 @@ async def _serve(name: str, listen: str, advertise: str | None, data_dir: str | 
     finally:
         await peer.stop()
         click.echo(f"{name} stopped", err=True)
-
-
-async def _join_after(start: Any, seeds: list[str], voter: bool, timeout: float, announce: Any) -> Any:
-    """``raftlib.join`` for the peer ``start()`` starts, saying first whether
-    it joins or restarts a member."""
-    from .runtime import _join_started
-
-    peer = await start()
-    await _join_started(peer, seeds, voter, timeout, announce)
-    return peer
 
 
 async def _unless_stopped(starting: Any, stop: asyncio.Event) -> Any:
