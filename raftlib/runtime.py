@@ -139,10 +139,10 @@ class Peer:
 
         self._pending_writes: dict[int, tuple[int, asyncio.Future[Any]]] = {}
         self._reconfiguring = asyncio.Lock()
-        """Held by the set_configuration this leader is carrying out: the
-        others wait their turn, so each moves the cluster from where the one
-        before left it, and none takes steps towards its own members in
-        between another's."""
+        """Held by the membership change (set_configuration, add_member,
+        remove_member, leave) this leader is carrying out: the others wait
+        their turn, so each moves the cluster from where the one before left
+        it, and none takes steps of its own in between another's."""
         self._pending_reads: dict[int, asyncio.Future[int]] = {}
         self._read_ids = itertools.count(1)
         self._apply_queue: asyncio.Queue[list[Entry] | _Restore] = asyncio.Queue()
@@ -478,10 +478,11 @@ class Peer:
         leader) the change is made in safe single steps: new members join as
         learners, are promoted once caught up, and old voters are removed one
         at a time, the leader last (it then steps down). Members already
-        matching are left alone, so calling it again is harmless. Calls made
-        at once run one after the other on the leader, each from where the
-        one before left the cluster; one waiting its turn counts towards its
-        ``timeout``.
+        matching are left alone, so calling it again is harmless. Membership
+        changes made at once (this, :meth:`add_member`, :meth:`remove_member`,
+        :meth:`leave`) run one after the other on the leader, each from where
+        the one before left the cluster; one waiting its turn counts towards
+        its ``timeout``.
 
         Raises :class:`ConfigError` for a malformed mapping (two members
         with the same address included); :class:`NoLiveMajority` (a
@@ -521,7 +522,8 @@ class Peer:
         address or role to the ones given; the same again does nothing
         (once the configuration in force has committed).
         Works on any member (a follower forwards to the leader) and returns
-        once the change has committed.
+        once the change has committed. Membership changes asked at once run
+        one after the other on the leader (see :meth:`set_configuration`).
 
         Raises :class:`ConfigError` for a bad name or address, an address
         another member (voter or learner) has; :class:`NoLiveMajority` for
@@ -549,6 +551,9 @@ class Peer:
         timeouts, it removes itself, leads until the change commits, then
         steps down and tells the most up-to-date voter to campaign. The
         removed peer keeps running (stop it, or use :meth:`leave`).
+        Membership changes asked at once run one after the other on the
+        leader (see :meth:`set_configuration`): a leader removing itself
+        hands over only in its turn.
         Raises :class:`ConfigError` when removing the last voter, or
         :class:`NoLiveMajority` (a ``ConfigError``) when
         the leader has heard from too few voters of the new configuration
@@ -572,7 +577,9 @@ class Peer:
         without one. A peer that has
         not learned the configuration yet (it joined moments ago) asks the
         leader all the same. ``timeout`` bounds the handover and the removal
-        together (not the stop that follows).
+        together (not the stop that follows). On a leader, both wait for
+        any membership change under way to finish first (see
+        :meth:`set_configuration`).
 
         Raises :class:`ConfigError` on the last voter, or
         :class:`NoLiveMajority` if the others
@@ -589,13 +596,8 @@ class Peer:
         deadline = None if timeout is None else loop.time() + timeout
         membership = self._core.membership
         if self.name in membership.members or not membership.members:
-            if set(membership.voters) == {self.name}:
-                raise ConfigError(f"{self.name} is the only voter; a cluster cannot lose its last voter")
-            if self.is_leader and self.name in membership.voters:
-                self._refuse_without_live_majority([membership, without_member(membership, self.name)], force=force)
-                await self._hand_over("leaving", deadline, "leave")
-            # Handed over, or tried to: the removal must not try again.
-            await self._remove_member(self.name, timeout=_remaining(loop, deadline), hops=0, hand_over=False,
+            # On the leader, the handover comes in its turn, after any change under way.
+            await self._remove_member(self.name, timeout=_remaining(loop, deadline), hops=0, leaving=True,
                                       force=force)
         await self.stop(transfer_leadership=False)
 
@@ -642,11 +644,16 @@ class Peer:
                 return with_member(cur, name, address, voter=False)  # catch up as a learner first
             return with_member(cur, name, address, voter=voter)
 
-        await self._on_leader("add_member", {"name": name, "address": address, "voter": voter, "force": force},
-                              lambda deadline: self._change_until(next_step, deadline, force=force), timeout, hops)
+        async def add(deadline: float | None) -> None:
+            async with self._turn_to_reconfigure(deadline):
+                await self._change_until(next_step, deadline, force=force)
 
-    async def _remove_member(self, name: NodeId, *, timeout: float | None, hops: int, hand_over: bool = True,
+        await self._on_leader("add_member", {"name": name, "address": address, "voter": voter, "force": force},
+                              add, timeout, hops)
+
+    async def _remove_member(self, name: NodeId, *, timeout: float | None, hops: int, leaving: bool = False,
                              force: bool = False) -> bool:
+        """``leaving``: for :meth:`leave` (what a leader's handover says it does)."""
         _check_name(name)
         if set(self._core.membership.voters) == {name}:
             raise ConfigError(f"{name} is the only voter; a cluster cannot lose its last voter")
@@ -655,8 +662,9 @@ class Peer:
             return without_member(cur, name) if name in cur.members else None
 
         async def remove(deadline: float | None) -> bool:
-            self._refuse_without_live_majority(self._plan(next_step), force=force)  # before any handover
-            return await self._change_until(next_step, deadline, hand_over=hand_over, force=force)
+            async with self._turn_to_reconfigure(deadline):
+                self._refuse_without_live_majority(self._plan(next_step), force=force)  # before any handover
+                return await self._change_until(next_step, deadline, leaving=leaving, force=force)
 
         changed: bool = await self._on_leader("remove_member", {"name": name, "force": force}, remove, timeout, hops)
         return changed
@@ -670,20 +678,31 @@ class Peer:
             return steps[0] if steps else None
 
         async def reconfigure(deadline: float | None) -> None:
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await self._reconfiguring.acquire()
-            except TimeoutError:
-                raise Timeout("another set_configuration was still under way on the leader when the timeout ran "
-                              "out; nothing changed") from None
-            try:
-                self._check_leader()
+            async with self._turn_to_reconfigure(deadline):
                 self._refuse_without_live_majority(self._plan(next_step), force=force)  # before the first step
                 await self._change_until(next_step, deadline, force=force)
-            finally:
-                self._reconfiguring.release()
 
         await self._on_leader("set_configuration", {"members": target, "force": force}, reconfigure, timeout, hops)
+
+    @contextlib.asynccontextmanager
+    async def _turn_to_reconfigure(self, deadline: float | None) -> AsyncIterator[None]:
+        """On the leader: wait until the membership change under way (if
+        any) has finished or failed, then hold :attr:`_reconfiguring` for
+        the change made inside, so that it plans its steps from the members
+        the one before left. Raises :class:`Timeout` if ``deadline`` passes
+        while it waits (nothing changed then), and :class:`NotLeader` if
+        this peer no longer leads when its turn comes."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._reconfiguring.acquire()
+        except TimeoutError:
+            raise Timeout("another membership change was still under way on the leader when the timeout ran "
+                          "out; nothing changed") from None
+        try:
+            self._check_leader()
+            yield
+        finally:
+            self._reconfiguring.release()
 
     def _plan(self, next_step: Callable[[Membership], Membership | None]) -> list[Membership]:
         """The configuration in force, then each one ``next_step`` leads to
@@ -730,7 +749,7 @@ class Peer:
                 f"command line): the cluster then commits nothing until enough voters are back")
 
     async def _change_until(self, next_step: Callable[[Membership], Membership | None], deadline: float | None,
-                            *, hand_over: bool = True, force: bool = False) -> bool:
+                            *, leaving: bool = False, force: bool = False) -> bool:
         """On the leader: propose ``next_step(current)`` until it returns ``None``,
         waiting for each step to commit and for learners to catch up before
         they are promoted; return whether any step was proposed. Each step is
@@ -740,8 +759,9 @@ class Peer:
         (by a call that timed out) may still be dropped by a new leader.
 
         Before a step that takes this leader's vote away, it first hands
-        leadership over (if ``hand_over``) as :meth:`stop` does, to a
-        follower it hears from: the propose then raises :class:`NotLeader`
+        leadership over (once) as :meth:`stop` does, to a follower it hears
+        from (``leaving``: for :meth:`leave`, which the log and a
+        :class:`Timeout` then name): the propose then raises :class:`NotLeader`
         and :meth:`_on_leader` takes the change to the new leader. Left to
         itself, the core would step down once the change commits and tell
         the first up-to-date voter by name to campaign, which may be one
@@ -772,10 +792,12 @@ class Peer:
             return fut, step
 
         changed = False
+        hand_over = True
         while True:
             if hand_over and self.is_leader and demotes_me(core.membership):
                 hand_over = False  # once: if it fails, the core's own step-down follows the change
-                await self._hand_over("removing itself", deadline, "remove itself")
+                doing, goal = ("leaving", "leave") if leaving else ("removing itself", "remove itself")
+                await self._hand_over(doing, deadline, goal)
             try:
                 out = await self._call_in_driver(propose)
             except MembershipChangePending:

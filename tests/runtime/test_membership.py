@@ -1011,24 +1011,75 @@ async def test_set_configuration_on_a_follower_behind_asks_the_leader(cluster: C
     assert leader.membership == raftlib.Membership(voters=original)
 
 
-async def test_a_learner_removed_while_being_caught_up_is_added_again(cluster: Cluster) -> None:
-    """remove_member took out a learner that set_configuration was waiting
-    on to catch up: set_configuration waited on, and gave up with a Timeout
-    saying the learner 'at None' made no progress. It now sees that the
-    learner is gone and adds it again, as from the start."""
+@pytest.mark.parametrize("via", ["leader", "follower"])
+@pytest.mark.parametrize("second", ["add_member", "remove_member", "leave"])
+@pytest.mark.parametrize("first", ["set_configuration", "add_member"])
+async def test_membership_changes_asked_at_once_run_one_after_the_other(
+        cluster: Cluster, first: str, second: str, via: str) -> None:
+    """A change asked (on the leader, or through a follower) while another
+    waited for its new member to catch up took its steps in between, so
+    the cluster went through configurations nobody asked for, and one
+    change undid the other. add_member of s5 during a set_configuration
+    promoted s5 (five voters), returned, and then the set_configuration
+    removed s5; remove_member of the learner being caught up returned
+    True, and the learner was added back; a follower that left was added
+    back as a learner by the set_configuration, which then failed with a
+    Timeout saying that learner made no progress (it had stopped); a
+    leader that left handed over in the middle of the other change's
+    steps. Every change now waits on the leader until the one before has
+    finished, and starts from the members that one left."""
+    from raftlib.core.membership import plan_steps, with_member, without_member
     from raftlib.testing import free_port
 
     await cluster.start(3)
     leader = await cluster.leader()
-    cluster.addresses["s4"] = f"127.0.0.1:{free_port()}"  # started later
-    target = {**cluster.addresses}
-    moving = asyncio.ensure_future(leader.set_configuration(target, timeout=30))
+    asked, observer = sorted((p for p in cluster.live() if p is not leader), key=lambda p: p.name)
+    s5 = await cluster.start_peer("s5")
+    cluster.addresses["s4"] = f"127.0.0.1:{free_port()}"  # started later: the first change waits for it
+    base = {n: cluster.addresses[n] for n in ("s1", "s2", "s3")}
+    a = {**base, "s4": cluster.addresses["s4"]}
+    since, before = leader._core.log.last_index(), leader.membership
+    first_plan = plan_steps(before, a, last=leader.name)
+    if first == "set_configuration":
+        first_call = leader.set_configuration(a, timeout=30)
+    else:
+        first_call = leader.add_member("s4", a["s4"], timeout=30)
+    caller = leader if via == "leader" else asked
+    after_first = raftlib.Membership(voters=a)
+    if second == "add_member":
+        second_call = caller.add_member("s5", s5.address, timeout=30)
+        second_plan = [with_member(after_first, "s5", s5.address, voter=False),
+                       raftlib.Membership(voters={**a, "s5": s5.address})]
+    elif second == "remove_member":
+        second_call = caller.remove_member("s4", timeout=30)
+        second_plan = [raftlib.Membership(voters=base)]
+    else:
+        second_call = caller.leave(timeout=30)
+        second_plan = [without_member(after_first, caller.name)]
+
+    def deviated() -> bool:
+        configs = _configurations_since(observer, since)
+        return configs != first_plan[:len(configs)]
+
+    def queued() -> bool:
+        return any(getattr(p._reconfiguring, "_waiters", None) for p in cluster.live())
+
+    one = asyncio.ensure_future(first_call)
+    two: asyncio.Future[Any] | None = None
     try:
         await eventually(lambda: "s4" in leader.membership.learners)
-        assert await leader.remove_member("s4", timeout=10) is True
-        await eventually(lambda: "s4" in leader.membership.learners)  # added again
+        two = asyncio.ensure_future(second_call)
+        # Either the second change waits its turn on the leader, or it has
+        # taken a step of its own in the middle of the first's.
+        await eventually(lambda: queued() or deviated() or two.done())
         await cluster.start_peer("s4")
-        await moving
+        await one
+        await two
     finally:
-        await asyncio.gather(moving, return_exceptions=True)
-    assert leader.membership == raftlib.Membership(voters=target)
+        if two is None:
+            second_call.close()
+        await asyncio.gather(one, *([two] if two else []), return_exceptions=True)
+    now = await cluster.leader()
+    await eventually(lambda: observer._core.log.last_index() >= now._core.log.last_index())
+    assert _configurations_since(observer, since) == first_plan + second_plan
+    assert now.membership == second_plan[-1]
