@@ -365,15 +365,17 @@ def _finite_float(text: str) -> float:
 # -- serve ---------------------------------------------------------------------------------------
 
 
+def _name_address(part: str) -> tuple[str, str]:
+    """``NAME=ADDRESS`` as a pair, the address checked."""
+    name, sep, address = part.strip().partition("=")
+    if not sep or not name or not address:
+        raise click.BadParameter(f"expected NAME=ADDRESS, got {part.strip()!r}")
+    _addresses(address)
+    return name, address
+
+
 def _initial_cluster(text: str) -> dict[str, str]:
-    members: dict[str, str] = {}
-    for part in text.split(","):
-        name, sep, address = part.strip().partition("=")
-        if not sep or not name or not address:
-            raise click.BadParameter(f"expected NAME=ADDRESS, got {part.strip()!r}")
-        _addresses(address)
-        members[name] = address
-    return members
+    return dict(_name_address(part) for part in text.split(","))
 
 
 @main.command()
@@ -518,11 +520,12 @@ def _reload_tls(tls: TLSConfig, name: str) -> None:
 def _utf8(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     """Refuse text that is not valid UTF-8 (Python keeps undecodable bytes of
     an argument as surrogates, which no member could decode)."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise click.BadParameter(f"{ascii(value)} is not valid UTF-8 text") from None
+    for text in value if isinstance(value, tuple) else (value,):  # nargs=-1 gives a tuple
+        if isinstance(text, str):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise click.BadParameter(f"{ascii(text)} is not valid UTF-8 text") from None
     return value
 
 
@@ -878,6 +881,36 @@ def members_remove(name: str, force: bool, cluster: str, timeout: float) -> None
         click.echo(f"removed {name}")
     else:
         click.echo(f"{name} is not a member; nothing changed")
+
+
+@members.command("set")
+@click.argument("pairs", nargs=-1, required=True, metavar="NAME=ADDRESS...", callback=_utf8)
+@_force_option
+@_cluster_option
+@_security_options
+@click.option("--timeout", type=_Seconds(min=0.1), default=120.0, show_default=True,
+              help="Seconds allowed for the whole change (each new voter catches up as a learner first).")
+def members_set(pairs: tuple[str, ...], force: bool, cluster: str, timeout: float) -> None:
+    """Set the whole membership: the voters NAME=ADDRESS given.
+
+    The change is made in safe single steps: new members (running: `raftlib
+    serve` without --initial-cluster) join as learners and are promoted once
+    caught up, then the others are removed, the leader last. Learners not
+    listed are removed too. Members already as listed are left alone, so
+    asking again changes nothing. A membership change under way finishes
+    first (waiting counts towards --timeout)."""
+    target: dict[str, str] = {}
+    for part in pairs:
+        name, address = _name_address(part)
+        if name in target:
+            raise click.BadParameter(f"{name} is given twice")
+        target[name] = address
+    changed = _run(_call_any(_addresses(cluster), "set_configuration", {"members": target, "force": force},
+                             timeout))
+    names = ", ".join(sorted(target))
+    # An older member answers None: it does not say whether anything changed.
+    click.echo(f"{names} are already the members; nothing changed" if changed is False
+               else f"members are now {names}")
 
 
 @members.command("transfer-leader")

@@ -670,19 +670,23 @@ class Peer:
         return changed
 
     async def _reconfigure_to(self, members: Mapping[NodeId, str], *, timeout: float | None, hops: int,
-                              force: bool = False) -> None:
+                              force: bool = False) -> bool:
+        """Move the running cluster to ``members`` (see :meth:`set_configuration`);
+        return whether any step was taken."""
         target = _check_members(members)
 
         def next_step(cur: Membership) -> Membership | None:
             steps = plan_steps(cur, target, last=self.name)
             return steps[0] if steps else None
 
-        async def reconfigure(deadline: float | None) -> None:
+        async def reconfigure(deadline: float | None) -> bool:
             async with self._turn_to_reconfigure(deadline):
                 self._refuse_without_live_majority(self._plan(next_step), force=force)  # before the first step
-                await self._change_until(next_step, deadline, force=force)
+                return await self._change_until(next_step, deadline, force=force)
 
-        await self._on_leader("set_configuration", {"members": target, "force": force}, reconfigure, timeout, hops)
+        changed: bool = await self._on_leader("set_configuration", {"members": target, "force": force},
+                                              reconfigure, timeout, hops)
+        return changed
 
     @contextlib.asynccontextmanager
     async def _turn_to_reconfigure(self, deadline: float | None) -> AsyncIterator[None]:

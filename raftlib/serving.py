@@ -191,10 +191,9 @@ class RequestServer:
 
     async def _set_configuration(self, args: dict[str, Any]) -> Any:
         members = arg(args, "members", dict)
-        await self._peer._reconfigure_to(
+        return await self._peer._reconfigure_to(
             members, timeout=_timeout(args), hops=hops_of(args), force=arg(args, "force", bool, False)
         )
-        return None
 
     async def _transfer_leadership(self, args: dict[str, Any]) -> Any:
         return await self._peer.transfer_leadership(

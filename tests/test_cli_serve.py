@@ -190,8 +190,17 @@ def test_cli_usage_errors(tmp_path: Path) -> None:
     assert unreachable.exit_code == 1 and "Unavailable" in unreachable.output
     assert cli("kv", "get", "a", "--cluster", "no-port").exit_code == 2
     for args in (["--help"], ["kv", "--help"], ["kv", "cas", "--help"], ["scope", "--help"], ["status", "--help"],
-                 ["members", "add", "--help"], ["serve", "--help"]):
+                 ["members", "add", "--help"], ["members", "set", "--help"], ["serve", "--help"]):
         assert cli(*args).exit_code == 0
+    listed = cli("members", "--help")
+    assert listed.exit_code == 0
+    assert {"add", "remove", "set", "transfer-leader"} <= {line.split()[0] for line in
+                                                            listed.output.split("Commands:")[1].splitlines() if line.strip()}
+    assert cli("members", "set", "--cluster", "127.0.0.1:9").exit_code == 2  # no members
+    for pairs, why in ((["s1"], "expected NAME=ADDRESS, got 's1'"), (["s1=127.0.0.1:1", "s1=127.0.0.1:2"], "s1 is given twice"),
+                       (["s1=nonsense"], "nonsense")):
+        refused = cli("members", "set", *pairs, "--cluster", "127.0.0.1:9")
+        assert refused.exit_code == 2 and why in refused.output, refused.output
     env_cluster = CliRunner().invoke(main, ["kv", "get", "a", "--timeout", "0.3"],
                                      env={**os.environ, "RAFTLIB_CLUSTER": "127.0.0.1:9"})
     assert env_cluster.exit_code == 1
@@ -223,6 +232,43 @@ def test_removing_a_non_member_says_nothing_changed(single: Node) -> None:
     assert result.output.strip() == "ghost is not a member; nothing changed"
     rows = json.loads(cli("status", "--cluster", single.address, "--json").output)
     assert [(r["name"], r["member"]) for r in rows] == [("s1", "voter")]
+
+
+def test_members_set_moves_a_served_cluster_to_the_members_given(single: Node, tmp_path: Path) -> None:
+    """`members set` makes the members given the whole membership in one
+    call, through any member: new ones (serving, not members yet) join and
+    are promoted, members left out are removed, the leader last. Asking
+    again for the members in force says nothing changed."""
+    wait_for(lambda: leader_of(single.address))
+    new = {name: Node(name, free_port(), tmp_path / name, []) for name in ("s2", "s3")}
+    for node in new.values():
+        node.start()
+    everyone = ",".join([single.address, *(node.address for node in new.values())])
+    three = [f"s1={single.address}", *(f"{name}={node.address}" for name, node in new.items())]
+
+    def members() -> dict[str, str]:
+        out = cli("status", "--cluster", everyone, "--json", "--timeout", "2")
+        return {r["name"]: r["member"] for r in json.loads(out.output)} if out.exit_code == 0 else {}
+
+    try:
+        wait_for(lambda: "unreachable" not in cli("status", "--cluster", everyone).output)
+        clash = cli("members", "set", f"s1={single.address}", f"s2={single.address}", "--cluster", single.address)
+        assert clash.exit_code == 1 and "ConfigError" in clash.output and "same address" in clash.output
+        grown = cli("members", "set", *three, "--cluster", single.address, "--timeout", "60")
+        assert grown.exit_code == 0, grown.output
+        assert grown.output.strip() == "members are now s1, s2, s3"
+        assert members() == {"s1": "voter", "s2": "voter", "s3": "voter"}
+        again = cli("members", "set", *three, "--cluster", new["s2"].address)  # a follower forwards it
+        assert again.exit_code == 0, again.output
+        assert again.output.strip() == "s1, s2, s3 are already the members; nothing changed"
+        shrunk = cli("members", "set", *three[1:], "--cluster", single.address, "--timeout", "60")
+        assert shrunk.exit_code == 0, shrunk.output
+        assert shrunk.output.strip() == "members are now s2, s3"
+        wait_for(lambda: members() == {"s1": "not a member", "s2": "voter", "s3": "voter"})
+        assert cli("kv", "put", "after", "1", "--cluster", new["s3"].address).exit_code == 0
+    finally:
+        for node in new.values():
+            node.stop()
 
 
 def test_transferring_to_the_member_that_leads_says_nothing_changed(single: Node) -> None:

@@ -473,10 +473,16 @@ def test_operations_md_commands_run_against_the_cluster_they_start(tmp_path: Pat
         commands = shell_commands(on_free_ports(members, ports))
         run_serve(commands[0][0], "s4")
         members_once(env, {"s4": "voter"})
-        for args, _ in commands[1:]:  # s4 again, as a learner; remove s2; transfer to s3
+        *changes, (set_all, shown) = commands[1:]
+        for args, _ in changes:  # s4 again, as a learner; remove s2; transfer to s3
             done = cli(args, env)
             assert done.exit_code == 0, (args, done.output)
         rows = members_once(env, {"s4": "learner", "s2": "not a member"})
+        assert rows["s3"]["role"] == "leader"
+        assert set_all[:3] == ["raftlib", "members", "set"]
+        done = cli(set_all, env)  # s4 a voter again; s2 stays out
+        assert done.exit_code == 0 and f"`{done.output.strip()}`" in text, (set_all, done.output)
+        rows = members_once(env, {"s1": "voter", "s3": "voter", "s4": "voter", "s2": "not a member"})
         assert rows["s3"]["role"] == "leader"
     finally:
         for process in processes:
