@@ -1061,7 +1061,7 @@ async def test_membership_changes_asked_at_once_run_one_after_the_other(
         configs = _configurations_since(observer, since)
         return configs != first_plan[:len(configs)]
 
-    def queued() -> bool:
+    def queued() -> bool:  # a change waits for the leader's lock (asyncio.Lock keeps them in _waiters)
         return any(getattr(p._reconfiguring, "_waiters", None) for p in cluster.live())
 
     one = asyncio.ensure_future(first_call)
@@ -1083,3 +1083,31 @@ async def test_membership_changes_asked_at_once_run_one_after_the_other(
     await eventually(lambda: observer._core.log.last_index() >= now._core.log.last_index())
     assert _configurations_since(observer, since) == first_plan + second_plan
     assert now.membership == second_plan[-1]
+
+
+async def test_a_change_waiting_its_turn_times_out_having_changed_nothing(cluster: Cluster) -> None:
+    """While a set_configuration waits for a new member that is not running,
+    an add_member whose timeout runs out in the queue says so and changes
+    nothing; a remove_member queued behind goes on as soon as the first
+    call is cancelled, from the members that call left."""
+    from raftlib.testing import free_port
+
+    await cluster.start(3)
+    leader = await cluster.leader()
+    s5 = await cluster.start_peer("s5")
+    target = {**{n: cluster.addresses[n] for n in ("s1", "s2", "s3")}, "s4": f"127.0.0.1:{free_port()}"}
+    first = asyncio.ensure_future(leader.set_configuration(target, timeout=60))
+    queued: asyncio.Future[bool] | None = None
+    try:
+        await eventually(lambda: "s4" in leader.membership.learners)
+        with pytest.raises(errors.Timeout, match="still under way.*nothing changed"):
+            await leader.add_member("s5", s5.address, timeout=0.5)
+        assert "s5" not in leader.membership.members
+        queued = asyncio.ensure_future(leader.remove_member("s4", timeout=30))
+        await eventually(lambda: leader._reconfiguring._waiters)
+        first.cancel()
+        assert await queued is True
+    finally:
+        first.cancel()
+        await asyncio.gather(first, *([queued] if queued else []), return_exceptions=True)
+    assert leader.membership == raftlib.Membership(voters={n: target[n] for n in ("s1", "s2", "s3")})
