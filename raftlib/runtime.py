@@ -894,7 +894,12 @@ class Peer:
                         _check_forwardable(*payload)
                         payload = None
                     within = _remaining(loop, deadline)
-                    return await self._forward(leader, op, {**args, "hops": hops + 1, "timeout": within}, within)
+                    asked = within
+                    if within is not None and op in _MEMBERSHIP_CHANGES:
+                        # The leader gives up first, so that its own Timeout (which says
+                        # whether anything changed) comes back before this peer's own.
+                        asked = within - min(within / 10, _ANSWER_MARGIN)
+                    return await self._forward(leader, op, {**args, "hops": hops + 1, "timeout": asked}, within)
                 except (NotLeader, LeadershipLost, ProposalDropped, Unavailable, ConnectionLost) as exc:
                     unknown = isinstance(exc, (LeadershipLost, ConnectionLost))
                     if unknown and maybe_applied is None and op != "read":  # a read applies nothing
@@ -2802,6 +2807,12 @@ def _session_result(stored: tuple[bool, bytes]) -> Any:
         return codec.unpack(payload)
     raise CommandFailed(payload.decode("utf-8", "replace"))
 
+
+_MEMBERSHIP_CHANGES = frozenset({"add_member", "remove_member", "set_configuration"})
+"""Requests that the leader carries out in turn (see :meth:`Peer._turn_to_reconfigure`)."""
+_ANSWER_MARGIN = 1.0
+"""Seconds at most, of a forwarded membership change's timeout, left for the
+leader's answer to come back (a tenth of the timeout when that is less)."""
 
 _MAX_HOPS = 2
 """A request is forwarded at most this many times (follower to leader, once more if the leader moved)."""

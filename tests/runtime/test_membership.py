@@ -1089,19 +1089,24 @@ async def test_a_change_waiting_its_turn_times_out_having_changed_nothing(cluste
     """While a set_configuration waits for a new member that is not running,
     an add_member whose timeout runs out in the queue says so and changes
     nothing; a remove_member queued behind goes on as soon as the first
-    call is cancelled, from the members that call left."""
+    call is cancelled, from the members that call left. Forwarded by a
+    follower, the add_member said instead that the leader did not answer in
+    the time allowed, as if the leader were hung: the follower gave up at
+    the very moment the leader did, before the leader's answer came."""
     from raftlib.testing import free_port
 
     await cluster.start(3)
     leader = await cluster.leader()
+    follower = next(p for p in cluster.live() if p is not leader)
     s5 = await cluster.start_peer("s5")
     target = {**{n: cluster.addresses[n] for n in ("s1", "s2", "s3")}, "s4": f"127.0.0.1:{free_port()}"}
     first = asyncio.ensure_future(leader.set_configuration(target, timeout=60))
     queued: asyncio.Future[bool] | None = None
     try:
         await eventually(lambda: "s4" in leader.membership.learners)
-        with pytest.raises(errors.Timeout, match="still under way.*nothing changed"):
-            await leader.add_member("s5", s5.address, timeout=0.5)
+        for asked in (leader, follower):
+            with pytest.raises(errors.Timeout, match="still under way.*nothing changed"):
+                await asked.add_member("s5", s5.address, timeout=0.5)
         assert "s5" not in leader.membership.members
         queued = asyncio.ensure_future(leader.remove_member("s4", timeout=30))
         await eventually(lambda: leader._reconfiguring._waiters)
