@@ -98,15 +98,25 @@ def test_a_cluster_on_each_loop_and_security(loop: str, security: str, tmp_path:
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_a_tls_mismatch_is_reported_at_once_on_each_loop(loop: str, tmp_path: Path) -> None:
-    """A member with TLS tells a plain client so, and a member without TLS
-    a TLS client, on either loop (uvloop reads an accepted connection before
-    the member can look at its first bytes)."""
+def test_a_security_mismatch_is_reported_at_once_on_each_loop(loop: str, tmp_path: Path) -> None:
+    """A member with TLS tells a plain client or one with a secret so, a
+    member without TLS a TLS client, a member without security a client with
+    a secret, and a member with a secret a client with another one, on
+    either loop (uvloop reads an accepted connection before the member can
+    look at its first bytes)."""
     certs = make_certificates(tmp_path / "certs", ["s1", "client"])
+    secret, other = "a shared secret for the test", "another secret for the test"
+    cases: list[tuple[dict[str, Any], dict[str, Any]]] = [
+        ({"tls": certs["s1"]}, {}),
+        ({}, {"tls": certs["client"]}),
+        ({"tls": certs["s1"]}, {"secret": secret}),
+        ({}, {"secret": secret}),
+        ({"secret": secret}, {"secret": other}),
+    ]
 
     async def main() -> list[str]:
         seen = []
-        for member, client in (({"tls": certs["s1"]}, {}), ({}, {"tls": certs["client"]})):
+        for member, client in cases:
             peer = await raftlib.start_peer(KVStore, name="s1", address="127.0.0.1:0", storage=MemoryStorage(),
                                             config=FAST, **member)
             try:
@@ -115,11 +125,17 @@ def test_a_tls_mismatch_is_reported_at_once_on_each_loop(loop: str, tmp_path: Pa
                     await raftlib.connect([peer.address], timeout=60, **client)
                 except raftlib.errors.AuthenticationFailed as exc:
                     seen.append(str(exc))
+                # The member goes on serving clients that match it.
+                good = await raftlib.connect([peer.address], timeout=10, **member)
+                await good.close()
             finally:
                 await peer.stop()
         return seen
 
     seen = raftlib.run(main(), use_uvloop=loop == "uvloop")
-    assert len(seen) == 2
+    assert len(seen) == len(cases)
     assert "requires TLS and this connection has none" in seen[0]
     assert "does not use TLS" in seen[1]
+    assert "requires TLS, not a shared secret" in seen[2]
+    assert "does not use a shared secret" in seen[3]
+    assert "refused this shared secret" in seen[4]
