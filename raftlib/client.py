@@ -411,9 +411,12 @@ class Client:
         if conn is not None and not conn.closed and not self._conn_to_replace:
             return conn
         # Another call may be opening a connection, for as long as its own
-        # timeout allows: wait for it only as long as this one's allows.
+        # timeout allows: wait for it only as long as this one's allows, and
+        # open one in what is left of it.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, within)
         try:
-            async with asyncio.timeout(max(0.0, within)):
+            async with asyncio.timeout_at(deadline):
                 await self._connecting.acquire()
         except TimeoutError:
             raise Unavailable("no member could be reached in the time allowed") from None
@@ -426,7 +429,7 @@ class Client:
             if conn is not None:
                 await conn.close()
                 self._conn = None
-            conn = await self._open_any(within)
+            conn = await self._open_any(deadline - loop.time())
             if self._closed:  # closed meanwhile: nothing may reopen what close() closed
                 await conn.close()
                 self._check_open()
