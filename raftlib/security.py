@@ -115,6 +115,8 @@ _TLS_RECORD_HANDSHAKE = 0x16
 starts with its length: a first byte of 0x16 would make it over 350 MB."""
 _NOT_TLS_REASONS = frozenset({"WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL"})
 """What OpenSSL reports when the answer to a ClientHello is not TLS at all."""
+_NAME_MISMATCH = frozenset({62, 64})
+"""OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH."""
 NONCE_SIZE = 32
 PROOF_SIZE = 32
 """Bytes of an HMAC-SHA256 proof."""
@@ -487,6 +489,13 @@ async def authenticate(
     except AuthenticationFailed:
         raise
     except EOFError:
+        if isinstance(security, TLSConfig):
+            # After the TLS handshake, instead of AuthOk: the member checked this end's certificate and refused it.
+            raise AuthenticationFailed(
+                "the member closed the connection after the TLS handshake instead of accepting it: it does not "
+                "trust this client's certificate (give one signed by the CA in the members' ca= file, --ca on "
+                "the command line), or it is stopping"
+            ) from None
         raise AuthenticationFailed(
             "the server closed the connection during the handshake (does it refuse these credentials?)"
         ) from None
@@ -495,6 +504,12 @@ async def authenticate(
             # It answered the ClientHello, in plain text: TLSNotUsed, or a Challenge.
             raise AuthenticationFailed(f"the member does not use TLS (it answered the TLS handshake in plain "
                                        f"text): {NO_TLS}") from None
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            if exc.verify_code in _NAME_MISMATCH:
+                advice = "verify_hostname is on: the member's certificate must name the host or IP it is reached at"
+            else:
+                advice = "the member's certificate must be signed by a CA in this end's ca= file, --ca on the command line"
+            raise AuthenticationFailed(f"{_describe(exc)} ({advice})") from None
         raise AuthenticationFailed(_describe(exc)) from None
     except (OSError, ProtocolError) as exc:
         raise AuthenticationFailed(_describe(exc)) from None
