@@ -404,7 +404,7 @@ async def _read_frame(reader: asyncio.StreamReader, expected: str) -> Any:
         raise ProtocolError(f"expected {expected}, got a frame of {size} bytes (TLS or other traffic?)")
     frames = FrameDecoder(_MAX_HANDSHAKE_FRAME).feed(header + await reader.readexactly(size))
     type_name, body = frames[0]
-    if type_name in _REFUSALS and type_name != expected:
+    if type_name in _REFUSALS and expected != AUTH:  # a member's refusal (a member reading Auth takes none)
         raise AuthenticationFailed(_REFUSALS[type_name])
     if type_name != expected:
         raise ProtocolError(f"expected {expected}, got {type_name[:64]!r} (different security settings?)")
