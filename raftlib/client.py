@@ -224,7 +224,9 @@ class Client:
         resumes at another member the same way.
         Raises :class:`~raftlib.errors.LogCompacted` if the members no
         longer keep changes that old, :class:`~raftlib.errors.Unavailable`
-        if no member can be reached for the client's timeout, and
+        if no member takes the feed over within the client's timeout of
+        finding it lost (or of the first attempt to open it; the message
+        names the index to listen from to go on), and
         :class:`~raftlib.errors.ProtocolError` for a change whose command or
         result has map keys that cannot cross the network (the message names
         the index to listen from to go past it).
@@ -233,10 +235,13 @@ class Client:
         next_index = from_index
         loop = asyncio.get_running_loop()
         lost_since: float | None = None
+        """When the feed was lost (or first asked for): it has the client's timeout from then to find a member."""
         while True:
             conn: RpcConnection | None = None
+            if lost_since is None:
+                lost_since = loop.time()
             try:
-                conn = await self._connection(self.timeout)
+                conn = await self._connection(lost_since + self.timeout - loop.time())
                 lost_since = None  # connected again: the clock of a new loss starts afresh
                 request: dict[str, Any] = {"from_index": next_index}
                 if reaching is not None:
@@ -267,9 +272,13 @@ class Client:
                 if isinstance(exc, Timeout):
                     self._leave(conn)  # hung: try the other members first
                 await self._drop_connection()
-                lost_since = lost_since or loop.time()
-                if loop.time() - lost_since > self.timeout:
-                    raise Unavailable(f"lost the change feed and could not resume it: {exc}") from None
+                if lost_since is None:
+                    lost_since = loop.time()
+                if loop.time() - lost_since >= self.timeout:
+                    raise Unavailable(
+                        f"lost the change feed at index {next_index} and no member could resume it within the "
+                        f"client's timeout ({self.timeout:g} s): {exc}"
+                    ) from None
                 await asyncio.sleep(0.05)
 
     async def status(self) -> dict[str, Any]:
@@ -402,9 +411,12 @@ class Client:
         if conn is not None and not conn.closed and not self._conn_to_replace:
             return conn
         # Another call may be opening a connection, for as long as its own
-        # timeout allows: wait for it only as long as this one's allows.
+        # timeout allows: wait for it only as long as this one's allows, and
+        # open one in what is left of it.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, within)
         try:
-            async with asyncio.timeout(max(0.0, within)):
+            async with asyncio.timeout_at(deadline):
                 await self._connecting.acquire()
         except TimeoutError:
             raise Unavailable("no member could be reached in the time allowed") from None
@@ -417,7 +429,7 @@ class Client:
             if conn is not None:
                 await conn.close()
                 self._conn = None
-            conn = await self._open_any(within)
+            conn = await self._open_any(deadline - loop.time())
             if self._closed:  # closed meanwhile: nothing may reopen what close() closed
                 await conn.close()
                 self._check_open()

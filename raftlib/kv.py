@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any, AsyncGenerator, AsyncIterator, Awaitable,
 
 from . import codec
 from .client import Client, connect
-from .errors import KVError, LogCompacted, ScopeExists, ScopeNotFound
+from .errors import KVError, LogCompacted, ScopeExists, ScopeNotFound, Unavailable
 from .state_machine import StateMachine
 from .types import Change
 
@@ -715,7 +715,10 @@ class KVWatch:
     it can start at), or falls behind what they keep (the message names the
     revision), :class:`~raftlib.errors.KVError`
     if the feed skipped a change (it never should), and the errors of the
-    underlying ``listen``.
+    underlying ``listen``: :class:`~raftlib.errors.Unavailable` when no
+    member took the feed over in time, its message ending with the
+    ``from_revision`` a new watch resumes at without missing or repeating
+    an event.
     """
 
     def __init__(self, listen: _Listen, position: Callable[[], Awaitable[int]],
@@ -863,6 +866,13 @@ async def _events(changes: AsyncIterator[Change], scope: str | None, prefix: str
                     f"changes {where} are no longer kept by the member this watch reads from (it fell more than "
                     f"Config.listen_backlog changes behind, or the member installed a snapshot); read the current "
                     f"state (KVClient.items) and watch from its revision + 1"
+                ) from exc
+            except Unavailable as exc:
+                # No member to continue at: say where a new watch takes over.
+                resume = first_revision if last is None else max(first_revision, last + 1)
+                raise type(exc)(
+                    f"{exc}; to resume this watch without missing or repeating an event, watch again with "
+                    f"from_revision={resume}"
                 ) from exc
             result = change.result
             if not isinstance(result, dict) or type(result.get("revision")) is not int:

@@ -25,12 +25,21 @@ whether it was accepted::
             client -> Auth      [nonce_c, HMAC(secret, "raftlib-client" + nonce_s + nonce_c)]
             server -> AuthOk    [HMAC(secret, "raftlib-server" + nonce_c + nonce_s)]
 
-and then the client's usual ``Hello``. A mismatch is answered in plain
-text, so that the other end learns why at once rather than at its timeout:
-a member secured with TLS answers a connection that does not open with a TLS
-handshake with ``TLSRequired []``, and a member without TLS answers a TLS
-ClientHello with ``TLSNotUsed []`` (a member with a secret with its
-``Challenge``), which the client's TLS handshake fails to read as TLS.
+and then the client's usual ``Hello``. A client with a secret does not
+wait for the ``Challenge`` to speak: it sends its ``Auth`` frame at once up
+to the proof (which needs ``nonce_s``), and the rest after the
+``Challenge``. Its bytes are the same, so members of any version read them
+as one ``Auth`` frame; and every member hears from the client first, which
+a member without the secret handshake needs in order to answer it.
+
+A mismatch is answered in plain text, so that the other end learns why at
+once rather than at its timeout: a member secured with TLS answers a
+connection that does not open with a TLS handshake with ``TLSRequired []``;
+a member without security answers a TLS ClientHello with ``TLSNotUsed []``
+(a member with a secret with its ``Challenge``), which the client's TLS
+handshake fails to read as TLS, and the start of an ``Auth`` frame with
+``SecretNotUsed []``; a member with a secret answers a wrong proof with
+``SecretRefused []``. None of these says anything about the secret.
 
 The ``AuthOk`` under TLS matters with
 TLS 1.3: there a client finishes its handshake before the server has checked
@@ -49,6 +58,7 @@ and closes the connection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import os
 import secrets
@@ -84,21 +94,43 @@ not open with a TLS handshake, just before closing it."""
 TLS_NOT_USED = "TLSNotUsed"
 """Sent in plain text by a member without TLS to a connection that opened
 with a TLS handshake, just before closing it."""
+SECRET_NOT_USED = "SecretNotUsed"
+"""Sent in plain text by a member without security to a connection that
+opened with the shared-secret handshake, just before closing it."""
+SECRET_REFUSED = "SecretRefused"
+"""Sent in plain text by a member with a shared secret to a connection whose
+proof was wrong, just before closing it."""
 NEEDS_TLS = "give tls=, or --cert/--key/--ca on the command line"
 """How a client or peer without TLS is told to connect to a member with it."""
 NO_TLS = "connect without tls= (--cert/--key/--ca), or secure the members with it"
 """How a client or peer with TLS is told to connect to a member without it."""
+TLS_NOT_SECRET = "give tls= instead of secret= (--cert/--key/--ca instead of --secret-file on the command line)"
+"""How a client or peer with a secret is told to connect to a member with TLS."""
+NO_SECRET = "connect without secret= (--secret-file), or give the members the secret"
+"""How a client or peer with a secret is told to connect to a member without security."""
+WRONG_SECRET = "give theirs (secret=, or --secret-file on the command line)"
+"""How a client or peer with another secret than the members' is told to connect."""
 _TLS_RECORD_HANDSHAKE = 0x16
 """The first byte of a TLS ClientHello (a handshake record). A raftlib frame
 starts with its length: a first byte of 0x16 would make it over 350 MB."""
 _NOT_TLS_REASONS = frozenset({"WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL"})
 """What OpenSSL reports when the answer to a ClientHello is not TLS at all."""
+_NAME_MISMATCH = frozenset({62, 64})
+"""OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH."""
 NONCE_SIZE = 32
+PROOF_SIZE = 32
+"""Bytes of an HMAC-SHA256 proof."""
 MIN_SECRET_SIZE = 16
 _MAX_HANDSHAKE_FRAME = 1024
 _CLIENT_LABEL = b"raftlib-client"
 _SERVER_LABEL = b"raftlib-server"
 _HEADER = struct.Struct(">I")
+_AUTH_START = encode_frame(AUTH, [bytes(NONCE_SIZE), bytes(PROOF_SIZE)])[: -(NONCE_SIZE + PROOF_SIZE + 4)]
+"""How every Auth frame starts, up to its client nonce (each bytes value
+has a 2-byte msgpack header): the first bytes a client with a secret sends."""
+OPENING_SIZE = len(_AUTH_START)
+"""The first bytes of a connection that :func:`security_refusal` needs to tell
+a security handshake from a ``Hello``."""
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -299,6 +331,21 @@ def is_tls_hello(data: bytes) -> bool:
     return data[:1] == bytes([_TLS_RECORD_HANDSHAKE])
 
 
+def security_refusal(head: bytes) -> tuple[bytes, str] | None:
+    """For a member without security: ``(frame, reason)`` if ``head``, the
+    first bytes of a connection, open a TLS or shared-secret handshake (send
+    ``frame``, then close the connection, logging ``reason``), else ``None``.
+    Fewer than :data:`OPENING_SIZE` bytes may be too few to tell."""
+    if is_tls_hello(head):
+        return encode_frame(TLS_NOT_USED, []), f"got a TLS handshake: this member does not use TLS ({NO_TLS})"
+    if head.startswith(_AUTH_START):
+        return encode_frame(SECRET_NOT_USED, []), (
+            f"got a shared-secret handshake: this member does not use a shared secret (a client or peer with "
+            f"one: {NO_SECRET})"
+        )
+    return None
+
+
 async def _peek(writer: asyncio.StreamWriter) -> bytes:
     """The first bytes the other end sent, left in the socket for the TLS
     handshake to read; ``b""`` if it closed first. The stream must not be
@@ -338,8 +385,17 @@ async def _peek(writer: asyncio.StreamWriter) -> bytes:
                 loop.remove_reader(fd)  # before the descriptor closes: epoll would go on watching it
 
 
+_REFUSALS = {
+    TLS_REQUIRED: f"the member requires TLS, not a shared secret: {TLS_NOT_SECRET}",
+    SECRET_NOT_USED: f"the member does not use a shared secret: {NO_SECRET}",
+    SECRET_REFUSED: f"the member refused this shared secret: it is not the one the members have; {WRONG_SECRET}",
+}
+"""What a client with a secret reports for each refusal a member may send instead of its next handshake frame."""
+
+
 async def _read_frame(reader: asyncio.StreamReader, expected: str) -> Any:
-    """Read exactly one small handshake frame of type ``expected``; return its body."""
+    """Read exactly one small handshake frame of type ``expected``; return its body.
+    Raises :class:`AuthenticationFailed` for a member's refusal (see :data:`_REFUSALS`)."""
     header = await reader.readexactly(HEADER_SIZE)
     if is_tls_hello(header):
         raise ProtocolError(f"expected {expected}, got a TLS handshake: this member does not use TLS ({NO_TLS})")
@@ -348,6 +404,8 @@ async def _read_frame(reader: asyncio.StreamReader, expected: str) -> Any:
         raise ProtocolError(f"expected {expected}, got a frame of {size} bytes (TLS or other traffic?)")
     frames = FrameDecoder(_MAX_HANDSHAKE_FRAME).feed(header + await reader.readexactly(size))
     type_name, body = frames[0]
+    if type_name in _REFUSALS and expected != AUTH:  # a member's refusal (a member reading Auth takes none)
+        raise AuthenticationFailed(_REFUSALS[type_name])
     if type_name != expected:
         raise ProtocolError(f"expected {expected}, got {type_name[:64]!r} (different security settings?)")
     return body
@@ -383,6 +441,9 @@ async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, sec
             writer.write(encode_frame(CHALLENGE, [nonce_s]))
             nonce_c, proof = _check_bytes_list(await _read_frame(reader, AUTH), 2, AUTH)
             if len(nonce_c) != NONCE_SIZE or not hmac.compare_digest(proof, security.client_proof(nonce_s, nonce_c)):
+                writer.write(encode_frame(SECRET_REFUSED, []))
+                with contextlib.suppress(*_CLOSED):  # it is refused either way
+                    await writer.drain()
                 raise AuthenticationFailed("wrong shared secret")
             writer.write(encode_frame(AUTH_OK, [security.server_proof(nonce_s, nonce_c)]))
         await writer.drain()
@@ -410,17 +471,31 @@ async def authenticate(
             await writer.start_tls(security.client_context(), server_hostname=server_hostname)
             _check_bytes_list(await _read_frame(reader, AUTH_OK), 0, AUTH_OK)
         elif isinstance(security, SharedSecret):
+            # The Auth frame up to its proof, at once: a member without the
+            # secret handshake, which waits for the client to speak, learns
+            # what this connection is and says so (see the module docs).
+            nonce_c = secrets.token_bytes(NONCE_SIZE)
+            opening = encode_frame(AUTH, [nonce_c, bytes(PROOF_SIZE)])[:-PROOF_SIZE]
+            writer.write(opening)
             (nonce_s,) = _check_bytes_list(await _read_frame(reader, CHALLENGE), 1, CHALLENGE)
             if len(nonce_s) != NONCE_SIZE:
                 raise ProtocolError("malformed Challenge frame")
-            nonce_c = secrets.token_bytes(NONCE_SIZE)
-            writer.write(encode_frame(AUTH, [nonce_c, security.client_proof(nonce_s, nonce_c)]))
+            auth = encode_frame(AUTH, [nonce_c, security.client_proof(nonce_s, nonce_c)])
+            assert auth[:-PROOF_SIZE] == opening
+            writer.write(auth[-PROOF_SIZE:])
             (proof,) = _check_bytes_list(await _read_frame(reader, AUTH_OK), 1, AUTH_OK)
             if not hmac.compare_digest(proof, security.server_proof(nonce_s, nonce_c)):
                 raise AuthenticationFailed("the server does not know the shared secret")
     except AuthenticationFailed:
         raise
     except EOFError:
+        if isinstance(security, TLSConfig):
+            # After the TLS handshake, instead of AuthOk: the member checked this end's certificate and refused it.
+            raise AuthenticationFailed(
+                "the member closed the connection after the TLS handshake instead of accepting it: it does not "
+                "trust this client's certificate (give one signed by the CA in the members' ca= file, --ca on "
+                "the command line), or it is stopping"
+            ) from None
         raise AuthenticationFailed(
             "the server closed the connection during the handshake (does it refuse these credentials?)"
         ) from None
@@ -429,6 +504,12 @@ async def authenticate(
             # It answered the ClientHello, in plain text: TLSNotUsed, or a Challenge.
             raise AuthenticationFailed(f"the member does not use TLS (it answered the TLS handshake in plain "
                                        f"text): {NO_TLS}") from None
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            if exc.verify_code in _NAME_MISMATCH:
+                advice = "verify_hostname is on: the member's certificate must name the host or IP it is reached at"
+            else:
+                advice = "the member's certificate must be signed by a CA in this end's ca= file, --ca on the command line"
+            raise AuthenticationFailed(f"{_describe(exc)} ({advice})") from None
         raise AuthenticationFailed(_describe(exc)) from None
     except (OSError, ProtocolError) as exc:
         raise AuthenticationFailed(_describe(exc)) from None

@@ -11,7 +11,7 @@ import pytest
 
 import raftlib
 from raftlib.loop import loop_factory, loop_name
-from raftlib.security import make_certificates
+from raftlib.security import TLSConfig, make_certificates
 from storage_adapters import MemoryStorage
 
 from clusterkit import FAST, KVStore
@@ -98,15 +98,32 @@ def test_a_cluster_on_each_loop_and_security(loop: str, security: str, tmp_path:
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_a_tls_mismatch_is_reported_at_once_on_each_loop(loop: str, tmp_path: Path) -> None:
-    """A member with TLS tells a plain client so, and a member without TLS
-    a TLS client, on either loop (uvloop reads an accepted connection before
-    the member can look at its first bytes)."""
+def test_a_security_mismatch_is_reported_at_once_on_each_loop(loop: str, tmp_path: Path) -> None:
+    """Every way a client's security can differ from a member's is reported
+    at once, saying what to change, on either loop (uvloop reads an accepted
+    connection before the member can look at its first bytes); the member
+    goes on serving clients that match it."""
     certs = make_certificates(tmp_path / "certs", ["s1", "client"])
+    stranger = make_certificates(tmp_path / "other-ca", ["client"])["client"]
+    trusting = TLSConfig(stranger.cert, stranger.key, certs["client"].ca)  # its certificate is not the cluster's
+    secret, other = "a shared secret for the test", "another secret for the test"
+    cases: list[tuple[dict[str, Any], dict[str, Any], str]] = [
+        ({"tls": certs["s1"]}, {}, "requires TLS and this connection has none (give tls="),
+        ({"secret": secret}, {}, "requires a shared secret and this connection has none (give secret="),
+        ({}, {"tls": certs["client"]}, "does not use TLS (it answered the TLS handshake in plain text): connect without tls="),
+        ({"secret": secret}, {"tls": certs["client"]}, "does not use TLS (it answered the TLS handshake in plain text)"),
+        ({"tls": certs["s1"]}, {"tls": stranger}, "certificate not trusted: self-signed certificate in certificate "
+                                                 "chain (the member's certificate must be signed by a CA in this "
+                                                 "end's ca= file"),
+        ({"tls": certs["s1"]}, {"tls": trusting}, "does not trust this client's certificate (give one signed by"),
+        ({"tls": certs["s1"]}, {"secret": secret}, "requires TLS, not a shared secret: give tls= instead of secret="),
+        ({}, {"secret": secret}, "does not use a shared secret: connect without secret="),
+        ({"secret": secret}, {"secret": other}, "refused this shared secret: it is not the one the members have"),
+    ]
 
     async def main() -> list[str]:
         seen = []
-        for member, client in (({"tls": certs["s1"]}, {}), ({}, {"tls": certs["client"]})):
+        for member, client, _ in cases:
             peer = await raftlib.start_peer(KVStore, name="s1", address="127.0.0.1:0", storage=MemoryStorage(),
                                             config=FAST, **member)
             try:
@@ -115,11 +132,14 @@ def test_a_tls_mismatch_is_reported_at_once_on_each_loop(loop: str, tmp_path: Pa
                     await raftlib.connect([peer.address], timeout=60, **client)
                 except raftlib.errors.AuthenticationFailed as exc:
                     seen.append(str(exc))
+                # The member goes on serving clients that match it.
+                good = await raftlib.connect([peer.address], timeout=10, **member)
+                await good.close()
             finally:
                 await peer.stop()
         return seen
 
     seen = raftlib.run(main(), use_uvloop=loop == "uvloop")
-    assert len(seen) == 2
-    assert "requires TLS and this connection has none" in seen[0]
-    assert "does not use TLS" in seen[1]
+    assert len(seen) == len(cases)
+    for (_, _, expected), message in zip(cases, seen):
+        assert expected in message

@@ -26,7 +26,7 @@ from raftlib.cli import main
 from raftlib.core.messages import RequestVote
 from raftlib.security import SharedSecret, TLSConfig, authenticate, make_certificates, security_from
 from raftlib.transport import tcp
-from raftlib.transport.framing import encode_frame
+from raftlib.transport.framing import FrameDecoder, encode_frame
 from raftlib.transport.tcp import Transport, connect_stream
 
 from clusterkit import FAST, Cluster, KVStore, eventually, fake_server, free_port
@@ -296,7 +296,8 @@ async def test_tls_with_hostname_verification(tmp_path: Path) -> None:
         assert await client.write(["set", "a", 1]) == ["ok", "a", 1]
         await client.close()
         # This certificate names 10.9.9.9, not the 127.0.0.1 it was reached at.
-        with pytest.raises(errors.AuthenticationFailed, match="certificate not trusted: IP address mismatch"):
+        with pytest.raises(errors.AuthenticationFailed, match="certificate not trusted: IP address mismatch.*verify_hostname is on: "
+                                                                "the member's certificate must name the host"):
             await connect_stream(peers[1].address, strict["client"], timeout=5)
         _, writer = await connect_stream(peers[1].address, certs["client"], timeout=5)  # not checked by default
         writer.close()
@@ -393,8 +394,8 @@ async def test_peers_with_a_wrong_secret_or_none_are_refused(
 async def test_clients_with_a_wrong_secret_or_none_are_refused(secret_cluster: Cluster) -> None:
     peers = await secret_cluster.start(3)
     addresses = [p.address for p in peers.values()]
-    with pytest.raises(errors.AuthenticationFailed, match="wrong shared secret|closed the connection"):
-        await raftlib.connect(addresses, secret=b"a different secret of 32 bytes!!", timeout=10)
+    with pytest.raises(errors.AuthenticationFailed, match="refused this shared secret.*give theirs .secret=, or --secret-file"):
+        await raftlib.connect(addresses, secret=b"a different secret of 32 bytes!!", timeout=60)
     with pytest.raises(errors.Unavailable):
         await raftlib.connect(addresses, timeout=1.5)
 
@@ -414,6 +415,102 @@ async def test_a_client_or_peer_without_a_secret_learns_that_the_cluster_require
         await raftlib.join(KVStore, name="s4", address="127.0.0.1:0", seeds=addresses, storage=_memory(),
                            config=FAST, timeout=10)
     assert set((await secret_cluster.leader()).membership.members) == {"s1", "s2", "s3"}
+
+
+@pytest.mark.parametrize("members", ["plain", "tls"])
+async def test_a_client_or_peer_with_a_secret_is_told_at_once_what_the_members_use_instead(
+    tmp_path: Path, members: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client with a secret waited for the member's Challenge while a
+    member without the secret handshake waited for the client to speak (a
+    Hello, or a TLS ClientHello), until the handshake timed out. The client
+    now sends the start of its Auth frame at once, which a member with TLS
+    answers with TLSRequired and a member without security with
+    SecretNotUsed: the client or joining peer learns what to change, and
+    the member goes on serving the others."""
+    cluster = Cluster(tmp_path, tls=members == "tls")
+    try:
+        peers = await cluster.start(3)
+        addresses = [p.address for p in peers.values()]
+        expected = {
+            "tls": r"requires TLS, not a shared secret: give tls= instead of secret= \(--cert/--key/--ca instead "
+                   r"of --secret-file",
+            "plain": r"does not use a shared secret: connect without secret= \(--secret-file\), or give the "
+                     r"members the secret",
+        }[members]
+        with pytest.raises(errors.AuthenticationFailed, match=expected):
+            await raftlib.connect(addresses, secret=SECRET, timeout=60)
+        with pytest.raises(errors.AuthenticationFailed, match=expected):
+            await raftlib.join(KVStore, name="s4", address="127.0.0.1:0", seeds=addresses, storage=_memory(),
+                               config=FAST, timeout=60, secret=SECRET)
+        warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        told = "the connection does not use TLS" if members == "tls" else "got a shared-secret handshake"
+        assert any(told in w for w in warned), warned
+        client = await raftlib.connect(addresses, timeout=10, **cluster.security_kwargs("client"))
+        try:
+            assert await client.write(["set", "still", 1]) == ["ok", "still", 1]
+        finally:
+            await client.close()
+        assert set((await cluster.leader()).membership.members) == {"s1", "s2", "s3"}
+    finally:
+        await cluster.close()
+
+
+def _auth_opening(nonce: bytes) -> bytes:
+    """What a client with a secret sends before the Challenge: its Auth frame but the proof."""
+    return encode_frame("Auth", [nonce, bytes(32)])[:-32]
+
+
+async def test_a_member_without_security_recognises_a_secret_handshake_however_it_arrives(cluster: Cluster) -> None:
+    peers = await cluster.start(1)
+    host, _, port = next(iter(peers.values())).address.rpartition(":")
+    opening = _auth_opening(os.urandom(32))
+    for split in (1, 4, 9, len(opening) - 1, len(opening)):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(opening[:split])
+            await writer.drain()
+            writer.write(opening[split:])
+            answer = await asyncio.wait_for(reader.read(), 30)
+        finally:
+            writer.close()
+        assert FrameDecoder(1024).feed(answer) == [("SecretNotUsed", [])]
+    leader = await cluster.leader()
+    assert await leader.write(["set", "k", 1]) == ["ok", "k", 1]
+
+
+async def test_a_member_accepts_the_earlier_order_and_answers_a_wrong_proof_with_a_refusal_only(
+    secret_cluster: Cluster,
+) -> None:
+    """A client of an earlier version sends its whole Auth frame after the
+    Challenge, and is still admitted. A wrong proof is answered with
+    SecretRefused and nothing else: the member reveals nothing of its secret
+    (nor its own proof)."""
+    peers = await secret_cluster.start(1)
+    host, _, port = next(iter(peers.values())).address.rpartition(":")
+    right, wrong = SharedSecret(SECRET), SharedSecret(b"a different secret of 32 bytes!!")
+    for secret in (right, wrong):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            decoder = FrameDecoder(1024)
+            frames: list[Any] = []
+            while not frames:
+                frames = decoder.feed(await asyncio.wait_for(reader.read(1024), 30))
+            ((kind, (nonce_s,)),) = frames
+            assert kind == "Challenge"
+            nonce_c = os.urandom(32)
+            writer.write(encode_frame("Auth", [nonce_c, secret.client_proof(nonce_s, nonce_c)]))
+            if secret is right:
+                frames = []
+                while not frames:
+                    frames = decoder.feed(await asyncio.wait_for(reader.read(1024), 30))
+                assert frames == [("AuthOk", [right.server_proof(nonce_s, nonce_c)])]
+            else:
+                rest = await asyncio.wait_for(reader.read(), 30)
+                assert decoder.feed(rest) == [("SecretRefused", [])]
+                assert SECRET not in rest and right.server_proof(nonce_s, nonce_c) not in rest
+        finally:
+            writer.close()
 
 
 async def test_the_server_must_prove_it_knows_the_secret_too() -> None:

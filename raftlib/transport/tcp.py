@@ -56,7 +56,7 @@ from typing import Any, Awaitable, Callable, Literal, Mapping, NamedTuple
 from ..core.messages import Message
 from ..errors import AddressInUse, AuthenticationFailed, ConfigError, ProtocolError
 from ..security import (
-    HANDSHAKE_TIMEOUT, NO_TLS, TLS_NOT_USED, Security, TLSConfig, accept, authenticate, is_tls_hello,
+    HANDSHAKE_TIMEOUT, OPENING_SIZE, Security, TLSConfig, accept, authenticate, security_refusal,
 )
 from .framing import (
     MAX_NAME_LENGTH,
@@ -1300,7 +1300,8 @@ class Transport:
         decoder = FrameDecoder(self.max_frame_size, first_frame_size=HELLO_MAX_FRAME_SIZE)
         loop = asyncio.get_running_loop()
         hello_deadline = loop.time() + self.hello_timeout
-        first = True
+        head: bytes | None = b"" if self.security is None else None
+        """The first bytes, until they tell whether the other end opened a security handshake."""
         while True:
             if conn.peer_name is None:
                 try:
@@ -1312,10 +1313,15 @@ class Transport:
                 data = await reader.read(READ_SIZE)
             if not data:
                 return
-            if first and self.security is None and is_tls_hello(data):
-                conn._writer.write(encode_frame(TLS_NOT_USED, []))  # which its TLS handshake fails on at once
-                raise ProtocolError(f"got a TLS handshake: this member does not use TLS ({NO_TLS})")
-            first = False
+            if head is not None:
+                head += data
+                refusal = security_refusal(head)
+                if refusal is not None:
+                    answer, reason = refusal
+                    conn._writer.write(answer)  # the other end reports it at once
+                    raise ProtocolError(reason)
+                if len(head) >= OPENING_SIZE:
+                    head = None
             conn._active_at = loop.time()
             for type_name, body in decoder.feed(data):
                 self.stats["frames_received"] += 1

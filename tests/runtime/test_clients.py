@@ -294,6 +294,35 @@ async def test_the_session_table_survives_snapshots_and_restarts(lmdb_cluster: C
 # -- the change feed -----------------------------------------------------------------------
 
 
+async def test_a_call_that_waited_for_another_s_connection_attempt_keeps_to_its_own_timeout(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Calls that find no connection open one at a time; the one that waits
+    for another's attempt has only what is left of its own time for its
+    attempt after it (it had its whole timeout again)."""
+    peers = await cluster.start(1)
+    (peer,) = peers.values()
+    client = await raftlib.connect([peer.address], timeout=10)
+    try:
+        loop = asyncio.get_running_loop()
+        deadlines: list[float] = []
+        open_any = client._open_any
+
+        async def recording(within: float) -> Any:
+            deadlines.append(loop.time() + within)
+            return await open_any(within)
+
+        monkeypatch.setattr(client, "_open_any", recording)
+        await peer.stop()
+        started = loop.time()
+        answers = await asyncio.gather(client.read(["get", "k"], timeout=0.5), client.read(["get", "k"], timeout=1.0),
+                                       return_exceptions=True)
+        assert all(isinstance(a, errors.Unavailable) for a in answers), answers
+        assert len(deadlines) >= 2 and max(deadlines) < started + 1.0 + 0.2
+    finally:
+        await client.close()
+
+
 async def test_listen_yields_applied_writes_in_order_and_resumes(cluster: Cluster) -> None:
     peers = await cluster.start(3)
     leader = await cluster.leader()

@@ -253,6 +253,73 @@ async def test_a_watch_survives_losing_its_member_twice_a_quiet_while_apart(clus
         await writer.close()
 
 
+async def test_a_watch_whose_member_stopped_while_it_was_not_reading_continues_at_another(cluster: Cluster) -> None:
+    """As etcd's watch does, a watch whose member stops continues at another
+    member, with exactly the events after the last one it delivered: whether
+    its feed was not open yet (started, never read) or open with events
+    received and not read."""
+    peers = await cluster.start(5, sm=KVStateMachine)
+    addresses = [p.address for p in peers.values()]
+    writer = await KVClient.connect(addresses, timeout=10)
+    try:
+        for opened in (False, True):
+            watcher = await KVClient.connect(addresses, timeout=10)
+            watch = watcher.watch("default", f"{opened}/")
+            try:
+                await watch.start()
+                for i in range(4):
+                    await writer.put(f"{opened}/{i}", i)
+                read = [await anext(watch) for _ in range(2 if opened else 0)]
+                conn = watcher.client._conn
+                assert conn is not None
+                await next(p for p in cluster.live() if p.address == conn.address).stop()
+                for i in range(4, 6):
+                    await writer.put(f"{opened}/{i}", i)
+                read += [await anext(watch) for _ in range(6 - len(read))]
+                assert [(e.key, e.value) for e in read] == [(f"{opened}/{i}", i) for i in range(6)]
+                await writer.put(f"{opened}/last", "no repeats before it")
+                assert (await anext(watch)).key == f"{opened}/last"
+            finally:
+                await watch.aclose()
+                await watcher.close()
+    finally:
+        await writer.close()
+
+
+async def test_a_watch_whose_only_member_stopped_gives_up_within_the_client_timeout(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A watch whose feed was not open yet when its member stopped looked
+    for another member for the client's timeout, and only then started the
+    clock of the loss: it gave up after twice the timeout. The search for a
+    member is one timeout long, and the error names the revision to watch
+    from to resume without missing an event."""
+    peers = await cluster.start(1, sm=KVStateMachine)
+    (peer,) = peers.values()
+    kv = await KVClient.connect([peer.address], timeout=1.0)
+    watch = kv.watch()
+    try:
+        await watch.start()
+        await kv.put("a", 1)  # committed: the watch must not miss it when resumed
+        loop = asyncio.get_running_loop()
+        deadlines: list[float] = []
+        open_any = kv.client._open_any
+
+        async def recording(within: float) -> Any:
+            deadlines.append(loop.time() + within)
+            return await open_any(within)
+
+        monkeypatch.setattr(kv.client, "_open_any", recording)
+        await peer.stop()
+        with pytest.raises(errors.Unavailable) as info:
+            await anext(watch)
+        assert deadlines and max(deadlines) - min(deadlines) < 0.5  # one timeout's search, not two
+        assert str(info.value).endswith(f"watch again with from_revision={watch.first_revision}")
+    finally:
+        await watch.aclose()
+        await kv.close()
+
+
 async def test_a_watch_resumes_from_a_revision_and_says_when_that_is_too_old(tmp_path: Any) -> None:
     cluster = Cluster(tmp_path, config=dataclasses.replace(FAST, listen_backlog=8))
     kv: KVClient | None = None
