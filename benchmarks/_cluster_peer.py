@@ -98,11 +98,9 @@ async def open_loop(start: Callable[[int], "asyncio.Future[Any]"], rate: float, 
     """
     clock = time.perf_counter
     interval = 1.0 / rate
-    latencies: list[float] = []
-    service: list[float] = []
+    latencies, service, late = _common.samples(), _common.samples(), _common.samples()
     errors: dict[str, int] = {}
     pending: set[asyncio.Future[Any]] = set()
-    late: list[float] = []
 
     def failed(exc: BaseException) -> None:
         name = type(exc).__name__

@@ -66,7 +66,7 @@ from pysyncobj.journal import FileJournal
 from pysyncobj.transport import TCPTransport
 from pysyncobj.version import VERSION as PYSYNCOBJ_VERSION
 
-from benchmarks._common import LOG_FORMAT, failed, memory_kib, percentiles
+from benchmarks._common import LOG_FORMAT, failed, memory_kib, percentiles, samples
 
 _emit_lock = threading.Lock()
 
@@ -179,7 +179,7 @@ class Node:
         names = [f"k{j}" for j in range(keys)]
         counter = itertools.count()
         clock = time.perf_counter
-        latencies: list[float] = []
+        latencies = samples()
         errors: dict[str, int] = {}
         state = {"counting": False, "stopping": False}
         in_flight = [0]
