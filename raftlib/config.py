@@ -168,7 +168,8 @@ class Config:
 
 def check_timeout(timeout: Any, what: str = "timeout") -> None:
     """Raise :class:`~raftlib.errors.ConfigError` unless ``timeout`` is a
-    number of seconds or ``None``."""
+    number of seconds, 0 or more, or ``None`` (no limit). A negative one
+    would run out at once: a sign of a deadline computed wrong, not a wish."""
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                or timeout != timeout):  # NaN
-        raise ConfigError(f"{what} must be a number of seconds or None, got {timeout!r}")
+                                or not timeout >= 0):  # NaN too: it compares false
+        raise ConfigError(f"{what} must be a number of seconds (0 or more) or None, got {timeout!r}")

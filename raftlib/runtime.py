@@ -1119,7 +1119,8 @@ class Peer:
         cannot encode raises :class:`~raftlib.errors.CommandFailed` (here
         and forwarded): the write took effect, only its result is lost.
         """
-        check_timeout(timeout)
+        if timeout is not None:  # the hot path: no call for the usual None
+            check_timeout(timeout)
         self._check_running()
         if self.is_leader or not forward:
             data = codec.pack(command, "command", self.config.max_command_size)

@@ -1062,17 +1062,16 @@ async def test_a_client_listener_that_falls_far_behind_resumes_where_it_stopped(
         await client.close()
 
 
-@pytest.mark.parametrize("timeout", [0, -1])
-async def test_a_call_with_no_time_left_says_so(cluster: Cluster, timeout: float) -> None:
-    """A timeout of 0 or less sends nothing; the error said only
-    "no leader could take it in time (last error: None)"."""
+async def test_a_call_with_no_time_left_says_so(cluster: Cluster) -> None:
+    """A timeout of 0 sends nothing; the error said only "no leader could
+    take it in time (last error: None)". (A negative one is a ConfigError.)"""
     peers = await cluster.start(1)
     client = await raftlib.connect([peers["s1"].address], timeout=10)
     try:
         with pytest.raises(errors.Unavailable, match="not applied: its timeout ran out before it could be sent"):
-            await client.write(["set", "a", 1], timeout=timeout)
+            await client.write(["set", "a", 1], timeout=0)
         with pytest.raises(errors.Unavailable, match="not sent: its timeout ran out first"):
-            await client.read(["get", "a"], timeout=timeout)
+            await client.read(["get", "a"], timeout=0)
         assert await client.write(["set", "a", 2]) == ["ok", "a", 2]
     finally:
         await client.close()

@@ -1,0 +1,63 @@
+"""Starting and stopping a Peer as an application embeds it: ``async with``,
+what a stopped peer reports, timeouts refused up front, and a start that is
+cancelled (once, then again while it cleans up)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+
+import raftlib
+from raftlib import errors
+from raftlib.rpc import RpcConnection
+from storage_adapters import MemoryStorage
+
+from clusterkit import Cluster, KVStore
+
+
+async def test_a_negative_timeout_is_a_config_error_and_zero_keeps_its_meaning(cluster: Cluster) -> None:
+    peers = await cluster.start(3)
+    leader = await cluster.leader()
+    follower = next(p for p in peers.values() if p is not leader)
+    client = await raftlib.connect([leader.address])  # its session is an entry of the log
+    conn = await RpcConnection.open(follower.address)
+    last = leader.status()["last_index"]
+    said = r"timeout must be a number of seconds \(0 or more\) or None, got -"
+    for bad in (-1, -0.001, float("-inf")):
+        for peer in (leader, follower):
+            for call in (lambda: peer.write(["set", "a", 1], timeout=bad),
+                         lambda: peer.read(["get", "a"], timeout=bad),
+                         lambda: peer.read(["get", "a"], timeout=bad, consistency="stale"),
+                         lambda: peer.wait_for_leader(timeout=bad),
+                         lambda: peer.transfer_leadership(timeout=bad),
+                         lambda: peer.add_member("s9", "127.0.0.1:1", timeout=bad),
+                         lambda: peer.remove_member("s9", timeout=bad),
+                         lambda: peer.set_configuration(dict(cluster.addresses), timeout=bad),
+                         lambda: peer.leave(timeout=bad),
+                         lambda: peer.open_session("c", timeout=bad),
+                         lambda: peer.close_session("c", timeout=bad),
+                         lambda: peer.session_write("c", 1, ["set", "a", 1], timeout=bad),
+                         lambda: raftlib.connect([peer.address], timeout=bad),
+                         lambda: raftlib.join(KVStore, name="s9", address="127.0.0.1:0", seeds=[peer.address],
+                                              storage=MemoryStorage(), timeout=bad)):
+                with pytest.raises(errors.ConfigError, match=said):
+                    await call()
+    try:
+        with pytest.raises(errors.ConfigError, match=said):
+            await client.write(["set", "a", 1], timeout=-1)
+        with pytest.raises(errors.ConfigError, match=said):
+            await client.read(["get", "a"], timeout=-1)
+        with pytest.raises(errors.ConfigError, match=said):
+            await conn.call("write", {"command": ["set", "a", 1], "timeout": -1}, timeout=5)
+        assert leader.status()["last_index"] == last  # nothing was appended
+    finally:
+        await conn.close()
+        await client.close()
+    assert leader.is_leader and all(p._fatal is None for p in peers.values())
+    # 0 still means "no time at all": it may time out, but it is allowed.
+    with contextlib.suppress(errors.Timeout):
+        await leader.write(["set", "b", 1], timeout=0)
+    with contextlib.suppress(errors.Timeout):
+        await leader.read(["get", "b"], timeout=0)
+    assert await leader.write(["set", "c", 1], timeout=None) == ["ok", "c", 1]
