@@ -396,8 +396,9 @@ class Peer:
 
     @property
     def leader(self) -> NodeId | None:
-        """The name of the leader this peer knows of, or ``None``."""
-        return self._core.leader
+        """The name of the leader this peer knows of, or ``None`` (also once
+        it is stopping or stopped: it no longer knows)."""
+        return None if self._stopping or self._fatal is not None else self._core.leader
 
     @property
     def is_leader(self) -> bool:
@@ -410,9 +411,10 @@ class Peer:
         """This peer's view of the cluster, as a plain dict.
 
         Keys: ``name``, ``address``, ``role`` (``leader``, ``follower``,
-        ``candidate`` or ``pre-candidate``), ``term``, ``leader`` (the
+        ``candidate`` or ``pre-candidate``; ``stopped`` once :meth:`stop`
+        has begun or a fatal error stopped it), ``term``, ``leader`` (the
         leader this peer knows of; not itself while its disk is full, since
-        it has stopped leading), ``commit_index``, ``applied_index``, ``last_index``,
+        it has stopped leading; ``None`` once stopped), ``commit_index``, ``applied_index``, ``last_index``,
         ``snapshot_index``, ``storage_full`` (the disk is full: requests are
         refused until space returns), ``removed_at`` (``None``, or the index
         of the configuration that removed this peer, as its own committed log
@@ -443,14 +445,15 @@ class Peer:
                 info["lag"] = max(0, last_index - progress[nid].match)
             return info
 
+        stopped = self._stopping or self._fatal is not None
         return {
             "name": self.name,
             "address": self.address,
-            "role": core.role,
+            "role": "stopped" if stopped else core.role,
             "term": core.term,
             # A leader whose disk is full has stopped leading (no heartbeats;
             # the others elect a leader): it must not send clients back to itself.
-            "leader": None if core.leader == self.name and not self.is_leader else core.leader,
+            "leader": None if stopped or (core.leader == self.name and not self.is_leader) else core.leader,
             "commit_index": core.commit_index,
             "applied_index": self._applied,
             "last_index": last_index,

@@ -16,6 +16,18 @@ from storage_adapters import MemoryStorage
 from clusterkit import Cluster, KVStore
 
 
+async def test_a_stopped_leader_no_longer_claims_to_lead(cluster: Cluster) -> None:
+    peers = await cluster.start(3)
+    leader = await cluster.leader()
+    follower = next(p for p in peers.values() if p is not leader)
+    for peer in (leader, follower):
+        await peer.stop(transfer_leadership=False)  # the leader stops as leader
+        status = peer.status()
+        assert status["role"] == "stopped" and status["leader"] is None
+        assert not peer.is_leader and peer.leader is None
+        assert status["term"] >= 1 and status["name"] == peer.name  # the rest is still there
+
+
 async def test_a_negative_timeout_is_a_config_error_and_zero_keeps_its_meaning(cluster: Cluster) -> None:
     peers = await cluster.start(3)
     leader = await cluster.leader()
