@@ -27,6 +27,7 @@ import asyncio
 import bisect
 import contextlib
 import dataclasses
+import functools
 import heapq
 import inspect
 import itertools
@@ -35,7 +36,8 @@ import os
 import random
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Mapping, NamedTuple, Sequence, TypeVar
+from typing import (TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Coroutine, Generator, Mapping, NamedTuple,
+                    ParamSpec, Sequence, TypeVar)
 
 from . import codec
 from .config import Config, check_timeout
@@ -92,10 +94,16 @@ logger = logging.getLogger("raftlib")
 StateMachineFactory = Callable[[], StateMachine]
 
 _T = TypeVar("_T")
+_P = ParamSpec("_P")
 
 
 class Peer:
-    """A running Raft peer. Create it with :func:`start_peer`."""
+    """A running Raft peer. Create it with :func:`start_peer`.
+
+    A peer is an async context manager that stops it (:meth:`stop`, with
+    its defaults) when the block ends, normally or by an exception:
+    ``async with await start_peer(...) as peer:``, or without the ``await``.
+    """
 
     def __init__(
         self,
@@ -310,6 +318,13 @@ class Peer:
             # A failure to close storage reaches the first stop() to see the end.
             self._release_reported = True
             self._release.result()
+
+    async def __aenter__(self) -> Peer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Stop the peer (see :meth:`stop`); an exception of the block goes on."""
+        await self.stop()
 
     async def _release_all(self) -> None:
         """The part of :meth:`stop` that must finish once begun: end the
@@ -2928,6 +2943,52 @@ def _snapshot_dir(
     )
 
 
+class _Starting(Coroutine[Any, Any, Peer]):
+    """What :func:`start_peer` and :func:`join` return: the coroutine that
+    starts the peer, so ``await`` (or a task) gives the started
+    :class:`Peer`, and also an async context manager, so that
+    ``async with start_peer(...) as peer:`` starts it and stops it (with
+    :meth:`Peer.stop`'s defaults) when the block ends."""
+
+    __slots__ = ("_starting", "_peer")
+
+    def __init__(self, starting: Coroutine[Any, Any, Peer]) -> None:
+        self._starting = starting
+        self._peer: Peer | None = None
+
+    def send(self, value: Any) -> Any:
+        return self._starting.send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None, /) -> Any:
+        return self._starting.throw(typ, val, tb)
+
+    def close(self) -> None:
+        self._starting.close()
+
+    def __await__(self) -> Generator[Any, None, Peer]:
+        return self._starting.__await__()
+
+    async def __aenter__(self) -> Peer:
+        self._peer = await self._starting
+        return self._peer
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._peer is not None
+        await self._peer.stop()
+
+
+def _startable(start: Callable[_P, Coroutine[Any, Any, Peer]]) -> Callable[_P, _Starting]:
+    """Make ``start`` (a coroutine function giving a started peer) return a
+    :class:`_Starting`: awaitable as before, and usable with ``async with``."""
+
+    @functools.wraps(start)
+    def starting(*args: _P.args, **kwargs: _P.kwargs) -> _Starting:
+        return _Starting(start(*args, **kwargs))
+
+    return starting
+
+
+@_startable
 async def start_peer(
     state_machine: StateMachine | type[StateMachine] | StateMachineFactory,
     *,
@@ -2942,6 +3003,11 @@ async def start_peer(
     secret: SharedSecret | bytes | str | None = None,
 ) -> Peer:
     """Start a Raft peer in the running event loop and return it.
+
+    ``await start_peer(...)`` gives the started :class:`Peer`;
+    ``async with start_peer(...) as peer:`` (or ``async with await
+    start_peer(...) as peer:``) also stops it when the block ends, normally
+    or by an exception, as :meth:`Peer.stop` with its defaults does.
 
     ``state_machine`` is a :class:`StateMachine` subclass (instantiated with no
     arguments), an instance, or a factory. ``address`` is ``host:port`` (port
@@ -3021,6 +3087,7 @@ async def start_peer(
     return peer
 
 
+@_startable
 async def join(
     state_machine: StateMachine | type[StateMachine] | StateMachineFactory,
     *,
@@ -3038,6 +3105,9 @@ async def join(
     secret: SharedSecret | bytes | str | None = None,
 ) -> Peer:
     """Start a peer and add it to a running cluster; return it.
+
+    Like :func:`start_peer`, it may also be used as ``async with join(...)
+    as peer:`` to stop the peer when the block ends.
 
     ``seeds`` are addresses of any current members: the first one reachable
     forwards the request to the leader, which adds this peer as a learner,

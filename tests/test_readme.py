@@ -117,6 +117,23 @@ async def test_the_getting_started_examples_run(tmp_path: Path, monkeypatch: pyt
             await peer.stop()
 
 
+async def test_the_getting_started_async_with_example_stops_the_peer(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import raftlib
+
+    blocks = code_blocks("getting-started.md")
+    example = next(block for block in blocks if block.startswith("async with raftlib.start_peer("))
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, Any] = {"raftlib": raftlib}
+    exec(blocks[0], namespace)
+    await run_block(example.replace("127.0.0.1:7001", f"127.0.0.1:{free_port()}"), namespace)
+    assert namespace["total"] == 2
+    assert namespace["peer"].status()["role"] == "stopped"
+    # The data directory is free again: a peer starts on it, with the write.
+    async with raftlib.start_peer(namespace["Counter"], name="s1", address="127.0.0.1:0", data_dir="data/s1") as again:
+        assert await again.read("value", consistency="stale") == 2
+
+
 def test_every_config_field_is_documented_with_its_default() -> None:
     """Each ``Config`` field appears on some page, and every table row that
     gives a field's default (``| `field` | default | ...``) gives the real one."""

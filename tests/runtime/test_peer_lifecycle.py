@@ -5,6 +5,8 @@ cancelled (once, then again while it cleans up)."""
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,7 +15,49 @@ from raftlib import errors
 from raftlib.rpc import RpcConnection
 from storage_adapters import MemoryStorage
 
-from clusterkit import Cluster, KVStore
+from clusterkit import FAST, Cluster, KVStore
+
+
+def _start(tmp_path: Path, address: str = "127.0.0.1:0") -> Any:
+    return raftlib.start_peer(KVStore, name="s1", address=address, data_dir=tmp_path / "s1", config=FAST)
+
+
+async def test_async_with_a_started_peer_stops_it_on_exit(tmp_path: Path) -> None:
+    async with await _start(tmp_path) as peer:
+        await peer.set_configuration({"s1": peer.address})
+        assert await peer.write(["set", "a", 1], timeout=10) == ["ok", "a", 1]
+    assert peer.status()["role"] == "stopped"
+    with pytest.raises(errors.PeerStopped):
+        await peer.write(["set", "a", 2])
+    # The data directory and the address were released: a new peer takes both.
+    async with await _start(tmp_path, peer.address) as again:
+        assert await again.read(["get", "a"], timeout=10) == ["ok", 1]
+
+
+async def test_async_with_start_peer_directly_stops_the_peer_also_on_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ZeroDivisionError):
+        async with _start(tmp_path) as peer:
+            await peer.set_configuration({"s1": peer.address})
+            await peer.write(["set", "a", 1], timeout=10)
+            1 / 0
+    assert peer.status()["role"] == "stopped"
+    async with _start(tmp_path, peer.address) as again:
+        assert again is not peer
+        assert await again.read(["get", "a"], timeout=10) == ["ok", 1]
+    # Awaiting it stays the way to start a peer, and a peer started so can
+    # still be stopped by hand.
+    peer = await _start(tmp_path)
+    await peer.stop()
+    assert peer.status()["role"] == "stopped"
+
+
+async def test_async_with_join_stops_the_joined_peer(cluster: Cluster) -> None:
+    await cluster.start(1)
+    leader = await cluster.leader()
+    async with raftlib.join(KVStore, name="s2", address="127.0.0.1:0", seeds=[leader.address],
+                            storage=MemoryStorage(), config=FAST, timeout=30) as peer:
+        assert "s2" in leader.membership.voters
+    assert peer.status()["role"] == "stopped"
 
 
 async def test_a_stopped_leader_no_longer_claims_to_lead(cluster: Cluster) -> None:
