@@ -2643,6 +2643,36 @@ async def _to_the_end(aw: Awaitable[_T]) -> _T:
                 task.uncancel()
 
 
+async def _uninterrupted(aw: Awaitable[_T]) -> tuple[_T, asyncio.CancelledError | None]:
+    """Await ``aw`` until it is done, even if the calling task is cancelled
+    meanwhile; return its result and that cancellation (``None`` if none
+    came), which the caller raises once it has kept hold of the result (to
+    close what ``aw`` opened). If ``aw`` failed and a cancellation came,
+    the cancellation is raised."""
+    fut = asyncio.ensure_future(aw)
+    cancelled: asyncio.CancelledError | None = None
+    while not fut.done():
+        try:
+            await asyncio.wait([fut])  # unlike awaiting fut, leaves it running when cancelled
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+    if cancelled is not None and (fut.cancelled() or fut.exception() is not None):
+        _retrieve(fut)
+        raise cancelled
+    return fut.result(), cancelled
+
+
+async def _settled(aw: Awaitable[_T]) -> _T:
+    """Await ``aw`` until it is done, even if the calling task is cancelled
+    meanwhile, then raise that cancellation: for cleanup that must not stop
+    half way in a task that must still end as cancelled (unlike
+    :func:`_to_the_end`, which drops the cancellation)."""
+    result, cancelled = await _uninterrupted(aw)
+    if cancelled is not None:
+        raise cancelled
+    return result
+
+
 def _retrieve(fut: asyncio.Future[Any]) -> None:
     """Mark an abandoned future's exception as seen, so asyncio does not log it."""
     if not fut.cancelled():
@@ -3008,6 +3038,9 @@ async def start_peer(
     ``async with start_peer(...) as peer:`` (or ``async with await
     start_peer(...) as peer:``) also stops it when the block ends, normally
     or by an exception, as :meth:`Peer.stop` with its defaults does.
+    If starting fails or is cancelled, what it had opened (the socket, the
+    storage and its lock) is released before the error or the
+    cancellation is raised, even if it is cancelled again meanwhile.
 
     ``state_machine`` is a :class:`StateMachine` subclass (instantiated with no
     arguments), an instance, or a factory. ``address`` is ``host:port`` (port
@@ -3057,14 +3090,23 @@ async def start_peer(
             raise ConfigError("start_peer needs data_dir (for the default LMDB storage) or storage=")
         from storage_adapters.lmdb import LMDBStorage
 
-        storage = await asyncio.to_thread(LMDBStorage, data_dir)
+        # A cancellation while the thread opens the database takes effect
+        # once it is open, so that it is closed (and its lock released).
+        lmdb, cancelled = await _uninterrupted(asyncio.to_thread(LMDBStorage, data_dir))
+        if cancelled is not None:
+            await _settled(asyncio.to_thread(lmdb.close))
+            raise cancelled
+        storage = lmdb
     log = logger or logging.getLogger(f"raftlib.peer.{name}")
     snapshots: SnapshotStore | None = None
     peer: Peer | None = None
     try:
         snapshot_dir = _snapshot_dir(data_dir, storage, sm)
         if snapshot_dir is not None:
-            snapshots = await asyncio.to_thread(FileSnapshotStore, snapshot_dir)
+            files, cancelled = await _uninterrupted(asyncio.to_thread(FileSnapshotStore, snapshot_dir))
+            snapshots = files
+            if cancelled is not None:
+                raise cancelled
         else:
             snapshots = MemorySnapshotStore()
         peer = Peer(sm, name=name, address=address, storage=storage, snapshots=snapshots, config=cfg, log=log,
@@ -3072,19 +3114,29 @@ async def start_peer(
         recovered = peer._core.commit_index
         await peer._start()
     except BaseException:
-        # Release whatever was opened, then report the original error.
-        if peer is not None:
-            await peer._transport.close()
-        await asyncio.to_thread(_close_stores, snapshots, storage)
+        # Release whatever was opened, then report the original error. Like
+        # stop(), the release goes on to its end if cancelled (again) meanwhile.
+        await _settled(_close_unstarted(peer, snapshots, storage))
         raise
     try:
         # A restarted peer serves only once it has replayed what it knew to
         # be committed: a read must not see the state from before the restart.
         await peer._wait_applied(recovered)
     except BaseException:
-        await peer.stop(transfer_leadership=False)
+        await _settled(peer.stop(transfer_leadership=False))
         raise
     return peer
+
+
+async def _close_unstarted(peer: Peer | None, snapshots: SnapshotStore | None, storage: LogStorage) -> None:
+    """Release what a start that failed had opened: the peer's socket, then the stores."""
+    try:
+        if peer is not None:
+            await peer._transport.close()
+    finally:
+        if peer is not None:
+            _PEERS.discard(peer)
+        await asyncio.to_thread(_close_stores, snapshots, storage)
 
 
 @_startable
@@ -3159,7 +3211,7 @@ async def _join_started(peer: Peer, seeds: list[str], voter: bool, timeout: floa
             fresh = not membership.members and peer._core.log.last_index() == 0
             await _ask_to_join(peer, seeds, voter, timeout, fresh)
     except BaseException:
-        await peer.stop(transfer_leadership=False)
+        await _settled(peer.stop(transfer_leadership=False))  # to its end, as in start_peer
         raise
 
 

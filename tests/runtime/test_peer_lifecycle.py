@@ -4,7 +4,10 @@ cancelled (once, then again while it cleans up)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import socket
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +120,131 @@ async def test_a_negative_timeout_is_a_config_error_and_zero_keeps_its_meaning(c
     with contextlib.suppress(errors.Timeout):
         await leader.read(["get", "b"], timeout=0)
     assert await leader.write(["set", "c", 1], timeout=None) == ["ok", "c", 1]
+
+
+class SlowToClose(MemoryStorage):
+    """A memory storage whose ``close`` waits for ``release``, telling the
+    loop through ``closing`` that it has begun; ``closed`` once done."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.get_running_loop()
+        self.closing = asyncio.Event()
+        self.release = threading.Event()
+        self.closed = False
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.closing.set)
+        self.release.wait(30)
+        super().close()
+        self.closed = True
+
+
+async def _cancel_again_while_closing(starting: asyncio.Task[Any], storage: SlowToClose) -> list[bool]:
+    """Cancel ``starting`` while its cleanup is closing ``storage``; return
+    whether the storage was closed when ``starting`` ended."""
+    closed_at_end: list[bool] = []
+    starting.add_done_callback(lambda _: closed_at_end.append(storage.closed))
+    await storage.closing.wait()
+    starting.cancel()
+    for _ in range(3):
+        await asyncio.sleep(0)  # let the cancellation reach the task
+    storage.release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    return closed_at_end
+
+
+async def test_a_failed_start_cancelled_during_its_cleanup_still_closes_the_storage() -> None:
+    storage = SlowToClose()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = "127.0.0.1:%d" % taken.getsockname()[1]
+        starting = asyncio.create_task(raftlib.start_peer(KVStore, name="s1", address=address, storage=storage))
+        assert await _cancel_again_while_closing(starting, storage) == [True]
+
+
+class Gated(raftlib.StateMachine):
+    """Applies writes only once ``gate`` is set; says when it is first asked to."""
+
+    def __init__(self, asked: asyncio.Event, gate: asyncio.Event) -> None:
+        self.asked, self.gate = asked, gate
+
+    async def handle_write(self, command: Any) -> Any:
+        self.asked.set()
+        await self.gate.wait()
+        return command
+
+    def handle_read(self, query: Any) -> Any:
+        return query
+
+
+async def test_a_start_cancelled_while_replaying_and_again_while_stopping_still_closes_the_storage() -> None:
+    storage = SlowToClose()
+    storage.release.set()
+    peer = await raftlib.start_peer(KVStore, name="s1", address="127.0.0.1:0", storage=storage, config=FAST)
+    await peer.set_configuration({"s1": peer.address})
+    await peer.write(["set", "a", 1], timeout=10)
+    await peer.stop()
+    storage.release.clear()
+    storage.closing.clear()
+    storage.closed = False
+    # A restart replays what was committed before it serves: cancel it there.
+    asked, gate = asyncio.Event(), asyncio.Event()
+    starting = asyncio.create_task(raftlib.start_peer(lambda: Gated(asked, gate), name="s1", address="127.0.0.1:0",
+                                                      storage=storage, config=FAST))
+    await asked.wait()
+    starting.cancel()
+    assert await _cancel_again_while_closing(starting, storage) == [True]
+
+
+async def test_a_join_cancelled_and_again_while_stopping_still_closes_the_storage() -> None:
+    storage = SlowToClose()
+    with socket.socket() as gone:
+        gone.bind(("127.0.0.1", 0))
+        seed = "127.0.0.1:%d" % gone.getsockname()[1]  # nothing listens: the join keeps asking
+    joining = asyncio.create_task(raftlib.join(KVStore, name="s9", address="127.0.0.1:0", seeds=[seed],
+                                               storage=storage, config=FAST, timeout=60))
+    # Wait until it is asking (it has started), without waiting out a retry.
+    asking = asyncio.Event()
+    real_open = RpcConnection.open
+
+    async def open_and_tell(*args: Any, **kwargs: Any) -> Any:
+        asking.set()
+        return await real_open(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(RpcConnection, "open", open_and_tell)
+        await asking.wait()
+    joining.cancel()
+    assert await _cancel_again_while_closing(joining, storage) == [True]
+
+
+async def test_a_start_cancelled_while_opening_its_database_closes_it(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from storage_adapters import lmdb
+
+    loop = asyncio.get_running_loop()
+    opening, release = asyncio.Event(), threading.Event()
+    opened: list[Any] = []
+    real = lmdb.LMDBStorage
+
+    def slow_to_open(path: Any) -> Any:
+        loop.call_soon_threadsafe(opening.set)
+        release.wait(30)
+        opened.append(real(path))
+        return opened[-1]
+
+    monkeypatch.setattr(lmdb, "LMDBStorage", slow_to_open)
+    starting = asyncio.create_task(_start(tmp_path))
+    closed_at_end: list[bool] = []
+    starting.add_done_callback(lambda _: closed_at_end.append(bool(opened) and opened[0]._closed))
+    await opening.wait()
+    starting.cancel()
+    for _ in range(3):
+        await asyncio.sleep(0)  # let the cancellation reach the task
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    assert closed_at_end == [True]
