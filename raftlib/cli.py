@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 import click
 
-from . import Config, Peer, StateMachine, start_peer
+from . import Config, Peer, StateMachine, _startup, start_peer
 from .errors import RaftError
 from .security import Security, SharedSecret, TLSConfig, security_from
 from .runtime import _join_started
@@ -53,6 +53,10 @@ def main() -> None:
     # connection, a malformed frame) would reach stderr too, through
     # logging's last resort. serve and demo configure logging themselves.
     logging.getLogger("raftlib").addHandler(logging.NullHandler())
+    if click.get_current_context().invoked_subcommand != "serve":
+        # A Ctrl-C while loading (held by raftlib.__main__) aborts the
+        # command now, as a later one would; serve stops cleanly instead.
+        _startup.release()
 
 
 @main.command()
@@ -447,6 +451,8 @@ async def _serve(name: str, listen: str, advertise: str | None, data_dir: str | 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if _startup.interrupted():  # Ctrl-C while the command was loading: stop before starting
+        stop.set()
     if isinstance(security, TLSConfig):
         loop.add_signal_handler(signal.SIGHUP, _reload_tls, security, name)
     def announce(asking: bool) -> None:

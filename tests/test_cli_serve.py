@@ -540,3 +540,66 @@ def test_serve_on_a_unix_socket_refuses_a_second_process_and_restarts_after_kill
             if node.proc is not None and node.proc.poll() is None:
                 node.stop(signal.SIGKILL)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+# Starts ``python -m raftlib`` with its arguments, pausing once at the import
+# of one module (argv[1]) until a line comes on stdin: a Ctrl-C sent during
+# the pause arrives while the command is starting up.
+PAUSE_AT_IMPORT = """
+import runpy, sys
+
+AT = sys.argv.pop(1)
+
+class PauseAt:
+    def find_spec(self, name, path, target=None):
+        if name == AT:
+            sys.meta_path.remove(self)
+            print("importing", name, file=sys.stderr, flush=True)
+            sys.stdin.readline()
+        return None
+
+sys.meta_path.insert(0, PauseAt())
+runpy.run_module("raftlib", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize("module", ["raftlib.runtime", "raftlib.kv"])
+def test_ctrl_c_while_serve_starts_up_stops_it_cleanly(module: str) -> None:
+    """Ctrl-C while the command loads raftlib (raftlib.runtime) or is about
+    to start the peer (raftlib.kv) stops it as a later one does."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PAUSE_AT_IMPORT, module, "serve", "--name", "s1", "--listen",
+         f"127.0.0.1:{free_port()}", "--memory", "--log-level", "warning"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert proc.stdin is not None and proc.stderr is not None
+    try:
+        assert proc.stderr.readline() == f"importing {module}\n"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate("\n", timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "Aborted" not in err, err
+    assert err.splitlines()[-1] == "s1 stopped", err
+    assert "serving on" not in err, err  # it stopped before it started serving
+
+
+def test_ctrl_c_while_another_command_starts_up_aborts_it_without_a_traceback() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PAUSE_AT_IMPORT, "raftlib.runtime", "status", "--cluster", f"127.0.0.1:{free_port()}"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert proc.stdin is not None and proc.stderr is not None
+    try:
+        assert proc.stderr.readline() == "importing raftlib.runtime\n"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate("\n", timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err and err.splitlines()[-1] == "Aborted!", err
