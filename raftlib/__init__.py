@@ -15,19 +15,8 @@ if TYPE_CHECKING:
     from .client import Client, connect
     from .config import Config
     from .loop import run
-    from .errors import (
-        ConfigError,
-        LeadershipLost,
-        MembershipChangePending,
-        NoLiveMajority,
-        NotLeader,
-        NotMember,
-        OutcomeUnknown,
-        Overloaded,
-        PeerStopped,
-        ProposalDropped,
-        RaftError,
-    )
+    from .errors import (ConfigError, LeadershipLost, MembershipChangePending, NoLiveMajority, NotLeader, NotMember,
+                         OutcomeUnknown, Overloaded, PeerStopped, ProposalDropped, RaftError)
     from .runtime import Peer, join, start_peer
     from .security import SharedSecret, TLSConfig
     from .state_machine import StateMachine

@@ -563,15 +563,11 @@ runpy.run_module("raftlib", run_name="__main__", alter_sys=True)
 """
 
 
-@pytest.mark.parametrize("module", ["raftlib.runtime", "raftlib.kv"])
-def test_ctrl_c_while_serve_starts_up_stops_it_cleanly(module: str) -> None:
-    """Ctrl-C while the command loads raftlib (raftlib.runtime) or is about
-    to start the peer (raftlib.kv) stops it as a later one does."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", PAUSE_AT_IMPORT, module, "serve", "--name", "s1", "--listen",
-         f"127.0.0.1:{free_port()}", "--memory", "--log-level", "warning"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+def interrupt_while_importing(module: str, *args: str) -> tuple[int, str]:
+    """Run ``raftlib *args``, send it SIGINT while it imports ``module``;
+    return its exit status and stderr."""
+    proc = subprocess.Popen([sys.executable, "-c", PAUSE_AT_IMPORT, module, *args],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdin is not None and proc.stderr is not None
     try:
         assert proc.stderr.readline() == f"importing {module}\n"
@@ -581,25 +577,22 @@ def test_ctrl_c_while_serve_starts_up_stops_it_cleanly(module: str) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert proc.returncode == 0, err
+    return proc.returncode, err
+
+
+@pytest.mark.parametrize("module", ["raftlib.runtime", "raftlib.kv"])
+def test_ctrl_c_while_serve_starts_up_stops_it_cleanly(module: str) -> None:
+    """Ctrl-C while the command loads raftlib (raftlib.runtime) or is about
+    to start the peer (raftlib.kv) stops it as a later one does."""
+    code, err = interrupt_while_importing(module, "serve", "--name", "s1", "--listen", f"127.0.0.1:{free_port()}",
+                                          "--memory", "--log-level", "warning")
+    assert code == 0, err
     assert "Traceback" not in err and "Aborted" not in err, err
     assert err.splitlines()[-1] == "s1 stopped", err
     assert "serving on" not in err, err  # it stopped before it started serving
 
 
 def test_ctrl_c_while_another_command_starts_up_aborts_it_without_a_traceback() -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", PAUSE_AT_IMPORT, "raftlib.runtime", "status", "--cluster", f"127.0.0.1:{free_port()}"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    assert proc.stdin is not None and proc.stderr is not None
-    try:
-        assert proc.stderr.readline() == "importing raftlib.runtime\n"
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate("\n", timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 1, err
+    code, err = interrupt_while_importing("raftlib.runtime", "status", "--cluster", f"127.0.0.1:{free_port()}")
+    assert code == 1, err
     assert "Traceback" not in err and err.splitlines()[-1] == "Aborted!", err
