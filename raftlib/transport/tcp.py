@@ -276,6 +276,12 @@ def _lock_unix_path(path: str) -> int:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
             os.close(fd)
+            if holder == str(os.getpid()):
+                raise AddressInUse(
+                    errno.EADDRINUSE,
+                    f"unix socket {path!r} is already used by this process (pid {holder}): another of its peers "
+                    f"or transports is starting or serving there; give each peer its own path",
+                ) from None
             pid = f" (pid {holder})" if _is_running(holder) else ""
             raise AddressInUse(
                 errno.EADDRINUSE,

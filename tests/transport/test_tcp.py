@@ -238,6 +238,18 @@ async def test_unix_sockets(make_node: MakeNode, tmp_path: Path) -> None:
     await exchange(again, b, 2)
 
 
+async def test_a_unix_socket_held_by_this_process_is_not_said_to_be_another_process(
+        make_node: MakeNode, tmp_path: Path) -> None:
+    """Two peers of one program given the same path: the error once sent
+    the user looking for "another process", naming this one's own ID."""
+    await make_node("a", f"unix:{tmp_path}/a.sock")
+    with pytest.raises(AddressInUse) as info:
+        await make_node("b", f"unix:{tmp_path}/a.sock")
+    message = str(info.value)
+    assert "another process" not in message
+    assert f"{tmp_path}/a.sock" in message and f"this process (pid {os.getpid()})" in message
+
+
 async def test_a_tcp_port_another_process_listens_on_raises_address_in_use(make_node: MakeNode) -> None:
     """As for a Unix socket: AddressInUse (an OSError with EADDRINUSE) naming the address."""
     taken = socket.socket()
@@ -337,8 +349,8 @@ async def test_two_starts_on_one_stale_unix_socket_leave_one_owner(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two transports started at once on the path of a socket a killed
     process left behind: both find it stale before either binds. One must
-    fail at once, naming the path and saying that another process holds it;
-    the other serves on the socket file at the path."""
+    fail at once, naming the path and saying that it is taken; the other
+    serves on the socket file at the path."""
     path = tmp_path / "s.sock"
     with socket.socket(socket.AF_UNIX) as crashed:
         crashed.bind(str(path))  # what a killed process leaves
@@ -375,7 +387,7 @@ async def test_two_starts_on_one_stale_unix_socket_leave_one_owner(
         error = results[list(transports).index(failed[0])]
         assert isinstance(error, AddressInUse) and isinstance(error, OSError), error
         assert error.errno == errno.EADDRINUSE
-        assert str(path) in str(error) and "another process" in str(error)
+        assert str(path) in str(error) and "used by this process" in str(error)  # both run in this one
         (winner,) = set(transports) - set(failed)
         sender = Transport("c", "127.0.0.1:0", on_message=lambda msg: None)
         try:
@@ -450,6 +462,8 @@ async def test_a_unix_lock_file_of_another_user(
     path = tmp_path / "s.sock"
     lock = tmp_path / "s.sock.lock"
     others = tcp._lock_unix_path(str(path))  # the other user's process, running
+    os.ftruncate(others, 0)
+    os.pwrite(others, b"1\n", 0)  # as process 1, which runs
     real_open = os.open
 
     def open_as_another_user(where: Any, flags: int, *args: Any, **kwargs: Any) -> int:
@@ -460,7 +474,7 @@ async def test_a_unix_lock_file_of_another_user(
     monkeypatch.setattr(os, "open", open_as_another_user)
     try:
         if readable:
-            await fails_to_listen(path, AddressInUse, rf"s\.sock' is held by another process \(pid {os.getpid()}\)")
+            await fails_to_listen(path, AddressInUse, r"s\.sock' is held by another process \(pid 1\)")
         else:
             await fails_to_listen(path, PermissionError, r"s\.sock\.lock.*another user")
     finally:
