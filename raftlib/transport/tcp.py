@@ -150,6 +150,11 @@ def parse_address(addr: str) -> Endpoint:
         path = addr[len("unix:") :]
         if not path or "\0" in path:
             raise ConfigError(f"address {addr!r}: unix socket path is empty or contains NUL")
+        if path.startswith("~"):
+            full = os.path.expanduser(path)
+            example = f", as in 'unix:{full}'" if full != path else ""
+            raise ConfigError(f"address {addr!r}: '~' is not expanded in a unix socket path; give the full "
+                              f"path{example}")
         if path.endswith("/"):
             raise ConfigError(f"address {addr!r}: unix socket path ends with '/'; it must name a file, "
                               f"as in 'unix:/run/raftlib/s1.sock'")

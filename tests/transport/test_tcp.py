@@ -127,6 +127,7 @@ def test_parse_address(text: str, expected: Endpoint) -> None:
         ("unix:", "empty"),
         ("unix:/" + "p" * 107, "108 bytes, the system allows 107"),  # bind() would fail with no path named
         ("unix:/run/raft/", "ends with '/'"),  # bind() would fail saying the directory /run does not exist
+        ("unix:~/s1.sock", r"'~' is not expanded.*full path"),  # bind() would look for a directory named '~'
         ("my host:80", "host"),
         ("http://127.0.0.1:80", r"without a scheme \('http://'\)"),  # not 'IPv6 addresses must be in brackets'
         ("tcp://[::1]:80", r"without a scheme \('tcp://'\)"),
