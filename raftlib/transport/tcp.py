@@ -239,7 +239,8 @@ async def _refuse_live_unix_socket(path: str, timeout: float = 1.0) -> bool:
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
-    raise AddressInUse(errno.EADDRINUSE, f"unix socket {path!r} is in use by a running process")
+    raise AddressInUse(errno.EADDRINUSE, f"unix socket {path!r} is in use by a running process listening there; "
+                                         f"stop it or choose another path")
 
 
 LOCK_SUFFIX = ".lock"
@@ -409,6 +410,9 @@ def _unix_bind_error(path: str, exc: OSError) -> OSError:
         why = f"{directory!r} is not a directory"
     elif exc.errno in (errno.EACCES, errno.EPERM):
         why = f"no permission to create or replace a file in {directory!r}"
+    elif exc.errno == errno.EADDRINUSE and stat.S_ISDIR(_mode(path)):
+        name = os.path.join(path, "s1.sock")
+        why = f"it is a directory: name a socket file in it, as in 'unix:{name}'"
     elif exc.errno == errno.EADDRINUSE and not stat.S_ISSOCK(_mode(path)):
         why = "a file that is not a socket is in the way (remove it or choose another path)"
     elif exc.errno == errno.EADDRINUSE:

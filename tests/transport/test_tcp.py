@@ -610,7 +610,8 @@ async def test_a_unix_socket_of_a_live_process_is_refused_and_freed_when_it_is_k
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("case", ["missing directory", "not a directory", "not a socket", "not writable"])
+@pytest.mark.parametrize("case", ["missing directory", "not a directory", "not a socket", "a directory",
+                                  "not writable"])
 async def test_a_unix_path_that_cannot_be_bound_is_named_in_the_error(tmp_path: Path, case: str) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
@@ -618,12 +619,18 @@ async def test_a_unix_path_that_cannot_be_bound_is_named_in_the_error(tmp_path: 
         "missing directory": (tmp_path / "missing" / "a.sock", errno.ENOENT, "does not exist"),
         "not a directory": (blocker / "a.sock", errno.ENOTDIR, "is not a directory"),
         "not a socket": (blocker, errno.EADDRINUSE, "not a socket"),
+        # Not "remove it": the path names the directory the socket was meant to go in.
+        "a directory": (tmp_path / "dir", errno.EADDRINUSE, f"is a directory: name a socket file in it, as in "
+                                                            f"'unix:{tmp_path}/dir/"),
         "not writable": (tmp_path / "ro" / "a.sock", errno.EACCES, "no permission"),
     }[case]
     if case == "not writable":
         if os.geteuid() == 0:
             pytest.skip("root may create files in any directory")
         path.parent.mkdir(mode=0o555)
+    if case == "a directory":
+        path.mkdir()
+    before = sorted(p.name for p in tmp_path.iterdir())
     transport = Transport("a", f"unix:{path}", on_message=lambda msg: None)
     try:
         with pytest.raises(OSError) as info:
@@ -634,7 +641,19 @@ async def test_a_unix_path_that_cannot_be_bound_is_named_in_the_error(tmp_path: 
             path.parent.chmod(0o755)
     assert info.value.errno == errno_
     assert str(path) in str(info.value) and reason in str(info.value)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({"file", path.parent.name} - {"missing", tmp_path.name})
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+async def test_a_unix_socket_another_program_listens_on_is_refused_saying_what_to_do(tmp_path: Path) -> None:
+    """A process that takes no lock file (not raftlib) listens there."""
+    path = tmp_path / "s.sock"
+    with socket.socket(socket.AF_UNIX) as other:
+        other.bind(str(path))
+        other.listen()
+        await fails_to_listen(path, AddressInUse, r"s\.sock' is in use by a running process.*; stop it or choose "
+                                                  r"another path")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["s.sock"]  # still the other program's
+    path.unlink()
 
 
 async def test_a_relative_unix_socket_is_removed_after_a_change_of_directory(
