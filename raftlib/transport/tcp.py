@@ -429,6 +429,29 @@ def _mode(path: str) -> int:
         return 0
 
 
+def connect_error_text(address: str, exc: BaseException) -> str:
+    """Why connecting to ``address`` failed with ``exc``, for an error
+    message: for a Unix socket, in words that say what to check rather
+    than an errno (the file, not a port, decides who may connect)."""
+    try:
+        endpoint = parse_address(address)
+    except ConfigError:
+        return repr(exc)
+    if endpoint.kind != "unix" or not isinstance(exc, OSError):
+        return repr(exc)
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return ("no permission: connecting to a unix socket takes write permission on its file and search "
+                "permission on the directories above it; run as the member's user, or start the member with a "
+                "umask that lets this user in (see 'Unix sockets' in docs/getting-started.md)")
+    if exc.errno == errno.ENOENT:
+        return "no socket file there: the member is not running, or runs at another path"
+    if exc.errno == errno.ECONNREFUSED:
+        if stat.S_ISSOCK(_mode(endpoint.host)):
+            return "nothing listens on this socket file: the member that made it has stopped"
+        return "this file is not a socket"
+    return repr(exc)
+
+
 async def open_connection(address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Open a stream to ``address`` (``host:port`` or ``unix:/path``), outside any outbox.
 
