@@ -48,6 +48,7 @@ import logging
 import os
 import socket
 import stat
+import struct
 import sys
 from asyncio.selector_events import BaseSelectorEventLoop
 from dataclasses import dataclass, field
@@ -519,11 +520,23 @@ async def _close_writer(writer: asyncio.StreamWriter) -> None:
 
 
 def _remote_of(writer: asyncio.StreamWriter) -> str:
-    """A printable name of the far end of an accepted stream."""
+    """A printable name of the far end of an accepted stream. A Unix socket
+    that connects has no address of its own (it is not bound): it is named
+    by its process and user where the kernel tells them (Linux)."""
     peer = writer.get_extra_info("peername")
     if isinstance(peer, tuple) and len(peer) >= 2:
         return format_address(str(peer[0]), int(peer[1]))
-    return f"unix:{peer}" if peer else "unix:(anonymous)"
+    if peer:
+        return f"unix:{peer}"
+    sock = writer.get_extra_info("socket")
+    if sock is not None and hasattr(socket, "SO_PEERCRED"):
+        try:
+            pid, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        except (OSError, struct.error):
+            pass
+        else:
+            return f"unix:(pid {pid}, uid {uid})"
+    return "unix:(anonymous)"
 
 
 # --------------------------------------------------------------------------- connections

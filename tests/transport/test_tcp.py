@@ -888,6 +888,24 @@ async def test_misbehaving_connection_is_closed_and_others_keep_working(
     assert a.inbox[-1] == TimeoutNow(2, "b", "a")
 
 
+@pytest.mark.skipif(not hasattr(socket, "SO_PEERCRED"), reason="SO_PEERCRED is Linux's")
+async def test_a_misbehaving_unix_connection_is_logged_with_its_process_and_user(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """A connecting Unix socket has no address, so the warning named every
+    such connection "unix:(anonymous)"; the kernel knows its process and user."""
+    a = await make_node("a", f"unix:{tmp_path}/a.sock")
+    _, writer = await asyncio.open_unix_connection(f"{tmp_path}/a.sock")
+    try:
+        with caplog.at_level(logging.WARNING, logger=LOGGER):
+            writer.write(MISBEHAVIOURS["unknown frame type"][0])
+            await wait_until(lambda: a.transport.stats["protocol_errors"] == 1)
+        [warning] = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert f"from unix:(pid {os.getpid()}, uid {os.getuid()})" in warning, warning
+    finally:
+        writer.close()
+
+
 async def test_a_flood_of_misbehaving_connections_logs_a_warning_per_host_not_per_connection(
     make_node: MakeNode, caplog: pytest.LogCaptureFixture
 ) -> None:
