@@ -40,6 +40,7 @@ level).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import contextlib
 import errno
@@ -354,6 +355,35 @@ def _unlock_unix_path(path: str, fd: int) -> None:
                 os.unlink(path + LOCK_SUFFIX)
     finally:
         os.close(fd)
+
+
+def _remove_unix_files(path: str, inode: tuple[int, int], lock_fd: int) -> None:
+    """Unlink the socket file at ``path`` if it is still the one with
+    ``inode`` (``(st_dev, st_ino)``), then remove and release its lock file."""
+    with contextlib.suppress(OSError):
+        st = os.stat(path)
+        if stat.S_ISSOCK(st.st_mode) and (st.st_dev, st.st_ino) == inode:
+            os.unlink(path)
+    _unlock_unix_path(path, lock_fd)
+
+
+_SERVED_UNIX_SOCKETS: dict[int, tuple[str, tuple[int, int], int]] = {}
+"""``id(transport)`` -> path, socket inode and lock file descriptor of every
+Unix socket a transport of this process listens on, until it is closed:
+removed at exit if it never was (a program that returns from
+``asyncio.run`` without stopping its peer), as ``kill -9`` cannot."""
+
+
+def _remove_unclosed_unix_sockets() -> None:
+    while _SERVED_UNIX_SOCKETS:
+        _, files = _SERVED_UNIX_SOCKETS.popitem()
+        _remove_unix_files(*files)
+
+
+atexit.register(_remove_unclosed_unix_sockets)
+if hasattr(os, "register_at_fork"):
+    # A child forked without exec must not remove its parent's files when it exits.
+    os.register_at_fork(after_in_child=_SERVED_UNIX_SOCKETS.clear)
 
 
 def _unix_lock_error(path: str, lock: str, exc: OSError) -> OSError:
@@ -885,6 +915,7 @@ class Transport:
                 self._unix_lock = None
                 raise
             self._unix_path, self._unix_inode = path, (st.st_dev, st.st_ino)
+            _SERVED_UNIX_SOCKETS[id(self)] = (path, self._unix_inode, self._unix_lock)
             self._address = self.listen
         else:
             try:
@@ -995,17 +1026,11 @@ class Transport:
     def _remove_unix_socket(self) -> None:
         """Unlink the socket file this transport created, if it is still
         ours, then remove and release its lock file."""
-        if self._unix_inode is None or self._unix_path is None:
+        if self._unix_inode is None or self._unix_path is None or self._unix_lock is None:
             return
-        path = self._unix_path
-        with contextlib.suppress(OSError):
-            st = os.stat(path)
-            if stat.S_ISSOCK(st.st_mode) and (st.st_dev, st.st_ino) == self._unix_inode:
-                os.unlink(path)
-        self._unix_inode = None
-        if self._unix_lock is not None:
-            _unlock_unix_path(path, self._unix_lock)
-            self._unix_lock = None
+        _SERVED_UNIX_SOCKETS.pop(id(self), None)
+        inode, lock, self._unix_inode, self._unix_lock = self._unix_inode, self._unix_lock, None, None
+        _remove_unix_files(self._unix_path, inode, lock)
 
     def _after_fork_in_child(self) -> None:
         """In a child forked without exec: give up the child's copies of the
@@ -1020,6 +1045,7 @@ class Transport:
                     os.dup2(devnull, sock.fileno(), inheritable=False)
             finally:
                 os.close(devnull)
+        _SERVED_UNIX_SOCKETS.pop(id(self), None)
         if self._unix_lock is not None:
             os.close(self._unix_lock)
             self._unix_lock = None

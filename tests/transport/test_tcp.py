@@ -581,6 +581,17 @@ async def test_a_file_limit_below_max_inbound_connections_is_raised_or_named(har
         assert b"max_inbound_connections" in err and b"ulimit -n" in err
 
 
+async def test_a_process_that_exits_without_closing_its_unix_transport_leaves_no_files(tmp_path: Path) -> None:
+    """A program that returns from asyncio.run without stopping its peer left
+    the socket file and the lock file behind, for nothing to listen on."""
+    exits = LISTEN_AND_WAIT.replace("await asyncio.sleep(3600)", "return transport")
+    child = await asyncio.create_subprocess_exec(sys.executable, "-c", exits, f"unix:{tmp_path}/s.sock",
+                                                 stdout=asyncio.subprocess.PIPE)
+    out, _ = await child.communicate()
+    assert (child.returncode, out) == (0, b"listening\n")
+    assert list(tmp_path.iterdir()) == []
+
+
 async def test_a_unix_socket_of_a_live_process_is_refused_and_freed_when_it_is_killed(tmp_path: Path) -> None:
     path = tmp_path / "s.sock"
     child = await asyncio.create_subprocess_exec(sys.executable, "-c", LISTEN_AND_WAIT, f"unix:{path}",
