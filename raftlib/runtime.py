@@ -406,7 +406,9 @@ class Peer:
 
     @property
     def address(self) -> str:
-        """The address this peer listens on (with the real port if 0 was asked for)."""
+        """The address this peer listens on (with the real port if 0 was asked
+        for, and a Unix socket's path made absolute): the one to give the
+        other members."""
         return self._transport.address
 
     @property
@@ -2905,6 +2907,11 @@ def _check_member_address(name: NodeId, address: str) -> None:
         raise ConfigError(
             f"the address of {name}, {address}, has port 0, which only asks for a free port when listening; "
             f"give the port the peer listens on (Peer.address)"
+        )
+    if endpoint.kind == "unix" and not os.path.isabs(endpoint.host):
+        raise ConfigError(
+            f"the address of {name}, {address}, is a relative path, which each member would look for in its "
+            f"own working directory; give the absolute path (Peer.address)"
         )
 
 

@@ -201,6 +201,12 @@ def test_cli_usage_errors(tmp_path: Path) -> None:
                        (["s1=nonsense"], "nonsense")):
         refused = cli("members", "set", *pairs, "--cluster", "127.0.0.1:9")
         assert refused.exit_code == 2 and why in refused.output, refused.output
+    # A member's unix path is resolved by every other member in its own working directory.
+    for args in (["serve", "--name", "x", "--listen", "unix:x.sock", "--memory", "--initial-cluster", "x=unix:x.sock"],
+                 ["members", "set", "s1=unix:s1.sock", "--cluster", "127.0.0.1:9"],
+                 ["members", "add", "s1", "unix:s1.sock", "--cluster", "127.0.0.1:9"]):
+        relative = cli(*args)
+        assert relative.exit_code == 2 and "is a relative path" in relative.output, relative.output
     env_cluster = CliRunner().invoke(main, ["kv", "get", "a", "--timeout", "0.3"],
                                      env={**os.environ, "RAFTLIB_CLUSTER": "127.0.0.1:9"})
     assert env_cluster.exit_code == 1

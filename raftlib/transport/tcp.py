@@ -164,7 +164,7 @@ def parse_address(addr: str) -> Endpoint:
         if size > MAX_UNIX_PATH:
             raise ConfigError(
                 f"address {addr!r}: unix socket path is {size} bytes, the system allows {MAX_UNIX_PATH} "
-                f"(use a shorter or relative path)"
+                f"(choose a shorter path)"
             )
         return Endpoint("unix", path, None)
     scheme, sep, _ = addr.partition("://")
@@ -867,7 +867,8 @@ class Transport:
     def address(self) -> str:
         """The address peers should use: ``advertise`` if given (for example a
         proxy or NAT address in front of this one), else the listening address
-        (after :meth:`start`, with the real port)."""
+        (after :meth:`start`, with the real port, or the absolute path of a
+        Unix socket given as a relative one)."""
         return self.advertise or self._address or self.listen
 
     @property
@@ -916,7 +917,9 @@ class Transport:
                 raise
             self._unix_path, self._unix_inode = path, (st.st_dev, st.st_ino)
             _SERVED_UNIX_SOCKETS[id(self)] = (path, self._unix_inode, self._unix_lock)
-            self._address = self.listen
+            # Absolute, as for the port of a TCP address given with port 0:
+            # the others resolve a path in their own working directories.
+            self._address = f"unix:{path}"
         else:
             try:
                 self._server = await loop.create_server(accepted, host=endpoint.host, port=endpoint.port,

@@ -753,6 +753,27 @@ async def test_a_unix_socket_left_by_a_crash_is_reused_but_a_live_one_is_not_tak
     assert list(tmp_path.iterdir()) == []
 
 
+async def test_a_relative_unix_path_is_made_absolute_for_the_other_members(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each member resolves a unix path in its own working directory: in a
+    membership, a relative one reached another file from each member whose
+    directory differed (or none), and the cluster never elected."""
+    monkeypatch.chdir(tmp_path)
+    peer = await raftlib.start_peer(KVStore, name="s1", address="unix:s1.sock", storage=MemoryStorage(), config=FAST)
+    try:
+        assert peer.address == f"unix:{tmp_path}/s1.sock"  # what the others must be given
+        with pytest.raises(errors.ConfigError, match=r"unix:s2\.sock, is a relative path.*absolute path"):
+            await peer.set_configuration({"s1": peer.address, "s2": "unix:s2.sock"})
+        assert peer.status()["last_index"] == 0  # nothing was written
+        await peer.set_configuration({"s1": peer.address})
+        await eventually(lambda: peer.is_leader)
+        with pytest.raises(errors.ConfigError, match="relative path"):
+            await peer.add_member("s2", "unix:s2.sock")
+    finally:
+        await peer.stop()
+    assert list(tmp_path.iterdir()) == []
+
+
 async def test_a_configuration_giving_two_members_one_address_is_refused(tmp_path: Any) -> None:
     """Only one process can listen at an address: such a cluster could never elect."""
     peer = await raftlib.start_peer(KVStore, name="s1", address=f"unix:{tmp_path}/s1.sock", storage=MemoryStorage(),
