@@ -784,7 +784,14 @@ async def _statuses(addresses: list[str], timeout: float) -> list[tuple[str, dic
         for member in status.get("members", {}).values():
             if member.get("address") not in results:
                 todo.append(member["address"])
-    return [(a, s, e) for a, (s, e) in results.items()]
+    # A member reached at two spellings of its address (one given, the
+    # other from the membership) is listed once, at the address it gives.
+    rows: dict[str, tuple[str, dict[str, Any] | None, str]] = {}
+    for address, (status, error) in results.items():
+        key = f"name {status['name']}" if status is not None else f"address {address}"
+        if key not in rows:
+            rows[key] = (str(status.get("address", address)) if status is not None else address, status, error)
+    return list(rows.values())
 
 
 @main.command()

@@ -510,6 +510,29 @@ def test_kv_get_and_watch_over_a_unix_socket_print_values_as_deep_as_the_store_t
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def test_status_lists_a_member_once_when_given_its_unix_path_spelled_otherwise() -> None:
+    """`status` follows the members' addresses from the one it is given: a
+    member reached through another spelling of its path (relative, or with
+    './') was listed twice, once under each."""
+    import shutil
+    import tempfile
+
+    directory = Path(tempfile.mkdtemp(prefix="rl", dir="/tmp"))  # short: socket paths are limited
+    address = f"unix:{directory}/s1.sock"
+    node = Node("s1", 0, directory / "s1", ["--initial-cluster", f"s1={address}"])
+    node.address = address
+    node.start()
+    try:
+        wait_for(lambda: leader_of(address))
+        out = cli("status", "--cluster", f"unix:{directory}/./s1.sock", "--json")
+        assert out.exit_code == 0, out.output
+        assert [(r["name"], r["address"]) for r in json.loads(out.output)] == [("s1", address)]
+    finally:
+        if node.proc is not None and node.proc.poll() is None:
+            node.stop(signal.SIGKILL)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def test_serve_on_a_unix_socket_refuses_a_second_process_and_restarts_after_kill_9() -> None:
     """A second `serve` on the socket path of a running member exits at once
     naming the path, and the member keeps serving; after `kill -9` the same
