@@ -3256,7 +3256,7 @@ async def _ask_to_join(peer: Peer, seeds: list[str], voter: bool, timeout: float
     warned_at: float | None = None
     started = loop.time()
     while True:
-        refused = 0
+        refused = denied = 0
         reached = False
         for address in list(addresses):
             try:
@@ -3265,6 +3265,7 @@ async def _ask_to_join(peer: Peer, seeds: list[str], voter: bool, timeout: float
             except Unavailable as exc:
                 last_error = exc
                 refused += isinstance(exc, AuthenticationFailed)
+                denied += isinstance(exc.__cause__, PermissionError)  # a Unix socket's file (see RpcConnection.open)
                 continue
             try:
                 # A seed that accepts connections but does not answer (a paused
@@ -3296,6 +3297,9 @@ async def _ask_to_join(peer: Peer, seeds: list[str], voter: bool, timeout: float
                 await conn.close()
         if refused == len(addresses):
             raise AuthenticationFailed(f"{peer.name} cannot join: every seed refused its credentials ({last_error})")
+        if denied and refused + denied == len(addresses):
+            # Waiting does not change the permissions of socket files either.
+            raise Unavailable(f"{peer.name} cannot join: no seed lets this process connect ({last_error})")
         if deadline is not None and loop.time() + backoff >= deadline:
             if isinstance(last_error, Unavailable):
                 raise Unavailable(f"{peer.name} could not reach any of {seeds} to join: {last_error}")

@@ -704,7 +704,14 @@ async def test_a_client_denied_a_unix_socket_says_so_at_once(tmp_path: Any, monk
         with pytest.raises(errors.Unavailable, match=r"cannot connect to unix:.*s1\.sock: no permission: connecting "
                                                      r"to a unix socket takes write permission on its file"):
             await raftlib.connect([f"unix:{path}"], timeout=60)
-    assert attempts == 1
+        assert attempts == 1
+        # Nor does a new member keep asking until its join timeout.
+        with pytest.raises(errors.Unavailable, match=r"s2 cannot join: no seed lets this process connect.*"
+                                                     r"no permission"):
+            await raftlib.join(KVStore, name="s2", address=f"unix:{tmp_path}/s2.sock", seeds=[f"unix:{path}"],
+                               storage=MemoryStorage(), config=FAST, timeout=60)
+        assert attempts == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s1.sock"]  # the new member's files are gone
 
 
 @pytest.mark.parametrize("case, reason", [
