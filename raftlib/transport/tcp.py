@@ -1134,10 +1134,12 @@ class Transport:
             except (OSError, asyncio.TimeoutError) as exc:
                 self.stats["connect_failures"] += 1
                 # A peer that is stopping can end one handshake midway too: warn
-                # once the refusals repeat, and only once per series.
-                refusals = refusals + 1 if isinstance(exc, AuthenticationFailed) else 0
-                if refusals == 2:
-                    self.log.warning("%s: cannot connect to %s: %s", self.name, outbox.name, exc)
+                # once the refusals repeat, and only once per series. No
+                # permission (a Unix socket's file) is no passing failure: at once.
+                refusals = refusals + 1 if isinstance(exc, (AuthenticationFailed, PermissionError)) else 0
+                if refusals == (1 if isinstance(exc, PermissionError) else 2):
+                    self.log.warning("%s: cannot connect to %s at %s: %s", self.name, outbox.name, address,
+                                     connect_error_text(address, exc) if isinstance(exc, PermissionError) else exc)
                 else:
                     self.log.debug("%s: cannot connect to %s at %s: %r", self.name, outbox.name, address, exc)
                 # What queued up for an unreachable peer is stale by the time it

@@ -251,6 +251,31 @@ async def test_a_unix_socket_held_by_this_process_is_not_said_to_be_another_proc
     assert f"{tmp_path}/a.sock" in message and f"this process (pid {os.getpid()})" in message
 
 
+async def test_a_peer_whose_unix_socket_this_one_may_not_connect_to_is_warned_about(
+        make_node: MakeNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Members run as different users, with the usual umask, cannot connect
+    to each other's sockets: the cluster never elected, and only debug
+    lines said why. No permission is no passing failure: warned at once,
+    and once for the series of failed attempts."""
+    a = await make_node("a", f"unix:{tmp_path}/a.sock")
+    b = await make_node("b", f"unix:{tmp_path}/b.sock")
+    real_open = asyncio.open_unix_connection
+
+    async def open_without_permission(where: Any = None, **kwargs: Any) -> Any:
+        if str(where) == f"{tmp_path}/b.sock":
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return await real_open(where, **kwargs)
+
+    monkeypatch.setattr(asyncio, "open_unix_connection", open_without_permission)
+    a.transport.set_address("b", b.address)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        for attempt in range(1, 4):  # each failure drops what was queued: the next attempt waits for more
+            a.transport.send(TimeoutNow(attempt, "a", "b"))
+            await wait_until(lambda: a.transport.stats["connect_failures"] >= attempt, what=f"attempt {attempt}")
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert f"a: cannot connect to b at unix:{tmp_path}/b.sock: no permission" in warning, warning
+
+
 async def test_a_tcp_port_another_process_listens_on_raises_address_in_use(make_node: MakeNode) -> None:
     """As for a Unix socket: AddressInUse (an OSError with EADDRINUSE) naming the address."""
     taken = socket.socket()
