@@ -367,17 +367,23 @@ def _remove_unix_files(path: str, inode: tuple[int, int], lock_fd: int) -> None:
     _unlock_unix_path(path, lock_fd)
 
 
-_SERVED_UNIX_SOCKETS: dict[int, tuple[str, tuple[int, int], int]] = {}
-"""``id(transport)`` -> path, socket inode and lock file descriptor of every
-Unix socket a transport of this process listens on, until it is closed:
-removed at exit if it never was (a program that returns from
-``asyncio.run`` without stopping its peer), as ``kill -9`` cannot."""
+_SERVED_UNIX_SOCKETS: dict[str, tuple[tuple[int, int], int]] = {}
+"""Path -> socket inode and lock file descriptor of every Unix socket a
+transport of this process listens on (only one can hold a path's lock),
+until it is closed: removed at exit if it never was (a program that returns
+from ``asyncio.run`` without stopping its peer), as ``kill -9`` cannot."""
 
 
 def _remove_unclosed_unix_sockets() -> None:
     while _SERVED_UNIX_SOCKETS:
-        _, files = _SERVED_UNIX_SOCKETS.popitem()
-        _remove_unix_files(*files)
+        path, (inode, lock_fd) = _SERVED_UNIX_SOCKETS.popitem()
+        _remove_unix_files(path, inode, lock_fd)
+
+
+def _forget_unix_socket(path: str, lock_fd: int) -> None:
+    """Take the socket at ``path`` out of :data:`_SERVED_UNIX_SOCKETS` if it is the one locked by ``lock_fd``."""
+    if _SERVED_UNIX_SOCKETS.get(path, (None, None))[1] == lock_fd:
+        del _SERVED_UNIX_SOCKETS[path]
 
 
 atexit.register(_remove_unclosed_unix_sockets)
@@ -916,7 +922,7 @@ class Transport:
                 self._unix_lock = None
                 raise
             self._unix_path, self._unix_inode = path, (st.st_dev, st.st_ino)
-            _SERVED_UNIX_SOCKETS[id(self)] = (path, self._unix_inode, self._unix_lock)
+            _SERVED_UNIX_SOCKETS[path] = (self._unix_inode, self._unix_lock)
             # Absolute, as for the port of a TCP address given with port 0:
             # the others resolve a path in their own working directories.
             self._address = f"unix:{path}"
@@ -1031,7 +1037,7 @@ class Transport:
         ours, then remove and release its lock file."""
         if self._unix_inode is None or self._unix_path is None or self._unix_lock is None:
             return
-        _SERVED_UNIX_SOCKETS.pop(id(self), None)
+        _forget_unix_socket(self._unix_path, self._unix_lock)
         inode, lock, self._unix_inode, self._unix_lock = self._unix_inode, self._unix_lock, None, None
         _remove_unix_files(self._unix_path, inode, lock)
 
@@ -1048,8 +1054,7 @@ class Transport:
                     os.dup2(devnull, sock.fileno(), inheritable=False)
             finally:
                 os.close(devnull)
-        _SERVED_UNIX_SOCKETS.pop(id(self), None)
-        if self._unix_lock is not None:
+        if self._unix_lock is not None:  # (register_at_fork cleared _SERVED_UNIX_SOCKETS already)
             os.close(self._unix_lock)
             self._unix_lock = None
         self._unix_inode = None
