@@ -288,7 +288,8 @@ def _lock_unix_path(path: str) -> int:
                 raise AddressInUse(
                     errno.EADDRINUSE,
                     f"unix socket {path!r} is already used by this process (pid {holder}): another of its peers "
-                    f"or transports is starting or serving there; give each peer its own path",
+                    f"is starting or serving there (or one whose event loop has closed, until its stop()); stop "
+                    f"that peer, or give each peer its own path",
                 ) from None
             pid = f" (pid {holder})" if _is_running(holder) else ""
             raise AddressInUse(
