@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import uuid
 from typing import Any, AsyncIterator, Awaitable, Callable, Sequence, TypeVar
@@ -65,14 +64,14 @@ _UNKNOWN = (OutcomeUnknown, Timeout)
 """Errors after which it may have."""
 
 _T = TypeVar("_T")
+_Call = Callable[[str, dict[str, Any]], Awaitable[Any]]
+"""``call(op, args)``: make one request to a member and return its answer."""
 
 
 def _refused_for_good(exc: BaseException) -> bool:
     """Whether every member refused this client in a way that waiting does
     not change: its credentials, or the permissions of their Unix sockets."""
     return isinstance(exc, AuthenticationFailed) or isinstance(exc.__cause__, PermissionError)
-_Call = Callable[[str, dict[str, Any]], Awaitable[Any]]
-"""``call(op, args)``: make one request to a member and return its answer."""
 
 
 class _OutOfTime(Exception):
@@ -454,7 +453,8 @@ class Client:
         order = first + [a for a in self.addresses if a not in first and a not in last] + last
         errors: list[str] = []
         while True:
-            refused = denied = 0
+            refused = 0
+            denied: list[PermissionError] = []
             leaderless: RpcConnection | None = None
             """The first member that answered but knows no leader: used only if none knows one."""
             for address in order:
@@ -465,7 +465,8 @@ class Client:
                 except Unavailable as exc:
                     errors.append(str(exc))
                     refused += isinstance(exc, AuthenticationFailed)
-                    denied += isinstance(exc.__cause__, PermissionError)
+                    if isinstance(exc.__cause__, PermissionError):
+                        denied.append(exc.__cause__)
                     if address == self._preferred:
                         self._unreachable = address
                     continue
@@ -504,10 +505,10 @@ class Client:
             if refused == len(order):
                 # Waiting will not change credentials: say so now rather than at the deadline.
                 raise AuthenticationFailed(f"every member refused this client: {'; '.join(errors[-len(order):])}")
-            if denied and refused + denied == len(order):
+            if denied and refused + len(denied) == len(order):
                 # Nor the permissions of socket files.
                 raise Unavailable(f"no member lets this client connect: {'; '.join(errors[-len(order):])}") \
-                    from PermissionError(errno.EACCES, "no permission to connect")
+                    from denied[-1]
             if loop.time() >= deadline:
                 raise Unavailable(f"could not reach any of {order}: {'; '.join(errors[-len(order):])}")
             await asyncio.sleep(min(0.1, max(0.0, deadline - loop.time())))
