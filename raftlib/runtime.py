@@ -2879,10 +2879,20 @@ def _check_members(members: Mapping[NodeId, str]) -> dict[NodeId, str]:
         _check_member_address(nid, addr)
         # Only one process can listen at an address: the others would never
         # be reached, and a cluster of them could not elect a leader.
-        if addr in owners:
-            raise ConfigError(f"members {owners[addr]} and {nid} have the same address {addr}; each needs its own")
-        owners[addr] = nid
+        key = _address_key(addr)
+        if key in owners:
+            raise ConfigError(f"members {owners[key]} and {nid} have the same address {addr}; each needs its own")
+        owners[key] = nid
     return dict(members)
+
+
+def _address_key(address: str) -> str:
+    """``address`` as compared with the others': an absolute Unix socket
+    path without repeated slashes or ``.`` components, so that spellings of
+    one file compare equal (``..`` stays: it may step back over a symlink)."""
+    if address.startswith("unix:/"):
+        return "unix:/" + "/".join(part for part in address[len("unix:"):].split("/") if part not in ("", "."))
+    return address
 
 
 def _check_address_free(current: Membership, name: NodeId, address: str) -> None:
@@ -2890,7 +2900,7 @@ def _check_address_free(current: Membership, name: NodeId, address: str) -> None
     ``current``: as in :func:`_check_members`, only one of them could be
     reached there (and a mistyped name would add a second member)."""
     for owner, addr in current.members.items():
-        if addr == address and owner != name:
+        if _address_key(addr) == _address_key(address) and owner != name:
             role = "voter" if owner in current.voters else "learner"
             raise ConfigError(
                 f"{address} is the address of {owner}, a {role} of this cluster: {name} cannot have it too "

@@ -788,6 +788,9 @@ async def test_a_configuration_giving_two_members_one_address_is_refused(tmp_pat
     try:
         with pytest.raises(errors.ConfigError, match=r"s1 and s2 .*s1\.sock"):
             await peer.set_configuration({"s1": peer.address, "s2": peer.address})
+        # The same socket file, spelled otherwise.
+        with pytest.raises(errors.ConfigError, match=r"s1 and s2 .*s1\.sock"):
+            await peer.set_configuration({"s1": peer.address, "s2": f"unix:{tmp_path}//./s1.sock"})
         assert peer.status()["last_index"] == 0  # nothing was written: a corrected call founds the cluster
         await peer.set_configuration({"s1": peer.address})
         await eventually(lambda: peer.is_leader)
