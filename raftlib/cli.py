@@ -374,8 +374,20 @@ def _name_address(part: str) -> tuple[str, str]:
     name, sep, address = part.strip().partition("=")
     if not sep or not name or not address:
         raise click.BadParameter(f"expected NAME=ADDRESS, got {part.strip()!r}")
-    _addresses(address)
+    _member_address(address)
     return name, address
+
+
+def _member_address(address: str) -> None:
+    """Check ``address`` as a member's, which every other member must reach as it is."""
+    from .transport.tcp import parse_address
+
+    _addresses(address)
+    endpoint = parse_address(address)
+    if endpoint.kind == "unix" and not os.path.isabs(endpoint.host):
+        raise click.BadParameter(f"{address} is a relative path, which each member would look for in its own "
+                                 f"working directory; give the absolute path, as in "
+                                 f"unix:{os.path.abspath(endpoint.host)}")
 
 
 def _initial_cluster(text: str) -> dict[str, str]:
@@ -772,7 +784,14 @@ async def _statuses(addresses: list[str], timeout: float) -> list[tuple[str, dic
         for member in status.get("members", {}).values():
             if member.get("address") not in results:
                 todo.append(member["address"])
-    return [(a, s, e) for a, (s, e) in results.items()]
+    # A member reached at two spellings of its address (one given, the
+    # other from the membership) is listed once, at the address it gives.
+    rows: dict[str, tuple[str, dict[str, Any] | None, str]] = {}
+    for address, (status, error) in results.items():
+        key = f"name {status['name']}" if status is not None else f"address {address}"
+        if key not in rows:
+            rows[key] = (str(status.get("address", address)) if status is not None else address, status, error)
+    return list(rows.values())
 
 
 @main.command()
@@ -867,7 +886,7 @@ async def _call_any(addresses: list[str], op: str, args: dict[str, Any], timeout
               help="Seconds allowed for the change to commit (a new voter catches up as a learner first).")
 def members_add(name: str, address: str, learner: bool, force: bool, cluster: str, timeout: float) -> None:
     """Add NAME at ADDRESS (it must be running: `raftlib serve` without --initial-cluster)."""
-    _addresses(address)
+    _member_address(address)
     _run(_call_any(_addresses(cluster), "add_member",
                    {"name": name, "address": address, "voter": not learner, "force": force}, timeout))
     click.echo(f"added {name} as a {'learner' if learner else 'voter'}")

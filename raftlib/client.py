@@ -68,6 +68,12 @@ _Call = Callable[[str, dict[str, Any]], Awaitable[Any]]
 """``call(op, args)``: make one request to a member and return its answer."""
 
 
+def _refused_for_good(exc: BaseException) -> bool:
+    """Whether every member refused this client in a way that waiting does
+    not change: its credentials, or the permissions of their Unix sockets."""
+    return isinstance(exc, AuthenticationFailed) or isinstance(exc.__cause__, PermissionError)
+
+
 class _OutOfTime(Exception):
     """The time allowed ran out between two requests of :meth:`Client._on_one_member`."""
 
@@ -448,6 +454,7 @@ class Client:
         errors: list[str] = []
         while True:
             refused = 0
+            denied: list[PermissionError] = []
             leaderless: RpcConnection | None = None
             """The first member that answered but knows no leader: used only if none knows one."""
             for address in order:
@@ -458,6 +465,8 @@ class Client:
                 except Unavailable as exc:
                     errors.append(str(exc))
                     refused += isinstance(exc, AuthenticationFailed)
+                    if isinstance(exc.__cause__, PermissionError):
+                        denied.append(exc.__cause__)
                     if address == self._preferred:
                         self._unreachable = address
                     continue
@@ -496,6 +505,10 @@ class Client:
             if refused == len(order):
                 # Waiting will not change credentials: say so now rather than at the deadline.
                 raise AuthenticationFailed(f"every member refused this client: {'; '.join(errors[-len(order):])}")
+            if denied and refused + len(denied) == len(order):
+                # Nor the permissions of socket files.
+                raise Unavailable(f"no member lets this client connect: {'; '.join(errors[-len(order):])}") \
+                    from denied[-1]
             if loop.time() >= deadline:
                 raise Unavailable(f"could not reach any of {order}: {'; '.join(errors[-len(order):])}")
             await asyncio.sleep(min(0.1, max(0.0, deadline - loop.time())))
@@ -550,9 +563,9 @@ class Client:
                 self.client_id = client_id
                 self._seq, self._done, self._ack = 0, set(), 0
                 return
-            except AuthenticationFailed:
-                raise
             except _NOT_APPLIED + _UNKNOWN as exc:  # opening a session is idempotent
+                if _refused_for_good(exc):
+                    raise
                 last = exc
                 self._follow(exc, conn)
                 if isinstance(exc, _UNKNOWN):

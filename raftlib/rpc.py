@@ -32,7 +32,7 @@ from . import errors
 from .errors import ConnectionLost, ProtocolError, RaftError, Unavailable
 from .transport.framing import FrameDecoder, encode_frame
 from .security import AUTH_OK, CHALLENGE, NEEDS_TLS, TLS_REQUIRED, Security
-from .transport.tcp import HELLO, connect_stream
+from .transport.tcp import HELLO, connect_error_text, connect_stream
 
 __all__ = ["REQUEST", "RESPONSE", "STREAM", "CANCEL", "KEEPALIVE", "RpcConnection", "error_to_wire", "error_from_wire", "check_request"]
 
@@ -130,7 +130,10 @@ class RpcConnection:
         except errors.AuthenticationFailed:
             raise
         except (OSError, asyncio.TimeoutError) as exc:
-            raise Unavailable(f"cannot connect to {address}: {exc!r}") from None
+            error = Unavailable(f"cannot connect to {address}: {connect_error_text(address, exc)}")
+            # No permission (a Unix socket's file decides) is kept as the
+            # cause: waiting does not change it (see client._refused_for_good).
+            raise error from (exc if isinstance(exc, PermissionError) else None)
         writer.write(encode_frame(HELLO, [name or f"client-{os.getpid()}-{id(writer):x}", ""]))
         return cls(address, reader, writer, max_frame_size, secured=security is not None)
 

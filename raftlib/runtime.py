@@ -406,7 +406,9 @@ class Peer:
 
     @property
     def address(self) -> str:
-        """The address this peer listens on (with the real port if 0 was asked for)."""
+        """The address this peer listens on (with the real port if 0 was asked
+        for, and a Unix socket's path made absolute): the one to give the
+        other members."""
         return self._transport.address
 
     @property
@@ -2877,10 +2879,20 @@ def _check_members(members: Mapping[NodeId, str]) -> dict[NodeId, str]:
         _check_member_address(nid, addr)
         # Only one process can listen at an address: the others would never
         # be reached, and a cluster of them could not elect a leader.
-        if addr in owners:
-            raise ConfigError(f"members {owners[addr]} and {nid} have the same address {addr}; each needs its own")
-        owners[addr] = nid
+        key = _address_key(addr)
+        if key in owners:
+            raise ConfigError(f"members {owners[key]} and {nid} have the same address {addr}; each needs its own")
+        owners[key] = nid
     return dict(members)
+
+
+def _address_key(address: str) -> str:
+    """``address`` as compared with the others': an absolute Unix socket
+    path without repeated slashes or ``.`` components, so that spellings of
+    one file compare equal (``..`` stays: it may step back over a symlink)."""
+    if address.startswith("unix:/"):
+        return "unix:/" + "/".join(part for part in address[len("unix:"):].split("/") if part not in ("", "."))
+    return address
 
 
 def _check_address_free(current: Membership, name: NodeId, address: str) -> None:
@@ -2888,7 +2900,7 @@ def _check_address_free(current: Membership, name: NodeId, address: str) -> None
     ``current``: as in :func:`_check_members`, only one of them could be
     reached there (and a mistyped name would add a second member)."""
     for owner, addr in current.members.items():
-        if addr == address and owner != name:
+        if _address_key(addr) == _address_key(address) and owner != name:
             role = "voter" if owner in current.voters else "learner"
             raise ConfigError(
                 f"{address} is the address of {owner}, a {role} of this cluster: {name} cannot have it too "
@@ -2905,6 +2917,11 @@ def _check_member_address(name: NodeId, address: str) -> None:
         raise ConfigError(
             f"the address of {name}, {address}, has port 0, which only asks for a free port when listening; "
             f"give the port the peer listens on (Peer.address)"
+        )
+    if endpoint.kind == "unix" and not os.path.isabs(endpoint.host):
+        raise ConfigError(
+            f"the address of {name}, {address}, is a relative path, which each member would look for in its "
+            f"own working directory; give the absolute path (Peer.address)"
         )
 
 
@@ -3249,7 +3266,7 @@ async def _ask_to_join(peer: Peer, seeds: list[str], voter: bool, timeout: float
     warned_at: float | None = None
     started = loop.time()
     while True:
-        refused = 0
+        refused = denied = 0
         reached = False
         for address in list(addresses):
             try:
@@ -3258,6 +3275,7 @@ async def _ask_to_join(peer: Peer, seeds: list[str], voter: bool, timeout: float
             except Unavailable as exc:
                 last_error = exc
                 refused += isinstance(exc, AuthenticationFailed)
+                denied += isinstance(exc.__cause__, PermissionError)  # a Unix socket's file (see RpcConnection.open)
                 continue
             try:
                 # A seed that accepts connections but does not answer (a paused
@@ -3289,6 +3307,9 @@ async def _ask_to_join(peer: Peer, seeds: list[str], voter: bool, timeout: float
                 await conn.close()
         if refused == len(addresses):
             raise AuthenticationFailed(f"{peer.name} cannot join: every seed refused its credentials ({last_error})")
+        if denied and refused + denied == len(addresses):
+            # Waiting does not change the permissions of socket files either.
+            raise Unavailable(f"{peer.name} cannot join: no seed lets this process connect ({last_error})")
         if deadline is not None and loop.time() + backoff >= deadline:
             if isinstance(last_error, Unavailable):
                 raise Unavailable(f"{peer.name} could not reach any of {seeds} to join: {last_error}")

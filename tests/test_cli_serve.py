@@ -201,6 +201,12 @@ def test_cli_usage_errors(tmp_path: Path) -> None:
                        (["s1=nonsense"], "nonsense")):
         refused = cli("members", "set", *pairs, "--cluster", "127.0.0.1:9")
         assert refused.exit_code == 2 and why in refused.output, refused.output
+    # A member's unix path is resolved by every other member in its own working directory.
+    for args in (["serve", "--name", "x", "--listen", "unix:x.sock", "--memory", "--initial-cluster", "x=unix:x.sock"],
+                 ["members", "set", "s1=unix:s1.sock", "--cluster", "127.0.0.1:9"],
+                 ["members", "add", "s1", "unix:s1.sock", "--cluster", "127.0.0.1:9"]):
+        relative = cli(*args)
+        assert relative.exit_code == 2 and "is a relative path" in relative.output, relative.output
     env_cluster = CliRunner().invoke(main, ["kv", "get", "a", "--timeout", "0.3"],
                                      env={**os.environ, "RAFTLIB_CLUSTER": "127.0.0.1:9"})
     assert env_cluster.exit_code == 1
@@ -498,6 +504,29 @@ def test_kv_get_and_watch_over_a_unix_socket_print_values_as_deep_as_the_store_t
         assert '"key": "deep", "kind": "put"' in watched.output and f'"value": {shown}' in watched.output
         assert node.stop()[0] == 0
         assert not (directory / "s1.sock").exists()
+    finally:
+        if node.proc is not None and node.proc.poll() is None:
+            node.stop(signal.SIGKILL)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_status_lists_a_member_once_when_given_its_unix_path_spelled_otherwise() -> None:
+    """`status` follows the members' addresses from the one it is given: a
+    member reached through another spelling of its path (relative, or with
+    './') was listed twice, once under each."""
+    import shutil
+    import tempfile
+
+    directory = Path(tempfile.mkdtemp(prefix="rl", dir="/tmp"))  # short: socket paths are limited
+    address = f"unix:{directory}/s1.sock"
+    node = Node("s1", 0, directory / "s1", ["--initial-cluster", f"s1={address}"])
+    node.address = address
+    node.start()
+    try:
+        wait_for(lambda: leader_of(address))
+        out = cli("status", "--cluster", f"unix:{directory}/./s1.sock", "--json")
+        assert out.exit_code == 0, out.output
+        assert [(r["name"], r["address"]) for r in json.loads(out.output)] == [("s1", address)]
     finally:
         if node.proc is not None and node.proc.poll() is None:
             node.stop(signal.SIGKILL)

@@ -40,6 +40,7 @@ level).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import contextlib
 import errno
@@ -48,6 +49,7 @@ import logging
 import os
 import socket
 import stat
+import struct
 import sys
 from asyncio.selector_events import BaseSelectorEventLoop
 from dataclasses import dataclass, field
@@ -150,6 +152,11 @@ def parse_address(addr: str) -> Endpoint:
         path = addr[len("unix:") :]
         if not path or "\0" in path:
             raise ConfigError(f"address {addr!r}: unix socket path is empty or contains NUL")
+        if path.startswith("~"):
+            full = os.path.expanduser(path)
+            example = f", as in 'unix:{full}'" if full != path else ""
+            raise ConfigError(f"address {addr!r}: '~' is not expanded in a unix socket path; give the full "
+                              f"path{example}")
         if path.endswith("/"):
             raise ConfigError(f"address {addr!r}: unix socket path ends with '/'; it must name a file, "
                               f"as in 'unix:/run/raftlib/s1.sock'")
@@ -157,7 +164,7 @@ def parse_address(addr: str) -> Endpoint:
         if size > MAX_UNIX_PATH:
             raise ConfigError(
                 f"address {addr!r}: unix socket path is {size} bytes, the system allows {MAX_UNIX_PATH} "
-                f"(use a shorter or relative path)"
+                f"(choose a shorter path)"
             )
         return Endpoint("unix", path, None)
     scheme, sep, _ = addr.partition("://")
@@ -234,7 +241,8 @@ async def _refuse_live_unix_socket(path: str, timeout: float = 1.0) -> bool:
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
-    raise AddressInUse(errno.EADDRINUSE, f"unix socket {path!r} is in use by a running process")
+    raise AddressInUse(errno.EADDRINUSE, f"unix socket {path!r} is in use by a running process listening there; "
+                                         f"stop it or choose another path")
 
 
 LOCK_SUFFIX = ".lock"
@@ -276,6 +284,13 @@ def _lock_unix_path(path: str) -> int:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
             os.close(fd)
+            if holder == str(os.getpid()):
+                raise AddressInUse(
+                    errno.EADDRINUSE,
+                    f"unix socket {path!r} is already used by this process (pid {holder}): another of its peers "
+                    f"is starting or serving there (or one whose event loop has closed, until its stop()); stop "
+                    f"that peer, or give each peer its own path",
+                ) from None
             pid = f" (pid {holder})" if _is_running(holder) else ""
             raise AddressInUse(
                 errno.EADDRINUSE,
@@ -343,6 +358,41 @@ def _unlock_unix_path(path: str, fd: int) -> None:
         os.close(fd)
 
 
+def _remove_unix_files(path: str, inode: tuple[int, int], lock_fd: int) -> None:
+    """Unlink the socket file at ``path`` if it is still the one with
+    ``inode`` (``(st_dev, st_ino)``), then remove and release its lock file."""
+    with contextlib.suppress(OSError):
+        st = os.stat(path)
+        if stat.S_ISSOCK(st.st_mode) and (st.st_dev, st.st_ino) == inode:
+            os.unlink(path)
+    _unlock_unix_path(path, lock_fd)
+
+
+_SERVED_UNIX_SOCKETS: dict[str, tuple[tuple[int, int], int]] = {}
+"""Path -> socket inode and lock file descriptor of every Unix socket a
+transport of this process listens on (only one can hold a path's lock),
+until it is closed: removed at exit if it never was (a program that returns
+from ``asyncio.run`` without stopping its peer), as ``kill -9`` cannot."""
+
+
+def _remove_unclosed_unix_sockets() -> None:
+    while _SERVED_UNIX_SOCKETS:
+        path, (inode, lock_fd) = _SERVED_UNIX_SOCKETS.popitem()
+        _remove_unix_files(path, inode, lock_fd)
+
+
+def _forget_unix_socket(path: str, lock_fd: int) -> None:
+    """Take the socket at ``path`` out of :data:`_SERVED_UNIX_SOCKETS` if it is the one locked by ``lock_fd``."""
+    if _SERVED_UNIX_SOCKETS.get(path, (None, None))[1] == lock_fd:
+        del _SERVED_UNIX_SOCKETS[path]
+
+
+atexit.register(_remove_unclosed_unix_sockets)
+if hasattr(os, "register_at_fork"):
+    # A child forked without exec must not remove its parent's files when it exits.
+    os.register_at_fork(after_in_child=_SERVED_UNIX_SOCKETS.clear)
+
+
 def _unix_lock_error(path: str, lock: str, exc: OSError) -> OSError:
     """``exc`` (from opening ``lock``, the lock file of ``path``) with a message that names the path."""
     if exc.errno in (errno.EACCES, errno.EPERM) and os.path.lexists(lock):
@@ -398,6 +448,9 @@ def _unix_bind_error(path: str, exc: OSError) -> OSError:
         why = f"{directory!r} is not a directory"
     elif exc.errno in (errno.EACCES, errno.EPERM):
         why = f"no permission to create or replace a file in {directory!r}"
+    elif exc.errno == errno.EADDRINUSE and stat.S_ISDIR(_mode(path)):
+        name = os.path.join(path, "s1.sock")
+        why = f"it is a directory: name a socket file in it, as in 'unix:{name}'"
     elif exc.errno == errno.EADDRINUSE and not stat.S_ISSOCK(_mode(path)):
         why = "a file that is not a socket is in the way (remove it or choose another path)"
     elif exc.errno == errno.EADDRINUSE:
@@ -412,6 +465,29 @@ def _mode(path: str) -> int:
         return os.stat(path).st_mode
     except OSError:
         return 0
+
+
+def connect_error_text(address: str, exc: BaseException) -> str:
+    """Why connecting to ``address`` failed with ``exc``, for an error
+    message: for a Unix socket, in words that say what to check rather
+    than an errno (the file, not a port, decides who may connect)."""
+    try:
+        endpoint = parse_address(address)
+    except ConfigError:
+        return repr(exc)
+    if endpoint.kind != "unix" or not isinstance(exc, OSError):
+        return repr(exc)
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return ("no permission: connecting to a unix socket takes write permission on its file and search "
+                "permission on the directories above it; run as the member's user, or start the member with a "
+                "umask that lets this user in (see 'Unix sockets' in docs/getting-started.md)")
+    if exc.errno == errno.ENOENT:
+        return "no socket file there: the member is not running, or runs at another path"
+    if exc.errno == errno.ECONNREFUSED:
+        if stat.S_ISSOCK(_mode(endpoint.host)):
+            return "nothing listens on this socket file: the member that made it has stopped"
+        return "this file is not a socket"
+    return repr(exc)
 
 
 async def open_connection(address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -481,11 +557,23 @@ async def _close_writer(writer: asyncio.StreamWriter) -> None:
 
 
 def _remote_of(writer: asyncio.StreamWriter) -> str:
-    """A printable name of the far end of an accepted stream."""
+    """A printable name of the far end of an accepted stream. A Unix socket
+    that connects has no address of its own (it is not bound): it is named
+    by its process and user where the kernel tells them (Linux)."""
     peer = writer.get_extra_info("peername")
     if isinstance(peer, tuple) and len(peer) >= 2:
         return format_address(str(peer[0]), int(peer[1]))
-    return f"unix:{peer}" if peer else "unix:(anonymous)"
+    if peer:
+        return f"unix:{peer}"
+    sock = writer.get_extra_info("socket")
+    if sock is not None and hasattr(socket, "SO_PEERCRED"):
+        try:
+            pid, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        except (OSError, struct.error):
+            pass
+        else:
+            return f"unix:(pid {pid}, uid {uid})"
+    return "unix:(anonymous)"
 
 
 # --------------------------------------------------------------------------- connections
@@ -786,7 +874,8 @@ class Transport:
     def address(self) -> str:
         """The address peers should use: ``advertise`` if given (for example a
         proxy or NAT address in front of this one), else the listening address
-        (after :meth:`start`, with the real port)."""
+        (after :meth:`start`, with the real port, or the absolute path of a
+        Unix socket given as a relative one)."""
         return self.advertise or self._address or self.listen
 
     @property
@@ -834,7 +923,10 @@ class Transport:
                 self._unix_lock = None
                 raise
             self._unix_path, self._unix_inode = path, (st.st_dev, st.st_ino)
-            self._address = self.listen
+            _SERVED_UNIX_SOCKETS[path] = (self._unix_inode, self._unix_lock)
+            # Absolute, as for the port of a TCP address given with port 0:
+            # the others resolve a path in their own working directories.
+            self._address = f"unix:{path}"
         else:
             try:
                 self._server = await loop.create_server(accepted, host=endpoint.host, port=endpoint.port,
@@ -944,17 +1036,11 @@ class Transport:
     def _remove_unix_socket(self) -> None:
         """Unlink the socket file this transport created, if it is still
         ours, then remove and release its lock file."""
-        if self._unix_inode is None or self._unix_path is None:
+        if self._unix_inode is None or self._unix_path is None or self._unix_lock is None:
             return
-        path = self._unix_path
-        with contextlib.suppress(OSError):
-            st = os.stat(path)
-            if stat.S_ISSOCK(st.st_mode) and (st.st_dev, st.st_ino) == self._unix_inode:
-                os.unlink(path)
-        self._unix_inode = None
-        if self._unix_lock is not None:
-            _unlock_unix_path(path, self._unix_lock)
-            self._unix_lock = None
+        _forget_unix_socket(self._unix_path, self._unix_lock)
+        inode, lock, self._unix_inode, self._unix_lock = self._unix_inode, self._unix_lock, None, None
+        _remove_unix_files(self._unix_path, inode, lock)
 
     def _after_fork_in_child(self) -> None:
         """In a child forked without exec: give up the child's copies of the
@@ -969,7 +1055,7 @@ class Transport:
                     os.dup2(devnull, sock.fileno(), inheritable=False)
             finally:
                 os.close(devnull)
-        if self._unix_lock is not None:
+        if self._unix_lock is not None:  # (register_at_fork cleared _SERVED_UNIX_SOCKETS already)
             os.close(self._unix_lock)
             self._unix_lock = None
         self._unix_inode = None
@@ -1054,10 +1140,12 @@ class Transport:
             except (OSError, asyncio.TimeoutError) as exc:
                 self.stats["connect_failures"] += 1
                 # A peer that is stopping can end one handshake midway too: warn
-                # once the refusals repeat, and only once per series.
-                refusals = refusals + 1 if isinstance(exc, AuthenticationFailed) else 0
-                if refusals == 2:
-                    self.log.warning("%s: cannot connect to %s: %s", self.name, outbox.name, exc)
+                # once the refusals repeat, and only once per series. No
+                # permission (a Unix socket's file) is no passing failure: at once.
+                refusals = refusals + 1 if isinstance(exc, (AuthenticationFailed, PermissionError)) else 0
+                if refusals == (1 if isinstance(exc, PermissionError) else 2):
+                    self.log.warning("%s: cannot connect to %s at %s: %s", self.name, outbox.name, address,
+                                     connect_error_text(address, exc) if isinstance(exc, PermissionError) else exc)
                 else:
                     self.log.debug("%s: cannot connect to %s at %s: %r", self.name, outbox.name, address, exc)
                 # What queued up for an unreachable peer is stale by the time it

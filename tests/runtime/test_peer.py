@@ -678,6 +678,62 @@ async def test_peers_on_unix_sockets(tmp_path: Any) -> None:
     assert not any(tmp_path.glob("*.sock"))
 
 
+async def test_a_client_denied_a_unix_socket_says_so_at_once(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Connecting needs write permission on the socket file, which the
+    member's umask may not give other users. Waiting does not change that,
+    yet such a client was retried until its timeout and then told only
+    ``PermissionError(13, 'Permission denied')``."""
+    import errno
+    import socket
+
+    path = tmp_path / "s1.sock"
+    attempts = 0
+    real_open = asyncio.open_unix_connection
+
+    async def open_without_permission(where: Any = None, **kwargs: Any) -> Any:
+        nonlocal attempts
+        if str(where) == str(path):  # what connect() gives without write permission on the socket
+            attempts += 1
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return await real_open(where, **kwargs)
+
+    monkeypatch.setattr(asyncio, "open_unix_connection", open_without_permission)
+    with socket.socket(socket.AF_UNIX) as member:
+        member.bind(str(path))
+        member.listen()
+        with pytest.raises(errors.Unavailable, match=r"cannot connect to unix:.*s1\.sock: no permission: connecting "
+                                                     r"to a unix socket takes write permission on its file"):
+            await raftlib.connect([f"unix:{path}"], timeout=60)
+        assert attempts == 1
+        # Nor does a new member keep asking until its join timeout.
+        with pytest.raises(errors.Unavailable, match=r"s2 cannot join: no seed lets this process connect.*"
+                                                     r"no permission"):
+            await raftlib.join(KVStore, name="s2", address=f"unix:{tmp_path}/s2.sock", seeds=[f"unix:{path}"],
+                               storage=MemoryStorage(), config=FAST, timeout=60)
+        assert attempts == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s1.sock"]  # the new member's files are gone
+
+
+@pytest.mark.parametrize("case, reason", [
+    ("missing", "no socket file there: the member is not running, or runs at another path"),
+    ("stale", "nothing listens on this socket file: the member that made it has stopped"),
+    ("regular file", "this file is not a socket"),
+])
+async def test_a_client_that_cannot_reach_a_unix_socket_says_why(tmp_path: Any, case: str, reason: str) -> None:
+    """Rather than ``FileNotFoundError(2, ...)`` or ``ConnectionRefusedError(111, ...)``."""
+    import socket
+
+    path = tmp_path / "s1.sock"
+    if case == "stale":
+        with socket.socket(socket.AF_UNIX) as crashed:
+            crashed.bind(str(path))  # what a member killed with kill -9 leaves
+    elif case == "regular file":
+        path.write_text("")
+    with pytest.raises(errors.Unavailable) as info:
+        await raftlib.connect([f"unix:{path}"], timeout=0.2)
+    assert f"cannot connect to unix:{path}: {reason}" in str(info.value)
+
+
 async def test_a_unix_socket_left_by_a_crash_is_reused_but_a_live_one_is_not_taken(tmp_path: Any) -> None:
     import errno
     import socket
@@ -704,6 +760,27 @@ async def test_a_unix_socket_left_by_a_crash_is_reused_but_a_live_one_is_not_tak
     assert list(tmp_path.iterdir()) == []
 
 
+async def test_a_relative_unix_path_is_made_absolute_for_the_other_members(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each member resolves a unix path in its own working directory: in a
+    membership, a relative one reached another file from each member whose
+    directory differed (or none), and the cluster never elected."""
+    monkeypatch.chdir(tmp_path)
+    peer = await raftlib.start_peer(KVStore, name="s1", address="unix:s1.sock", storage=MemoryStorage(), config=FAST)
+    try:
+        assert peer.address == f"unix:{tmp_path}/s1.sock"  # what the others must be given
+        with pytest.raises(errors.ConfigError, match=r"unix:s2\.sock, is a relative path.*absolute path"):
+            await peer.set_configuration({"s1": peer.address, "s2": "unix:s2.sock"})
+        assert peer.status()["last_index"] == 0  # nothing was written
+        await peer.set_configuration({"s1": peer.address})
+        await eventually(lambda: peer.is_leader)
+        with pytest.raises(errors.ConfigError, match="relative path"):
+            await peer.add_member("s2", "unix:s2.sock")
+    finally:
+        await peer.stop()
+    assert list(tmp_path.iterdir()) == []
+
+
 async def test_a_configuration_giving_two_members_one_address_is_refused(tmp_path: Any) -> None:
     """Only one process can listen at an address: such a cluster could never elect."""
     peer = await raftlib.start_peer(KVStore, name="s1", address=f"unix:{tmp_path}/s1.sock", storage=MemoryStorage(),
@@ -711,6 +788,9 @@ async def test_a_configuration_giving_two_members_one_address_is_refused(tmp_pat
     try:
         with pytest.raises(errors.ConfigError, match=r"s1 and s2 .*s1\.sock"):
             await peer.set_configuration({"s1": peer.address, "s2": peer.address})
+        # The same socket file, spelled otherwise.
+        with pytest.raises(errors.ConfigError, match=r"s1 and s2 .*s1\.sock"):
+            await peer.set_configuration({"s1": peer.address, "s2": f"unix:{tmp_path}//./s1.sock"})
         assert peer.status()["last_index"] == 0  # nothing was written: a corrected call founds the cluster
         await peer.set_configuration({"s1": peer.address})
         await eventually(lambda: peer.is_leader)

@@ -127,6 +127,7 @@ def test_parse_address(text: str, expected: Endpoint) -> None:
         ("unix:", "empty"),
         ("unix:/" + "p" * 107, "108 bytes, the system allows 107"),  # bind() would fail with no path named
         ("unix:/run/raft/", "ends with '/'"),  # bind() would fail saying the directory /run does not exist
+        ("unix:~/s1.sock", r"'~' is not expanded.*full path"),  # bind() would look for a directory named '~'
         ("my host:80", "host"),
         ("http://127.0.0.1:80", r"without a scheme \('http://'\)"),  # not 'IPv6 addresses must be in brackets'
         ("tcp://[::1]:80", r"without a scheme \('tcp://'\)"),
@@ -238,6 +239,43 @@ async def test_unix_sockets(make_node: MakeNode, tmp_path: Path) -> None:
     await exchange(again, b, 2)
 
 
+async def test_a_unix_socket_held_by_this_process_is_not_said_to_be_another_process(
+        make_node: MakeNode, tmp_path: Path) -> None:
+    """Two peers of one program given the same path: the error once sent
+    the user looking for "another process", naming this one's own ID."""
+    await make_node("a", f"unix:{tmp_path}/a.sock")
+    with pytest.raises(AddressInUse) as info:
+        await make_node("b", f"unix:{tmp_path}/a.sock")
+    message = str(info.value)
+    assert "another process" not in message
+    assert f"{tmp_path}/a.sock" in message and f"this process (pid {os.getpid()})" in message
+
+
+async def test_a_peer_whose_unix_socket_this_one_may_not_connect_to_is_warned_about(
+        make_node: MakeNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Members run as different users, with the usual umask, cannot connect
+    to each other's sockets: the cluster never elected, and only debug
+    lines said why. No permission is no passing failure: warned at once,
+    and once for the series of failed attempts."""
+    a = await make_node("a", f"unix:{tmp_path}/a.sock")
+    b = await make_node("b", f"unix:{tmp_path}/b.sock")
+    real_open = asyncio.open_unix_connection
+
+    async def open_without_permission(where: Any = None, **kwargs: Any) -> Any:
+        if str(where) == f"{tmp_path}/b.sock":
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return await real_open(where, **kwargs)
+
+    monkeypatch.setattr(asyncio, "open_unix_connection", open_without_permission)
+    a.transport.set_address("b", b.address)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        for attempt in range(1, 4):  # each failure drops what was queued: the next attempt waits for more
+            a.transport.send(TimeoutNow(attempt, "a", "b"))
+            await wait_until(lambda: a.transport.stats["connect_failures"] >= attempt, what=f"attempt {attempt}")
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert f"a: cannot connect to b at unix:{tmp_path}/b.sock: no permission" in warning, warning
+
+
 async def test_a_tcp_port_another_process_listens_on_raises_address_in_use(make_node: MakeNode) -> None:
     """As for a Unix socket: AddressInUse (an OSError with EADDRINUSE) naming the address."""
     taken = socket.socket()
@@ -337,8 +375,8 @@ async def test_two_starts_on_one_stale_unix_socket_leave_one_owner(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two transports started at once on the path of a socket a killed
     process left behind: both find it stale before either binds. One must
-    fail at once, naming the path and saying that another process holds it;
-    the other serves on the socket file at the path."""
+    fail at once, naming the path and saying that it is taken; the other
+    serves on the socket file at the path."""
     path = tmp_path / "s.sock"
     with socket.socket(socket.AF_UNIX) as crashed:
         crashed.bind(str(path))  # what a killed process leaves
@@ -375,7 +413,7 @@ async def test_two_starts_on_one_stale_unix_socket_leave_one_owner(
         error = results[list(transports).index(failed[0])]
         assert isinstance(error, AddressInUse) and isinstance(error, OSError), error
         assert error.errno == errno.EADDRINUSE
-        assert str(path) in str(error) and "another process" in str(error)
+        assert str(path) in str(error) and "used by this process" in str(error)  # both run in this one
         (winner,) = set(transports) - set(failed)
         sender = Transport("c", "127.0.0.1:0", on_message=lambda msg: None)
         try:
@@ -450,6 +488,8 @@ async def test_a_unix_lock_file_of_another_user(
     path = tmp_path / "s.sock"
     lock = tmp_path / "s.sock.lock"
     others = tcp._lock_unix_path(str(path))  # the other user's process, running
+    os.ftruncate(others, 0)
+    os.pwrite(others, b"1\n", 0)  # as process 1, which runs
     real_open = os.open
 
     def open_as_another_user(where: Any, flags: int, *args: Any, **kwargs: Any) -> int:
@@ -460,7 +500,7 @@ async def test_a_unix_lock_file_of_another_user(
     monkeypatch.setattr(os, "open", open_as_another_user)
     try:
         if readable:
-            await fails_to_listen(path, AddressInUse, rf"s\.sock' is held by another process \(pid {os.getpid()}\)")
+            await fails_to_listen(path, AddressInUse, r"s\.sock' is held by another process \(pid 1\)")
         else:
             await fails_to_listen(path, PermissionError, r"s\.sock\.lock.*another user")
     finally:
@@ -566,6 +606,17 @@ async def test_a_file_limit_below_max_inbound_connections_is_raised_or_named(har
         assert b"max_inbound_connections" in err and b"ulimit -n" in err
 
 
+async def test_a_process_that_exits_without_closing_its_unix_transport_leaves_no_files(tmp_path: Path) -> None:
+    """A program that returns from asyncio.run without stopping its peer left
+    the socket file and the lock file behind, for nothing to listen on."""
+    exits = LISTEN_AND_WAIT.replace("await asyncio.sleep(3600)", "return transport")
+    child = await asyncio.create_subprocess_exec(sys.executable, "-c", exits, f"unix:{tmp_path}/s.sock",
+                                                 stdout=asyncio.subprocess.PIPE)
+    out, _ = await child.communicate()
+    assert (child.returncode, out) == (0, b"listening\n")
+    assert list(tmp_path.iterdir()) == []
+
+
 async def test_a_unix_socket_of_a_live_process_is_refused_and_freed_when_it_is_killed(tmp_path: Path) -> None:
     path = tmp_path / "s.sock"
     child = await asyncio.create_subprocess_exec(sys.executable, "-c", LISTEN_AND_WAIT, f"unix:{path}",
@@ -595,7 +646,8 @@ async def test_a_unix_socket_of_a_live_process_is_refused_and_freed_when_it_is_k
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("case", ["missing directory", "not a directory", "not a socket", "not writable"])
+@pytest.mark.parametrize("case", ["missing directory", "not a directory", "not a socket", "a directory",
+                                  "not writable"])
 async def test_a_unix_path_that_cannot_be_bound_is_named_in_the_error(tmp_path: Path, case: str) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
@@ -603,12 +655,18 @@ async def test_a_unix_path_that_cannot_be_bound_is_named_in_the_error(tmp_path: 
         "missing directory": (tmp_path / "missing" / "a.sock", errno.ENOENT, "does not exist"),
         "not a directory": (blocker / "a.sock", errno.ENOTDIR, "is not a directory"),
         "not a socket": (blocker, errno.EADDRINUSE, "not a socket"),
+        # Not "remove it": the path names the directory the socket was meant to go in.
+        "a directory": (tmp_path / "dir", errno.EADDRINUSE, f"is a directory: name a socket file in it, as in "
+                                                            f"'unix:{tmp_path}/dir/"),
         "not writable": (tmp_path / "ro" / "a.sock", errno.EACCES, "no permission"),
     }[case]
     if case == "not writable":
         if os.geteuid() == 0:
             pytest.skip("root may create files in any directory")
         path.parent.mkdir(mode=0o555)
+    if case == "a directory":
+        path.mkdir()
+    before = sorted(p.name for p in tmp_path.iterdir())
     transport = Transport("a", f"unix:{path}", on_message=lambda msg: None)
     try:
         with pytest.raises(OSError) as info:
@@ -619,7 +677,19 @@ async def test_a_unix_path_that_cannot_be_bound_is_named_in_the_error(tmp_path: 
             path.parent.chmod(0o755)
     assert info.value.errno == errno_
     assert str(path) in str(info.value) and reason in str(info.value)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({"file", path.parent.name} - {"missing", tmp_path.name})
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+async def test_a_unix_socket_another_program_listens_on_is_refused_saying_what_to_do(tmp_path: Path) -> None:
+    """A process that takes no lock file (not raftlib) listens there."""
+    path = tmp_path / "s.sock"
+    with socket.socket(socket.AF_UNIX) as other:
+        other.bind(str(path))
+        other.listen()
+        await fails_to_listen(path, AddressInUse, r"s\.sock' is in use by a running process.*; stop it or choose "
+                                                  r"another path")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["s.sock"]  # still the other program's
+    path.unlink()
 
 
 async def test_a_relative_unix_socket_is_removed_after_a_change_of_directory(
@@ -852,6 +922,24 @@ async def test_misbehaving_connection_is_closed_and_others_keep_working(
         await raw.close()
     await exchange(a, b, 2)
     assert a.inbox[-1] == TimeoutNow(2, "b", "a")
+
+
+@pytest.mark.skipif(not hasattr(socket, "SO_PEERCRED"), reason="SO_PEERCRED is Linux's")
+async def test_a_misbehaving_unix_connection_is_logged_with_its_process_and_user(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """A connecting Unix socket has no address, so the warning named every
+    such connection "unix:(anonymous)"; the kernel knows its process and user."""
+    a = await make_node("a", f"unix:{tmp_path}/a.sock")
+    _, writer = await asyncio.open_unix_connection(f"{tmp_path}/a.sock")
+    try:
+        with caplog.at_level(logging.WARNING, logger=LOGGER):
+            writer.write(MISBEHAVIOURS["unknown frame type"][0])
+            await wait_until(lambda: a.transport.stats["protocol_errors"] == 1)
+        [warning] = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert f"from unix:(pid {os.getpid()}, uid {os.getuid()})" in warning, warning
+    finally:
+        writer.close()
 
 
 async def test_a_flood_of_misbehaving_connections_logs_a_warning_per_host_not_per_connection(
