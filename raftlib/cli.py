@@ -636,7 +636,7 @@ def kv_delete(key: str, scope: str, cluster: str, as_json: bool, timeout: float)
 @click.argument("key", callback=_utf8)
 @click.argument("expected", callback=_utf8)
 @click.argument("new", callback=_utf8)
-@click.option("--expected-version", type=click.IntRange(min=0), default=None,
+@click.option("--expected-version", type=click.IntRange(min=0, max=2**64 - 1), default=None,
               help="Compare the version instead of the value (0: the key must not exist); EXPECTED is ignored.")
 @click.option("--string", "as_string", is_flag=True, help="Take EXPECTED and NEW as text.")
 @_scope_option
