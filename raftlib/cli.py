@@ -540,10 +540,13 @@ def kv() -> None:
     """Read and write keys of the built-in key-value service."""
 
 
-async def _with_kv(cluster: str, timeout: float, fn: Any) -> Any:
+async def _with_kv(cluster: str, timeout: float, fn: Any, *, writes: bool = True) -> Any:
+    """``await fn(client)`` with a KVClient; one that only reads opens no
+    session (that takes a majority), so stale reads work without one."""
     from .kv import KVClient
 
-    client = await KVClient.connect(_addresses(cluster), timeout=timeout, **_security_kwargs(_security()))
+    client = await KVClient.connect(_addresses(cluster), timeout=timeout, session=writes,
+                                    **_security_kwargs(_security()))
     try:
         return await fn(client)
     finally:
@@ -606,7 +609,8 @@ def _consistency_option(fn: Any) -> Any:
 @_timeout_option
 def kv_get(key: str, consistency: str, scope: str, cluster: str, as_json: bool, timeout: float) -> None:
     """Print KEY's value (as JSON). Exits with status 1 if the key does not exist."""
-    item = _run(_with_kv(cluster, timeout, lambda c: c.item(key, scope=scope, consistency=consistency)))
+    item = _run(_with_kv(cluster, timeout, lambda c: c.item(key, scope=scope, consistency=consistency),
+                         writes=False))
     if as_json:
         _echo(None if item is None else {"key": key, "scope": scope, "value": item.value, "version": item.version},
               True)
@@ -668,7 +672,7 @@ def kv_cas(key: str, expected: str, new: str, expected_version: int | None, as_s
 @_timeout_option
 def kv_list(prefix: str, consistency: str, scope: str, cluster: str, as_json: bool, timeout: float) -> None:
     """List the keys of a scope."""
-    keys = _run(_with_kv(cluster, timeout, lambda c: c.list(scope, prefix, consistency=consistency)))
+    keys = _run(_with_kv(cluster, timeout, lambda c: c.list(scope, prefix, consistency=consistency), writes=False))
     if as_json:
         _echo(keys, True)
     else:
@@ -699,7 +703,7 @@ def kv_watch(prefix: str, count: int | None, from_revision: int | None, scope: s
                 return
 
     try:
-        _run(_with_kv(cluster, timeout, follow))
+        _run(_with_kv(cluster, timeout, follow, writes=False))
     except KeyboardInterrupt:
         pass
 
@@ -732,13 +736,14 @@ def scope_delete(name: str, cluster: str, timeout: float) -> None:
 
 
 @scope.command("list")
+@_consistency_option
 @_cluster_option
 @_security_options
 @_json_option
 @_timeout_option
-def scope_list(cluster: str, as_json: bool, timeout: float) -> None:
+def scope_list(consistency: str, cluster: str, as_json: bool, timeout: float) -> None:
     """List the scopes."""
-    names = _run(_with_kv(cluster, timeout, lambda c: c.scopes()))
+    names = _run(_with_kv(cluster, timeout, lambda c: c.scopes(consistency=consistency), writes=False))
     if as_json:
         _echo(names, True)
     else:

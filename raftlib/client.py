@@ -131,6 +131,8 @@ class Client:
         _check_sendable(codec.pack(command, "command"), "command", self._max_frame_size)  # before anything is sent
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.timeout if timeout is None else timeout)
+        if not self.client_id:  # connected with session=False: the first write opens it
+            await self._renew_session("", deadline)
         self._seq += 1
         seq, client = self._seq, self.client_id
         try:
@@ -595,6 +597,7 @@ async def connect(
     tls: TLSConfig | None = None,
     secret: SharedSecret | bytes | str | None = None,
     attempt_timeout: float = 5.0,
+    session: bool = True,
 ) -> Client:
     """Connect to the cluster through any of ``addresses`` and open a session.
 
@@ -612,11 +615,16 @@ async def connect(
     :class:`~raftlib.errors.CommandTooLarge` before it is sent.
     ``tls`` (a client certificate signed by the cluster's CA) or ``secret``
     must match how the members are secured (see :mod:`raftlib.security`).
+    Opening a session is a write: it needs a leader and a majority.
+    ``session=False`` opens none at connect time, only a connection to a
+    member that answers, and the first write opens it: a client that only
+    reads or listens then works while the cluster has lost its majority
+    (with ``consistency="stale"``, say).
     Raises :class:`~raftlib.errors.ConfigError` for malformed addresses,
     timeouts, ``max_frame_size`` or security settings and
     :class:`~raftlib.errors.Unavailable` if no member could open a session
-    within ``timeout`` (also when every member refused this client's
-    credentials).
+    (with ``session=False``: answer) within ``timeout`` (also when every
+    member refused this client's credentials).
     """
     if isinstance(addresses, str):
         raise ConfigError(f"connect takes a list of member addresses, not a str: [{addresses!r}]")
@@ -637,7 +645,10 @@ async def connect(
                     security=security, attempt_timeout=attempt_timeout)
     loop = asyncio.get_running_loop()
     try:
-        await client._reopen_session(loop.time() + timeout)
+        if session:
+            await client._reopen_session(loop.time() + timeout)
+        else:
+            await client._connection(timeout)
     except BaseException:
         await client._drop_connection()
         raise

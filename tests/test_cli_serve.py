@@ -225,6 +225,24 @@ def test_kv_list_takes_the_consistency_of_kv_get(single: Node) -> None:
     assert bad.exit_code == 2 and "linearizable" in bad.output
 
 
+def test_read_commands_answer_stale_from_a_member_left_without_a_majority(nodes: dict[str, Node]) -> None:
+    """Reads need no session, whose opening needs a majority: when the
+    others are down, what is left can still be read with --consistency stale."""
+    cluster = ",".join(n.address for n in nodes.values())
+    wait_for(lambda: leader_of(cluster))
+    assert cli("kv", "put", "kept", "42", "--cluster", cluster).exit_code == 0
+    left = nodes["s1"].address
+    wait_for(lambda: cli("kv", "get", "kept", "--consistency", "stale", "--cluster", left).output.strip() == "42")
+    for name in ("s2", "s3"):
+        nodes[name].stop(signal.SIGKILL)
+    stale = ["--consistency", "stale", "--cluster", left, "--timeout", "2"]
+    for args, output in ((["kv", "get", "kept"], "42"), (["kv", "list"], "kept"), (["scope", "list"], "default")):
+        result = cli(*args, *stale)
+        assert result.exit_code == 0 and result.output.strip() == output, (args, result.output)
+    refused = cli("kv", "put", "lost", "1", "--cluster", left, "--timeout", "1")
+    assert refused.exit_code == 1 and refused.output.startswith("Error: Unavailable: "), refused.output
+
+
 def test_removing_a_non_member_says_nothing_changed(single: Node) -> None:
     wait_for(lambda: leader_of(single.address))
     result = cli("members", "remove", "ghost", "--cluster", single.address)

@@ -441,6 +441,31 @@ async def test_an_answer_larger_than_a_frame_is_refused_at_once_naming_the_limit
         await peer.stop()
 
 
+async def test_a_client_without_a_session_reads_what_is_left_of_a_cluster_that_lost_its_majority(
+    cluster: Cluster,
+) -> None:
+    """Opening a session is a write, so connect() needs a majority; a client
+    that only reads needs none. With session=False it connects to any member
+    that answers and opens its session on its first write."""
+    peers = await cluster.start(3, sm=KVStateMachine)
+    addresses = [p.address for p in peers.values()]
+    async with await KVClient.connect(addresses, timeout=10, session=False) as kv:
+        assert kv.client.client_id == ""
+        version = await kv.put("a", 1)
+        assert kv.client.client_id != "" and await kv.item("a") == KVItem(1, version)
+    survivor, *others = peers.values()
+    for peer in others:
+        await peer.stop()
+    with pytest.raises(errors.Unavailable, match="session"):
+        await KVClient.connect([survivor.address], timeout=0.5)
+    async with await KVClient.connect([survivor.address], timeout=0.5, session=False) as kv:
+        assert await kv.get("a", consistency="stale") == 1
+        assert await kv.list(consistency="stale") == ["a"]
+        with pytest.raises(errors.Unavailable):  # no majority to open a session: not applied
+            await kv.put("b", 2)
+    assert await survivor.read(["get", "default", "b"], consistency="stale") is None
+
+
 async def test_a_watch_from_a_revision_starts_right_when_its_client_moves_to_a_member_behind(
         cluster: Cluster) -> None:
     """Starting a watch takes several requests (the member's applied index,
