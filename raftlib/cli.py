@@ -281,6 +281,8 @@ def _run(coro: Any) -> Any:
         return asyncio.run(coro)
     except RaftError as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+    except BrokenPipeError:
+        raise  # the output's reader went away (`| head`): click ends the command quietly
     except OSError as exc:
         raise click.ClickException(str(exc)) from None
 
