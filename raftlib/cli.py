@@ -281,6 +281,8 @@ def _run(coro: Any) -> Any:
         return asyncio.run(coro)
     except RaftError as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+    except BrokenPipeError:
+        raise  # the output's reader went away (`| head`): click ends the command quietly
     except OSError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -552,10 +554,13 @@ def kv() -> None:
     """Read and write keys of the built-in key-value service."""
 
 
-async def _with_kv(cluster: str, timeout: float, fn: Any) -> Any:
+async def _with_kv(cluster: str, timeout: float, fn: Any, *, writes: bool = True) -> Any:
+    """``await fn(client)`` with a KVClient; one that only reads opens no
+    session (that takes a majority), so stale reads work without one."""
     from .kv import KVClient
 
-    client = await KVClient.connect(_addresses(cluster), timeout=timeout, **_security_kwargs(_security()))
+    client = await KVClient.connect(_addresses(cluster), timeout=timeout, session=writes,
+                                    **_security_kwargs(_security()))
     try:
         return await fn(client)
     finally:
@@ -618,7 +623,8 @@ def _consistency_option(fn: Any) -> Any:
 @_timeout_option
 def kv_get(key: str, consistency: str, scope: str, cluster: str, as_json: bool, timeout: float) -> None:
     """Print KEY's value (as JSON). Exits with status 1 if the key does not exist."""
-    item = _run(_with_kv(cluster, timeout, lambda c: c.item(key, scope=scope, consistency=consistency)))
+    item = _run(_with_kv(cluster, timeout, lambda c: c.item(key, scope=scope, consistency=consistency),
+                         writes=False))
     if as_json:
         _echo(None if item is None else {"key": key, "scope": scope, "value": item.value, "version": item.version},
               True)
@@ -648,7 +654,7 @@ def kv_delete(key: str, scope: str, cluster: str, as_json: bool, timeout: float)
 @click.argument("key", callback=_utf8)
 @click.argument("expected", callback=_utf8)
 @click.argument("new", callback=_utf8)
-@click.option("--expected-version", type=click.IntRange(min=0), default=None,
+@click.option("--expected-version", type=click.IntRange(min=0, max=2**64 - 1), default=None,
               help="Compare the version instead of the value (0: the key must not exist); EXPECTED is ignored.")
 @click.option("--string", "as_string", is_flag=True, help="Take EXPECTED and NEW as text.")
 @_scope_option
@@ -680,7 +686,7 @@ def kv_cas(key: str, expected: str, new: str, expected_version: int | None, as_s
 @_timeout_option
 def kv_list(prefix: str, consistency: str, scope: str, cluster: str, as_json: bool, timeout: float) -> None:
     """List the keys of a scope."""
-    keys = _run(_with_kv(cluster, timeout, lambda c: c.list(scope, prefix, consistency=consistency)))
+    keys = _run(_with_kv(cluster, timeout, lambda c: c.list(scope, prefix, consistency=consistency), writes=False))
     if as_json:
         _echo(keys, True)
     else:
@@ -711,7 +717,7 @@ def kv_watch(prefix: str, count: int | None, from_revision: int | None, scope: s
                 return
 
     try:
-        _run(_with_kv(cluster, timeout, follow))
+        _run(_with_kv(cluster, timeout, follow, writes=False))
     except KeyboardInterrupt:
         pass
 
@@ -744,13 +750,14 @@ def scope_delete(name: str, cluster: str, timeout: float) -> None:
 
 
 @scope.command("list")
+@_consistency_option
 @_cluster_option
 @_security_options
 @_json_option
 @_timeout_option
-def scope_list(cluster: str, as_json: bool, timeout: float) -> None:
+def scope_list(consistency: str, cluster: str, as_json: bool, timeout: float) -> None:
     """List the scopes."""
-    names = _run(_with_kv(cluster, timeout, lambda c: c.scopes()))
+    names = _run(_with_kv(cluster, timeout, lambda c: c.scopes(consistency=consistency), writes=False))
     if as_json:
         _echo(names, True)
     else:

@@ -103,6 +103,8 @@ class Client:
         """The leader is elsewhere: reconnect there before the next call."""
         self._avoid: str | None = None
         """The member that last failed to find a leader (tried last)."""
+        self._leaderless: RpcConnection | None = None
+        """The connection, if the member knew no leader when it was opened."""
         self._unreachable: str | None = None
         """The leader's address, if this client could not connect to it (it
         may advertise an address only the members can reach): the client
@@ -137,6 +139,8 @@ class Client:
         _check_sendable(codec.pack(command, "command"), "command", self._max_frame_size)  # before anything is sent
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.timeout if timeout is None else timeout)
+        if not self.client_id:  # connected with session=False: the first write opens it
+            await self._renew_session("", deadline)
         self._seq += 1
         seq, client = self._seq, self.client_id
         try:
@@ -230,7 +234,7 @@ class Client:
         resumes at another member the same way.
         Raises :class:`~raftlib.errors.LogCompacted` if the members no
         longer keep changes that old, :class:`~raftlib.errors.Unavailable`
-        if no member takes the feed over within the client's timeout of
+        if no member that knows a leader takes the feed over within the client's timeout of
         finding it lost (or of the first attempt to open it; the message
         names the index to listen from to go on), and
         :class:`~raftlib.errors.ProtocolError` for a change whose command or
@@ -247,7 +251,10 @@ class Client:
             if lost_since is None:
                 lost_since = loop.time()
             try:
-                conn = await self._connection(lost_since + self.timeout - loop.time())
+                # A member that knows no leader cannot keep the feed going
+                # (it ends it after two election timeouts): only one that
+                # knows one takes it over.
+                conn = await self._connection(lost_since + self.timeout - loop.time(), leader_required=True)
                 lost_since = None  # connected again: the clock of a new loss starts afresh
                 request: dict[str, Any] = {"from_index": next_index}
                 if reaching is not None:
@@ -410,11 +417,17 @@ class Client:
             raise Unavailable(f"{what} was not sent: its timeout ran out first")
         raise Unavailable(f"{what} got no answer in time (last error: {last})")
 
-    async def _connection(self, within: float) -> RpcConnection:
-        """The connection to use, opened if needed; raises PeerStopped once the client is closed."""
+    def _usable(self, conn: RpcConnection | None, leader_required: bool) -> bool:
+        return (conn is not None and not conn.closed and not self._conn_to_replace
+                and not (leader_required and conn is self._leaderless))
+
+    async def _connection(self, within: float, leader_required: bool = False) -> RpcConnection:
+        """The connection to use, opened if needed; raises PeerStopped once the client is closed.
+        With ``leader_required``, only to a member that knew a leader when it was opened."""
         self._check_open()
         conn = self._conn
-        if conn is not None and not conn.closed and not self._conn_to_replace:
+        if self._usable(conn, leader_required):
+            assert conn is not None
             return conn
         # Another call may be opening a connection, for as long as its own
         # timeout allows: wait for it only as long as this one's allows, and
@@ -429,13 +442,14 @@ class Client:
         try:
             self._check_open()
             conn = self._conn
-            if conn is not None and not conn.closed and not self._conn_to_replace:
+            if self._usable(conn, leader_required):
+                assert conn is not None
                 return conn
             self._conn_to_replace = False
             if conn is not None:
                 await conn.close()
                 self._conn = None
-            conn = await self._open_any(deadline - loop.time())
+            conn = await self._open_any(deadline - loop.time(), leader_required)
             if self._closed:  # closed meanwhile: nothing may reopen what close() closed
                 await conn.close()
                 self._check_open()
@@ -444,7 +458,9 @@ class Client:
         finally:
             self._connecting.release()
 
-    async def _open_any(self, within: float) -> RpcConnection:
+    async def _open_any(self, within: float, leader_required: bool = False) -> RpcConnection:
+        """A connection to a member that answers, one that knows a leader
+        if any does; with ``leader_required``, only such a one."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
         first = [self._preferred] if self._preferred else []
@@ -493,14 +509,17 @@ class Client:
                 if knows:
                     if leaderless is not None:
                         await leaderless.close()
+                    self._leaderless = None
                     return conn
                 # Cut off from the others, or an election is under way: a
                 # member on the majority's side may know the leader already.
-                if leaderless is None:
+                if leaderless is None and not leader_required:
                     leaderless = conn
                 else:
+                    errors.append(f"{address} knows no leader")
                     await conn.close()
             if leaderless is not None:
+                self._leaderless = leaderless
                 return leaderless
             if refused == len(order):
                 # Waiting will not change credentials: say so now rather than at the deadline.
@@ -510,7 +529,8 @@ class Client:
                 raise Unavailable(f"no member lets this client connect: {'; '.join(errors[-len(order):])}") \
                     from denied[-1]
             if loop.time() >= deadline:
-                raise Unavailable(f"could not reach any of {order}: {'; '.join(errors[-len(order):])}")
+                which = "a member that knows a leader among" if leader_required else "any of"
+                raise Unavailable(f"could not reach {which} {order}: {'; '.join(errors[-len(order):])}")
             await asyncio.sleep(min(0.1, max(0.0, deadline - loop.time())))
 
     async def _learn_leader(self, conn: RpcConnection, timeout: float) -> bool:
@@ -608,6 +628,7 @@ async def connect(
     tls: TLSConfig | None = None,
     secret: SharedSecret | bytes | str | None = None,
     attempt_timeout: float = 5.0,
+    session: bool = True,
 ) -> Client:
     """Connect to the cluster through any of ``addresses`` and open a session.
 
@@ -625,11 +646,16 @@ async def connect(
     :class:`~raftlib.errors.CommandTooLarge` before it is sent.
     ``tls`` (a client certificate signed by the cluster's CA) or ``secret``
     must match how the members are secured (see :mod:`raftlib.security`).
+    Opening a session is a write: it needs a leader and a majority.
+    ``session=False`` opens none at connect time, only a connection to a
+    member that answers, and the first write opens it: a client that only
+    reads or listens then works while the cluster has lost its majority
+    (with ``consistency="stale"``, say).
     Raises :class:`~raftlib.errors.ConfigError` for malformed addresses,
     timeouts, ``max_frame_size`` or security settings and
     :class:`~raftlib.errors.Unavailable` if no member could open a session
-    within ``timeout`` (also when every member refused this client's
-    credentials).
+    (with ``session=False``: answer) within ``timeout`` (also when every
+    member refused this client's credentials).
     """
     if isinstance(addresses, str):
         raise ConfigError(f"connect takes a list of member addresses, not a str: [{addresses!r}]")
@@ -650,7 +676,10 @@ async def connect(
                     security=security, attempt_timeout=attempt_timeout)
     loop = asyncio.get_running_loop()
     try:
-        await client._reopen_session(loop.time() + timeout)
+        if session:
+            await client._reopen_session(loop.time() + timeout)
+        else:
+            await client._connection(timeout)
     except BaseException:
         await client._drop_connection()
         raise

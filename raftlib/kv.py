@@ -321,8 +321,7 @@ class KVStateMachine(StateMachine):
     def _cas(self, scope: Any, key: Any, expected: Any, expected_version: Any, new: Any) -> dict[str, Any]:
         _check_name(key, "key")
         if expected_version is not None:
-            if type(expected_version) is not int or expected_version < 0:
-                raise _Refused(BAD_REQUEST, f"expected_version must be None or an int >= 0, got {_short(expected_version)}")
+            _check_version(expected_version)
             if expected is not None:
                 raise _Refused(BAD_REQUEST, "give an expected value or an expected version, not both")
         _check_storable(new)
@@ -380,6 +379,16 @@ class KVStateMachine(StateMachine):
 
     def _current_revision(self) -> int:
         return self._store.revision
+
+
+_MAX_VERSION = 2**64 - 1
+"""The largest version a compare-and-set can name: the largest int msgpack encodes."""
+
+
+def _check_version(version: Any) -> None:
+    if type(version) is not int or not 0 <= version <= _MAX_VERSION:
+        raise _Refused(BAD_REQUEST, f"expected_version must be None or an int from 0 to {_MAX_VERSION}, "
+                                    f"got {_short(version)}")
 
 
 def _check_name(name: Any, what: str) -> None:
@@ -524,8 +533,13 @@ class KVClient:
         race, exactly one of them wins for each value or version.
         """
         _check_request_names(scope, key)
-        if expected_version is not None and expected is not None:
-            raise ValueError("give an expected value or an expected version, not both")
+        if expected_version is not None:
+            if expected is not None:
+                raise ValueError("give an expected value or an expected version, not both")
+            try:
+                _check_version(expected_version)  # before a round trip, as for names
+            except _Refused as refused:
+                raise KVError(refused.message) from None
         result = await self._write(["cas", scope, key, expected, expected_version, new])
         changed: bool = result["changed"]
         return changed

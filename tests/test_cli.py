@@ -156,6 +156,13 @@ def test_text_that_is_not_utf8_is_a_usage_error_before_connecting() -> None:
         assert "Traceback" not in result.output
 
 
+def test_an_expected_version_beyond_any_version_is_a_usage_error_before_connecting() -> None:
+    result = CliRunner().invoke(main, ["kv", "cas", "k", "x", "1", "--expected-version", str(2**64),
+                                       "--cluster", "127.0.0.1:1", "--timeout", "0.1"])
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert "Invalid value for '--expected-version'" in result.output
+
+
 def test_json_output_is_standard_json_for_every_value(capsys: pytest.CaptureFixture[str]) -> None:
     # Values written through the API may hold floats JSON has no literal for, and bytes map keys.
     from raftlib.cli import _echo

@@ -231,6 +231,43 @@ def test_kv_list_takes_the_consistency_of_kv_get(single: Node) -> None:
     assert bad.exit_code == 2 and "linearizable" in bad.output
 
 
+def test_read_commands_answer_stale_from_a_member_left_without_a_majority(nodes: dict[str, Node]) -> None:
+    """Reads need no session, whose opening needs a majority: when the
+    others are down, what is left can still be read with --consistency stale."""
+    cluster = ",".join(n.address for n in nodes.values())
+    wait_for(lambda: leader_of(cluster))
+    assert cli("kv", "put", "kept", "42", "--cluster", cluster).exit_code == 0
+    left = nodes["s1"].address
+    wait_for(lambda: cli("kv", "get", "kept", "--consistency", "stale", "--cluster", left).output.strip() == "42")
+    for name in ("s2", "s3"):
+        nodes[name].stop(signal.SIGKILL)
+    stale = ["--consistency", "stale", "--cluster", left, "--timeout", "2"]
+    for args, output in ((["kv", "get", "kept"], "42"), (["kv", "list"], "kept"), (["scope", "list"], "default")):
+        result = cli(*args, *stale)
+        assert result.exit_code == 0 and result.output.strip() == output, (args, result.output)
+    refused = cli("kv", "put", "lost", "1", "--cluster", left, "--timeout", "1")
+    assert refused.exit_code == 1 and refused.output.startswith("Error: Unavailable: "), refused.output
+
+
+def test_a_watch_whose_output_is_closed_ends_quietly(single: Node) -> None:
+    """`raftlib kv watch | head -1` ends as other commands do when their reader
+    goes away (click's way: status 1, nothing on stderr), not with an error."""
+    wait_for(lambda: leader_of(single.address))
+    assert cli("kv", "put", "k", "1", "--cluster", single.address).exit_code == 0
+    watch = subprocess.Popen([sys.executable, "-m", "raftlib", "kv", "watch", "--from-revision", "1",
+                              "--cluster", single.address], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert watch.stdout is not None and '"key": "k"' in watch.stdout.readline()
+        watch.stdout.close()  # as `head -1` does once it has its line
+        assert cli("kv", "put", "k", "2", "--cluster", single.address).exit_code == 0
+        _, err = watch.communicate(timeout=30)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.communicate()
+    assert (watch.returncode, err) == (1, "")
+
+
 def test_removing_a_non_member_says_nothing_changed(single: Node) -> None:
     wait_for(lambda: leader_of(single.address))
     result = cli("members", "remove", "ghost", "--cluster", single.address)

@@ -10,7 +10,7 @@ from typing import Any, AsyncIterator
 import pytest
 
 from raftlib import codec, errors
-from raftlib.kv import DEFAULT_SCOPE, KVEvent, KVStateMachine, KVWatch
+from raftlib.kv import DEFAULT_SCOPE, KVClient, KVEvent, KVStateMachine, KVWatch
 from raftlib.types import Change
 
 
@@ -145,6 +145,22 @@ def test_cas_by_version() -> None:
     assert applied(sm, ["cas", "default", "k", None, None, "c"])["changed"] is False
     assert applied(sm, ["cas", "default", "k", None, 2, "c"])["changed"] is True
     assert read(sm, ["get", "default", "k"]) == ["c", 3]
+
+
+async def test_a_client_refuses_an_expected_version_that_is_not_one_before_sending_it() -> None:
+    sent: list[Any] = []
+
+    class Recorder:
+        async def write(self, command: Any) -> Any:
+            sent.append(command)
+            return {"op": "cas", "error": "bad_request", "message": "refused by the member", "changed": False}
+
+    kv = KVClient(Recorder())  # type: ignore[arg-type]
+    # 2**64 is beyond what msgpack encodes: no member could ever be asked it.
+    for bad in (-1, 1.5, True, "3", 2**64):
+        with pytest.raises(errors.KVError, match="expected_version must be None or an int from 0 to"):
+            await kv.cas("k", None, 1, expected_version=bad)
+    assert sent == []
 
 
 def test_scopes() -> None:

@@ -308,9 +308,9 @@ async def test_a_call_that_waited_for_another_s_connection_attempt_keeps_to_its_
         deadlines: list[float] = []
         open_any = client._open_any
 
-        async def recording(within: float) -> Any:
+        async def recording(within: float, *args: Any) -> Any:
             deadlines.append(loop.time() + within)
-            return await open_any(within)
+            return await open_any(within, *args)
 
         monkeypatch.setattr(client, "_open_any", recording)
         await peer.stop()

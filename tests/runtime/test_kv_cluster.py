@@ -305,9 +305,9 @@ async def test_a_watch_whose_only_member_stopped_gives_up_within_the_client_time
         deadlines: list[float] = []
         open_any = kv.client._open_any
 
-        async def recording(within: float) -> Any:
+        async def recording(within: float, *args: Any) -> Any:
             deadlines.append(loop.time() + within)
-            return await open_any(within)
+            return await open_any(within, *args)
 
         monkeypatch.setattr(kv.client, "_open_any", recording)
         await peer.stop()
@@ -439,6 +439,52 @@ async def test_an_answer_larger_than_a_frame_is_refused_at_once_naming_the_limit
             assert len(await kv.get("v0")) == frame // 3  # the connection still serves
     finally:
         await peer.stop()
+
+
+async def test_a_watch_on_a_cluster_that_lost_its_majority_gives_up_within_the_client_timeout(
+    cluster: Cluster,
+) -> None:
+    """The member left knows no leader and ends the feed, so that the watch
+    goes on at another member. It took that member back each time (the only
+    one that answered), counting it as a member that took over, and so never
+    raised: the watch stayed silent for good. A member that knows no leader
+    takes nothing over; the error names the revision to resume from."""
+    peers = await cluster.start(3, sm=KVStateMachine)
+    leader = await cluster.leader()
+    async with await KVClient.connect([p.address for p in peers.values()], timeout=1.0) as kv:
+        async with kv.watch() as watch:
+            version = await kv.put("a", 1)
+            assert (await anext(watch)).version == version
+            await leader.stop()
+            await next(p for p in peers.values() if p is not leader).stop()
+            with pytest.raises(errors.Unavailable) as info:
+                await asyncio.wait_for(anext(watch), 30)  # a guard: it used to wait forever
+            assert str(info.value).endswith(f"watch again with from_revision={version + 1}")
+
+
+async def test_a_client_without_a_session_reads_what_is_left_of_a_cluster_that_lost_its_majority(
+    cluster: Cluster,
+) -> None:
+    """Opening a session is a write, so connect() needs a majority; a client
+    that only reads needs none. With session=False it connects to any member
+    that answers and opens its session on its first write."""
+    peers = await cluster.start(3, sm=KVStateMachine)
+    addresses = [p.address for p in peers.values()]
+    async with await KVClient.connect(addresses, timeout=10, session=False) as kv:
+        assert kv.client.client_id == ""
+        version = await kv.put("a", 1)
+        assert kv.client.client_id != "" and await kv.item("a") == KVItem(1, version)
+    survivor, *others = peers.values()
+    for peer in others:
+        await peer.stop()
+    with pytest.raises(errors.Unavailable, match="session"):
+        await KVClient.connect([survivor.address], timeout=0.5)
+    async with await KVClient.connect([survivor.address], timeout=0.5, session=False) as kv:
+        assert await kv.get("a", consistency="stale") == 1
+        assert await kv.list(consistency="stale") == ["a"]
+        with pytest.raises(errors.Unavailable):  # no majority to open a session: not applied
+            await kv.put("b", 2)
+    assert await survivor.read(["get", "default", "b"], consistency="stale") is None
 
 
 async def test_a_watch_from_a_revision_starts_right_when_its_client_moves_to_a_member_behind(
