@@ -76,7 +76,7 @@ from .io_thread import IOThread
 from .rpc import CANCEL, REQUEST, RpcConnection
 from .security import Security, SharedSecret, TLSConfig, security_from
 from .serving import RequestServer, read_failed
-from .sessions import ClientEntry, Outcome, SessionOp, SessionTable
+from .sessions import ClientEntry, Outcome, SessionOp, SessionTable, open_settings
 from .snapshot import FileSnapshotStore, MemorySnapshotStore, SnapshotFile, SnapshotStore
 from .state_machine import StateMachine
 from .transport.framing import MAX_NAME_LENGTH, MAX_WIRE_INT, check_message, wire_problem
@@ -1321,7 +1321,8 @@ class Peer:
         """Register client session ``client`` (a unique id the client chose)
         with the cluster; see :mod:`raftlib.sessions`. Forwarded to the leader."""
         check_timeout(timeout)
-        entry = ClientEntry(SessionOp.OPEN, _check_client(client))
+        # The leader's own settings go into the entry (see raftlib.sessions).
+        entry = ClientEntry(SessionOp.OPEN, _check_client(client), command=open_settings(self.config.session_ttl))
         await self._on_leader("open_session", {"client": client},
                               lambda deadline: self._submit_client(entry, deadline), timeout, hops, idempotent=True)
 
@@ -2456,6 +2457,8 @@ class Peer:
         except ValueError as exc:
             raise CorruptStorage(f"entry {entry.index} is not a valid client-session entry: {exc}") from None
         table = self._sessions
+        if ce.op is SessionOp.OPEN:
+            table.configure(ce.command)
         table.tick(ce.stamp)
         outcome: Any = None
         if ce.op is SessionOp.OPEN:

@@ -15,17 +15,23 @@ that time is dropped when a later session entry is applied (the table is
 swept every ``ttl / 16`` of log time, so a session may outlive ``ttl`` by up
 to that much). Expiry is thus
 decided by the log, identically on every peer, not by each peer's clock.
+The ttl is part of the log too: the leader writes its own
+``Config.session_ttl`` into each OPEN entry (:func:`open_settings`), and
+every peer's table takes it from there, so members whose configurations
+differ still expire the same sessions. A table has its own peer's ttl only
+until it applies such an entry (a log written by an older version).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 from typing import Any
 
 import msgpack
 
-__all__ = ["SessionOp", "ClientEntry", "SessionTable", "Outcome"]
+__all__ = ["SessionOp", "ClientEntry", "SessionTable", "Outcome", "open_settings"]
 
 
 class SessionOp(enum.IntEnum):
@@ -59,6 +65,28 @@ class ClientEntry:
             raise ValueError(f"not a client entry: {exc}") from None
 
 
+def open_settings(ttl: float) -> bytes:
+    """The ``command`` of an OPEN entry: the opening leader's session
+    settings, which every peer's table adopts (see :meth:`SessionTable.configure`)."""
+    data: bytes = msgpack.packb({"ttl": float(ttl)})
+    return data
+
+
+def _ttl_from(settings: bytes) -> float | None:
+    """The ttl in an OPEN entry's ``command``, or ``None`` if it names none
+    that is usable (an entry of an older version carries nothing)."""
+    if not settings:
+        return None
+    try:
+        raw = msgpack.unpackb(settings)
+    except Exception:
+        return None
+    ttl: Any = raw.get("ttl") if type(raw) is dict else None
+    if type(ttl) is not float or not math.isfinite(ttl) or ttl <= 0:
+        return None
+    return ttl
+
+
 class Outcome(enum.Enum):
     APPLY = "apply"
     """A new write: apply it and :meth:`SessionTable.record` its result."""
@@ -81,6 +109,10 @@ class SessionTable:
 
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
+        """Seconds of log time an idle session is kept: this peer's own
+        until an OPEN entry carrying the cluster's is applied."""
+        self._configured = False
+        """Whether :attr:`ttl` came from the log (OPEN entries or a snapshot)."""
         self.clock = 0.0
         """The latest stamp applied: the cluster's log time."""
         self._last_sweep = 0.0
@@ -101,6 +133,18 @@ class SessionTable:
             horizon = self.clock - self.ttl
             for client in [c for c, s in self._sessions.items() if s.last_used < horizon]:
                 del self._sessions[client]
+
+    def configure(self, settings: bytes) -> None:
+        """Adopt the session settings of an OPEN entry (its ``command``, from
+        :func:`open_settings`); settings it does not carry are left as they are."""
+        ttl = _ttl_from(settings)
+        if ttl is None:
+            return
+        if not self._configured or ttl != self.ttl:
+            # The sweep schedule restarts from log time here, alike on every
+            # peer whatever ttl (and schedule) each had before.
+            self._last_sweep = self.clock
+        self.ttl, self._configured = ttl, True
 
     def open(self, client: str) -> None:
         session = self._sessions.get(client)
@@ -146,6 +190,7 @@ class SessionTable:
 
     def encode(self) -> bytes:
         data: bytes = msgpack.packb({
+            **({"ttl": self.ttl} if self._configured else {}),
             "clock": self.clock,
             "last_sweep": self._last_sweep,
             "sessions": {
@@ -164,6 +209,11 @@ class SessionTable:
                 for c, (used, acked, results) in raw["sessions"].items()
             }
             clock, last_sweep = float(raw["clock"]), float(raw["last_sweep"])
+            ttl = raw.get("ttl")
+            if ttl is not None and (type(ttl) is not float or not math.isfinite(ttl) or ttl <= 0):
+                raise ValueError(f"ttl {ttl!r} is not a positive number of seconds")
         except Exception as exc:
             raise ValueError(f"malformed session table in snapshot: {exc}") from None
         self._sessions, self.clock, self._last_sweep = sessions, clock, last_sweep
+        if ttl is not None:  # a snapshot of an older version has none: this peer's own ttl stays
+            self.ttl, self._configured = ttl, True

@@ -272,6 +272,31 @@ async def test_sessions_expire_by_log_time(tmp_path: Any) -> None:
         await c.close()
 
 
+async def test_peers_with_different_session_ttls_expire_the_same_sessions(tmp_path: Any) -> None:
+    """Expiry is replicated state: a member whose own session_ttl is shorter
+    dropped a session the others kept, and skipped a write of it they
+    applied, so the state machines diverged."""
+    c = Cluster(tmp_path)
+    try:
+        for name, ttl in (("s1", 3600.0), ("s2", 0.3), ("s3", 3600.0)):
+            c.config = dataclasses.replace(FAST, session_ttl=ttl)
+            await c.start_peer(name)
+        await c.peers["s1"].set_configuration(dict(c.addresses))
+        leader = await c.leader()
+        await leader.open_session("idle")
+        await leader.open_session("busy")
+        for seq in range(1, 6):  # log time moves on by 0.5 s
+            await asyncio.sleep(0.1)
+            await leader.session_write("busy", seq, ["set", "b", seq])
+        with contextlib.suppress(errors.SessionExpired):
+            await leader.session_write("idle", 1, ["set", "i", 1])
+        for p in c.live():
+            await eventually(lambda: p._applied >= leader._applied)
+        assert [p.state_machine.data for p in c.live()] == [leader.state_machine.data] * 3
+    finally:
+        await c.close()
+
+
 async def test_the_session_table_survives_snapshots_and_restarts(lmdb_cluster: Cluster) -> None:
     cluster = lmdb_cluster
     peers = await cluster.start(3)

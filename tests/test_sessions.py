@@ -1,0 +1,32 @@
+"""The replicated table of client sessions, on its own (raftlib.sessions)."""
+
+from __future__ import annotations
+
+import msgpack
+
+from raftlib.sessions import SessionTable, open_settings
+
+
+def test_the_session_ttl_travels_in_open_entries_and_snapshots() -> None:
+    """A peer that installs a snapshot expires sessions by the cluster's ttl,
+    not by its own, until it applies the next OPEN entry."""
+    table = SessionTable(ttl=3600.0)
+    table.configure(open_settings(10.0))
+    table.tick(100.0)
+    table.open("c")
+    copy = SessionTable(ttl=0.5)
+    copy.restore(table.encode())
+    copy.tick(105.0)  # 5 s idle: gone with a ttl of 0.5 s, kept with the cluster's 10 s
+    assert "c" in copy and copy.ttl == 10.0
+    copy.tick(111.0)
+    assert "c" not in copy
+    # A table of an older version carries no ttl: the peer's own stays.
+    raw = msgpack.unpackb(table.encode())
+    del raw["ttl"]
+    old = SessionTable(ttl=0.5)
+    old.restore(msgpack.packb(raw))
+    assert old.ttl == 0.5
+    # Settings that name no usable ttl change nothing.
+    for settings in (b"", b"\xc1", msgpack.packb({"ttl": -1.0}), msgpack.packb([1])):
+        old.configure(settings)
+        assert old.ttl == 0.5
