@@ -246,7 +246,7 @@ class Peer:
         """Loop time at which the driver last fed ticks to the core."""
         self._storage_full: StorageFull | None = None
         """Set while the disk is full (see :meth:`_storage_call`)."""
-        self._sessions = SessionTable(config.session_ttl)
+        self._sessions = SessionTable(config.session_ttl, config.max_sessions)
         self._last_stamp = 0.0
         self._feed: list[_FeedItem] = []
         self._feed_start = 0
@@ -1322,7 +1322,8 @@ class Peer:
         with the cluster; see :mod:`raftlib.sessions`. Forwarded to the leader."""
         check_timeout(timeout)
         # The leader's own settings go into the entry (see raftlib.sessions).
-        entry = ClientEntry(SessionOp.OPEN, _check_client(client), command=open_settings(self.config.session_ttl))
+        settings = open_settings(self.config.session_ttl, self.config.max_sessions)
+        entry = ClientEntry(SessionOp.OPEN, _check_client(client), command=settings)
         await self._on_leader("open_session", {"client": client},
                               lambda deadline: self._submit_client(entry, deadline), timeout, hops, idempotent=True)
 
@@ -2357,7 +2358,7 @@ class Peer:
         return its table of client sessions. If it raises, neither changed
         (as long as the state machine's ``restore`` raises before it changes
         anything, as it must)."""
-        sessions = SessionTable(self.config.session_ttl)
+        sessions = SessionTable(self.config.session_ttl, self.config.max_sessions)
         with self._snapshots.open(snap) as f:
             header = _read_header(f, snap)
             try:

@@ -15,11 +15,19 @@ that time is dropped when a later session entry is applied (the table is
 swept every ``ttl / 16`` of log time, so a session may outlive ``ttl`` by up
 to that much). Expiry is thus
 decided by the log, identically on every peer, not by each peer's clock.
-The ttl is part of the log too: the leader writes its own
-``Config.session_ttl`` into each OPEN entry (:func:`open_settings`), and
-every peer's table takes it from there, so members whose configurations
-differ still expire the same sessions. A table has its own peer's ttl only
-until it applies such an entry (a log written by an older version).
+
+The table holds at most ``max_sessions`` sessions: opening one more drops
+the session used longest ago (least recently used, as the Raft thesis,
+§6.3, suggests), whose writes then fail with ``SessionExpired`` like those
+of an expired session. The table keeps its sessions in the order they were
+last used, so the one to drop is always the first.
+
+Both limits are part of the log too: the leader writes its own
+``Config.session_ttl`` and ``Config.max_sessions`` into each OPEN entry
+(:func:`open_settings`), and every peer's table takes them from there, so
+members whose configurations differ still keep the same sessions. A table
+has its own peer's limits only until it applies such an entry (a log
+written by an older version).
 """
 
 from __future__ import annotations
@@ -65,26 +73,35 @@ class ClientEntry:
             raise ValueError(f"not a client entry: {exc}") from None
 
 
-def open_settings(ttl: float) -> bytes:
+def open_settings(ttl: float, max_sessions: int) -> bytes:
     """The ``command`` of an OPEN entry: the opening leader's session
     settings, which every peer's table adopts (see :meth:`SessionTable.configure`)."""
-    data: bytes = msgpack.packb({"ttl": float(ttl)})
+    # Any limit above what msgpack carries is as good as none.
+    data: bytes = msgpack.packb({"ttl": float(ttl), "max_sessions": min(int(max_sessions), 2**63 - 1)})
     return data
 
 
-def _ttl_from(settings: bytes) -> float | None:
-    """The ttl in an OPEN entry's ``command``, or ``None`` if it names none
-    that is usable (an entry of an older version carries nothing)."""
+def _settings_from(settings: bytes) -> tuple[float | None, int | None]:
+    """The ttl and max_sessions in an OPEN entry's ``command``, each
+    ``None`` if it names none that is usable (an entry of an older version
+    carries nothing)."""
     if not settings:
-        return None
+        return None, None
     try:
         raw = msgpack.unpackb(settings)
     except Exception:
-        return None
-    ttl: Any = raw.get("ttl") if type(raw) is dict else None
-    if type(ttl) is not float or not math.isfinite(ttl) or ttl <= 0:
-        return None
-    return ttl
+        return None, None
+    if type(raw) is not dict:
+        return None, None
+    return _usable_ttl(raw.get("ttl")), _usable_max(raw.get("max_sessions"))
+
+
+def _usable_ttl(ttl: Any) -> float | None:
+    return ttl if type(ttl) is float and math.isfinite(ttl) and ttl > 0 else None
+
+
+def _usable_max(limit: Any) -> int | None:
+    return limit if type(limit) is int and limit > 0 else None
 
 
 class Outcome(enum.Enum):
@@ -107,16 +124,19 @@ class _Session:
 class SessionTable:
     """The replicated table of client sessions (see the module docs)."""
 
-    def __init__(self, ttl: float) -> None:
+    def __init__(self, ttl: float, max_sessions: int) -> None:
         self.ttl = ttl
         """Seconds of log time an idle session is kept: this peer's own
         until an OPEN entry carrying the cluster's is applied."""
+        self.max_sessions = max_sessions
+        """Sessions kept at most: this peer's own until an OPEN entry carrying the cluster's is applied."""
         self._configured = False
         """Whether :attr:`ttl` came from the log (OPEN entries or a snapshot)."""
         self.clock = 0.0
         """The latest stamp applied: the cluster's log time."""
         self._last_sweep = 0.0
         self._sessions: dict[str, _Session] = {}
+        """Invariant: in the order the sessions were last used (``last_used`` never decreases along it)."""
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -137,7 +157,9 @@ class SessionTable:
     def configure(self, settings: bytes) -> None:
         """Adopt the session settings of an OPEN entry (its ``command``, from
         :func:`open_settings`); settings it does not carry are left as they are."""
-        ttl = _ttl_from(settings)
+        ttl, max_sessions = _settings_from(settings)
+        if max_sessions is not None:
+            self.max_sessions = max_sessions
         if ttl is None:
             return
         if not self._configured or ttl != self.ttl:
@@ -147,11 +169,15 @@ class SessionTable:
         self.ttl, self._configured = ttl, True
 
     def open(self, client: str) -> None:
-        session = self._sessions.get(client)
+        """Open session ``client`` (or mark it used, if open); when the table
+        is full, drop the sessions used longest ago to make room."""
+        session = self._sessions.pop(client, None)
         if session is None:
-            self._sessions[client] = _Session(self.clock)
-        else:
-            session.last_used = self.clock
+            while len(self._sessions) >= self.max_sessions:
+                del self._sessions[next(iter(self._sessions))]
+            session = _Session(self.clock)
+        session.last_used = self.clock
+        self._sessions[client] = session  # the most recently used: last
 
     def close(self, client: str) -> None:
         self._sessions.pop(client, None)
@@ -161,10 +187,11 @@ class SessionTable:
 
         Also forgets the results the client acknowledged (``ack``).
         """
-        session = self._sessions.get(client)
+        session = self._sessions.pop(client, None)
         if session is None:
             return Outcome.EXPIRED, None
         session.last_used = self.clock
+        self._sessions[client] = session  # the most recently used: last
         if ack > session.acked:
             session.acked = ack
             for s in [s for s in session.results if s <= ack]:
@@ -190,7 +217,7 @@ class SessionTable:
 
     def encode(self) -> bytes:
         data: bytes = msgpack.packb({
-            **({"ttl": self.ttl} if self._configured else {}),
+            **({"ttl": self.ttl, "max_sessions": self.max_sessions} if self._configured else {}),
             "clock": self.clock,
             "last_sweep": self._last_sweep,
             "sessions": {
@@ -209,11 +236,17 @@ class SessionTable:
                 for c, (used, acked, results) in raw["sessions"].items()
             }
             clock, last_sweep = float(raw["clock"]), float(raw["last_sweep"])
-            ttl = raw.get("ttl")
-            if ttl is not None and (type(ttl) is not float or not math.isfinite(ttl) or ttl <= 0):
+            ttl, max_sessions = raw.get("ttl"), raw.get("max_sessions")
+            if ttl is not None and _usable_ttl(ttl) is None:
                 raise ValueError(f"ttl {ttl!r} is not a positive number of seconds")
+            if max_sessions is not None and _usable_max(max_sessions) is None:
+                raise ValueError(f"max_sessions {max_sessions!r} is not a positive int")
         except Exception as exc:
             raise ValueError(f"malformed session table in snapshot: {exc}") from None
+        # A table of an older version is in the order the sessions were opened.
+        sessions = dict(sorted(sessions.items(), key=lambda item: item[1].last_used))
         self._sessions, self.clock, self._last_sweep = sessions, clock, last_sweep
-        if ttl is not None:  # a snapshot of an older version has none: this peer's own ttl stays
+        if ttl is not None:  # a snapshot of an older version has none: this peer's own limits stay
             self.ttl, self._configured = ttl, True
+        if max_sessions is not None:
+            self.max_sessions = max_sessions

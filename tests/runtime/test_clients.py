@@ -297,6 +297,59 @@ async def test_peers_with_different_session_ttls_expire_the_same_sessions(tmp_pa
         await c.close()
 
 
+async def test_a_full_session_table_forgets_the_least_recently_used_session(tmp_path: Any) -> None:
+    """The table held every session opened for session_ttl (an hour), however
+    many, in memory and in every snapshot. Full, it drops the session used
+    longest ago: its writes then fail with SessionExpired, unapplied, and a
+    client whose write may have applied says so (WriteTimeout) instead of
+    sending it again in a new session."""
+    async with one_member_and_a_client(tmp_path, max_sessions=3) as (peer, client):
+        await client.write(["set", "a", 0])
+        await peer.open_session("old")
+        await peer.open_session("used")
+        assert await peer.session_write("used", 1, ["set", "u", 1]) == ["ok", "u", 1]
+        await client.write(["set", "a", 1])
+        await peer.open_session("new")  # the table is full: "old" goes
+        assert len(peer._sessions) == 3
+        with pytest.raises(errors.SessionExpired, match="not applied"):
+            await peer.session_write("old", 1, ["set", "o", 1])
+        assert await peer.session_write("used", 1, ["set", "u", 2]) == ["ok", "u", 1]  # still answered once
+        assert "o" not in peer.state_machine.data and peer.state_machine.data["u"] == 1
+        # The client's session goes next but one; its next write opens another one.
+        await peer.open_session("newer")
+        await peer.open_session("newest")
+        assert client.client_id not in peer._sessions
+        assert await client.write(["set", "a", 2]) == ["ok", "a", 2]
+        assert client.client_id in peer._sessions and len(peer._sessions) == 3
+
+
+async def test_a_client_write_that_may_have_applied_is_not_sent_again_when_its_session_was_dropped(
+    tmp_path: Any,
+) -> None:
+    cluster = Cluster(tmp_path, config=dataclasses.replace(FAST, max_sessions=3))
+    try:
+        await cluster.start(1, sm=GatedKV)
+        peer = await cluster.leader()
+        sm: GatedKV = peer.state_machine  # type: ignore[assignment]
+        client = await raftlib.connect([peer.address], timeout=10)
+        try:
+            write = asyncio.ensure_future(client.write(["slow", "x", 1]))
+            await asyncio.wait_for(sm.entered.wait(), 5)
+            opened = [asyncio.ensure_future(peer.open_session(f"n{i}")) for i in range(3)]  # the third drops the client's
+            await eventually(lambda: peer._core.log.last_index() >= peer._applied + 4)
+            assert client._conn is not None
+            await client._conn.close()  # the answer is lost: the client sends the write again
+            sm.gate.set()
+            with pytest.raises(errors.WriteTimeout, match="may have been applied"):
+                await write
+            await asyncio.gather(*opened)
+            assert sm.applied.count(["set", "x", 1]) == 1
+        finally:
+            await client.close()
+    finally:
+        await cluster.close()
+
+
 async def test_the_session_table_survives_snapshots_and_restarts(lmdb_cluster: Cluster) -> None:
     cluster = lmdb_cluster
     peers = await cluster.start(3)
