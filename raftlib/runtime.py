@@ -1345,7 +1345,9 @@ class Peer:
         them; ``seq`` is at most ``2**63 - 1`` (peers refuse larger numbers
         on the wire). Raises :class:`~raftlib.errors.SessionExpired` (not applied) if
         the session is unknown, :class:`~raftlib.errors.CommandFailed` if
-        ``handle_write`` raised, and the errors of :meth:`write`.
+        ``handle_write`` raised, :class:`~raftlib.errors.ConfigError` (not
+        applied) if ``seq`` was applied for another command, and the errors
+        of :meth:`write`.
         """
         check_timeout(timeout)
         _check_client(client)
@@ -1363,7 +1365,9 @@ class Peer:
         data = codec.pack(command, "command", self.config.max_command_size)
 
         async def local(deadline: float | None) -> Any:
-            done = self._sessions.peek(client, seq)
+            verdict, done = self._sessions.peek(client, seq, data)
+            if verdict is Outcome.CONFLICT:
+                raise _seq_reused(client, seq)
             if done is not None:
                 return _session_result(done)
             stamp = max(time.time(), self._last_stamp, self._sessions.clock)
@@ -2467,16 +2471,18 @@ class Peer:
         elif ce.op is SessionOp.CLOSE:
             table.close(ce.client)
         else:
-            verdict, stored = table.check(ce.client, ce.seq, ce.ack)
+            verdict, stored = table.check(ce.client, ce.seq, ce.ack, ce.command)
             if verdict is Outcome.APPLY:
                 ok, _, payload = await self._execute(sm, ce.command, entry.index, decode=False)
-                table.record(ce.client, ce.seq, ok, payload)
+                table.record(ce.client, ce.seq, ok, payload, ce.command)
                 self._feed_append((entry.index, entry.term, ce.command, ok, payload))
                 self._bytes_since_snapshot += len(ce.command)
                 stored = (ok, payload)
-            if stored is None:
+            if verdict is Outcome.CONFLICT:
+                outcome = _seq_reused(ce.client, ce.seq)
+            elif stored is None:
                 outcome = SessionExpired(
-                    f"client session {ce.client!r} is unknown to the cluster (expired or closed); "
+                    f"client session {ce.client!r} is unknown to the cluster (expired, dropped or closed); "
                     f"write {ce.seq} was not applied"
                 )
             else:
@@ -2852,6 +2858,14 @@ def _check_client(client: Any) -> str:
     if not isinstance(client, str) or not client or len(client) > 128:
         raise ConfigError(f"a client session id must be a non-empty str of at most 128 characters, got {client!r}")
     return client
+
+
+def _seq_reused(client: str, seq: int) -> ConfigError:
+    return ConfigError(
+        f"write {seq} of client session {client!r} was applied before with another command; this one was not "
+        f"applied. Each write of a session needs a sequence number of its own: two writers share the session "
+        f"id, or a retry changed its command"
+    )
 
 
 def _session_result(stored: tuple[bool, bytes]) -> Any:

@@ -7,7 +7,10 @@ is replicated state: every peer applies the same entries in the same order,
 so every peer agrees on which writes were applied and what they returned.
 A write whose sequence number was already applied is not applied again; its
 first result is returned instead. Results are kept until the client
-acknowledges them.
+acknowledges them, each with a digest of its command: a write that reuses
+the sequence number for another command (two writers sharing a session id)
+is refused (:attr:`Outcome.CONFLICT`) rather than answered with the other
+command's result.
 
 Sessions expire by *log time*: the leader stamps each session entry with its
 clock (never going backwards), and a session unused for ``ttl`` seconds of
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import hashlib
 import math
 from typing import Any
 
@@ -111,6 +115,8 @@ class Outcome(enum.Enum):
     """Applied before: the first result comes with it."""
     EXPIRED = "expired"
     """The session does not exist (expired, closed or never opened): not applied."""
+    CONFLICT = "conflict"
+    """The sequence number was applied for another command: not applied."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -119,6 +125,13 @@ class _Session:
     acked: int = 0
     results: dict[int, tuple[bool, bytes]] = dataclasses.field(default_factory=dict)
     """seq -> (ok, packed result or error text), for seqs above ``acked``."""
+    digests: dict[int, bytes] = dataclasses.field(default_factory=dict)
+    """seq -> :func:`_digest` of the command applied, for the seqs in
+    ``results`` (not for those restored from a snapshot of an older version)."""
+
+
+def _digest(command: bytes) -> bytes:
+    return hashlib.blake2b(command, digest_size=8).digest()
 
 
 class SessionTable:
@@ -182,8 +195,8 @@ class SessionTable:
     def close(self, client: str) -> None:
         self._sessions.pop(client, None)
 
-    def check(self, client: str, seq: int, ack: int) -> tuple[Outcome, tuple[bool, bytes] | None]:
-        """Classify a write of ``client`` with sequence number ``seq``.
+    def check(self, client: str, seq: int, ack: int, command: bytes) -> tuple[Outcome, tuple[bool, bytes] | None]:
+        """Classify a write of ``command`` by ``client`` with sequence number ``seq``.
 
         Also forgets the results the client acknowledged (``ack``).
         """
@@ -196,22 +209,36 @@ class SessionTable:
             session.acked = ack
             for s in [s for s in session.results if s <= ack]:
                 del session.results[s]
+                session.digests.pop(s, None)
         if seq in session.results:
-            return Outcome.DUPLICATE, session.results[seq]
+            return self._known(session, seq, command)
         if seq <= session.acked:
             # The client said it saw this answer already; it cannot be asking again.
             return Outcome.DUPLICATE, (False, b"this write was applied and acknowledged before")
         return Outcome.APPLY, None
 
-    def peek(self, client: str, seq: int) -> tuple[bool, bytes] | None:
-        """The stored result of an applied write, without changing anything."""
+    def peek(self, client: str, seq: int, command: bytes) -> tuple[Outcome, tuple[bool, bytes] | None]:
+        """What :meth:`check` would say of a write applied before, without
+        changing anything: ``(APPLY, None)`` if this table cannot tell (the
+        write is new, or its answer was acknowledged, or the session is unknown)."""
         session = self._sessions.get(client)
-        return None if session is None else session.results.get(seq)
+        if session is None or seq not in session.results:
+            return Outcome.APPLY, None
+        return self._known(session, seq, command)
 
-    def record(self, client: str, seq: int, ok: bool, result: bytes) -> None:
+    @staticmethod
+    def _known(session: _Session, seq: int, command: bytes) -> tuple[Outcome, tuple[bool, bytes] | None]:
+        digest = session.digests.get(seq)
+        if digest is not None and digest != _digest(command):
+            return Outcome.CONFLICT, None
+        return Outcome.DUPLICATE, session.results[seq]
+
+    def record(self, client: str, seq: int, ok: bool, result: bytes, command: bytes) -> None:
+        """Keep the result of write ``seq`` (of ``command``) until the client acknowledges it."""
         session = self._sessions.get(client)
         if session is not None:
             session.results[seq] = (ok, result)
+            session.digests[seq] = _digest(command)
 
     # -- snapshots ---------------------------------------------------------------
 
@@ -224,6 +251,8 @@ class SessionTable:
                 c: [s.last_used, s.acked, [[seq, ok, r] for seq, (ok, r) in s.results.items()]]
                 for c, s in self._sessions.items()
             },
+            # Apart, so that a peer of an older version can still read the rest.
+            "digests": {c: [[seq, d] for seq, d in s.digests.items()] for c, s in self._sessions.items() if s.digests},
         })
         return data
 
@@ -235,6 +264,9 @@ class SessionTable:
                 str(c): _Session(float(used), int(acked), {int(seq): (bool(ok), bytes(r)) for seq, ok, r in results})
                 for c, (used, acked, results) in raw["sessions"].items()
             }
+            for c, digests in raw.get("digests", {}).items():
+                session = sessions[str(c)]
+                session.digests = {int(seq): bytes(d) for seq, d in digests if int(seq) in session.results}
             clock, last_sweep = float(raw["clock"]), float(raw["last_sweep"])
             ttl, max_sessions = raw.get("ttl"), raw.get("max_sessions")
             if ttl is not None and _usable_ttl(ttl) is None:

@@ -39,7 +39,7 @@ def test_a_full_table_drops_the_session_used_longest_ago_alike_after_a_snapshot(
         table.tick(stamp)
         table.open(client)
     table.tick(3.0)
-    table.check("a", 1, 0)  # "a" used after "b"
+    table.check("a", 1, 0, b"cmd")  # "a" used after "b"
     copy = SessionTable(ttl=3600.0, max_sessions=100)
     copy.restore(table.encode())
     assert copy.max_sessions == 2

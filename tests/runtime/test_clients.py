@@ -127,6 +127,37 @@ async def test_a_retried_session_write_is_applied_once(cluster: Cluster) -> None
     assert await peer.session_write("c1", 2, ["set", "x", 2], ack=1) == ["ok", "x", 2]
 
 
+async def test_a_sequence_number_reused_for_another_command_is_refused(cluster: Cluster) -> None:
+    """Two writers sharing a session id (two clients given the same one)
+    number their writes alike. The second write of each number was taken
+    for a retry of the first: not applied, and answered with the first
+    one's result, as if it had been."""
+    leader, follower = await _leader_and_follower(cluster)
+    await leader.open_session("shared")
+    assert await leader.session_write("shared", 1, ["set", "a", 1]) == ["ok", "a", 1]
+    for peer in (leader, follower):
+        with pytest.raises(errors.ConfigError, match="write 1 of client session 'shared' .* another command"):
+            await peer.session_write("shared", 1, ["set", "b", 2])
+    # Both appended before either is applied: the second is found out as it is applied.
+    first, second = await asyncio.gather(leader.session_write("shared", 2, ["set", "d", 1]),
+                                         leader.session_write("shared", 2, ["set", "d", 2]), return_exceptions=True)
+    assert first == ["ok", "d", 1] and isinstance(second, errors.ConfigError), (first, second)
+    a = await raftlib.connect([leader.address], timeout=5)
+    b = await raftlib.connect([leader.address], timeout=5)
+    try:
+        b.client_id = a.client_id
+        assert await a.write(["set", "c", 1]) == ["ok", "c", 1]
+        with pytest.raises(errors.ConfigError, match="not applied"):
+            await b.write(["set", "c", 2])
+    finally:
+        await a.close()
+        await b.close()
+    # A retry of the same command is still answered with its first result.
+    assert await follower.session_write("shared", 1, ["set", "a", 1]) == ["ok", "a", 1]
+    assert "b" not in leader.state_machine.data and leader.state_machine.data["c"] == 1
+    assert leader.state_machine.data["d"] == 1
+
+
 async def test_session_errors(cluster: Cluster) -> None:
     peers = await cluster.start(1)
     s1 = peers["s1"]
@@ -313,7 +344,7 @@ async def test_a_full_session_table_forgets_the_least_recently_used_session(tmp_
         assert len(peer._sessions) == 3
         with pytest.raises(errors.SessionExpired, match="not applied"):
             await peer.session_write("old", 1, ["set", "o", 1])
-        assert await peer.session_write("used", 1, ["set", "u", 2]) == ["ok", "u", 1]  # still answered once
+        assert await peer.session_write("used", 1, ["set", "u", 1]) == ["ok", "u", 1]  # still answered once
         assert "o" not in peer.state_machine.data and peer.state_machine.data["u"] == 1
         # The client's session goes next but one; its next write opens another one.
         await peer.open_session("newer")
