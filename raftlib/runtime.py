@@ -1359,7 +1359,7 @@ class Peer:
             raise ConfigError(f"seq ({seq}) must be at most 2**63-1")
         if ack >= seq:
             # The session would forget answers up to ack, this one's too, and
-            # answer it as "applied and acknowledged before" without applying it.
+            # refuse it as acknowledged before without applying it.
             raise ConfigError(f"ack ({ack}) must be below seq ({seq}): it counts the answers received, "
                               f"and this write's has not been")
         data = codec.pack(command, "command", self.config.max_command_size)
@@ -2480,6 +2480,12 @@ class Peer:
                 stored = (ok, payload)
             if verdict is Outcome.CONFLICT:
                 outcome = _seq_reused(ce.client, ce.seq)
+            elif verdict is Outcome.ACKNOWLEDGED:
+                outcome = ConfigError(
+                    f"write {ce.seq} of client session {ce.client!r} was acknowledged before (an ack at or above "
+                    f"it): its answer is forgotten, and it is not applied again. A sequence number the session "
+                    f"acknowledged cannot be used again"
+                )
             elif stored is None:
                 outcome = SessionExpired(
                     f"client session {ce.client!r} is unknown to the cluster (expired, dropped or closed); "

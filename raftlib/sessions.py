@@ -117,6 +117,8 @@ class Outcome(enum.Enum):
     """The session does not exist (expired, closed or never opened): not applied."""
     CONFLICT = "conflict"
     """The sequence number was applied for another command: not applied."""
+    ACKNOWLEDGED = "acknowledged"
+    """The client acknowledged this sequence number's answer, which is forgotten: not applied again."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -213,8 +215,9 @@ class SessionTable:
         if seq in session.results:
             return self._known(session, seq, command)
         if seq <= session.acked:
-            # The client said it saw this answer already; it cannot be asking again.
-            return Outcome.DUPLICATE, (False, b"this write was applied and acknowledged before")
+            # The client said it saw this answer already: it cannot be asking
+            # again, and whether the command is the one applied is unknown.
+            return Outcome.ACKNOWLEDGED, None
         return Outcome.APPLY, None
 
     def peek(self, client: str, seq: int, command: bytes) -> tuple[Outcome, tuple[bool, bytes] | None]:

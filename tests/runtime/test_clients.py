@@ -154,6 +154,12 @@ async def test_a_sequence_number_reused_for_another_command_is_refused(cluster: 
         await b.close()
     # A retry of the same command is still answered with its first result.
     assert await follower.session_write("shared", 1, ["set", "a", 1]) == ["ok", "a", 1]
+    # Once acknowledged, a result is forgotten: the write is refused, not
+    # reported applied (CommandFailed), whatever its command.
+    assert await leader.session_write("shared", 3, ["set", "e", 1], ack=2) == ["ok", "e", 1]
+    for command in (["set", "a", 1], ["set", "b", 2]):
+        with pytest.raises(errors.ConfigError, match="write 1 of client session 'shared' was acknowledged"):
+            await follower.session_write("shared", 1, command)
     assert "b" not in leader.state_machine.data and leader.state_machine.data["c"] == 1
     assert leader.state_machine.data["d"] == 1
 
@@ -178,7 +184,7 @@ async def test_session_errors(cluster: Cluster) -> None:
     with pytest.raises(errors.ConfigError):
         await s1.open_session("")
     # An ack at or above seq claims this write's answer was received: it was
-    # answered "applied and acknowledged before" (CommandFailed) unapplied.
+    # refused as acknowledged before, unapplied.
     await s1.open_session("d")
     for ack in (3, 4):
         with pytest.raises(errors.ConfigError, match="ack .* must be below seq"):
