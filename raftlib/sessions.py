@@ -132,6 +132,13 @@ class _Session:
     ``results`` (not for those restored from a snapshot of an older version)."""
 
 
+def _bytes(value: Any) -> bytes:
+    # bytes(n) of an int n would allocate n bytes.
+    if type(value) is not bytes:
+        raise ValueError(f"expected bytes, got {type(value).__name__}")
+    return value
+
+
 def _digest(command: bytes) -> bytes:
     return hashlib.blake2b(command, digest_size=8).digest()
 
@@ -269,7 +276,7 @@ class SessionTable:
             }
             for c, digests in raw.get("digests", {}).items():
                 session = sessions[str(c)]
-                session.digests = {int(seq): bytes(d) for seq, d in digests if int(seq) in session.results}
+                session.digests = {int(seq): _bytes(d) for seq, d in digests if int(seq) in session.results}
             clock, last_sweep = float(raw["clock"]), float(raw["last_sweep"])
             ttl, max_sessions = raw.get("ttl"), raw.get("max_sessions")
             if ttl is not None and _usable_ttl(ttl) is None:
