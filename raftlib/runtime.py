@@ -2202,33 +2202,42 @@ class Peer:
             pending_writes = self._pending_writes
             unpack, feed = codec.unpack, self._feed_append
             normal = EntryKind.NORMAL
-            for entry in batch:
-                pending = pending_writes.pop(entry.index, None) if pending_writes else None
-                if entry.kind is normal:
-                    # The common case inline (no coroutine per entry): a plain
-                    # result from a synchronous handle_write. See _execute.
-                    fut = self._claim(entry, pending)
-                    outcome = self._run_command(sm, entry.data, entry.index)
-                    if type(outcome) is not tuple:
-                        outcome = await outcome
-                    ok, result, payload = outcome
-                    feed((entry.index, entry.term, entry.data, ok, payload))
-                    if fut is not None and not fut.done():
-                        if ok:
-                            fut.set_result(unpack(payload))
-                        else:
-                            fut.set_exception(result)
-                    self._bytes_since_snapshot += len(entry.data)
-                elif entry.kind is EntryKind.CLIENT:
-                    await self._apply_client(sm, entry, pending)
-                elif entry.kind is EntryKind.CONFIG and pending is not None and pending[0] == entry.term:
-                    if not pending[1].done():
-                        pending[1].set_result(None)
-                elif pending is not None and not pending[1].done():
-                    pending[1].set_exception(ProposalDropped("another leader's entry took this write's place"))
-                self._applied, self._applied_term = entry.index, entry.term
-                if self._applied_waiters and self._applied_waiters[0][0] <= entry.index:
-                    self._wake_applied_waiters()
+            pending: tuple[int, asyncio.Future[Any]] | None = None
+            try:
+                for entry in batch:
+                    pending = pending_writes.pop(entry.index, None) if pending_writes else None
+                    if entry.kind is normal:
+                        # The common case inline (no coroutine per entry): a plain
+                        # result from a synchronous handle_write. See _execute.
+                        fut = self._claim(entry, pending)
+                        outcome = self._run_command(sm, entry.data, entry.index)
+                        if type(outcome) is not tuple:
+                            outcome = await outcome
+                        ok, result, payload = outcome
+                        feed((entry.index, entry.term, entry.data, ok, payload))
+                        if fut is not None and not fut.done():
+                            if ok:
+                                fut.set_result(unpack(payload))
+                            else:
+                                fut.set_exception(result)
+                        self._bytes_since_snapshot += len(entry.data)
+                    elif entry.kind is EntryKind.CLIENT:
+                        await self._apply_client(sm, entry, pending)
+                    elif entry.kind is EntryKind.CONFIG and pending is not None and pending[0] == entry.term:
+                        if not pending[1].done():
+                            pending[1].set_result(None)
+                    elif pending is not None and not pending[1].done():
+                        pending[1].set_exception(ProposalDropped("another leader's entry took this write's place"))
+                    self._applied, self._applied_term = entry.index, entry.term
+                    if self._applied_waiters and self._applied_waiters[0][0] <= entry.index:
+                        self._wake_applied_waiters()
+            except BaseException:
+                # Stopped (or failed) in the middle of an entry: its writer, whose
+                # future is no longer among the pending writes, must hear of it.
+                if pending is not None and not pending[1].done():
+                    pending[1].set_exception(LeadershipLost(
+                        f"peer {self.name} stopped while applying the write; it is committed, its result unknown"))
+                raise
             if self._snapshot_due() or (self._snapshot_requests and not self._snapshot_writing()):
                 await self._take_snapshot()
 
