@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgpack
 
-from raftlib.sessions import SessionTable, open_settings
+from raftlib.sessions import Outcome, SessionTable, open_settings
 
 
 def test_the_session_ttl_travels_in_open_entries_and_snapshots() -> None:
@@ -54,3 +54,18 @@ def test_a_full_table_drops_the_session_used_longest_ago_alike_after_a_snapshot(
     old.restore(msgpack.packb(raw))
     old.open("d")
     assert "a" not in old and "c" in old
+
+
+def test_a_snapshot_keeps_the_commands_of_the_results_it_keeps() -> None:
+    """A peer that installed a snapshot tells a retry from another command
+    that reuses its sequence number, as the peers that applied the write do."""
+    table = SessionTable(ttl=3600.0, max_sessions=10)
+    table.open("c")
+    table.record("c", 1, True, b"\xa2ok", b"command")
+    copy = SessionTable(ttl=3600.0, max_sessions=10)
+    copy.restore(table.encode())
+    assert copy.peek("c", 1, b"command") == (Outcome.DUPLICATE, (True, b"\xa2ok"))
+    assert copy.peek("c", 1, b"another") == (Outcome.CONFLICT, None)
+    # Acknowledged, the result and its command are forgotten.
+    assert copy.check("c", 2, 1, b"next") == (Outcome.APPLY, None)
+    assert copy.check("c", 1, 1, b"command") == (Outcome.ACKNOWLEDGED, None)
