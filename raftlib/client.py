@@ -97,6 +97,9 @@ class Client:
         """The leader is elsewhere: reconnect there before the next call."""
         self._avoid: str | None = None
         """The member that last failed to find a leader (tried last)."""
+        self._silent: dict[str, None] = {}
+        """Members that could not be reached, or did not answer, when last
+        tried (in that order): tried last, until one answers again."""
         self._unreachable: str | None = None
         """The leader's address, if this client could not connect to it (it
         may advertise an address only the members can reach): the client
@@ -442,9 +445,12 @@ class Client:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
         first = [self._preferred] if self._preferred else []
-        # A member that just failed to find a leader is tried last.
+        # A member that just failed to find a leader is tried last, and after
+        # it those that did not answer at all (each may cost connect_timeout).
         last = [self._avoid] if self._avoid in self.addresses and self._avoid not in first else []
-        order = first + [a for a in self.addresses if a not in first and a not in last] + last
+        silent = [a for a in self._silent if a in self.addresses and a not in first and a not in last]
+        order = first + [a for a in self.addresses if a not in first and a not in last and a not in silent] + last
+        order += silent
         errors: list[str] = []
         while True:
             refused = 0
@@ -460,6 +466,7 @@ class Client:
                     refused += isinstance(exc, AuthenticationFailed)
                     if address == self._preferred:
                         self._unreachable = address
+                    self._silent[address] = None
                     continue
                 if address == self._unreachable:
                     self._unreachable = None
@@ -475,12 +482,14 @@ class Client:
                         errors.append(str(exc))
                     else:
                         errors.append(f"{address} did not answer as a raftlib member: {exc}")
+                    self._silent[address] = None
                     continue
                 except BaseException:
                     await conn.close()
                     if leaderless is not None:
                         await leaderless.close()
                     raise
+                self._silent.pop(address, None)
                 if knows:
                     if leaderless is not None:
                         await leaderless.close()

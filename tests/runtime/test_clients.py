@@ -1294,6 +1294,36 @@ async def test_connect_skips_addresses_that_accept_connections_but_are_not_membe
         assert loop.time() - start < 2  # not a wait past the timeout
 
 
+async def test_a_client_tries_a_member_that_did_not_answer_last_when_it_reconnects(cluster: Cluster) -> None:
+    """A member that takes connections and never answers (a stopped process)
+    was asked again first every time the client had to find the leader
+    anew, costing connect_timeout after each leader change."""
+    from clusterkit import fake_server
+
+    accepted = 0
+
+    async def hung(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        await asyncio.sleep(60)
+
+    peers = await cluster.start(3)
+    async with fake_server(hung) as address:
+        client = await raftlib.connect([address, *(p.address for p in peers.values())], timeout=20,
+                                       connect_timeout=0.5)
+        try:
+            await client.write(["set", "a", 1])
+            assert accepted == 1
+            for name in ("first", "second"):  # each time the leader goes, the client looks for the next one
+                leader = await cluster.leader()
+                await leader.stop(transfer_leadership=False)
+                await cluster.start_peer(leader.name)
+                assert await client.write(["set", name, 1]) == ["ok", name, 1]
+            assert accepted == 1
+        finally:
+            await client.close()
+
+
 async def test_forwarding_without_a_reachable_leader_ends_in_a_clear_error(cluster: Cluster) -> None:
     peers = await cluster.start(3)
     leader = await cluster.leader()
