@@ -127,7 +127,9 @@ class Client:
         :class:`~raftlib.errors.WriteTimeout` (an ``OutcomeUnknown``) if some
         attempt may have applied it and none could confirm;
         :class:`~raftlib.errors.Unavailable` or another not-applied error if
-        it certainly was not applied.
+        it certainly was not applied; :class:`~raftlib.errors.ConfigError`
+        (not applied) if another client wrote with the same sequence number
+        in this client's session (both were given the same ``client_id``).
         """
         self._check_open()
         check_timeout(timeout)
