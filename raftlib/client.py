@@ -105,6 +105,9 @@ class Client:
         """The member that last failed to find a leader (tried last)."""
         self._leaderless: RpcConnection | None = None
         """The connection, if the member knew no leader when it was opened."""
+        self._silent: dict[str, None] = {}
+        """Members that could not be reached, or did not answer, when last
+        tried (in that order): tried last, until one answers again."""
         self._unreachable: str | None = None
         """The leader's address, if this client could not connect to it (it
         may advertise an address only the members can reach): the client
@@ -132,7 +135,9 @@ class Client:
         :class:`~raftlib.errors.WriteTimeout` (an ``OutcomeUnknown``) if some
         attempt may have applied it and none could confirm;
         :class:`~raftlib.errors.Unavailable` or another not-applied error if
-        it certainly was not applied.
+        it certainly was not applied; :class:`~raftlib.errors.ConfigError`
+        (not applied) if another client wrote with the same sequence number
+        in this client's session (both were given the same ``client_id``).
         """
         self._check_open()
         check_timeout(timeout)
@@ -464,9 +469,12 @@ class Client:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
         first = [self._preferred] if self._preferred else []
-        # A member that just failed to find a leader is tried last.
+        # A member that just failed to find a leader is tried last, and after
+        # it those that did not answer at all (each may cost connect_timeout).
         last = [self._avoid] if self._avoid in self.addresses and self._avoid not in first else []
-        order = first + [a for a in self.addresses if a not in first and a not in last] + last
+        silent = [a for a in self._silent if a in self.addresses and a not in first and a not in last]
+        order = first + [a for a in self.addresses if a not in first and a not in last and a not in silent] + last
+        order += silent
         errors: list[str] = []
         while True:
             refused = 0
@@ -485,6 +493,7 @@ class Client:
                         denied.append(exc.__cause__)
                     if address == self._preferred:
                         self._unreachable = address
+                    self._silent[address] = None
                     continue
                 if address == self._unreachable:
                     self._unreachable = None
@@ -500,12 +509,14 @@ class Client:
                         errors.append(str(exc))
                     else:
                         errors.append(f"{address} did not answer as a raftlib member: {exc}")
+                    self._silent[address] = None
                     continue
                 except BaseException:
                     await conn.close()
                     if leaderless is not None:
                         await leaderless.close()
                     raise
+                self._silent.pop(address, None)
                 if knows:
                     if leaderless is not None:
                         await leaderless.close()

@@ -69,7 +69,14 @@ class Config:
     """Seconds of log time (the leader's clock, stamped into the log) after
     which an idle client session is forgotten (within a sixteenth more: the
     table is swept at that interval); its retries then fail with
-    ``SessionExpired`` instead of risking a second application."""
+    ``SessionExpired`` instead of risking a second application. The
+    leader writes its own into each session it opens: the cluster uses
+    the one of the leader that last opened a session."""
+    max_sessions: int = 100_000
+    """Client sessions the cluster keeps. Opening one more forgets the
+    session used longest ago (its writes then fail with ``SessionExpired``,
+    unapplied). Like ``session_ttl``, the leader writes its own into each
+    session it opens, and the cluster uses the latest."""
     listen_backlog: int = 10_000
     """Applied writes kept in memory (command and result) for ``listen`` to
     resume from; a listener further behind gets ``LogCompacted``."""

@@ -147,7 +147,8 @@ class ConnectionLost(OutcomeUnknown):
 
 class SessionExpired(RaftError):
     """The client session is unknown to the cluster (it expired after being
-    idle for ``Config.session_ttl`` seconds of log time, or was closed). This
+    idle for ``Config.session_ttl`` seconds of log time, was dropped to make
+    room for newer ones past ``Config.max_sessions``, or was closed). This
     write was not applied; whether earlier unanswered writes of the session
     were is unknown. Open a new session (``raftlib.connect`` does it)."""
 

@@ -76,7 +76,7 @@ from .io_thread import IOThread
 from .rpc import CANCEL, REQUEST, RpcConnection
 from .security import Security, SharedSecret, TLSConfig, security_from
 from .serving import RequestServer, read_failed
-from .sessions import ClientEntry, Outcome, SessionOp, SessionTable
+from .sessions import ClientEntry, Outcome, SessionOp, SessionTable, open_settings
 from .snapshot import FileSnapshotStore, MemorySnapshotStore, SnapshotFile, SnapshotStore
 from .state_machine import StateMachine
 from .transport.framing import MAX_NAME_LENGTH, MAX_WIRE_INT, check_message, wire_problem
@@ -246,7 +246,7 @@ class Peer:
         """Loop time at which the driver last fed ticks to the core."""
         self._storage_full: StorageFull | None = None
         """Set while the disk is full (see :meth:`_storage_call`)."""
-        self._sessions = SessionTable(config.session_ttl)
+        self._sessions = SessionTable(config.session_ttl, config.max_sessions)
         self._last_stamp = 0.0
         self._feed: list[_FeedItem] = []
         self._feed_start = 0
@@ -1323,7 +1323,9 @@ class Peer:
         """Register client session ``client`` (a unique id the client chose)
         with the cluster; see :mod:`raftlib.sessions`. Forwarded to the leader."""
         check_timeout(timeout)
-        entry = ClientEntry(SessionOp.OPEN, _check_client(client))
+        # The leader's own settings go into the entry (see raftlib.sessions).
+        settings = open_settings(self.config.session_ttl, self.config.max_sessions)
+        entry = ClientEntry(SessionOp.OPEN, _check_client(client), command=settings)
         await self._on_leader("open_session", {"client": client},
                               lambda deadline: self._submit_client(entry, deadline), timeout, hops, idempotent=True)
 
@@ -1345,7 +1347,9 @@ class Peer:
         them; ``seq`` is at most ``2**63 - 1`` (peers refuse larger numbers
         on the wire). Raises :class:`~raftlib.errors.SessionExpired` (not applied) if
         the session is unknown, :class:`~raftlib.errors.CommandFailed` if
-        ``handle_write`` raised, and the errors of :meth:`write`.
+        ``handle_write`` raised, :class:`~raftlib.errors.ConfigError` (not
+        applied) if ``seq`` was applied for another command, and the errors
+        of :meth:`write`.
         """
         check_timeout(timeout)
         _check_client(client)
@@ -1357,13 +1361,15 @@ class Peer:
             raise ConfigError(f"seq ({seq}) must be at most 2**63-1")
         if ack >= seq:
             # The session would forget answers up to ack, this one's too, and
-            # answer it as "applied and acknowledged before" without applying it.
+            # refuse it as acknowledged before without applying it.
             raise ConfigError(f"ack ({ack}) must be below seq ({seq}): it counts the answers received, "
                               f"and this write's has not been")
         data = codec.pack(command, "command", self.config.max_command_size)
 
         async def local(deadline: float | None) -> Any:
-            done = self._sessions.peek(client, seq)
+            verdict, done = self._sessions.peek(client, seq, data)
+            if verdict is Outcome.CONFLICT:
+                raise _seq_reused(client, seq)
             if done is not None:
                 return _session_result(done)
             stamp = max(time.time(), self._last_stamp, self._sessions.clock)
@@ -2198,33 +2204,42 @@ class Peer:
             pending_writes = self._pending_writes
             unpack, feed = codec.unpack, self._feed_append
             normal = EntryKind.NORMAL
-            for entry in batch:
-                pending = pending_writes.pop(entry.index, None) if pending_writes else None
-                if entry.kind is normal:
-                    # The common case inline (no coroutine per entry): a plain
-                    # result from a synchronous handle_write. See _execute.
-                    fut = self._claim(entry, pending)
-                    outcome = self._run_command(sm, entry.data, entry.index)
-                    if type(outcome) is not tuple:
-                        outcome = await outcome
-                    ok, result, payload = outcome
-                    feed((entry.index, entry.term, entry.data, ok, payload))
-                    if fut is not None and not fut.done():
-                        if ok:
-                            fut.set_result(unpack(payload))
-                        else:
-                            fut.set_exception(result)
-                    self._bytes_since_snapshot += len(entry.data)
-                elif entry.kind is EntryKind.CLIENT:
-                    await self._apply_client(sm, entry, pending)
-                elif entry.kind is EntryKind.CONFIG and pending is not None and pending[0] == entry.term:
-                    if not pending[1].done():
-                        pending[1].set_result(None)
-                elif pending is not None and not pending[1].done():
-                    pending[1].set_exception(ProposalDropped("another leader's entry took this write's place"))
-                self._applied, self._applied_term = entry.index, entry.term
-                if self._applied_waiters and self._applied_waiters[0][0] <= entry.index:
-                    self._wake_applied_waiters()
+            pending: tuple[int, asyncio.Future[Any]] | None = None
+            try:
+                for entry in batch:
+                    pending = pending_writes.pop(entry.index, None) if pending_writes else None
+                    if entry.kind is normal:
+                        # The common case inline (no coroutine per entry): a plain
+                        # result from a synchronous handle_write. See _execute.
+                        fut = self._claim(entry, pending)
+                        outcome = self._run_command(sm, entry.data, entry.index)
+                        if type(outcome) is not tuple:
+                            outcome = await outcome
+                        ok, result, payload = outcome
+                        feed((entry.index, entry.term, entry.data, ok, payload))
+                        if fut is not None and not fut.done():
+                            if ok:
+                                fut.set_result(unpack(payload))
+                            else:
+                                fut.set_exception(result)
+                        self._bytes_since_snapshot += len(entry.data)
+                    elif entry.kind is EntryKind.CLIENT:
+                        await self._apply_client(sm, entry, pending)
+                    elif entry.kind is EntryKind.CONFIG and pending is not None and pending[0] == entry.term:
+                        if not pending[1].done():
+                            pending[1].set_result(None)
+                    elif pending is not None and not pending[1].done():
+                        pending[1].set_exception(ProposalDropped("another leader's entry took this write's place"))
+                    self._applied, self._applied_term = entry.index, entry.term
+                    if self._applied_waiters and self._applied_waiters[0][0] <= entry.index:
+                        self._wake_applied_waiters()
+            except BaseException:
+                # Stopped (or failed) in the middle of an entry: its writer, whose
+                # future is no longer among the pending writes, must hear of it.
+                if pending is not None and not pending[1].done():
+                    pending[1].set_exception(LeadershipLost(
+                        f"peer {self.name} stopped while applying the write; it is committed, its result unknown"))
+                raise
             if self._snapshot_due() or (self._snapshot_requests and not self._snapshot_writing()):
                 await self._take_snapshot()
 
@@ -2358,7 +2373,7 @@ class Peer:
         return its table of client sessions. If it raises, neither changed
         (as long as the state machine's ``restore`` raises before it changes
         anything, as it must)."""
-        sessions = SessionTable(self.config.session_ttl)
+        sessions = SessionTable(self.config.session_ttl, self.config.max_sessions)
         with self._snapshots.open(snap) as f:
             header = _read_header(f, snap)
             try:
@@ -2458,6 +2473,8 @@ class Peer:
         except ValueError as exc:
             raise CorruptStorage(f"entry {entry.index} is not a valid client-session entry: {exc}") from None
         table = self._sessions
+        if ce.op is SessionOp.OPEN:
+            table.configure(ce.command)
         table.tick(ce.stamp)
         outcome: Any = None
         if ce.op is SessionOp.OPEN:
@@ -2465,16 +2482,24 @@ class Peer:
         elif ce.op is SessionOp.CLOSE:
             table.close(ce.client)
         else:
-            verdict, stored = table.check(ce.client, ce.seq, ce.ack)
+            verdict, stored = table.check(ce.client, ce.seq, ce.ack, ce.command)
             if verdict is Outcome.APPLY:
                 ok, _, payload = await self._execute(sm, ce.command, entry.index, decode=False)
-                table.record(ce.client, ce.seq, ok, payload)
+                table.record(ce.client, ce.seq, ok, payload, ce.command)
                 self._feed_append((entry.index, entry.term, ce.command, ok, payload))
                 self._bytes_since_snapshot += len(ce.command)
                 stored = (ok, payload)
-            if stored is None:
+            if verdict is Outcome.CONFLICT:
+                outcome = _seq_reused(ce.client, ce.seq)
+            elif verdict is Outcome.ACKNOWLEDGED:
+                outcome = ConfigError(
+                    f"write {ce.seq} of client session {ce.client!r} was acknowledged before (an ack at or above "
+                    f"it): its answer is forgotten, and it is not applied again. A sequence number the session "
+                    f"acknowledged cannot be used again"
+                )
+            elif stored is None:
                 outcome = SessionExpired(
-                    f"client session {ce.client!r} is unknown to the cluster (expired or closed); "
+                    f"client session {ce.client!r} is unknown to the cluster (expired, dropped or closed); "
                     f"write {ce.seq} was not applied"
                 )
             else:
@@ -2850,6 +2875,14 @@ def _check_client(client: Any) -> str:
     if not isinstance(client, str) or not client or len(client) > 128:
         raise ConfigError(f"a client session id must be a non-empty str of at most 128 characters, got {client!r}")
     return client
+
+
+def _seq_reused(client: str, seq: int) -> ConfigError:
+    return ConfigError(
+        f"write {seq} of client session {client!r} was applied before with another command; this one was not "
+        f"applied. Each write of a session needs a sequence number of its own: two writers share the session "
+        f"id, or a retry changed its command"
+    )
 
 
 def _session_result(stored: tuple[bool, bytes]) -> Any:

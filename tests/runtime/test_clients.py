@@ -127,6 +127,43 @@ async def test_a_retried_session_write_is_applied_once(cluster: Cluster) -> None
     assert await peer.session_write("c1", 2, ["set", "x", 2], ack=1) == ["ok", "x", 2]
 
 
+async def test_a_sequence_number_reused_for_another_command_is_refused(cluster: Cluster) -> None:
+    """Two writers sharing a session id (two clients given the same one)
+    number their writes alike. The second write of each number was taken
+    for a retry of the first: not applied, and answered with the first
+    one's result, as if it had been."""
+    leader, follower = await _leader_and_follower(cluster)
+    await leader.open_session("shared")
+    assert await leader.session_write("shared", 1, ["set", "a", 1]) == ["ok", "a", 1]
+    for peer in (leader, follower):
+        with pytest.raises(errors.ConfigError, match="write 1 of client session 'shared' .* another command"):
+            await peer.session_write("shared", 1, ["set", "b", 2])
+    # Both appended before either is applied: the second is found out as it is applied.
+    first, second = await asyncio.gather(leader.session_write("shared", 2, ["set", "d", 1]),
+                                         leader.session_write("shared", 2, ["set", "d", 2]), return_exceptions=True)
+    assert first == ["ok", "d", 1] and isinstance(second, errors.ConfigError), (first, second)
+    a = await raftlib.connect([leader.address], timeout=5)
+    b = await raftlib.connect([leader.address], timeout=5)
+    try:
+        b.client_id = a.client_id
+        assert await a.write(["set", "c", 1]) == ["ok", "c", 1]
+        with pytest.raises(errors.ConfigError, match="not applied"):
+            await b.write(["set", "c", 2])
+    finally:
+        await a.close()
+        await b.close()
+    # A retry of the same command is still answered with its first result.
+    assert await follower.session_write("shared", 1, ["set", "a", 1]) == ["ok", "a", 1]
+    # Once acknowledged, a result is forgotten: the write is refused, not
+    # reported applied (CommandFailed), whatever its command.
+    assert await leader.session_write("shared", 3, ["set", "e", 1], ack=2) == ["ok", "e", 1]
+    for command in (["set", "a", 1], ["set", "b", 2]):
+        with pytest.raises(errors.ConfigError, match="write 1 of client session 'shared' was acknowledged"):
+            await follower.session_write("shared", 1, command)
+    assert "b" not in leader.state_machine.data and leader.state_machine.data["c"] == 1
+    assert leader.state_machine.data["d"] == 1
+
+
 async def test_session_errors(cluster: Cluster) -> None:
     peers = await cluster.start(1)
     s1 = peers["s1"]
@@ -147,7 +184,7 @@ async def test_session_errors(cluster: Cluster) -> None:
     with pytest.raises(errors.ConfigError):
         await s1.open_session("")
     # An ack at or above seq claims this write's answer was received: it was
-    # answered "applied and acknowledged before" (CommandFailed) unapplied.
+    # refused as acknowledged before, unapplied.
     await s1.open_session("d")
     for ack in (3, 4):
         with pytest.raises(errors.ConfigError, match="ack .* must be below seq"):
@@ -270,6 +307,84 @@ async def test_sessions_expire_by_log_time(tmp_path: Any) -> None:
         assert s1.state_machine.applied.count(["set", "i", 1]) == 1
     finally:
         await c.close()
+
+
+async def test_peers_with_different_session_ttls_expire_the_same_sessions(tmp_path: Any) -> None:
+    """Expiry is replicated state: a member whose own session_ttl is shorter
+    dropped a session the others kept, and skipped a write of it they
+    applied, so the state machines diverged."""
+    c = Cluster(tmp_path)
+    try:
+        for name, ttl in (("s1", 3600.0), ("s2", 0.3), ("s3", 3600.0)):
+            c.config = dataclasses.replace(FAST, session_ttl=ttl)
+            await c.start_peer(name)
+        await c.peers["s1"].set_configuration(dict(c.addresses))
+        leader = await c.leader()
+        await leader.open_session("idle")
+        await leader.open_session("busy")
+        for seq in range(1, 6):  # log time moves on by 0.5 s
+            await asyncio.sleep(0.1)
+            await leader.session_write("busy", seq, ["set", "b", seq])
+        with contextlib.suppress(errors.SessionExpired):
+            await leader.session_write("idle", 1, ["set", "i", 1])
+        for p in c.live():
+            await eventually(lambda: p._applied >= leader._applied)
+        assert [p.state_machine.data for p in c.live()] == [leader.state_machine.data] * 3
+    finally:
+        await c.close()
+
+
+async def test_a_full_session_table_forgets_the_least_recently_used_session(tmp_path: Any) -> None:
+    """The table held every session opened for session_ttl (an hour), however
+    many, in memory and in every snapshot. Full, it drops the session used
+    longest ago: its writes then fail with SessionExpired, unapplied, and a
+    client whose write may have applied says so (WriteTimeout) instead of
+    sending it again in a new session."""
+    async with one_member_and_a_client(tmp_path, max_sessions=3) as (peer, client):
+        await client.write(["set", "a", 0])
+        await peer.open_session("old")
+        await peer.open_session("used")
+        assert await peer.session_write("used", 1, ["set", "u", 1]) == ["ok", "u", 1]
+        await client.write(["set", "a", 1])
+        await peer.open_session("new")  # the table is full: "old" goes
+        assert len(peer._sessions) == 3
+        with pytest.raises(errors.SessionExpired, match="not applied"):
+            await peer.session_write("old", 1, ["set", "o", 1])
+        assert await peer.session_write("used", 1, ["set", "u", 1]) == ["ok", "u", 1]  # still answered once
+        assert "o" not in peer.state_machine.data and peer.state_machine.data["u"] == 1
+        # The client's session goes next but one; its next write opens another one.
+        await peer.open_session("newer")
+        await peer.open_session("newest")
+        assert client.client_id not in peer._sessions
+        assert await client.write(["set", "a", 2]) == ["ok", "a", 2]
+        assert client.client_id in peer._sessions and len(peer._sessions) == 3
+
+
+async def test_a_client_write_that_may_have_applied_is_not_sent_again_when_its_session_was_dropped(
+    tmp_path: Any,
+) -> None:
+    cluster = Cluster(tmp_path, config=dataclasses.replace(FAST, max_sessions=3))
+    try:
+        await cluster.start(1, sm=GatedKV)
+        peer = await cluster.leader()
+        sm: GatedKV = peer.state_machine  # type: ignore[assignment]
+        client = await raftlib.connect([peer.address], timeout=10)
+        try:
+            write = asyncio.ensure_future(client.write(["slow", "x", 1]))
+            await asyncio.wait_for(sm.entered.wait(), 5)
+            opened = [asyncio.ensure_future(peer.open_session(f"n{i}")) for i in range(3)]  # the third drops the client's
+            await eventually(lambda: peer._core.log.last_index() >= peer._applied + 4)
+            assert client._conn is not None
+            await client._conn.close()  # the answer is lost: the client sends the write again
+            sm.gate.set()
+            with pytest.raises(errors.WriteTimeout, match="may have been applied"):
+                await write
+            await asyncio.gather(*opened)
+            assert sm.applied.count(["set", "x", 1]) == 1
+        finally:
+            await client.close()
+    finally:
+        await cluster.close()
 
 
 async def test_the_session_table_survives_snapshots_and_restarts(lmdb_cluster: Cluster) -> None:
@@ -1177,6 +1292,36 @@ async def test_connect_skips_addresses_that_accept_connections_but_are_not_membe
         with pytest.raises(errors.Unavailable, match="did not answer as a raftlib member"):
             await raftlib.connect([address], timeout=1, connect_timeout=0.5)
         assert loop.time() - start < 2  # not a wait past the timeout
+
+
+async def test_a_client_tries_a_member_that_did_not_answer_last_when_it_reconnects(cluster: Cluster) -> None:
+    """A member that takes connections and never answers (a stopped process)
+    was asked again first every time the client had to find the leader
+    anew, costing connect_timeout after each leader change."""
+    from clusterkit import fake_server
+
+    accepted = 0
+
+    async def hung(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        await asyncio.sleep(60)
+
+    peers = await cluster.start(3)
+    async with fake_server(hung) as address:
+        client = await raftlib.connect([address, *(p.address for p in peers.values())], timeout=20,
+                                       connect_timeout=0.5)
+        try:
+            await client.write(["set", "a", 1])
+            assert accepted == 1
+            for name in ("first", "second"):  # each time the leader goes, the client looks for the next one
+                leader = await cluster.leader()
+                await leader.stop(transfer_leadership=False)
+                await cluster.start_peer(leader.name)
+                assert await client.write(["set", name, 1]) == ["ok", name, 1]
+            assert accepted == 1
+        finally:
+            await client.close()
 
 
 async def test_forwarding_without_a_reachable_leader_ends_in_a_clear_error(cluster: Cluster) -> None:

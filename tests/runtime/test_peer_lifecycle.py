@@ -75,6 +75,41 @@ async def test_a_stopped_leader_no_longer_claims_to_lead(cluster: Cluster) -> No
         assert status["term"] >= 1 and status["name"] == peer.name  # the rest is still there
 
 
+class _Blocking(KVStore):
+    """``handle_write`` of ``["block"]`` waits until the peer stops."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = asyncio.Event()
+
+    async def handle_write(self, command: Any) -> Any:
+        if command == ["block"]:
+            self.entered.set()
+            await asyncio.Event().wait()
+        return super().handle_write(command)
+
+
+@pytest.mark.parametrize("session", [False, True])
+async def test_a_write_being_applied_when_its_peer_stops_ends(tmp_path: Path, session: bool) -> None:
+    """The applier takes a write's future before handle_write runs; a stop
+    that cancelled it there left the future unresolved, and the writer
+    waiting for ever (with no timeout) instead of hearing the outcome is unknown."""
+    peer = await raftlib.start_peer(_Blocking, name="s1", address="127.0.0.1:0", storage=MemoryStorage(),
+                                    config=FAST)
+    try:
+        await peer.set_configuration({"s1": peer.address})
+        await peer.open_session("c", timeout=10)
+        write = asyncio.ensure_future(peer.session_write("c", 1, ["block"]) if session else peer.write(["block"]))
+        await asyncio.wait_for(peer.state_machine.entered.wait(), 10)
+    finally:
+        await peer.stop()
+    done, _ = await asyncio.wait([write], timeout=10)
+    write.cancel()
+    assert done, "the write never ended"
+    with pytest.raises(errors.OutcomeUnknown, match="stopped"):
+        await write
+
+
 async def test_a_negative_timeout_is_a_config_error_and_zero_keeps_its_meaning(cluster: Cluster) -> None:
     peers = await cluster.start(3)
     leader = await cluster.leader()
