@@ -47,6 +47,15 @@ before the earliest pending one are necessarily linearized, so a bitset is
 stored as (the number of its trailing ones, the bits above them): small,
 however long the history.
 
+Operations that never change the state (the model's ``read_only``: a read,
+a cas that reported no swap) need no branching. One the model accepts in
+the current state can go first in any linearization from there: it is a
+candidate, so moving it earlier keeps real time, and it changes nothing,
+so the operations it moves past see the same states. When there is one it
+is the only candidate tried. Without this, a violation after k overlapping
+reads of one value is reported only once the reads were tried in 2**k
+orders.
+
 Unknown operations have a call entry and no return entry: nothing forces
 them to be placed, and the search succeeds as soon as every ``ok`` operation
 is linearized, which is how "never took effect" is expressed. They are tried
@@ -216,8 +225,11 @@ class Model(Protocol):
     ``"unknown"`` the output means nothing: ``step`` must accept it in every
     state in which it can take effect at all.
 
-    A model may also define ``read_only(op) -> bool``; an unknown operation
-    for which it returns True is dropped before the search.
+    A model may also define ``read_only(op) -> bool``: True promises that
+    ``op`` never changes the state (``step`` returns the state it was given
+    whenever it accepts ``op``). An unknown operation for which it returns
+    True is dropped before the search, and an ok one is linearized as soon
+    as the model accepts it, without trying other orders.
     """
 
     def init(self, initial: Any) -> Any:
@@ -292,8 +304,9 @@ class RegisterModel:
         raise ValueError(f"the register model knows get, put and cas, not {kind!r}: {op.describe()}")
 
     def read_only(self, op: Operation) -> bool:
-        """Gets never change the register."""
-        return op.kind == "get"
+        """Whether ``op`` never changes the register: a get, or a cas that
+        reported it did not swap."""
+        return op.kind == "get" or (op.kind == "cas" and op.status == "ok" and op.output is False)
 
     def __repr__(self) -> str:
         return "RegisterModel()"
@@ -569,6 +582,9 @@ class _Search:
         self.ops: list[Operation] = ok_ops + unknown
         self.n_ok = n_ok = len(ok_ops)
         self.bit: list[int] = [1 << i for i in range(n_ok)] + [1 << i for i in range(len(unknown))]
+        # The ok operations that never change the state (model.read_only).
+        read_only: Callable[[Operation], bool] | None = getattr(model, "read_only", None)
+        self.observer: list[bool] = [read_only is not None and bool(read_only(op)) for op in ok_ops]
         # Entries are positions in the time order of all calls and returns
         # (calls first at equal times: Rule 2); unknown operations have no
         # return entry. Only the entries of ok operations are linked.
@@ -626,6 +642,7 @@ class _Search:
         head = self.head
         nxt, prv = _links(head, self.linked)
         entry_op, is_return, match = self.entry_op, self.is_return, self.match
+        observer = self.observer
         self.exact = exact
         self.best = None
         self.complete = True
@@ -653,7 +670,8 @@ class _Search:
         configurations = 1
         ticks = 0
         entry = nxt[head]  # phase 0: the next linked entry to try
-        phase = 0  # 0: trying ok candidates; 1: trying unknown ones
+        scan = True  # phase 0: a configuration just entered, look for a candidate that changes nothing first
+        phase = 0  # 0: trying ok candidates; 1: trying unknown ones; in frames, 2: a forced ok candidate
         bound = head  # phase 1: the first return entry; unknown candidates are called before it
         order: list[tuple[int, int, Any]] | None = None  # phase 1: (class, operation, state after) to try
         at = 0  # phase 1: the next index in order
@@ -662,7 +680,46 @@ class _Search:
             if not ticks & _CLOCK_MASK and monotonic() > deadline:
                 self.configurations += configurations
                 return None
-            if phase == 0:
+            if scan:
+                # A candidate that never changes the state (a read, a failed
+                # cas) and that the model accepts here can go first in any
+                # linearization from here, so it is the only one to try: the
+                # others' orders need not be explored around it.
+                scan = False
+                e = entry
+                while not is_return[e]:
+                    g = entry_op[e]
+                    if observer[g] and step(state, ops[g])[0]:
+                        break
+                    e = nxt[e]
+                if not is_return[e]:
+                    new_ok = ok_bits | bit[g]
+                    ones = (new_ok ^ (new_ok + 1)).bit_length() - 1
+                    memo = (ones, new_ok >> ones, state)
+                    fresh = remember(seen_unknown, memo, unk_bits) if dominance else memo not in seen
+                    if fresh:
+                        if not dominance:
+                            seen.add(memo)
+                        configurations += 1
+                        path.append(g)
+                        frames.append((state, 2, e, bound, None))
+                        ok_bits = new_ok
+                        remaining -= 1
+                        nxt[prv[e]] = nxt[e]
+                        prv[nxt[e]] = prv[e]
+                        r = match[e]
+                        nxt[prv[r]] = nxt[r]
+                        if nxt[r] >= 0:
+                            prv[nxt[r]] = prv[r]
+                        entry, scan = nxt[head], True
+                        continue
+                    # Explored already, and it failed: so does this configuration.
+                    while not is_return[e]:
+                        e = nxt[e]
+                    bound = e
+                else:
+                    continue
+            elif phase == 0:
                 if not is_return[entry]:
                     g = entry_op[entry]
                     legal, new_state = step(state, ops[g])
@@ -686,7 +743,7 @@ class _Search:
                             nxt[prv[r]] = nxt[r]
                             if nxt[r] >= 0:
                                 prv[nxt[r]] = prv[r]
-                            entry = nxt[head]
+                            entry, scan = nxt[head], True
                             continue
                     entry = nxt[entry]
                     continue
@@ -715,7 +772,7 @@ class _Search:
                         state, unk_bits = new_state, new_unk
                         if exact:
                             counts[k] += 1
-                        entry, phase = nxt[head], 0
+                        entry, phase, scan = nxt[head], 0, True
                         continue
                     at += 1
                     continue
@@ -728,6 +785,21 @@ class _Search:
                 return False
             g = path.pop()
             state, phase, position, bound, order = frames.pop()
+            while phase == 2:
+                # A forced candidate failed: so did the configuration it left.
+                ok_bits ^= bit[g]
+                remaining += 1
+                r = match[position]
+                nxt[prv[r]] = r
+                if nxt[r] >= 0:
+                    prv[nxt[r]] = r
+                nxt[prv[position]] = position
+                prv[nxt[position]] = position
+                if not path:
+                    self.configurations += configurations
+                    return False
+                g = path.pop()
+                state, phase, position, bound, order = frames.pop()
             if phase == 0:
                 ok_bits ^= bit[g]
                 remaining += 1
