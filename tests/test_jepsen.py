@@ -8,7 +8,9 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -284,3 +286,70 @@ def test_keep_data_says_where_the_data_directories_are(tmp_path: Path) -> None:
     assert kept in done.stdout
     assert sorted(p.name for p in Path(kept).iterdir()) == ["n1", "n2", "n3"]
     assert Path(kept).parent == work
+
+
+def _interrupted_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, again_while_stopping: bool) -> list[Any]:
+    """Run the fault test in this process and Ctrl-C it once the clients
+    have recorded some operations (and, if ``again_while_stopping``, once
+    more as it stops the first node); return every node process it started."""
+    import asyncio
+
+    from raftlib.testing import jepsen as harness
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    started: list[subprocess.Popen[bytes]] = []
+    start_node, kill = harness._start_node, harness._kill
+
+    def recording_start(node: Any, *args: Any, **kwargs: Any) -> None:
+        start_node(node, *args, **kwargs)
+        started.append(node.proc)
+
+    async def ctrl_c_once_operations_are_recorded(run: Any, *args: Any) -> None:
+        while len(run.history) < 20:
+            await asyncio.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    def kill_after_ctrl_c(node: Any) -> None:
+        if again_while_stopping and not kill_after_ctrl_c.done:  # type: ignore[attr-defined]
+            kill_after_ctrl_c.done = True  # type: ignore[attr-defined]
+            os.kill(os.getpid(), signal.SIGINT)
+        kill(node)
+
+    kill_after_ctrl_c.done = False  # type: ignore[attr-defined]
+    monkeypatch.setattr(harness, "_start_node", recording_start)
+    monkeypatch.setattr(harness, "_nemesis", ctrl_c_once_operations_are_recorded)
+    monkeypatch.setattr(harness, "_kill", kill_after_ctrl_c)
+    cfg = harness.JepsenConfig(nodes=3, clients=2, time=60, nemesis=("pause",), out=tmp_path / "out")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            asyncio.run(harness.run(cfg))
+    finally:
+        left = [proc for proc in started if proc.poll() is None]
+        for proc in left:
+            proc.kill()
+            proc.wait()
+    return left
+
+
+@pytest.mark.timeout(120)
+def test_an_interrupted_run_writes_the_history_it_has(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ctrl-C stopped the nodes but threw the history away: nothing to look
+    # at after a long run that had to be cut short.
+    assert _interrupted_run(tmp_path, monkeypatch, again_while_stopping=False) == []
+    lines = (tmp_path / "out" / "history.jsonl").read_text().splitlines()
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["verdict"] == "not checked (interrupted)" and summary["operations"] == len(lines) >= 20
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+@pytest.mark.timeout(120)
+def test_a_second_ctrl_c_while_the_run_stops_leaves_no_node_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Pressed twice, Ctrl-C broke off the stopping half-way: the nodes not
+    # stopped yet kept running (in sessions of their own, the terminal's
+    # Ctrl-C does not reach them) and their data stayed in the temporary
+    # directory, while the run said every node was stopped.
+    assert _interrupted_run(tmp_path, monkeypatch, again_while_stopping=True) == []
+    assert list((tmp_path / "tmp").iterdir()) == []
