@@ -617,8 +617,11 @@ class _Search:
         self._effects: dict[Any, list[tuple[int, Any]]] = {}
         self.exact = True
         self.configurations = 0
-        # The deepest dead end: (ok operations linearized, prefix, state, return entry).
-        self.best: tuple[int, list[int], Any, int] | None = None
+        # The deepest dead end: (ok operations linearized, prefix, state,
+        # return entry, the bound each of prefix was placed under).
+        self.best: tuple[int, list[int], Any, int, list[int]] | None = None
+        # The same, from the last exact run that failed (its prefix is always real).
+        self.exact_best: tuple[int, list[int], Any, int, list[int]] | None = None
         # The linearization found (operations, and the bound each was placed under).
         self.witness: tuple[list[int], list[int]] = ([], [])
 
@@ -779,9 +782,11 @@ class _Search:
             # Dead end: the operation returning at `bound` cannot be placed.
             depth = n_ok - remaining
             if self.best is None or depth > self.best[0]:
-                self.best = (depth, path[:], state, bound)
+                self.best = (depth, path[:], state, bound, [frame[3] for frame in frames])
             if not path:
                 self.configurations += configurations
+                if exact:
+                    self.exact_best = self.best
                 return False
             g = path.pop()
             state, phase, position, bound, order = frames.pop()
@@ -797,6 +802,8 @@ class _Search:
                 prv[nxt[position]] = position
                 if not path:
                     self.configurations += configurations
+                    if exact:
+                        self.exact_best = self.best
                     return False
                 g = path.pop()
                 state, phase, position, bound, order = frames.pop()
@@ -871,12 +878,17 @@ class _Search:
         """Whether the linearization found by a relaxed :meth:`run` uses no
         class of unknown operations more often than it had members called
         by then (so that it is a linearization of the history itself)."""
-        path, bounds = self.witness
+        return self._fits(*self.witness)
+
+    def _fits(self, path: list[int], bounds: list[int]) -> bool:
+        """Whether ``path``, with the j-th use of a class of unknown
+        operations taken as its j-th member, places each of those after its
+        call (before ``bounds``): whether it is a real linearization. A path
+        of an exact run always is; one of a relaxed run may reuse members."""
         used = [0] * len(self.classes)
-        index = {members[0]: k for k, members in enumerate(self.classes)}
         for g, bound in zip(path, bounds):
-            k = index.get(g)
-            if k is not None:
+            if g >= self.n_ok:
+                k = self.class_of[g]
                 members = self.classes[k]
                 if used[k] >= len(members) or self.call_entry[members[used[k]]] >= bound:
                     return False
@@ -884,18 +896,23 @@ class _Search:
         return True
 
     def violation(self) -> Violation:
-        """The explanation, from the deepest dead end (call after run() returned False)."""
-        assert self.best is not None
-        _, path, state, ret_entry = self.best
-        # The j-th use of a class of unknown operations is its j-th member
-        # (after a relaxed run, uses beyond the last member repeat it).
+        """The explanation, from the deepest dead end (call after run() returned False).
+
+        A relaxed run's deepest dead end may have reused an unknown
+        operation; the explanation then comes from the exact run before it,
+        so that its prefix is always a linearization of real operations."""
+        best = self.best
+        if best is None or not self._fits(best[1], best[4]):
+            best = self.exact_best
+        assert best is not None
+        _, path, state, ret_entry, _ = best
+        # The j-th use of a class of unknown operations is its j-th member.
         used = [0] * len(self.classes)
         prefix: list[int] = []
         for g in path:
             if g >= self.n_ok:
                 k = self.class_of[g]
-                members = self.classes[k]
-                g = members[min(used[k], len(members) - 1)]
+                g = self.classes[k][used[k]]
                 used[k] += 1
             prefix.append(g)
         done = set(prefix)
@@ -904,9 +921,8 @@ class _Search:
             if e < ret_entry and not self.is_return[e] and self.entry_op[e] not in done
         ]
         for k, members in enumerate(self.classes):
-            g = members[min(used[k], len(members) - 1)]
-            if (used[k] < len(members) or not self.exact) and self.call_entry[g] < ret_entry:
-                candidates.append(g)
+            if used[k] < len(members) and self.call_entry[members[used[k]]] < ret_entry:
+                candidates.append(members[used[k]])
         blocked = self.ops[self.entry_op[ret_entry]]
         stuck: list[Operation] = []
         rejected: list[Operation] = []
