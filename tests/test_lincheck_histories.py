@@ -389,3 +389,18 @@ def test_the_prefix_explaining_a_violation_is_a_real_one() -> None:
     assert violation is not None
     assert _is_a_linearization(violation.prefix, violation.state), violation.explain()
     assert [o for o in violation.stuck if o in violation.prefix] == [], violation.explain()
+
+
+def test_a_violation_lists_what_overlaps_it_not_every_write_of_unknown_outcome() -> None:
+    # Thirty puts that timed out long before a stale read were each listed
+    # as "concurrent" with it (an unknown outcome never ends), burying the
+    # operations that matter; they are counted instead.
+    history = [op(p, "put", "x", p, None, value=p, status="unknown") for p in range(30)]
+    history += [op(31, "put", "x", 100, 101, value="new"), op(32, "get", "x", 102, 103, output="old"),
+                op(33, "get", "x", 102.5, 104, output="new")]
+    violation = check(history).violation
+    assert violation is not None
+    text = violation.explain()
+    assert "p32 get('x') -> 'old'" in text and "p33 get('x') -> 'new'" in text
+    assert len(text.splitlines()) < 20, text
+    assert "30 operations of unknown outcome" in text, text

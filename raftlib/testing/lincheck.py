@@ -326,7 +326,13 @@ class Violation:
     called by then and not yet linearized, ``blocked`` among them), leads
     to a linearization: those in ``rejected`` are refused by the model in
     ``state`` outright, the others only lead to dead ends further on.
-    ``concurrent`` lists the other operations that overlap the stuck ones.
+    Operations of unknown outcome are among ``stuck`` only if they would
+    let a rejected one go next; ``other_unknown`` counts those that could
+    take effect too, but would not. ``concurrent`` lists the other
+    operations that overlap the stuck ones; ``earlier_unknown`` counts the
+    operations of unknown outcome left out of it because they were called
+    before the first stuck one (they may take effect at any time, so they
+    overlap everything after them).
     """
 
     key: Any
@@ -336,6 +342,8 @@ class Violation:
     stuck: tuple[Operation, ...]
     rejected: tuple[Operation, ...]
     concurrent: tuple[Operation, ...]
+    other_unknown: int = 0
+    earlier_unknown: int = 0
 
     def explain(self, max_prefix: int = 10) -> str:
         """A multi-line explanation naming the key and the operations."""
@@ -364,11 +372,21 @@ class Violation:
                 else "accepted, but every continuation fails"
             )
             lines.append(f"    {op.describe()}  <- {reason}")
+        if self.other_unknown:
+            lines.append(
+                f"    ({self.other_unknown} operation{'s' if self.other_unknown != 1 else ''} of unknown outcome"
+                " could take effect here too, but would not make a rejected one possible)"
+            )
         linearized = set(map(id, self.prefix))
         lines.append("  Concurrent with them:" if self.concurrent else "  Concurrent with them: none.")
         for op in self.concurrent:
             note = "  (in the prefix)" if id(op) in linearized else ""
             lines.append(f"    {op.describe()}{note}")
+        if self.earlier_unknown:
+            lines.append(
+                f"    ({self.earlier_unknown} operation{'s' if self.earlier_unknown != 1 else ''} of unknown"
+                " outcome called earlier, not listed)"
+            )
         return "\n".join(lines)
 
 
@@ -781,7 +799,8 @@ class _Search:
                     continue
             # Dead end: the operation returning at `bound` cannot be placed.
             depth = n_ok - remaining
-            if self.best is None or depth > self.best[0]:
+            # The deepest, and of those the one with the fewest unknown operations (the easiest to read).
+            if self.best is None or depth > self.best[0] or (depth == self.best[0] and len(path) < len(self.best[1])):
                 self.best = (depth, path[:], state, bound, [frame[3] for frame in frames])
             if not path:
                 self.configurations += configurations
@@ -926,18 +945,26 @@ class _Search:
         blocked = self.ops[self.entry_op[ret_entry]]
         stuck: list[Operation] = []
         rejected: list[Operation] = []
+        unknown: list[tuple[Operation, Any]] = []
         for g in candidates:
             op = self.ops[g]
             legal, new_state = self.model.step(state, op)
-            if g >= self.n_ok and (not legal or new_state == state):
-                continue  # an unknown operation that could not matter here
+            if g >= self.n_ok:
+                if legal and new_state != state:  # else it could not matter here
+                    unknown.append((op, new_state))
+                continue
             stuck.append(op)
             if not legal:
                 rejected.append(op)
+        other = [op for op, after in unknown if not any(self.model.step(after, r)[0] for r in rejected)]
+        other_ids = set(map(id, other))
+        stuck += [op for op, _ in unknown if id(op) not in other_ids]
         lo = min(op.call for op in stuck if op.status == "ok")
         hi = blocked.end
-        stuck_ids = set(map(id, stuck))
-        concurrent = [op for op in self.ops if id(op) not in stuck_ids and op.call <= hi and op.end >= lo]
+        left_out = set(map(id, stuck + other))
+        concurrent = [op for op in self.ops if id(op) not in left_out and op.call <= hi and op.end >= lo]
+        earlier = [op for op in concurrent if op.status != "ok" and op.call < lo]
+        concurrent = [op for op in concurrent if not (op.status != "ok" and op.call < lo)]
         return Violation(
             key=self.key,
             prefix=tuple(self.ops[g] for g in prefix),
@@ -946,6 +973,8 @@ class _Search:
             stuck=tuple(sorted(stuck, key=lambda op: op.call)),
             rejected=tuple(rejected),
             concurrent=tuple(sorted(concurrent, key=lambda op: op.call)),
+            other_unknown=len(other),
+            earlier_unknown=len(earlier),
         )
 
 
