@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -288,10 +289,13 @@ def test_keep_data_says_where_the_data_directories_are(tmp_path: Path) -> None:
     assert Path(kept).parent == work
 
 
-def _interrupted_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, again_while_stopping: bool) -> list[Any]:
+def _interrupted_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, again_while_stopping: bool
+) -> tuple[list[Any], float]:
     """Run the fault test in this process and Ctrl-C it once the clients
     have recorded some operations (and, if ``again_while_stopping``, once
-    more as it stops the first node); return every node process it started."""
+    more as it stops the first node); return the node processes it left
+    running, and how long it ran."""
     import asyncio
 
     from raftlib.testing import jepsen as harness
@@ -320,26 +324,33 @@ def _interrupted_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, again_whil
     monkeypatch.setattr(harness, "_start_node", recording_start)
     monkeypatch.setattr(harness, "_nemesis", ctrl_c_once_operations_are_recorded)
     monkeypatch.setattr(harness, "_kill", kill_after_ctrl_c)
+    began = time.monotonic()
     cfg = harness.JepsenConfig(nodes=3, clients=2, time=60, nemesis=("pause",), out=tmp_path / "out")
     try:
         with pytest.raises(KeyboardInterrupt):
             asyncio.run(harness.run(cfg))
     finally:
+        took = time.monotonic() - began
         left = [proc for proc in started if proc.poll() is None]
         for proc in left:
             proc.kill()
             proc.wait()
-    return left
+    return left, took
 
 
 @pytest.mark.timeout(120)
 def test_an_interrupted_run_writes_the_history_it_has(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Ctrl-C stopped the nodes but threw the history away: nothing to look
     # at after a long run that had to be cut short.
-    assert _interrupted_run(tmp_path, monkeypatch, again_while_stopping=False) == []
+    left, took = _interrupted_run(tmp_path, monkeypatch, again_while_stopping=False)
+    assert left == []
     lines = (tmp_path / "out" / "history.jsonl").read_text().splitlines()
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["verdict"] == "not checked (interrupted)" and summary["operations"] == len(lines) >= 20
+    # Times are seconds since the clients started, as the faults' are, so
+    # that an operation in an explanation can be set against the faults.
+    ops = [json.loads(line) for line in lines]
+    assert all(0 <= op["call"] <= (op["ret"] or op["call"]) < took for op in ops)
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
@@ -351,5 +362,5 @@ def test_a_second_ctrl_c_while_the_run_stops_leaves_no_node_running(
     # stopped yet kept running (in sessions of their own, the terminal's
     # Ctrl-C does not reach them) and their data stayed in the temporary
     # directory, while the run said every node was stopped.
-    assert _interrupted_run(tmp_path, monkeypatch, again_while_stopping=True) == []
+    assert _interrupted_run(tmp_path, monkeypatch, again_while_stopping=True)[0] == []
     assert list((tmp_path / "tmp").iterdir()) == []

@@ -145,7 +145,8 @@ class _Run:
     cfg: JepsenConfig
     rng: random.Random
     nodes: list[_Node] = field(default_factory=list)
-    history: History = field(default_factory=History)
+    history: History = field(init=False)
+    """Operations, timed in seconds from ``t0``, as faults and latencies are."""
     faults: list[_Fault] = field(default_factory=list)
     latencies: list[tuple[float, float, str]] = field(default_factory=list)
     crashes: list[tuple[str, int, float]] = field(default_factory=list)
@@ -161,6 +162,9 @@ class _Run:
     next_value: int = 0
     last_seen: dict[str, Any] = field(default_factory=dict)
     """The latest value each key was seen with, so that many cas operations can succeed."""
+
+    def __post_init__(self) -> None:
+        self.history = History(clock=lambda: time.monotonic() - self.t0)
 
 
 # -- nodes ------------------------------------------------------------------------------------
