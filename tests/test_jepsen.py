@@ -87,6 +87,8 @@ def test_every_option_says_what_it_does_and_its_default(capsys: pytest.CaptureFi
     for option, default in (("--nodes", "5"), ("--clients", "10"), ("--seed", "0"), ("--keys", "3"),
                             ("--op-timeout", "2.0"), ("--election-timeout-ms", "200"), ("--time", "60.0")):
         assert re.search(rf"{option} \S+\s+[^-]*?\(default {re.escape(default)}\)", text), option
+    # --nemesis said which faults it takes, not that all of them are the default.
+    assert re.search(r"--nemesis NEMESIS\s+comma-separated[^()]*\(default: all\)", text), text
 
 
 @pytest.mark.timeout(120)

@@ -926,7 +926,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=10,
                         help="concurrent clients: even ones follow the leader, odd ones keep to one node"
                              " (default 10)")
-    parser.add_argument("--nemesis", default=",".join(NEMESES), help=f"comma-separated: {','.join(NEMESES)}")
+    parser.add_argument("--nemesis", default=",".join(NEMESES),
+                        help=f"comma-separated: {','.join(NEMESES)} (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fault schedule (default 0)")
     parser.add_argument("--keys", type=int, default=3, help="keys the clients share (default 3)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: jepsen-results/<time>)")
