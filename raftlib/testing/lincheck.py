@@ -72,8 +72,11 @@ With unknown operations the search runs in up to three passes, each sound
 in the direction it answers. First a cheap exact one: unknown operations
 are tried only where they let a waiting ``ok`` operation go next, and one
 unknown bitset is kept per configuration; a linearization it finds is
-real, and a dead end is a proof only if it pruned nothing. Then, for the
-register model, a relaxed one, where unknown operations that do the same
+real, and a dead end is a proof only if it pruned nothing (for the
+register model it also gives up after a number of configurations
+proportional to the history: when there is no linearization, it would
+take longer to give up than the next pass takes to prove it). Then, for
+the register model, a relaxed one, where unknown operations that do the same
 thing are interchangeable and may be reused: a dead end there is a proof,
 and a linearization is accepted once it is checked to use no class more
 often than it has members. Only if that check fails does the full exact
@@ -106,6 +109,11 @@ _CLOCK_MASK = 1023
 
 # How many unknown bitsets per configuration the first, bounded exact search keeps.
 _ANTICHAIN_LIMIT = 1
+
+# How many configurations the first search visits before the relaxed one takes over
+# (register model): this many, plus so many per operation.
+_EAGER_BUDGET = 10_000
+_EAGER_BUDGET_PER_OPERATION = 20
 
 
 def _fmt_time(t: float | None) -> str:
@@ -569,9 +577,14 @@ def _check_key(key: Any, ops: list[Operation], model: Model, init_state: Any, de
             # end: only the register is known to reach no new states that
             # way (a put or cas again changes nothing); a custom model's
             # operations may add up (a counter), so it gets the exact one.
-            ok = search.run(deadline, exact=True, limit=_ANTICHAIN_LIMIT, eager=True)
+            register = type(model) is RegisterModel
+            # The cheap search finds a linearization quickly if there is
+            # one; when there is none it can take much longer than the
+            # relaxed one to give up, so for the register it gets a budget.
+            budget = _EAGER_BUDGET_PER_OPERATION * len(kept) + _EAGER_BUDGET if register else math.inf
+            ok = search.run(deadline, exact=True, limit=_ANTICHAIN_LIMIT, eager=True, budget=budget)
             if ok is False and not search.complete:
-                if type(model) is RegisterModel:
+                if register:
                     ok = search.run(deadline, exact=False)
                     if ok and not search.witness_fits():
                         ok = search.run(deadline, exact=True)
@@ -644,7 +657,8 @@ class _Search:
         self.witness: tuple[list[int], list[int]] = ([], [])
 
     def run(
-        self, deadline: float, exact: bool = True, limit: int | None = None, eager: bool = False
+        self, deadline: float, exact: bool = True, limit: int | None = None, eager: bool = False,
+        budget: float = math.inf,
     ) -> bool | None:
         """True if linearizable, False if not, None if ``deadline`` passed first.
 
@@ -656,7 +670,8 @@ class _Search:
         False is one only if :attr:`complete` (nothing was pruned so).
         With ``eager``, unknown operations are only tried where they let a
         waiting ok operation go next (also incomplete, if any others were
-        skipped).
+        skipped). After visiting about ``budget`` configurations (and
+        meeting a dead end) the search gives up: False, and incomplete.
         """
         step = self.model.step
         ops, bit, n_ok = self.ops, self.bit, self.n_ok
@@ -698,9 +713,16 @@ class _Search:
         at = 0  # phase 1: the next index in order
         while remaining:
             ticks += 1
-            if not ticks & _CLOCK_MASK and monotonic() > deadline:
-                self.configurations += configurations
-                return None
+            if not ticks & _CLOCK_MASK:
+                if monotonic() > deadline:
+                    self.configurations += configurations
+                    return None
+                if configurations > budget and self.best is not None:
+                    self.configurations += configurations
+                    self.complete = False
+                    if exact:
+                        self.exact_best = self.best
+                    return False
             if scan:
                 # A candidate that never changes the state (a read, a failed
                 # cas) and that the model accepts here can go first in any
