@@ -444,3 +444,18 @@ def test_a_violation_among_writes_of_unknown_outcome_is_found_without_a_long_det
     result = check(history, timeout=60)
     assert result.ok is False
     assert result.per_key["k"].configurations < 80_000, result.per_key["k"].describe()
+
+
+def test_a_check_cut_short_by_its_timeout_is_undecided_never_linearizable() -> None:
+    # Twenty clients whose operations each overlap some twenty others, and
+    # a read in the middle of a value never written: the search has far
+    # more to explore than the timeout allows. Another key is easy.
+    history = _long_operations(0, clients=20, ops=1000, unknown=0.0)
+    gets = [i for i, o in enumerate(history) if o.kind == "get"]
+    i = gets[len(gets) // 2]
+    history[i] = op(history[i].process, "get", "k", history[i].call, history[i].ret, output="never written")  # type: ignore[arg-type]
+    history += [op(1, "put", "easy", 0, 1, value=1), op(2, "get", "easy", 2, 3, output=1)]
+    result = check(history, timeout=0.2)
+    assert result.ok is None and result.verdict == "unknown" and not result
+    assert result.per_key["easy"].ok is True and result.per_key["k"].ok is None
+    assert "UNKNOWN" in result.explain() and "timed out" in result.explain()
