@@ -459,3 +459,23 @@ def test_a_check_cut_short_by_its_timeout_is_undecided_never_linearizable() -> N
     assert result.ok is None and result.verdict == "unknown" and not result
     assert result.per_key["easy"].ok is True and result.per_key["k"].ok is None
     assert "UNKNOWN" in result.explain() and "timed out" in result.explain()
+
+
+def test_the_model_is_asked_about_each_operation_in_each_state_once() -> None:
+    # The search meets the same (state, operation) pairs again and again,
+    # in configurations that differ elsewhere; asking the model each time
+    # was most of the time the search took.
+    from collections import Counter
+
+    from raftlib.testing.lincheck import RegisterModel
+
+    asked: Counter[tuple[int, Any]] = Counter()
+
+    class Counting(RegisterModel):
+        def step(self, state: Any, o: Operation) -> tuple[bool, Any]:
+            asked[id(o), state] += 1
+            return super().step(state, o)
+
+    history = _long_operations(1, clients=10, ops=300, unknown=0.0)
+    assert check(history, model=Counting()).ok is True
+    assert asked and max(asked.values()) == 1, asked.most_common(3)

@@ -45,7 +45,9 @@ everything reachable from a configuration depends on nothing else, so a
 configuration met twice is explored once. All operations that returned
 before the earliest pending one are necessarily linearized, so a bitset is
 stored as (the number of its trailing ones, the bits above them): small,
-however long the history.
+however long the history. Model states are numbered as they are met, and
+the model is asked about each operation in each state once: the same step
+recurs in many configurations, and a configuration is then three integers.
 
 Operations that never change the state (the model's ``read_only``: a read,
 a cas that reported no swap) need no branching. One the model accepts in
@@ -644,15 +646,21 @@ class _Search:
                 raise TypeError(f"values must be hashable: {op.describe()}") from None
         self.classes: list[list[int]] = list(by_effect.values())
         self.class_of: dict[int, int] = {g: k for k, members in enumerate(self.classes) for g in members}
-        # state -> [(class, state after)] for the classes that would change it.
-        self._effects: dict[Any, list[tuple[int, Any]]] = {}
+        # Model states are numbered as met: states[sid] is the state numbered
+        # sid, and successors[g][sid] the number of the state after operation
+        # g in it, or -1 if the model rejects g there (see _after).
+        self.states: list[Any] = []
+        self._state_ids: dict[Any, int] = {}
+        self._successors: list[dict[int, int]] = [{} for _ in self.ops]
+        # sid -> [(class, state after)] for the classes that would change it.
+        self._effects: dict[int, list[tuple[int, int]]] = {}
         self.exact = True
         self.configurations = 0
-        # The deepest dead end: (ok operations linearized, prefix, state,
+        # The deepest dead end: (ok operations linearized, prefix, state number,
         # return entry, the bound each of prefix was placed under).
-        self.best: tuple[int, list[int], Any, int, list[int]] | None = None
+        self.best: tuple[int, list[int], int, int, list[int]] | None = None
         # The same, from the last exact run that failed (its prefix is always real).
-        self.exact_best: tuple[int, list[int], Any, int, list[int]] | None = None
+        self.exact_best: tuple[int, list[int], int, int, list[int]] | None = None
         # The linearization found (operations, and the bound each was placed under).
         self.witness: tuple[list[int], list[int]] = ([], [])
 
@@ -673,8 +681,8 @@ class _Search:
         skipped). After visiting about ``budget`` configurations (and
         meeting a dead end) the search gives up: False, and incomplete.
         """
-        step = self.model.step
         ops, bit, n_ok = self.ops, self.bit, self.n_ok
+        successors, after = self._successors, self._after
         head = self.head
         nxt, prv = _links(head, self.linked)
         entry_op, is_return, match = self.entry_op, self.is_return, self.match
@@ -683,7 +691,7 @@ class _Search:
         self.best = None
         self.complete = True
 
-        def remember(seen: dict[tuple[int, int, Any], list[int]], memo: tuple[int, int, Any], unknown: int) -> bool:
+        def remember(seen: dict[tuple[int, int, int], list[int]], memo: tuple[int, int, int], unknown: int) -> bool:
             return _remember(seen, memo, unknown, limit, self)
         classes = self.classes
         n_classes = len(classes)
@@ -691,25 +699,25 @@ class _Search:
         dominance = exact and n_classes > 0
         monotonic = time.monotonic
 
-        state = self.init_state
+        state = self._number(self.init_state)  # the number of the model state (see _after)
         ok_bits = 0  # Invariant: bit i set iff ok operation i is linearized
         unk_bits = 0  # exact: the same for unknown operations (numbered from n_ok)
         remaining = n_ok
         path: list[int] = []  # the operations linearized, in order
         # For each of path: (state before, phase, position, bound, phase 1 order).
-        frames: list[tuple[Any, int, int, int, list[tuple[int, int, Any]] | None]] = []
+        frames: list[tuple[int, int, int, int, list[tuple[int, int, int]] | None]] = []
         # Visited configurations, keyed by (trailing ones, bits above, state) of
         # the ok bitset. A set, unless exact with unknown operations: then a
         # map to the antichain of unknown bitsets seen with that key (dominance).
-        seen: set[tuple[int, int, Any]] = set()
-        seen_unknown: dict[tuple[int, int, Any], list[int]] = {(0, 0, state): [0]}
+        seen: set[tuple[int, int, int]] = set()
+        seen_unknown: dict[tuple[int, int, int], list[int]] = {(0, 0, state): [0]}
         configurations = 1
         ticks = 0
         entry = nxt[head]  # phase 0: the next linked entry to try
         scan = True  # phase 0: a configuration just entered, look for a candidate that changes nothing first
         phase = 0  # 0: trying ok candidates; 1: trying unknown ones; in frames, 2: a forced ok candidate
         bound = head  # phase 1: the first return entry; unknown candidates are called before it
-        order: list[tuple[int, int, Any]] | None = None  # phase 1: (class, operation, state after) to try
+        order: list[tuple[int, int, int]] | None = None  # phase 1: (class, operation, state after) to try
         at = 0  # phase 1: the next index in order
         while remaining:
             ticks += 1
@@ -732,8 +740,12 @@ class _Search:
                 e = entry
                 while not is_return[e]:
                     g = entry_op[e]
-                    if observer[g] and step(state, ops[g])[0]:
-                        break
+                    if observer[g]:
+                        new_state = successors[g].get(state)
+                        if new_state is None:
+                            new_state = after(state, g)
+                        if new_state >= 0:
+                            break
                     e = nxt[e]
                 if not is_return[e]:
                     new_ok = ok_bits | bit[g]
@@ -765,8 +777,10 @@ class _Search:
             elif phase == 0:
                 if not is_return[entry]:
                     g = entry_op[entry]
-                    legal, new_state = step(state, ops[g])
-                    if legal:
+                    new_state = successors[g].get(state)
+                    if new_state is None:
+                        new_state = after(state, g)
+                    if new_state >= 0:
                         new_ok = ok_bits | bit[g]
                         ones = (new_ok ^ (new_ok + 1)).bit_length() - 1
                         memo = (ones, new_ok >> ones, new_state)
@@ -870,50 +884,67 @@ class _Search:
         return True
 
     def _unknown_candidates(
-        self, state: Any, bound: int, counts: list[int] | None, nxt: list[int], eager: bool = False
-    ) -> list[tuple[int, int, Any]]:
-        """The unknown operations worth trying in ``state``, as (class,
-        operation, state after): the next member of each class called
-        before ``bound`` (any member, again and again, if ``counts`` is
-        None: the relaxed search) that would change the state. Those after
-        which some ok candidate the model now rejects becomes legal come
-        first: they are what a stuck read or cas is waiting for."""
-        step, ops = self.model.step, self.ops
+        self, sid: int, bound: int, counts: list[int] | None, nxt: list[int], eager: bool = False
+    ) -> list[tuple[int, int, int]]:
+        """The unknown operations worth trying in the state numbered
+        ``sid``, as (class, operation, state after): the next member of each
+        class called before ``bound`` (any member, again and again, if
+        ``counts`` is None: the relaxed search) that would change the state.
+        Those after which some ok candidate the model now rejects becomes
+        legal come first: they are what a stuck read or cas is waiting for."""
+        after = self._after
         waiting = []
         e = nxt[self.head]
         while e != bound:
-            op = ops[self.entry_op[e]]
-            if not step(state, op)[0]:
-                waiting.append(op)
+            g = self.entry_op[e]
+            if after(sid, g) < 0:
+                waiting.append(g)
             e = nxt[e]
-        effects = self._effects.get(state)
+        effects = self._effects.get(sid)
         if effects is None:
             # What each class would do here (its members all do the same).
-            effects = self._effects[state] = []
+            effects = self._effects[sid] = []
             for k, members in enumerate(self.classes):
-                legal, new_state = step(state, ops[members[0]])
-                if legal and new_state != state:
-                    effects.append((k, new_state))
-        first: list[tuple[int, int, Any]] = []
-        rest: list[tuple[int, int, Any]] = []
+                new_sid = after(sid, members[0])
+                if new_sid >= 0 and new_sid != sid:
+                    effects.append((k, new_sid))
+        first: list[tuple[int, int, int]] = []
+        rest: list[tuple[int, int, int]] = []
         classes, call_entry = self.classes, self.call_entry
-        for k, new_state in effects:
+        for k, new_sid in effects:
             members = classes[k]
             if call_entry[members[0]] >= bound:
                 break  # classes are in the order of their first calls
             c = 0 if counts is None else counts[k]
             if c < len(members) and call_entry[members[c]] < bound:
                 helps = False
-                for op in waiting:
-                    if step(new_state, op)[0]:
+                for g in waiting:
+                    if after(new_sid, g) >= 0:
                         helps = True
                         break
-                (first if helps else rest).append((k, members[c], new_state))
+                (first if helps else rest).append((k, members[c], new_sid))
         if eager:
             if rest:
                 self.complete = False
             return first
         return first + rest
+
+    def _number(self, state: Any) -> int:
+        """The number of ``state`` (a new one if it was not met before)."""
+        sid = self._state_ids.get(state)
+        if sid is None:
+            sid = self._state_ids[state] = len(self.states)
+            self.states.append(state)
+        return sid
+
+    def _after(self, sid: int, g: int) -> int:
+        """The number of the state after operation ``g`` in state ``sid``,
+        or -1 if the model rejects it there; each is asked of the model once."""
+        new_sid = self._successors[g].get(sid)
+        if new_sid is None:
+            legal, new_state = self.model.step(self.states[sid], self.ops[g])
+            new_sid = self._successors[g][sid] = self._number(new_state) if legal else -1
+        return new_sid
 
     def witness_fits(self) -> bool:
         """Whether the linearization found by a relaxed :meth:`run` uses no
@@ -946,7 +977,8 @@ class _Search:
         if best is None or not self._fits(best[1], best[4]):
             best = self.exact_best
         assert best is not None
-        _, path, state, ret_entry, _ = best
+        _, path, sid, ret_entry, _ = best
+        state = self.states[sid]
         # The j-th use of a class of unknown operations is its j-th member.
         used = [0] * len(self.classes)
         prefix: list[int] = []
@@ -1001,8 +1033,8 @@ class _Search:
 
 
 def _remember(
-    seen: dict[tuple[int, int, Any], list[int]],
-    memo: tuple[int, int, Any],
+    seen: dict[tuple[int, int, int], list[int]],
+    memo: tuple[int, int, int],
     unknown: int,
     limit: int | None,
     search: _Search,
