@@ -133,6 +133,15 @@ def test_bad_timeouts_exit_2_before_anything_runs(tmp_path: Path, option: str, v
     assert option.lstrip("-").split("-")[0] in done.stderr and "nodes up" not in done.stdout
 
 
+@pytest.mark.parametrize("nemesis", ["partition", "isolate-leader", "membership", "transfer"])
+def test_faults_between_nodes_need_two_nodes(tmp_path: Path, nemesis: str) -> None:
+    # With one node, a transfer ended the run in a traceback (no other node
+    # to hand leadership to), and a partition cut nothing off yet counted.
+    done = jepsen(tmp_path, "--nodes", "1", "--time", "2", "--nemesis", f"pause,{nemesis}")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert nemesis in done.stderr and "2 nodes" in done.stderr and "nodes up" not in done.stdout
+
+
 def _processes_mentioning(text: str) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():

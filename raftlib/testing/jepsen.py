@@ -85,6 +85,8 @@ from .ports import free_port
 __all__ = ["JepsenConfig", "run", "main"]
 
 NEMESES = ("kill", "pause", "partition", "isolate-leader", "membership", "transfer")
+# The faults that act between nodes, which one node alone cannot have.
+_BETWEEN_NODES = ("partition", "isolate-leader", "membership", "transfer")
 BROKEN = ("stale-reads", "leader-reads")
 
 
@@ -707,6 +709,10 @@ async def run(cfg: JepsenConfig) -> tuple[Result, dict[str, Any]]:
         raise ValueError(f"--broken takes one of {', '.join(BROKEN)}, not {cfg.broken!r}")
     if cfg.nodes < 1 or cfg.clients < 1 or not 0 < cfg.time < math.inf or cfg.keys < 1:
         raise ValueError("--nodes, --clients, --keys and --time must be positive")
+    between = [n for n in cfg.nemesis if n in _BETWEEN_NODES]
+    if cfg.nodes < 2 and between:
+        raise ValueError(f"--nemesis {','.join(between)} needs at least 2 nodes (--nodes {cfg.nodes});"
+                         f" with one node, only {' and '.join(n for n in NEMESES if n not in _BETWEEN_NODES)} apply")
     if not 0 < cfg.op_timeout < math.inf:
         raise ValueError(f"--op-timeout must be a positive number of seconds, not {cfg.op_timeout}")
     if not 20 <= cfg.election_timeout_ms <= 60_000:
