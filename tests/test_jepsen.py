@@ -133,6 +133,18 @@ def test_bad_timeouts_exit_2_before_anything_runs(tmp_path: Path, option: str, v
     assert option.lstrip("-").split("-")[0] in done.stderr and "nodes up" not in done.stdout
 
 
+def test_an_output_folder_that_cannot_be_made_exits_2(tmp_path: Path) -> None:
+    # --out naming a file ended in a FileExistsError traceback.
+    (tmp_path / "taken").write_text("")
+    done = subprocess.run(
+        [sys.executable, "-m", "raftlib.testing.jepsen", "--nodes", "3", "--time", "1", "--nemesis", "pause",
+         "--out", str(tmp_path / "taken")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "--out" in done.stderr and "Traceback" not in done.stderr and "nodes up" not in done.stdout
+
+
 @pytest.mark.parametrize("nemesis", ["partition", "isolate-leader", "membership", "transfer"])
 def test_faults_between_nodes_need_two_nodes(tmp_path: Path, nemesis: str) -> None:
     # With one node, a transfer ended the run in a traceback (no other node

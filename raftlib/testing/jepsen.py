@@ -719,7 +719,10 @@ async def run(cfg: JepsenConfig) -> tuple[Result, dict[str, Any]]:
         raise ValueError(f"--election-timeout-ms must be from 20 to 60000 (as for raftlib serve),"
                          f" not {cfg.election_timeout_ms}")
     state = _Run(cfg, random.Random(cfg.seed), t0=time.monotonic())
-    cfg.out.mkdir(parents=True, exist_ok=True)
+    try:
+        cfg.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"--out {cfg.out}: cannot make the output folder ({exc.strerror})") from None
     work = Path(tempfile.mkdtemp(prefix="raftlib-jepsen-"))
     names = [f"n{i}" for i in range(1, cfg.nodes + 1)]
     partitioner = Partitioner(names)
