@@ -715,6 +715,7 @@ class _Search:
         ticks = 0
         entry = nxt[head]  # phase 0: the next linked entry to try
         scan = True  # phase 0: a configuration just entered, look for a candidate that changes nothing first
+        forced = False  # phase 0: entry is such a candidate, the only one to try
         phase = 0  # 0: trying ok candidates; 1: trying unknown ones; in frames, 2: a forced ok candidate
         bound = head  # phase 1: the first return entry; unknown candidates are called before it
         order: list[tuple[int, int, int]] | None = None  # phase 1: (class, operation, state after) to try
@@ -745,36 +746,11 @@ class _Search:
                         if new_state is None:
                             new_state = after(state, g)
                         if new_state >= 0:
+                            entry, forced = e, True
                             break
                     e = nxt[e]
-                if not is_return[e]:
-                    new_ok = ok_bits | bit[g]
-                    ones = (new_ok ^ (new_ok + 1)).bit_length() - 1
-                    memo = (ones, new_ok >> ones, state)
-                    fresh = remember(seen_unknown, memo, unk_bits) if dominance else memo not in seen
-                    if fresh:
-                        if not dominance:
-                            seen.add(memo)
-                        configurations += 1
-                        path.append(g)
-                        frames.append((state, 2, e, bound, None))
-                        ok_bits = new_ok
-                        remaining -= 1
-                        nxt[prv[e]] = nxt[e]
-                        prv[nxt[e]] = prv[e]
-                        r = match[e]
-                        nxt[prv[r]] = nxt[r]
-                        if nxt[r] >= 0:
-                            prv[nxt[r]] = prv[r]
-                        entry, scan = nxt[head], True
-                        continue
-                    # Explored already, and it failed: so does this configuration.
-                    while not is_return[e]:
-                        e = nxt[e]
-                    bound = e
-                else:
-                    continue
-            elif phase == 0:
+                continue
+            if phase == 0:
                 if not is_return[entry]:
                     g = entry_op[entry]
                     new_state = successors[g].get(state)
@@ -790,8 +766,8 @@ class _Search:
                                 seen.add(memo)
                             configurations += 1
                             path.append(g)
-                            frames.append((state, 0, entry, bound, None))
-                            state, ok_bits = new_state, new_ok
+                            frames.append((state, 2 if forced else 0, entry, bound, None))
+                            state, ok_bits, forced = new_state, new_ok, False
                             remaining -= 1
                             # Lift: unlink the call entry and its return entry.
                             nxt[prv[entry]] = nxt[entry]
@@ -802,13 +778,21 @@ class _Search:
                                 prv[nxt[r]] = prv[r]
                             entry, scan = nxt[head], True
                             continue
-                    entry = nxt[entry]
-                    continue
-                bound = entry
-                if n_classes:
-                    phase, at = 1, 0
-                    order = self._unknown_candidates(state, bound, counts if exact else None, nxt, eager)
-                    continue
+                    if not forced:
+                        entry = nxt[entry]
+                        continue
+                    # The forced candidate was explored already, and failed:
+                    # so does this configuration.
+                    forced = False
+                    while not is_return[entry]:
+                        entry = nxt[entry]
+                    bound = entry
+                else:
+                    bound = entry
+                    if n_classes:
+                        phase, at = 1, 0
+                        order = self._unknown_candidates(state, bound, counts if exact else None, nxt, eager)
+                        continue
             else:
                 assert order is not None
                 if at < len(order):
@@ -838,23 +822,7 @@ class _Search:
             # The deepest, and of those the one with the fewest unknown operations (the easiest to read).
             if self.best is None or depth > self.best[0] or (depth == self.best[0] and len(path) < len(self.best[1])):
                 self.best = (depth, path[:], state, bound, [frame[3] for frame in frames])
-            if not path:
-                self.configurations += configurations
-                if exact:
-                    self.exact_best = self.best
-                return False
-            g = path.pop()
-            state, phase, position, bound, order = frames.pop()
-            while phase == 2:
-                # A forced candidate failed: so did the configuration it left.
-                ok_bits ^= bit[g]
-                remaining += 1
-                r = match[position]
-                nxt[prv[r]] = r
-                if nxt[r] >= 0:
-                    prv[nxt[r]] = r
-                nxt[prv[position]] = position
-                prv[nxt[position]] = position
+            while True:
                 if not path:
                     self.configurations += configurations
                     if exact:
@@ -862,7 +830,13 @@ class _Search:
                     return False
                 g = path.pop()
                 state, phase, position, bound, order = frames.pop()
-            if phase == 0:
+                if phase == 1:
+                    assert order is not None
+                    unk_bits ^= bit[g]
+                    if exact:
+                        counts[order[position][0]] -= 1
+                    at = position + 1
+                    break
                 ok_bits ^= bit[g]
                 remaining += 1
                 # Unlift, in the reverse order of the lift.
@@ -872,13 +846,10 @@ class _Search:
                     prv[nxt[r]] = r
                 nxt[prv[position]] = position
                 prv[nxt[position]] = position
-                entry = nxt[position]
-            else:
-                assert order is not None
-                unk_bits ^= bit[g]
-                if exact:
-                    counts[order[position][0]] -= 1
-                at = position + 1
+                if phase == 0:
+                    entry = nxt[position]
+                    break
+                # Phase 2: a forced candidate failed, so did the configuration it left.
         self.configurations += configurations
         self.witness = (path, [frame[3] for frame in frames])
         return True
