@@ -479,3 +479,15 @@ def test_the_model_is_asked_about_each_operation_in_each_state_once() -> None:
     history = _long_operations(1, clients=10, ops=300, unknown=0.0)
     assert check(history, model=Counting()).ok is True
     assert asked and max(asked.values()) == 1, asked.most_common(3)
+
+
+def test_a_rejected_read_is_traced_to_where_its_value_came_from() -> None:
+    # "rejected in state 2" says what the read should have seen; where the
+    # value it did see came from tells a stale read from a lost or a
+    # phantom write at a glance.
+    stale = [op(1, "put", "x", 0, 1, value=1), op(1, "put", "x", 2, 3, value=2), op(2, "get", "x", 4, 5, output=1)]
+    assert "1 was last written by p1 put('x', 1) [0, 1], operation 1 of the prefix" in check(stale).explain()
+    phantom = [op(1, "put", "x", 0, 1, value=1), op(2, "get", "x", 2, 3, output=7)]
+    assert "no operation wrote 7" in check(phantom).explain()
+    failed = [op(1, "put", "x", 0, 1, value=7, status="fail"), op(2, "get", "x", 2, 3, output=7)]
+    assert "7 was written only by p1 put('x', 7) [0, 1] failed, which did not take effect" in check(failed).explain()

@@ -354,6 +354,8 @@ class Violation:
     concurrent: tuple[Operation, ...]
     other_unknown: int = 0
     earlier_unknown: int = 0
+    notes: tuple[str, ...] = ()
+    """Where the values the rejected reads saw came from (register model)."""
 
     def explain(self, max_prefix: int = 10) -> str:
         """A multi-line explanation naming the key and the operations."""
@@ -382,6 +384,8 @@ class Violation:
                 else "accepted, but every continuation fails"
             )
             lines.append(f"    {op.describe()}  <- {reason}")
+        for note in self.notes:
+            lines.append(f"    ({note})")
         if self.other_unknown:
             lines.append(
                 f"    ({self.other_unknown} operation{'s' if self.other_unknown != 1 else ''} of unknown outcome"
@@ -598,7 +602,7 @@ def _check_key(key: Any, ops: list[Operation], model: Model, init_state: Any, de
         raise TypeError(f"key {key!r}: model states must be hashable ({exc})") from None
     return KeyResult(
         key, ok, len(ops), len(ops) - len(kept), search.configurations, time.monotonic() - started,
-        search.violation() if ok is False else None,
+        search.violation(ops) if ok is False else None,
     )
 
 
@@ -938,8 +942,9 @@ class _Search:
                 used[k] += 1
         return True
 
-    def violation(self) -> Violation:
+    def violation(self, history: Sequence[Operation] = ()) -> Violation:
         """The explanation, from the deepest dead end (call after run() returned False).
+        ``history`` is all of the key's operations, failed ones included.
 
         A relaxed run's deepest dead end may have reused an unknown
         operation; the explanation then comes from the exact run before it,
@@ -1000,7 +1005,41 @@ class _Search:
             concurrent=tuple(sorted(concurrent, key=lambda op: op.call)),
             other_unknown=len(other),
             earlier_unknown=len(earlier),
+            notes=self._sources(rejected, [self.ops[g] for g in prefix], history),
         )
+
+    def _sources(
+        self, rejected: list[Operation], prefix: list[Operation], history: Sequence[Operation]
+    ) -> tuple[str, ...]:
+        """For the register model, where the value each rejected get read
+        came from: the last write of it in ``prefix``, a write that could
+        not go there, a failed write, or none."""
+        if not isinstance(self.model, RegisterModel):
+            return ()
+        notes = []
+        place = {id(op): i for i, op in enumerate(prefix, start=1)}
+        for read in rejected:
+            if read.kind != "get":
+                continue
+            seen = _Value(read.output)
+            writes = [
+                op for op in history
+                if op.kind in ("put", "cas") and _Value(op.value) == seen
+                and not (op.kind == "cas" and op.status == "ok" and op.output is not True)
+            ]
+            done = [op for op in writes if id(op) in place]
+            if done:
+                last = max(done, key=lambda op: place[id(op)])
+                notes.append(f"{seen!r} was last written by {last.describe()}, operation {place[id(last)]} of"
+                             f" the prefix")
+            elif any(op.status != "fail" for op in writes):
+                first = min((op for op in writes if op.status != "fail"), key=lambda op: op.call)
+                notes.append(f"{seen!r} was written by {first.describe()}, which could not have taken effect by then")
+            elif writes:
+                notes.append(f"{seen!r} was written only by {writes[0].describe()}, which did not take effect")
+            elif seen != self.init_state:
+                notes.append(f"no operation wrote {seen!r}")
+        return tuple(notes)
 
 
 def _remember(
