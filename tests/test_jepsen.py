@@ -8,7 +8,10 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -84,6 +87,8 @@ def test_every_option_says_what_it_does_and_its_default(capsys: pytest.CaptureFi
     for option, default in (("--nodes", "5"), ("--clients", "10"), ("--seed", "0"), ("--keys", "3"),
                             ("--op-timeout", "2.0"), ("--election-timeout-ms", "200"), ("--time", "60.0")):
         assert re.search(rf"{option} \S+\s+[^-]*?\(default {re.escape(default)}\)", text), option
+    # --nemesis said which faults it takes, not that all of them are the default.
+    assert re.search(r"--nemesis NEMESIS\s+comma-separated[^()]*\(default: all\)", text), text
 
 
 @pytest.mark.timeout(120)
@@ -126,6 +131,27 @@ def test_bad_timeouts_exit_2_before_anything_runs(tmp_path: Path, option: str, v
     done = jepsen(tmp_path, "--time", "2", option, value)
     assert done.returncode == 2, done.stdout + done.stderr
     assert option.lstrip("-").split("-")[0] in done.stderr and "nodes up" not in done.stdout
+
+
+def test_an_output_folder_that_cannot_be_made_exits_2(tmp_path: Path) -> None:
+    # --out naming a file ended in a FileExistsError traceback.
+    (tmp_path / "taken").write_text("")
+    done = subprocess.run(
+        [sys.executable, "-m", "raftlib.testing.jepsen", "--nodes", "3", "--time", "1", "--nemesis", "pause",
+         "--out", str(tmp_path / "taken")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "--out" in done.stderr and "Traceback" not in done.stderr and "nodes up" not in done.stdout
+
+
+@pytest.mark.parametrize("nemesis", ["partition", "isolate-leader", "membership", "transfer"])
+def test_faults_between_nodes_need_two_nodes(tmp_path: Path, nemesis: str) -> None:
+    # With one node, a transfer ended the run in a traceback (no other node
+    # to hand leadership to), and a partition cut nothing off yet counted.
+    done = jepsen(tmp_path, "--nodes", "1", "--time", "2", "--nemesis", f"pause,{nemesis}")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert nemesis in done.stderr and "2 nodes" in done.stderr and "nodes up" not in done.stdout
 
 
 def _processes_mentioning(text: str) -> list[int]:
@@ -284,3 +310,80 @@ def test_keep_data_says_where_the_data_directories_are(tmp_path: Path) -> None:
     assert kept in done.stdout
     assert sorted(p.name for p in Path(kept).iterdir()) == ["n1", "n2", "n3"]
     assert Path(kept).parent == work
+
+
+def _interrupted_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, again_while_stopping: bool
+) -> tuple[list[Any], float]:
+    """Run the fault test in this process and Ctrl-C it once the clients
+    have recorded some operations (and, if ``again_while_stopping``, once
+    more as it stops the first node); return the node processes it left
+    running, and how long it ran."""
+    import asyncio
+
+    from raftlib.testing import jepsen as harness
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    started: list[subprocess.Popen[bytes]] = []
+    start_node, kill = harness._start_node, harness._kill
+
+    def recording_start(node: Any, *args: Any, **kwargs: Any) -> None:
+        start_node(node, *args, **kwargs)
+        started.append(node.proc)
+
+    async def ctrl_c_once_operations_are_recorded(run: Any, *args: Any) -> None:
+        while len(run.history) < 20:
+            await asyncio.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    def kill_after_ctrl_c(node: Any) -> None:
+        if again_while_stopping and not kill_after_ctrl_c.done:  # type: ignore[attr-defined]
+            kill_after_ctrl_c.done = True  # type: ignore[attr-defined]
+            os.kill(os.getpid(), signal.SIGINT)
+        kill(node)
+
+    kill_after_ctrl_c.done = False  # type: ignore[attr-defined]
+    monkeypatch.setattr(harness, "_start_node", recording_start)
+    monkeypatch.setattr(harness, "_nemesis", ctrl_c_once_operations_are_recorded)
+    monkeypatch.setattr(harness, "_kill", kill_after_ctrl_c)
+    began = time.monotonic()
+    cfg = harness.JepsenConfig(nodes=3, clients=2, time=60, nemesis=("pause",), out=tmp_path / "out")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            asyncio.run(harness.run(cfg))
+    finally:
+        took = time.monotonic() - began
+        left = [proc for proc in started if proc.poll() is None]
+        for proc in left:
+            proc.kill()
+            proc.wait()
+    return left, took
+
+
+@pytest.mark.timeout(120)
+def test_an_interrupted_run_writes_the_history_it_has(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ctrl-C stopped the nodes but threw the history away: nothing to look
+    # at after a long run that had to be cut short.
+    left, took = _interrupted_run(tmp_path, monkeypatch, again_while_stopping=False)
+    assert left == []
+    lines = (tmp_path / "out" / "history.jsonl").read_text().splitlines()
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["verdict"] == "not checked (interrupted)" and summary["operations"] == len(lines) >= 20
+    # Times are seconds since the clients started, as the faults' are, so
+    # that an operation in an explanation can be set against the faults.
+    ops = [json.loads(line) for line in lines]
+    assert all(0 <= op["call"] <= (op["ret"] or op["call"]) < took for op in ops)
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+@pytest.mark.timeout(120)
+def test_a_second_ctrl_c_while_the_run_stops_leaves_no_node_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Pressed twice, Ctrl-C broke off the stopping half-way: the nodes not
+    # stopped yet kept running (in sessions of their own, the terminal's
+    # Ctrl-C does not reach them) and their data stayed in the temporary
+    # directory, while the run said every node was stopped.
+    assert _interrupted_run(tmp_path, monkeypatch, again_while_stopping=True)[0] == []
+    assert list((tmp_path / "tmp").iterdir()) == []

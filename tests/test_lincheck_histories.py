@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
 from raftlib.testing.lincheck import Operation, check, load, save
 
 
@@ -262,3 +265,229 @@ def test_small_random_histories_with_unknown_operations_agree_with_brute_force()
         assert check(history, timeout=10).ok is expected, history
         verdicts[expected] += 1
     assert verdicts[True] > 50 and verdicts[False] > 50, verdicts
+
+
+def test_overlapping_reads_are_not_tried_in_every_order() -> None:
+    # Sixteen clients read the same value at once, then one reads a value
+    # never written. A read the register accepts changes nothing, so it can
+    # go first in any linearization: trying the reads in every order (2**16
+    # configurations) only to reject the last one is wasted work.
+    reads = [op(p, "get", "x", 2, 3 + p / 100, output=1) for p in range(16)]
+    for verdict, last in ((True, 1), (False, 7)):
+        history = [op(0, "put", "x", 0, 1, value=1), *reads, op(0, "get", "x", 4, 5, output=last)]
+        result = check(history, timeout=60)
+        assert result.ok is verdict
+        assert result.per_key["x"].configurations < 100, result.per_key["x"].describe()
+
+
+def _linearizable_by_enumeration(history: list[Operation]) -> bool:
+    """Whether some order of the ok operations and of some of the unknown
+    ones respects real time and the register model: every order is tried,
+    with no memory of what failed and no shortcut."""
+    from raftlib.testing.lincheck import RegisterModel
+
+    model = RegisterModel()
+    kept = [o for o in history if o.status != "fail"]
+
+    def extend(state: Any, left: list[Operation]) -> bool:
+        if all(o.status != "ok" for o in left):
+            return True
+        for i, o in enumerate(left):
+            # o may go next unless an operation still left returned before it was called.
+            if any(other.end < o.call for other in left):
+                continue
+            legal, after = model.step(state, o)
+            if legal and extend(after, left[:i] + left[i + 1:]):
+                return True
+        return False
+
+    return extend(model.init(None), kept)
+
+
+@st.composite
+def _small_histories(draw: st.DrawFn) -> list[Operation]:
+    """Up to seven operations on one key of a real register, with coarse
+    times (so that many overlap, and some tie): each took effect at some
+    point between its call and its return, or, if its outcome is unknown,
+    maybe never, and a failed one never. Then, often, one output is
+    changed, which usually makes the history not linearizable."""
+    drawn = []
+    for p in range(draw(st.integers(1, 7))):
+        kind = draw(st.sampled_from(["get", "put", "put", "cas"]))
+        status = draw(st.sampled_from(["ok", "ok", "ok", "unknown", "fail"]))
+        call = draw(st.integers(0, 5))
+        ret = call + draw(st.integers(0, 4))
+        point = call + draw(st.integers(0, 4 * (ret - call))) / 4
+        applied = status == "ok" or (status == "unknown" and draw(st.booleans()))
+        value = None if kind == "get" else draw(st.integers(0, 1))
+        expected = draw(st.sampled_from([None, 0, 1])) if kind == "cas" else None
+        drawn.append((point if applied else None, p, kind, status, call, ret, value, expected))
+    outputs: dict[int, Any] = {}
+    state: Any = None
+    for point, p, kind, _, _, _, value, expected in sorted(drawn, key=lambda d: (d[0] is None, d[0] or 0)):
+        if point is None:
+            continue
+        if kind == "get":
+            outputs[p] = state
+        elif kind == "put":
+            state = value
+        else:
+            outputs[p] = state == expected
+            state = value if outputs[p] else state
+    if outputs and draw(st.booleans()):
+        p = draw(st.sampled_from(sorted(outputs)))
+        outputs[p] = (not outputs[p]) if type(outputs[p]) is bool else draw(st.sampled_from([None, 0, 1]))
+    return [
+        op(p, kind, "k", call, ret, value=value, expected=expected, output=outputs.get(p) if status == "ok" else None,
+           status=status)
+        for _, p, kind, status, call, ret, value, expected in drawn
+    ]
+
+
+@settings(max_examples=400, deadline=None)
+@given(_small_histories())
+@example([  # a put of the value the register holds still changes it if it goes later
+    op(0, "put", "k", 0, 1, value=1), op(1, "put", "k", 2, 5, value=1), op(2, "put", "k", 2, 5, value=2),
+    op(3, "get", "k", 6, 7, output=1),
+])
+def test_the_verdict_agrees_with_trying_every_order(history: list[Operation]) -> None:
+    result = check(history, timeout=30)
+    assert result.ok is _linearizable_by_enumeration(history), history
+    if result.violation is not None:
+        assert _is_a_linearization(result.violation.prefix, result.violation.state), result.explain()
+
+
+def _is_a_linearization(prefix: tuple[Operation, ...], state: Any) -> bool:
+    """Whether ``prefix`` is a legal sequence of distinct operations in an
+    order real time allows, that leaves the register in ``state``."""
+    from raftlib.testing.lincheck import RegisterModel
+
+    model = RegisterModel()
+    now = model.init(None)
+    if len(set(map(id, prefix))) != len(prefix):
+        return False
+    for i, o in enumerate(prefix):
+        if any(later.end < o.call for later in prefix[i + 1:]):
+            return False
+        legal, now = model.step(now, o)
+        if not legal:
+            return False
+    return bool(now == state)
+
+
+def test_the_prefix_explaining_a_violation_is_a_real_one() -> None:
+    # An unknown put of 1 could explain one read of 1, not two. The search
+    # that proves it lets interchangeable unknown operations be used again;
+    # the explanation came from that search, and showed the one put twice
+    # in "the longest linearizable prefix".
+    history = [
+        op(1, "put", "x", 0, None, value=1, status="unknown"), op(2, "put", "x", 0, None, value=5, status="unknown"),
+        op(3, "put", "x", 1, 2, value=2), op(3, "get", "x", 3, 4, output=1),
+        op(3, "put", "x", 5, 6, value=2), op(3, "get", "x", 7, 8, output=1), op(3, "get", "x", 9, 10, output=3),
+    ]
+    violation = check(history).violation
+    assert violation is not None
+    assert _is_a_linearization(violation.prefix, violation.state), violation.explain()
+    assert [o for o in violation.stuck if o in violation.prefix] == [], violation.explain()
+
+
+def test_a_violation_lists_what_overlaps_it_not_every_write_of_unknown_outcome() -> None:
+    # Thirty puts that timed out long before a stale read were each listed
+    # as "concurrent" with it (an unknown outcome never ends), burying the
+    # operations that matter; they are counted instead.
+    history = [op(p, "put", "x", p, None, value=p, status="unknown") for p in range(30)]
+    history += [op(31, "put", "x", 100, 101, value="new"), op(32, "get", "x", 102, 103, output="old"),
+                op(33, "get", "x", 102.5, 104, output="new")]
+    violation = check(history).violation
+    assert violation is not None
+    text = violation.explain()
+    assert "p32 get('x') -> 'old'" in text and "p33 get('x') -> 'new'" in text
+    assert len(text.splitlines()) < 20, text
+    assert "30 operations of unknown outcome" in text, text
+
+
+def _long_operations(seed: int, clients: int, ops: int, unknown: float) -> list[Operation]:
+    """A real register's history where every operation lasts long enough
+    to overlap about ``clients`` others; a share ``unknown`` of the writes
+    end with an unknown outcome (they did take effect)."""
+    rng = random.Random(seed)
+    free = [0.0] * clients
+    drawn = []
+    for _ in range(ops):
+        p = min(range(clients), key=free.__getitem__)
+        call = free[p] + rng.random() / 10
+        free[p] = ret = call + rng.uniform(0.5, 10)
+        drawn.append((rng.uniform(call, ret), p, rng.choice(["get", "put", "cas"]), call, ret,
+                      rng.randrange(5), rng.randrange(5), rng.random() < unknown))
+    history = []
+    value = None
+    for _, p, kind, call, ret, v, e, lost in sorted(drawn):
+        if kind == "get":
+            history.append(op(p, "get", "k", call, ret, output=value))
+            continue
+        won = kind == "put" or value == e
+        value = v if won else value
+        history.append(op(p, kind, "k", call, None if lost else ret, value=v, expected=e if kind == "cas" else None,
+                          output=None if lost or kind == "put" else won, status="unknown" if lost else "ok"))
+    return sorted(history, key=lambda o: o.call)
+
+
+def test_a_violation_among_writes_of_unknown_outcome_is_found_without_a_long_detour() -> None:
+    # The first search, exact and quick to find a linearization when there
+    # is one, went on for twice as long as the relaxed search that
+    # then proved there was none.
+    history = _long_operations(0, clients=10, ops=600, unknown=0.1)
+    assert check(history, timeout=60).ok is True
+    gets = [i for i, o in enumerate(history) if o.kind == "get"]
+    i = gets[len(gets) // 2]
+    history[i] = op(history[i].process, "get", "k", history[i].call, history[i].ret, output="never written")  # type: ignore[arg-type]
+    result = check(history, timeout=60)
+    assert result.ok is False
+    assert result.per_key["k"].configurations < 80_000, result.per_key["k"].describe()
+
+
+def test_a_check_cut_short_by_its_timeout_is_undecided_never_linearizable() -> None:
+    # Twenty clients whose operations each overlap some twenty others, and
+    # a read in the middle of a value never written: the search has far
+    # more to explore than the timeout allows. Another key is easy.
+    history = _long_operations(0, clients=20, ops=1000, unknown=0.0)
+    gets = [i for i, o in enumerate(history) if o.kind == "get"]
+    i = gets[len(gets) // 2]
+    history[i] = op(history[i].process, "get", "k", history[i].call, history[i].ret, output="never written")  # type: ignore[arg-type]
+    history += [op(1, "put", "easy", 0, 1, value=1), op(2, "get", "easy", 2, 3, output=1)]
+    result = check(history, timeout=0.2)
+    assert result.ok is None and result.verdict == "unknown" and not result
+    assert result.per_key["easy"].ok is True and result.per_key["k"].ok is None
+    assert "UNKNOWN" in result.explain() and "timed out" in result.explain()
+
+
+def test_the_model_is_asked_about_each_operation_in_each_state_once() -> None:
+    # The search meets the same (state, operation) pairs again and again,
+    # in configurations that differ elsewhere; asking the model each time
+    # was most of the time the search took.
+    from collections import Counter
+
+    from raftlib.testing.lincheck import RegisterModel
+
+    asked: Counter[tuple[int, Any]] = Counter()
+
+    class Counting(RegisterModel):
+        def step(self, state: Any, o: Operation) -> tuple[bool, Any]:
+            asked[id(o), state] += 1
+            return super().step(state, o)
+
+    history = _long_operations(1, clients=10, ops=300, unknown=0.0)
+    assert check(history, model=Counting()).ok is True
+    assert asked and max(asked.values()) == 1, asked.most_common(3)
+
+
+def test_a_rejected_read_is_traced_to_where_its_value_came_from() -> None:
+    # "rejected in state 2" says what the read should have seen; where the
+    # value it did see came from tells a stale read from a lost or a
+    # phantom write at a glance.
+    stale = [op(1, "put", "x", 0, 1, value=1), op(1, "put", "x", 2, 3, value=2), op(2, "get", "x", 4, 5, output=1)]
+    assert "1 was last written by p1 put('x', 1) [0, 1], operation 1 of the prefix" in check(stale).explain()
+    phantom = [op(1, "put", "x", 0, 1, value=1), op(2, "get", "x", 2, 3, output=7)]
+    assert "no operation wrote 7" in check(phantom).explain()
+    failed = [op(1, "put", "x", 0, 1, value=7, status="fail"), op(2, "get", "x", 2, 3, output=7)]
+    assert "7 was written only by p1 put('x', 7) [0, 1] failed, which did not take effect" in check(failed).explain()

@@ -85,6 +85,8 @@ from .ports import free_port
 __all__ = ["JepsenConfig", "run", "main"]
 
 NEMESES = ("kill", "pause", "partition", "isolate-leader", "membership", "transfer")
+# The faults that act between nodes, which one node alone cannot have.
+_BETWEEN_NODES = ("partition", "isolate-leader", "membership", "transfer")
 BROKEN = ("stale-reads", "leader-reads")
 
 
@@ -145,7 +147,8 @@ class _Run:
     cfg: JepsenConfig
     rng: random.Random
     nodes: list[_Node] = field(default_factory=list)
-    history: History = field(default_factory=History)
+    history: History = field(init=False)
+    """Operations, timed in seconds from ``t0``, as faults and latencies are."""
     faults: list[_Fault] = field(default_factory=list)
     latencies: list[tuple[float, float, str]] = field(default_factory=list)
     crashes: list[tuple[str, int, float]] = field(default_factory=list)
@@ -161,6 +164,9 @@ class _Run:
     next_value: int = 0
     last_seen: dict[str, Any] = field(default_factory=dict)
     """The latest value each key was seen with, so that many cas operations can succeed."""
+
+    def __post_init__(self) -> None:
+        self.history = History(clock=lambda: time.monotonic() - self.t0)
 
 
 # -- nodes ------------------------------------------------------------------------------------
@@ -703,13 +709,20 @@ async def run(cfg: JepsenConfig) -> tuple[Result, dict[str, Any]]:
         raise ValueError(f"--broken takes one of {', '.join(BROKEN)}, not {cfg.broken!r}")
     if cfg.nodes < 1 or cfg.clients < 1 or not 0 < cfg.time < math.inf or cfg.keys < 1:
         raise ValueError("--nodes, --clients, --keys and --time must be positive")
+    between = [n for n in cfg.nemesis if n in _BETWEEN_NODES]
+    if cfg.nodes < 2 and between:
+        raise ValueError(f"--nemesis {','.join(between)} needs at least 2 nodes (--nodes {cfg.nodes});"
+                         f" with one node, only {' and '.join(n for n in NEMESES if n not in _BETWEEN_NODES)} apply")
     if not 0 < cfg.op_timeout < math.inf:
         raise ValueError(f"--op-timeout must be a positive number of seconds, not {cfg.op_timeout}")
     if not 20 <= cfg.election_timeout_ms <= 60_000:
         raise ValueError(f"--election-timeout-ms must be from 20 to 60000 (as for raftlib serve),"
                          f" not {cfg.election_timeout_ms}")
     state = _Run(cfg, random.Random(cfg.seed), t0=time.monotonic())
-    cfg.out.mkdir(parents=True, exist_ok=True)
+    try:
+        cfg.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"--out {cfg.out}: cannot make the output folder ({exc.strerror})") from None
     work = Path(tempfile.mkdtemp(prefix="raftlib-jepsen-"))
     names = [f"n{i}" for i in range(1, cfg.nodes + 1)]
     partitioner = Partitioner(names)
@@ -731,6 +744,7 @@ async def run(cfg: JepsenConfig) -> tuple[Result, dict[str, Any]]:
     clients: list[asyncio.Future[None]] = []
     nemesis: asyncio.Future[None] | None = None
     watch: asyncio.Future[None] | None = None
+    interrupted = False
     try:
         for node in state.nodes:
             proxy = Proxy(node.name, node.proxy_port, node.port, partitioner)
@@ -770,23 +784,41 @@ async def run(cfg: JepsenConfig) -> tuple[Result, dict[str, Any]]:
             elif not client.cancelled() and isinstance(client.exception(), Exception):
                 outcome = client.exception()
                 state.client_errors.append(f"client {process}: {type(outcome).__name__}: {outcome}")
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        interrupted = True
+        raise
     finally:
-        for signum in (signal.SIGTERM, signal.SIGHUP):
-            loop.remove_signal_handler(signum)
-        # Stop the nemesis and the clients first: a nemesis still running
-        # would restart the node it killed after the nodes are stopped.
-        for task in [nemesis, *clients, watch]:
-            if task is not None:
-                task.cancel()
-        await asyncio.gather(*[t for t in [nemesis, *clients, watch] if t is not None], return_exceptions=True)
-        for node in state.nodes:
-            _kill(node)
-        for proxy in proxies:
-            await proxy.close()
-        if cfg.keep_data:
-            print(f"the nodes' data directories are kept in {work}", flush=True)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        # Stopping must not be broken off half-way, leaving nodes running
+        # (they have sessions of their own, out of reach of the terminal's
+        # Ctrl-C): a second Ctrl-C, SIGTERM or SIGHUP now only says so.
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(signum, _still_stopping)
+        try:
+            # Stop the nemesis and the clients first: a nemesis still running
+            # would restart the node it killed after the nodes are stopped.
+            for task in [nemesis, *clients, watch]:
+                if task is not None:
+                    task.cancel()
+            await asyncio.gather(*[t for t in [nemesis, *clients, watch] if t is not None], return_exceptions=True)
+            for node in state.nodes:
+                _kill(node)
+            for proxy in proxies:
+                await proxy.close()
+            if cfg.keep_data:
+                print(f"the nodes' data directories are kept in {work}", flush=True)
+            else:
+                shutil.rmtree(work, ignore_errors=True)
+            if interrupted:
+                # What was recorded so far is kept, unchecked.
+                stopped_at = time.monotonic() - state.t0
+                state.history.save(cfg.out / "history.jsonl")
+                summary = _summary(state, state.history.operations(), None, None)
+                summary["data_dir"] = str(work) if cfg.keep_data else None
+                (cfg.out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+                (cfg.out / "latency.svg").write_text(_plot(state, stopped_at))
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                loop.remove_signal_handler(signum)
     ops = state.history.operations()
     state.history.save(cfg.out / "history.jsonl")
     result = state.history.check(timeout=120.0)
@@ -830,7 +862,13 @@ async def _wait_for_leader(state: _Run, timeout: float) -> None:
     raise RaftError(f"no leader was elected within {timeout} s; see the node logs in {state.cfg.out}")
 
 
-def _summary(state: _Run, ops: list[Any], result: Result, healed_at: float) -> dict[str, Any]:
+def _still_stopping() -> None:
+    print("stopping every node and proxy; the run ends once they are down", file=sys.stderr, flush=True)
+
+
+def _summary(state: _Run, ops: list[Any], result: Result | None, healed_at: float | None) -> dict[str, Any]:
+    """The summary of a run; ``result`` is None if the run was interrupted
+    (the history was not checked), and ``healed_at`` then too."""
     counts: dict[str, dict[str, int]] = {}
     for op in ops:
         counts.setdefault(op.kind, {"ok": 0, "fail": 0, "unknown": 0})[op.status] += 1
@@ -843,15 +881,15 @@ def _summary(state: _Run, ops: list[Any], result: Result, healed_at: float) -> d
         "availability": round(ok / total, 4) if total else 0.0,
         "faults": [{"kind": f.kind, "start": round(f.start, 3), "end": round(f.end or 0, 3), "detail": f.detail,
                     "done": f.done} for f in state.faults],
-        "healed_at": round(healed_at, 3),
+        "healed_at": None if healed_at is None else round(healed_at, 3),
         "crashes": [{"node": name, "status": status, "at": round(at, 3)} for name, status, at in state.crashes],
         "client_errors": state.client_errors,
         "nemesis_errors": state.nemesis_errors,
         "errors": dict(sorted(state.errors.items())),
         "fault_counts": {kind: sum(1 for f in state.faults if f.kind == kind and f.done) for kind in state.cfg.nemesis},
         "clients": {str(p): (n.name if (n := _bound_node(state, p)) else "leader") for p in range(state.cfg.clients)},
-        "verdict": result.verdict,
-        "explanation": result.explain() if result.ok is not True else "",
+        "verdict": "not checked (interrupted)" if result is None else result.verdict,
+        "explanation": "" if result is None or result.ok is True else result.explain(),
     }
 
 
@@ -897,7 +935,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=10,
                         help="concurrent clients: even ones follow the leader, odd ones keep to one node"
                              " (default 10)")
-    parser.add_argument("--nemesis", default=",".join(NEMESES), help=f"comma-separated: {','.join(NEMESES)}")
+    parser.add_argument("--nemesis", default=",".join(NEMESES),
+                        help=f"comma-separated: {','.join(NEMESES)} (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fault schedule (default 0)")
     parser.add_argument("--keys", type=int, default=3, help="keys the clients share (default 3)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: jepsen-results/<time>)")
@@ -923,7 +962,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, asyncio.CancelledError):
-        print("interrupted: every node was stopped; the history was not checked", file=sys.stderr)
+        print(f"interrupted: every node was stopped; the history so far, not checked, is in {out}",
+              file=sys.stderr)
         return 1
     print(f"operations: {summary['operations']}")
     for kind, c in sorted(summary["by_kind"].items()):

@@ -45,7 +45,18 @@ everything reachable from a configuration depends on nothing else, so a
 configuration met twice is explored once. All operations that returned
 before the earliest pending one are necessarily linearized, so a bitset is
 stored as (the number of its trailing ones, the bits above them): small,
-however long the history.
+however long the history. Model states are numbered as they are met, and
+the model is asked about each operation in each state once: the same step
+recurs in many configurations, and a configuration is then three integers.
+
+Operations that never change the state (the model's ``read_only``: a read,
+a cas that reported no swap) need no branching. One the model accepts in
+the current state can go first in any linearization from there: it is a
+candidate, so moving it earlier keeps real time, and it changes nothing,
+so the operations it moves past see the same states. When there is one it
+is the only candidate tried. Without this, a violation after k overlapping
+reads of one value is reported only once the reads were tried in 2**k
+orders.
 
 Unknown operations have a call entry and no return entry: nothing forces
 them to be placed, and the search succeeds as soon as every ``ok`` operation
@@ -63,8 +74,11 @@ With unknown operations the search runs in up to three passes, each sound
 in the direction it answers. First a cheap exact one: unknown operations
 are tried only where they let a waiting ``ok`` operation go next, and one
 unknown bitset is kept per configuration; a linearization it finds is
-real, and a dead end is a proof only if it pruned nothing. Then, for the
-register model, a relaxed one, where unknown operations that do the same
+real, and a dead end is a proof only if it pruned nothing (for the
+register model it also gives up after a number of configurations
+proportional to the history: when there is no linearization, it would
+take longer to give up than the next pass takes to prove it). Then, for
+the register model, a relaxed one, where unknown operations that do the same
 thing are interchangeable and may be reused: a dead end there is a proof,
 and a linearization is accepted once it is checked to use no class more
 often than it has members. Only if that check fails does the full exact
@@ -97,6 +111,11 @@ _CLOCK_MASK = 1023
 
 # How many unknown bitsets per configuration the first, bounded exact search keeps.
 _ANTICHAIN_LIMIT = 1
+
+# How many configurations the first search visits before the relaxed one takes over
+# (register model): this many, plus so many per operation.
+_EAGER_BUDGET = 10_000
+_EAGER_BUDGET_PER_OPERATION = 20
 
 
 def _fmt_time(t: float | None) -> str:
@@ -216,8 +235,11 @@ class Model(Protocol):
     ``"unknown"`` the output means nothing: ``step`` must accept it in every
     state in which it can take effect at all.
 
-    A model may also define ``read_only(op) -> bool``; an unknown operation
-    for which it returns True is dropped before the search.
+    A model may also define ``read_only(op) -> bool``: True promises that
+    ``op`` never changes the state (``step`` returns the state it was given
+    whenever it accepts ``op``). An unknown operation for which it returns
+    True is dropped before the search, and an ok one is linearized as soon
+    as the model accepts it, without trying other orders.
     """
 
     def init(self, initial: Any) -> Any:
@@ -292,8 +314,9 @@ class RegisterModel:
         raise ValueError(f"the register model knows get, put and cas, not {kind!r}: {op.describe()}")
 
     def read_only(self, op: Operation) -> bool:
-        """Gets never change the register."""
-        return op.kind == "get"
+        """Whether ``op`` never changes the register: a get, or a cas that
+        reported it did not swap."""
+        return op.kind == "get" or (op.kind == "cas" and op.status == "ok" and op.output is False)
 
     def __repr__(self) -> str:
         return "RegisterModel()"
@@ -313,7 +336,13 @@ class Violation:
     called by then and not yet linearized, ``blocked`` among them), leads
     to a linearization: those in ``rejected`` are refused by the model in
     ``state`` outright, the others only lead to dead ends further on.
-    ``concurrent`` lists the other operations that overlap the stuck ones.
+    Operations of unknown outcome are among ``stuck`` only if they would
+    let a rejected one go next; ``other_unknown`` counts those that could
+    take effect too, but would not. ``concurrent`` lists the other
+    operations that overlap the stuck ones; ``earlier_unknown`` counts the
+    operations of unknown outcome left out of it because they were called
+    before the first stuck one (they may take effect at any time, so they
+    overlap everything after them).
     """
 
     key: Any
@@ -323,6 +352,10 @@ class Violation:
     stuck: tuple[Operation, ...]
     rejected: tuple[Operation, ...]
     concurrent: tuple[Operation, ...]
+    other_unknown: int = 0
+    earlier_unknown: int = 0
+    notes: tuple[str, ...] = ()
+    """Where the values the rejected reads saw came from (register model)."""
 
     def explain(self, max_prefix: int = 10) -> str:
         """A multi-line explanation naming the key and the operations."""
@@ -351,11 +384,23 @@ class Violation:
                 else "accepted, but every continuation fails"
             )
             lines.append(f"    {op.describe()}  <- {reason}")
+        for note in self.notes:
+            lines.append(f"    ({note})")
+        if self.other_unknown:
+            lines.append(
+                f"    ({self.other_unknown} operation{'s' if self.other_unknown != 1 else ''} of unknown outcome"
+                " could take effect here too, but would not make a rejected one possible)"
+            )
         linearized = set(map(id, self.prefix))
         lines.append("  Concurrent with them:" if self.concurrent else "  Concurrent with them: none.")
         for op in self.concurrent:
             note = "  (in the prefix)" if id(op) in linearized else ""
             lines.append(f"    {op.describe()}{note}")
+        if self.earlier_unknown:
+            lines.append(
+                f"    ({self.earlier_unknown} operation{'s' if self.earlier_unknown != 1 else ''} of unknown"
+                " outcome called earlier, not listed)"
+            )
         return "\n".join(lines)
 
 
@@ -538,9 +583,14 @@ def _check_key(key: Any, ops: list[Operation], model: Model, init_state: Any, de
             # end: only the register is known to reach no new states that
             # way (a put or cas again changes nothing); a custom model's
             # operations may add up (a counter), so it gets the exact one.
-            ok = search.run(deadline, exact=True, limit=_ANTICHAIN_LIMIT, eager=True)
+            register = type(model) is RegisterModel
+            # The cheap search finds a linearization quickly if there is
+            # one; when there is none it can take much longer than the
+            # relaxed one to give up, so for the register it gets a budget.
+            budget = _EAGER_BUDGET_PER_OPERATION * len(kept) + _EAGER_BUDGET if register else math.inf
+            ok = search.run(deadline, exact=True, limit=_ANTICHAIN_LIMIT, eager=True, budget=budget)
             if ok is False and not search.complete:
-                if type(model) is RegisterModel:
+                if register:
                     ok = search.run(deadline, exact=False)
                     if ok and not search.witness_fits():
                         ok = search.run(deadline, exact=True)
@@ -552,7 +602,7 @@ def _check_key(key: Any, ops: list[Operation], model: Model, init_state: Any, de
         raise TypeError(f"key {key!r}: model states must be hashable ({exc})") from None
     return KeyResult(
         key, ok, len(ops), len(ops) - len(kept), search.configurations, time.monotonic() - started,
-        search.violation() if ok is False else None,
+        search.violation(ops) if ok is False else None,
     )
 
 
@@ -569,6 +619,9 @@ class _Search:
         self.ops: list[Operation] = ok_ops + unknown
         self.n_ok = n_ok = len(ok_ops)
         self.bit: list[int] = [1 << i for i in range(n_ok)] + [1 << i for i in range(len(unknown))]
+        # The ok operations that never change the state (model.read_only).
+        read_only: Callable[[Operation], bool] | None = getattr(model, "read_only", None)
+        self.observer: list[bool] = [read_only is not None and bool(read_only(op)) for op in ok_ops]
         # Entries are positions in the time order of all calls and returns
         # (calls first at equal times: Rule 2); unknown operations have no
         # return entry. Only the entries of ok operations are linked.
@@ -597,17 +650,27 @@ class _Search:
                 raise TypeError(f"values must be hashable: {op.describe()}") from None
         self.classes: list[list[int]] = list(by_effect.values())
         self.class_of: dict[int, int] = {g: k for k, members in enumerate(self.classes) for g in members}
-        # state -> [(class, state after)] for the classes that would change it.
-        self._effects: dict[Any, list[tuple[int, Any]]] = {}
+        # Model states are numbered as met: states[sid] is the state numbered
+        # sid, and successors[g][sid] the number of the state after operation
+        # g in it, or -1 if the model rejects g there (see _after).
+        self.states: list[Any] = []
+        self._state_ids: dict[Any, int] = {}
+        self._successors: list[dict[int, int]] = [{} for _ in self.ops]
+        # sid -> [(class, state after)] for the classes that would change it.
+        self._effects: dict[int, list[tuple[int, int]]] = {}
         self.exact = True
         self.configurations = 0
-        # The deepest dead end: (ok operations linearized, prefix, state, return entry).
-        self.best: tuple[int, list[int], Any, int] | None = None
+        # The deepest dead end: (ok operations linearized, prefix, state number,
+        # return entry, the bound each of prefix was placed under).
+        self.best: tuple[int, list[int], int, int, list[int]] | None = None
+        # The same, from the last exact run that failed (its prefix is always real).
+        self.exact_best: tuple[int, list[int], int, int, list[int]] | None = None
         # The linearization found (operations, and the bound each was placed under).
         self.witness: tuple[list[int], list[int]] = ([], [])
 
     def run(
-        self, deadline: float, exact: bool = True, limit: int | None = None, eager: bool = False
+        self, deadline: float, exact: bool = True, limit: int | None = None, eager: bool = False,
+        budget: float = math.inf,
     ) -> bool | None:
         """True if linearizable, False if not, None if ``deadline`` passed first.
 
@@ -619,18 +682,20 @@ class _Search:
         False is one only if :attr:`complete` (nothing was pruned so).
         With ``eager``, unknown operations are only tried where they let a
         waiting ok operation go next (also incomplete, if any others were
-        skipped).
+        skipped). After visiting about ``budget`` configurations (and
+        meeting a dead end) the search gives up: False, and incomplete.
         """
-        step = self.model.step
         ops, bit, n_ok = self.ops, self.bit, self.n_ok
+        successors, after = self._successors, self._after
         head = self.head
         nxt, prv = _links(head, self.linked)
         entry_op, is_return, match = self.entry_op, self.is_return, self.match
+        observer = self.observer
         self.exact = exact
         self.best = None
         self.complete = True
 
-        def remember(seen: dict[tuple[int, int, Any], list[int]], memo: tuple[int, int, Any], unknown: int) -> bool:
+        def remember(seen: dict[tuple[int, int, int], list[int]], memo: tuple[int, int, int], unknown: int) -> bool:
             return _remember(seen, memo, unknown, limit, self)
         classes = self.classes
         n_classes = len(classes)
@@ -638,35 +703,64 @@ class _Search:
         dominance = exact and n_classes > 0
         monotonic = time.monotonic
 
-        state = self.init_state
+        state = self._number(self.init_state)  # the number of the model state (see _after)
         ok_bits = 0  # Invariant: bit i set iff ok operation i is linearized
         unk_bits = 0  # exact: the same for unknown operations (numbered from n_ok)
         remaining = n_ok
         path: list[int] = []  # the operations linearized, in order
         # For each of path: (state before, phase, position, bound, phase 1 order).
-        frames: list[tuple[Any, int, int, int, list[tuple[int, int, Any]] | None]] = []
+        frames: list[tuple[int, int, int, int, list[tuple[int, int, int]] | None]] = []
         # Visited configurations, keyed by (trailing ones, bits above, state) of
         # the ok bitset. A set, unless exact with unknown operations: then a
         # map to the antichain of unknown bitsets seen with that key (dominance).
-        seen: set[tuple[int, int, Any]] = set()
-        seen_unknown: dict[tuple[int, int, Any], list[int]] = {(0, 0, state): [0]}
+        seen: set[tuple[int, int, int]] = set()
+        seen_unknown: dict[tuple[int, int, int], list[int]] = {(0, 0, state): [0]}
         configurations = 1
         ticks = 0
         entry = nxt[head]  # phase 0: the next linked entry to try
-        phase = 0  # 0: trying ok candidates; 1: trying unknown ones
+        scan = True  # phase 0: a configuration just entered, look for a candidate that changes nothing first
+        forced = False  # phase 0: entry is such a candidate, the only one to try
+        phase = 0  # 0: trying ok candidates; 1: trying unknown ones; in frames, 2: a forced ok candidate
         bound = head  # phase 1: the first return entry; unknown candidates are called before it
-        order: list[tuple[int, int, Any]] | None = None  # phase 1: (class, operation, state after) to try
+        order: list[tuple[int, int, int]] | None = None  # phase 1: (class, operation, state after) to try
         at = 0  # phase 1: the next index in order
         while remaining:
             ticks += 1
-            if not ticks & _CLOCK_MASK and monotonic() > deadline:
-                self.configurations += configurations
-                return None
+            if not ticks & _CLOCK_MASK:
+                if monotonic() > deadline:
+                    self.configurations += configurations
+                    return None
+                if configurations > budget and self.best is not None:
+                    self.configurations += configurations
+                    self.complete = False
+                    if exact:
+                        self.exact_best = self.best
+                    return False
+            if scan:
+                # A candidate that never changes the state (a read, a failed
+                # cas) and that the model accepts here can go first in any
+                # linearization from here, so it is the only one to try: the
+                # others' orders need not be explored around it.
+                scan = False
+                e = entry
+                while not is_return[e]:
+                    g = entry_op[e]
+                    if observer[g]:
+                        new_state = successors[g].get(state)
+                        if new_state is None:
+                            new_state = after(state, g)
+                        if new_state >= 0:
+                            entry, forced = e, True
+                            break
+                    e = nxt[e]
+                continue
             if phase == 0:
                 if not is_return[entry]:
                     g = entry_op[entry]
-                    legal, new_state = step(state, ops[g])
-                    if legal:
+                    new_state = successors[g].get(state)
+                    if new_state is None:
+                        new_state = after(state, g)
+                    if new_state >= 0:
                         new_ok = ok_bits | bit[g]
                         ones = (new_ok ^ (new_ok + 1)).bit_length() - 1
                         memo = (ones, new_ok >> ones, new_state)
@@ -676,8 +770,8 @@ class _Search:
                                 seen.add(memo)
                             configurations += 1
                             path.append(g)
-                            frames.append((state, 0, entry, bound, None))
-                            state, ok_bits = new_state, new_ok
+                            frames.append((state, 2 if forced else 0, entry, bound, None))
+                            state, ok_bits, forced = new_state, new_ok, False
                             remaining -= 1
                             # Lift: unlink the call entry and its return entry.
                             nxt[prv[entry]] = nxt[entry]
@@ -686,15 +780,23 @@ class _Search:
                             nxt[prv[r]] = nxt[r]
                             if nxt[r] >= 0:
                                 prv[nxt[r]] = prv[r]
-                            entry = nxt[head]
+                            entry, scan = nxt[head], True
                             continue
-                    entry = nxt[entry]
-                    continue
-                bound = entry
-                if n_classes:
-                    phase, at = 1, 0
-                    order = self._unknown_candidates(state, bound, counts if exact else None, nxt, eager)
-                    continue
+                    if not forced:
+                        entry = nxt[entry]
+                        continue
+                    # The forced candidate was explored already, and failed:
+                    # so does this configuration.
+                    forced = False
+                    while not is_return[entry]:
+                        entry = nxt[entry]
+                    bound = entry
+                else:
+                    bound = entry
+                    if n_classes:
+                        phase, at = 1, 0
+                        order = self._unknown_candidates(state, bound, counts if exact else None, nxt, eager)
+                        continue
             else:
                 assert order is not None
                 if at < len(order):
@@ -715,20 +817,30 @@ class _Search:
                         state, unk_bits = new_state, new_unk
                         if exact:
                             counts[k] += 1
-                        entry, phase = nxt[head], 0
+                        entry, phase, scan = nxt[head], 0, True
                         continue
                     at += 1
                     continue
             # Dead end: the operation returning at `bound` cannot be placed.
             depth = n_ok - remaining
-            if self.best is None or depth > self.best[0]:
-                self.best = (depth, path[:], state, bound)
-            if not path:
-                self.configurations += configurations
-                return False
-            g = path.pop()
-            state, phase, position, bound, order = frames.pop()
-            if phase == 0:
+            # The deepest, and of those the one with the fewest unknown operations (the easiest to read).
+            if self.best is None or depth > self.best[0] or (depth == self.best[0] and len(path) < len(self.best[1])):
+                self.best = (depth, path[:], state, bound, [frame[3] for frame in frames])
+            while True:
+                if not path:
+                    self.configurations += configurations
+                    if exact:
+                        self.exact_best = self.best
+                    return False
+                g = path.pop()
+                state, phase, position, bound, order = frames.pop()
+                if phase == 1:
+                    assert order is not None
+                    unk_bits ^= bit[g]
+                    if exact:
+                        counts[order[position][0]] -= 1
+                    at = position + 1
+                    break
                 ok_bits ^= bit[g]
                 remaining += 1
                 # Unlift, in the reverse order of the lift.
@@ -738,92 +850,118 @@ class _Search:
                     prv[nxt[r]] = r
                 nxt[prv[position]] = position
                 prv[nxt[position]] = position
-                entry = nxt[position]
-            else:
-                assert order is not None
-                unk_bits ^= bit[g]
-                if exact:
-                    counts[order[position][0]] -= 1
-                at = position + 1
+                if phase == 0:
+                    entry = nxt[position]
+                    break
+                # Phase 2: a forced candidate failed, so did the configuration it left.
         self.configurations += configurations
         self.witness = (path, [frame[3] for frame in frames])
         return True
 
     def _unknown_candidates(
-        self, state: Any, bound: int, counts: list[int] | None, nxt: list[int], eager: bool = False
-    ) -> list[tuple[int, int, Any]]:
-        """The unknown operations worth trying in ``state``, as (class,
-        operation, state after): the next member of each class called
-        before ``bound`` (any member, again and again, if ``counts`` is
-        None: the relaxed search) that would change the state. Those after
-        which some ok candidate the model now rejects becomes legal come
-        first: they are what a stuck read or cas is waiting for."""
-        step, ops = self.model.step, self.ops
+        self, sid: int, bound: int, counts: list[int] | None, nxt: list[int], eager: bool = False
+    ) -> list[tuple[int, int, int]]:
+        """The unknown operations worth trying in the state numbered
+        ``sid``, as (class, operation, state after): the next member of each
+        class called before ``bound`` (any member, again and again, if
+        ``counts`` is None: the relaxed search) that would change the state.
+        Those after which some ok candidate the model now rejects becomes
+        legal come first: they are what a stuck read or cas is waiting for."""
+        after = self._after
         waiting = []
         e = nxt[self.head]
         while e != bound:
-            op = ops[self.entry_op[e]]
-            if not step(state, op)[0]:
-                waiting.append(op)
+            g = self.entry_op[e]
+            if after(sid, g) < 0:
+                waiting.append(g)
             e = nxt[e]
-        effects = self._effects.get(state)
+        effects = self._effects.get(sid)
         if effects is None:
             # What each class would do here (its members all do the same).
-            effects = self._effects[state] = []
+            effects = self._effects[sid] = []
             for k, members in enumerate(self.classes):
-                legal, new_state = step(state, ops[members[0]])
-                if legal and new_state != state:
-                    effects.append((k, new_state))
-        first: list[tuple[int, int, Any]] = []
-        rest: list[tuple[int, int, Any]] = []
+                new_sid = after(sid, members[0])
+                if new_sid >= 0 and new_sid != sid:
+                    effects.append((k, new_sid))
+        first: list[tuple[int, int, int]] = []
+        rest: list[tuple[int, int, int]] = []
         classes, call_entry = self.classes, self.call_entry
-        for k, new_state in effects:
+        for k, new_sid in effects:
             members = classes[k]
             if call_entry[members[0]] >= bound:
                 break  # classes are in the order of their first calls
             c = 0 if counts is None else counts[k]
             if c < len(members) and call_entry[members[c]] < bound:
                 helps = False
-                for op in waiting:
-                    if step(new_state, op)[0]:
+                for g in waiting:
+                    if after(new_sid, g) >= 0:
                         helps = True
                         break
-                (first if helps else rest).append((k, members[c], new_state))
+                (first if helps else rest).append((k, members[c], new_sid))
         if eager:
             if rest:
                 self.complete = False
             return first
         return first + rest
 
+    def _number(self, state: Any) -> int:
+        """The number of ``state`` (a new one if it was not met before)."""
+        sid = self._state_ids.get(state)
+        if sid is None:
+            sid = self._state_ids[state] = len(self.states)
+            self.states.append(state)
+        return sid
+
+    def _after(self, sid: int, g: int) -> int:
+        """The number of the state after operation ``g`` in state ``sid``,
+        or -1 if the model rejects it there; each is asked of the model once."""
+        new_sid = self._successors[g].get(sid)
+        if new_sid is None:
+            legal, new_state = self.model.step(self.states[sid], self.ops[g])
+            new_sid = self._successors[g][sid] = self._number(new_state) if legal else -1
+        return new_sid
+
     def witness_fits(self) -> bool:
         """Whether the linearization found by a relaxed :meth:`run` uses no
         class of unknown operations more often than it had members called
         by then (so that it is a linearization of the history itself)."""
-        path, bounds = self.witness
+        return self._fits(*self.witness)
+
+    def _fits(self, path: list[int], bounds: list[int]) -> bool:
+        """Whether ``path``, with the j-th use of a class of unknown
+        operations taken as its j-th member, places each of those after its
+        call (before ``bounds``): whether it is a real linearization. A path
+        of an exact run always is; one of a relaxed run may reuse members."""
         used = [0] * len(self.classes)
-        index = {members[0]: k for k, members in enumerate(self.classes)}
         for g, bound in zip(path, bounds):
-            k = index.get(g)
-            if k is not None:
+            if g >= self.n_ok:
+                k = self.class_of[g]
                 members = self.classes[k]
                 if used[k] >= len(members) or self.call_entry[members[used[k]]] >= bound:
                     return False
                 used[k] += 1
         return True
 
-    def violation(self) -> Violation:
-        """The explanation, from the deepest dead end (call after run() returned False)."""
-        assert self.best is not None
-        _, path, state, ret_entry = self.best
-        # The j-th use of a class of unknown operations is its j-th member
-        # (after a relaxed run, uses beyond the last member repeat it).
+    def violation(self, history: Sequence[Operation] = ()) -> Violation:
+        """The explanation, from the deepest dead end (call after run() returned False).
+        ``history`` is all of the key's operations, failed ones included.
+
+        A relaxed run's deepest dead end may have reused an unknown
+        operation; the explanation then comes from the exact run before it,
+        so that its prefix is always a linearization of real operations."""
+        best = self.best
+        if best is None or not self._fits(best[1], best[4]):
+            best = self.exact_best
+        assert best is not None
+        _, path, sid, ret_entry, _ = best
+        state = self.states[sid]
+        # The j-th use of a class of unknown operations is its j-th member.
         used = [0] * len(self.classes)
         prefix: list[int] = []
         for g in path:
             if g >= self.n_ok:
                 k = self.class_of[g]
-                members = self.classes[k]
-                g = members[min(used[k], len(members) - 1)]
+                g = self.classes[k][used[k]]
                 used[k] += 1
             prefix.append(g)
         done = set(prefix)
@@ -832,24 +970,31 @@ class _Search:
             if e < ret_entry and not self.is_return[e] and self.entry_op[e] not in done
         ]
         for k, members in enumerate(self.classes):
-            g = members[min(used[k], len(members) - 1)]
-            if (used[k] < len(members) or not self.exact) and self.call_entry[g] < ret_entry:
-                candidates.append(g)
+            if used[k] < len(members) and self.call_entry[members[used[k]]] < ret_entry:
+                candidates.append(members[used[k]])
         blocked = self.ops[self.entry_op[ret_entry]]
         stuck: list[Operation] = []
         rejected: list[Operation] = []
+        unknown: list[tuple[Operation, Any]] = []
         for g in candidates:
             op = self.ops[g]
             legal, new_state = self.model.step(state, op)
-            if g >= self.n_ok and (not legal or new_state == state):
-                continue  # an unknown operation that could not matter here
+            if g >= self.n_ok:
+                if legal and new_state != state:  # else it could not matter here
+                    unknown.append((op, new_state))
+                continue
             stuck.append(op)
             if not legal:
                 rejected.append(op)
+        other = [op for op, after in unknown if not any(self.model.step(after, r)[0] for r in rejected)]
+        other_ids = set(map(id, other))
+        stuck += [op for op, _ in unknown if id(op) not in other_ids]
         lo = min(op.call for op in stuck if op.status == "ok")
         hi = blocked.end
-        stuck_ids = set(map(id, stuck))
-        concurrent = [op for op in self.ops if id(op) not in stuck_ids and op.call <= hi and op.end >= lo]
+        left_out = set(map(id, stuck + other))
+        concurrent = [op for op in self.ops if id(op) not in left_out and op.call <= hi and op.end >= lo]
+        earlier = [op for op in concurrent if op.status != "ok" and op.call < lo]
+        concurrent = [op for op in concurrent if not (op.status != "ok" and op.call < lo)]
         return Violation(
             key=self.key,
             prefix=tuple(self.ops[g] for g in prefix),
@@ -858,12 +1003,48 @@ class _Search:
             stuck=tuple(sorted(stuck, key=lambda op: op.call)),
             rejected=tuple(rejected),
             concurrent=tuple(sorted(concurrent, key=lambda op: op.call)),
+            other_unknown=len(other),
+            earlier_unknown=len(earlier),
+            notes=self._sources(rejected, [self.ops[g] for g in prefix], history),
         )
+
+    def _sources(
+        self, rejected: list[Operation], prefix: list[Operation], history: Sequence[Operation]
+    ) -> tuple[str, ...]:
+        """For the register model, where the value each rejected get read
+        came from: the last write of it in ``prefix``, a write that could
+        not go there, a failed write, or none."""
+        if not isinstance(self.model, RegisterModel):
+            return ()
+        notes = []
+        place = {id(op): i for i, op in enumerate(prefix, start=1)}
+        for read in rejected:
+            if read.kind != "get":
+                continue
+            seen = _Value(read.output)
+            writes = [
+                op for op in history
+                if op.kind in ("put", "cas") and _Value(op.value) == seen
+                and not (op.kind == "cas" and op.status == "ok" and op.output is not True)
+            ]
+            done = [op for op in writes if id(op) in place]
+            if done:
+                last = max(done, key=lambda op: place[id(op)])
+                notes.append(f"{seen!r} was last written by {last.describe()}, operation {place[id(last)]} of"
+                             f" the prefix")
+            elif any(op.status != "fail" for op in writes):
+                first = min((op for op in writes if op.status != "fail"), key=lambda op: op.call)
+                notes.append(f"{seen!r} was written by {first.describe()}, which could not have taken effect by then")
+            elif writes:
+                notes.append(f"{seen!r} was written only by {writes[0].describe()}, which did not take effect")
+            elif seen != self.init_state:
+                notes.append(f"no operation wrote {seen!r}")
+        return tuple(notes)
 
 
 def _remember(
-    seen: dict[tuple[int, int, Any], list[int]],
-    memo: tuple[int, int, Any],
+    seen: dict[tuple[int, int, int], list[int]],
+    memo: tuple[int, int, int],
     unknown: int,
     limit: int | None,
     search: _Search,
