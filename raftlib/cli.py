@@ -16,7 +16,7 @@ import signal
 import sys
 import tempfile
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import click
 
@@ -589,18 +589,56 @@ class _ValueCommand(click.Command):
             raise
 
 
+def _file_text(path: str, flag: str) -> str:
+    """The whole content of ``path`` (``-``: standard input) as UTF-8 text,
+    for values too large for the command line (which the OS limits to about
+    128 KiB an argument)."""
+    try:
+        with click.open_file(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc.strerror or exc}", param_hint=flag) from None
+    try:
+        text: str = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise click.BadParameter(f"{path} is not valid UTF-8 text", param_hint=flag) from None
+    return text
+
+
+def _argument_or_file(argument: str | None, path: str | None, name: str, flag: str) -> str:
+    """The value given as the argument ``name`` or read from ``flag``'s file: exactly one of them."""
+    if argument is not None and path is not None:
+        raise click.UsageError(f"give {name} or {flag}, not both")
+    if path is not None:
+        return _file_text(path, flag)
+    if argument is None:
+        raise click.UsageError(f"give {name} or {flag}")
+    return argument
+
+
+def _value_file_option(flag: str, name: str) -> Callable[[Any], Any]:
+    return click.option(
+        flag, "value_file", type=click.Path(dir_okay=False, allow_dash=True), default=None, metavar="PATH",
+        help=f"Read {name} from the file PATH ('-': standard input) instead of the command line, whose "
+             f"arguments the OS limits to about 128 KiB. The whole content is the value, read as UTF-8 text; "
+             f"it is parsed as {name} on the command line would be.")
+
+
 @kv.command("put", cls=_ValueCommand)
 @click.argument("key", callback=_utf8)
-@click.argument("value", callback=_utf8)
+@click.argument("value", required=False, callback=_utf8)
+@_value_file_option("--value-file", "VALUE")
 @click.option("--string", "as_string", is_flag=True, help="Store VALUE as text even if it parses as JSON.")
 @_scope_option
 @_cluster_option
 @_security_options
 @_json_option
 @_timeout_option
-def kv_put(key: str, value: str, as_string: bool, scope: str, cluster: str, as_json: bool, timeout: float) -> None:
+def kv_put(key: str, value: str | None, value_file: str | None, as_string: bool, scope: str, cluster: str,
+           as_json: bool, timeout: float) -> None:
     """Set KEY to VALUE (JSON if it parses as JSON, else text); print the new version."""
-    version = _run(_with_kv(cluster, timeout, lambda c: c.put(key, _parse_value(value, as_string), scope=scope)))
+    text = _argument_or_file(value, value_file, "VALUE", "--value-file")
+    version = _run(_with_kv(cluster, timeout, lambda c: c.put(key, _parse_value(text, as_string), scope=scope)))
     _echo({"key": key, "scope": scope, "version": version} if as_json else f"version {version}", as_json)
 
 
@@ -653,7 +691,8 @@ def kv_delete(key: str, scope: str, cluster: str, as_json: bool, timeout: float)
 @kv.command("cas", cls=_ValueCommand)
 @click.argument("key", callback=_utf8)
 @click.argument("expected", callback=_utf8)
-@click.argument("new", callback=_utf8)
+@click.argument("new", required=False, callback=_utf8)
+@_value_file_option("--new-file", "NEW")
 @click.option("--expected-version", type=click.IntRange(min=0, max=2**64 - 1), default=None,
               help="Compare the version instead of the value (0: the key must not exist); EXPECTED is ignored.")
 @click.option("--string", "as_string", is_flag=True, help="Take EXPECTED and NEW as text.")
@@ -662,14 +701,15 @@ def kv_delete(key: str, scope: str, cluster: str, as_json: bool, timeout: float)
 @_security_options
 @_json_option
 @_timeout_option
-def kv_cas(key: str, expected: str, new: str, expected_version: int | None, as_string: bool, scope: str,
-           cluster: str, as_json: bool, timeout: float) -> None:
+def kv_cas(key: str, expected: str, new: str | None, value_file: str | None, expected_version: int | None,
+           as_string: bool, scope: str, cluster: str, as_json: bool, timeout: float) -> None:
     """Set KEY to NEW only if its value is EXPECTED (null: the key is absent). Exits 1 if it was not."""
+    new_text = _argument_or_file(new, value_file, "NEW", "--new-file")
     # With --expected-version the version is compared and EXPECTED is only a
     # placeholder: KVClient.cas takes one or the other, never both.
     expected_value = None if expected_version is not None else _parse_value(expected, as_string)
     swapped = _run(_with_kv(cluster, timeout, lambda c: c.cas(
-        key, expected_value, _parse_value(new, as_string), scope=scope, expected_version=expected_version)))
+        key, expected_value, _parse_value(new_text, as_string), scope=scope, expected_version=expected_version)))
     _echo({"key": key, "scope": scope, "swapped": swapped} if as_json else ("swapped" if swapped else "not swapped"),
           as_json)
     if not swapped:
@@ -699,17 +739,25 @@ def kv_list(prefix: str, consistency: str, scope: str, cluster: str, as_json: bo
 @click.option("--count", type=click.IntRange(min=1), default=None, help="Stop after this many events.")
 @click.option("--from-revision", type=click.IntRange(min=1), default=None,
               help="Start at this revision instead of now.")
-@_scope_option
+@click.option("--scope", default="default", show_default=True, callback=_utf8,
+              help="The scope to watch (it need not exist yet).")
+@click.option("--all-scopes", is_flag=True, help="Watch every scope instead of one (each event names its scope).")
 @_cluster_option
 @_security_options
-@_timeout_option
-def kv_watch(prefix: str, count: int | None, from_revision: int | None, scope: str, cluster: str,
-             timeout: float) -> None:
-    """Print committed changes of a scope as JSON lines, following the cluster."""
+@click.option("--timeout", type=_Seconds(min=0.1), default=10.0, show_default=True,
+              help="Seconds allowed to connect, and to find another member when the one followed goes away "
+                   "(the watch then ends with Unavailable, naming the revision to watch from).")
+def kv_watch(prefix: str, count: int | None, from_revision: int | None, scope: str, all_scopes: bool,
+             cluster: str, timeout: float) -> None:
+    """Print committed changes of a scope (or of every scope) as JSON lines, following the cluster."""
+    given = click.get_current_context().get_parameter_source("scope")
+    if all_scopes and given not in (None, click.core.ParameterSource.DEFAULT):
+        raise click.UsageError("give --scope or --all-scopes, not both")
+    watched: str | None = None if all_scopes else scope
 
     async def follow(client: Any) -> None:
         seen = 0
-        async for event in client.watch(scope, prefix, from_revision=from_revision):
+        async for event in client.watch(watched, prefix, from_revision=from_revision):
             # Not dataclasses.asdict: it copies the value recursively.
             click.echo(_json_text({f.name: getattr(event, f.name) for f in dataclasses.fields(event)}))
             seen += 1

@@ -118,7 +118,16 @@ class ProtocolError(RaftError):
 
 
 class FrameTooLarge(ProtocolError):
-    """A frame exceeded the configured maximum size."""
+    """A frame exceeded the configured maximum size.
+
+    ``size`` is the payload length the frame announced and ``limit`` the
+    most the receiver accepts, when known (``None`` otherwise).
+    """
+
+    def __init__(self, message: str, *, size: int | None = None, limit: int | None = None) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(message)
 
 
 class Timeout(RaftError):

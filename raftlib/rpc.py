@@ -32,7 +32,8 @@ from . import errors
 from .errors import ConnectionLost, ProtocolError, RaftError, Unavailable
 from .transport.framing import FrameDecoder, encode_frame
 from .security import AUTH_OK, CHALLENGE, NEEDS_TLS, TLS_REQUIRED, Security
-from .transport.tcp import HELLO, connect_error_text, connect_stream
+from .transport.framing import HEADER_SIZE
+from .transport.tcp import FRAME_TOO_LARGE, HELLO, connect_error_text, connect_stream
 
 __all__ = ["REQUEST", "RESPONSE", "STREAM", "CANCEL", "KEEPALIVE", "RpcConnection", "error_to_wire", "error_from_wire", "check_request"]
 
@@ -99,6 +100,15 @@ def check_request(body: Any) -> tuple[int, str, dict[str, Any]]:
     return rid, op, args
 
 
+class _RefusedTooLarge(ProtocolError):
+    """Raised in the read loop when the peer refused a frame as too large;
+    ``reason`` is what the calls still waiting raise."""
+
+    def __init__(self, reason: ConnectionLost) -> None:
+        self.reason = reason
+        super().__init__(str(reason))
+
+
 class RpcConnection:
     """One connection to a peer for :data:`REQUEST` calls. Open it with :meth:`open`."""
 
@@ -112,6 +122,8 @@ class RpcConnection:
         self._writer = writer
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._sizes: dict[int, int] = {}
+        """The payload size of each pending call's request frame, to know which one a peer refused as too large."""
         self._streams: dict[int, asyncio.Queue[tuple[bool, Any]]] = {}
         self._heard: dict[int, float] = {}
         """For each stream opened with an idle_timeout, when a frame of it last came in."""
@@ -154,7 +166,9 @@ class RpcConnection:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
         try:
-            self._writer.write(encode_frame(REQUEST, [rid, op, dict(args)]))
+            frame = encode_frame(REQUEST, [rid, op, dict(args)])
+            self._sizes[rid] = len(frame) - HEADER_SIZE
+            self._writer.write(frame)
             try:
                 async with asyncio.timeout(timeout):
                     return await fut
@@ -163,6 +177,7 @@ class RpcConnection:
                 raise errors.Timeout(f"{op} at {self.address} got no answer within {shown} s") from None
         finally:
             self._pending.pop(rid, None)
+            self._sizes.pop(rid, None)
             if (fut.cancelled() or not fut.done()) and not self._closed:
                 # The caller gave up (cancelled or timed out): the peer stops
                 # working on it, rather than finishing a request nobody waits
@@ -255,6 +270,11 @@ class RpcConnection:
                 )
         except errors.AuthenticationFailed as exc:
             reason = exc
+        except _RefusedTooLarge as exc:
+            reason = exc.reason
+            # What is left to send is of no use: stop sending it now rather
+            # than when the whole frame is out (close() would wait for that).
+            self._writer.transport.abort()
         except ProtocolError as exc:
             reason = ConnectionLost(f"{self.address} sent a malformed frame: {exc}")
             _log.warning("closing the connection to %s: %s", self.address, exc)
@@ -298,6 +318,8 @@ class RpcConnection:
                 f"{self.address} requires a shared secret and this connection has none "
                 f"(give secret=, or --secret-file on the command line)"
             )
+        if type_name == FRAME_TOO_LARGE and type(body) is list and len(body) == 2 and all(type(n) is int for n in body):
+            self._refused_too_large(*body)
         if type_name == TLS_REQUIRED:
             raise errors.AuthenticationFailed(f"{self.address} requires TLS and this connection has none ({NEEDS_TLS})")
         if type_name != RESPONSE or type(body) is not list or len(body) != 3:
@@ -314,6 +336,25 @@ class RpcConnection:
             fut.set_result(payload)
         else:
             fut.set_exception(error_from_wire(payload))
+
+    def _refused_too_large(self, limit: int, size: int) -> None:
+        """The peer refused a frame of ``size`` bytes as over its ``limit``
+        and closes the connection: the call that sent it (it never ran)
+        raises :class:`~raftlib.errors.CommandTooLarge`; the others get the
+        usual :class:`ConnectionLost`, raised from here."""
+        refused = next((rid for rid, sent in self._sizes.items() if sent == size), None)
+        fut = self._pending.get(refused) if refused is not None else None
+        if fut is not None and not fut.done():
+            fut.set_exception(errors.CommandTooLarge(
+                f"{self.address} refused a request of {size} bytes without reading it (its max_frame_size is "
+                f"{limit} bytes): it was not applied. Keep the request smaller, or connect with max_frame_size="
+                f"{limit} (the members' Config.max_frame_size) so that such requests are refused before they "
+                f"are sent"
+            ))
+        raise _RefusedTooLarge(ConnectionLost(
+            f"{self.address} closed the connection after refusing a request frame of {size} bytes, over its "
+            f"max_frame_size ({limit} bytes)"
+        ))
 
     async def close(self) -> None:
         """Close the connection; calls still waiting raise :class:`ConnectionLost`."""

@@ -249,6 +249,51 @@ def test_read_commands_answer_stale_from_a_member_left_without_a_majority(nodes:
     assert refused.exit_code == 1 and refused.output.startswith("Error: Unavailable: "), refused.output
 
 
+def test_values_too_large_for_an_argument_come_from_a_file_or_stdin(single: Node, tmp_path: Path) -> None:
+    """The OS limits one argument to about 128 KiB: --value-file (and --new-file
+    for cas) reads the value from a file, or from standard input with '-'."""
+    wait_for(lambda: leader_of(single.address))
+    big = "x" * 300_000
+    path = tmp_path / "value.txt"
+    path.write_text(big)
+    put = cli("kv", "put", "big", "--value-file", str(path), "--cluster", single.address)
+    assert put.exit_code == 0, put.output
+    assert json.loads(cli("kv", "get", "big", "--cluster", single.address).output) == big
+    piped = CliRunner().invoke(main, ["kv", "put", "doc", "--value-file", "-", "--cluster", single.address],
+                               input=json.dumps({"items": list(range(30_000))}))
+    assert piped.exit_code == 0, piped.output
+    got = cli("kv", "get", "doc", "--cluster", single.address)
+    assert json.loads(got.output) == {"items": list(range(30_000))}
+    path.write_text(big + "y")
+    swapped = cli("kv", "cas", "big", big[:10], "--new-file", str(path), "--string", "--cluster", single.address)
+    assert swapped.exit_code == 1 and swapped.output.strip() == "not swapped"
+    swapped = cli("kv", "cas", "big", "x", "--expected-version", put.output.split()[1], "--new-file", str(path),
+                  "--cluster", single.address)
+    assert swapped.exit_code == 0, swapped.output
+    assert json.loads(cli("kv", "get", "big", "--cluster", single.address).output) == big + "y"
+    for args, message in ((["big", "1", "--value-file", str(path)], "not both"), (["big"], "give VALUE or"),
+                          (["big", "--value-file", str(tmp_path / "missing")], "cannot read")):
+        refused = cli("kv", "put", *args, "--cluster", single.address)
+        assert refused.exit_code == 2 and message in refused.output, refused.output
+    path.write_bytes(b"\xff")
+    refused = cli("kv", "put", "big", "--value-file", str(path), "--cluster", single.address)
+    assert refused.exit_code == 2 and "not valid UTF-8" in refused.output
+
+
+def test_kv_watch_all_scopes_prints_the_changes_of_every_scope(single: Node) -> None:
+    wait_for(lambda: leader_of(single.address))
+    assert cli("scope", "create", "billing", "--cluster", single.address).exit_code == 0
+    assert cli("kv", "put", "a", "1", "--cluster", single.address).exit_code == 0
+    assert cli("kv", "put", "b", "2", "--scope", "billing", "--cluster", single.address).exit_code == 0
+    watched = cli("kv", "watch", "--all-scopes", "--from-revision", "1", "--count", "3", "--cluster", single.address)
+    assert watched.exit_code == 0, watched.output
+    events = [json.loads(line) for line in watched.output.splitlines()]
+    assert [(e["kind"], e["scope"], e["key"]) for e in events] == [
+        ("scope_created", "billing", None), ("put", "default", "a"), ("put", "billing", "b")]
+    both = cli("kv", "watch", "--all-scopes", "--scope", "billing", "--cluster", single.address)
+    assert both.exit_code == 2 and "not both" in both.output
+
+
 def test_a_watch_whose_output_is_closed_ends_quietly(single: Node) -> None:
     """`raftlib kv watch | head -1` ends as other commands do when their reader
     goes away (click's way: status 1, nothing on stderr), not with an error."""

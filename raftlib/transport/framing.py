@@ -523,6 +523,11 @@ class FrameDecoder:
         self._started = False  # a first frame was complete
 
     @property
+    def started(self) -> bool:
+        """Whether a first frame of the stream was complete (``max_frame_size`` then bounds every frame)."""
+        return self._started
+
+    @property
     def buffered(self) -> int:
         """Bytes held for a frame not yet complete."""
         return len(self._buf)
@@ -549,10 +554,12 @@ class FrameDecoder:
                 (size,) = _HEADER.unpack_from(view, pos)
                 if self._started or self.first_frame_size is None:
                     if size > self.max_frame_size:
-                        raise FrameTooLarge(f"frame of {size} bytes exceeds the limit of {self.max_frame_size}")
+                        raise FrameTooLarge(f"frame of {size} bytes exceeds the limit of {self.max_frame_size}",
+                                            size=size, limit=self.max_frame_size)
                 elif size > min(self.first_frame_size, self.max_frame_size):
                     limit = min(self.first_frame_size, self.max_frame_size)
-                    raise FrameTooLarge(f"first frame of {size} bytes exceeds the limit of {limit}")
+                    raise FrameTooLarge(f"first frame of {size} bytes exceeds the limit of {limit}",
+                                        size=size, limit=limit)
                 start = pos + HEADER_SIZE
                 if end - start < size:
                     break

@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Literal, Mapping, NamedTuple
 
 from ..core.messages import Message
-from ..errors import AddressInUse, AuthenticationFailed, ConfigError, ProtocolError
+from ..errors import AddressInUse, AuthenticationFailed, ConfigError, FrameTooLarge, ProtocolError
 from ..security import (
     HANDSHAKE_TIMEOUT, OPENING_SIZE, Security, TLSConfig, accept, authenticate, security_refusal,
 )
@@ -72,6 +72,7 @@ from .framing import (
 
 __all__ = [
     "HELLO",
+    "FRAME_TOO_LARGE",
     "Endpoint",
     "parse_address",
     "format_address",
@@ -82,6 +83,18 @@ __all__ = [
 
 HELLO = "Hello"
 """Type name of the first frame on every connection; body ``[name, address]``."""
+
+FRAME_TOO_LARGE = "FrameTooLarge"
+"""Type name of the last frame a peer sends on a connection before closing it
+because a frame announced more than its ``max_frame_size``; body ``[limit,
+size]``: its limit and the payload length announced. The frame and those
+after it were not read, so a request in it was not run. (Earlier versions
+close the connection without it.)"""
+
+TOO_LARGE_LINGER = 5.0
+"""Seconds a peer goes on reading (and discarding) what the other end sends
+after :data:`FRAME_TOO_LARGE`, so that closing with unread data, which resets
+the connection, cannot destroy the answer before the other end reads it."""
 
 READ_SIZE = 64 * 1024
 """Bytes asked for per read of an inbound connection."""
@@ -1411,9 +1424,28 @@ class Transport:
                 if len(head) >= OPENING_SIZE:
                     head = None
             conn._active_at = loop.time()
-            for type_name, body in decoder.feed(data):
+            try:
+                frames = decoder.feed(data)
+            except FrameTooLarge as exc:
+                if decoder.started and exc.limit == self.max_frame_size and exc.size is not None:
+                    await self._refuse_too_large(reader, conn, exc.limit, exc.size)
+                raise
+            for type_name, body in frames:
                 self.stats["frames_received"] += 1
                 await self._dispatch(conn, type_name, body)
+
+    async def _refuse_too_large(self, reader: asyncio.StreamReader, conn: Connection, limit: int, size: int) -> None:
+        """Tell the other end that a frame of ``size`` bytes is over ``limit``
+        (it was not read, so nothing in it ran), then discard what it sends
+        until it closes, for at most :data:`TOO_LARGE_LINGER` seconds."""
+        conn._writer.write(encode_frame(FRAME_TOO_LARGE, [limit, size]))
+        try:
+            async with asyncio.timeout(TOO_LARGE_LINGER):
+                await conn._writer.drain()
+                while await reader.read(READ_SIZE):
+                    pass
+        except (TimeoutError, OSError):
+            pass
 
     async def _dispatch(self, conn: Connection, type_name: str, body: Any) -> None:
         """Route one inbound frame. Raises ProtocolError for anything malformed."""

@@ -636,6 +636,24 @@ async def test_a_command_too_large_for_a_frame_is_refused_before_it_is_sent(tmp_
             await client.close()
 
 
+async def test_a_member_answers_a_frame_over_its_limit_so_the_client_says_it_was_not_applied(tmp_path: Any) -> None:
+    """A client allowed larger frames than the members sent one anyway: the
+    member closed the connection without a word, and the client retried for
+    its whole timeout and raised WriteTimeout ("may have been applied")."""
+    async with one_member_and_a_client(tmp_path, max_command_size=1000, max_frame_size=100_000,
+                                       snapshot_chunk_size=50_000, max_bytes_per_message=50_000) as (leader, _):
+        client = await raftlib.connect([leader.address], timeout=30, max_frame_size=1_000_000)
+        try:
+            with pytest.raises(errors.CommandTooLarge, match=r"not applied.*max_frame_size=100000"):
+                await client.write(["set", "big", "x" * 200_000])
+            with pytest.raises(errors.CommandTooLarge, match="100000 bytes"):
+                await client.read(["get", "x" * 200_000])
+            assert await client.write(["set", "a", 1]) == ["ok", "a", 1]  # on a new connection
+            assert await client.read(["get", "big"]) == ["error", "key_not_found"]
+        finally:
+            await client.close()
+
+
 async def test_writes_that_find_the_session_expired_together_share_one_new_session(tmp_path: Any) -> None:
     """Every write in flight when the session expired gets SessionExpired; each
     opened a session of its own, and all but one stayed in the replicated

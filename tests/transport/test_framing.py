@@ -179,10 +179,13 @@ def test_oversized_header_raises_before_buffering() -> None:
 
 def test_oversized_frame_after_good_frames() -> None:
     good = encode_message(TimeoutNow(1, "a", "b"))
-    decoder = FrameDecoder(100)
+    decoder = FrameDecoder(100, first_frame_size=50)
+    assert not decoder.started
     assert len(decoder.feed(good)) == 1
-    with pytest.raises(FrameTooLarge):
+    assert decoder.started  # from now on max_frame_size bounds every frame
+    with pytest.raises(FrameTooLarge) as refused:
         decoder.feed(struct.pack(">I", 2**32 - 1) + b"x" * 10)
+    assert (refused.value.size, refused.value.limit) == (2**32 - 1, 100)  # what a peer answers with
     assert decoder.buffered == 0
     with pytest.raises(ProtocolError):  # the decoder stays failed
         decoder.feed(good)
