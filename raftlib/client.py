@@ -196,7 +196,7 @@ class Client:
                     last = exc
                     maybe_applied = True
                     self._leave(conn)
-                    await self._drop_connection()
+                    await self._drop_failed(conn)
                 await asyncio.sleep(backoff)
                 backoff = min(0.5, backoff * 2)
             if maybe_applied:
@@ -289,7 +289,7 @@ class Client:
                 self._check_open()
                 if isinstance(exc, Timeout):
                     self._leave(conn)  # hung: try the other members first
-                await self._drop_connection()
+                await self._drop_failed(conn)
                 if lost_since is None:
                     lost_since = loop.time()
                 if loop.time() - lost_since >= self.timeout:
@@ -309,13 +309,14 @@ class Client:
         last: BaseException | None = None
         while loop.time() < deadline:
             self._check_open()
+            conn: RpcConnection | None = None
             try:
                 conn = await self._connection(deadline - loop.time())
                 status: dict[str, Any] = await conn.call("status", {}, timeout=max(0.1, deadline - loop.time()))
                 return status
             except _NOT_APPLIED + _UNKNOWN as exc:
                 last = exc
-                await self._drop_connection()
+                await self._drop_failed(conn)
             await asyncio.sleep(0.05)
         raise Unavailable(f"no member answered a status request in time (last error: {last})")
 
@@ -415,7 +416,7 @@ class Client:
                 self._follow(exc, conn)
                 if isinstance(exc, _UNKNOWN):
                     self._leave(conn)
-                    await self._drop_connection()
+                    await self._drop_failed(conn)
             await asyncio.sleep(backoff)
             backoff = min(0.5, backoff * 2)
         if last is None:
@@ -569,6 +570,17 @@ class Client:
         if conn is not None:
             await conn.close()
 
+    async def _drop_failed(self, conn: RpcConnection | None) -> None:
+        """Close ``conn``, on which a call just failed (None: it failed to
+        get one, and has nothing to close). Another call may have replaced it
+        as the client's connection already: the calls in flight on the new
+        one go on undisturbed."""
+        if conn is None:
+            return
+        if conn is self._conn:
+            self._conn = None
+        await conn.close()
+
     async def _renew_session(self, expired: str, deadline: float) -> None:
         """Replace session ``expired`` with a new one, unless another task already did:
         the writes that all find it expired at once share one new session."""
@@ -600,7 +612,7 @@ class Client:
                 last = exc
                 self._follow(exc, conn)
                 if isinstance(exc, _UNKNOWN):
-                    await self._drop_connection()
+                    await self._drop_failed(conn)
             await asyncio.sleep(0.05)
         raise Unavailable(f"could not open a client session in time (last error: {last})")
 
