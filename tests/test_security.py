@@ -400,6 +400,38 @@ async def test_clients_with_a_wrong_secret_or_none_are_refused(secret_cluster: C
         await raftlib.connect(addresses, timeout=1.5)
 
 
+async def _first_change(client: raftlib.Client) -> raftlib.Change:
+    async for change in client.listen():
+        return change
+    raise AssertionError("the feed ended")
+
+
+@pytest.mark.parametrize("call", ["listen", "write", "read", "status"])
+async def test_a_client_whose_credentials_are_refused_after_it_connected_is_told_at_once(
+    secret_cluster: Cluster, call: str
+) -> None:
+    """The members refuse a connected client when it reconnects (their
+    secret was changed, say). Waiting does not change credentials: every
+    call says so at once, as connect does; listen retried as if the members
+    were down and raised Unavailable at its timeout."""
+    peers = await secret_cluster.start(1)
+    client = await raftlib.connect([p.address for p in peers.values()], secret=SECRET, timeout=5)
+    try:
+        client._security = SharedSecret(b"a different secret of 32 bytes!!")
+        await client._drop_connection()
+        with pytest.raises(errors.AuthenticationFailed, match="refused this shared secret") as refused:
+            await {
+                "listen": lambda: _first_change(client),
+                "write": lambda: client.write(["set", "a", 1]),
+                "read": lambda: client.read(["get", "a"]),
+                "status": client.status,
+            }[call]()
+        if call == "listen":  # where to listen from once the credentials are fixed
+            assert "change feed at index 0" in str(refused.value)
+    finally:
+        await client.close()
+
+
 async def test_a_client_or_peer_without_a_secret_learns_that_the_cluster_requires_one(
     secret_cluster: Cluster,
 ) -> None:
