@@ -29,7 +29,7 @@ from raftlib.transport import tcp
 from raftlib.transport.framing import FrameDecoder, encode_frame
 from raftlib.transport.tcp import Transport, connect_stream
 
-from clusterkit import FAST, Cluster, KVStore, eventually, fake_server, free_port
+from clusterkit import FAST, Cluster, KVStore, eventually, fake_server, first_change, free_port
 
 SNAP = dataclasses.replace(FAST, snapshot_entries=50, snapshot_keep_entries=10, snapshot_chunk_size=1024)
 SECRET = b"correct horse battery staple, 32+"
@@ -400,12 +400,6 @@ async def test_clients_with_a_wrong_secret_or_none_are_refused(secret_cluster: C
         await raftlib.connect(addresses, timeout=1.5)
 
 
-async def _first_change(client: raftlib.Client) -> raftlib.Change:
-    async for change in client.listen():
-        return change
-    raise AssertionError("the feed ended")
-
-
 @pytest.mark.parametrize("call", ["listen", "write", "read", "status"])
 async def test_a_client_whose_credentials_are_refused_after_it_connected_is_told_at_once(
     secret_cluster: Cluster, call: str
@@ -421,7 +415,7 @@ async def test_a_client_whose_credentials_are_refused_after_it_connected_is_told
         await client._drop_connection()
         with pytest.raises(errors.AuthenticationFailed, match="refused this shared secret") as refused:
             await {
-                "listen": lambda: _first_change(client),
+                "listen": lambda: first_change(client),
                 "write": lambda: client.write(["set", "a", 1]),
                 "read": lambda: client.read(["get", "a"]),
                 "status": client.status,

@@ -16,7 +16,7 @@ from raftlib import codec, errors
 from raftlib.rpc import RpcConnection
 from raftlib.transport.framing import encode_frame
 
-from clusterkit import FAST, Cluster, KVStore, eventually
+from clusterkit import FAST, Cluster, KVStore, eventually, first_change
 
 
 class GatedKV(KVStore):
@@ -1667,12 +1667,6 @@ async def test_a_client_that_never_reads_its_answers_holds_little_of_the_members
 # -- one connection shared by many calls ---------------------------------------------------
 
 
-async def _first_change(client: raftlib.Client) -> raftlib.Change:
-    async for change in client.listen():
-        return change
-    raise AssertionError("the feed ended")
-
-
 @pytest.mark.parametrize("call", ["write", "read", "status", "listen"])
 async def test_a_call_that_fails_on_a_replaced_connection_leaves_the_new_one_alone(
     cluster: Cluster, monkeypatch: pytest.MonkeyPatch, call: str
@@ -1723,7 +1717,7 @@ async def test_a_call_that_fails_on_a_replaced_connection_leaves_the_new_one_alo
             "write": lambda: client.write(["set", "a", 1]),
             "read": lambda: client.read(["get", "a"]),
             "status": client.status,
-            "listen": lambda: _first_change(client),
+            "listen": lambda: first_change(client),
         }[call]())
         tasks.append(failing)
         await asyncio.wait_for(on_old.wait(), 5)
