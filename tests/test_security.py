@@ -426,6 +426,27 @@ async def test_a_client_whose_credentials_are_refused_after_it_connected_is_told
         await client.close()
 
 
+async def test_a_write_that_may_have_applied_before_the_credentials_were_refused_stays_unknown(
+    secret_cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refusal is not-applied only for the attempt it stopped: an earlier
+    attempt of the write, whose answer was lost, may have applied."""
+    peers = await secret_cluster.start(1)
+    client = await raftlib.connect([p.address for p in peers.values()], secret=SECRET, timeout=5)
+    try:
+        assert client._conn is not None
+
+        async def answer_lost(*args: Any, **kwargs: Any) -> Any:
+            client._security = SharedSecret(b"a different secret of 32 bytes!!")  # the next connection is refused
+            raise errors.Timeout("no answer")
+
+        monkeypatch.setattr(client._conn, "call", answer_lost)
+        with pytest.raises(errors.WriteTimeout, match="may have been applied.*refused this shared secret"):
+            await client.write(["set", "a", 1])
+    finally:
+        await client.close()
+
+
 async def test_a_client_or_peer_without_a_secret_learns_that_the_cluster_requires_one(
     secret_cluster: Cluster,
 ) -> None:
