@@ -135,7 +135,8 @@ class Client:
         :class:`~raftlib.errors.WriteTimeout` (an ``OutcomeUnknown``) if some
         attempt may have applied it and none could confirm;
         :class:`~raftlib.errors.Unavailable` or another not-applied error if
-        it certainly was not applied; :class:`~raftlib.errors.ConfigError`
+        it certainly was not applied (:class:`~raftlib.errors.AuthenticationFailed`
+        at once if every member refuses this client's credentials); :class:`~raftlib.errors.ConfigError`
         (not applied) if another client wrote with the same sequence number
         in this client's session (both were given the same ``client_id``).
         """
@@ -190,13 +191,18 @@ class Client:
                     last = exc
                     continue
                 except _NOT_APPLIED as exc:
+                    if _refused_for_good(exc):
+                        if maybe_applied:
+                            raise WriteTimeout(f"write {seq} may have been applied by an earlier attempt, and "
+                                               f"cannot be confirmed: {exc}") from exc
+                        raise
                     last = exc
                     self._follow(exc, conn)
                 except _UNKNOWN as exc:
                     last = exc
                     maybe_applied = True
                     self._leave(conn)
-                    await self._drop_connection()
+                    await self._drop_failed(conn)
                 await asyncio.sleep(backoff)
                 backoff = min(0.5, backoff * 2)
             if maybe_applied:
@@ -218,7 +224,9 @@ class Client:
         ``consistency`` is ``"linearizable"`` (default), ``"lease"`` or
         ``"stale"`` (the state of whichever member answers), as for
         :meth:`raftlib.Peer.read`. Retried until ``timeout``; raises
-        :class:`~raftlib.errors.Unavailable` if no member answered.
+        :class:`~raftlib.errors.Unavailable` if no member answered, and
+        :class:`~raftlib.errors.AuthenticationFailed` at once if every
+        member refuses this client's credentials.
         """
         self._check_open()
         check_timeout(timeout)
@@ -241,7 +249,9 @@ class Client:
         longer keep changes that old, :class:`~raftlib.errors.Unavailable`
         if no member that knows a leader takes the feed over within the client's timeout of
         finding it lost (or of the first attempt to open it; the message
-        names the index to listen from to go on), and
+        names the index to listen from to go on),
+        :class:`~raftlib.errors.AuthenticationFailed` (naming it too) at once
+        if every member refuses this client's credentials, and
         :class:`~raftlib.errors.ProtocolError` for a change whose command or
         result has map keys that cannot cross the network (the message names
         the index to listen from to go past it).
@@ -287,9 +297,11 @@ class Client:
                 continue
             except (ConnectionLost, Unavailable, PeerStopped, Timeout) as exc:
                 self._check_open()
+                if _refused_for_good(exc):
+                    raise type(exc)(f"lost the change feed at index {next_index}: {exc}") from exc
                 if isinstance(exc, Timeout):
                     self._leave(conn)  # hung: try the other members first
-                await self._drop_connection()
+                await self._drop_failed(conn)
                 if lost_since is None:
                     lost_since = loop.time()
                 if loop.time() - lost_since >= self.timeout:
@@ -302,20 +314,25 @@ class Client:
     async def status(self) -> dict[str, Any]:
         """The status (as :meth:`raftlib.Peer.status`) of the member this client
         talks to (another one if it does not answer). Raises
-        :class:`~raftlib.errors.Unavailable` if none answers within the client's timeout."""
+        :class:`~raftlib.errors.Unavailable` if none answers within the client's timeout,
+        :class:`~raftlib.errors.AuthenticationFailed` at once if every member
+        refuses this client's credentials."""
         self._check_open()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         last: BaseException | None = None
         while loop.time() < deadline:
             self._check_open()
+            conn: RpcConnection | None = None
             try:
                 conn = await self._connection(deadline - loop.time())
                 status: dict[str, Any] = await conn.call("status", {}, timeout=max(0.1, deadline - loop.time()))
                 return status
             except _NOT_APPLIED + _UNKNOWN as exc:
+                if _refused_for_good(exc):
+                    raise
                 last = exc
-                await self._drop_connection()
+                await self._drop_failed(conn)
             await asyncio.sleep(0.05)
         raise Unavailable(f"no member answered a status request in time (last error: {last})")
 
@@ -411,11 +428,13 @@ class Client:
             except _OutOfTime:
                 break
             except _NOT_APPLIED + _UNKNOWN as exc:
+                if _refused_for_good(exc):
+                    raise
                 last = exc
                 self._follow(exc, conn)
                 if isinstance(exc, _UNKNOWN):
                     self._leave(conn)
-                    await self._drop_connection()
+                    await self._drop_failed(conn)
             await asyncio.sleep(backoff)
             backoff = min(0.5, backoff * 2)
         if last is None:
@@ -569,6 +588,17 @@ class Client:
         if conn is not None:
             await conn.close()
 
+    async def _drop_failed(self, conn: RpcConnection | None) -> None:
+        """Close ``conn``, on which a call just failed (None: it failed to
+        get one, and has nothing to close). Another call may have replaced it
+        as the client's connection already: the calls in flight on the new
+        one go on undisturbed."""
+        if conn is None:
+            return
+        if conn is self._conn:
+            self._conn = None
+        await conn.close()
+
     async def _renew_session(self, expired: str, deadline: float) -> None:
         """Replace session ``expired`` with a new one, unless another task already did:
         the writes that all find it expired at once share one new session."""
@@ -600,7 +630,7 @@ class Client:
                 last = exc
                 self._follow(exc, conn)
                 if isinstance(exc, _UNKNOWN):
-                    await self._drop_connection()
+                    await self._drop_failed(conn)
             await asyncio.sleep(0.05)
         raise Unavailable(f"could not open a client session in time (last error: {last})")
 

@@ -89,6 +89,13 @@ async def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: 
         await asyncio.sleep(interval)
 
 
+async def first_change(client: raftlib.Client) -> raftlib.Change:
+    """The first change ``client.listen()`` yields."""
+    async for change in client.listen():
+        return change
+    raise AssertionError("the feed ended")
+
+
 class Cluster:
     """Peers on loopback with ephemeral ports; stops them all on teardown.
 

@@ -87,8 +87,10 @@ def test_every_option_says_what_it_does_and_its_default(capsys: pytest.CaptureFi
     for option, default in (("--nodes", "5"), ("--clients", "10"), ("--seed", "0"), ("--keys", "3"),
                             ("--op-timeout", "2.0"), ("--election-timeout-ms", "200"), ("--time", "60.0")):
         assert re.search(rf"{option} \S+\s+[^-]*?\(default {re.escape(default)}\)", text), option
-    # --nemesis said which faults it takes, not that all of them are the default.
-    assert re.search(r"--nemesis NEMESIS\s+comma-separated[^()]*\(default: all\)", text), text
+    # --nemesis said which faults it takes, not that all of them are the
+    # default, and what one node runs instead.
+    assert re.search(r"--nemesis NEMESIS\s+comma-separated[^()]*\(default: all;\s+with\s+--nodes\s+1,\s+kill,pause\)",
+                     text), text
 
 
 @pytest.mark.timeout(120)
@@ -152,6 +154,47 @@ def test_faults_between_nodes_need_two_nodes(tmp_path: Path, nemesis: str) -> No
     done = jepsen(tmp_path, "--nodes", "1", "--time", "2", "--nemesis", f"pause,{nemesis}")
     assert done.returncode == 2, done.stdout + done.stderr
     assert nemesis in done.stderr and "2 nodes" in done.stderr and "nodes up" not in done.stdout
+
+
+def test_one_node_without_nemesis_runs_the_faults_one_node_can_have(tmp_path: Path) -> None:
+    # The default (all six) needs several nodes: `--nodes 1` alone exited 2.
+    done = jepsen(tmp_path, "--nodes", "1", "--clients", "2", "--time", "1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "nemesis kill,pause" in done.stdout
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["config"]["nemesis"] == ["kill", "pause"]
+
+
+_INTERRUPTED_CHECK = """
+import os, signal, sys, time
+from raftlib.testing import jepsen, lincheck
+
+def interrupted_check(self, **kwargs):
+    os.kill(os.getpid(), signal.{signal})
+    time.sleep(60)
+    raise SystemExit("the signal did not stop the check")
+
+lincheck.History.check = interrupted_check
+sys.exit(jepsen.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_an_interrupt_during_the_check_still_writes_the_summary(tmp_path: Path, signum: str) -> None:
+    # Ctrl-C or SIGTERM once the nodes were stopped, during the check, left
+    # history.jsonl but no summary.json (SIGTERM ended the process at once).
+    done = subprocess.run(
+        [sys.executable, "-c", _INTERRUPTED_CHECK.format(signal=signum), "--nodes", "1", "--clients", "2",
+         "--time", "1", "--nemesis", "pause", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "interrupted" in done.stderr and "Traceback" not in done.stderr
+    lines = (tmp_path / "history.jsonl").read_text().splitlines()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["verdict"] == "not checked (interrupted)" and summary["operations"] == len(lines) > 0
+    assert summary["healed_at"] is not None  # the run itself was over
+    assert (tmp_path / "latency.svg").exists()
 
 
 def _processes_mentioning(text: str) -> list[int]:

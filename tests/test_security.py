@@ -29,7 +29,7 @@ from raftlib.transport import tcp
 from raftlib.transport.framing import FrameDecoder, encode_frame
 from raftlib.transport.tcp import Transport, connect_stream
 
-from clusterkit import FAST, Cluster, KVStore, eventually, fake_server, free_port
+from clusterkit import FAST, Cluster, KVStore, eventually, fake_server, first_change, free_port
 
 SNAP = dataclasses.replace(FAST, snapshot_entries=50, snapshot_keep_entries=10, snapshot_chunk_size=1024)
 SECRET = b"correct horse battery staple, 32+"
@@ -398,6 +398,53 @@ async def test_clients_with_a_wrong_secret_or_none_are_refused(secret_cluster: C
         await raftlib.connect(addresses, secret=b"a different secret of 32 bytes!!", timeout=60)
     with pytest.raises(errors.Unavailable):
         await raftlib.connect(addresses, timeout=1.5)
+
+
+@pytest.mark.parametrize("call", ["listen", "write", "read", "status"])
+async def test_a_client_whose_credentials_are_refused_after_it_connected_is_told_at_once(
+    secret_cluster: Cluster, call: str
+) -> None:
+    """The members refuse a connected client when it reconnects (their
+    secret was changed, say). Waiting does not change credentials: every
+    call says so at once, as connect does; listen retried as if the members
+    were down and raised Unavailable at its timeout."""
+    peers = await secret_cluster.start(1)
+    client = await raftlib.connect([p.address for p in peers.values()], secret=SECRET, timeout=5)
+    try:
+        client._security = SharedSecret(b"a different secret of 32 bytes!!")
+        await client._drop_connection()
+        with pytest.raises(errors.AuthenticationFailed, match="refused this shared secret") as refused:
+            await {
+                "listen": lambda: first_change(client),
+                "write": lambda: client.write(["set", "a", 1]),
+                "read": lambda: client.read(["get", "a"]),
+                "status": client.status,
+            }[call]()
+        if call == "listen":  # where to listen from once the credentials are fixed
+            assert "change feed at index 0" in str(refused.value)
+    finally:
+        await client.close()
+
+
+async def test_a_write_that_may_have_applied_before_the_credentials_were_refused_stays_unknown(
+    secret_cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refusal is not-applied only for the attempt it stopped: an earlier
+    attempt of the write, whose answer was lost, may have applied."""
+    peers = await secret_cluster.start(1)
+    client = await raftlib.connect([p.address for p in peers.values()], secret=SECRET, timeout=5)
+    try:
+        assert client._conn is not None
+
+        async def answer_lost(*args: Any, **kwargs: Any) -> Any:
+            client._security = SharedSecret(b"a different secret of 32 bytes!!")  # the next connection is refused
+            raise errors.Timeout("no answer")
+
+        monkeypatch.setattr(client._conn, "call", answer_lost)
+        with pytest.raises(errors.WriteTimeout, match="may have been applied.*refused this shared secret"):
+            await client.write(["set", "a", 1])
+    finally:
+        await client.close()
 
 
 async def test_a_client_or_peer_without_a_secret_learns_that_the_cluster_requires_one(

@@ -32,10 +32,11 @@ draws faults from ``--nemesis`` with the seeded generator:
 * ``transfer``: ask the leader to hand leadership over, to a random node or
   the one it picks, again and again.
 
-The default is all six. A fault that could not take effect counts as not done
-(``fault_counts`` in the summary); a node that does not stop on SIGTERM or
-does not become a voter again after its re-add fails the run
-(``nemesis_errors``), as does a client stuck in a call at the end.
+The default is all six (with one node, ``kill`` and ``pause``). A fault
+that could not take effect counts as not done (``fault_counts`` in the
+summary); a node that does not stop on SIGTERM or does not become a voter
+again after its re-add fails the run (``nemesis_errors``), as does a
+client stuck in a call at the end.
 
 At the end everything is healed and restarted, the clients run a little
 longer (to see the cluster recover), and the history is checked with
@@ -87,6 +88,8 @@ __all__ = ["JepsenConfig", "run", "main"]
 NEMESES = ("kill", "pause", "partition", "isolate-leader", "membership", "transfer")
 # The faults that act between nodes, which one node alone cannot have.
 _BETWEEN_NODES = ("partition", "isolate-leader", "membership", "transfer")
+_ONE_NODE = tuple(n for n in NEMESES if n not in _BETWEEN_NODES)
+"""The default nemeses of a one-node run: kill and pause."""
 BROKEN = ("stale-reads", "leader-reads")
 
 
@@ -712,7 +715,7 @@ async def run(cfg: JepsenConfig) -> tuple[Result, dict[str, Any]]:
     between = [n for n in cfg.nemesis if n in _BETWEEN_NODES]
     if cfg.nodes < 2 and between:
         raise ValueError(f"--nemesis {','.join(between)} needs at least 2 nodes (--nodes {cfg.nodes});"
-                         f" with one node, only {' and '.join(n for n in NEMESES if n not in _BETWEEN_NODES)} apply")
+                         f" with one node, only {' and '.join(_ONE_NODE)} apply")
     if not 0 < cfg.op_timeout < math.inf:
         raise ValueError(f"--op-timeout must be a positive number of seconds, not {cfg.op_timeout}")
     if not 20 <= cfg.election_timeout_ms <= 60_000:
@@ -821,11 +824,22 @@ async def run(cfg: JepsenConfig) -> tuple[Result, dict[str, Any]]:
                 loop.remove_signal_handler(signum)
     ops = state.history.operations()
     state.history.save(cfg.out / "history.jsonl")
-    result = state.history.check(timeout=120.0)
+    # The nodes are down and the check blocks the loop: Ctrl-C, SIGTERM or
+    # SIGHUP now interrupts the check itself, and the summary still says so.
+    previous = {signum: signal.signal(signum, _interrupt) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        result: Result | None = state.history.check(timeout=120.0)
+    except KeyboardInterrupt:
+        result = None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     summary = _summary(state, ops, result, healed_at)
     summary["data_dir"] = str(work) if cfg.keep_data else None
     (cfg.out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
     (cfg.out / "latency.svg").write_text(_plot(state, healed_at))
+    if result is None:
+        raise KeyboardInterrupt
     return result, summary
 
 
@@ -862,13 +876,19 @@ async def _wait_for_leader(state: _Run, timeout: float) -> None:
     raise RaftError(f"no leader was elected within {timeout} s; see the node logs in {state.cfg.out}")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    """Stop the history check on SIGTERM or SIGHUP as on Ctrl-C."""
+    raise KeyboardInterrupt
+
+
 def _still_stopping() -> None:
     print("stopping every node and proxy; the run ends once they are down", file=sys.stderr, flush=True)
 
 
 def _summary(state: _Run, ops: list[Any], result: Result | None, healed_at: float | None) -> dict[str, Any]:
     """The summary of a run; ``result`` is None if the run was interrupted
-    (the history was not checked), and ``healed_at`` then too."""
+    (the history was not checked), and ``healed_at`` then too unless the
+    interrupt came during the check."""
     counts: dict[str, dict[str, int]] = {}
     for op in ops:
         counts.setdefault(op.kind, {"ok": 0, "fail": 0, "unknown": 0})[op.status] += 1
@@ -935,8 +955,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=10,
                         help="concurrent clients: even ones follow the leader, odd ones keep to one node"
                              " (default 10)")
-    parser.add_argument("--nemesis", default=",".join(NEMESES),
-                        help=f"comma-separated: {','.join(NEMESES)} (default: all)")
+    parser.add_argument("--nemesis", default=None,
+                        help=f"comma-separated: {','.join(NEMESES)} (default: all; with --nodes 1,"
+                             f" {','.join(_ONE_NODE)})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fault schedule (default 0)")
     parser.add_argument("--keys", type=int, default=3, help="keys the clients share (default 3)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: jepsen-results/<time>)")
@@ -950,9 +971,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-data", action="store_true", help="keep the nodes' data directories")
     args = parser.parse_args(argv)
     out = args.out or Path("jepsen-results") / time.strftime("%Y%m%d-%H%M%S")
+    if args.nemesis is not None:
+        nemesis = tuple(n.strip() for n in args.nemesis.split(",") if n.strip())
+    elif args.nodes == 1:
+        nemesis = _ONE_NODE
+        print(f"one node: nemesis {','.join(nemesis)} (the other faults need at least 2 nodes)", flush=True)
+    else:
+        nemesis = NEMESES
     cfg = JepsenConfig(
         nodes=args.nodes, time=args.time, clients=args.clients,
-        nemesis=tuple(n.strip() for n in args.nemesis.split(",") if n.strip()), seed=args.seed, keys=args.keys,
+        nemesis=nemesis, seed=args.seed, keys=args.keys,
         out=out, broken=args.broken, op_timeout=args.op_timeout, election_timeout_ms=args.election_timeout_ms,
         keep_data=args.keep_data,
     )

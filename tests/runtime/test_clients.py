@@ -13,9 +13,10 @@ import pytest
 
 import raftlib
 from raftlib import codec, errors
+from raftlib.rpc import RpcConnection
 from raftlib.transport.framing import encode_frame
 
-from clusterkit import FAST, Cluster, KVStore, eventually
+from clusterkit import FAST, Cluster, KVStore, eventually, first_change
 
 
 class GatedKV(KVStore):
@@ -1679,3 +1680,81 @@ async def test_a_client_that_never_reads_its_answers_holds_little_of_the_members
     finally:
         writer.close()
     await eventually(lambda: not s1._requests._tasks)  # and lets go of them all when it goes
+
+
+# -- one connection shared by many calls ---------------------------------------------------
+
+
+@pytest.mark.parametrize("call", ["write", "read", "status", "listen"])
+async def test_a_call_that_fails_on_a_replaced_connection_leaves_the_new_one_alone(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch, call: str
+) -> None:
+    """A call whose connection failed closed the client's connection, even
+    when another call had replaced it already: the calls in flight on the
+    new one lost it too and started over."""
+    peers = await cluster.start(1, sm=GatedKV)
+    (peer,) = peers.values()
+    sm: GatedKV = peer.state_machine  # type: ignore[assignment]
+    client = await raftlib.connect([peer.address], timeout=10)
+    tasks: list[asyncio.Future[Any]] = []
+    try:
+        old = client._conn
+        assert old is not None
+        on_old, lose_old = asyncio.Event(), asyncio.Event()
+
+        async def lost(*args: Any, **kwargs: Any) -> Any:
+            on_old.set()
+            await lose_old.wait()
+            raise errors.ConnectionLost("the connection dropped")
+
+        async def lost_stream(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+            await lost()
+            yield  # pragma: no cover
+
+        monkeypatch.setattr(old, "call", lost)
+        monkeypatch.setattr(old, "stream", lost_stream)
+        # Know when the failed call makes its next request (on whichever connection).
+        retried = asyncio.Event()
+        real_call, real_stream = RpcConnection.call, RpcConnection.stream
+
+        def note() -> None:
+            if asyncio.current_task() is failing:
+                retried.set()
+
+        async def noted_call(self: RpcConnection, *args: Any, **kwargs: Any) -> Any:
+            note()
+            return await real_call(self, *args, **kwargs)
+
+        def noted_stream(self: RpcConnection, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+            note()
+            return real_stream(self, *args, **kwargs)
+
+        monkeypatch.setattr(RpcConnection, "call", noted_call)
+        monkeypatch.setattr(RpcConnection, "stream", noted_stream)
+        failing = asyncio.ensure_future({
+            "write": lambda: client.write(["set", "a", 1]),
+            "read": lambda: client.read(["get", "a"]),
+            "status": client.status,
+            "listen": lambda: first_change(client),
+        }[call]())
+        tasks.append(failing)
+        await asyncio.wait_for(on_old.wait(), 5)
+        client._conn_to_replace = True  # as after a NotLeader naming another member: the next call reconnects
+        slow = asyncio.ensure_future(client.write(["slow", "x", 1]))
+        tasks.append(slow)
+        await asyncio.wait_for(sm.entered.wait(), 5)
+        new = client._conn
+        assert new is not None and new is not old
+        lose_old.set()
+        await asyncio.wait_for(retried.wait(), 5)
+        assert client._conn is new and not new.closed
+        sm.gate.set()
+        assert await slow == ["ok", "x", 1]
+        await failing
+        assert client._conn is new and not new.closed
+    finally:
+        sm.gate.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await client.close()
