@@ -27,7 +27,6 @@ import asyncio
 import bisect
 import contextlib
 import dataclasses
-import functools
 import heapq
 import inspect
 import itertools
@@ -36,8 +35,7 @@ import os
 import random
 import time
 import weakref
-from typing import (TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Coroutine, Generator, Mapping, NamedTuple,
-                    ParamSpec, Sequence, TypeVar)
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Mapping, NamedTuple, Sequence, TypeVar
 
 from . import codec
 from .config import Config, check_timeout
@@ -94,7 +92,6 @@ logger = logging.getLogger("raftlib")
 StateMachineFactory = Callable[[], StateMachine]
 
 _T = TypeVar("_T")
-_P = ParamSpec("_P")
 
 
 class Peer:
@@ -102,7 +99,7 @@ class Peer:
 
     A peer is an async context manager that stops it (:meth:`stop`, with
     its defaults) when the block ends, normally or by an exception:
-    ``async with await start_peer(...) as peer:``, or without the ``await``.
+    ``async with await start_peer(...) as peer:``.
     """
 
     def __init__(
@@ -3023,52 +3020,6 @@ def _snapshot_dir(
     )
 
 
-class _Starting(Coroutine[Any, Any, Peer]):
-    """What :func:`start_peer` and :func:`join` return: the coroutine that
-    starts the peer, so ``await`` (or a task) gives the started
-    :class:`Peer`, and also an async context manager, so that
-    ``async with start_peer(...) as peer:`` starts it and stops it (with
-    :meth:`Peer.stop`'s defaults) when the block ends."""
-
-    __slots__ = ("_starting", "_peer")
-
-    def __init__(self, starting: Coroutine[Any, Any, Peer]) -> None:
-        self._starting = starting
-        self._peer: Peer | None = None
-
-    def send(self, value: Any) -> Any:
-        return self._starting.send(value)
-
-    def throw(self, typ: Any, val: Any = None, tb: Any = None, /) -> Any:
-        return self._starting.throw(typ, val, tb)
-
-    def close(self) -> None:
-        self._starting.close()
-
-    def __await__(self) -> Generator[Any, None, Peer]:
-        return self._starting.__await__()
-
-    async def __aenter__(self) -> Peer:
-        self._peer = await self._starting
-        return self._peer
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._peer is not None
-        await self._peer.stop()
-
-
-def _startable(start: Callable[_P, Coroutine[Any, Any, Peer]]) -> Callable[_P, _Starting]:
-    """Make ``start`` (a coroutine function giving a started peer) return a
-    :class:`_Starting`: awaitable as before, and usable with ``async with``."""
-
-    @functools.wraps(start)
-    def starting(*args: _P.args, **kwargs: _P.kwargs) -> _Starting:
-        return _Starting(start(*args, **kwargs))
-
-    return starting
-
-
-@_startable
 async def start_peer(
     state_machine: StateMachine | type[StateMachine] | StateMachineFactory,
     *,
@@ -3085,9 +3036,9 @@ async def start_peer(
     """Start a Raft peer in the running event loop and return it.
 
     ``await start_peer(...)`` gives the started :class:`Peer`;
-    ``async with start_peer(...) as peer:`` (or ``async with await
-    start_peer(...) as peer:``) also stops it when the block ends, normally
-    or by an exception, as :meth:`Peer.stop` with its defaults does.
+    ``async with await start_peer(...) as peer:`` also stops it when the
+    block ends, normally or by an exception, as :meth:`Peer.stop` with its
+    defaults does.
     If starting fails or is cancelled, what it had opened (the socket, the
     storage and its lock) is released before the error or the
     cancellation is raised, even if it is cancelled again meanwhile.
@@ -3189,7 +3140,6 @@ async def _close_unstarted(peer: Peer | None, snapshots: SnapshotStore | None, s
         await asyncio.to_thread(_close_stores, snapshots, storage)
 
 
-@_startable
 async def join(
     state_machine: StateMachine | type[StateMachine] | StateMachineFactory,
     *,
@@ -3208,8 +3158,8 @@ async def join(
 ) -> Peer:
     """Start a peer and add it to a running cluster; return it.
 
-    Like :func:`start_peer`, it may also be used as ``async with join(...)
-    as peer:`` to stop the peer when the block ends.
+    Like :func:`start_peer`, it may also be used as ``async with await
+    join(...) as peer:`` to stop the peer when the block ends.
 
     ``seeds`` are addresses of any current members: the first one reachable
     forwards the request to the leader, which adds this peer as a learner,

@@ -122,7 +122,7 @@ async def test_the_getting_started_async_with_example_stops_the_peer(tmp_path: P
     import raftlib
 
     blocks = code_blocks("getting-started.md")
-    example = next(block for block in blocks if block.startswith("async with raftlib.start_peer("))
+    example = next(block for block in blocks if block.startswith("async with await raftlib.start_peer("))
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, Any] = {"raftlib": raftlib}
     exec(blocks[0], namespace)
@@ -130,7 +130,7 @@ async def test_the_getting_started_async_with_example_stops_the_peer(tmp_path: P
     assert namespace["total"] == 2
     assert namespace["peer"].status()["role"] == "stopped"
     # The data directory is free again: a peer starts on it, with the write.
-    async with raftlib.start_peer(namespace["Counter"], name="s1", address="127.0.0.1:0", data_dir="data/s1") as again:
+    async with await raftlib.start_peer(namespace["Counter"], name="s1", address="127.0.0.1:0", data_dir="data/s1") as again:
         assert await again.read("value", consistency="stale") == 2
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import socket
 import threading
 from pathlib import Path
@@ -37,27 +38,33 @@ async def test_async_with_a_started_peer_stops_it_on_exit(tmp_path: Path) -> Non
         assert await again.read(["get", "a"], timeout=10) == ["ok", 1]
 
 
-async def test_async_with_start_peer_directly_stops_the_peer_also_on_an_error(tmp_path: Path) -> None:
+async def test_async_with_stops_the_peer_also_on_an_error(tmp_path: Path) -> None:
     with pytest.raises(ZeroDivisionError):
-        async with _start(tmp_path) as peer:
+        async with await _start(tmp_path) as peer:
             await peer.set_configuration({"s1": peer.address})
             await peer.write(["set", "a", 1], timeout=10)
             1 / 0
     assert peer.status()["role"] == "stopped"
-    async with _start(tmp_path, peer.address) as again:
+    async with await _start(tmp_path, peer.address) as again:
         assert again is not peer
         assert await again.read(["get", "a"], timeout=10) == ["ok", 1]
-    # Awaiting it stays the way to start a peer, and a peer started so can
-    # still be stopped by hand.
+    # Started without async with, a peer is stopped by hand as before.
     peer = await _start(tmp_path)
     await peer.stop()
     assert peer.status()["role"] == "stopped"
 
 
+def test_start_peer_and_join_are_coroutine_functions() -> None:
+    # `await raftlib.start_peer(...)` is the documented way to start a peer;
+    # code that checks what it may await (or schedules it) sees it as such.
+    assert inspect.iscoroutinefunction(raftlib.start_peer)
+    assert inspect.iscoroutinefunction(raftlib.join)
+
+
 async def test_async_with_join_stops_the_joined_peer(cluster: Cluster) -> None:
     await cluster.start(1)
     leader = await cluster.leader()
-    async with raftlib.join(KVStore, name="s2", address="127.0.0.1:0", seeds=[leader.address],
+    async with await raftlib.join(KVStore, name="s2", address="127.0.0.1:0", seeds=[leader.address],
                             storage=MemoryStorage(), config=FAST, timeout=30) as peer:
         assert "s2" in leader.membership.voters
     assert peer.status()["role"] == "stopped"
