@@ -412,7 +412,12 @@ class Peer:
     def leader(self) -> NodeId | None:
         """The name of the leader this peer knows of, or ``None`` (also once
         it is stopping or stopped: it no longer knows)."""
-        return None if self._stopping or self._fatal is not None else self._core.leader
+        return None if self._ended else self._core.leader
+
+    @property
+    def _ended(self) -> bool:
+        """:meth:`stop` has begun, or a fatal error stopped this peer."""
+        return self._stopping or self._fatal is not None
 
     @property
     def is_leader(self) -> bool:
@@ -459,15 +464,15 @@ class Peer:
                 info["lag"] = max(0, last_index - progress[nid].match)
             return info
 
-        stopped = self._stopping or self._fatal is not None
+        leader = self.leader
         return {
             "name": self.name,
             "address": self.address,
-            "role": "stopped" if stopped else core.role,
+            "role": "stopped" if self._ended else core.role,
             "term": core.term,
             # A leader whose disk is full has stopped leading (no heartbeats;
             # the others elect a leader): it must not send clients back to itself.
-            "leader": None if stopped or (core.leader == self.name and not self.is_leader) else core.leader,
+            "leader": None if leader == self.name and not self.is_leader else leader,
             "commit_index": core.commit_index,
             "applied_index": self._applied,
             "last_index": last_index,
