@@ -815,10 +815,7 @@ async def run(cfg: JepsenConfig) -> tuple[Result, dict[str, Any]]:
                 # What was recorded so far is kept, unchecked.
                 stopped_at = time.monotonic() - state.t0
                 state.history.save(cfg.out / "history.jsonl")
-                summary = _summary(state, state.history.operations(), None, None)
-                summary["data_dir"] = str(work) if cfg.keep_data else None
-                (cfg.out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
-                (cfg.out / "latency.svg").write_text(_plot(state, stopped_at))
+                _write_results(state, work, state.history.operations(), None, None, stopped_at)
         finally:
             for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
@@ -834,10 +831,7 @@ async def run(cfg: JepsenConfig) -> tuple[Result, dict[str, Any]]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    summary = _summary(state, ops, result, healed_at)
-    summary["data_dir"] = str(work) if cfg.keep_data else None
-    (cfg.out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
-    (cfg.out / "latency.svg").write_text(_plot(state, healed_at))
+    summary = _write_results(state, work, ops, result, healed_at, healed_at)
     if result is None:
         raise KeyboardInterrupt
     return result, summary
@@ -874,6 +868,18 @@ async def _wait_for_leader(state: _Run, timeout: float) -> None:
                 return
         await asyncio.sleep(0.1)
     raise RaftError(f"no leader was elected within {timeout} s; see the node logs in {state.cfg.out}")
+
+
+def _write_results(state: _Run, work: Path, ops: list[Any], result: Result | None, healed_at: float | None,
+                   plot_until: float) -> dict[str, Any]:
+    """Write ``summary.json`` (see :func:`_summary`) and ``latency.svg`` (up
+    to ``plot_until``) to the output folder; return the summary."""
+    cfg = state.cfg
+    summary = _summary(state, ops, result, healed_at)
+    summary["data_dir"] = str(work) if cfg.keep_data else None
+    (cfg.out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+    (cfg.out / "latency.svg").write_text(_plot(state, plot_until))
+    return summary
 
 
 def _interrupt(signum: int, frame: object) -> None:
