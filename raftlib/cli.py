@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 
 import click
 
-from . import Config, Peer, StateMachine, _startup, start_peer
+from . import Config, Peer, StateMachine, _startup, codec, start_peer
 from .errors import RaftError
 from .security import Security, SharedSecret, TLSConfig, security_from
 from .runtime import _join_started
@@ -42,6 +42,20 @@ class DemoKV(StateMachine):
     def handle_read(self, query: Any) -> Any:
         _, key = query
         return ["ok", self.data[key]] if key in self.data else ["error", "key_not_found"]
+
+    def snapshot(self) -> bytes:
+        """The whole dict as msgpack bytes, so the log is compacted every ``Config.snapshot_entries``."""
+        return codec.pack(self.data, "snapshot")
+
+    def restore(self, data: bytes) -> None:
+        """Replace the dict with one produced by :meth:`snapshot`; ``ValueError`` if ``data`` is not one."""
+        try:
+            restored = codec.unpack(data)
+        except Exception as exc:  # msgpack's errors differ across versions
+            raise ValueError(f"not a DemoKV snapshot: {exc}") from None
+        if not isinstance(restored, dict):
+            raise ValueError(f"not a DemoKV snapshot: a {type(restored).__name__}, not a map")
+        self.data = restored
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
