@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 
 import click
 
-from . import Config, Peer, StateMachine, _startup, start_peer
+from . import Config, Peer, StateMachine, _startup, codec, start_peer
 from .errors import RaftError
 from .security import Security, SharedSecret, TLSConfig, security_from
 from .runtime import _join_started
@@ -42,6 +42,20 @@ class DemoKV(StateMachine):
     def handle_read(self, query: Any) -> Any:
         _, key = query
         return ["ok", self.data[key]] if key in self.data else ["error", "key_not_found"]
+
+    def snapshot(self) -> bytes:
+        """The whole dict as msgpack bytes, so the log is compacted every ``Config.snapshot_entries``."""
+        return codec.pack(self.data, "snapshot")
+
+    def restore(self, data: bytes) -> None:
+        """Replace the dict with one produced by :meth:`snapshot`; ``ValueError`` if ``data`` is not one."""
+        try:
+            restored = codec.unpack(data)
+        except Exception as exc:  # msgpack's errors differ across versions
+            raise ValueError(f"not a DemoKV snapshot: {exc}") from None
+        if not isinstance(restored, dict):
+            raise ValueError(f"not a DemoKV snapshot: a {type(restored).__name__}, not a map")
+        self.data = restored
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -605,20 +619,23 @@ def _file_text(path: str, flag: str) -> str:
     return text
 
 
-def _argument_or_file(argument: str | None, path: str | None, name: str, flag: str) -> str:
-    """The value given as the argument ``name`` or read from ``flag``'s file: exactly one of them."""
+def _check_argument_or_file(argument: str | None, path: str | None, name: str, flag: str) -> None:
+    """Refuse unless exactly one of the argument ``name`` and ``flag`` is given."""
     if argument is not None and path is not None:
         raise click.UsageError(f"give {name} or {flag}, not both")
-    if path is not None:
-        return _file_text(path, flag)
-    if argument is None:
+    if argument is None and path is None:
         raise click.UsageError(f"give {name} or {flag}")
-    return argument
 
 
-def _value_file_option(flag: str, name: str) -> Callable[[Any], Any]:
+def _argument_or_file(argument: str | None, path: str | None, name: str, flag: str) -> str:
+    """The value given as the argument ``name`` or read from ``flag``'s file: exactly one of them."""
+    _check_argument_or_file(argument, path, name, flag)
+    return _file_text(path, flag) if path is not None else str(argument)
+
+
+def _value_file_option(flag: str, name: str, dest: str = "value_file") -> Callable[[Any], Any]:
     return click.option(
-        flag, "value_file", type=click.Path(dir_okay=False, allow_dash=True), default=None, metavar="PATH",
+        flag, dest, type=click.Path(dir_okay=False, allow_dash=True), default=None, metavar="PATH",
         help=f"Read {name} from the file PATH ('-': standard input) instead of the command line, whose "
              f"arguments the OS limits to about 128 KiB. The whole content is the value, read as UTF-8 text; "
              f"it is parsed as {name} on the command line would be.")
@@ -690,8 +707,9 @@ def kv_delete(key: str, scope: str, cluster: str, as_json: bool, timeout: float)
 
 @kv.command("cas", cls=_ValueCommand)
 @click.argument("key", callback=_utf8)
-@click.argument("expected", callback=_utf8)
+@click.argument("expected", required=False, callback=_utf8)
 @click.argument("new", required=False, callback=_utf8)
+@_value_file_option("--expected-file", "EXPECTED", "expected_file")
 @_value_file_option("--new-file", "NEW")
 @click.option("--expected-version", type=click.IntRange(min=0, max=2**64 - 1), default=None,
               help="Compare the version instead of the value (0: the key must not exist); EXPECTED is ignored.")
@@ -701,19 +719,41 @@ def kv_delete(key: str, scope: str, cluster: str, as_json: bool, timeout: float)
 @_security_options
 @_json_option
 @_timeout_option
-def kv_cas(key: str, expected: str, new: str | None, value_file: str | None, expected_version: int | None,
-           as_string: bool, scope: str, cluster: str, as_json: bool, timeout: float) -> None:
-    """Set KEY to NEW only if its value is EXPECTED (null: the key is absent). Exits 1 if it was not."""
-    new_text = _argument_or_file(new, value_file, "NEW", "--new-file")
+def kv_cas(key: str, expected: str | None, new: str | None, expected_file: str | None, value_file: str | None,
+           expected_version: int | None, as_string: bool, scope: str, cluster: str, as_json: bool,
+           timeout: float) -> None:
+    """Set KEY to NEW only if its value is EXPECTED (null: the key is absent). Exits 1 if it was not.
+
+    --expected-file and --new-file take the place of EXPECTED and NEW: with
+    --expected-file, the one value after KEY is NEW."""
+    expected_text, new_text = _cas_texts(expected, new, expected_file, value_file, expected_version)
     # With --expected-version the version is compared and EXPECTED is only a
     # placeholder: KVClient.cas takes one or the other, never both.
-    expected_value = None if expected_version is not None else _parse_value(expected, as_string)
+    expected_value = None if expected_version is not None else _parse_value(expected_text, as_string)
     swapped = _run(_with_kv(cluster, timeout, lambda c: c.cas(
         key, expected_value, _parse_value(new_text, as_string), scope=scope, expected_version=expected_version)))
     _echo({"key": key, "scope": scope, "swapped": swapped} if as_json else ("swapped" if swapped else "not swapped"),
           as_json)
     if not swapped:
         sys.exit(1)
+
+
+def _cas_texts(expected: str | None, new: str | None, expected_file: str | None, new_file: str | None,
+               expected_version: int | None) -> tuple[str, str]:
+    """``kv cas``'s EXPECTED and NEW texts, from the arguments or the files
+    that take their places; every usage error comes before a file is read."""
+    if expected_file is not None and new is None:
+        expected, new = None, expected  # the one value after KEY is NEW
+    if expected_file is not None and expected_version is not None:
+        raise click.UsageError("give --expected-file or --expected-version, not both "
+                               "(with --expected-version the value is not compared)")
+    if expected_file == "-" and new_file == "-":
+        raise click.UsageError("--expected-file and --new-file cannot both read standard input ('-'): "
+                               "give a file for one of them")
+    _check_argument_or_file(expected, expected_file, "EXPECTED", "--expected-file")
+    _check_argument_or_file(new, new_file, "NEW", "--new-file")
+    return (_argument_or_file(expected, expected_file, "EXPECTED", "--expected-file"),
+            _argument_or_file(new, new_file, "NEW", "--new-file"))
 
 
 @kv.command("list")

@@ -52,9 +52,16 @@ def unpack(data: bytes) -> Any:
     answered.
     """
     try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+        return unpack_without_tuple_keys(data)
     except TypeError:  # an unhashable (array) map key; rare, so decoded again only then
         return msgpack.unpackb(data, raw=False, strict_map_key=False, object_pairs_hook=_map_with_tuple_keys)
+
+
+def unpack_without_tuple_keys(data: bytes) -> Any:
+    """Decode like :func:`unpack`, but raise TypeError for a map key that is
+    a list (a tuple when it was packed): the network refuses such keys, so
+    a result that has one cannot be returned to a caller anywhere."""
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
 
 
 def _hashable(key: Any) -> Any:

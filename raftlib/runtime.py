@@ -73,7 +73,7 @@ from .errors import (
 from .io_thread import IOThread
 from .rpc import CANCEL, REQUEST, RpcConnection
 from .security import Security, SharedSecret, TLSConfig, security_from
-from .serving import RequestServer, read_failed
+from .serving import RequestServer, read_failed, unreturnable_result
 from .sessions import ClientEntry, Outcome, SessionOp, SessionTable, open_settings
 from .snapshot import FileSnapshotStore, MemorySnapshotStore, SnapshotFile, SnapshotStore
 from .state_machine import StateMachine
@@ -1138,8 +1138,9 @@ class Peer:
         when its outcome is unknown. An exception raised by ``handle_write``
         is raised as it is here (as :class:`~raftlib.errors.CommandFailed`
         when forwarded); the command counts as applied. A result msgpack
-        cannot encode raises :class:`~raftlib.errors.CommandFailed` (here
-        and forwarded): the write took effect, only its result is lost.
+        cannot encode, or that has map keys the network refuses (tuples),
+        raises :class:`~raftlib.errors.CommandFailed` (here and forwarded):
+        the write took effect, only its result is lost.
         """
         if timeout is not None:  # the hot path: no call for the usual None
             check_timeout(timeout)
@@ -1317,7 +1318,7 @@ class Peer:
             # The handler's own: raised as it is, it would read as the
             # reader's cancellation (and end a forwarded read's server unanswered).
             raise read_failed(exc) from exc
-        return codec.roundtrip(result, "read result")
+        return _returned("read", codec.pack(result, "read result"))
 
     # -- client sessions -----------------------------------------------------------
 
@@ -2204,7 +2205,7 @@ class Peer:
                 await self._restore(batch)
                 continue
             pending_writes = self._pending_writes
-            unpack, feed = codec.unpack, self._feed_append
+            unpack, feed = codec.unpack_without_tuple_keys, self._feed_append
             normal = EntryKind.NORMAL
             pending: tuple[int, asyncio.Future[Any]] | None = None
             try:
@@ -2221,7 +2222,10 @@ class Peer:
                         feed((entry.index, entry.term, entry.data, ok, payload))
                         if fut is not None and not fut.done():
                             if ok:
-                                fut.set_result(unpack(payload))
+                                try:
+                                    fut.set_result(unpack(payload))
+                                except TypeError:  # a map key the network refuses: see _returned
+                                    fut.set_exception(_unreturnable("write", payload))
                             else:
                                 fut.set_exception(result)
                         self._bytes_since_snapshot += len(entry.data)
@@ -2879,6 +2883,24 @@ def _check_client(client: Any) -> str:
     return client
 
 
+def _returned(kind: str, payload: bytes) -> Any:
+    """A packed result of ``handle_<kind>`` as its caller receives it.
+
+    Through a follower or a client a result travels in a frame, whose map
+    keys may not be tuples; one with such a key raises the same
+    CommandFailed here, so a write's or read's outcome does not depend on
+    which peer was asked (:func:`codec.unpack` would give the tuples back).
+    """
+    try:
+        return codec.unpack_without_tuple_keys(payload)
+    except TypeError:
+        raise _unreturnable(kind, payload) from None
+
+
+def _unreturnable(kind: str, payload: bytes) -> CommandFailed:
+    return unreturnable_result(kind, wire_problem(payload) or "a map key may not be a list or tuple")
+
+
 def _seq_reused(client: str, seq: int) -> ConfigError:
     return ConfigError(
         f"write {seq} of client session {client!r} was applied before with another command; this one was not "
@@ -2890,7 +2912,7 @@ def _seq_reused(client: str, seq: int) -> ConfigError:
 def _session_result(stored: tuple[bool, bytes]) -> Any:
     ok, payload = stored
     if ok:
-        return codec.unpack(payload)
+        return _returned("write", payload)
     raise CommandFailed(payload.decode("utf-8", "replace"))
 
 

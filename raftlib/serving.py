@@ -285,9 +285,18 @@ class _Keepalive:
         self._timer.cancel()
 
 
-_USER_RESULTS = {"write": "the write was applied", "session_write": "the write was applied",
-                 "read": "the read changed nothing"}
-"""The requests that answer with a value of the state machine's, and what an error answer means for them."""
+_USER_RESULTS = {"write": "write", "session_write": "write", "read": "read"}
+"""The requests that answer with a value of the state machine's: of ``handle_write`` or ``handle_read``."""
+
+
+def unreturnable_result(kind: str, problem: str) -> CommandFailed:
+    """The error for a result of ``handle_<kind>`` (``"write"`` or ``"read"``)
+    that no caller can be given, at this peer or over the network; the same
+    text whichever peer, client or session asked."""
+    outcome = ("the write was applied on every peer, only its result cannot be returned" if kind == "write"
+               else "the read changed nothing")
+    return CommandFailed(f"the result of handle_{kind} cannot be returned, since a result must be able to "
+                         f"cross the network: {problem}; {outcome}")
 
 
 def _check_result(op: str, result: Any, max_frame_size: int) -> None:
@@ -299,14 +308,14 @@ def _check_result(op: str, result: Any, max_frame_size: int) -> None:
         data = codec.pack(result, "result")
         problem = wire_problem(data)
         if problem:
-            raise CommandFailed(f"the result cannot be sent back: {problem}; {_USER_RESULTS[op]}")
+            raise unreturnable_result(_USER_RESULTS[op], problem)
     elif kind in (bytes, str) and len(result) * 4 > max_frame_size - MESSAGE_FRAMING:  # 4: the most bytes of a char
         data = codec.pack(result, "result")
     else:
         return
     problem = _too_large(len(data), max_frame_size - MESSAGE_FRAMING)
     if problem:
-        raise CommandFailed(f"the result cannot be sent back: {problem}; {_USER_RESULTS[op]}")
+        raise unreturnable_result(_USER_RESULTS[op], problem)
 
 
 def _too_large(size: int, room: int) -> str | None:

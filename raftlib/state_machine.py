@@ -20,8 +20,10 @@ class StateMachine:
 
     An exception raised by :meth:`handle_write` is raised to the writer; the
     entry still counts as applied, so raise only deterministically. A result
-    msgpack cannot encode reaches the writer as
-    :class:`~raftlib.errors.CommandFailed`; the write took effect.
+    msgpack cannot encode, or one that cannot cross the network (map keys
+    other than str, bytes, int, float, bool or None, such as tuples), reaches
+    the writer as :class:`~raftlib.errors.CommandFailed`, at whichever peer
+    it wrote; the write took effect on every peer.
     """
 
     def handle_write(self, command: Any) -> Any:

@@ -228,3 +228,24 @@ def test_a_negative_number_as_a_value_gets_a_hint_to_use_the_option_terminator()
     # connection, not a usage error.
     result = CliRunner().invoke(main, ["kv", "put", "--cluster", "127.0.0.1:1", "--timeout", "0.5", "offset", "--", "-5"])
     assert result.exit_code == 1, result.output
+
+
+def test_cas_values_from_files_are_usage_errors_before_connecting_when_they_clash(tmp_path: Path) -> None:
+    """--expected-file takes EXPECTED's place as --new-file takes NEW's;
+    standard input ('-') can feed only one of them."""
+    path = tmp_path / "value.txt"
+    path.write_text("1")
+    for args, message in (
+        (["--expected-file", "-", "--new-file", "-"], "cannot both read standard input"),
+        (["1", "2", "--expected-file", str(path)], "give EXPECTED or --expected-file, not both"),
+        (["--expected-file", str(path)], "give NEW or --new-file"),
+        (["2", "--expected-file", str(path), "--new-file", str(path)], "not both"),
+        (["--new-file", str(path)], "give EXPECTED or --expected-file"),
+        (["x", "2", "--expected-file", str(path), "--expected-version", "3"], "--expected-version"),
+        (["--expected-file", str(tmp_path / "missing"), "2"], "cannot read"),
+    ):
+        result = CliRunner().invoke(main, ["kv", "cas", "k", *args, "--cluster", "127.0.0.1:1", "--timeout", "0.1"],
+                                    input="1")
+        assert result.exit_code == 2, (args, result.output, result.exception)
+        assert message in result.output, (args, result.output)
+

@@ -280,6 +280,31 @@ def test_values_too_large_for_an_argument_come_from_a_file_or_stdin(single: Node
     assert refused.exit_code == 2 and "not valid UTF-8" in refused.output
 
 
+def test_cas_takes_the_expected_value_from_a_file_or_stdin(single: Node, tmp_path: Path) -> None:
+    """A large expected value does not fit on the command line either."""
+    wait_for(lambda: leader_of(single.address))
+    big = "x" * 300_000
+    expected = tmp_path / "expected.txt"
+    expected.write_text(big)
+    new = tmp_path / "new.txt"
+    new.write_text(big + "y")
+    assert cli("kv", "put", "big", "--value-file", str(expected), "--cluster", single.address).exit_code == 0
+    wrong = CliRunner().invoke(main, ["kv", "cas", "big", "--expected-file", "-", "--new-file", str(new),
+                                      "--cluster", single.address], input=big + "z")
+    assert wrong.exit_code == 1 and wrong.output.strip() == "not swapped", wrong.output
+    piped = CliRunner().invoke(main, ["kv", "cas", "big", "--expected-file", "-", "--new-file", str(new),
+                                      "--cluster", single.address], input=big)
+    assert piped.exit_code == 0 and piped.output.strip() == "swapped", piped.output
+    swapped = cli("kv", "cas", "big", "--expected-file", str(new), "[1, 2]", "--cluster", single.address)
+    assert swapped.exit_code == 0 and swapped.output.strip() == "swapped", swapped.output
+    expected.write_text("[1, 2]\n")
+    as_text = cli("kv", "cas", "big", "--expected-file", str(expected), "3", "--string", "--cluster", single.address)
+    assert as_text.exit_code == 1, as_text.output  # the text "[1, 2]\n" is not the list [1, 2]
+    as_json = cli("kv", "cas", "big", "--expected-file", str(expected), "3", "--cluster", single.address)
+    assert as_json.exit_code == 0, as_json.output
+    assert json.loads(cli("kv", "get", "big", "--cluster", single.address).output) == 3
+
+
 def test_kv_watch_all_scopes_prints_the_changes_of_every_scope(single: Node) -> None:
     wait_for(lambda: leader_of(single.address))
     assert cli("scope", "create", "billing", "--cluster", single.address).exit_code == 0

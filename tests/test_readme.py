@@ -33,6 +33,19 @@ def test_readme_example_runs(tmp_path: Path) -> None:
     assert (tmp_path / "data" / "s1").is_dir()
 
 
+def test_the_readme_state_machine_has_the_methods_of_the_demo_one() -> None:
+    """``raftlib demo`` runs the README's state machine (``raftlib.cli.DemoKV``); the page shows all it implements."""
+    import ast
+
+    from raftlib.cli import DemoKV
+
+    code = re.search(r"```python\n(.*?)```", README.read_text(), re.S)
+    assert code is not None
+    shown = next(node for node in ast.parse(code.group(1)).body if isinstance(node, ast.ClassDef))
+    methods = {node.name for node in shown.body if isinstance(node, ast.FunctionDef)}
+    assert methods == {name for name, value in vars(DemoKV).items() if callable(value)}
+
+
 def test_the_kv_example_runs_and_prints_what_the_page_says(tmp_path: Path) -> None:
     text = (README.parent / "docs" / "kv.md").read_text()
     source = re.findall(r"```python\n(.*?)```", text, re.S)[0]

@@ -731,31 +731,44 @@ class TupleKeyedKV(KVStore):
         return {(3, 4): query[1]} if query[0] == "tuple" else super().handle_read(query)
 
 
-async def test_a_result_that_cannot_cross_the_network_is_reported_as_such(cluster: Cluster) -> None:
-    """A result with tuple map keys is fine on the leader, but the answer
-    frame carrying it was refused by the peer or client that asked: the
-    connection closed, a follower's caller got ConnectionLost, and a client
-    retried until its timeout and reported the write's outcome unknown
-    (it was applied)."""
+async def test_a_result_that_cannot_cross_the_network_is_refused_the_same_way_everywhere(cluster: Cluster) -> None:
+    """A result with tuple map keys came back as a value from the leader, but
+    as CommandFailed through a follower or a client (whose answer frame
+    cannot carry it): now every writer and reader gets the same
+    CommandFailed, naming what is wrong, and the write applies on every peer."""
     leader, follower = await _leader_and_follower(cluster, sm=TupleKeyedKV)
-    assert await leader.write(["tuple", "l"]) == {(1, 2): "l"}
-    with pytest.raises(errors.CommandFailed, match="cannot be sent back.*the write was applied"):
-        await follower.write(["tuple", "f"], timeout=10)
-    with pytest.raises(errors.CommandFailed, match="cannot be sent back.*the read changed nothing"):
-        await follower.read(["tuple", "f"], timeout=10)
-    client = await raftlib.connect([leader.address], timeout=5)
+    said: list[str] = []
+    write_said = r"result of handle_write .*a map key may not be a list or tuple.*applied on every peer"
+    read_said = r"result of handle_read .*a map key may not be a list or tuple.*the read changed nothing"
+    for name, peer in (("l", leader), ("f", follower)):
+        with pytest.raises(errors.CommandFailed, match=write_said) as wrote:
+            await peer.write(["tuple", name], timeout=10)
+        await peer.open_session(f"session-{name}", timeout=10)
+        with pytest.raises(errors.CommandFailed, match=write_said) as session_wrote:
+            await peer.session_write(f"session-{name}", 1, ["tuple", name + "s"], timeout=10)
+        said += [str(wrote.value), str(session_wrote.value)]
+        for consistency in ("linearizable", "lease", "stale"):
+            with pytest.raises(errors.CommandFailed, match=read_said) as read:
+                await peer.read(["tuple", name], consistency=consistency, timeout=10)
+            said.append(str(read.value))
+    client = await raftlib.connect([follower.address], timeout=5)
     try:
         loop = asyncio.get_running_loop()
         start = loop.time()
-        with pytest.raises(errors.CommandFailed, match="the write was applied"):
+        with pytest.raises(errors.CommandFailed, match=write_said) as wrote:
             await client.write(["tuple", "c"])
-        with pytest.raises(errors.CommandFailed, match="the read changed nothing"):
+        with pytest.raises(errors.CommandFailed, match=read_said) as read:
             await client.read(["tuple", "c"])
+        said += [str(wrote.value), str(read.value)]
         assert loop.time() - start < 2
         assert await client.write(["set", "a", 1]) == ["ok", "a", 1]
     finally:
         await client.close()
-    assert [c[1] for c in leader.state_machine.applied if c[0] == "tuple"] == ["l", "f", "c"]
+    assert len({text for text in said if "handle_write" in text}) == 1, said
+    assert len({text for text in said if "handle_read" in text}) == 1, said
+    for peer in cluster.peers.values():
+        sm = peer.state_machine
+        await eventually(lambda sm=sm: [c[1] for c in sm.applied if c[0] == "tuple"] == ["l", "ls", "f", "fs", "c"])
     assert sum(p._transport.stats["protocol_errors"] for p in cluster.peers.values()) == 0
 
 
@@ -769,7 +782,8 @@ async def test_a_change_that_cannot_cross_the_network_ends_the_feed_with_an_erro
     client = await raftlib.connect([s1.address], timeout=10)
     try:
         await s1.write(["set", "a", 1])
-        await s1.write(["set", "t", {(1, 2): 3}])
+        with pytest.raises(errors.CommandFailed, match="the write was applied"):
+            await s1.write(["set", "t", {(1, 2): 3}])  # the result, ["ok", "t", {(1, 2): 3}], cannot be returned
         bad = s1.status()["last_index"]
         await s1.write(["set", "b", 2])
         seen: list[Any] = []

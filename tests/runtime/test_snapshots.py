@@ -106,6 +106,43 @@ async def test_restart_recovers_from_snapshot_plus_log_tail(snap_cluster: Cluste
     assert leader.state_machine.data == expected
 
 
+async def test_the_demo_state_machine_compacts_its_log_and_restarts_from_a_snapshot(snap_cluster: Cluster) -> None:
+    """``raftlib demo``'s state machine (the README's, and the benchmarks')
+    used to implement no snapshot(), so its log was never compacted."""
+    from raftlib.cli import DemoKV
+
+    await snap_cluster.start(3, sm=DemoKV)
+    leader = await snap_cluster.leader()
+    await write_many(leader, 130)
+    expected = dict(leader.state_machine.data)
+    await eventually(lambda: all(p.status()["snapshot_index"] >= 50 for p in snap_cluster.peers.values()))
+    assert all(p._storage.first_index() > 1 for p in snap_cluster.peers.values())
+    for name in list(snap_cluster.peers):
+        await snap_cluster.stop(name)
+    for name in ["s1", "s2", "s3"]:
+        await snap_cluster.start_peer(name, sm=DemoKV)
+    leader = await snap_cluster.leader()
+    assert await leader.write(["set", "barrier", 1]) == ["ok", "barrier", 1]
+    expected["barrier"] = 1
+    for p in snap_cluster.peers.values():
+        await eventually(lambda p=p: p.state_machine.data == expected)
+
+
+def test_the_demo_state_machine_refuses_what_is_not_its_snapshot_and_keeps_its_state() -> None:
+    from raftlib import codec
+    from raftlib.cli import DemoKV
+
+    kv = DemoKV()
+    kv.handle_write(["set", "a", [1, 2]])
+    copy = DemoKV()
+    copy.restore(kv.snapshot())
+    assert copy.data == {"a": [1, 2]}
+    for junk in (b"\xc1", codec.pack([1, 2])):
+        with pytest.raises(ValueError, match="not a DemoKV snapshot"):
+            copy.restore(junk)
+    assert copy.data == {"a": [1, 2]}
+
+
 async def test_corrupt_snapshot_is_reported_at_start_naming_the_file(snap_cluster: Cluster) -> None:
     await snap_cluster.start(1)
     leader = await snap_cluster.leader()
