@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from raftlib import Config
 from raftlib.cli import main
 
 
@@ -41,6 +42,15 @@ def test_demo_runs_as_a_module_in_memory_with_a_graceful_stop() -> None:
     assert "hands leadership" in out.stdout
     assert "All 50 writes are readable" in out.stdout
     assert out.stderr == ""
+
+
+def test_demo_writes_more_than_one_batch_of_pending_writes() -> None:
+    # More writes than Config.max_pending_writes lets wait at once: the demo
+    # keeps under that bound instead of failing its own writes.
+    writes = Config().max_pending_writes + 1
+    result = CliRunner().invoke(main, ["demo", "--memory", "--writes", str(writes)])
+    assert result.exit_code == 0, result.output
+    assert f"All {writes} writes are readable" in result.output
 
 
 def test_help_and_bad_options() -> None:
