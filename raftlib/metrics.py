@@ -76,7 +76,7 @@ class PeerCounters:
 
     __slots__ = ("writes_proposed", "writes_committed", "writes_failed", "entries_applied", "entries_saved",
                  "reads_served", "requests_forwarded", "leader_changes_seen", "snapshots_taken", "snapshots_sent",
-                 "snapshots_installed", "save", "apply", "_leader_seen")
+                 "snapshots_installed", "save", "apply", "snapshot", "restore", "_leader_seen")
 
     def __init__(self) -> None:
         self.writes_proposed = 0
@@ -92,6 +92,8 @@ class PeerCounters:
         self.snapshots_installed = 0
         self.save = Timing()
         self.apply = Timing()
+        self.snapshot = Timing()
+        self.restore = Timing()
         self._leader_seen: tuple[str, int] | None = None
 
     def saw_leader(self, leader: str | None, term: int) -> None:

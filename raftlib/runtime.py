@@ -541,8 +541,12 @@ class Peer:
         ``storage_full`` (0 or 1).
 
         ``timings``: ``save_seconds`` (each synced save of log entries or
-        hard state: one per batch of writes) and ``apply_seconds`` (each
-        batch of committed entries through the state machine). Each has
+        hard state: one per batch of writes), ``apply_seconds`` (each
+        batch of committed entries through the state machine),
+        ``snapshot_seconds`` (each snapshot taken, from the call to the
+        state machine's ``snapshot()`` until the file is written and the log
+        compacted) and ``restore_seconds`` (each snapshot from a leader
+        restored into the state machine). Each has
         ``count``, ``sum``, ``max`` and ``buckets``, a dict from upper bound
         in seconds (a string; the last is ``"+Inf"``) to the number of
         durations at or below it, cumulative as in a Prometheus histogram.
@@ -592,7 +596,8 @@ class Peer:
                 "connections_open": self._transport.connections_open,
                 "storage_full": int(self._storage_full is not None),
             },
-            "timings": {"save_seconds": c.save.summary(), "apply_seconds": c.apply.summary()},
+            "timings": {"save_seconds": c.save.summary(), "apply_seconds": c.apply.summary(),
+                        "snapshot_seconds": c.snapshot.summary(), "restore_seconds": c.restore.summary()},
         }
 
     @property
@@ -2421,6 +2426,7 @@ class Peer:
             meta = SnapshotMeta(index, self._applied_term, self._core.membership_at(index))
             if index > self._snapshot_index or self._snapshots.find(index, meta.term) is None:
                 sessions = self._sessions.encode()  # the table as of this same index
+                started = time.perf_counter()
                 source = await asyncio.to_thread(self.state_machine.snapshot)
                 try:
                     data = _with_header(sessions, source)
@@ -2428,10 +2434,10 @@ class Peer:
                     self._bytes_since_snapshot = 0
                     if isinstance(data, bytes):
                         task = asyncio.get_running_loop().create_task(
-                            self._write_snapshot(meta, data, requests), name=f"raftlib-snapshot-{self.name}")
+                            self._write_snapshot(meta, data, requests, started), name=f"raftlib-snapshot-{self.name}")
                         self._snapshot_writer = task
                         return
-                    await self._write_snapshot(meta, data, requests)
+                    await self._write_snapshot(meta, data, requests, started)
                     return
                 finally:
                     await _close_source(source)
@@ -2444,8 +2450,10 @@ class Peer:
             if not req.done():
                 req.set_result(meta)
 
-    async def _write_snapshot(self, meta: SnapshotMeta, data: Any, requests: list[asyncio.Future[SnapshotMeta]]) -> None:
-        """Write the snapshot file, have the driver compact the log, prune old files."""
+    async def _write_snapshot(self, meta: SnapshotMeta, data: Any, requests: list[asyncio.Future[SnapshotMeta]],
+                              started: float) -> None:
+        """Write the snapshot file, have the driver compact the log, prune old
+        files. ``started`` is when ``snapshot()`` was called (``time.perf_counter()``)."""
         try:
             write = asyncio.ensure_future(self._snapshots.write(meta, data))
             try:
@@ -2463,6 +2471,7 @@ class Peer:
             await self._snapshots.prune(keep=_SNAPSHOTS_KEPT, protect=self._recorded_snapshot)
             self._snapshot_failures = 0
             self._counters.snapshots_taken += 1
+            self._counters.snapshot.observe(time.perf_counter() - started)
             self._log.info("%s: snapshot at %d (%d bytes); log compacted", self.name, meta.index, snap.size)
         except asyncio.CancelledError:
             raise
@@ -2501,6 +2510,7 @@ class Peer:
         """Restore the state machine from a snapshot the leader sent (in the
         applier, in order with the entries); tell the driver how it went."""
         snap = item.snap
+        started = time.perf_counter()
         try:
             self._sessions = await asyncio.to_thread(self._restore_state_machine, snap)
         except Exception as exc:
@@ -2509,6 +2519,7 @@ class Peer:
             return
         self._restored = snap.meta
         self._counters.snapshots_installed += 1
+        self._counters.restore.observe(time.perf_counter() - started)
         self._feed_drop_through(snap.meta.index)  # the writes it covers were never applied here
         self._applied, self._applied_term = snap.meta.index, snap.meta.term
         self._snapshot_index = snap.meta.index

@@ -66,11 +66,15 @@ async def test_timings_are_summaries_with_cumulative_buckets(cluster: Cluster) -
     leader = await cluster.leader()
     for i in range(5):
         await leader.write(["set", "k", i])
-    for timing in leader.metrics()["timings"].values():
+    timings = leader.metrics()["timings"]
+    assert set(timings) == {"save_seconds", "apply_seconds", "snapshot_seconds", "restore_seconds"}
+    assert timings["save_seconds"]["count"] > 0 and timings["apply_seconds"]["count"] > 0
+    assert timings["snapshot_seconds"]["count"] == timings["restore_seconds"]["count"] == 0
+    for timing in timings.values():
         buckets = timing["buckets"]
         counts = list(buckets.values())
         assert counts == sorted(counts)  # cumulative, as Prometheus has them
-        assert list(buckets)[-1] == "+Inf" and buckets["+Inf"] == timing["count"] > 0
+        assert list(buckets)[-1] == "+Inf" and buckets["+Inf"] == timing["count"]
         bounds = [float(b) for b in list(buckets)[:-1]]
         assert bounds == sorted(bounds)
         assert 0 <= timing["max"] <= timing["sum"]
@@ -164,6 +168,7 @@ async def test_snapshots_and_client_connections_are_counted(cluster: Cluster) ->
     await leader.write(["set", "a", 1])
     await leader.snapshot()
     assert counters(leader)["snapshots_taken"] == 1
+    assert leader.metrics()["timings"]["snapshot_seconds"]["count"] == 1
     accepted = counters(leader)["connections_accepted"]
     async with await raftlib.connect([leader.address], timeout=10) as client:
         await client.write(["set", "b", 2])
@@ -185,7 +190,26 @@ async def test_a_snapshot_sent_to_a_lagging_follower_is_counted_at_both_ends(tmp
         assert counters(leader)["snapshots_taken"] >= 1
         back = await c.start_peer(lagging)
         await eventually(lambda: counters(back)["snapshots_installed"] == 1, timeout=20)
-        assert counters(leader)["snapshots_sent"] >= 1
+        # The sender hears the transfer is over after the receiver may have restored it.
+        await eventually(lambda: counters(leader)["snapshots_sent"] >= 1)
+        assert back.metrics()["timings"]["restore_seconds"]["count"] == 1
+        assert leader.metrics()["timings"]["restore_seconds"]["count"] == 0
+        taken = leader.metrics()
+        assert taken["timings"]["snapshot_seconds"]["count"] == taken["counters"]["snapshots_taken"]
         assert counters(back)["snapshots_sent"] == 0
     finally:
         await c.close()
+
+
+def test_a_duration_on_a_bucket_bound_counts_in_that_bucket() -> None:
+    """Buckets are "at or below" their bound (Prometheus' le); beyond the
+    last bound only +Inf counts it."""
+    from raftlib.metrics import Timing
+
+    timing = Timing()
+    for seconds in (0.001, 0.0011, 7.0):
+        timing.observe(seconds)
+    summary = timing.summary()
+    assert summary["count"] == 3 and summary["max"] == 7.0 and summary["sum"] == pytest.approx(7.0021)
+    buckets = summary["buckets"]
+    assert (buckets["0.0005"], buckets["0.001"], buckets["0.0025"], buckets["5"], buckets["+Inf"]) == (0, 1, 2, 2, 3)
