@@ -862,8 +862,11 @@ def scope_list(consistency: str, cluster: str, as_json: bool, timeout: float) ->
 # -- status and members --------------------------------------------------------------------------
 
 
-async def _statuses(addresses: list[str], timeout: float) -> list[tuple[str, dict[str, Any] | None, str]]:
-    """``(address, status or None, error)`` for every given or discovered member."""
+async def _statuses(addresses: list[str], timeout: float,
+                    metrics: bool = False) -> list[tuple[str, dict[str, Any] | None, str]]:
+    """``(address, status or None, error)`` for every given or discovered member;
+    with ``metrics``, each status has its member's ``metrics`` too (``None``
+    from a member that does not answer them)."""
     from .rpc import RpcConnection
 
     results: dict[str, tuple[dict[str, Any] | None, str]] = {}
@@ -876,6 +879,11 @@ async def _statuses(addresses: list[str], timeout: float) -> list[tuple[str, dic
             conn = await RpcConnection.open(address, timeout=timeout, security=_security())
             try:
                 status = await conn.call("status", {}, timeout=timeout)
+                if metrics:
+                    try:
+                        status["metrics"] = await conn.call("metrics", {}, timeout=timeout)
+                    except RaftError:  # a member from before metrics existed
+                        status["metrics"] = None
             finally:
                 await conn.close()
         except RaftError as exc:
@@ -901,9 +909,11 @@ async def _statuses(addresses: list[str], timeout: float) -> list[tuple[str, dic
 @_json_option
 @click.option("--timeout", type=_Seconds(min=0.1), default=3.0, show_default=True,
               help="Seconds allowed per member.")
-def status(cluster: str, as_json: bool, timeout: float) -> None:
+@click.option("--metrics", "with_metrics", is_flag=True,
+              help="Also show each member's counters, gauges and timings (Peer.metrics()).")
+def status(cluster: str, as_json: bool, timeout: float, with_metrics: bool) -> None:
     """Show every member: role, term, commit and applied index, last contact, lag."""
-    rows = _run(_statuses(_addresses(cluster), timeout))
+    rows = _run(_statuses(_addresses(cluster), timeout, with_metrics))
     reachable = [s for _, s, _ in rows if s is not None]
     if not reachable:
         raise click.ClickException("no member could be reached: " + "; ".join(f"{a}: {e}" for a, _, e in rows))
@@ -924,6 +934,8 @@ def status(cluster: str, as_json: bool, timeout: float) -> None:
             "lag": view.get("lag") if leader_view else None,
             "error": error or None,
         })
+        if with_metrics:
+            table[-1]["metrics"] = st.get("metrics") if st else None
     table.sort(key=lambda r: str(r["name"]))
     if as_json:
         _echo(table, True)
@@ -939,6 +951,29 @@ def status(cluster: str, as_json: bool, timeout: float) -> None:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())
     if leader_view is None:
         click.echo("no leader among the reachable members", err=True)
+    if with_metrics:
+        for r in table:
+            click.echo(f"\n{r['name']} metrics:")
+            values = _metric_lines(r["metrics"]) if r["metrics"] else [("-", "")]
+            width = max(len(key) for key, _ in values)
+            for key, value in values:
+                click.echo(f"  {key.ljust(width)}  {value}".rstrip())
+
+
+def _metric_lines(metrics: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(name, value)`` lines for Peer.metrics(): counters and gauges one
+    per line (``writes_failed.not_leader``), timings as their count, sum and
+    maximum (the buckets are in the --json output)."""
+    lines: list[tuple[str, str]] = []
+    for group in ("counters", "gauges"):
+        for key, value in metrics.get(group, {}).items():
+            if isinstance(value, dict):
+                lines += [(f"{key}.{sub}", str(n)) for sub, n in value.items()]
+            else:
+                lines.append((key, str(value)))
+    for key, timing in metrics.get("timings", {}).items():
+        lines.append((key, f"count={timing['count']} sum={timing['sum']:.6f} s max={timing['max']:.6f} s"))
+    return lines
 
 
 def _cell(value: Any) -> str:

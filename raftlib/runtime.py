@@ -71,6 +71,7 @@ from .errors import (
     WriteTimeout,
 )
 from .io_thread import IOThread
+from .metrics import PeerCounters
 from .rpc import CANCEL, REQUEST, RpcConnection
 from .security import Security, SharedSecret, TLSConfig, security_from
 from .serving import RequestServer, read_failed, unreturnable_result
@@ -198,6 +199,10 @@ class Peer:
         """Wakes the driver when writes gathering behind a save are due (``max_batch_delay``)."""
         # Storage writes run on this one thread, in order.
         self._io = IOThread(f"raftlib-io-{name}")
+        self._counters = PeerCounters()
+        """What :meth:`metrics` reports besides the core's and the transport's counters."""
+        self._save_started = 0.0
+        """``time.perf_counter()`` when the save in flight began (see :meth:`_start_save`)."""
 
         snap = self._core.snapshot
         self._applied_term = snap.term if snap else 0
@@ -480,6 +485,119 @@ class Peer:
             "storage_full": self._storage_full is not None,
             "removed_at": core.removal_index() or None,
             "members": {nid: describe(nid, addr) for nid, addr in membership.members.items()},
+        }
+
+    def metrics(self) -> dict[str, Any]:
+        """Counters, gauges and timings of this peer, as a plain dict that
+        :func:`json.dumps` takes as it is. Cheap: call it as often as you
+        scrape. Still readable once the peer has stopped (its last values;
+        ``is_leader`` and ``has_leader`` are then 0). Counters start at 0
+        when the peer starts; none is kept across a restart.
+
+        ``name`` is this peer's name. ``counters`` (each only grows):
+
+        * ``pre_votes_started``, ``elections_started``, ``elections_won``:
+          pre-vote rounds and elections (new terms) this peer began, and
+          elections it won (a leadership transfer counts as an election);
+        * ``leader_changes_seen``: leaders this peer came to know, one per
+          term at most (the first leader it knows counts);
+        * ``writes_proposed``: entries this peer appended as leader for
+          writes (:meth:`write`, :meth:`submit`, writes forwarded to it,
+          client sessions' entries), one per write;
+        * ``writes_committed``: of those and of this leader's membership
+          changes, the ones that committed and were applied here (a write
+          whose ``handle_write`` raised counts: it applied);
+        * ``writes_failed``: writes refused or lost on this peer, by reason:
+          ``not_leader`` (:class:`NotLeader`, from a follower too when
+          ``forward=False``), ``storage_full``, ``overloaded``, ``dropped``
+          (:class:`ProposalDropped`), ``leadership_lost``, ``timeout``
+          (:class:`WriteTimeout`) and ``stopped`` (:class:`PeerStopped`);
+        * ``entries_applied``: log entries this peer applied (commands,
+          and the leaders' no-op and configuration entries);
+        * ``entries_saved``: log entries this peer wrote to its storage;
+        * ``reads_served``: reads answered here, by consistency
+          (``linearizable``, ``lease``, ``stale``);
+        * ``requests_forwarded``: requests this peer sent on to the leader,
+          by operation (``write``, ``read``, ``session_write``, ...);
+        * ``messages_sent``, ``messages_received``, ``messages_dropped``:
+          Raft messages handed to the network, received from other peers,
+          and dropped (queue full, peer unreachable or unknown);
+        * ``bytes_sent``: bytes written to other peers' Raft connections;
+          ``bytes_received``: bytes read on inbound connections (other
+          peers' messages and snapshots, clients' and forwarded requests);
+        * ``snapshots_taken`` (of this peer's state machine),
+          ``snapshots_sent`` (to followers that fell behind),
+          ``snapshots_installed`` (received from a leader and restored);
+        * ``connections_accepted``, ``connections_refused`` (failed the
+          security handshake, or over ``Config.max_inbound_connections``),
+          ``connections_evicted`` (closed to make room),
+          ``connect_failures`` (to other peers) and ``protocol_errors``.
+
+        ``gauges`` (current values): ``term``, ``is_leader`` and
+        ``has_leader`` (0 or 1), ``commit_index``, ``applied_index``,
+        ``apply_lag`` (committed entries not yet applied), ``last_index``,
+        ``snapshot_index``, ``writes_pending`` (queued or appended, not yet
+        applied), ``reads_pending``, ``connections_open`` (inbound) and
+        ``storage_full`` (0 or 1).
+
+        ``timings``: ``save_seconds`` (each synced save of log entries or
+        hard state: one per batch of writes), ``apply_seconds`` (each
+        batch of committed entries through the state machine),
+        ``snapshot_seconds`` (each snapshot taken, from the call to the
+        state machine's ``snapshot()`` until the file is written and the log
+        compacted) and ``restore_seconds`` (each snapshot from a leader
+        restored into the state machine). Each has
+        ``count``, ``sum``, ``max`` and ``buckets``, a dict from upper bound
+        in seconds (a string; the last is ``"+Inf"``) to the number of
+        durations at or below it, cumulative as in a Prometheus histogram.
+        """
+        core, c, stats = self._core, self._counters, self._transport.stats
+        commit = core.commit_index
+        leader = self.leader
+        return {
+            "name": self.name,
+            "counters": {
+                "pre_votes_started": core.pre_votes_started,
+                "elections_started": core.elections_started,
+                "elections_won": core.elections_won,
+                "leader_changes_seen": c.leader_changes_seen,
+                "writes_proposed": c.writes_proposed,
+                "writes_committed": c.writes_committed,
+                "writes_failed": dict(c.writes_failed),
+                "entries_applied": c.entries_applied,
+                "entries_saved": c.entries_saved,
+                "reads_served": dict(c.reads_served),
+                "requests_forwarded": dict(c.requests_forwarded),
+                "messages_sent": stats["messages_sent"],
+                "messages_received": stats["messages_received"],
+                "messages_dropped": stats["dropped"],
+                "bytes_sent": stats["bytes_sent"],
+                "bytes_received": stats["bytes_received"],
+                "snapshots_taken": c.snapshots_taken,
+                "snapshots_sent": c.snapshots_sent,
+                "snapshots_installed": c.snapshots_installed,
+                "connections_accepted": stats["connections_accepted"],
+                "connections_refused": stats["refused"] + stats["over_capacity"],
+                "connections_evicted": stats["evicted"],
+                "connect_failures": stats["connect_failures"],
+                "protocol_errors": stats["protocol_errors"],
+            },
+            "gauges": {
+                "term": core.term,
+                "is_leader": int(leader == self.name and self.is_leader),
+                "has_leader": int(leader is not None),
+                "commit_index": commit,
+                "applied_index": self._applied,
+                "apply_lag": max(0, commit - self._applied),
+                "last_index": core.log.last_index(),
+                "snapshot_index": self._snapshot_index,
+                "writes_pending": len(self._proposals) + len(self._pending_writes),
+                "reads_pending": len(self._read_requests) + len(self._pending_reads),
+                "connections_open": self._transport.connections_open,
+                "storage_full": int(self._storage_full is not None),
+            },
+            "timings": {"save_seconds": c.save.summary(), "apply_seconds": c.apply.summary(),
+                        "snapshot_seconds": c.snapshot.summary(), "restore_seconds": c.restore.summary()},
         }
 
     @property
@@ -958,6 +1076,7 @@ class Peer:
         address = self._core.membership.members.get(leader) or self._transport.addresses.get(leader)
         if address is None:
             raise NotLeader(leader)
+        self._counters.forwarded(op)
         sent = False
         try:
             async with asyncio.timeout(within):
@@ -1199,7 +1318,9 @@ class Peer:
             async with asyncio.timeout(timeout):
                 return await asyncio.shield(fut)
         except TimeoutError:
-            raise WriteTimeout(f"the write did not finish within {timeout} s; it may still be applied") from None
+            exc = WriteTimeout(f"the write did not finish within {timeout} s; it may still be applied")
+            self._counters.write_failed(exc)
+            raise exc from None
         finally:
             if not fut.done():
                 fut.add_done_callback(_retrieve)  # nobody awaits it any more
@@ -1207,13 +1328,17 @@ class Peer:
     def _enqueue(self, kind: EntryKind, data: bytes) -> asyncio.Future[Any]:
         """Leader: queue one entry for the driver; the future resolves once it is applied."""
         self._check_running()
-        self._check_leader()
-        pending = len(self._proposals) + len(self._pending_writes)
-        if pending >= self.config.max_pending_writes:
-            raise Overloaded(
-                f"peer {self.name} has {pending} writes pending (Config.max_pending_writes); "
-                f"this one was not applied: retry later"
-            )
+        try:
+            self._check_leader()
+            pending = len(self._proposals) + len(self._pending_writes)
+            if pending >= self.config.max_pending_writes:
+                raise Overloaded(
+                    f"peer {self.name} has {pending} writes pending (Config.max_pending_writes); "
+                    f"this one was not applied: retry later"
+                )
+        except RaftError as exc:
+            self._counters.write_failed(exc)
+            raise
         loop = self._loop
         fut: asyncio.Future[Any] = loop.create_future()
         if not self._proposals:
@@ -1258,14 +1383,14 @@ class Peer:
         data = _pack_query(query, consistency, self.config.max_command_size)
         self._check_running()
         if consistency == "stale":
-            return await self._answer(data)
+            return await self._answer_stale(data)
         return await self._read_local(data, consistency, timeout)
 
     async def _forwarded_read(self, query: Any, consistency: str, timeout: float | None, hops: int) -> Any:
         data = _pack_query(query, consistency, self.config.max_command_size)
         self._check_running()
         if consistency == "stale":
-            return await self._answer(data)
+            return await self._answer_stale(data)
         return await self._on_leader(
             "read", {"query": query, "consistency": consistency},
             lambda deadline: self._read_local(data, consistency, _remaining(self._loop, deadline)),
@@ -1299,13 +1424,20 @@ class Peer:
             at = await fut if fut is not None else index
             assert at is not None
             await self._wait_applied(at)
-            return await self._answer(data)
+            result = await self._answer(data)
+            self._counters.reads_served[consistency] += 1
+            return result
 
         try:
             async with asyncio.timeout(timeout):
                 return await serve()
         except TimeoutError:
             raise Timeout(f"the read did not finish within {timeout} s") from None
+
+    async def _answer_stale(self, data: bytes) -> Any:
+        result = await self._answer(data)
+        self._counters.reads_served["stale"] += 1
+        return result
 
     async def _answer(self, data: bytes) -> Any:
         try:
@@ -1711,13 +1843,16 @@ class Peer:
         try:
             placed = self._core.propose_batch([data for _, data, _ in live], kinds=[kind for kind, _, _ in live])
         except NotLeader as exc:
+            self._counters.write_failed(exc, len(live))
             for _, _, fut in live:
                 fut.set_exception(self._not_leader(exc.leader))
             return
         except ProposalDropped as exc:
+            self._counters.write_failed(exc, len(live))
             for _, _, fut in live:
                 fut.set_exception(ProposalDropped(str(exc)))
             return
+        self._counters.writes_proposed += len(placed)
         for (term, index), (_, _, fut) in zip(placed, live):
             self._pending_writes[index] = (term, fut)
 
@@ -1828,7 +1963,10 @@ class Peer:
         self._saving = done
         if hard_state is None and not entries:
             self._saved(batch, hard_state, None)
-        elif self._save_inline:
+            return
+        self._counters.entries_saved += len(entries)
+        self._save_started = time.perf_counter()
+        if self._save_inline:
             try:
                 self._storage.save(hard_state, entries, True)
             except Exception as exc:
@@ -1857,6 +1995,9 @@ class Peer:
             return
         if hard_state is not None:
             self._hard_on_disk = hard_state
+        if self._save_started:
+            self._counters.save.observe(time.perf_counter() - self._save_started)
+            self._save_started = 0.0
         self._written.extend(w.ready for w in batch)
         self._writes_done += len(batch)
         self._end_save(None)
@@ -1904,7 +2045,10 @@ class Peer:
 
     async def _save(self, hard_state: HardState | None, entries: Sequence[Entry]) -> None:
         """Persist and sync ``hard_state`` (``None``: unchanged) and ``entries``."""
+        started = time.perf_counter()
         await self._storage_call(self._storage.save, hard_state, entries, True)
+        self._counters.save.observe(time.perf_counter() - started)
+        self._counters.entries_saved += len(entries)
         if hard_state is not None:
             self._hard_on_disk = hard_state
 
@@ -2105,6 +2249,7 @@ class Peer:
             self._log.info("%s: sent snapshot %d/%d to %s (%d bytes this attempt)", self.name, msg.snapshot_term,
                            msg.index, msg.dst, sent)
             ok = True
+            self._counters.snapshots_sent += 1
             self._transfer_failures.pop(msg.dst, None)
         except (OSError, RaftError, asyncio.TimeoutError) as exc:
             failures = self._transfer_failures.get(msg.dst, 0) + 1
@@ -2131,6 +2276,7 @@ class Peer:
 
     def _on_soft_state(self, rd: Ready) -> None:
         assert rd.soft_state is not None
+        self._counters.saw_leader(rd.soft_state.leader, rd.soft_state.term)
         removed_at = rd.soft_state.removed_at
         if removed_at != self._removed_at:
             self._removed_at = removed_at
@@ -2159,9 +2305,9 @@ class Peer:
         for index in [i for i in self._pending_writes if i > commit]:
             _, fut = self._pending_writes.pop(index)
             if not fut.done():
-                fut.set_exception(
-                    LeadershipLost(f"peer {self.name} stopped leading before entry {index} committed; outcome unknown")
-                )
+                exc = LeadershipLost(f"peer {self.name} stopped leading before entry {index} committed; outcome unknown")
+                self._counters.write_failed(exc)
+                fut.set_exception(exc)
         reads, self._pending_reads = self._pending_reads, {}
         for fut in reads.values():
             if not fut.done():
@@ -2208,6 +2354,7 @@ class Peer:
             unpack, feed = codec.unpack_without_tuple_keys, self._feed_append
             normal = EntryKind.NORMAL
             pending: tuple[int, asyncio.Future[Any]] | None = None
+            started = time.perf_counter()
             try:
                 for entry in batch:
                     pending = pending_writes.pop(entry.index, None) if pending_writes else None
@@ -2232,10 +2379,11 @@ class Peer:
                     elif entry.kind is EntryKind.CLIENT:
                         await self._apply_client(sm, entry, pending)
                     elif entry.kind is EntryKind.CONFIG and pending is not None and pending[0] == entry.term:
+                        self._counters.writes_committed += 1
                         if not pending[1].done():
                             pending[1].set_result(None)
-                    elif pending is not None and not pending[1].done():
-                        pending[1].set_exception(ProposalDropped("another leader's entry took this write's place"))
+                    elif pending is not None:
+                        self._drop_write(pending[1])
                     self._applied, self._applied_term = entry.index, entry.term
                     if self._applied_waiters and self._applied_waiters[0][0] <= entry.index:
                         self._wake_applied_waiters()
@@ -2246,6 +2394,9 @@ class Peer:
                     pending[1].set_exception(LeadershipLost(
                         f"peer {self.name} stopped while applying the write; it is committed, its result unknown"))
                 raise
+            if batch:
+                self._counters.apply.observe(time.perf_counter() - started)
+                self._counters.entries_applied += len(batch)
             if self._snapshot_due() or (self._snapshot_requests and not self._snapshot_writing()):
                 await self._take_snapshot()
 
@@ -2279,6 +2430,7 @@ class Peer:
             meta = SnapshotMeta(index, self._applied_term, self._core.membership_at(index))
             if index > self._snapshot_index or self._snapshots.find(index, meta.term) is None:
                 sessions = self._sessions.encode()  # the table as of this same index
+                started = time.perf_counter()
                 source = await asyncio.to_thread(self.state_machine.snapshot)
                 try:
                     data = _with_header(sessions, source)
@@ -2286,10 +2438,10 @@ class Peer:
                     self._bytes_since_snapshot = 0
                     if isinstance(data, bytes):
                         task = asyncio.get_running_loop().create_task(
-                            self._write_snapshot(meta, data, requests), name=f"raftlib-snapshot-{self.name}")
+                            self._write_snapshot(meta, data, requests, started), name=f"raftlib-snapshot-{self.name}")
                         self._snapshot_writer = task
                         return
-                    await self._write_snapshot(meta, data, requests)
+                    await self._write_snapshot(meta, data, requests, started)
                     return
                 finally:
                     await _close_source(source)
@@ -2302,8 +2454,10 @@ class Peer:
             if not req.done():
                 req.set_result(meta)
 
-    async def _write_snapshot(self, meta: SnapshotMeta, data: Any, requests: list[asyncio.Future[SnapshotMeta]]) -> None:
-        """Write the snapshot file, have the driver compact the log, prune old files."""
+    async def _write_snapshot(self, meta: SnapshotMeta, data: Any, requests: list[asyncio.Future[SnapshotMeta]],
+                              started: float) -> None:
+        """Write the snapshot file, have the driver compact the log, prune old
+        files. ``started`` is when ``snapshot()`` was called (``time.perf_counter()``)."""
         try:
             write = asyncio.ensure_future(self._snapshots.write(meta, data))
             try:
@@ -2320,6 +2474,8 @@ class Peer:
             self._snapshot_index = max(self._snapshot_index, meta.index)
             await self._snapshots.prune(keep=_SNAPSHOTS_KEPT, protect=self._recorded_snapshot)
             self._snapshot_failures = 0
+            self._counters.snapshots_taken += 1
+            self._counters.snapshot.observe(time.perf_counter() - started)
             self._log.info("%s: snapshot at %d (%d bytes); log compacted", self.name, meta.index, snap.size)
         except asyncio.CancelledError:
             raise
@@ -2358,6 +2514,7 @@ class Peer:
         """Restore the state machine from a snapshot the leader sent (in the
         applier, in order with the entries); tell the driver how it went."""
         snap = item.snap
+        started = time.perf_counter()
         try:
             self._sessions = await asyncio.to_thread(self._restore_state_machine, snap)
         except Exception as exc:
@@ -2365,6 +2522,8 @@ class Peer:
                 item.done.set_result(exc)
             return
         self._restored = snap.meta
+        self._counters.snapshots_installed += 1
+        self._counters.restore.observe(time.perf_counter() - started)
         self._feed_drop_through(snap.meta.index)  # the writes it covers were never applied here
         self._applied, self._applied_term = snap.meta.index, snap.meta.term
         self._snapshot_index = snap.meta.index
@@ -2405,10 +2564,17 @@ class Peer:
             return None
         term, fut = pending
         if term != entry.term:
-            if not fut.done():
-                fut.set_exception(ProposalDropped("another leader's entry took this write's place"))
+            self._drop_write(fut)
             return None
+        self._counters.writes_committed += 1
         return fut
+
+    def _drop_write(self, fut: asyncio.Future[Any]) -> None:
+        """Another leader's entry took the place of the write ``fut`` waits for."""
+        if not fut.done():
+            exc = ProposalDropped("another leader's entry took this write's place")
+            self._counters.write_failed(exc)
+            fut.set_exception(exc)
 
     def _run_command(self, sm: StateMachine, data: bytes, index: int) -> Any:
         """Apply one command: ``(True, result, packed result)``, or ``(False,
@@ -2588,6 +2754,7 @@ class Peer:
     def _fail_everything(self, not_applied: BaseException, unknown: BaseException) -> None:
         for _, _, fut in self._proposals:
             if not fut.done():
+                self._counters.write_failed(not_applied)
                 fut.set_exception(not_applied)
         self._proposals = []
         feed_waiters, self._feed_waiters = self._feed_waiters, []
@@ -2604,6 +2771,7 @@ class Peer:
         self._read_requests = []
         for _, wfut in self._pending_writes.values():
             if not wfut.done():
+                self._counters.write_failed(unknown)
                 wfut.set_exception(unknown)
         self._pending_writes = {}
         for rfut in self._pending_reads.values():

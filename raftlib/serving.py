@@ -70,6 +70,7 @@ class RequestServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self.handlers: dict[str, Handler] = {
             "status": self._status,
+            "metrics": self._metrics,
             "add_member": self._add_member,
             "remove_member": self._remove_member,
             "set_configuration": self._set_configuration,
@@ -176,6 +177,9 @@ class RequestServer:
 
     async def _status(self, args: dict[str, Any]) -> Any:
         return self._peer.status()
+
+    async def _metrics(self, args: dict[str, Any]) -> Any:
+        return self._peer.metrics()
 
     async def _add_member(self, args: dict[str, Any]) -> Any:
         await self._peer._add_member(

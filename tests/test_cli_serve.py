@@ -395,6 +395,31 @@ def test_transferring_to_the_member_that_leads_says_nothing_changed(single: Node
     assert leader_of(single.address) == "s1"
 
 
+def test_status_metrics_shows_each_members_counters(single: Node) -> None:
+    """`status --metrics`: the member's Peer.metrics(), under each row with
+    --json, and as one line per value after the table without."""
+    wait_for(lambda: leader_of(single.address))
+    assert cli("kv", "put", "a", "1", "--cluster", single.address).exit_code == 0
+    shown = cli("status", "--metrics", "--json", "--cluster", single.address)
+    assert shown.exit_code == 0, shown.output
+    [row] = json.loads(shown.output)
+    metrics = row["metrics"]
+    assert metrics["name"] == "s1" and metrics["gauges"]["is_leader"] == 1
+    assert metrics["counters"]["elections_won"] == 1
+    assert metrics["counters"]["writes_committed"] >= 1  # the put (and the scope it made)
+    assert metrics["timings"]["save_seconds"]["count"] >= 1
+
+    text = cli("status", "--metrics", "--cluster", single.address)
+    assert text.exit_code == 0, text.output
+    lines = text.output.splitlines()
+    assert lines[0].split()[0] == "NAME"  # the table first
+    assert "s1 metrics:" in lines
+    assert re.search(r"^  elections_won +1$", text.output, re.M), text.output
+    assert re.search(r"^  writes_failed\.not_leader +0$", text.output, re.M), text.output
+    assert re.search(r"^  save_seconds +count=\d+ sum=[\d.]+ s max=[\d.]+ s$", text.output, re.M), text.output
+    assert "metrics" not in cli("status", "--json", "--cluster", single.address).output  # only when asked
+
+
 def test_transfer_leader_waits_within_its_timeout_for_a_leader(tmp_path: Path) -> None:
     """Like every client command, `members transfer-leader` retries within
     --timeout: run during an election (here: before a majority is up), it

@@ -597,3 +597,28 @@ def test_operations_md_lists_the_commands_that_take_json() -> None:
         return {path} if any("--json" in param.opts for param in command.params) else set()
 
     assert named == taking_json(main, "")
+
+
+async def test_operations_md_prometheus_collector_exports_a_peers_metrics() -> None:
+    """The page's collector, registered for a running peer, gives Prometheus
+    every counter (with _total), gauge and histogram. Needs prometheus_client,
+    which raftlib does not depend on."""
+    prometheus_client = pytest.importorskip("prometheus_client")
+    [block] = code_blocks("operations.md")
+    registry = prometheus_client.CollectorRegistry()
+    async with founded(Store, names=("s1",)) as peers:
+        peer = peers["s1"]
+        await peer.write({"add": 1})
+        namespace: dict[str, Any] = {"peer": peer}
+        # The page registers with the default registry; a test keeps to its own.
+        await run_block(block.replace("REGISTRY.register(", "registry.register("),
+                        {**namespace, "registry": registry})
+        text = prometheus_client.generate_latest(registry).decode()
+    metrics = peer.metrics()
+    assert f'raftlib_writes_committed_total{{peer="s1"}} {float(metrics["counters"]["writes_committed"])}' in text
+    assert 'raftlib_writes_failed_total{kind="overloaded",peer="s1"} 0.0' in text
+    assert 'raftlib_is_leader{peer="s1"} 1.0' in text
+    assert 'raftlib_save_seconds_bucket{le="+Inf",peer="s1"}' in text
+    assert 'raftlib_save_seconds_count{peer="s1"}' in text
+    for key in (*metrics["counters"], *metrics["gauges"], *metrics["timings"]):
+        assert f"raftlib_{key}" in text, key

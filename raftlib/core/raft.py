@@ -154,6 +154,14 @@ class Raft:
         self._bcast_needed = False
         self._prev_soft = SoftState(self.role, self.leader, self.term)
         self.transfer_target: NodeId | None = None
+        # Counters for Peer.metrics(): they only ever grow, and cost one add
+        # per campaign, never anything per message or entry.
+        self.pre_votes_started = 0
+        """Pre-vote rounds this core began (thesis §9.6): each may lead to an election or not."""
+        self.elections_started = 0
+        """Times this core became candidate (a new term, its own vote in it)."""
+        self.elections_won = 0
+        """Times this core became leader."""
 
         self._step_role: Callable[[Message], None] = self._step_follower
         self._tick_role: Callable[[], None] = self._tick_election
@@ -790,6 +798,7 @@ class Raft:
     def _become_pre_candidate(self) -> None:
         # A pre-candidate keeps its term and vote (thesis §9.6).
         self.role = PRE_CANDIDATE
+        self.pre_votes_started += 1
         self.votes = {}
         self.leader = None
         self._step_role = self._step_candidate
@@ -799,6 +808,7 @@ class Raft:
         self._reset(self.term + 1)
         self.vote = self.id
         self.role = CANDIDATE
+        self.elections_started += 1
         self._step_role = self._step_candidate
         self._tick_role = self._tick_election
         self.logger.info("%s: became candidate in term %d", self.id, self.term)
@@ -808,6 +818,7 @@ class Raft:
         term = self.term
         self._reset(term)
         self.role = LEADER
+        self.elections_won += 1
         self.leader = self.id
         self._step_role = self._step_leader
         self._tick_role = self._tick_heartbeat

@@ -856,6 +856,11 @@ class Transport:
         self.stats: dict[str, int] = {
             "frames_sent": 0,
             "frames_received": 0,
+            "messages_sent": 0,
+            "messages_received": 0,
+            "bytes_sent": 0,
+            "bytes_received": 0,
+            "connections_accepted": 0,
             "dropped": 0,
             "protocol_errors": 0,
             "over_capacity": 0,
@@ -895,6 +900,11 @@ class Transport:
     def addresses(self) -> dict[str, str]:
         """A copy of the address book."""
         return dict(self._addresses)
+
+    @property
+    def connections_open(self) -> int:
+        """Inbound connections served now (other peers', clients', forwarded requests')."""
+        return len(self._inbound)
 
     async def start(self) -> None:
         """Start listening. Raises :class:`OSError` if the address cannot be bound."""
@@ -1117,6 +1127,8 @@ class Transport:
             reason = "transport closed" if self._closed else "no known address"
             self.log.debug("%s: dropping %s to %s: %s", self.name, type(msg).__name__, dst, reason)
             return
+        stats = self.stats
+        stats["messages_sent"] += 1
         outbox = self._outboxes.get(dst)
         if outbox is not None and outbox.idle is not None:
             writer = outbox.idle
@@ -1125,7 +1137,8 @@ class Transport:
             # task sends it and waits for the buffer to drain.
             if not writer.is_closing() and writer.transport.get_write_buffer_size() == 0:
                 writer.write(frame)
-                self.stats["frames_sent"] += 1
+                stats["frames_sent"] += 1
+                stats["bytes_sent"] += len(frame)
                 return
         if outbox is None:
             outbox = self._outboxes[dst] = _Outbox(dst, self.max_outbox, self.max_outbox_bytes)
@@ -1204,8 +1217,10 @@ class Transport:
                     raise _PeerClosed(f"{outbox.name} closed the connection")
                 batch.extend(outbox.take_all())
                 if batch:
-                    writer.write(b"".join(batch))
+                    data = b"".join(batch)
+                    writer.write(data)
                     self.stats["frames_sent"] += len(batch)
+                    self.stats["bytes_sent"] += len(data)
                     batch = []
                     await writer.drain()
                 if not outbox.frames and not outbox.wakeup.is_set():
@@ -1241,6 +1256,7 @@ class Transport:
             return
         conn = Connection(writer, _remote_of(writer))
         self._inbound[task] = conn
+        self.stats["connections_accepted"] += 1
         try:
             if not self._closed and await self._admit(reader, writer, conn):
                 conn._admitted = self.security is not None
@@ -1414,6 +1430,7 @@ class Transport:
                 data = await reader.read(READ_SIZE)
             if not data:
                 return
+            self.stats["bytes_received"] += len(data)
             if head is not None:
                 head += data
                 refusal = security_refusal(head)
@@ -1502,6 +1519,7 @@ class Transport:
             raise ProtocolError(f"message from {msg.src[:64]!r} on the connection of {conn.peer_name!r}")
         if self._raft_links.get(msg.src) is not conn:
             self._raft_links[msg.src] = conn
+        self.stats["messages_received"] += 1
         if msg.dst != self.name:
             self.stats["dropped"] += 1
             self.log.debug("%s: dropping %s addressed to %s", self.name, type(msg).__name__, msg.dst)

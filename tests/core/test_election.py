@@ -584,3 +584,24 @@ def test_transfer_leadership_argument_errors() -> None:
     solo.tick("a", solo.nodes["a"].randomized_timeout)
     with pytest.raises(ValueError):
         solo.nodes["a"].transfer_leadership()
+
+
+# -- counters for Peer.metrics -----------------------------------------------------
+
+
+def test_cores_count_the_elections_they_start_and_win() -> None:
+    """Each core counts the pre-vote rounds and elections it starts and the
+    elections it wins; a lost election counts as started only."""
+    net = Network(["a", "b", "c"], config=config(pre_vote=True))
+    a, b = net.nodes["a"], net.nodes["b"]
+    assert (a.pre_votes_started, a.elections_started, a.elections_won) == (0, 0, 0)
+    net.elect("a")
+    assert (a.pre_votes_started, a.elections_started, a.elections_won) == (1, 1, 1)
+    assert (b.pre_votes_started, b.elections_started, b.elections_won) == (0, 0, 0)
+
+    # b campaigns without pre-vote in a term nobody grants it: it loses.
+    net.isolate("b")
+    b._campaign(pre_vote=False, transfer=False)
+    net.stabilize()
+    assert (b.pre_votes_started, b.elections_started, b.elections_won) == (0, 1, 0)
+    assert a.elections_won == 1
