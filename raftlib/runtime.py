@@ -1018,12 +1018,20 @@ class Peer:
         try:
             while True:
                 self._check_running()
-                self._check_member()
+                try:
+                    self._check_member()
+                except NotMember:
+                    if maybe_applied is not None and self._cuts_off_self(op, args):
+                        return True  # this peer's removal committed: the change asked for is made
+                    raise
                 attempts += 1
                 leader = self._core.leader
                 if leader is None:
                     # Raises NotLeader(None) if no leader emerges within a few election timeouts.
-                    await self._wait_for_leader_until(deadline, election_wait)
+                    # A peer whose own removal may be under way hears no leader: it waits,
+                    # until its timeout, to be told the removal committed.
+                    cut_off = maybe_applied is not None and self._cuts_off_self(op, args)
+                    await self._wait_for_leader_until(deadline, None if cut_off else election_wait)
                     continue
                 try:
                     if leader == self.name:
@@ -1039,7 +1047,8 @@ class Peer:
                         # The leader gives up first, so that its own Timeout (which says
                         # whether anything changed) comes back before this peer's own.
                         asked = within - min(within / 10, _ANSWER_MARGIN)
-                    return await self._forward(leader, op, {**args, "hops": hops + 1, "timeout": asked}, within)
+                    return await self._forward(leader, op, {**args, "hops": hops + 1, "timeout": asked}, within,
+                                               watch=not self._cuts_off_self(op, args))
                 except (NotLeader, LeadershipLost, ProposalDropped, Unavailable, ConnectionLost) as exc:
                     unknown = isinstance(exc, (LeadershipLost, ConnectionLost))
                     if unknown and maybe_applied is None and op != "read":  # a read applies nothing
@@ -1047,6 +1056,15 @@ class Peer:
                     if attempts >= _MAX_ATTEMPTS or (hops and isinstance(exc, NotLeader)) or (unknown and not idempotent):
                         raise
                     self._log.debug("%s: %s: retrying after %r", self.name, op, exc)
+                    _check_deadline(loop, deadline, op)
+                    await asyncio.sleep(cfg.heartbeat_ticks * cfg.tick_interval)
+                except OutcomeUnknown as exc:
+                    # The leader lost its leadership while removing this peer: once the
+                    # removal commits, a member says so (NotMember, above).
+                    if isinstance(exc, Timeout) or not self._cuts_off_self(op, args):
+                        raise
+                    maybe_applied = maybe_applied or exc
+                    self._log.debug("%s: %s: waiting for the outcome after %r", self.name, op, exc)
                     _check_deadline(loop, deadline, op)
                     await asyncio.sleep(cfg.heartbeat_ticks * cfg.tick_interval)
         except (NotLeader, ProposalDropped, Unavailable, PeerStopped, Overloaded, StorageFull, Timeout,
@@ -1057,9 +1075,13 @@ class Peer:
             message = f"{op}: an earlier attempt may have been applied ({maybe_applied}); then: {exc}"
             raise (WriteTimeout(message) if isinstance(exc, Timeout) else OutcomeUnknown(message)) from exc
 
-    async def _wait_for_leader_until(self, deadline: float | None, limit: float) -> None:
+    async def _wait_for_leader_until(self, deadline: float | None, limit: float | None) -> None:
+        """Wait until a leader is known or this peer learns it was removed,
+        for at most ``limit`` seconds (``None``: no limit) and not past
+        ``deadline``; raise NotLeader(None), or Timeout at the deadline."""
         loop = asyncio.get_running_loop()
-        wait = limit if deadline is None else min(limit, max(0.0, deadline - loop.time()))
+        left = None if deadline is None else max(0.0, deadline - loop.time())
+        wait = left if limit is None else limit if left is None else min(limit, left)
         try:
             async with asyncio.timeout(wait):
                 await self._wait_until(self._leader_known_or_removed)
@@ -1067,12 +1089,22 @@ class Peer:
             _check_deadline(loop, deadline, "waiting for a leader")
             raise NotLeader(None) from None
 
-    async def _forward(self, leader: NodeId, op: str, args: dict[str, Any], within: float | None = None) -> Any:
+    def _cuts_off_self(self, op: str, args: dict[str, Any]) -> bool:
+        """Whether membership change ``op`` removes this peer: the leader
+        stops sending to it as soon as the change is appended, so until it
+        commits this peer hears no leader."""
+        return ((op == "remove_member" and args["name"] == self.name)
+                or (op == "set_configuration" and self.name not in args["members"]))
+
+    async def _forward(self, leader: NodeId, op: str, args: dict[str, Any], within: float | None = None, *,
+                       watch: bool = True) -> Any:
         """Send a request to ``leader`` over a pooled connection and return
         its answer, within ``within`` seconds (``None``: no limit) even if
-        the leader never answers. Raises :class:`LeadershipLost` once
-        ``leader`` has not been this peer's leader for an election timeout
-        without answering (it may be hung: its connection is dropped)."""
+        the leader never answers. If ``watch``, raises :class:`LeadershipLost`
+        once ``leader`` has not been this peer's leader for an election
+        timeout without answering (it may be hung: its connection is
+        dropped); a request that cuts this peer off from the leader waits
+        for the answer instead."""
         address = self._core.membership.members.get(leader) or self._transport.addresses.get(leader)
         if address is None:
             raise NotLeader(leader)
@@ -1099,8 +1131,9 @@ class Peer:
                 # answers: stop waiting once it has not been this peer's
                 # leader for an election timeout (see _watch_forwards).
                 loop = asyncio.get_running_loop()
-                deposed = asyncio.timeout_at(None if self._core.leader == leader else loop.time() + self._deposed_after)
-                watched = self._forwards.setdefault(leader, set())
+                deposed = asyncio.timeout_at(None if self._core.leader == leader or not watch
+                                             else loop.time() + self._deposed_after)
+                watched = self._forwards.setdefault(leader, set()) if watch else set()
                 try:
                     async with deposed:
                         watched.add(deposed)

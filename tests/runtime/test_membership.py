@@ -835,6 +835,28 @@ async def test_a_forced_change_without_a_live_majority_waits_for_the_stopped_vot
     assert await new.write(["set", "after", 1], timeout=5) == ["ok", "after", 1]
 
 
+async def test_a_member_forwarding_its_own_forced_removal_waits_for_the_answer(cluster: Cluster) -> None:
+    """The leader stops sending to a member as soon as it appends that
+    member's removal. Forwarded by the member itself and held up (forced,
+    with a voter down), the removal outlasted an election timeout, and the
+    member took its silent leader for a hung one, and a leader that stepped
+    down meanwhile (its new configuration has no live majority) left the
+    member, which hears no leader, without an answer: OutcomeUnknown, though
+    the removal then committed. It now waits for the leader's answer, or to
+    be told that its removal committed."""
+    leader, dead, alive = await _one_follower_down(cluster)
+    removal = asyncio.ensure_future(alive.remove_member(alive.name, force=True, timeout=60))
+    try:
+        await eventually(lambda: alive.name not in leader.membership.voters)
+        await eventually(lambda: alive.leader is None, timeout=30)  # cut off: it no longer hears the leader
+        await eventually(lambda: not leader.is_leader, timeout=30)  # no live majority for its new configuration
+        await cluster.start_peer(dead.name)
+        assert await removal in (True, False)  # False: a retry found the removal made (see remove_member)
+    finally:
+        await asyncio.gather(removal, return_exceptions=True)
+    await eventually(lambda: voters_everywhere(cluster, {leader.name, dead.name}))
+
+
 async def test_a_new_leader_refuses_a_change_without_a_live_majority_too(cluster: Cluster) -> None:
     """Right after an election the new leader has heard nothing yet in its
     term from the stopped old leader: it waits until it could have, then
