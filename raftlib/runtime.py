@@ -2580,7 +2580,11 @@ class Peer:
             except ValueError as exc:
                 raise CorruptStorage(f"snapshot {snap.meta.term}/{snap.meta.index}: {exc}") from None
             try:
-                self.state_machine.restore_from_file(f)
+                outcome = self.state_machine.restore_from_file(f)
+                if inspect.isawaitable(outcome):
+                    # An ``async def`` restore runs on the event loop; this
+                    # thread holds the file open until it is done.
+                    asyncio.run_coroutine_threadsafe(_awaited(outcome), self._loop).result()
             except Exception as exc:
                 where = snap.path or f"index {snap.meta.index} term {snap.meta.term} (in memory)"
                 raise StorageError(
@@ -2905,6 +2909,11 @@ async def _settled(aw: Awaitable[_T]) -> _T:
     if cancelled is not None:
         raise cancelled
     return result
+
+
+async def _awaited(aw: Awaitable[_T]) -> _T:
+    """``aw`` as a coroutine (what :func:`asyncio.run_coroutine_threadsafe` takes)."""
+    return await aw
 
 
 def _retrieve(fut: asyncio.Future[Any]) -> None:
