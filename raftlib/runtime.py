@@ -229,6 +229,9 @@ class Peer:
         :meth:`_restore_then_install`)."""
         self._restored: SnapshotMeta | None = None
         """The snapshot from the leader the state machine restored last."""
+        self._not_restoring = asyncio.Event()
+        """Clear while the state machine restores a snapshot from the leader: reads wait."""
+        self._not_restoring.set()
         self._unrestorable: dict[tuple[int, int, int, int], str] = {}
         """Snapshots the state machine could not restore, as (index, term,
         size, crc), newest last, with why: offered again, they are refused at once."""
@@ -1473,6 +1476,8 @@ class Peer:
         return result
 
     async def _answer(self, data: bytes) -> Any:
+        if not self._not_restoring.is_set():
+            await self._not_restoring.wait()  # the state is being replaced
         try:
             result = self.state_machine.handle_read(codec.unpack(data))
             if inspect.isawaitable(result):
@@ -2548,12 +2553,15 @@ class Peer:
         applier, in order with the entries); tell the driver how it went."""
         snap = item.snap
         started = time.perf_counter()
+        self._not_restoring.clear()
         try:
             self._sessions = await asyncio.to_thread(self._restore_state_machine, snap)
         except Exception as exc:
             if not item.done.done():
                 item.done.set_result(exc)
             return
+        finally:
+            self._not_restoring.set()
         self._restored = snap.meta
         self._counters.snapshots_installed += 1
         self._counters.restore.observe(time.perf_counter() - started)

@@ -55,10 +55,11 @@ class StateMachine:
         follower installs a snapshot sent by the leader. A plain method runs
         in a worker thread, so the event loop keeps serving however long it
         takes; an ``async def`` one runs on the event loop (it must not
-        block it). No command is applied meanwhile. If it raises, it must
-        leave the state as it was (decode everything, then replace the
-        state): a follower then refuses the snapshot and keeps its log and
-        its state.
+        block it). Either way nothing else touches the state meanwhile: no
+        command is applied and reads (``handle_read``) wait until it
+        returns. If it raises, it must leave the state as it was (decode
+        everything, then replace the state): a follower then refuses the
+        snapshot and keeps its log and its state.
         """
         raise NotImplementedError(f"{type(self).__name__} does not implement restore(data)")
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import threading
+from typing import Any, Iterator
+
+import pytest
 
 import raftlib
 
@@ -27,6 +30,43 @@ async def _lagging(cluster: Cluster, sm: Any) -> tuple[raftlib.Peer, str]:
     return leader, lagging
 
 
+class _Held(KVStore):
+    """A state machine whose restore (after the first at start-up, which
+    finds nothing) waits until the test releases it."""
+
+    release = threading.Event()
+    restoring = threading.Event()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_restore = False
+        self.overlapped: list[Any] = []
+
+    def restore(self, data: bytes) -> None:
+        self.in_restore = True
+        self.restoring.set()
+        try:
+            self.release.wait(30)
+            super().restore(data)
+        finally:
+            self.in_restore = False
+
+    def handle_read(self, query: Any) -> Any:
+        if self.in_restore:
+            self.overlapped.append(query)
+        return super().handle_read(query)
+
+
+@pytest.fixture
+def held() -> Iterator[type[_Held]]:
+    _Held.release.clear()
+    _Held.restoring.clear()
+    try:
+        yield _Held
+    finally:
+        _Held.release.set()
+
+
 class _AsyncRestore(KVStore):
     async def restore(self, data: bytes) -> None:
         await asyncio.sleep(0.01)
@@ -47,4 +87,20 @@ async def test_an_async_restore_is_awaited(snap_cluster: Cluster) -> None:
     again = await snap_cluster.start_peer(lagging, sm=_AsyncRestore)
     assert again.state_machine.restores == 1
     await eventually(lambda: again.state_machine.data == leader.state_machine.data)
+
+
+async def test_reads_on_a_restoring_follower_wait_for_the_restore(snap_cluster: Cluster, held: type[_Held]) -> None:
+    """A stale read on a follower ran handle_read on the event loop while
+    restore() replaced the state in a worker thread: it could see the state
+    half replaced. It waits for the restore now, and sees its result."""
+    leader, lagging = await _lagging(snap_cluster, held)
+    back = await snap_cluster.start_peer(lagging, sm=held)
+    await eventually(held.restoring.is_set)
+    read = asyncio.ensure_future(back.read(["get", "k150"], consistency="stale"))
+    await asyncio.sleep(0.2)
+    held.release.set()
+    assert await read == ["ok", 150]
+    sm = back.state_machine
+    assert isinstance(sm, _Held)
+    assert sm.overlapped == []
 
