@@ -12,7 +12,7 @@ import raftlib
 
 from clusterkit import Cluster, KVStore, eventually
 
-from .test_snapshots import snap_cluster, write_many
+from .test_snapshots import SNAP, snap_cluster, write_many
 
 __all__ = ["snap_cluster"]  # the fixture
 
@@ -104,3 +104,25 @@ async def test_reads_on_a_restoring_follower_wait_for_the_restore(snap_cluster: 
     assert isinstance(sm, _Held)
     assert sm.overlapped == []
 
+
+async def test_a_follower_slow_to_restore_continues_from_the_log(snap_cluster: Cluster, held: type[_Held]) -> None:
+    """While a follower restored a snapshot for longer than an election
+    timeout, the leader stopped counting it as live and compacted the
+    entries that follow the snapshot: once restored, it needed another
+    snapshot (and, with writes going on, could keep needing one). The
+    leader keeps them for it now, within ``snapshot_entries``; the cluster
+    goes on writing meanwhile, and nobody campaigns."""
+    leader, lagging = await _lagging(snap_cluster, held)
+    term = leader.status()["term"]
+    back = await snap_cluster.start_peer(lagging, sm=held)
+    await eventually(held.restoring.is_set)
+    await write_many(leader, 30, "during")  # a majority without the restoring follower
+    await asyncio.sleep(3 * SNAP.election_ticks * SNAP.tick_interval)
+    await leader.snapshot()
+    held.release.set()
+    await leader.write(["set", "after", 1])
+    await eventually(lambda: back.state_machine.data.get("after") == 1)
+    assert back.state_machine.restores == 1
+    assert back.state_machine.data == leader.state_machine.data
+    assert all(p.status()["term"] == term for p in snap_cluster.live())
+    assert leader.is_leader
