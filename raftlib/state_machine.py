@@ -54,8 +54,11 @@ class StateMachine:
         Called at start-up (from the latest snapshot on disk) and when a
         follower installs a snapshot sent by the leader. A plain method runs
         in a worker thread, so the event loop keeps serving however long it
-        takes; an ``async def`` one runs on the event loop (it must not
-        block it). Either way nothing else touches the state meanwhile: no
+        takes, provided it lets go of the GIL: a single long call into a C
+        extension (``msgpack.unpackb`` of a large state, say) holds it, and
+        the loop with it, until it returns; unpack such a state piece by
+        piece in :meth:`restore_from_file`. An ``async def`` one runs on the
+        event loop (it must not block it). Either way nothing else touches the state meanwhile: no
         command is applied and reads (``handle_read``) wait until it
         returns. If it raises, it must leave the state as it was (decode
         everything, then replace the state): a follower then refuses the
