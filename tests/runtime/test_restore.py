@@ -126,3 +126,26 @@ async def test_a_follower_slow_to_restore_continues_from_the_log(snap_cluster: C
     assert back.state_machine.data == leader.state_machine.data
     assert all(p.status()["term"] == term for p in snap_cluster.live())
     assert leader.is_leader
+
+
+async def test_a_follower_stops_during_an_async_restore(snap_cluster: Cluster) -> None:
+    """Stopping a follower whose ``async def restore`` never returns: the
+    stop must not wait for it, and nothing may be left running."""
+    started = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    class Hanging(KVStore):
+        async def restore(self, data: bytes) -> None:
+            started.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+    leader, lagging = await _lagging(snap_cluster, Hanging)
+    await snap_cluster.start_peer(lagging, sm=Hanging)
+    await asyncio.wait_for(started.wait(), 10)
+    await asyncio.wait_for(asyncio.shield(snap_cluster.stop(lagging)), 10)
+    await asyncio.wait_for(cancelled.wait(), 10)
+    assert await leader.write(["set", "after", 1]) == ["ok", "after", 1]
