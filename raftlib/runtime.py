@@ -229,6 +229,12 @@ class Peer:
         :meth:`_restore_then_install`)."""
         self._restored: SnapshotMeta | None = None
         """The snapshot from the leader the state machine restored last."""
+        self._not_restoring = asyncio.Event()
+        """Clear while the state machine restores a snapshot from the leader: reads wait."""
+        self._not_restoring.set()
+        self._async_restore: asyncio.Task[Any] | None = None
+        """An ``async def`` restore running on the loop for the worker thread
+        (see :meth:`_run_async_restore`), cancelled if the peer stops."""
         self._unrestorable: dict[tuple[int, int, int, int], str] = {}
         """Snapshots the state machine could not restore, as (index, term,
         size, crc), newest last, with why: offered again, they are refused at once."""
@@ -1473,6 +1479,8 @@ class Peer:
         return result
 
     async def _answer(self, data: bytes) -> Any:
+        if not self._not_restoring.is_set():
+            await self._not_restoring.wait()  # the state is being replaced
         try:
             result = self.state_machine.handle_read(codec.unpack(data))
             if inspect.isawaitable(result):
@@ -2548,12 +2556,19 @@ class Peer:
         applier, in order with the entries); tell the driver how it went."""
         snap = item.snap
         started = time.perf_counter()
+        self._not_restoring.clear()
         try:
             self._sessions = await asyncio.to_thread(self._restore_state_machine, snap)
+        except asyncio.CancelledError:
+            if self._async_restore is not None:
+                self._async_restore.cancel()  # the peer stops: an async restore must not go on
+            raise
         except Exception as exc:
             if not item.done.done():
                 item.done.set_result(exc)
             return
+        finally:
+            self._not_restoring.set()
         self._restored = snap.meta
         self._counters.snapshots_installed += 1
         self._counters.restore.observe(time.perf_counter() - started)
@@ -2580,7 +2595,11 @@ class Peer:
             except ValueError as exc:
                 raise CorruptStorage(f"snapshot {snap.meta.term}/{snap.meta.index}: {exc}") from None
             try:
-                self.state_machine.restore_from_file(f)
+                outcome = self.state_machine.restore_from_file(f)
+                if inspect.isawaitable(outcome):
+                    # An ``async def`` restore runs on the event loop; this
+                    # thread holds the file open until it is done.
+                    asyncio.run_coroutine_threadsafe(self._run_async_restore(outcome), self._loop).result()
             except Exception as exc:
                 where = snap.path or f"index {snap.meta.index} term {snap.meta.term} (in memory)"
                 raise StorageError(
@@ -2589,6 +2608,20 @@ class Peer:
                     f"one; otherwise fix restore(), or wipe the data directory and rejoin as a new member"
                 ) from exc
         return sessions
+
+    async def _run_async_restore(self, restoring: Awaitable[Any]) -> None:
+        """Await an ``async def`` restore on the loop for the worker thread
+        that waits for it. Once the peer stops, it is not begun, or it is
+        cancelled with the applier (see :meth:`_restore`)."""
+        if self._stopping:
+            if inspect.iscoroutine(restoring):
+                restoring.close()
+            raise PeerStopped(f"peer {self.name} stopped before restoring the snapshot")
+        self._async_restore = asyncio.current_task()
+        try:
+            await restoring
+        finally:
+            self._async_restore = None
 
     def _claim(self, entry: Entry, pending: tuple[int, asyncio.Future[Any]] | None) -> asyncio.Future[Any] | None:
         """The writer's future for ``entry``, or ``None`` if another leader's

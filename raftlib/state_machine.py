@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, BinaryIO, Iterable
+from typing import Any, Awaitable, BinaryIO, Iterable
 
 
 class StateMachine:
@@ -48,21 +48,30 @@ class StateMachine:
         """
         raise NotImplementedError(f"{type(self).__name__} does not implement snapshot()")
 
-    def restore(self, data: bytes) -> None:
+    def restore(self, data: bytes) -> Awaitable[None] | None:
         """Replace the whole state with one produced by :meth:`snapshot`.
 
-        Called in a worker thread, at start-up (from the latest snapshot on
-        disk) and when a follower installs a snapshot sent by the leader. If
-        it raises, it must leave the state as it was (decode everything,
-        then replace the state): a follower then refuses the snapshot and
-        keeps its log and its state.
+        Called at start-up (from the latest snapshot on disk) and when a
+        follower installs a snapshot sent by the leader. A plain method runs
+        in a worker thread, so the event loop keeps serving however long it
+        takes, provided it lets go of the GIL: a single long call into a C
+        extension (``msgpack.unpackb`` of a large state, say) holds it, and
+        the loop with it, until it returns; unpack such a state piece by
+        piece in :meth:`restore_from_file`. An ``async def`` one runs on the
+        event loop (it must not block it). Either way nothing else touches the state meanwhile: no
+        command is applied and reads (``handle_read``) wait until it
+        returns. If it raises, it must leave the state as it was (decode
+        everything, then replace the state): a follower then refuses the
+        snapshot and keeps its log and its state.
         """
         raise NotImplementedError(f"{type(self).__name__} does not implement restore(data)")
 
-    def restore_from_file(self, file: BinaryIO) -> None:
+    def restore_from_file(self, file: BinaryIO) -> Awaitable[None] | None:
         """Like :meth:`restore`, from a binary file positioned at the data.
 
-        The default reads it all and calls :meth:`restore`; override it to
-        load a large state without holding it in memory twice.
+        The default reads it all (in the worker thread) and calls
+        :meth:`restore`; override it to load a large state without holding
+        it in memory twice. It may be ``async def`` too; the file stays
+        open until it returns.
         """
-        self.restore(file.read())
+        return self.restore(file.read())

@@ -23,7 +23,7 @@ class ProgressState(enum.Enum):
 
 class Progress:
     __slots__ = ("match", "next", "state", "inflight", "probe_sent", "recent_active", "read_ack", "stall_ticks",
-                 "sent_commit", "pending_snapshot", "heard_at", "snapshot_ctx")
+                 "sent_commit", "pending_snapshot", "heard_at", "snapshot_ctx", "restoring")
 
     def __init__(self, next_index: int) -> None:
         self.match = 0
@@ -49,6 +49,10 @@ class Progress:
         self.snapshot_ctx = 0
         """Read context of the first message sent after this follower took a
         snapshot: rejections of older messages predate the snapshot."""
+        self.restoring = False
+        """The follower received a snapshot and has not answered since: it is
+        restoring its state machine from it, which may take longer than an
+        election timeout, and then continues from the log after it."""
 
     def become_probe(self) -> None:
         self.state = ProgressState.PROBE

@@ -459,10 +459,12 @@ class Raft:
         follower (it continues from the log once it has installed it). On a
         leader, also never past what a follower heard from within the last
         election timeout needs next (from its match index on; when probed,
-        from the probe's index on), unless it is more than
-        ``Config.snapshot_entries`` entries behind: such a follower is
-        catching up from the log, and compacting what it needs next would
-        cost it a snapshot each time a message is lost or reordered. A
+        from the probe's index on), or one that received a snapshot and has
+        not answered since (it is restoring its state machine, however long
+        that takes), unless it is more than ``Config.snapshot_entries``
+        entries behind: such a follower is catching up from the log, and
+        compacting what it needs next would cost it a snapshot each time a
+        message is lost or reordered, or each time it restores one. A
         follower that is silent (down, cut off) or further behind does not
         hold the log back; it gets a snapshot when it needs one.
         """
@@ -476,7 +478,7 @@ class Raft:
             if pr.state is ProgressState.SNAPSHOT:
                 limit = min(limit, pr.pending_snapshot)
                 continue
-            if pr.heard_at is None or self._now - pr.heard_at >= cfg.election_ticks:
+            if not pr.restoring and (pr.heard_at is None or self._now - pr.heard_at >= cfg.election_ticks):
                 continue
             needs_after = pr.match if pr.state is ProgressState.REPLICATE else pr.next - 1
             if needs_after >= first - 1 and last - needs_after <= cfg.snapshot_entries:
@@ -503,6 +505,7 @@ class Raft:
             # the snapshot, the probe's rejection sends the snapshot again.
             pr.next = max(pr.next, pending + 1)
             pr.heard_at = self._now  # it took the whole snapshot: keep what follows it
+            pr.restoring = True  # ... while it restores its state machine, until it answers
             # Rejections still on their way answer messages sent before the
             # snapshot, when the follower lacked it: a new read context (which
             # every message carries) tells them apart.
@@ -1165,6 +1168,8 @@ class Raft:
                 return
             pr.recent_active = True
             pr.heard_at = self._now
+            if msg.read_ctx >= pr.snapshot_ctx:
+                pr.restoring = False  # (older answers were on their way before it took the snapshot)
             if msg.read_ctx > pr.read_ack:
                 pr.read_ack = msg.read_ctx
                 self._advance_reads()

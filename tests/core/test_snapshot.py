@@ -193,6 +193,34 @@ def test_compaction_limit_protects_a_follower_being_sent_a_snapshot() -> None:
     assert net.commands("c") == net.commands("a")
 
 
+def test_a_follower_restoring_a_snapshot_for_long_keeps_what_follows_it() -> None:
+    """c received the snapshot (the transfer is reported done) and restores
+    its state machine from it for longer than an election timeout, answering
+    nothing meanwhile: a still keeps the entries after the snapshot for it,
+    so c continues from the log instead of needing another snapshot."""
+    net, first = lagging_c()
+    until_snapshot_in_flight(net)
+    held = [m for m in net.inflight if isinstance(m, InstallSnapshot)]
+    net.inflight = [m for m in net.inflight if not isinstance(m, InstallSnapshot)]
+    a = net.nodes["a"]
+    a.report_snapshot("c", success=True)
+    net.isolate("c")
+    fill(net, "a", 5, b"during")
+    let_c_fall_silent(net)
+    second = net.take_snapshot("a")
+    assert second.index > first.index
+    assert a.compaction_limit() == first.index
+    assert net.storage["a"].first_index() == first.index + 1
+    net.heal()
+    net.inflight = held  # restored: c takes the snapshot and answers
+    net.stabilize()
+    net.tick("a", net.config.heartbeat_ticks)
+    net.stabilize()
+    assert [m.index for m in net.sent if isinstance(m, InstallSnapshot) and m.dst == "c"] == [first.index]
+    assert net.commands("c") == net.commands("a")
+    assert a.compaction_limit() == second.index  # c is caught up: nothing holds the log back now
+
+
 def test_compaction_keeps_what_a_follower_heard_from_lately_needs() -> None:
     """c answered less than an election timeout ago: a snapshot at a does
     not compact the entries c needs next, so c catches up from the log."""
