@@ -1169,6 +1169,36 @@ async def test_a_listener_of_a_peer_that_stops_leaves_nothing_unretrieved(
     assert [c.get("message") for c in reported] == []
 
 
+async def test_feeds_closed_on_a_quiet_cluster_leave_nothing_waiting(cluster: Cluster) -> None:
+    """Feeds that wait for a change and are closed before one comes, in the
+    peer's process or through a client, leave nothing waiting on the member:
+    a quiet cluster that watchers keep coming to and leaving does not grow."""
+    await cluster.start(3)
+    leader = await cluster.leader()
+    await leader.write(["set", "k", 0])
+    after = leader.status()["applied_index"] + 1
+
+    def one_waiting() -> bool:
+        return any(not waiter.done() for waiter in leader._feed_waiters)
+
+    async def open_and_drop(feed: AsyncIterator[Any]) -> None:
+        waiting = asyncio.ensure_future(anext(feed))
+        await eventually(one_waiting)
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        await feed.aclose()  # type: ignore[attr-defined]
+
+    for require_leader in (False, True):
+        for _ in range(20):
+            await open_and_drop(leader.listen(after, require_leader=require_leader))
+    assert len(leader._feed_waiters) == 0
+    async with await raftlib.connect([leader.address]) as client:
+        for _ in range(20):
+            await open_and_drop(client.listen(after))
+        await eventually(lambda: not leader._requests._tasks)  # the member ended every feed
+    assert len(leader._feed_waiters) == 0
+
+
 async def test_a_client_listener_that_falls_far_behind_resumes_where_it_stopped(
     cluster: Cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
