@@ -672,6 +672,64 @@ async def test_writes_that_find_the_session_expired_together_share_one_new_sessi
         assert sorted(c[1] for c in leader.state_machine.applied) == ["a"] + [f"k{i}" for i in range(10)]
 
 
+async def test_a_session_whose_opening_was_cancelled_is_closed_with_its_client(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connect, or the first write of a ``session=False`` client, cancelled
+    after asking for its session and before reading the answer may have
+    opened it. The client's next session takes that id rather than a new
+    one, and ``close()`` closes it (a cancelled connect closes it at once),
+    so that no session outlives its client for ``session_ttl``."""
+    await cluster.start(1)
+    leader = await cluster.leader()
+    asked = asyncio.Event()
+    hang_once = [True]
+    call = RpcConnection.call
+
+    async def answer_never_read(self: RpcConnection, op: str, args: Any, timeout: float | None = None) -> Any:
+        result = await call(self, op, args, timeout)
+        if op == "open_session" and hang_once[0]:
+            hang_once[0] = False
+            asked.set()
+            await asyncio.Event().wait()  # cancelled here, the answer unseen
+        return result
+
+    monkeypatch.setattr(RpcConnection, "call", answer_never_read)
+    connecting = asyncio.ensure_future(raftlib.connect([leader.address], timeout=10))
+    await asked.wait()
+    assert len(leader._sessions) == 1
+    connecting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await connecting
+    assert len(leader._sessions) == 0
+
+    asked.clear()
+    hang_once[0] = True
+    client = await raftlib.connect([leader.address], timeout=10, session=False)
+    try:
+        writing = asyncio.ensure_future(client.write(["set", "a", 1]))
+        await asked.wait()
+        writing.cancel()
+        await asyncio.gather(writing, return_exceptions=True)
+        assert await client.write(["set", "a", 2]) == ["ok", "a", 2]
+        assert len(leader._sessions) == 1  # the one asked for first
+    finally:
+        await client.close()
+    assert len(leader._sessions) == 0
+
+
+async def test_a_client_whose_connection_was_lost_still_closes_its_session(tmp_path: Any) -> None:
+    """``close()`` after the client's connection dropped (a member
+    restarting, a call that timed out) connects again to close the session,
+    rather than leaving it in every member's table for ``session_ttl``."""
+    async with one_member_and_a_client(tmp_path) as (leader, client):
+        await client.write(["set", "a", 1])
+        assert len(leader._sessions) == 1
+        assert client._conn is not None
+        await client._conn.close()
+        await client.close()
+        assert len(leader._sessions) == 0
+
+
 async def test_commands_and_results_keyed_by_ints_cross_the_network(cluster: Cluster) -> None:
     """A command, query or result with int keys works on the leader; it must
     work through a follower and a client too. The request frames carrying it
