@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
+import os
 from typing import Any, AsyncIterator
 
 import pytest
@@ -728,6 +729,64 @@ async def test_a_client_whose_connection_was_lost_still_closes_its_session(tmp_p
         await client._conn.close()
         await client.close()
         assert len(leader._sessions) == 0
+
+
+async def test_clients_that_come_and_go_leave_the_members_and_their_process_as_they_were(cluster: Cluster) -> None:
+    """Many short-lived clients, with and without sessions, writing, reading,
+    cancelling a write, opening change feeds and watches and dropping them
+    read or unread, leave nothing behind once closed: not a connection,
+    request task, session or feed waiter on any member, nor a task or a
+    socket of their own."""
+    from raftlib.kv import KVClient, KVStateMachine
+
+    peers = await cluster.start(3, sm=KVStateMachine)
+    leader = await cluster.leader()
+    addresses = [p.address for p in peers.values()]
+    async with await KVClient.connect(addresses) as warm:
+        await warm.put("k", 0)
+
+    def members() -> dict[str, tuple[int, ...]]:
+        """Each member's client connections, request tasks, sessions and feed waiters."""
+        return {p.name: (sum(conn.peer_name not in peers for conn in p._transport._inbound.values()),
+                         len(p._requests._tasks), len(p._sessions), len(p._feed_waiters)) for p in peers.values()}
+
+    def own_tasks() -> set[asyncio.Task[Any]]:
+        pooled = {conn._reading for p in peers.values() for conn in p._rpc.values()}
+        return {t for t in asyncio.all_tasks() if t.get_name().startswith("raftlib-rpc-")} - pooled
+
+    def sockets() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    await eventually(lambda: all(n == (0, 0, 0, 0) for n in members().values()))
+    before, open_before = members(), sockets()
+    for i in range(24):
+        kv = await KVClient.connect(addresses, session=i % 2 == 0)
+        if i % 4 in (1, 2):  # cancelled in flight; without a session (odd i), while it opens one
+            write = asyncio.ensure_future(kv.put("k", i))
+            await asyncio.sleep(0)
+            write.cancel()
+            await asyncio.gather(write, return_exceptions=True)
+        await kv.put(f"k{i % 3}", i)
+        assert await kv.get(f"k{i % 3}") == i
+        if i % 3 == 0:
+            watch = kv.watch("default")
+            await watch.start()
+            if i % 2:
+                await kv.put("w", i)
+                assert (await anext(watch)).value == i
+            await watch.aclose()
+        await kv.close()
+    for i in range(4):  # feeds that wait for a change that does not come
+        kv = await KVClient.connect(addresses, session=False)
+        feed = kv.client.listen(leader.status()["applied_index"] + 1)
+        waiting = asyncio.ensure_future(anext(feed))
+        await eventually(lambda: any(not waiter.done() for waiter in leader._feed_waiters))
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        await kv.close()
+    await eventually(lambda: members() == before)
+    assert own_tasks() == set()
+    await eventually(lambda: sockets() <= open_before)
 
 
 async def test_commands_and_results_keyed_by_ints_cross_the_network(cluster: Cluster) -> None:
