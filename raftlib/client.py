@@ -113,6 +113,11 @@ class Client:
         may advertise an address only the members can reach): the client
         then stays with the member it reached, which forwards its requests."""
         self.client_id = ""
+        self._opening: str | None = None
+        """A session asked to open whose answer never came (the caller was
+        cancelled, or it failed): it may be open. The next session opened
+        takes this id, and :meth:`close` closes it, so a client leaves no
+        session of its own behind, however many openings it gave up."""
         self._seq = 0
         self._done: set[int] = set()
         self._ack = 0
@@ -337,7 +342,8 @@ class Client:
         raise Unavailable(f"no member answered a status request in time (last error: {last})")
 
     async def close(self) -> None:
-        """Close the session (best effort) and the connection. Idempotent.
+        """Close the session (best effort, within a second, connecting again
+        if the connection was lost) and the connection. Idempotent.
 
         Calls still running end instead of reconnecting: a write already
         sent raises :class:`~raftlib.errors.OutcomeUnknown`, one not sent
@@ -347,9 +353,17 @@ class Client:
             return
         self._closed = True
         try:
-            if self._conn is not None and not self._conn.closed and self.client_id:
-                with contextlib.suppress(RaftError, OSError):
-                    await self._conn.call("close_session", {"client": self.client_id}, timeout=1.0)
+            sessions = [client_id for client_id in (self.client_id, self._opening) if client_id]
+            if sessions:
+                with contextlib.suppress(RaftError, OSError, TimeoutError):
+                    async with asyncio.timeout(_CLOSE_SESSION_TIMEOUT):
+                        conn = self._conn
+                        if conn is None or conn.closed:
+                            # Lost (a member restarting, a call that timed out):
+                            # the session would stay on every member for session_ttl.
+                            conn = self._conn = await self._open_any(_CLOSE_SESSION_TIMEOUT)
+                        for client_id in sessions:
+                            await conn.call("close_session", {"client": client_id})
         finally:
             # Also when cancelled: a second close() returns at once, so this
             # is the only chance to close the connection.
@@ -608,7 +622,7 @@ class Client:
 
     async def _reopen_session(self, deadline: float) -> None:
         """Open a new session; the client switches to it once it is open."""
-        client_id = uuid.uuid4().hex
+        client_id = self._opening or uuid.uuid4().hex
         loop = asyncio.get_running_loop()
         last: BaseException | None = None
         while loop.time() < deadline:
@@ -620,8 +634,9 @@ class Client:
                 left = deadline - loop.time()  # connecting took some of it
                 if left <= 0:
                     continue
+                self._opening = client_id  # asked for: it may be open from now on
                 await conn.call("open_session", {"client": client_id, "timeout": left}, timeout=left)
-                self.client_id = client_id
+                self.client_id, self._opening = client_id, None
                 self._seq, self._done, self._ack = 0, set(), 0
                 return
             except _NOT_APPLIED + _UNKNOWN as exc:  # opening a session is idempotent
@@ -633,6 +648,10 @@ class Client:
                     await self._drop_failed(conn)
             await asyncio.sleep(0.05)
         raise Unavailable(f"could not open a client session in time (last error: {last})")
+
+
+_CLOSE_SESSION_TIMEOUT = 1.0
+"""The most :meth:`Client.close` waits to close the session, connecting again first if it must."""
 
 
 _REQUEST_OVERHEAD = 1024
@@ -722,6 +741,6 @@ async def connect(
         else:
             await client._connection(timeout)
     except BaseException:
-        await client._drop_connection()
+        await client.close()  # closes a session it may have opened, too
         raise
     return client

@@ -35,7 +35,7 @@ import os
 import random
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Mapping, NamedTuple, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Iterator, Mapping, NamedTuple, Sequence, TypeVar
 
 from . import codec
 from .config import Config, check_timeout
@@ -155,7 +155,8 @@ class Peer:
         self._applied = self._core.applied_index
         self._applied_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._waiter_ids = itertools.count()
-        self._state_waiters: list[asyncio.Future[None]] = []
+        self._state_waiters = _Waiters()
+        """Woken at each change of role or leader (see :meth:`_wait_until`)."""
         self._forwards: dict[NodeId, set[asyncio.Timeout]] = {}
         """Requests forwarded and not yet answered, by the leader they went to (see :meth:`_forward`)."""
         self._deposed_after = self.config.election_ticks * self.config.tick_interval
@@ -260,7 +261,8 @@ class Peer:
         self._feed_start = 0
         self._feed_base = self._snapshot_index
         """Every write applied after this index is in ``_feed[_feed_start:]``."""
-        self._feed_waiters: list[asyncio.Future[None]] = []
+        self._feed_waiters = _Waiters()
+        """Listeners waiting for the next change."""
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -1271,9 +1273,7 @@ class Peer:
         """Wait until ``condition()`` holds, checking it after each change of role or leader."""
         while not condition():
             self._check_running()
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._state_waiters.append(fut)
-            await fut
+            await self._state_waiters.wait()
 
     async def write(self, command: Any, timeout: float | None = None, *, forward: bool = True) -> Any:
         """Replicate ``command`` and return what ``handle_write`` returned for it.
@@ -1624,12 +1624,14 @@ class Peer:
                 else:
                     yield Change(index, term, codec.unpack(data), None, payload.decode("utf-8", "replace"))
                 continue
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._feed_waiters.append(waiter)
-            if require_leader:
-                await self._wait_with_leader(waiter)
-            else:
-                await waiter
+            waiter = self._feed_waiters.add()
+            try:
+                if require_leader:
+                    await self._wait_with_leader(waiter)
+                else:
+                    await waiter
+            finally:
+                self._feed_waiters.discard(waiter)
 
     async def _wait_with_leader(self, waiter: asyncio.Future[None]) -> None:
         """Wait for ``waiter``; raise Unavailable (and drop it) once this peer
@@ -1663,10 +1665,7 @@ class Peer:
             self._feed_base = feed[self._feed_start - 1][0]
             self._compact_feed()
         if self._feed_waiters:
-            waiters, self._feed_waiters = self._feed_waiters, []
-            for w in waiters:
-                if not w.done():
-                    w.set_result(None)
+            self._feed_waiters.wake()
 
     def _feed_drop_through(self, index: int) -> None:
         """A snapshot at ``index`` became the boundary: drop changes up to it."""
@@ -1675,10 +1674,7 @@ class Peer:
         self._feed_start = bisect.bisect_right(self._feed, index, lo=self._feed_start, key=_item_index)
         self._feed_base = index
         self._compact_feed()
-        waiters, self._feed_waiters = self._feed_waiters, []
-        for w in waiters:
-            if not w.done():
-                w.set_result(None)
+        self._feed_waiters.wake()
 
     def _compact_feed(self) -> None:
         if self._feed_start > 1024 and self._feed_start * 2 > len(self._feed):
@@ -2131,10 +2127,7 @@ class Peer:
             return
 
     def _notify_state_waiters(self) -> None:
-        waiters, self._state_waiters = self._state_waiters, []
-        for fut in waiters:
-            if not fut.done():
-                fut.set_result(None)
+        self._state_waiters.wake()
 
     async def _install_snapshot(self, meta: SnapshotMeta) -> None:
         """A follower took the leader's snapshot, which the state machine
@@ -2329,10 +2322,7 @@ class Peer:
                     self.name, removed_at)
             else:
                 self._log.info("%s: a leader contacts this peer again; it is a member", self.name)
-        waiters, self._state_waiters = self._state_waiters, []
-        for fut in waiters:
-            if not fut.done():
-                fut.set_result(None)
+        self._state_waiters.wake()
         self._watch_forwards(rd.soft_state.leader)
         if rd.soft_state.role != LEADER:
             self._fail_leader_work()
@@ -2823,10 +2813,7 @@ class Peer:
                 self._counters.write_failed(not_applied)
                 fut.set_exception(not_applied)
         self._proposals = []
-        feed_waiters, self._feed_waiters = self._feed_waiters, []
-        for ffut in feed_waiters:
-            if not ffut.done():
-                ffut.set_exception(not_applied)
+        self._feed_waiters.wake(not_applied)
         for _, fut in self._calls:
             if not fut.done():
                 fut.set_exception(not_applied)
@@ -2848,10 +2835,57 @@ class Peer:
             if not afut.done():
                 afut.set_exception(not_applied)
         self._applied_waiters = []
-        for sfut in self._state_waiters:
-            if not sfut.done():
-                sfut.set_exception(not_applied)
-        self._state_waiters = []
+        self._state_waiters.wake(not_applied)
+
+
+class _Waiters:
+    """The futures of tasks waiting for one kind of event, all woken at once.
+
+    A task that stops waiting first (cancelled, or timed out) takes its
+    future out again: a peer that tasks keep waiting on and leaving while
+    the event does not come (feeds closed on a quiet cluster, calls that
+    time out on a peer that knows no leader) holds none of theirs.
+    """
+
+    __slots__ = ("_futures",)
+
+    def __init__(self) -> None:
+        self._futures: dict[asyncio.Future[None], None] = {}
+        """A dict for its order (woken as they came) and its O(1) removal."""
+
+    def __len__(self) -> int:
+        return len(self._futures)
+
+    def __iter__(self) -> Iterator[asyncio.Future[None]]:
+        return iter(self._futures)
+
+    def add(self) -> asyncio.Future[None]:
+        """A new future to wait on; :meth:`discard` it when done waiting."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._futures[fut] = None
+        return fut
+
+    def discard(self, fut: asyncio.Future[None]) -> None:
+        self._futures.pop(fut, None)
+
+    async def wait(self) -> None:
+        """Wait for the next :meth:`wake`; raises what it was given."""
+        fut = self.add()
+        try:
+            await fut
+        finally:
+            self.discard(fut)
+
+    def wake(self, exc: BaseException | None = None) -> None:
+        """Resolve every waiting future (failing them with ``exc`` if given)."""
+        futures, self._futures = self._futures, {}
+        for fut in futures:
+            if fut.done():
+                continue
+            if exc is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(exc)
 
 
 @dataclasses.dataclass(slots=True)

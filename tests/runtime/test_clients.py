@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
+import os
 from typing import Any, AsyncIterator
 
 import pytest
@@ -672,6 +673,122 @@ async def test_writes_that_find_the_session_expired_together_share_one_new_sessi
         assert sorted(c[1] for c in leader.state_machine.applied) == ["a"] + [f"k{i}" for i in range(10)]
 
 
+async def test_a_session_whose_opening_was_cancelled_is_closed_with_its_client(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connect, or the first write of a ``session=False`` client, cancelled
+    after asking for its session and before reading the answer may have
+    opened it. The client's next session takes that id rather than a new
+    one, and ``close()`` closes it (a cancelled connect closes it at once),
+    so that no session outlives its client for ``session_ttl``."""
+    await cluster.start(1)
+    leader = await cluster.leader()
+    asked = asyncio.Event()
+    hang_once = [True]
+    call = RpcConnection.call
+
+    async def answer_never_read(self: RpcConnection, op: str, args: Any, timeout: float | None = None) -> Any:
+        result = await call(self, op, args, timeout)
+        if op == "open_session" and hang_once[0]:
+            hang_once[0] = False
+            asked.set()
+            await asyncio.Event().wait()  # cancelled here, the answer unseen
+        return result
+
+    monkeypatch.setattr(RpcConnection, "call", answer_never_read)
+    connecting = asyncio.ensure_future(raftlib.connect([leader.address], timeout=10))
+    await asked.wait()
+    assert len(leader._sessions) == 1
+    connecting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await connecting
+    assert len(leader._sessions) == 0
+
+    asked.clear()
+    hang_once[0] = True
+    client = await raftlib.connect([leader.address], timeout=10, session=False)
+    try:
+        writing = asyncio.ensure_future(client.write(["set", "a", 1]))
+        await asked.wait()
+        writing.cancel()
+        await asyncio.gather(writing, return_exceptions=True)
+        assert await client.write(["set", "a", 2]) == ["ok", "a", 2]
+        assert len(leader._sessions) == 1  # the one asked for first
+    finally:
+        await client.close()
+    assert len(leader._sessions) == 0
+
+
+async def test_a_client_whose_connection_was_lost_still_closes_its_session(tmp_path: Any) -> None:
+    """``close()`` after the client's connection dropped (a member
+    restarting, a call that timed out) connects again to close the session,
+    rather than leaving it in every member's table for ``session_ttl``."""
+    async with one_member_and_a_client(tmp_path) as (leader, client):
+        await client.write(["set", "a", 1])
+        assert len(leader._sessions) == 1
+        assert client._conn is not None
+        await client._conn.close()
+        await client.close()
+        assert len(leader._sessions) == 0
+
+
+async def test_clients_that_come_and_go_leave_the_members_and_their_process_as_they_were(cluster: Cluster) -> None:
+    """Many short-lived clients, with and without sessions, writing, reading,
+    cancelling a write, opening change feeds and watches and dropping them
+    read or unread, leave nothing behind once closed: not a connection,
+    request task, session or feed waiter on any member, nor a task or a
+    socket of their own."""
+    from raftlib.kv import KVClient, KVStateMachine
+
+    peers = await cluster.start(3, sm=KVStateMachine)
+    leader = await cluster.leader()
+    addresses = [p.address for p in peers.values()]
+    async with await KVClient.connect(addresses) as warm:
+        await warm.put("k", 0)
+
+    def members() -> dict[str, tuple[int, ...]]:
+        """Each member's client connections, request tasks, sessions and feed waiters."""
+        return {p.name: (sum(conn.peer_name not in peers for conn in p._transport._inbound.values()),
+                         len(p._requests._tasks), len(p._sessions), len(p._feed_waiters)) for p in peers.values()}
+
+    def own_tasks() -> set[asyncio.Task[Any]]:
+        pooled = {conn._reading for p in peers.values() for conn in p._rpc.values()}
+        return {t for t in asyncio.all_tasks() if t.get_name().startswith("raftlib-rpc-")} - pooled
+
+    def sockets() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    await eventually(lambda: all(n == (0, 0, 0, 0) for n in members().values()))
+    before, open_before = members(), sockets()
+    for i in range(24):
+        kv = await KVClient.connect(addresses, session=i % 2 == 0)
+        if i % 4 in (1, 2):  # cancelled in flight; without a session (odd i), while it opens one
+            write = asyncio.ensure_future(kv.put("k", i))
+            await asyncio.sleep(0)
+            write.cancel()
+            await asyncio.gather(write, return_exceptions=True)
+        await kv.put(f"k{i % 3}", i)
+        assert await kv.get(f"k{i % 3}") == i
+        if i % 3 == 0:
+            watch = kv.watch("default")
+            await watch.start()
+            if i % 2:
+                await kv.put("w", i)
+                assert (await anext(watch)).value == i
+            await watch.aclose()
+        await kv.close()
+    for i in range(4):  # feeds that wait for a change that does not come
+        kv = await KVClient.connect(addresses, session=False)
+        feed = kv.client.listen(leader.status()["applied_index"] + 1)
+        waiting = asyncio.ensure_future(anext(feed))
+        await eventually(lambda: any(not waiter.done() for waiter in leader._feed_waiters))
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        await kv.close()
+    await eventually(lambda: members() == before)
+    assert own_tasks() == set()
+    await eventually(lambda: sockets() <= open_before)
+
+
 async def test_commands_and_results_keyed_by_ints_cross_the_network(cluster: Cluster) -> None:
     """A command, query or result with int keys works on the leader; it must
     work through a follower and a client too. The request frames carrying it
@@ -1181,6 +1298,36 @@ async def test_a_listener_of_a_peer_that_stops_leaves_nothing_unretrieved(
     finally:
         loop.set_exception_handler(previous)
     assert [c.get("message") for c in reported] == []
+
+
+async def test_feeds_closed_on_a_quiet_cluster_leave_nothing_waiting(cluster: Cluster) -> None:
+    """Feeds that wait for a change and are closed before one comes, in the
+    peer's process or through a client, leave nothing waiting on the member:
+    a quiet cluster that watchers keep coming to and leaving does not grow."""
+    await cluster.start(3)
+    leader = await cluster.leader()
+    await leader.write(["set", "k", 0])
+    after = leader.status()["applied_index"] + 1
+
+    def one_waiting() -> bool:
+        return any(not waiter.done() for waiter in leader._feed_waiters)
+
+    async def open_and_drop(feed: AsyncIterator[Any]) -> None:
+        waiting = asyncio.ensure_future(anext(feed))
+        await eventually(one_waiting)
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        await feed.aclose()  # type: ignore[attr-defined]
+
+    for require_leader in (False, True):
+        for _ in range(20):
+            await open_and_drop(leader.listen(after, require_leader=require_leader))
+    assert len(leader._feed_waiters) == 0
+    async with await raftlib.connect([leader.address]) as client:
+        for _ in range(20):
+            await open_and_drop(client.listen(after))
+        await eventually(lambda: not leader._requests._tasks)  # the member ended every feed
+    assert len(leader._feed_waiters) == 0
 
 
 async def test_a_client_listener_that_falls_far_behind_resumes_where_it_stopped(

@@ -268,6 +268,22 @@ async def test_wait_for_leader_times_out_without_a_cluster(tmp_path: Any) -> Non
         await peer.stop()
 
 
+async def test_waits_for_a_leader_that_give_up_leave_nothing_behind(tmp_path: Any) -> None:
+    """A peer that knows no leader keeps nothing for the calls that waited
+    for one and gave up: a member cut off for hours, which clients keep
+    asking, does not grow with their requests."""
+    peer = await raftlib.start_peer(KVStore, name="alone", address="127.0.0.1:0", storage=MemoryStorage(), config=FAST)
+    try:
+        for _ in range(20):
+            with pytest.raises(errors.Timeout):
+                await peer.wait_for_leader(timeout=0.01)
+            with pytest.raises(errors.Timeout):
+                await peer.write(["set", "a", 1], timeout=0.01)
+        assert len(peer._state_waiters) == 0
+    finally:
+        await peer.stop()
+
+
 async def test_in_flight_write_on_a_stopping_leader_is_outcome_unknown(cluster: Cluster) -> None:
     peers = await cluster.start(3)
     leader = await cluster.leader()
