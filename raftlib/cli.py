@@ -359,13 +359,22 @@ def _echo(value: Any, as_json: bool) -> None:
 
 
 def _parse_value(text: str, as_string: bool) -> Any:
-    """A value from the command line: JSON if it parses (``3``, ``"x"``, ``[1,2]``), else the text."""
+    """A value from the command line: JSON if it parses (``3``, ``"x"``,
+    ``[1,2]``) to a value the store keeps, else the text.
+
+    How deep json decodes depends on the Python version (3.11 stops near its
+    recursion limit, 3.13 goes thousands of levels deeper), so the depth the
+    store keeps decides instead: the same text gives the same value on all."""
+    from .kv import _too_deep
+
     if as_string:
         return text
     try:
-        return json.loads(text, parse_constant=_not_json, parse_float=_finite_float, parse_int=_storable_int)
+        with _deep_enough():
+            value = json.loads(text, parse_constant=_not_json, parse_float=_finite_float, parse_int=_storable_int)
     except (ValueError, RecursionError):  # RecursionError: nested deeper than json decodes
         return text
+    return text if _too_deep(value) else value
 
 
 def _not_json(constant: str) -> Any:

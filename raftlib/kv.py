@@ -410,15 +410,23 @@ def _check_storable(value: Any) -> None:
     at most 1024 levels of lists and maps, and a reply, a change sent to a
     watch and a snapshot put the value up to 6 levels down. A value accepted
     deeper would make reads, watches or every later snapshot fail."""
-    if isinstance(value, (list, tuple, dict)):
-        wrapped = value
-        for _ in range(_VALUE_NESTING):
-            wrapped = [wrapped]
-        try:
-            codec.pack(wrapped, "value")
-        except TypeError:
-            raise _Refused(BAD_REQUEST, f"the value is nested too deeply to be stored (a value may nest lists "
-                                        f"and maps {_MAX_VALUE_DEPTH} levels deep)") from None
+    if _too_deep(value):
+        raise _Refused(BAD_REQUEST, f"the value is nested too deeply to be stored (a value may nest lists "
+                                    f"and maps {_MAX_VALUE_DEPTH} levels deep)")
+
+
+def _too_deep(value: Any) -> bool:
+    """Whether ``value`` nests lists and maps deeper than a stored value may."""
+    if not isinstance(value, (list, tuple, dict)):
+        return False
+    wrapped = value
+    for _ in range(_VALUE_NESTING):
+        wrapped = [wrapped]
+    try:
+        codec.pack(wrapped, "value")
+    except TypeError:
+        return True
+    return False
 
 
 def _check_prefix(prefix: Any) -> None:

@@ -149,6 +149,26 @@ def test_values_are_json_only_when_they_are_standard_json() -> None:
     assert _parse_value(deep, as_string=False) == deep
 
 
+def _nesting(value: object) -> int:
+    depth = 0
+    while isinstance(value, list):
+        depth, value = depth + 1, value[0] if value else None
+    return depth
+
+
+def test_json_values_nest_as_deep_as_the_store_keeps_on_every_python() -> None:
+    """How deep json decodes depends on the interpreter (3.11 stops near its
+    recursion limit of 1000, 3.13 goes past 5000); a value from the command
+    line does not: JSON as deep as the store keeps values, text beyond."""
+    from raftlib.cli import _parse_value
+
+    kept = "[" * 1018 + "]" * 1018
+    assert _nesting(_parse_value(kept, as_string=False)) == 1018
+    for depth in (1100, 2000, 5000):
+        deep = "[" * depth + "]" * depth
+        assert _parse_value(deep, as_string=False) == deep
+
+
 def test_text_that_is_not_utf8_is_a_usage_error_before_connecting() -> None:
     # A terminal in another encoding, or a key taken from a file name, gives
     # Python an argument with surrogates, which no member could decode.

@@ -955,12 +955,19 @@ class Transport:
                 self._server = await loop.create_server(accepted, host=endpoint.host, port=endpoint.port,
                                                         reuse_address=True)
             except OSError as exc:
-                if exc.errno != errno.EADDRINUSE:
-                    # Of the same class and errno (a gaierror for a host name
-                    # that does not resolve), naming the address.
-                    raise type(exc)(exc.errno, f"cannot listen on {self.listen}: {exc.strerror or exc}") from exc
-                raise AddressInUse(errno.EADDRINUSE, f"cannot listen on {self.listen}: another process is "
-                                                     f"listening there; stop it or choose another port") from None
+                if exc.errno == errno.EADDRINUSE:
+                    raise AddressInUse(errno.EADDRINUSE, f"cannot listen on {self.listen}: another process is "
+                                                         f"listening there; stop it or choose another port") from None
+                if exc.errno == errno.EADDRNOTAVAIL or (exc.errno is None and type(exc) is OSError):
+                    # From Python 3.13, asyncio skips each address of the host
+                    # that fails with EADDRNOTAVAIL and, when none is left,
+                    # raises an OSError without an errno: give the errno back.
+                    raise OSError(errno.EADDRNOTAVAIL, f"cannot listen on {self.listen}: no network interface here "
+                                                       f"has that address; listen on one of this host's addresses "
+                                                       f"(or 0.0.0.0)") from exc
+                # Of the same class and errno (a gaierror for a host name
+                # that does not resolve), naming the address.
+                raise type(exc)(exc.errno, f"cannot listen on {self.listen}: {exc.strerror or exc}") from exc
             self._address = self._bound_address(endpoint)
         self.log.debug("%s listening on %s", self.name, self._address)
 

@@ -307,6 +307,30 @@ async def test_a_tcp_address_that_cannot_be_listened_on_is_named(
     assert f"cannot listen on {address}:" in str(info.value)
 
 
+async def test_an_address_of_no_interface_here_raises_eaddrnotavail_saying_so(make_node: MakeNode) -> None:
+    """On every Python version alike: from 3.13, asyncio raises an OSError
+    without an errno ("could not bind on any address") where 3.11 and 3.12
+    give EADDRNOTAVAIL."""
+    with pytest.raises(OSError) as info:
+        await make_node("a", "192.0.2.1:0")  # TEST-NET-1: no interface has it
+    assert info.value.errno == errno.EADDRNOTAVAIL
+    assert "cannot listen on 192.0.2.1:0: no network interface here has that address" in str(info.value)
+
+
+async def test_an_errno_less_bind_failure_from_asyncio_is_eaddrnotavail(
+        make_node: MakeNode, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What asyncio raises from Python 3.13 when every address of the host
+    fails with EADDRNOTAVAIL, tried here on whichever version runs."""
+    async def create_server(*args: Any, **kwargs: Any) -> Any:
+        raise OSError("could not bind on any address out of [('192.0.2.1', 0)]")
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "create_server", create_server)
+    with pytest.raises(OSError) as info:
+        await make_node("a", "192.0.2.1:0")
+    assert info.value.errno == errno.EADDRNOTAVAIL
+    assert "cannot listen on 192.0.2.1:0: no network interface here has that address" in str(info.value)
+
+
 async def test_a_unix_socket_this_process_may_not_connect_to_is_not_taken(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A live socket of another user's process, with no write permission for
