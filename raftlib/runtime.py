@@ -80,7 +80,7 @@ from .snapshot import FileSnapshotStore, MemorySnapshotStore, SnapshotFile, Snap
 from .state_machine import StateMachine
 from .transport.framing import MAX_NAME_LENGTH, MAX_WIRE_INT, check_message, wire_problem
 from .transport.tcp import Connection, Transport, parse_address
-from .types import Change, Entry, EntryKind, HardState, Membership, NodeId, SnapshotMeta
+from .types import Change, Entry, EntryKind, HardState, Membership, NodeId, SnapshotMeta, founding_cluster_id
 
 if TYPE_CHECKING:
     # storage_adapters imports raftlib.types, which runs this package's
@@ -456,7 +456,10 @@ class Peer:
         ``role`` (``voter`` or ``learner``), ``voter`` (bool), ``last_contact``
         (seconds since this peer last heard from it; ``None`` if never, 0 for
         itself) and, on the leader, ``match_index`` (the last entry it is known
-        to hold) and ``lag`` (entries it is behind).
+        to hold) and ``lag`` (entries it is behind); ``cluster_id``: the ID
+        of this peer's cluster, fixed when it was founded (``None`` on an
+        empty peer waiting to be added, or in a cluster founded before
+        cluster IDs existed; see docs/security.md).
         """
         core = self._core
         membership = core.membership
@@ -492,6 +495,7 @@ class Peer:
             "snapshot_index": self._snapshot_index,
             "storage_full": self._storage_full is not None,
             "removed_at": core.removal_index() or None,
+            "cluster_id": self._transport.cluster_id,
             "members": {nid: describe(nid, addr) for nid, addr in membership.members.items()},
         }
 
@@ -537,7 +541,8 @@ class Peer:
           ``snapshots_sent`` (to followers that fell behind),
           ``snapshots_installed`` (received from a leader and restored);
         * ``connections_accepted``, ``connections_refused`` (failed the
-          security handshake, or over ``Config.max_inbound_connections``),
+          security handshake, presented the ID of another cluster, or over
+          ``Config.max_inbound_connections``),
           ``connections_evicted`` (closed to make room),
           ``connect_failures`` (to other peers) and ``protocol_errors``.
 
@@ -652,7 +657,7 @@ class Peer:
 
             def bootstrap() -> None:
                 if self._core.log.last_index() == 0 and self._core.term == 0:
-                    self._core.bootstrap(Membership(voters=target))
+                    self._core.bootstrap(Membership(voters=target, cluster_id=founding_cluster_id(target)))
 
             await self._call_in_driver(bootstrap)
             if self._core.membership.members == target or self._core.log.last_index() == 1:
@@ -2276,6 +2281,7 @@ class Peer:
                             msg.index, snap.size, msg.dst)
             sent = await snapshotting.send_snapshot(
                 msg, snap, self._snapshots, own_address=self.address, address=address,
+                cluster_id=self._transport.cluster_id,
                 chunk_size=self.config.snapshot_chunk_size, max_frame_size=self.config.max_frame_size,
                 timeout=max(5.0, 10 * self.config.election_ticks * self.config.tick_interval),
                 security=self._security,
@@ -2347,6 +2353,10 @@ class Peer:
     def _sync_addresses(self) -> None:
         membership = self._core.membership
         self._membership = membership
+        if membership.cluster_id is not None:
+            # Learned with the log; kept if a configuration written by a peer
+            # of an earlier version comes without it.
+            self._transport.cluster_id = membership.cluster_id
         self._transport.update_addresses({n: a for n, a in membership.members.items() if n != self.name})
 
     # -- applying -------------------------------------------------------------------

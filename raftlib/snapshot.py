@@ -14,7 +14,8 @@ File layout of :class:`FileSnapshotStore`
     A complete snapshot: the 8-byte magic ``b"RAFTSNP1"``, the header's length
     as 4 bytes big-endian, the msgpack header
     ``{"index", "term", "voters", "learners", "size", "crc"}`` (``size`` is
-    the number of data bytes and ``crc`` their :func:`zlib.crc32`), then the
+    the number of data bytes and ``crc`` their :func:`zlib.crc32`; and
+    ``"cluster"``, the cluster ID, if the membership has one), then the
     state-machine data itself. ``size`` and ``crc`` are always encoded as
     msgpack uint64 and uint32, so the header's length does not depend on
     them and can be written before the data and patched afterwards.
@@ -72,7 +73,7 @@ import msgpack
 from aiofiles.threadpool.binary import AsyncBufferedReader
 
 from raftlib.errors import CorruptStorage, ProtocolError, StorageError
-from raftlib.types import Membership, SnapshotMeta
+from raftlib.types import MAX_CLUSTER_ID_LENGTH, Membership, SnapshotMeta
 
 __all__ = [
     "CHUNK_SIZE",
@@ -221,9 +222,11 @@ def _encode_prefix(meta: SnapshotMeta, size: int, crc: int) -> bytes:
     can write it first and patch in the real values once the data is through.
     """
     pack = msgpack.packb
+    cluster_id = meta.membership.cluster_id
     header = b"".join(
         (
-            b"\x86",  # a fixmap of 6 pairs
+            b"\x86" if cluster_id is None else b"\x87",  # a fixmap of 6 pairs, 7 with a cluster ID
+            b"" if cluster_id is None else pack("cluster") + pack(cluster_id),
             pack("index"),
             pack(meta.index),
             pack("term"),
@@ -280,8 +283,10 @@ def _decode_header(raw: bytes) -> tuple[SnapshotMeta, int, int]:
             and _is_address_map(voters)
             and _is_address_map(learners)
         ):
-            meta = SnapshotMeta(index=index, term=term, membership=Membership(voters=voters, learners=learners))
-            return meta, size, crc
+            cluster_id = record.get("cluster")
+            if cluster_id is None or (type(cluster_id) is str and 0 < len(cluster_id) <= MAX_CLUSTER_ID_LENGTH):
+                membership = Membership(voters=voters, learners=learners, cluster_id=cluster_id)
+                return SnapshotMeta(index=index, term=term, membership=membership), size, crc
     raise _Malformed(f"its header is malformed: {reprlib.repr(record)}")
 
 

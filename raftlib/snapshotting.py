@@ -32,7 +32,7 @@ from .errors import ProtocolError, RaftError, StorageError
 from .snapshot import SnapshotFile, SnapshotReceiver, SnapshotStore
 from .transport.framing import FrameDecoder, encode_frame
 from .security import Security
-from .transport.tcp import HELLO, Connection, connect_stream
+from .transport.tcp import Connection, connect_stream, encode_hello
 from .types import Membership, SnapshotMeta
 
 OFFER = "SnapshotOffer"
@@ -54,13 +54,15 @@ async def send_snapshot(
     *,
     own_address: str,
     address: str,
+    cluster_id: str | None = None,
     chunk_size: int,
     max_frame_size: int,
     timeout: float,
     security: Security = None,
 ) -> int:
     """Stream ``snap`` to ``msg.dst`` at ``address`` over a connection secured
-    by ``security``; return the bytes sent.
+    by ``security``, introduced as a peer of ``cluster_id`` (a follower of
+    another cluster refuses it); return the bytes sent.
 
     Raises :class:`SnapshotTransferFailed` (or an ``OSError``, such as
     :class:`~raftlib.errors.AuthenticationFailed`) on failure.
@@ -68,7 +70,7 @@ async def send_snapshot(
     reader, writer = await connect_stream(address, security, timeout)
     decoder = FrameDecoder(max_frame_size)
     try:
-        writer.write(encode_frame(HELLO, [msg.src, own_address]))
+        writer.write(encode_hello(msg.src, own_address, cluster_id))
         writer.write(
             encode_frame(OFFER, [msg.term, msg.src, msg.index, msg.snapshot_term, msg.membership, snap.size, snap.crc])
         )

@@ -7,6 +7,7 @@ All types are immutable.
 from __future__ import annotations
 
 import enum
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -96,10 +97,16 @@ class Membership:
 
     ``voters`` maps each member's name to its ``host:port`` (or
     ``unix:/path``) address. ``learners`` receive the log but do not vote.
+    ``cluster_id`` names the cluster (see :func:`founding_cluster_id`):
+    every configuration carries the one its cluster was founded with, so
+    that each member learns it with the log; ``None`` for a cluster founded
+    before cluster IDs existed. It is not part of the configuration: two
+    memberships with the same members are equal whatever their IDs.
     """
 
     voters: Mapping[NodeId, str] = field(default_factory=dict)
     learners: Mapping[NodeId, str] = field(default_factory=dict)
+    cluster_id: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         # Copy into plain dicts so that a caller's later mutation cannot leak in.
@@ -124,8 +131,15 @@ class Membership:
 
     def encode(self) -> bytes:
         """The msgpack form stored in a configuration entry's data."""
-        data: bytes = msgpack.packb({"voters": dict(self.voters), "learners": dict(self.learners)})
+        raw: dict[str, Any] = {"voters": dict(self.voters), "learners": dict(self.learners)}
+        if self.cluster_id is not None:
+            raw["cluster"] = self.cluster_id  # decoders of earlier versions ignore it
+        data: bytes = msgpack.packb(raw)
         return data
+
+    def with_members(self, voters: Mapping[NodeId, str], learners: Mapping[NodeId, str] | None = None) -> Membership:
+        """A configuration of this cluster (same ``cluster_id``) with these members."""
+        return Membership(voters, learners or {}, cluster_id=self.cluster_id)
 
     @classmethod
     def decode(cls, data: bytes) -> Membership:
@@ -142,7 +156,23 @@ class Membership:
         members = {**raw["voters"], **learners}
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in members.items()):
             raise ValueError("not an encoded Membership: names and addresses must be strings")
-        return cls(voters=raw["voters"], learners=learners)
+        cluster_id = raw.get("cluster")
+        if cluster_id is not None and not (isinstance(cluster_id, str) and 0 < len(cluster_id) <= MAX_CLUSTER_ID_LENGTH):
+            raise ValueError(f"not an encoded Membership: the cluster ID must be 1 to {MAX_CLUSTER_ID_LENGTH} characters")
+        return cls(voters=raw["voters"], learners=learners, cluster_id=cluster_id)
+
+
+MAX_CLUSTER_ID_LENGTH = 64
+"""Longest cluster ID accepted from a configuration or a peer's Hello."""
+
+
+def founding_cluster_id(voters: Mapping[NodeId, str]) -> str:
+    """The ID of a cluster founded with ``voters`` (name -> address): 16 hex
+    digits of the BLAKE2b hash of the sorted name/address pairs. Founding
+    the same members on each of them gives the same ID; two clusters
+    founded with the same names at different addresses get different ones."""
+    pairs = sorted(voters.items())
+    return hashlib.blake2b(msgpack.packb(pairs), digest_size=8, person=b"raftlib-cluster").hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

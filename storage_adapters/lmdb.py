@@ -9,7 +9,8 @@ One LMDB environment lives in a directory and holds two sub-databases:
 
 ``meta``
     ``b"hard_state"`` -> msgpack ``[term, vote, commit]``;
-    ``b"snapshot"`` -> msgpack ``[index, term, voters, learners]``;
+    ``b"snapshot"`` -> msgpack ``[index, term, voters, learners]``, and the
+    cluster ID fifth if the membership has one;
     ``b"boundary"`` -> msgpack ``[compacted_index, compacted_term]``, the last
     entry dropped by compaction (absent on a fresh log, meaning ``[0, 0]``);
     ``b"wal_checkpointed"`` -> msgpack generation (see below);
@@ -840,8 +841,13 @@ class LMDBStorage:
             return None
         match record:
             case [int(index), int(term), dict(voters), dict(learners)]:
-                return SnapshotMeta(index=index, term=term, membership=Membership(voters=voters, learners=learners))
-        raise self._corrupt("meta record snapshot", f"is malformed: {record!r}")
+                cluster_id = None
+            case [int(index), int(term), dict(voters), dict(learners), str(cluster_id)]:
+                pass
+            case _:
+                raise self._corrupt("meta record snapshot", f"is malformed: {record!r}")
+        membership = Membership(voters=voters, learners=learners, cluster_id=cluster_id)
+        return SnapshotMeta(index=index, term=term, membership=membership)
 
     def _read_checkpointed(self, txn: lmdb.Transaction) -> int:
         """The newest write-ahead generation whose records LMDB holds, 0 if none."""
@@ -865,7 +871,9 @@ class LMDBStorage:
     def _write_snapshot(self, txn: lmdb.Transaction, meta: SnapshotMeta) -> None:
         """Store ``meta`` as the latest snapshot."""
         membership = meta.membership
-        record = [meta.index, meta.term, dict(membership.voters), dict(membership.learners)]
+        record: list[object] = [meta.index, meta.term, dict(membership.voters), dict(membership.learners)]
+        if membership.cluster_id is not None:
+            record.append(membership.cluster_id)
         txn.put(_SNAPSHOT, _meta_value(record), db=self._meta_db)
 
     def _check_format(self, txn: lmdb.Transaction) -> bool:

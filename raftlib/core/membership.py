@@ -46,12 +46,12 @@ def with_member(old: Membership, name: NodeId, address: str, voter: bool) -> Mem
     voters = {n: a for n, a in old.voters.items() if n != name}
     learners = {n: a for n, a in old.learners.items() if n != name}
     (voters if voter else learners)[name] = address
-    return Membership(voters, learners)
+    return old.with_members(voters, learners)
 
 
 def without_member(old: Membership, name: NodeId) -> Membership:
     """``old`` without ``name``."""
-    return Membership(
+    return old.with_members(
         {n: a for n, a in old.voters.items() if n != name},
         {n: a for n, a in old.learners.items() if n != name},
     )
@@ -84,7 +84,7 @@ def plan_steps(old: Membership, target: Mapping[NodeId, str], last: NodeId | Non
             voters[name] = address
         else:
             learners[name] = address
-    push(Membership(voters, learners))
+    push(old.with_members(voters, learners))
 
     to_add = [n for n in target if n not in current.voters]
     to_remove = sorted((n for n in current.voters if n not in target), key=lambda n: (n == last, n))

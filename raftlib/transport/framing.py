@@ -9,7 +9,11 @@ bytes of msgpack. The payload is a map ``{"v": 1, "t": <type name>, "b": <body>}
   ``"Hello"`` used by the runtime;
 * ``b`` is the body. For Raft messages it is the list of the dataclass field
   values in field order, with ``entries`` encoded as ``[term, index, kind, data]``
-  lists.
+  lists;
+* ``x`` (optional) is a list of fields added to a list body after its
+  first version: decoders of earlier versions ignore the key, and
+  :class:`FrameDecoder` appends them to the body. So a frame can grow a
+  field without breaking older peers that check the body's length.
 
 :class:`FrameDecoder` splits a byte stream into ``(type name, body)`` pairs and
 checks only the envelope; :func:`decode_message` turns a body into a message
@@ -189,13 +193,18 @@ def encode_message(msg: Message) -> bytes:
     return encoder(msg)
 
 
-def encode_frame(type_name: str, body: Any) -> bytes:
+def encode_frame(type_name: str, body: Any, added: list[Any] | None = None) -> bytes:
     """Encode a frame of any type (``"Hello"``, client requests, ...).
 
-    ``body`` must be msgpack-serialisable (bytes are sent as bin).
+    ``body`` must be msgpack-serialisable (bytes are sent as bin). ``added``
+    (if not empty) goes in the ``x`` key: fields a list ``body`` gained after
+    its first version, which decoders of earlier versions do not see.
     """
     if not isinstance(type_name, str):
         raise TypeError(f"frame type name must be a str, got {type(type_name).__name__}")
+    if added:
+        payload = {"v": PROTOCOL_VERSION, "t": type_name, "b": body, "x": added}
+        return _frame(b"", _packer.pack(payload))
     return _frame(_payload_prefix(type_name), _packer.pack(body))
 
 
@@ -495,7 +504,13 @@ def _unpack_payload(payload: bytes | memoryview) -> tuple[str, Any]:
     type_name = raw["t"]
     if type(type_name) is not str:
         raise ProtocolError(f"frame type must be a str, got {_short(type_name)}")
-    return type_name, raw["b"]
+    body = raw["b"]
+    if "x" in raw:
+        added = raw["x"]
+        if type(added) is not list or type(body) is not list:
+            raise ProtocolError(f"{_short(type_name)}: added fields need a list body and a list in x")
+        body = body + added
+    return type_name, body
 
 
 class FrameDecoder:

@@ -8,8 +8,13 @@ connects (with exponential back-off), introduces itself with a ``Hello`` frame
 and writes everything queued in one batch per wake-up. Messages in a failed
 write, or dropped from a full outbox, are lost; Raft tolerates that.
 
-Inbound, every accepted connection must start with ``Hello [name, address]``;
-then Raft messages go to ``on_message`` and other frame types to ``on_frame``.
+Inbound, every accepted connection must start with ``Hello [name, address]``
+(peers add their cluster ID: see :func:`encode_hello`); then Raft messages go
+to ``on_message`` and other frame types to ``on_frame``. A peer that knows
+its cluster ID (:attr:`Transport.cluster_id`) refuses a connection whose
+Hello presents another one (it is counted in ``stats["refused"]`` and warned
+about as below): a member of another cluster with the same names, at an
+address this cluster's configuration has, never reaches the Raft core.
 A connection that sends anything malformed is logged and closed (a warning
 at most every :data:`REFUSAL_LOG_INTERVAL` seconds per remote host, the
 rest at debug level); the transport keeps serving all other connections. Strangers are bounded too: at
@@ -57,6 +62,7 @@ from typing import Any, Awaitable, Callable, Literal, Mapping, NamedTuple
 
 from ..core.messages import Message
 from ..errors import AddressInUse, AuthenticationFailed, ConfigError, FrameTooLarge, ProtocolError
+from ..types import MAX_CLUSTER_ID_LENGTH
 from ..security import (
     HANDSHAKE_TIMEOUT, OPENING_SIZE, Security, TLSConfig, accept, authenticate, security_refusal,
 )
@@ -73,6 +79,7 @@ from .framing import (
 __all__ = [
     "HELLO",
     "FRAME_TOO_LARGE",
+    "encode_hello",
     "Endpoint",
     "parse_address",
     "format_address",
@@ -82,7 +89,9 @@ __all__ = [
 ]
 
 HELLO = "Hello"
-"""Type name of the first frame on every connection; body ``[name, address]``."""
+"""Type name of the first frame on every connection; body ``[name, address]``,
+and from a peer that knows it, its cluster ID as an added field (see
+:func:`encode_hello`)."""
 
 FRAME_TOO_LARGE = "FrameTooLarge"
 """Type name of the last frame a peer sends on a connection before closing it
@@ -123,6 +132,26 @@ soft limit on open files to fit both, as far as the hard limit allows."""
 MAX_LEARNED_ADDRESSES = 1024
 """Addresses kept from Hello frames of peers with no address set by
 :meth:`Transport.set_address`; beyond it the oldest learned one is forgotten."""
+
+def encode_hello(name: str, address: str, cluster_id: str | None) -> bytes:
+    """The Hello frame of a peer: ``[name, address]``, and ``cluster_id`` (if
+    known) as an added field (``x``; see :mod:`~raftlib.transport.framing`),
+    which decoders of earlier versions, strict about the body's two fields,
+    do not see."""
+    return encode_frame(HELLO, [name, address], [cluster_id] if cluster_id else None)
+
+
+class _OtherCluster(Exception):
+    """A connection's Hello presented a cluster ID other than this peer's."""
+
+
+def _describe_other_cluster(name: str, address: str, theirs: str, ours: str) -> str:
+    """Why a peer of cluster ``theirs`` is refused, and what to check."""
+    return (f"{name[:64]!r} at {address} belongs to another cluster (cluster ID {theirs!r}; this peer's is "
+            f"{ours}): two clusters share addresses (a member of another cluster listens at an address this "
+            f"cluster's configuration has, or the other way round), or a peer runs on a data directory of "
+            f"another cluster; check the members' addresses and data directories")
+
 
 OnMessage = Callable[[Message], None]
 OnFrame = Callable[[str, Any, "Connection"], Awaitable[None]]
@@ -604,6 +633,8 @@ class Connection:
         self.remote = remote
         self.peer_name: str | None = None
         self.peer_address: str | None = None
+        self.peer_cluster_id: str | None = None
+        """The cluster ID the Hello presented (``None`` from a client or a peer of an earlier version)."""
         self.on_close: list[Callable[[], Awaitable[None]]] = []
         """Cleanups an ``on_frame`` handler registers; run once when the connection ends."""
         self._opened_at = asyncio.get_running_loop().time()
@@ -798,7 +829,8 @@ class Transport:
             ``None`` for plain connections.
         logger: where to log; ``logging.getLogger("raftlib.transport")`` by default.
 
-    All methods must be called from the event loop's thread.
+    :attr:`cluster_id` (``None`` at first) is set by the owner once it knows
+    its cluster's ID. All methods must be called from the event loop's thread.
     """
 
     def __init__(
@@ -836,6 +868,7 @@ class Transport:
         """Connections refused for ``max_inbound_connections`` since the last warning."""
         self._over_capacity_logged_at: float | None = None
         self.name = name
+        self._cluster_id: str | None = None
         self.listen = listen
         self._listen_endpoint = parse_address(listen)
         if advertise is not None:
@@ -1215,7 +1248,7 @@ class Transport:
         peer_closed = asyncio.Event()
         watcher = asyncio.get_running_loop().create_task(self._watch_outbound(reader, outbox, peer_closed))
         try:
-            batch = [encode_frame(HELLO, [self.name, self.address])]
+            batch = [encode_hello(self.name, self.address, self.cluster_id)]
             while True:
                 if self._addresses.get(outbox.name) != address:
                     self.log.debug("%s: address of %s changed; reconnecting", self.name, outbox.name)
@@ -1268,6 +1301,8 @@ class Transport:
             if not self._closed and await self._admit(reader, writer, conn):
                 conn._admitted = self.security is not None
                 await self._read_frames(reader, conn)
+        except _OtherCluster as exc:
+            self._log_refusal(conn.remote, str(exc))
         except ProtocolError as exc:
             self.stats["protocol_errors"] += 1
             # Keyed by host alone: the reasons of garbage vary with the garbage.
@@ -1341,6 +1376,24 @@ class Transport:
         self._refusals[key] = (now, 0)
         more = f" ({suppressed} more like it from this host since the last warning)" if suppressed else ""
         self.log.warning("%s: %s%s", self.name, text, more)
+
+    @property
+    def cluster_id(self) -> str | None:
+        """This peer's cluster ID: sent in its Hellos, and a connection whose
+        Hello presents another is refused (one already open is closed when
+        it is set). ``None``: not known yet (an empty peer waiting to be
+        added), every peer is accepted."""
+        return self._cluster_id
+
+    @cluster_id.setter
+    def cluster_id(self, value: str | None) -> None:
+        self._cluster_id = value
+        for conn in self._inbound.values():
+            theirs = conn.peer_cluster_id
+            if value is not None and theirs is not None and theirs != value and not conn.closed:
+                address = conn.peer_address or conn.remote
+                self._log_refusal(conn.remote, _describe_other_cluster(conn.peer_name or "?", address, theirs, value))
+                conn.close()
 
     def linked(self, name: str) -> bool:
         """Whether the connection the latest Raft message from ``name`` came
@@ -1488,11 +1541,13 @@ class Transport:
         """Check the first frame and learn the peer's address from it."""
         if type_name != HELLO:
             raise ProtocolError(f"first frame must be Hello, got {type_name[:64]!r}")
-        if type(body) is not list or len(body) != 2 or not all(type(x) is str for x in body):
-            raise ProtocolError("Hello body must be [name, address] (two strings)")
-        name, address = body
+        if type(body) is not list or len(body) not in (2, 3) or not all(type(x) is str for x in body):
+            raise ProtocolError("Hello body must be [name, address] (two strings), and a cluster ID")
+        name, address, *theirs = body
         if not name or len(name) > MAX_NAME_LENGTH:
             raise ProtocolError(f"Hello name must have 1 to {MAX_NAME_LENGTH} characters")
+        if theirs and not 0 < len(theirs[0]) <= MAX_CLUSTER_ID_LENGTH:
+            raise ProtocolError(f"Hello cluster ID must have 1 to {MAX_CLUSTER_ID_LENGTH} characters")
         if address:
             if len(address) > MAX_ADDRESS_LENGTH:
                 raise ProtocolError(f"Hello address longer than {MAX_ADDRESS_LENGTH} characters")
@@ -1500,7 +1555,10 @@ class Transport:
                 parse_address(address)
             except ConfigError as exc:
                 raise ProtocolError(f"Hello address is invalid: {exc}") from None
+        if theirs and self.cluster_id is not None and theirs[0] != self.cluster_id:
+            raise _OtherCluster(_describe_other_cluster(name, address, theirs[0], self.cluster_id))
         conn.peer_name, conn.peer_address = name, address
+        conn.peer_cluster_id = theirs[0] if theirs else None
         if address and name != self.name and self._addresses.get(name) != address:
             self._learn(name, address)
 

@@ -475,3 +475,13 @@ def test_recent_contact_is_what_a_leader_heard_within_an_election_timeout() -> N
         net.tick("b")
         net.stabilize()
     assert net.nodes["b"].recent_contact() == ({"a", "b"}, set())
+
+
+def test_every_step_keeps_the_cluster_id() -> None:
+    """The cluster ID is fixed at founding: no configuration change drops or alters it."""
+    old = Membership({"a": "h:1", "b": "h:2", "c": "h:3"}, {"l": "h:9"}, cluster_id="0123abcd")
+    steps = [with_member(old, "d", "h:4", voter=False), without_member(old, "c"),
+             *plan_steps(old, {"d": "h:4", "e": "h:5", "f": "h:6"}, last="a")]
+    assert len(steps) > 3
+    assert all(step.cluster_id == "0123abcd" for step in steps)
+    assert all(Membership.decode(step.encode()).cluster_id == "0123abcd" for step in steps)

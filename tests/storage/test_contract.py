@@ -8,6 +8,7 @@ threads) or compare LMDB against the in-memory reference with hypothesis.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import struct
@@ -567,3 +568,52 @@ def test_lmdb_agrees_with_memory(data: st.DataObject) -> None:
                 assert_same(reference, real)
         finally:
             real.close()
+
+
+# -- the cluster ID in snapshot metadata ----------------------------------------
+
+
+def test_snapshot_metadata_keeps_the_cluster_id(storage: LogStorage) -> None:
+    """The cluster ID rides in the membership of the snapshot metadata: once
+    the log is compacted past the configuration entries, a restarted peer
+    knows it from there."""
+    marked = SnapshotMeta(3, 1, Membership(MEMBERSHIP.voters, MEMBERSHIP.learners, cluster_id="0123abcd"))
+    storage.save(None, make_entries(1, 6))
+    storage.compact(3, marked)
+    meta = storage.load()[1]
+    assert meta is not None and meta.membership.cluster_id == "0123abcd"
+    storage.install_snapshot(dataclasses.replace(marked, index=9))
+    meta = storage.load()[1]
+    assert meta is not None and meta.membership.cluster_id == "0123abcd"
+
+
+def test_lmdb_reopen_keeps_the_cluster_id_and_reads_older_snapshot_records(tmp_path: Path) -> None:
+    first = LMDBStorage(tmp_path / "db", map_size=SMALL_MAP)
+    first.install_snapshot(SnapshotMeta(10, 2, Membership(MEMBERSHIP.voters, cluster_id="0123abcd")))
+    first.close()
+    again = LMDBStorage(tmp_path / "db", map_size=SMALL_MAP)
+    try:
+        meta = again.load()[1]
+        assert meta is not None and meta.membership.cluster_id == "0123abcd"
+    finally:
+        again.close()
+    # Without an ID the record has the four fields of earlier versions.
+    old = LMDBStorage(tmp_path / "old", map_size=SMALL_MAP)
+    old.install_snapshot(snapshot_meta(10, 2))
+    old.close()
+    again = LMDBStorage(tmp_path / "old", map_size=SMALL_MAP)
+    try:
+        meta = again.load()[1]
+        assert meta == snapshot_meta(10, 2) and meta.membership.cluster_id is None
+    finally:
+        again.close()
+
+
+def test_membership_encoding_carries_the_cluster_id_and_reads_older_encodings() -> None:
+    marked = Membership(MEMBERSHIP.voters, MEMBERSHIP.learners, cluster_id="0123abcd")
+    assert Membership.decode(marked.encode()).cluster_id == "0123abcd"
+    assert MEMBERSHIP.encode() == msgpack.packb({"voters": dict(MEMBERSHIP.voters), "learners": dict(MEMBERSHIP.learners)})
+    assert Membership.decode(MEMBERSHIP.encode()).cluster_id is None
+    assert marked == MEMBERSHIP  # the ID names the cluster; it is not part of the configuration
+    with pytest.raises(ValueError):
+        Membership.decode(msgpack.packb({"voters": {"s1": "a:1"}, "learners": {}, "cluster": 7}))

@@ -337,3 +337,15 @@ def test_mutated_valid_frames_raise_only_protocol_error(msg: Any, data: st.DataO
                 decode_message(type_name, body)
     except ProtocolError:
         pass
+
+
+def test_added_fields_are_appended_to_a_list_body_and_checked() -> None:
+    assert FrameDecoder(1024).feed(encode_frame("Hello", ["s1", ""], ["id"])) == [("Hello", ["s1", "", "id"])]
+    for body, added in [(["s1", ""], "id"), ("s1", ["id"]), (["s1", ""], {"c": 1})]:
+        payload = msgpack.packb({"v": 1, "t": "Hello", "b": body, "x": added})
+        with pytest.raises(ProtocolError, match="added fields"):
+            FrameDecoder(1024).feed(struct.pack(">I", len(payload)) + payload)
+    # A Raft message with added fields no longer has its schema's field count.
+    frame = encode_frame("TimeoutNow", [1, "a", "b"], ["extra"])
+    with pytest.raises(ProtocolError):
+        decode_message(*FrameDecoder(1024).feed(frame)[0])

@@ -1346,3 +1346,61 @@ async def test_a_members_idle_raft_link_is_kept_when_strangers_need_room(make_no
     finally:
         for _, writer in opened:
             writer.close()
+
+
+# --------------------------------------------------------------------------- cluster IDs
+
+
+async def test_a_peer_presenting_another_cluster_id_is_refused_and_warned_about_once(
+        make_node: MakeNode, caplog: pytest.LogCaptureFixture) -> None:
+    a, b = await connect_pair(make_node)
+    a.transport.cluster_id, b.transport.cluster_id = "aaaa1111", "bbbb2222"
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        for term in range(1, 4):
+            a.transport.send(TimeoutNow(term, "a", "b"))
+            await wait_until(lambda: b.transport.stats["refused"] >= term, what=f"refusal {term}")
+    assert b.inbox == []
+    assert b.transport.stats["protocol_errors"] == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "aaaa1111" in warnings[0] and "bbbb2222" in warnings[0] and a.address in warnings[0]
+    assert "another cluster" in warnings[0] and "data directory" in warnings[0]
+
+
+@pytest.mark.parametrize("ids", [("aaaa1111", None), (None, "bbbb2222"), ("cccc3333", "cccc3333")],
+                         ids=["receiver knows none", "sender presents none", "same"])
+async def test_a_peer_presenting_no_or_the_same_cluster_id_is_accepted(
+        make_node: MakeNode, ids: tuple[str | None, str | None]) -> None:
+    a, b = await connect_pair(make_node)
+    a.transport.cluster_id, b.transport.cluster_id = ids
+    await exchange(a, b, 1)
+    assert a.transport.stats["refused"] == b.transport.stats["refused"] == 0
+
+
+def test_an_older_decoder_reads_a_hello_with_a_cluster_id_as_name_and_address() -> None:
+    """Decoders of earlier versions require the Hello body to be exactly
+    [name, address]: the ID travels beside it, in a key they ignore."""
+    frame = tcp.encode_hello("s1", "127.0.0.1:7001", "aaaa1111")
+    raw = msgpack.unpackb(frame[4:])
+    assert raw["b"] == ["s1", "127.0.0.1:7001"] and raw["v"] == 1 and raw["t"] == "Hello"
+    assert FrameDecoder(1 << 16).feed(frame) == [("Hello", ["s1", "127.0.0.1:7001", "aaaa1111"])]
+    assert FrameDecoder(1 << 16).feed(tcp.encode_hello("s1", "127.0.0.1:7001", None)) == [
+        ("Hello", ["s1", "127.0.0.1:7001"])]
+
+
+async def test_a_connection_of_another_cluster_open_before_the_id_was_known_is_closed_when_it_is(
+        make_node: MakeNode) -> None:
+    a, b = await connect_pair(make_node)
+    a.transport.cluster_id = "aaaa1111"
+    await exchange(a, b, 1)  # b knows no ID yet: accepted
+    b.transport.cluster_id = "bbbb2222"
+    assert b.transport.stats["refused"] == 1
+    sent = []
+    for term in range(2, 200):  # the first may go out on the closed connection, and be lost
+        sent.append(TimeoutNow(term, "a", "b"))
+        a.transport.send(sent[-1])
+        if b.transport.stats["refused"] >= 2:
+            break
+        await asyncio.sleep(0.02)
+    assert b.transport.stats["refused"] >= 2
+    assert not set(sent) & set(b.inbox)
