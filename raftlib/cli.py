@@ -921,7 +921,9 @@ async def _statuses(addresses: list[str], timeout: float,
 @click.option("--metrics", "with_metrics", is_flag=True,
               help="Also show each member's counters, gauges and timings (Peer.metrics()).")
 def status(cluster: str, as_json: bool, timeout: float, with_metrics: bool) -> None:
-    """Show every member: role, term, commit and applied index, last contact, lag."""
+    """Show every member: role, term, commit and applied index, last contact, lag.
+
+    --json adds each member's cluster ID (fixed when the cluster was founded)."""
     rows = _run(_statuses(_addresses(cluster), timeout, with_metrics))
     reachable = [s for _, s, _ in rows if s is not None]
     if not reachable:
@@ -941,6 +943,7 @@ def status(cluster: str, as_json: bool, timeout: float, with_metrics: bool) -> N
             "applied": st["applied_index"] if st else None,
             "last_contact": view.get("last_contact") if leader_view else None,
             "lag": view.get("lag") if leader_view else None,
+            "cluster_id": st.get("cluster_id") if st else None,
             "error": error or None,
         })
         if with_metrics:
@@ -960,6 +963,10 @@ def status(cluster: str, as_json: bool, timeout: float, with_metrics: bool) -> N
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())
     if leader_view is None:
         click.echo("no leader among the reachable members", err=True)
+    ids = sorted({r["cluster_id"] for r in table if r["cluster_id"]})
+    if len(ids) > 1:
+        click.echo(f"the members belong to different clusters (cluster IDs {', '.join(ids)}): "
+                   f"check the addresses given to --cluster", err=True)
     if with_metrics:
         for r in table:
             click.echo(f"\n{r['name']} metrics:")

@@ -148,6 +148,9 @@ def test_serve_kv_scope_status_members(nodes: dict[str, Node], tmp_path: Path) -
         assert cli("members", "remove", "s4", "--cluster", one).exit_code == 0
         rows = json.loads(cli("status", "--cluster", one, "--json").output)
         assert "s4" not in [r["name"] for r in rows]
+        # Every member has the cluster ID fixed when it was founded.
+        ids = {r["cluster_id"] for r in rows}
+        assert len(ids) == 1 and None not in ids
         asked = json.loads(cli("status", "--cluster", f"{one},{s4.address}", "--json").output)
         assert [r["member"] for r in asked if r["name"] == "s4"] == ["not a member"]
     finally:
