@@ -254,13 +254,14 @@ async def test_a_forwarded_session_write_that_may_have_applied_is_not_reported_e
     forward = follower._forward
     attempts = 0
 
-    async def flaky(to: str, op: str, args: dict[str, Any], within: float | None = None) -> Any:
+    async def flaky(to: str, op: str, args: dict[str, Any], within: float | None = None, *,
+                    watch: bool = True) -> Any:
         nonlocal attempts
         attempts += 1
         if attempts == 1:
             raise errors.LeadershipLost("the leader stepped down after appending it")
         await leader.close_session("c")  # gone by the retry
-        return await forward(to, op, args, within)
+        return await forward(to, op, args, within, watch=watch)
 
     monkeypatch.setattr(follower, "_forward", flaky)
     with pytest.raises(errors.OutcomeUnknown, match="an earlier attempt may have been applied"):
@@ -278,7 +279,8 @@ async def test_a_forwarded_read_that_lost_its_connection_never_says_it_may_have_
     leader, follower = await _leader_and_follower(cluster)
     attempts = 0
 
-    async def cut(to: str, op: str, args: dict[str, Any], within: float | None = None) -> Any:
+    async def cut(to: str, op: str, args: dict[str, Any], within: float | None = None, *,
+                  watch: bool = True) -> Any:
         nonlocal attempts
         attempts += 1
         if attempts == 1:
