@@ -1028,13 +1028,15 @@ class Peer:
         maybe_applied: BaseException | None = None
         """The first attempt whose outcome is unknown: once there is one, giving
         up must not say the request certainly did not apply."""
+        cuts_off = op in _MEMBERSHIP_CHANGES and self._cuts_off_self(op, args)
+        """Whether this request removes this peer, which then hears no leader."""
         try:
             while True:
                 self._check_running()
                 try:
                     self._check_member()
                 except NotMember:
-                    if maybe_applied is not None and self._cuts_off_self(op, args):
+                    if maybe_applied is not None and cuts_off:
                         return True  # this peer's removal committed: the change asked for is made
                     raise
                 attempts += 1
@@ -1043,8 +1045,8 @@ class Peer:
                     # Raises NotLeader(None) if no leader emerges within a few election timeouts.
                     # A peer whose own removal may be under way hears no leader: it waits,
                     # until its timeout, to be told the removal committed.
-                    cut_off = maybe_applied is not None and self._cuts_off_self(op, args)
-                    await self._wait_for_leader_until(deadline, None if cut_off else election_wait)
+                    waiting_out_removal = maybe_applied is not None and cuts_off
+                    await self._wait_for_leader_until(deadline, None if waiting_out_removal else election_wait)
                     continue
                 try:
                     if leader == self.name:
@@ -1061,7 +1063,7 @@ class Peer:
                         # whether anything changed) comes back before this peer's own.
                         asked = within - min(within / 10, _ANSWER_MARGIN)
                     return await self._forward(leader, op, {**args, "hops": hops + 1, "timeout": asked}, within,
-                                               watch=not self._cuts_off_self(op, args))
+                                               watch=not cuts_off)
                 except (NotLeader, LeadershipLost, ProposalDropped, Unavailable, ConnectionLost) as exc:
                     unknown = isinstance(exc, (LeadershipLost, ConnectionLost))
                     if unknown and maybe_applied is None and op != "read":  # a read applies nothing
@@ -1074,7 +1076,7 @@ class Peer:
                 except OutcomeUnknown as exc:
                     # The leader lost its leadership while removing this peer: once the
                     # removal commits, a member says so (NotMember, above).
-                    if isinstance(exc, Timeout) or not self._cuts_off_self(op, args):
+                    if isinstance(exc, Timeout) or not cuts_off:
                         raise
                     maybe_applied = maybe_applied or exc
                     self._log.debug("%s: %s: waiting for the outcome after %r", self.name, op, exc)
